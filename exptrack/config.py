@@ -1,0 +1,356 @@
+"""Typed, frozen experiment configuration.
+
+A config is plain data: YAML files in ``experiments/`` fill the dataclasses below, at most one
+level of ``base:`` inheritance merges a parent file underneath, and ``--set section.key=value``
+overrides are type-checked against the field they name. Unknown keys and wrong types are errors
+that name the key, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = "data/demo"
+    # Generate the built-in demo data at `root` when it does not exist yet.
+    demo: bool = True
+    demo_subjects: int = 12
+    demo_classes: int = 6
+    demo_seed: int = 0
+    clip_len: int = 16
+    train_stride: int = 8
+    eval_stride: int = 16
+    frame_size: int = 112
+    # Random shift of training clip starts (frames), as the original did.
+    start_jitter: int = 4
+    # Minimum share of a clip's frames that carry its (majority) label; 0 keeps every clip
+    # with at least one labelled frame, like the original.
+    min_purity: float = 0.0
+    val_fraction: float = 0.2
+    val_seed: int = 42
+    downsample_class1: bool = False
+    dominant_class: int = 1
+    use_masks: bool = False
+    # 1.0 blacks out the background; 0.7 keeps 30% of it visible.
+    mask_alpha: float = 1.0
+    use_skeleton_attention: bool = False
+    skeleton_sigma: float = 10.0
+    # Attention never drops below this weight, so the model still sees context.
+    skeleton_floor: float = 0.2
+    keypoint_min_conf: float = 0.3
+    # Frame numbering of label CSVs: "auto" = 0-based if frame 0 occurs, else 1-based.
+    label_frame_base: Literal["auto", "0", "1"] = "auto"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: Literal["c3d"] = "c3d"
+    num_classes: int = 17
+    # Channel multiplier: 1.0 is the paper's C3D; the demo uses a narrower one.
+    width: float = 1.0
+    dropout: float = 0.5
+    dropout_fc: float = 0.3
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int = 8
+    eval_batch_size: int = 16
+    num_workers: int = 4
+    seed: int = 42
+    device: str = "auto"
+    weighted_sampler: bool = True
+    grad_clip: float = 1.0
+    early_stop_patience: int = 10
+    early_stop_min_delta: float = 0.001
+    checkpoint_every: int = 10
+    keep_checkpoints: int = 3
+    amp: bool = True
+    compile: bool = False
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    plateau_factor: float = 0.5
+    plateau_patience: int = 5
+    min_lr: float = 1e-7
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    focal_gamma: float = 2.0
+    # Per-class alpha from inverse class frequency of the training clips.
+    auto_class_weights: bool = True
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    enabled: bool = True
+    hflip_p: float = 0.5
+    rotation_deg: float = 10.0
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.2
+    hue: float = 0.05
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    outputs: str = "outputs"
+    cache: str = "outputs/cache"
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    # Empty: MLflow's own default (MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).
+    tracking_uri: str = ""
+    experiment: str = "exptrack"
+    registered_model: str = "c3d-exercise"
+    log_system_metrics: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+
+
+# section name -> its dataclass, in declaration order
+SECTIONS: dict[str, type] = typing.get_type_hints(Config)
+
+
+# ---------------------------------------------------------------------------------------------
+# Type checking of single values
+
+
+def _describe(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(c) for c in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def check_value(key: str, tp: Any, value: Any) -> Any:
+    """Return `value` converted to field type `tp`, or raise ConfigError naming `key`."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        text = str(value) if not isinstance(value, bool) else value
+        if text in choices:
+            return text
+        raise ConfigError(f"{key}: {value!r} is not {_describe(tp)}")
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return check_value(key, inner[0], value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(f"{key}: expected {_describe(tp)}, got {type(value).__name__} {value!r}")
+
+
+def _section_fields(section: str) -> dict[str, Any]:
+    cls = SECTIONS[section]
+    return typing.get_type_hints(cls)
+
+
+def _check_mapping(raw: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
+    """Validate a nested {section: {key: value}} mapping; return it with converted values."""
+    out: dict[str, dict[str, Any]] = {}
+    for section, values in raw.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{where}: unknown section {section!r} (known: {', '.join(SECTIONS)})")
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where}: section {section!r} must be a mapping of keys to values")
+        fields = _section_fields(section)
+        for key, value in values.items():
+            if key not in fields:
+                raise ConfigError(
+                    f"{where}: unknown key {section}.{key} (known in {section}: {', '.join(fields)})"
+                )
+            out.setdefault(section, {})[key] = check_value(f"{section}.{key}", fields[key], value)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    return data
+
+
+def _merge(base: dict[str, dict[str, Any]], top: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    merged = {section: dict(values) for section, values in base.items()}
+    for section, values in top.items():
+        merged.setdefault(section, {}).update(values)
+    return merged
+
+
+def load_yaml_layers(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Read an experiment YAML and its optional single `base:` parent, merged and checked."""
+    path = Path(path)
+    data = _read_yaml(path)
+    base_ref = data.pop("base", None)
+    layers: dict[str, dict[str, Any]] = {}
+    if base_ref is not None:
+        base_path = (path.parent / str(base_ref)).resolve()
+        base_data = _read_yaml(base_path)
+        if "base" in base_data:
+            raise ConfigError(
+                f"{base_path}: has its own 'base:'; only one level of inheritance is allowed "
+                f"(used as the base of {path})"
+            )
+        layers = _check_mapping(base_data, str(base_path))
+    return _merge(layers, _check_mapping(data, str(path)))
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """Parse 'section.key=value' into (section, key, checked value)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    dotted, raw = text.split("=", 1)
+    dotted = dotted.strip()
+    if dotted.count(".") != 1:
+        raise ConfigError(f"override {text!r}: key must be section.key, e.g. train.epochs=5")
+    section, key = dotted.split(".")
+    if section not in SECTIONS:
+        raise ConfigError(f"override {dotted}: unknown section {section!r} (known: {', '.join(SECTIONS)})")
+    fields = _section_fields(section)
+    if key not in fields:
+        raise ConfigError(f"override {dotted}: unknown key (known in {section}: {', '.join(fields)})")
+    tp = fields[key]
+    # Strings are taken verbatim so that e.g. a run name '007' stays a string; everything else
+    # goes through YAML so that 1e-4, true and null mean what they do in a config file.
+    value: Any = raw if tp is str else yaml.safe_load(raw) if raw.strip() else None
+    return section, key, check_value(dotted, tp, value)
+
+
+def build_config(layers: dict[str, dict[str, Any]] | None = None) -> Config:
+    layers = layers or {}
+    sections = {name: SECTIONS[name](**layers.get(name, {})) for name in SECTIONS}
+    config = Config(**sections)
+    validate(config)
+    return config
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Iterable[str] = ()) -> Config:
+    """Defaults <- YAML file (with its base) <- `--set` overrides."""
+    layers = load_yaml_layers(path) if path else {}
+    for text in overrides:
+        section, key, value = parse_override(text)
+        layers.setdefault(section, {})[key] = value
+    return build_config(layers)
+
+
+def replace(config: Config, **changes: dict[str, Any]) -> Config:
+    """Return a copy with some keys changed, e.g. replace(cfg, train={"epochs": 2})."""
+    layers = to_nested_dict(config)
+    checked = _check_mapping(changes, "replace()")
+    return build_config(_merge(layers, checked))
+
+
+def validate(config: Config) -> None:
+    """Cross-field and range checks that a type alone cannot express."""
+    d = config.data
+    problems = []
+    if d.clip_len < 1:
+        problems.append("data.clip_len must be >= 1")
+    if d.train_stride < 1 or d.eval_stride < 1:
+        problems.append("data.train_stride and data.eval_stride must be >= 1")
+    if d.frame_size < 8:
+        problems.append("data.frame_size must be >= 8 pixels")
+    if not 0.0 <= d.min_purity <= 1.0:
+        problems.append("data.min_purity must be in [0, 1]")
+    if not 0.0 <= d.val_fraction < 1.0:
+        problems.append("data.val_fraction must be in [0, 1)")
+    if not 0.0 <= d.mask_alpha <= 1.0:
+        problems.append("data.mask_alpha must be in [0, 1]")
+    if d.skeleton_sigma <= 0:
+        problems.append("data.skeleton_sigma must be > 0")
+    if not 0.0 <= d.skeleton_floor <= 1.0:
+        problems.append("data.skeleton_floor must be in [0, 1]")
+    if config.model.num_classes < 2:
+        problems.append("model.num_classes must be >= 2")
+    if config.model.width <= 0:
+        problems.append("model.width must be > 0")
+    if config.train.batch_size < 1 or config.train.epochs < 1:
+        problems.append("train.batch_size and train.epochs must be >= 1")
+    if not 0.0 <= config.augment.hflip_p <= 1.0:
+        problems.append("augment.hflip_p must be in [0, 1]")
+    if config.optim.lr <= 0:
+        problems.append("optim.lr must be > 0")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+# ---------------------------------------------------------------------------------------------
+# Export
+
+
+def to_nested_dict(config: Config) -> dict[str, dict[str, Any]]:
+    return dataclasses.asdict(config)
+
+
+def to_flat_dict(config: Config) -> dict[str, Any]:
+    """{'data.clip_len': 16, ...}: the form MLflow params take."""
+    return {
+        f"{section}.{key}": value
+        for section, values in to_nested_dict(config).items()
+        for key, value in values.items()
+    }
+
+
+def to_yaml(config: Config) -> str:
+    return yaml.safe_dump(to_nested_dict(config), sort_keys=False)
+
+
+def save_config(config: Config, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(to_yaml(config))
+    return path

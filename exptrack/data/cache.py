@@ -1,0 +1,208 @@
+"""Decode-once cache: frames, masks, keypoints and attention maps as memory-mapped .npy files.
+
+Every video is decoded once (and every mask folder read once) at the training frame size into
+(T, H, W, C) uint8 arrays; training then only slices memory maps. An entry's folder name holds
+a key over its inputs (file size, mtime and a hash of the first and last bytes, plus the frame
+size and the format version), so a changed video or frame size builds a new entry instead of
+serving a stale one. An entry is built in a private temp folder under a file lock and renamed
+into place, so two processes building the same entry at once end with one intact copy and a
+reader never sees half of one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+from filelock import FileLock
+
+from . import layout, transforms
+from .errors import DataError, DataWarnings
+from .layout import SubjectFiles
+from .video import VideoInfo, decode_video
+
+FORMAT_VERSION = 1
+_HASH_BYTES = 1 << 20
+
+
+def file_key(path: Path) -> str:
+    """Identity of a file's content: size, mtime and a hash of its first and last MiB."""
+    st = path.stat()
+    h = hashlib.sha1(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    with path.open("rb") as fh:
+        h.update(fh.read(_HASH_BYTES))
+        if st.st_size > 2 * _HASH_BYTES:
+            fh.seek(-_HASH_BYTES, os.SEEK_END)
+            h.update(fh.read(_HASH_BYTES))
+    return h.hexdigest()
+
+
+def folder_key(folder: Path | None) -> str:
+    """Identity of a folder of many small files (mask PNGs): names, sizes and mtimes."""
+    if folder is None or not folder.is_dir():
+        return "none"
+    h = hashlib.sha1()
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        st = entry.stat()
+        h.update(f"{entry.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()
+
+
+def _digest(*parts: object) -> str:
+    return hashlib.sha1("|".join(str(p) for p in (FORMAT_VERSION, *parts)).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class VideoEntry:
+    subject: str
+    frames: np.ndarray  # (T, S, S, 3) uint8 RGB, memory-mapped
+    info: VideoInfo
+
+
+class FrameCache:
+    def __init__(self, root: str | Path, frame_size: int) -> None:
+        self.root = Path(root)
+        self.size = frame_size
+
+    # -- generic entry machinery ---------------------------------------------------------------
+
+    def _entry(self, kind: str, subject: str, key: str, build: Callable[[Path, DataWarnings], None],
+               warnings: DataWarnings) -> Path:
+        """Folder of a finished entry, building it first (once, under a lock) if needed.
+
+        Warnings raised while building are stored with the entry and replayed on every open,
+        so a truncated video is reported by every run that uses it, not only the first.
+        """
+        final = self.root / kind / f"{subject}-{key}"
+        if not (final / "done").exists():
+            final.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(final) + ".lock"):
+                if not (final / "done").exists():  # else another process built it while we waited
+                    self._build(final, build)
+        stored = json.loads((final / "warnings.json").read_text())
+        for kind_name, (count, message) in stored.items():
+            warnings.warn(kind_name, message, count=count)
+        return final
+
+    @staticmethod
+    def _build(final: Path, build: Callable[[Path, DataWarnings], None]) -> None:
+        tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            local = DataWarnings(log_first=0)
+            build(tmp, local)
+            stored = {k: (n, local.examples[k][0] if local.examples[k] else k) for k, n in local.counts.items()}
+            (tmp / "warnings.json").write_text(json.dumps(stored))
+            (tmp / "done").touch()
+            shutil.rmtree(final, ignore_errors=True)  # a leftover without 'done'
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    # -- frames ----------------------------------------------------------------------------------
+
+    def video(self, subject: SubjectFiles, warnings: DataWarnings) -> VideoEntry:
+        key = _digest("video", file_key(subject.video), self.size)
+
+        def build(tmp: Path, w: DataWarnings) -> None:
+            frames, info = decode_video(subject.video, self.size, w)
+            np.save(tmp / "frames.npy", frames)
+            (tmp / "info.json").write_text(json.dumps(info.__dict__))
+
+        folder = self._entry("video", subject.subject, key, build, warnings)
+        info = VideoInfo(**json.loads((folder / "info.json").read_text()))
+        return VideoEntry(subject.subject, np.load(folder / "frames.npy", mmap_mode="r"), info)
+
+    # -- masks -------------------------------------------------------------------------------------
+
+    def masks(self, subject: SubjectFiles, num_frames: int, warnings: DataWarnings) -> tuple[np.ndarray, np.ndarray]:
+        """(T, S, S) uint8 person masks (0/255 at the edges blended) and (T,) bool present."""
+        key = _digest("mask", folder_key(subject.mask_dir), self.size, num_frames)
+
+        def build(tmp: Path, w: DataWarnings) -> None:
+            files = layout.mask_files(subject.mask_dir)
+            masks = np.lib.format.open_memmap(tmp / "masks.npy", mode="w+", dtype=np.uint8,
+                                              shape=(num_frames, self.size, self.size))
+            present = np.zeros(num_frames, dtype=bool)
+            for frame, path in files.items():
+                if frame >= num_frames:
+                    continue
+                img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+                if img is None:
+                    w.warn("unreadable_mask", f"{path}: cannot read mask image; frame used unmasked")
+                    continue
+                small = cv2.resize(img, (self.size, self.size), interpolation=cv2.INTER_AREA)
+                masks[frame] = np.where(small > 127, 255, 0)
+                present[frame] = True
+            masks.flush()
+            del masks
+            np.save(tmp / "present.npy", present)
+
+        folder = self._entry("mask", subject.subject, key, build, warnings)
+        present = np.load(folder / "present.npy")
+        missing = int((~present).sum())
+        if missing:
+            where = subject.mask_dir or f"mask folder of {subject.subject}"
+            warnings.warn("missing_mask_frames",
+                          f"{where}: {missing} of {num_frames} frames have no mask; used unmasked", count=missing)
+        return np.load(folder / "masks.npy", mmap_mode="r"), present
+
+    # -- keypoints and skeleton attention ----------------------------------------------------------
+
+    def keypoints(self, subject: SubjectFiles, info: VideoInfo, warnings: DataWarnings) -> np.ndarray | None:
+        """(T, 17, 3) float32 keypoints scaled to the cached frame size, or None if no file."""
+        if subject.keypoints is None:
+            warnings.warn("missing_keypoints", f"no keypoint CSV for subject {subject.subject}; attention is uniform")
+            return None
+        key = _digest("kp", file_key(subject.keypoints), self.size, info.width, info.height, info.num_frames)
+
+        def build(tmp: Path, w: DataWarnings) -> None:
+            kps = layout.read_keypoints(subject.keypoints, info.num_frames, w)
+            kps[..., 0] *= self.size / max(info.width, 1)
+            kps[..., 1] *= self.size / max(info.height, 1)
+            np.save(tmp / "keypoints.npy", kps)
+
+        folder = self._entry("keypoints", subject.subject, key, build, warnings)
+        return np.load(folder / "keypoints.npy")
+
+    def attention(self, subject: SubjectFiles, kps: np.ndarray, sigma: float, floor: float,
+                  min_conf: float, warnings: DataWarnings) -> np.ndarray:
+        """(T, S, S) uint8 skeleton attention maps (255 = weight 1) from cached keypoints."""
+        key = _digest("att", subject.keypoints and file_key(subject.keypoints), self.size, sigma, floor,
+                      min_conf, len(kps))
+
+        def build(tmp: Path, w: DataWarnings) -> None:
+            maps = np.lib.format.open_memmap(tmp / "attention.npy", mode="w+", dtype=np.uint8,
+                                             shape=(len(kps), self.size, self.size))
+            for start in range(0, len(kps), 64):  # bounded memory for long videos
+                chunk = transforms.skeleton_attention(kps[start:start + 64], self.size, sigma, floor, min_conf)
+                maps[start:start + 64] = np.round(chunk * 255).astype(np.uint8)
+            maps.flush()
+
+        folder = self._entry("attention", subject.subject, key, build, warnings)
+        return np.load(folder / "attention.npy", mmap_mode="r")
+
+
+def ensure_cached(cache: FrameCache, subjects: list[SubjectFiles], warnings: DataWarnings,
+                  progress: bool = True) -> dict[str, VideoEntry]:
+    """Decode (or open) every subject's video once, with a progress bar."""
+    from tqdm.auto import tqdm
+
+    entries = {}
+    for subject in tqdm(subjects, desc="frame cache", unit="video", disable=not progress):
+        try:
+            entries[subject.subject] = cache.video(subject, warnings)
+        except DataError:
+            raise
+        except Exception as exc:  # a decoder crash still names the file
+            raise DataError(f"{subject.video}: failed to decode: {exc}") from exc
+    return entries

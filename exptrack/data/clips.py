@@ -1,0 +1,124 @@
+"""The clip index: sliding windows over frame labels, and the choices made on top of it
+(validation carve-out, class-1 downsampling, class and sampler weights)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from .layout import BACKGROUND
+
+
+@dataclass(frozen=True)
+class ClipIndex:
+    """One row per clip; parallel arrays so that millions of clips stay cheap."""
+
+    subjects: tuple[str, ...]  # subject_idx indexes this
+    subject_idx: np.ndarray  # (N,) int32
+    start: np.ndarray  # (N,) int64, first frame
+    label: np.ndarray  # (N,) int64, majority class of the non-background frames
+    purity: np.ndarray  # (N,) float32, share of the clip's frames carrying `label`
+    clip_len: int
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+    def select(self, rows: np.ndarray) -> "ClipIndex":
+        return ClipIndex(self.subjects, self.subject_idx[rows], self.start[rows], self.label[rows],
+                         self.purity[rows], self.clip_len)
+
+    def class_counts(self, num_classes: int) -> np.ndarray:
+        return np.bincount(self.label, minlength=num_classes)[:num_classes]
+
+    def digest(self) -> str:
+        """Stable hash of exactly which clips (subject, start, label) this index holds."""
+        h = hashlib.sha256(f"{self.clip_len}|{'|'.join(self.subjects)}".encode())
+        for arr in (self.subject_idx.astype(np.int64), self.start.astype(np.int64), self.label.astype(np.int64)):
+            h.update(np.ascontiguousarray(arr).tobytes())
+        return h.hexdigest()[:16]
+
+
+def window_labels(frame_labels: np.ndarray, clip_len: int, stride: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sliding windows over one subject's labels -> (starts, majority labels, purity).
+
+    The label is the majority over the window's non-background frames (ties go to the lower
+    id); a window of background only gets -1.
+    """
+    n = len(frame_labels)
+    if n < clip_len:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    starts = np.arange(0, n - clip_len + 1, stride, dtype=np.int64)
+    windows = np.lib.stride_tricks.sliding_window_view(frame_labels, clip_len)[starts]  # (W, clip_len)
+    num_ids = int(max(frame_labels.max(), 0)) + 2  # column 0 counts background
+    counts = np.zeros((len(starts), num_ids), dtype=np.int64)
+    np.add.at(counts, (np.repeat(np.arange(len(starts)), clip_len), windows.ravel().astype(np.int64) + 1), 1)
+    fg = counts[:, 1:]
+    labels = np.where(fg.sum(1) > 0, fg.argmax(1), BACKGROUND)
+    purity = np.where(labels >= 0, fg.max(1) / clip_len, 0.0).astype(np.float32)
+    return starts, labels.astype(np.int64), purity
+
+
+def build_clip_index(frame_labels: dict[str, np.ndarray], clip_len: int, stride: int,
+                     min_purity: float = 0.0) -> ClipIndex:
+    """Windows of every subject; background-only windows and those under `min_purity` dropped."""
+    subjects = tuple(frame_labels)
+    parts = []
+    for i, subject in enumerate(subjects):
+        starts, labels, purity = window_labels(frame_labels[subject], clip_len, stride)
+        keep = (labels != BACKGROUND) & (purity >= min_purity)
+        parts.append((np.full(keep.sum(), i, np.int32), starts[keep], labels[keep], purity[keep]))
+    if not parts:
+        return ClipIndex(subjects, np.empty(0, np.int32), np.empty(0, np.int64), np.empty(0, np.int64),
+                         np.empty(0, np.float32), clip_len)
+    cols = [np.concatenate(c) for c in zip(*parts)]
+    return ClipIndex(subjects, *cols, clip_len=clip_len)
+
+
+def carve_validation(train_subjects: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Split the train subjects into (train, val), subject-disjoint.
+
+    At least one subject goes to validation (when fraction > 0) and at least one stays in
+    training. The choice depends only on the sorted subject names and the seed.
+    """
+    names = sorted(train_subjects)
+    if fraction <= 0 or len(names) < 2:
+        return names, []
+    n_val = min(max(1, round(fraction * len(names))), len(names) - 1)
+    order = np.random.default_rng(seed).permutation(len(names))
+    val = sorted(names[i] for i in order[:n_val])
+    return [s for s in names if s not in val], val
+
+
+def downsample_class(index: ClipIndex, cls: int, num_classes: int, seed: int) -> ClipIndex:
+    """Keep a random subset of class `cls` clips, as many as the median count of the other
+    classes that occur; the other classes are untouched."""
+    counts = index.class_counts(num_classes)
+    others = np.delete(counts, cls)
+    others = others[others > 0]
+    if counts[cls] == 0 or len(others) == 0:
+        return index
+    target = int(np.median(others))
+    rows = np.flatnonzero(index.label == cls)
+    if len(rows) <= target:
+        return index
+    rng = np.random.default_rng(seed)
+    drop = rng.choice(rows, size=len(rows) - target, replace=False)
+    keep = np.setdiff1d(np.arange(len(index)), drop)
+    return index.select(keep)
+
+
+def class_weights(counts: np.ndarray) -> np.ndarray:
+    """Inverse-frequency weights normalised to mean 1 over the classes present; absent classes 0."""
+    counts = np.asarray(counts, dtype=np.float64)
+    present = counts > 0
+    w = np.zeros_like(counts)
+    w[present] = counts[present].sum() / (present.sum() * counts[present])
+    return w.astype(np.float32)
+
+
+def sampler_weights(index: ClipIndex, num_classes: int) -> np.ndarray:
+    """Per-clip weight 1/count(class): every class is drawn equally often in expectation."""
+    counts = index.class_counts(num_classes).astype(np.float64)
+    return (1.0 / counts[index.label]).astype(np.float64)

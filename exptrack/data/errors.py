@@ -1,0 +1,42 @@
+"""How bad input is reported: a DataError that names the file, or a counted warning."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, defaultdict
+
+log = logging.getLogger("exptrack.data")
+
+
+class DataError(ValueError):
+    """Input that cannot be used; the message names the file (and line where it applies)."""
+
+
+class DataWarnings:
+    """Counts problems that are safe to skip, so that none of them passes silently.
+
+    Each kind is logged the first few times it happens; `summary()` gives the totals, which
+    commands print at the end and training logs as run tags.
+    """
+
+    def __init__(self, log_first: int = 3) -> None:
+        self.counts: Counter[str] = Counter()
+        self.examples: dict[str, list[str]] = defaultdict(list)
+        self.log_first = log_first
+
+    def warn(self, kind: str, message: str, count: int = 1) -> None:
+        self.counts[kind] += count
+        if len(self.examples[kind]) < self.log_first:
+            self.examples[kind].append(message)
+            log.warning("%s", message)
+
+    def __getitem__(self, kind: str) -> int:
+        return self.counts[kind]
+
+    def __bool__(self) -> bool:
+        return bool(self.counts)
+
+    def summary(self) -> str:
+        if not self.counts:
+            return "no data warnings"
+        return "data warnings: " + ", ".join(f"{kind}={n}" for kind, n in sorted(self.counts.items()))

@@ -1,0 +1,307 @@
+"""Reads the dataset layout of ../shared/DATASET.md and validates every input file.
+
+    <root>/dataset/anon/<subject>.mp4
+    <root>/dataset/mask/<subject>/<NNNNN>_mask.png     (1-based frame numbers)
+    <root>/dataset/skeleton/yolo_pose_csv/<subject>.csv
+    <root>/label/<subject>.csv
+    <root>/split.csv
+
+Anything unusable raises DataError naming the file (and line); anything safe to skip is
+counted in a DataWarnings.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError, DataWarnings
+
+BACKGROUND = -1
+SPLITS = ("train", "val", "test")
+_SPLIT_ALIASES = {"train": "train", "training": "train", "test": "test", "testing": "test",
+                  "val": "val", "valid": "val", "validation": "val"}
+_ID_COLUMNS = ("id", "subject", "subject_id")
+
+KEYPOINT_NAMES = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear",
+    "left_shoulder", "right_shoulder", "left_elbow", "right_elbow",
+    "left_wrist", "right_wrist", "left_hip", "right_hip",
+    "left_knee", "right_knee", "left_ankle", "right_ankle",
+)
+NUM_KEYPOINTS = len(KEYPOINT_NAMES)
+# Index pairs swapped by a horizontal flip.
+FLIP_PAIRS = tuple((i, i + 1) for i in range(1, NUM_KEYPOINTS, 2))
+# Shoulders, elbows, wrists, hips: the joints skeleton attention uses.
+ATTENTION_JOINTS = tuple(range(5, 13))
+
+_MASK_NAME = re.compile(r"^(\d+)_mask\.png$", re.IGNORECASE)
+_FRAME_COLUMNS = ("frame", "frame_number", "frame_idx", "frame_id")
+_PERSON_COLUMNS = ("person", "track_id", "person_id")
+
+
+@dataclass(frozen=True)
+class SubjectFiles:
+    subject: str
+    split: str
+    video: Path
+    labels: Path | None
+    mask_dir: Path | None
+    keypoints: Path | None
+
+
+@dataclass(frozen=True)
+class DatasetLayout:
+    root: Path
+    subjects: tuple[SubjectFiles, ...]
+
+    def by_split(self, split: str) -> list[SubjectFiles]:
+        return [s for s in self.subjects if s.split == split]
+
+    def subject(self, name: str) -> SubjectFiles:
+        for s in self.subjects:
+            if s.subject == name:
+                return s
+        raise DataError(f"{self.root}: no subject {name!r} (known: {', '.join(s.subject for s in self.subjects)})")
+
+
+# ---------------------------------------------------------------------------------------------
+# split.csv
+
+
+def read_split(path: Path) -> dict[str, tuple[str, int]]:
+    """split.csv -> {subject: (split, line number)}."""
+    if not path.is_file():
+        raise DataError(f"{path}: split file not found (expected columns id,split)")
+    with path.open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    if not rows:
+        raise DataError(f"{path}: empty split file (expected a header id,split)")
+    header = [h.strip().lower() for h in rows[0]]
+    id_col = next((header.index(c) for c in _ID_COLUMNS if c in header), None)
+    if id_col is None or "split" not in header:
+        raise DataError(f"{path}:1: header must name an id column ({'/'.join(_ID_COLUMNS)}) and 'split', got {rows[0]}")
+    split_col = header.index("split")
+    out: dict[str, tuple[str, int]] = {}
+    for line_no, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            raise DataError(f"{path}:{line_no}: expected {len(header)} columns, got {len(row)}: {row}")
+        subject, value = row[id_col].strip(), row[split_col].strip().lower()
+        if value not in _SPLIT_ALIASES:
+            raise DataError(f"{path}:{line_no}: split {row[split_col]!r} is not train, val or test")
+        if subject in out:
+            raise DataError(f"{path}:{line_no}: subject {subject!r} listed twice (first on line {out[subject][1]})")
+        out[subject] = (_SPLIT_ALIASES[value], line_no)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# discovery
+
+
+def discover(root: str | Path, warnings: DataWarnings) -> DatasetLayout:
+    """Match split.csv rows with the subject files under `root`."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: data root not found")
+    anon = root / "dataset" / "anon"
+    if not anon.is_dir():
+        raise DataError(f"{anon}: video folder not found (layout: <root>/dataset/anon/<subject>.mp4)")
+    split_path = root / "split.csv"
+    split = read_split(split_path)
+    videos = {p.stem: p for p in sorted(anon.glob("*.mp4"))}
+    for subject in videos:
+        if subject not in split:
+            warnings.warn("subject_without_split", f"{videos[subject]}: no row for {subject!r} in {split_path}; skipped")
+    subjects = []
+    for subject, (which, line_no) in split.items():
+        if subject not in videos:
+            raise DataError(f"{split_path}:{line_no}: subject {subject!r} has no video at {anon / (subject + '.mp4')}")
+        labels = root / "label" / f"{subject}.csv"
+        mask_dir = root / "dataset" / "mask" / subject
+        keypoints = root / "dataset" / "skeleton" / "yolo_pose_csv" / f"{subject}.csv"
+        if not labels.is_file():
+            raise DataError(f"{labels}: label file for subject {subject!r} not found")
+        subjects.append(SubjectFiles(
+            subject=subject,
+            split=which,
+            video=videos[subject],
+            labels=labels,
+            mask_dir=mask_dir if mask_dir.is_dir() else None,
+            keypoints=keypoints if keypoints.is_file() else None,
+        ))
+    if not subjects:
+        raise DataError(f"{split_path}: lists no subject")
+    return DatasetLayout(root=root, subjects=tuple(subjects))
+
+
+# ---------------------------------------------------------------------------------------------
+# labels
+
+
+def _parse_int(text: str, path: Path, line_no: int, what: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise DataError(f"{path}:{line_no}: {what} {text.strip()!r} is not an integer") from None
+
+
+def _frame_offset(frames: np.ndarray, base: str) -> int:
+    """0 for 0-based numbering, 1 for 1-based; 'auto' is 0-based when frame 0 occurs."""
+    if base == "auto":
+        return 0 if (len(frames) == 0 or frames.min() == 0) else 1
+    return int(base)
+
+
+def read_labels(path: Path, num_frames: int, num_classes: int, warnings: DataWarnings,
+                frame_base: str = "auto") -> np.ndarray:
+    """Frame-level labels -> (num_frames,) int16, background (-1) where the file has no row."""
+    rows = []
+    with path.open(newline="") as fh:
+        for line_no, row in enumerate(csv.reader(fh), start=1):
+            if not row or not any(cell.strip() for cell in row):
+                continue
+            if len(row) != 3:
+                raise DataError(f"{path}:{line_no}: expected 3 columns (frame_number, column1, column2), got {len(row)}: {row}")
+            if line_no == 1 and not row[0].strip().lstrip("+-").isdigit():
+                continue  # a header line
+            frame = _parse_int(row[0], path, line_no, "frame number")
+            label = _parse_int(row[2], path, line_no, "class id")
+            if frame < 0:
+                raise DataError(f"{path}:{line_no}: negative frame number {frame}")
+            if not (label == BACKGROUND or 0 <= label < num_classes):
+                raise DataError(
+                    f"{path}:{line_no}: unknown class id {label} (valid: -1 background, 0..{num_classes - 1}; "
+                    f"set model.num_classes if the dataset has more classes)"
+                )
+            rows.append((frame, label))
+    if not rows:
+        raise DataError(f"{path}: no label rows")
+    table = np.asarray(rows, dtype=np.int64)
+    frames = table[:, 0] - _frame_offset(table[:, 0], frame_base)
+    if frames.min() < 0:
+        raise DataError(f"{path}: frame numbers start below the declared base {frame_base}")
+    labels = np.full(num_frames, BACKGROUND, dtype=np.int16)
+    inside = frames < num_frames
+    labels[frames[inside]] = table[inside, 1]
+    labelled = int(frames.max()) + 1
+    if labelled != num_frames:
+        warnings.warn(
+            "label_length_mismatch",
+            f"{path}: labels cover {labelled} frames but the video has {num_frames}; using the overlap"
+            + ("" if labelled > num_frames else ", the rest counts as background"),
+        )
+    return labels
+
+
+# ---------------------------------------------------------------------------------------------
+# keypoints
+
+
+def _keypoint_columns(header: list[str], path: Path) -> np.ndarray:
+    """Column index of (x, y, conf) for each of the 17 joints -> (17, 3) int array."""
+    lookup = {h: i for i, h in enumerate(header)}
+    cols = np.empty((NUM_KEYPOINTS, 3), dtype=np.int64)
+    missing = []
+    for j, name in enumerate(KEYPOINT_NAMES):
+        for k, suffix in enumerate(("x", "y", "conf")):
+            candidates = [f"kp{j}_{suffix}", f"{name}_{suffix}"]
+            if suffix == "conf":
+                candidates += [f"kp{j}_score", f"{name}_score", f"kp{j}_c", f"{name}_c"]
+            found = next((lookup[c] for c in candidates if c in lookup), None)
+            if found is None:
+                missing.append(f"{candidates[0]} or {candidates[1]}")
+            else:
+                cols[j, k] = found
+    if missing:
+        raise DataError(f"{path}:1: missing keypoint columns: {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}")
+    return cols
+
+
+def _to_float_table(body: list[list[str]], header: list[str], path: Path) -> np.ndarray:
+    """Parse CSV cells as floats (empty / nan -> NaN); a bad cell is named by line and column."""
+    cells = np.asarray(body, dtype=object)
+    cells = np.where(cells == "", "nan", cells).astype(str)
+    try:
+        return cells.astype(np.float64)
+    except ValueError:
+        for r, row in enumerate(cells):
+            for c, text in enumerate(row):
+                try:
+                    float(text)
+                except ValueError:
+                    raise DataError(f"{path}:{r + 2}: column {header[c]!r} value {text!r} is not a number") from None
+        raise
+
+
+def read_keypoints(path: Path, num_frames: int, warnings: DataWarnings) -> np.ndarray:
+    """Pose CSV -> (num_frames, 17, 3) float32 (x, y, conf) in original video pixels.
+
+    Undetected joints (empty, NaN or conf 0) get conf 0. With several people per frame the
+    most confident one (mean joint confidence) is kept.
+    """
+    with path.open(newline="") as fh:
+        rows = [row for row in csv.reader(fh) if row and any(cell.strip() for cell in row)]
+    if not rows:
+        raise DataError(f"{path}: empty keypoint file")
+    header = [h.strip().lower() for h in rows[0]]
+    for line_no, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise DataError(f"{path}:{line_no}: expected {len(header)} columns as in the header, got {len(row)}")
+    cols = _keypoint_columns(header, path)
+    table = _to_float_table([[c.strip() for c in row] for row in rows[1:]], header, path)
+    frame_col = next((header.index(c) for c in _FRAME_COLUMNS if c in header), None)
+    if frame_col is None:
+        if any(c in header for c in _PERSON_COLUMNS):
+            raise DataError(f"{path}:1: a person column needs a frame column ({'/'.join(_FRAME_COLUMNS)})")
+        frames = np.arange(len(table))
+    else:
+        raw = table[:, frame_col]
+        if np.isnan(raw).any() or (raw != np.round(raw)).any():
+            bad = int(np.flatnonzero(np.isnan(raw) | (raw != np.round(raw)))[0])
+            raise DataError(f"{path}:{bad + 2}: frame number {rows[bad + 1][frame_col]!r} is not an integer")
+        frames = raw.astype(np.int64)
+        frames = frames - _frame_offset(frames, "auto")
+    joints = table[:, cols]  # (rows, 17, 3)
+    conf = np.nan_to_num(joints[..., 2], nan=0.0)
+    undetected = np.isnan(joints[..., 0]) | np.isnan(joints[..., 1]) | (conf <= 0)
+    conf[undetected] = 0.0
+    joints = np.nan_to_num(joints, nan=0.0)
+    joints[..., 2] = conf
+
+    out = np.zeros((num_frames, NUM_KEYPOINTS, 3), dtype=np.float32)
+    best = np.full(num_frames, -1.0)
+    score = conf.mean(axis=1)
+    for row in np.argsort(score, kind="stable"):  # ascending: the most confident person wins
+        f = frames[row]
+        if 0 <= f < num_frames and score[row] >= best[f]:
+            out[f] = joints[row]
+            best[f] = score[row]
+    missing = int((best < 0).sum())
+    if missing:
+        warnings.warn("keypoint_frames_missing",
+                      f"{path}: {missing} of {num_frames} frames have no keypoint row (attention is uniform there)",
+                      count=missing)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# masks
+
+
+def mask_files(mask_dir: Path | None) -> dict[int, Path]:
+    """{0-based frame index: mask png}; file names are 1-based with any zero padding."""
+    if mask_dir is None or not mask_dir.is_dir():
+        return {}
+    out = {}
+    for p in mask_dir.iterdir():
+        m = _MASK_NAME.match(p.name)
+        if m and int(m.group(1)) >= 1:
+            out[int(m.group(1)) - 1] = p
+    return out

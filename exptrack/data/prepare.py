@@ -1,0 +1,126 @@
+"""From a config to ready splits: data root (demo generated if asked), layout, cache, clip indexes."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..config import Config
+from . import clips, layout
+from .cache import FrameCache, VideoEntry, ensure_cached
+from .errors import DataError, DataWarnings
+from .layout import DatasetLayout, SubjectFiles
+
+log = logging.getLogger("exptrack.data")
+
+
+@dataclass
+class SubjectData:
+    """Everything cached for one subject; arrays are memory maps shared by all clips."""
+
+    files: SubjectFiles
+    video: VideoEntry
+    labels: np.ndarray  # (T,) int16, -1 = background
+    keypoints: np.ndarray | None = None  # (T, 17, 3) float32, pixels of the cached frame size
+    masks: np.ndarray | None = None  # (T, S, S) uint8
+    mask_present: np.ndarray | None = None  # (T,) bool
+    attention: np.ndarray | None = None  # (T, S, S) uint8
+
+    @property
+    def num_frames(self) -> int:
+        return self.video.info.num_frames
+
+
+@dataclass
+class PreparedData:
+    config: Config
+    layout: DatasetLayout
+    subjects: dict[str, SubjectData]
+    split_subjects: dict[str, list[str]]  # train / val / test -> subject names
+    splits: dict[str, clips.ClipIndex]  # train after downsampling, val, test
+    train_before_downsampling: clips.ClipIndex
+    warnings: DataWarnings = field(default_factory=DataWarnings)
+
+    def digest(self) -> str:
+        """One hash over every split's clips: two runs with the same digest saw the same data."""
+        return "-".join(self.splits[s].digest()[:8] for s in ("train", "val", "test") if s in self.splits)
+
+
+def ensure_data_root(config: Config) -> Path:
+    """The data root; generated demo data when it does not exist and the config allows it."""
+    d = config.data
+    root = Path(d.root)
+    if root.exists():
+        return root
+    if not d.demo:
+        raise DataError(f"{root}: data root not found (set data.root, or data.demo=true to generate demo data)")
+    from .demo import DemoSpec, write_demo_dataset
+
+    log.info("data root %s does not exist: generating the demo dataset there (%d subjects, %d classes, seed %d)",
+             root, d.demo_subjects, d.demo_classes, d.demo_seed)
+    write_demo_dataset(root, DemoSpec(subjects=d.demo_subjects, classes=d.demo_classes, seed=d.demo_seed))
+    return root
+
+
+def assign_splits(data_layout: DatasetLayout, val_fraction: float, val_seed: int) -> dict[str, list[str]]:
+    """train / val / test subject lists; validation comes from split.csv if it names any, else it
+    is carved out of the train subjects, subject-disjoint."""
+    train = [s.subject for s in data_layout.by_split("train")]
+    val = [s.subject for s in data_layout.by_split("val")]
+    test = [s.subject for s in data_layout.by_split("test")]
+    if not val:
+        train, val = clips.carve_validation(train, val_fraction, val_seed)
+    return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
+
+
+def load_subject(cache: FrameCache, files: SubjectFiles, video: VideoEntry, config: Config,
+                 warnings: DataWarnings) -> SubjectData:
+    d = config.data
+    labels = layout.read_labels(files.labels, video.info.num_frames, config.model.num_classes, warnings,
+                                d.label_frame_base)
+    subject = SubjectData(files=files, video=video, labels=labels)
+    subject.keypoints = cache.keypoints(files, video.info, warnings)
+    if d.use_masks:
+        if files.mask_dir is None:
+            warnings.warn("missing_mask_folder", f"no mask folder for subject {files.subject}; frames used unmasked")
+        subject.masks, subject.mask_present = cache.masks(files, video.info.num_frames, warnings)
+    if d.use_skeleton_attention and subject.keypoints is not None:
+        subject.attention = cache.attention(files, subject.keypoints, d.skeleton_sigma, d.skeleton_floor,
+                                            d.keypoint_min_conf, warnings)
+    return subject
+
+
+def prepare_data(config: Config, splits: tuple[str, ...] = ("train", "val", "test"), progress: bool = True,
+                 warnings: DataWarnings | None = None) -> PreparedData:
+    warnings = warnings if warnings is not None else DataWarnings()
+    d = config.data
+    root = ensure_data_root(config)
+    data_layout = layout.discover(root, warnings)
+    split_subjects = assign_splits(data_layout, d.val_fraction, d.val_seed)
+    needed = [s for name in splits for s in split_subjects[name]]
+    files = [data_layout.subject(name) for name in needed]
+    cache = FrameCache(config.paths.cache, d.frame_size)
+    videos = ensure_cached(cache, files, warnings, progress=progress)
+    subjects = {f.subject: load_subject(cache, f, videos[f.subject], config, warnings) for f in files}
+
+    indexes: dict[str, clips.ClipIndex] = {}
+    for name in splits:
+        stride = d.train_stride if name == "train" else d.eval_stride
+        labels = {s: subjects[s].labels for s in split_subjects[name]}
+        indexes[name] = clips.build_clip_index(labels, d.clip_len, stride, d.min_purity)
+        if len(indexes[name]) == 0 and (name != "val" or split_subjects["val"]):
+            raise DataError(
+                f"{root / 'split.csv'}: split {name!r} has no usable clips "
+                f"(subjects: {', '.join(split_subjects[name]) or 'none'}; clip_len {d.clip_len}, "
+                f"min_purity {d.min_purity})"
+            )
+    before = indexes.get("train", clips.build_clip_index({}, d.clip_len, d.train_stride))
+    if "train" in indexes and d.downsample_class1:
+        indexes["train"] = clips.downsample_class(before, d.dominant_class, config.model.num_classes, d.val_seed)
+    if warnings:
+        log.info("%s", warnings.summary())
+    return PreparedData(config=config, layout=data_layout, subjects=subjects, split_subjects=split_subjects,
+                        splits=indexes, train_before_downsampling=before, warnings=warnings)

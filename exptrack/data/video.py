@@ -1,0 +1,106 @@
+"""Reading and writing video files with OpenCV; every failure names the file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .errors import DataError, DataWarnings
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    fps: float
+    width: int
+    height: int
+    # Frames actually decoded (the container's header count can be wrong for truncated files).
+    num_frames: int
+
+
+def _open(path: Path) -> cv2.VideoCapture:
+    if not path.is_file():
+        raise DataError(f"{path}: video file not found")
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise DataError(f"{path}: cannot open video (not a video file, or a codec OpenCV cannot read)")
+    return cap
+
+
+def resize_frame(frame_bgr: np.ndarray, size: int) -> np.ndarray:
+    """BGR frame of any size -> RGB (size, size, 3) uint8; INTER_AREA keeps thin limbs visible."""
+    small = cv2.resize(frame_bgr, (size, size), interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(small, cv2.COLOR_BGR2RGB)
+
+
+def decode_video(path: Path, size: int, warnings: DataWarnings | None = None) -> tuple[np.ndarray, VideoInfo]:
+    """Decode every frame once, resized to (size, size): (T, size, size, 3) uint8 RGB."""
+    cap = _open(path)
+    try:
+        fps = float(cap.get(cv2.CAP_PROP_FPS)) or 0.0
+        header_count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
+        height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        # Preallocate from the header count and grow if it was too small.
+        out = np.empty((max(header_count, 1), size, size, 3), dtype=np.uint8)
+        n = 0
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            if n == len(out):
+                out = np.concatenate([out, np.empty_like(out)])
+            out[n] = resize_frame(frame, size)
+            n += 1
+    finally:
+        cap.release()
+    if n == 0:
+        raise DataError(f"{path}: no frame could be decoded (empty or corrupt video)")
+    if header_count > 0 and n < header_count and warnings is not None:
+        warnings.warn(
+            "truncated_video",
+            f"{path}: header says {header_count} frames but only {n} decode (truncated?); using {n}",
+        )
+    if fps <= 0 and warnings is not None:
+        warnings.warn("unknown_fps", f"{path}: no frame rate in the header; assuming 30 fps")
+        fps = 30.0
+    return out[:n], VideoInfo(fps=fps or 30.0, width=width, height=height, num_frames=n)
+
+
+def read_clip_by_seeking(path: Path, start: int, length: int, size: int) -> np.ndarray:
+    """The original per-clip approach: open, seek, decode `length` frames, resize.
+
+    Kept only as the baseline that bench/loader.py measures the cache against.
+    """
+    cap = _open(path)
+    try:
+        cap.set(cv2.CAP_PROP_POS_FRAMES, start)
+        frames = []
+        for _ in range(length):
+            ok, frame = cap.read()
+            if not ok:
+                break
+            frames.append(resize_frame(frame, size))
+    finally:
+        cap.release()
+    if not frames:
+        raise DataError(f"{path}: no frame at {start}")
+    while len(frames) < length:  # pad a short tail by repeating the last frame
+        frames.append(frames[-1])
+    return np.stack(frames)
+
+
+def write_video(path: Path, frames_rgb: np.ndarray, fps: float) -> None:
+    """Write (T, H, W, 3) uint8 RGB frames as an MPEG-4 Part 2 MP4 that OpenCV reads back."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t, h, w, _ = frames_rgb.shape
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    if not writer.isOpened():
+        raise DataError(f"{path}: OpenCV cannot open an mp4v writer here")
+    try:
+        for frame in frames_rgb:
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    finally:
+        writer.release()
