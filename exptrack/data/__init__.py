@@ -1,0 +1,1 @@
+"""The data side: dataset layout, demo data, frame cache, clip index, transforms, Dataset."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
@@ -13,15 +14,10 @@ from . import clips, transforms
 from .layout import NUM_KEYPOINTS
 from .prepare import PreparedData, SubjectData
 
-_NO_WEIGHT = np.zeros(0, dtype=np.uint8)
-
-
 class ClipDataset(Dataset):
     """Samples are dicts with fixed keys:
 
-    video     (T, S, S, 3) uint8   RGB frames, augmented geometrically when training
-    weight    (T, S, S) uint8      mask x skeleton attention, 255 = 1; shape (0,) when both are off
-    color     (4,) float32         colour jitter (brightness, contrast, saturation, hue) to apply
+    video     (T, S, S, 3) uint8   RGB frames: augmented (train), masked and attention-weighted
     keypoints (T, 17, 3) float32   in clip pixels, through the same flip/rotation (zeros if none)
     label     int64                clip class
     subject   int64                index into `subjects`
@@ -49,14 +45,16 @@ class ClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def _weight(self, subj: SubjectData, sl: slice) -> np.ndarray:
+    def _weight(self, subj: SubjectData, sl: slice) -> np.ndarray | None:
+        """(T, S, S) uint8 mask x attention weight for frames `sl`, or None when both are off."""
         weight = None
         if self.use_masks and subj.masks is not None:
             weight = transforms.mask_weight(subj.masks[sl], subj.mask_present[sl], self.mask_alpha)
         if self.use_attention and subj.attention is not None:
             att = subj.attention[sl]
-            weight = att.copy() if weight is None else (weight.astype(np.uint16) * att // 255).astype(np.uint8)
-        return _NO_WEIGHT if weight is None else weight
+            att = np.asarray(att)
+            weight = att if weight is None else cv2.multiply(weight, att, scale=1.0 / 255.0)
+        return weight
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         subj = self.subjects[self.index.subject_idx[i]]
@@ -70,16 +68,18 @@ class ClipDataset(Dataset):
         weight = self._weight(subj, sl)
         kps = subj.keypoints[sl] if subj.keypoints is not None else np.zeros((self.clip_len, NUM_KEYPOINTS, 3), np.float32)
         params = transforms.sample_augment(rng, self.augment) if self.augment else transforms.IDENTITY
+        # Weight and colour are per pixel and the warp is geometric, so they commute: weighting
+        # before warping needs one warp per frame instead of two (frames and weight).
+        if weight is not None:
+            video = transforms.apply_weight(video, weight)
+        if params.colored:
+            video = transforms.jitter_colors(video, params)
         if params.geometric:
             matrix = transforms.geometry_matrix(params, video.shape[1])
             video = transforms.warp_frames(video, matrix)
-            if weight.size:
-                weight = transforms.warp_frames(weight, matrix)
             kps = transforms.warp_keypoints(kps, matrix, params.flip)
         return {
             "video": torch.from_numpy(np.ascontiguousarray(video)),
-            "weight": torch.from_numpy(np.ascontiguousarray(weight)),
-            "color": torch.from_numpy(params.color()),
             "keypoints": torch.from_numpy(np.ascontiguousarray(kps, dtype=np.float32)),
             "label": torch.tensor(int(self.index.label[i])),
             "subject": torch.tensor(int(self.index.subject_idx[i])),
@@ -89,6 +89,12 @@ class ClipDataset(Dataset):
 
 def default_workers(requested: int) -> int:
     return max(0, min(requested, os.cpu_count() or 1))
+
+
+def _single_threaded_worker(_: int) -> None:
+    """One torch thread per worker: the workers already fill the cores. (OpenCV's pool is left
+    alone: cv2.setNumThreads in a forked child can deadlock on the parent's pool lock.)"""
+    torch.set_num_threads(1)
 
 
 def make_loader(data: PreparedData, split: str, train: bool, batch_size: int, num_workers: int,
@@ -104,6 +110,7 @@ def make_loader(data: PreparedData, split: str, train: bool, batch_size: int, nu
     workers = default_workers(num_workers)
     return DataLoader(
         dataset,
+        worker_init_fn=_single_threaded_worker,
         batch_size=batch_size,
         shuffle=train and sampler is None,
         sampler=sampler,
@@ -118,9 +125,5 @@ def make_loader(data: PreparedData, split: str, train: bool, batch_size: int, nu
 def prepare_batch(batch: dict[str, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Move a uint8 batch to the device and finish it there: (B, 3, T, H, W) float input, (B,) labels."""
     non_blocking = device.type == "cuda"
-    video = batch["video"].to(device, non_blocking=non_blocking)
-    weight = batch["weight"]
-    weight = weight.to(device, non_blocking=non_blocking) if weight.dim() > 1 else None
-    color = batch["color"].to(device, non_blocking=non_blocking)
-    x = transforms.to_model_input(video, weight, color)
+    x = transforms.to_model_input(batch["video"].to(device, non_blocking=non_blocking))
     return x, batch["label"].to(device, non_blocking=non_blocking)

@@ -1,12 +1,13 @@
 """Pure functions on clips: skeleton attention, geometric and colour augmentation, normalisation.
 
-The split of work is chosen for speed. A worker only does what is cheap on uint8 data: one
-OpenCV affine warp per frame (flip and rotation folded into one matrix, identical for every
-frame of a clip, applied to frames, masks and attention alike) and the matching keypoint
-transform. Colour jitter, mask/attention weighting and ImageNet normalisation are all affine
-per pixel, so they run once per batch in `to_model_input`, on the training device, on 4x less
-data than float clips would be. torchvision's v2 transforms do the same operations, but per clip
-on float tensors (grid_sample rotation, HSV hue), which is about 10x slower on this path.
+The split of work is chosen for speed. Loader workers stay on uint8 data and OpenCV's SIMD
+kernels: one affine warp per frame (flip and rotation folded into one matrix, the same for
+every frame of a clip, applied to frames, masks and attention alike), the matching keypoint
+transform, colour jitter as one 3x4 colour matrix over the whole clip, and the mask/attention
+weight as one saturating multiply. Only the ImageNet normalisation, the one step that needs
+float, runs per batch on the training device (`to_model_input`), so 4x fewer bytes cross to
+the GPU. torchvision's v2 transforms do these operations per clip on float tensors
+(grid_sample rotation, HSV hue), measured about 10x slower here: bench/loader.py.
 """
 
 from __future__ import annotations
@@ -56,8 +57,9 @@ def mask_weight(masks: np.ndarray, present: np.ndarray, alpha: float) -> np.ndar
 
     Frames without a mask get weight 255 everywhere (used unmasked).
     """
-    background = round((1.0 - alpha) * 255)
-    w = np.where(masks > 127, np.uint8(255), np.uint8(background))
+    lut = np.full(256, round((1.0 - alpha) * 255), dtype=np.uint8)
+    lut[128:] = 255
+    w = cv2.LUT(np.ascontiguousarray(masks), lut)
     w[~present] = 255
     return w
 
@@ -79,8 +81,9 @@ class AugmentParams:
     def geometric(self) -> bool:
         return self.flip or self.angle != 0.0
 
-    def color(self) -> np.ndarray:
-        return np.array([self.brightness, self.contrast, self.saturation, self.hue], dtype=np.float32)
+    @property
+    def colored(self) -> bool:
+        return (self.brightness, self.contrast, self.saturation, self.hue) != (1.0, 1.0, 1.0, 0.0)
 
 
 IDENTITY = AugmentParams()
@@ -136,55 +139,56 @@ def warp_keypoints(kps: np.ndarray, matrix: np.ndarray, flipped: bool) -> np.nda
 
 
 # ---------------------------------------------------------------------------------------------
-# per-batch colour, weighting and normalisation (runs on the training device)
+# colour and weighting (uint8, in the loader workers)
 
 
-def color_matrices(color: torch.Tensor, gray_mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, 4) jitter factors (brightness, contrast, saturation, hue) -> (B, 3, 3) matrix, (B, 3) offset.
+def color_matrix(params: AugmentParams, gray_mean: float) -> np.ndarray:
+    """3x4 affine colour transform for OpenCV: brightness, contrast, saturation, hue in one.
 
-    Brightness scales, contrast blends with the clip's mean gray, saturation blends with each
-    pixel's gray and hue rotates chroma: all linear, so one matrix and offset does all four.
+    Brightness scales; contrast blends with the clip's mean gray; saturation blends each pixel
+    with its own gray; hue rotates the chroma plane (YIQ) around the gray axis. All four are
+    linear, and saturation and hue leave gray untouched, so they fold into one matrix plus an
+    offset along the gray axis.
     """
-    b, c, s, h = color.unbind(dim=1)
-    dev, dt = color.device, color.dtype
-    gray = torch.tensor(_GRAY, device=dev, dtype=dt)
-    eye = torch.eye(3, device=dev, dtype=dt)
-    sat = s[:, None, None] * eye + (1 - s)[:, None, None] * gray[None, None, :].expand(-1, 3, -1)  # (B, 3, 3)
-    yiq = torch.tensor(_YIQ, device=dev, dtype=dt)
-    theta = h * 2 * math.pi
-    rot = torch.zeros(len(color), 3, 3, device=dev, dtype=dt)
-    rot[:, 0, 0] = 1
-    rot[:, 1, 1], rot[:, 1, 2] = torch.cos(theta), -torch.sin(theta)
-    rot[:, 2, 1], rot[:, 2, 2] = torch.sin(theta), torch.cos(theta)
-    hue = torch.linalg.inv(yiq) @ rot @ yiq  # (B, 3, 3)
-    matrix = (hue @ sat) * (b * c)[:, None, None]
-    offset = ((1 - c) * b * gray_mean)[:, None].expand(-1, 3)
-    return matrix, offset
+    b, c, s = params.brightness, params.contrast, params.saturation
+    gray = np.asarray(_GRAY)
+    sat = s * np.eye(3) + (1.0 - s) * np.tile(gray, (3, 1))
+    theta = params.hue * 2.0 * math.pi
+    rot = np.array([[1.0, 0.0, 0.0], [0.0, math.cos(theta), -math.sin(theta)], [0.0, math.sin(theta), math.cos(theta)]])
+    yiq = np.asarray(_YIQ)
+    hue = np.linalg.inv(yiq) @ rot @ yiq
+    matrix = np.empty((3, 4), dtype=np.float32)
+    matrix[:, :3] = (hue @ sat) * (b * c)
+    matrix[:, 3] = (1.0 - c) * b * gray_mean
+    return matrix
 
 
-def to_model_input(video: torch.Tensor, weight: torch.Tensor | None = None,
-                   color: torch.Tensor | None = None) -> torch.Tensor:
-    """uint8 (B, T, H, W, 3) clips -> float (B, 3, T, H, W) model input.
+def jitter_colors(frames: np.ndarray, params: AugmentParams) -> np.ndarray:
+    """(T, S, S, 3) uint8 RGB through one colour transform (saturating at 0 and 255)."""
+    t, h, w, _ = frames.shape
+    gray_mean = float((frames[:, ::4, ::4].reshape(-1, 3) @ np.asarray(_GRAY)).mean())  # subsampled: cheap
+    flat = frames.reshape(t * h, w, 3)  # OpenCV sees the clip as one tall image
+    return cv2.transform(flat, color_matrix(params, gray_mean)).reshape(t, h, w, 3)
 
-    Applies colour jitter (if `color`, (B, 4)), the mask/attention weight (if `weight`,
-    (B, T, H, W) uint8 with 255 = 1) and ImageNet normalisation. The result is a permuted view
-    whose memory is channels_last_3d, the layout cuDNN prefers for Conv3d.
+
+def apply_weight(frames: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """(T, S, S, 3) uint8 frames x (T, S, S) uint8 weight (255 = 1), rounded, in uint8."""
+    t, h, w, _ = frames.shape
+    w3 = cv2.merge([weight.reshape(t * h, w)] * 3)  # (T*S, S, 3)
+    return cv2.multiply(frames.reshape(t * h, w, 3), w3, scale=1.0 / 255.0).reshape(t, h, w, 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# normalisation (per batch, on the training device)
+
+
+def to_model_input(video: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, T, H, W, 3) clips -> ImageNet-normalised float (B, 3, T, H, W).
+
+    The result is a permuted view whose memory is channels_last_3d, the layout cuDNN prefers
+    for Conv3d; doing this on the device moves 4x fewer bytes than float batches would.
     """
-    x = video.float()  # (B, T, H, W, 3)
-    if color is not None and not torch.all(color == torch.tensor([1.0, 1.0, 1.0, 0.0], device=color.device)):
-        gray = torch.tensor(_GRAY, device=x.device)
-        gray_mean = (x @ gray).mean(dim=(1, 2, 3))  # (B,)
-        matrix, offset = color_matrices(color.float(), gray_mean)
-        b, t, h, w, ch = x.shape
-        x = torch.bmm(x.reshape(b, t * h * w, ch), matrix.transpose(1, 2))  # (B, THW, 3)
-        x = x.reshape(b, t, h, w, ch) + offset[:, None, None, None, :]
-        x = x.clamp_(0.0, 255.0)
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device)
-    std = torch.tensor(IMAGENET_STD, device=x.device)
-    if weight is not None:
-        x = x * weight.float().unsqueeze(-1)  # weight 255 = 1, folded into the scale below
-        scale = 1.0 / (255.0 * 255.0 * std)
-    else:
-        scale = 1.0 / (255.0 * std)
-    x = x * scale - mean / std
+    mean = torch.tensor(IMAGENET_MEAN, device=video.device)
+    std = torch.tensor(IMAGENET_STD, device=video.device)
+    x = video.float().mul_(1.0 / (255.0 * std)).sub_(mean / std)  # (B, T, H, W, 3)
     return x.permute(0, 4, 1, 2, 3)  # (B, 3, T, H, W)

@@ -1,0 +1,122 @@
+"""Everything that talks to MLflow lives here; the rest of the package receives a run object.
+
+Tracking follows MLflow's own defaults (MLFLOW_TRACKING_URI, else ``sqlite:///mlflow.db`` in
+the working directory with artifacts under ``mlruns/``), so a plain ``mlflow ui`` in the same
+folder shows every run. ``mlflow.tracking_uri`` in the config points elsewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import mlflow
+
+from .config import Config, to_flat_dict, to_yaml
+
+log = logging.getLogger("exptrack.tracking")
+
+
+def configure(config: Config) -> None:
+    """Point MLflow at the configured tracking server (if any) and experiment."""
+    if config.mlflow.tracking_uri:
+        mlflow.set_tracking_uri(config.mlflow.tracking_uri)
+    if not os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run` the run's experiment is fixed
+        mlflow.set_experiment(config.mlflow.experiment)
+
+
+def tracking_uri() -> str:
+    return mlflow.get_tracking_uri()
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def source_tags() -> dict[str, str]:
+    """Git commit and dirty state of the exptrack checkout, and library versions."""
+    import torch
+
+    tags = {"torch_version": torch.__version__, "mlflow_version": mlflow.__version__,
+            "python_version": platform.python_version()}
+    commit = _git("rev-parse", "HEAD")
+    if commit:
+        tags["git_commit"] = commit
+        tags["git_dirty"] = str(bool(_git("status", "--porcelain", "--untracked-files=no")))
+    return tags
+
+
+class Run:
+    """A thin handle on an active MLflow run; the only way other modules log anything."""
+
+    def __init__(self, run: mlflow.ActiveRun) -> None:
+        self._run = run
+
+    @property
+    def id(self) -> str:
+        return self._run.info.run_id
+
+    @property
+    def artifact_uri(self) -> str:
+        return self._run.info.artifact_uri
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        mlflow.log_params({k: ("" if v is None else v) for k, v in params.items()})
+
+    def log_config(self, config: Config) -> None:
+        """The resolved config as flat params and as config.yaml."""
+        self.log_params(to_flat_dict(config))
+        mlflow.log_text(to_yaml(config), "config.yaml")
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        mlflow.log_artifact(str(path), artifact_path)
+
+    def log_artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
+        mlflow.log_artifacts(str(folder), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        mlflow.log_text(text, artifact_file)
+
+    def log_git_diff(self) -> None:
+        """When the checkout is dirty, keep the diff with the run so it can be reproduced."""
+        diff = _git("diff", "HEAD")
+        if diff:
+            mlflow.log_text(diff, "git_diff.patch")
+
+
+@contextmanager
+def start_run(config: Config, run_name: str, command: str, tags: dict[str, Any] | None = None,
+              system_metrics: bool = False) -> Iterator[Run]:
+    """Start (or, under `mlflow run`, attach to) a run; it ends FAILED if the body raises."""
+    configure(config)
+    # `mlflow run` exports MLFLOW_RUN_ID for the run it created; start_run() attaches to it.
+    attached = bool(os.environ.get("MLFLOW_RUN_ID"))
+    with mlflow.start_run(run_name=None if attached else run_name,
+                          log_system_metrics=system_metrics and config.mlflow.log_system_metrics) as active:
+        run = Run(active)
+        run.set_tags({"exptrack.command": command, **source_tags(), **(tags or {})})
+        if attached:
+            mlflow.set_tag("mlflow.runName", run_name)
+        log.info("MLflow run %s (%s) at %s", run.id, run_name, tracking_uri())
+        yield run
+
+
+def temp_dir() -> tempfile.TemporaryDirectory:
+    return tempfile.TemporaryDirectory(prefix="exptrack-")
