@@ -64,7 +64,7 @@ class ClipDataset(Dataset):
             start += int(rng.integers(-self.start_jitter, self.start_jitter + 1))
             start = min(max(start, 0), subj.num_frames - self.clip_len)
         sl = slice(start, start + self.clip_len)
-        video = np.asarray(subj.video.frames[sl])
+        video = np.array(subj.video.frames[sl])  # a private copy, never a view of the read-only map
         weight = self._weight(subj, sl)
         kps = subj.keypoints[sl] if subj.keypoints is not None else np.zeros((self.clip_len, NUM_KEYPOINTS, 3), np.float32)
         params = transforms.sample_augment(rng, self.augment) if self.augment else transforms.IDENTITY

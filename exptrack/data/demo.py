@@ -186,7 +186,7 @@ def skeleton(pose: np.ndarray, style: Style) -> np.ndarray:
     h = style.height_px
     cx = style.centre_x
     leg = 0.47 * h
-    hip_y = style.ground_y - leg * (1.0 - 0.35 * squat)
+    hip_y = style.ground_y - leg * (1.0 - 0.55 * squat)
     shoulder_y = hip_y - 0.3 * h
     head_y = shoulder_y - 0.1 * h
     half_shoulder, half_hip = 0.11 * h, 0.07 * h
@@ -199,8 +199,8 @@ def skeleton(pose: np.ndarray, style: Style) -> np.ndarray:
         shoulder = np.array([cx + side * half_shoulder, shoulder_y])
         direction = np.array([side * np.sin(theta), np.cos(theta)])
         j[s_i], j[e_i], j[w_i] = shoulder, shoulder + 0.16 * h * direction, shoulder + 0.31 * h * direction
-    foot_half = half_hip + 0.02 * h + 0.16 * h * spread
-    knee_out = 0.12 * h * squat
+    foot_half = half_hip + 0.02 * h + 0.28 * h * spread
+    knee_out = 0.2 * h * squat
     for side, (h_i, k_i, a_i) in ((1, (11, 13, 15)), (-1, (12, 14, 16))):
         hip = np.array([cx + side * half_hip, hip_y])
         ankle = np.array([cx + side * foot_half, style.ground_y])

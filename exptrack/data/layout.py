@@ -236,7 +236,7 @@ def _to_float_table(body: list[list[str]], header: list[str], path: Path) -> np.
                 try:
                     float(text)
                 except ValueError:
-                    raise DataError(f"{path}:{r + 2}: column {header[c]!r} value {text!r} is not a number") from None
+                    raise DataError(f"{path}:{r + 2}: column {header[c]!r} value {str(text)!r} is not a number") from None
         raise
 
 

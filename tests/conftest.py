@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny generated datasets and a private MLflow store per test."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from exptrack.config import load_config
+from exptrack.data.demo import DemoSpec, write_demo_dataset
+
+# Small enough that a dataset is written in about a second.
+TINY = DemoSpec(subjects=6, classes=3, seed=7, width=64, height=80, segment_frames=(24, 30),
+                background_frames=(6, 10), dominant_factor=2.0)
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory) -> Path:
+    """A read-only-by-convention tiny demo dataset; copy it (tiny_copy) before changing files."""
+    return write_demo_dataset(tmp_path_factory.mktemp("demo") / "data", TINY)
+
+
+@pytest.fixture
+def tiny_copy(tiny_demo, tmp_path) -> Path:
+    dst = tmp_path / "data"
+    shutil.copytree(tiny_demo, dst)
+    return dst
+
+
+@pytest.fixture(autouse=True)
+def mlflow_store(tmp_path, monkeypatch):
+    """Every test gets its own real MLflow SQLite store and artifact folder."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.chdir(tmp_path)
+    yield
+
+
+@pytest.fixture
+def make_config(tmp_path):
+    """make_config(root, 'section.key=value', ...) -> a Config for tiny data under tmp_path."""
+
+    def make(root: Path, *overrides: str):
+        return load_config(None, [f"data.root={root}", f"paths.cache={tmp_path / 'cache'}",
+                                  f"paths.outputs={tmp_path / 'outputs'}", "model.num_classes=3",
+                                  "data.frame_size=32", "data.clip_len=8", "data.train_stride=4",
+                                  "data.eval_stride=8", *overrides])
+
+    return make

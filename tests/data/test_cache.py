@@ -1,0 +1,138 @@
+"""The decode-once cache: equal to direct decoding, rebuilt on change, safe under concurrency."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from exptrack.data import layout
+from exptrack.data.cache import FrameCache
+from exptrack.data.demo import DemoSpec, write_demo_dataset
+from exptrack.data.errors import DataWarnings
+from exptrack.data.video import decode_video, read_clip_by_seeking
+
+from ..conftest import TINY
+
+
+def _subject(root: Path) -> layout.SubjectFiles:
+    return layout.discover(root, DataWarnings()).subjects[0]
+
+
+def test_cache_equals_direct_decoding(tiny_demo, tmp_path):
+    subject = _subject(tiny_demo)
+    entry = FrameCache(tmp_path / "c", 32).video(subject, DataWarnings())
+    direct, info = decode_video(subject.video, 32)
+    assert isinstance(entry.frames, np.memmap)  # served from disk, not held in memory
+    np.testing.assert_array_equal(np.asarray(entry.frames), direct)
+    assert entry.info == info
+    assert info.width == TINY.width and info.height == TINY.height and info.fps == TINY.fps
+    # and equal to the original per-clip approach (seek + decode) at any position
+    clip = read_clip_by_seeking(subject.video, 20, 8, 32)
+    np.testing.assert_array_equal(np.asarray(entry.frames[20:28]), clip)
+
+
+def test_masks_equal_direct_reading(tiny_demo, tmp_path):
+    subject = _subject(tiny_demo)
+    cache = FrameCache(tmp_path / "c", 32)
+    n = cache.video(subject, DataWarnings()).info.num_frames
+    masks, present = cache.masks(subject, n, DataWarnings())
+    assert present.all()
+    img = cv2.imread(str(subject.mask_dir / "00011_mask.png"), cv2.IMREAD_GRAYSCALE)  # frame index 10
+    expected = np.where(cv2.resize(img, (32, 32), interpolation=cv2.INTER_AREA) > 127, 255, 0)
+    np.testing.assert_array_equal(masks[10], expected)
+
+
+def test_second_open_does_not_decode_again(tiny_demo, tmp_path, monkeypatch):
+    subject = _subject(tiny_demo)
+    cache = FrameCache(tmp_path / "c", 32)
+    first = cache.video(subject, DataWarnings())
+    import exptrack.data.cache as cache_module
+
+    def fail(*_a, **_k):
+        raise AssertionError("decoded twice")
+
+    monkeypatch.setattr(cache_module, "decode_video", fail)
+    second = cache.video(subject, DataWarnings())
+    np.testing.assert_array_equal(np.asarray(first.frames), np.asarray(second.frames))
+
+
+def test_changed_video_rebuilds(tmp_path):
+    root = write_demo_dataset(tmp_path / "d", DemoSpec(**{**TINY.__dict__, "subjects": 3}))
+    other = write_demo_dataset(tmp_path / "o", DemoSpec(**{**TINY.__dict__, "subjects": 3, "seed": 99}))
+    subject = _subject(root)
+    cache = FrameCache(tmp_path / "c", 32)
+    before = np.asarray(cache.video(subject, DataWarnings()).frames).copy()
+    replacement = sorted((other / "dataset" / "anon").glob("*.mp4"))[0]
+    os.replace(replacement, subject.video)  # new content under the same name
+    after = cache.video(subject, DataWarnings())
+    direct, _ = decode_video(subject.video, 32)
+    np.testing.assert_array_equal(np.asarray(after.frames), direct)
+    assert not np.array_equal(before[: len(direct)], direct[: len(before)])
+    assert len([p for p in (tmp_path / "c" / "video").glob(f"{subject.subject}-*") if p.is_dir()]) == 2
+
+
+def test_changed_frame_size_rebuilds(tiny_demo, tmp_path):
+    subject = _subject(tiny_demo)
+    small = FrameCache(tmp_path / "c", 32).video(subject, DataWarnings())
+    large = FrameCache(tmp_path / "c", 48).video(subject, DataWarnings())
+    assert small.frames.shape[1:] == (32, 32, 3) and large.frames.shape[1:] == (48, 48, 3)
+
+
+def test_warnings_of_a_build_are_replayed_on_every_open(tiny_copy, tmp_path):
+    subject = _subject(tiny_copy)
+    for p in sorted(subject.mask_dir.glob("*_mask.png"))[:3]:
+        p.write_bytes(b"not a png")
+    cache = FrameCache(tmp_path / "c", 32)
+    n = cache.video(subject, DataWarnings()).info.num_frames
+    for _ in range(2):
+        w = DataWarnings()
+        cache.masks(subject, n, w)
+        assert w["unreadable_mask"] == 3 and w["missing_mask_frames"] == 3
+
+
+def _build_in_child(root: str, cache_dir: str, barrier, out) -> None:
+    subject = layout.discover(Path(root), DataWarnings()).subjects[0]
+    barrier.wait()
+    entry = FrameCache(cache_dir, 40).video(subject, DataWarnings())
+    out.put(int(np.asarray(entry.frames, dtype=np.int64).sum()))
+
+
+def test_two_processes_building_the_same_entry(tiny_demo, tmp_path):
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_build_in_child, args=(str(tiny_demo), str(tmp_path / "c"), barrier, out))
+             for _ in range(2)]
+    for p in procs:
+        p.start()
+    sums = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    direct, _ = decode_video(_subject(tiny_demo).video, 40)
+    assert sums == [int(direct.astype(np.int64).sum())] * 2
+    entries = [p for p in (tmp_path / "c" / "video").iterdir() if p.is_dir()]
+    assert len(entries) == 1 and (entries[0] / "done").exists()  # one entry, no temp leftovers
+
+
+def test_interrupted_build_leaves_no_entry(tiny_demo, tmp_path, monkeypatch):
+    subject = _subject(tiny_demo)
+    import exptrack.data.cache as cache_module
+
+    def crash(*_a, **_k):
+        time.sleep(0.01)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cache_module, "decode_video", crash)
+    cache = FrameCache(tmp_path / "c", 32)
+    try:
+        cache.video(subject, DataWarnings())
+    except KeyboardInterrupt:
+        pass
+    assert [p for p in (tmp_path / "c" / "video").iterdir() if p.is_dir()] == []
+    monkeypatch.undo()
+    assert cache.video(subject, DataWarnings()).frames.shape[1:] == (32, 32, 3)

@@ -1,0 +1,286 @@
+"""The dataset reader on generated data, and every bad-input case DATASET.md names."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from exptrack.cli import main
+from exptrack.data import layout
+from exptrack.data.demo import DemoSpec, write_demo_dataset
+from exptrack.data.errors import DataError, DataWarnings
+from exptrack.data.prepare import prepare_data
+
+from ..conftest import TINY
+
+
+def _first_subject(root: Path) -> str:
+    return sorted(p.stem for p in (root / "dataset" / "anon").glob("*.mp4"))[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# reading good data
+
+
+def test_discover_finds_every_subject(tiny_demo):
+    w = DataWarnings()
+    found = layout.discover(tiny_demo, w)
+    assert len(found.subjects) == TINY.subjects
+    assert {s.split for s in found.subjects} == {"train", "test"}
+    assert all(s.mask_dir is not None and s.keypoints is not None for s in found.subjects)
+    assert not w
+
+
+def test_labels_zero_padded_text_and_background(tiny_demo):
+    subject = _first_subject(tiny_demo)
+    path = tiny_demo / "label" / f"{subject}.csv"
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("0000,") and first.endswith(",-001")  # background as the original writes it
+    n = len(path.read_text().splitlines())
+    labels = layout.read_labels(path, n, 3, DataWarnings())
+    assert labels.dtype == np.int16 and labels[0] == -1
+    assert set(np.unique(labels)) <= {-1, 0, 1, 2}
+
+
+def test_label_header_and_one_based_frames(tmp_path):
+    root = write_demo_dataset(tmp_path / "d", DemoSpec(**{**TINY.__dict__, "subjects": 3, "label_header": True}))
+    root0 = write_demo_dataset(tmp_path / "d0", DemoSpec(**{**TINY.__dict__, "subjects": 3}))
+    subject = _first_subject(root)
+    n = len((root0 / "label" / f"{subject}.csv").read_text().splitlines())
+    with_header = layout.read_labels(root / "label" / f"{subject}.csv", n, 3, DataWarnings())
+    plain = layout.read_labels(root0 / "label" / f"{subject}.csv", n, 3, DataWarnings())
+    np.testing.assert_array_equal(with_header, plain)
+
+
+def test_frames_missing_from_label_file_are_background(tmp_path):
+    path = tmp_path / "l.csv"
+    path.write_text("0000,0000,0002\n0003,0000,0001\n")
+    w = DataWarnings()
+    labels = layout.read_labels(path, 6, 3, w)
+    np.testing.assert_array_equal(labels, [2, -1, -1, 1, -1, -1])
+    assert w["label_length_mismatch"] == 1
+
+
+@pytest.mark.parametrize("header", ["names", "index"])
+def test_keypoint_header_styles_read_the_same(tmp_path, header):
+    spec = DemoSpec(**{**TINY.__dict__, "subjects": 3, "keypoint_header": header})
+    root = write_demo_dataset(tmp_path / header, spec)
+    subject = _first_subject(root)
+    path = root / "dataset" / "skeleton" / "yolo_pose_csv" / f"{subject}.csv"
+    assert ("left_shoulder_x" in path.read_text().splitlines()[0]) == (header == "names")
+    n = len(path.read_text().splitlines()) - 1
+    kps = layout.read_keypoints(path, n, DataWarnings())
+    assert kps.shape == (n, 17, 3)
+    detected = kps[..., 2] > 0
+    assert detected.mean() > 0.9  # 3% dropout in the generator
+    # the person stands inside the frame: detected joints lie within it (with noise)
+    assert (kps[..., 0][detected] > -5).all() and (kps[..., 0][detected] < spec.width + 5).all()
+    assert (kps[..., 2][~detected] == 0).all() and (kps[..., :2][~detected] == 0).all()
+
+
+def test_both_header_styles_give_identical_keypoints(tmp_path):
+    kps = []
+    for header in ("names", "index"):
+        root = write_demo_dataset(tmp_path / header, DemoSpec(**{**TINY.__dict__, "subjects": 3, "keypoint_header": header}))
+        subject = _first_subject(root)
+        path = root / "dataset" / "skeleton" / "yolo_pose_csv" / f"{subject}.csv"
+        kps.append(layout.read_keypoints(path, len(path.read_text().splitlines()) - 1, DataWarnings()))
+    np.testing.assert_allclose(kps[0], kps[1])
+
+
+def test_most_confident_person_is_kept(tmp_path):
+    spec = DemoSpec(**{**TINY.__dict__, "subjects": 3, "extra_person": True})
+    root = write_demo_dataset(tmp_path / "p", spec)
+    subject = _first_subject(root)
+    path = root / "dataset" / "skeleton" / "yolo_pose_csv" / f"{subject}.csv"
+    with path.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["person"] for r in rows} == {"0", "1"}
+    n = len(rows) // 2
+    kps = layout.read_keypoints(path, n, DataWarnings())
+    conf = kps[..., 2]
+    # the real person has confidences in [0.6, 1], the ghost in [0.05, 0.3]
+    assert conf[conf > 0].min() >= 0.6
+
+
+def test_split_csv_accepts_subject_column(tiny_copy):
+    text = (tiny_copy / "split.csv").read_text().replace("id,split", "subject_id,split")
+    (tiny_copy / "split.csv").write_text(text)
+    assert len(layout.discover(tiny_copy, DataWarnings()).subjects) == TINY.subjects
+
+
+def test_explicit_validation_subjects_are_used(tiny_copy, make_config):
+    lines = (tiny_copy / "split.csv").read_text().splitlines()
+    train_line = next(i for i, line in enumerate(lines) if line.endswith(",train"))
+    val_subject = lines[train_line].split(",")[0]
+    lines[train_line] = f"{val_subject},val"
+    (tiny_copy / "split.csv").write_text("\n".join(lines) + "\n")
+    data = prepare_data(make_config(tiny_copy), progress=False)
+    assert data.split_subjects["val"] == [val_subject]
+    assert val_subject not in data.split_subjects["train"]
+
+
+def test_missing_masks_are_counted_and_used_unmasked(tiny_copy, make_config):
+    subjects = sorted(p.name for p in (tiny_copy / "dataset" / "mask").iterdir())
+    shutil.rmtree(tiny_copy / "dataset" / "mask" / subjects[0])  # a whole folder
+    dropped = sorted((tiny_copy / "dataset" / "mask" / subjects[1]).glob("*_mask.png"))[:5]
+    for p in dropped:  # and five single frames
+        p.unlink()
+    data = prepare_data(make_config(tiny_copy, "data.use_masks=true"), progress=False)
+    w = data.warnings
+    assert w["missing_mask_folder"] == 1
+    n0 = data.subjects[subjects[0]].num_frames
+    assert w["missing_mask_frames"] == n0 + 5
+    present = data.subjects[subjects[1]].mask_present
+    assert not present[:5].any() and present[5:].all()
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input: a DataError naming the file (and line), or a counted warning
+
+
+def _prepare(root: Path, make_config, *overrides: str):
+    return prepare_data(make_config(root, *overrides), progress=False)
+
+
+def test_split_row_without_video(tiny_copy, make_config):
+    with (tiny_copy / "split.csv").open("a") as fh:
+        fh.write("999_nobody,train\n")
+    with pytest.raises(DataError, match=r"split\.csv:8: subject '999_nobody' has no video"):
+        _prepare(tiny_copy, make_config)
+
+
+def test_video_without_split_row_is_skipped_with_a_warning(tiny_copy, make_config):
+    subject = _first_subject(tiny_copy)
+    shutil.copy(tiny_copy / "dataset" / "anon" / f"{subject}.mp4", tiny_copy / "dataset" / "anon" / "extra.mp4")
+    data = _prepare(tiny_copy, make_config)
+    assert data.warnings["subject_without_split"] == 1
+    assert "extra" not in data.subjects
+
+
+def test_bad_split_value(tiny_copy, make_config):
+    with (tiny_copy / "split.csv").open("a") as fh:
+        fh.write("x,holdout\n")
+    with pytest.raises(DataError, match=r"split\.csv:8: split 'holdout'"):
+        _prepare(tiny_copy, make_config)
+
+
+def test_unreadable_video(tiny_copy, make_config):
+    subject = _first_subject(tiny_copy)
+    video = tiny_copy / "dataset" / "anon" / f"{subject}.mp4"
+    video.write_bytes(b"this is not a video" * 100)
+    with pytest.raises(DataError) as err:
+        _prepare(tiny_copy, make_config)
+    assert str(video) in str(err.value)
+
+
+def test_truncated_video_is_an_error_or_a_counted_warning(tiny_copy, make_config):
+    subject = _first_subject(tiny_copy)
+    video = tiny_copy / "dataset" / "anon" / f"{subject}.mp4"
+    data = video.read_bytes()
+    video.write_bytes(data[: len(data) // 2])
+    try:
+        prepared = _prepare(tiny_copy, make_config)
+    except DataError as err:
+        assert str(video) in str(err)
+    else:
+        assert prepared.warnings["truncated_video"] == 1
+        assert prepared.warnings["label_length_mismatch"] >= 1
+
+
+@pytest.mark.parametrize("line, message", [
+    ("0005,0000", "expected 3 columns"),
+    ("0005,0000,0001,0009", "expected 3 columns"),
+    ("00x5,0000,0001", "frame number '00x5' is not an integer"),
+    ("0005,0000,one", "class id 'one' is not an integer"),
+    ("0005,0000,0023", "unknown class id 23"),
+    ("-002,0000,0001", "negative frame number"),
+])
+def test_malformed_label_rows(tiny_copy, make_config, line, message):
+    subject = _first_subject(tiny_copy)
+    path = tiny_copy / "label" / f"{subject}.csv"
+    rows = path.read_text().splitlines()
+    rows.insert(3, line)  # becomes line 4
+    path.write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=rf"{path}:4: .*{message}"):
+        _prepare(tiny_copy, make_config)
+
+
+def test_label_file_longer_than_video_is_reported(tiny_copy, make_config):
+    subject = _first_subject(tiny_copy)
+    path = tiny_copy / "label" / f"{subject}.csv"
+    n = len(path.read_text().splitlines())
+    with path.open("a") as fh:
+        for t in range(n, n + 10):
+            fh.write(f"{t:04d},0000,0001\n")
+    data = _prepare(tiny_copy, make_config)
+    assert data.warnings["label_length_mismatch"] == 1
+    assert len(data.subjects[subject].labels) == n  # the overlap is used
+
+
+def test_missing_label_file(tiny_copy, make_config):
+    subject = _first_subject(tiny_copy)
+    (tiny_copy / "label" / f"{subject}.csv").unlink()
+    with pytest.raises(DataError, match=rf"{subject}\.csv: label file .* not found"):
+        _prepare(tiny_copy, make_config)
+
+
+def _keypoint_file(root: Path) -> Path:
+    return root / "dataset" / "skeleton" / "yolo_pose_csv" / f"{_first_subject(root)}.csv"
+
+
+def test_keypoint_row_with_wrong_column_count(tiny_copy, make_config):
+    path = _keypoint_file(tiny_copy)
+    rows = path.read_text().splitlines()
+    rows[4] = rows[4] + ",1.0"
+    path.write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=rf"{path}:5: expected 52 columns"):
+        _prepare(tiny_copy, make_config, "data.use_skeleton_attention=true")
+
+
+def test_keypoint_non_numeric_value(tiny_copy, make_config):
+    path = _keypoint_file(tiny_copy)
+    rows = path.read_text().splitlines()
+    cells = rows[6].split(",")
+    cells[1] = "abc"  # the first joint's x
+    rows[6] = ",".join(cells)
+    path.write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=rf"{path}:7: column '.*_x' value 'abc' is not a number"):
+        _prepare(tiny_copy, make_config, "data.use_skeleton_attention=true")
+
+
+def test_keypoint_missing_columns(tiny_copy, make_config):
+    path = _keypoint_file(tiny_copy)
+    rows = path.read_text().splitlines()
+    rows[0] = rows[0].replace("_conf", "_confidence")
+    path.write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=rf"{path}:1: missing keypoint columns"):
+        _prepare(tiny_copy, make_config)
+
+
+def test_empty_split_is_an_error(tiny_copy, make_config):
+    lines = [line for line in (tiny_copy / "split.csv").read_text().splitlines() if not line.endswith(",test")]
+    (tiny_copy / "split.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match="split 'test' has no usable clips"):
+        _prepare(tiny_copy, make_config)
+
+
+def test_missing_data_root_without_demo(tmp_path, make_config):
+    with pytest.raises(DataError, match="data root not found"):
+        _prepare(tmp_path / "nowhere", make_config, "data.demo=false")
+
+
+def test_cli_reports_bad_input_without_traceback(tiny_copy, tmp_path, capsys):
+    subject = _first_subject(tiny_copy)
+    path = tiny_copy / "label" / f"{subject}.csv"
+    path.write_text(path.read_text().replace("0003,", "0003,0000,", 1))
+    code = main(["cache", "--set", f"data.root={tiny_copy}", "--set", f"paths.cache={tmp_path / 'c'}",
+                 "--set", "model.num_classes=3", "--set", "data.frame_size=32"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"{path}:4: expected 3 columns" in err
+    assert "Traceback" not in err

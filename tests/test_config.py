@@ -1,0 +1,107 @@
+from pathlib import Path
+
+import pytest
+
+from exptrack.config import (
+    Config,
+    ConfigError,
+    load_config,
+    parse_override,
+    replace,
+    save_config,
+    to_flat_dict,
+)
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+def test_defaults_match_the_original_readme():
+    c = Config()
+    assert (c.data.clip_len, c.data.train_stride, c.data.eval_stride, c.data.frame_size) == (16, 8, 16, 112)
+    assert (c.train.batch_size, c.train.epochs) == (8, 100)
+    assert (c.optim.lr, c.optim.weight_decay) == (1e-4, 1e-5)
+    assert (c.optim.plateau_factor, c.optim.plateau_patience, c.optim.min_lr) == (0.5, 5, 1e-7)
+    assert c.loss.focal_gamma == 2.0
+    assert (c.train.early_stop_patience, c.train.early_stop_min_delta) == (10, 0.001)
+    assert (c.train.checkpoint_every, c.train.keep_checkpoints) == (10, 3)
+    assert c.data.skeleton_sigma == 10.0 and c.model.num_classes == 17
+
+
+def test_config_is_frozen():
+    with pytest.raises(AttributeError):
+        Config().train.epochs = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "c3d_paper.yaml"])
+def test_shipped_experiments_load(name):
+    cfg = load_config(EXPERIMENTS / name)
+    assert cfg.data.use_masks and cfg.data.use_skeleton_attention and cfg.data.downsample_class1
+
+
+def test_base_inheritance_and_overrides(tmp_path):
+    (tmp_path / "base.yaml").write_text("train:\n  epochs: 7\n  batch_size: 4\noptim:\n  lr: 0.01\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\ntrain:\n  epochs: 9\n")
+    cfg = load_config(tmp_path / "child.yaml", ["optim.lr=3e-4", "data.use_masks=true"])
+    assert cfg.train.epochs == 9  # child wins over base
+    assert cfg.train.batch_size == 4  # inherited
+    assert cfg.optim.lr == 3e-4  # override wins over both
+    assert cfg.data.use_masks is True
+
+
+def test_only_one_level_of_base(tmp_path):
+    (tmp_path / "a.yaml").write_text("train:\n  epochs: 1\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    (tmp_path / "c.yaml").write_text("base: b.yaml\n")
+    with pytest.raises(ConfigError, match="only one level"):
+        load_config(tmp_path / "c.yaml")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epochz=3", "train.epochz"),
+    ("trian.epochs=3", "trian"),
+    ("train.epochs=three", "train.epochs: expected int"),
+    ("train.epochs=2.5", "train.epochs: expected int"),
+    ("data.use_masks=maybe", "data.use_masks: expected bool"),
+    ("optim.lr=fast", "optim.lr: expected float"),
+    ("data.label_frame_base=2", "data.label_frame_base"),
+    ("epochs=3", "section.key"),
+    ("train.epochs", "section.key=value"),
+])
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_unknown_key_in_yaml_names_file_and_key(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("train:\n  epoch: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "train.epoch" in str(err.value) and str(path) in str(err.value)
+
+
+def test_wrong_type_in_yaml(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("optim:\n  lr: [1, 2]\n")
+    with pytest.raises(ConfigError, match=r"optim\.lr"):
+        load_config(path)
+
+
+def test_override_value_types():
+    assert parse_override("optim.lr=1e-3")[2] == pytest.approx(1e-3)
+    assert parse_override("optim.lr=1")[2] == 1.0 and isinstance(parse_override("optim.lr=1")[2], float)
+    assert parse_override("train.device=cuda:1")[2] == "cuda:1"
+    assert parse_override("mlflow.experiment=007")[2] == "007"  # strings stay verbatim
+
+
+def test_range_checks():
+    with pytest.raises(ConfigError, match="val_fraction"):
+        load_config(None, ["data.val_fraction=1.5"])
+
+
+def test_flat_dict_and_round_trip(tmp_path):
+    cfg = replace(Config(), train={"epochs": 3})
+    flat = to_flat_dict(cfg)
+    assert flat["train.epochs"] == 3 and flat["data.clip_len"] == 16
+    path = save_config(cfg, tmp_path / "resolved.yaml")
+    assert load_config(path) == cfg
