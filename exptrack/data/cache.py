@@ -59,6 +59,32 @@ def _digest(*parts: object) -> str:
     return hashlib.sha1("|".join(str(p) for p in (FORMAT_VERSION, *parts)).encode()).hexdigest()[:16]
 
 
+class MappedArray(np.memmap):
+    """A read-only memory map that pickles as its file path.
+
+    DataLoader workers started by spawn or forkserver (the default on macOS) receive the Dataset
+    pickled; this way they reopen the cache file instead of being sent a copy of every frame.
+    Slices taken from it pickle as ordinary arrays.
+    """
+
+    _whole = False
+
+    def __array_finalize__(self, obj) -> None:
+        super().__array_finalize__(obj)
+        self._whole = False
+
+    def __reduce__(self):
+        if self._whole and self.filename:
+            return (open_map, (self.filename,))
+        return np.asarray(self).copy().__reduce__()
+
+
+def open_map(path: str | Path) -> MappedArray:
+    arr = np.load(path, mmap_mode="r").view(MappedArray)
+    arr._whole = True
+    return arr
+
+
 @dataclass(frozen=True)
 class VideoEntry:
     subject: str
@@ -120,7 +146,7 @@ class FrameCache:
 
         folder = self._entry("video", subject.subject, key, build, warnings)
         info = VideoInfo(**json.loads((folder / "info.json").read_text()))
-        return VideoEntry(subject.subject, np.load(folder / "frames.npy", mmap_mode="r"), info)
+        return VideoEntry(subject.subject, open_map(folder / "frames.npy"), info)
 
     # -- masks -------------------------------------------------------------------------------------
 
@@ -154,7 +180,7 @@ class FrameCache:
             where = subject.mask_dir or f"mask folder of {subject.subject}"
             warnings.warn("missing_mask_frames",
                           f"{where}: {missing} of {num_frames} frames have no mask; used unmasked", count=missing)
-        return np.load(folder / "masks.npy", mmap_mode="r"), present
+        return open_map(folder / "masks.npy"), present
 
     # -- keypoints and skeleton attention ----------------------------------------------------------
 
@@ -189,7 +215,7 @@ class FrameCache:
             maps.flush()
 
         folder = self._entry("attention", subject.subject, key, build, warnings)
-        return np.load(folder / "attention.npy", mmap_mode="r")
+        return open_map(folder / "attention.npy")
 
 
 def ensure_cached(cache: FrameCache, subjects: list[SubjectFiles], warnings: DataWarnings,

@@ -7,7 +7,7 @@ frame (A, S, L) is spread over the same range whatever the exercise: the class i
 the motion (which variables move, how fast, and in which order). The motions are mirror
 symmetric, so a horizontal flip never changes the class.
 
-The generator writes the DATASET.md layout with real MP4 files, true masks, noisy keypoints and
+The generator writes the DATASET.md layout with real H.264 MP4 files, true masks, noisy keypoints and
 a subject-wise split, and is deterministic for a seed.
 """
 
@@ -232,12 +232,18 @@ def draw_person(canvas: np.ndarray, joints: np.ndarray, style: Style, solid: int
     cv2.circle(canvas, tuple(p[0]), max(3, int(0.06 * h)), color(style.skin), -1, cv2.LINE_AA)
 
 
-def render(joints: np.ndarray, style: Style, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def noise_bank(rng: np.random.Generator, style: Style, shape: tuple[int, ...], n: int = 8) -> np.ndarray:
+    """A few frames of sensor noise, reused at random offsets: drawing fresh Gaussian noise for
+    every pixel of every frame would dominate generation time at realistic frame sizes."""
+    return np.round(rng.normal(0.0, style.noise, size=(n, *shape))).astype(np.int16)
+
+
+def render(joints: np.ndarray, style: Style, noise: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """One RGB frame and its 0/255 person mask."""
     frame = style.background.copy()
     draw_person(frame, joints, style)
-    noise = rng.normal(0.0, style.noise, size=frame.shape)
-    frame = np.clip(frame + noise, 0, 255).astype(np.uint8)
+    grain = np.roll(noise[rng.integers(len(noise))], shift=tuple(rng.integers(0, 64, size=2)), axis=(0, 1))
+    frame = np.clip(frame + grain, 0, 255).astype(np.uint8)
     mask = np.zeros(frame.shape[:2], dtype=np.uint8)
     draw_person(mask, joints, style, solid=255)
     return frame, np.where(mask > 127, 255, 0).astype(np.uint8)
@@ -302,8 +308,9 @@ def write_subject(root: Path, subject: str, index: int, spec: DemoSpec, rng: np.
     frames = np.empty((len(poses), spec.height, spec.width, 3), dtype=np.uint8)
     mask_dir = root / "dataset" / "mask" / subject
     mask_dir.mkdir(parents=True, exist_ok=True)
+    noise = noise_bank(rng, style, frames.shape[1:])
     for t, pose_joints in enumerate(joints):
-        frames[t], mask = render(pose_joints, style, rng)
+        frames[t], mask = render(pose_joints, style, noise, rng)
         cv2.imwrite(str(mask_dir / f"{t + 1:05d}_mask.png"), mask)
     write_video(root / "dataset" / "anon" / f"{subject}.mp4", frames, spec.fps)
     header_style = spec.keypoint_header

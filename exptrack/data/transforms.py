@@ -116,10 +116,10 @@ def geometry_matrix(params: AugmentParams, size: int) -> np.ndarray:
     return (rot @ flip)[:2]
 
 
-def warp_frames(frames: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+def warp_frames(frames: np.ndarray, matrix: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Apply one affine matrix to every frame of (T, S, S[, C]) uint8; outside pixels become 0."""
     size = frames.shape[1]
-    out = np.empty_like(frames)
+    out = np.empty_like(frames) if out is None else out
     for t in range(len(frames)):
         cv2.warpAffine(frames[t], matrix, (size, size), dst=out[t], flags=cv2.INTER_LINEAR,
                        borderMode=cv2.BORDER_CONSTANT, borderValue=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -92,15 +93,32 @@ def read_clip_by_seeking(path: Path, start: int, length: int, size: int) -> np.n
     return np.stack(frames)
 
 
-def write_video(path: Path, frames_rgb: np.ndarray, fps: float) -> None:
-    """Write (T, H, W, 3) uint8 RGB frames as an MPEG-4 Part 2 MP4 that OpenCV reads back."""
+def write_video(path: Path, frames_rgb: np.ndarray, fps: float, crf: int = 20) -> None:
+    """Write (T, H, W, 3) uint8 RGB frames as H.264 (yuv420p) MP4 with PyAV's libx264.
+
+    H.264 is what cameras and the original data use, what browsers (and the MLflow artifact
+    viewer) play, and what OpenCV decodes; OpenCV's own wheel cannot encode it. Odd frame sizes
+    are padded by one pixel (yuv420p needs even ones).
+    """
+    import av
+
     path.parent.mkdir(parents=True, exist_ok=True)
     t, h, w, _ = frames_rgb.shape
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-    if not writer.isOpened():
-        raise DataError(f"{path}: OpenCV cannot open an mp4v writer here")
+    pad_h, pad_w = h % 2, w % 2
+    if pad_h or pad_w:
+        frames_rgb = np.pad(frames_rgb, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
     try:
-        for frame in frames_rgb:
-            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    finally:
-        writer.release()
+        with av.open(str(path), mode="w") as container:
+            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+            stream.width, stream.height, stream.pix_fmt = w + pad_w, h + pad_h, "yuv420p"
+            # Deterministic output (the demo data must be reproducible for a seed): x264's
+            # macroblock-tree rate control gave different bitstreams for the same frames within
+            # one process, and frame threads can too.
+            stream.options = {"crf": str(crf), "preset": "fast", "threads": "1", "x264-params": "no-mbtree=1"}
+            for index, frame in enumerate(frames_rgb):
+                out = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+                out.pts = index
+                container.mux(stream.encode(out))
+            container.mux(stream.encode())  # flush
+    except (av.FFmpegError, OSError) as exc:
+        raise DataError(f"{path}: cannot write video: {exc}") from exc
