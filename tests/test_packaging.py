@@ -1,0 +1,32 @@
+"""The environment files that MLflow and conda users install from list pyproject's dependencies."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pyproject_dependencies() -> set[str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return {d.replace(" ", "") for d in project["dependencies"]}
+
+
+def test_conda_yaml_matches_pyproject():
+    conda = yaml.safe_load((ROOT / "conda.yaml").read_text())
+    pip = next(d["pip"] for d in conda["dependencies"] if isinstance(d, dict))
+    assert {d for d in pip if d != "-e ."} == _pyproject_dependencies()
+
+
+def test_python_env_matches_pyproject():
+    env = yaml.safe_load((ROOT / "python_env.yaml").read_text())
+    assert {d for d in env["dependencies"] if d != "-e ."} == _pyproject_dependencies()
+
+
+def test_mlproject_entry_points_run_the_cli():
+    project = yaml.safe_load((ROOT / "MLproject").read_text())
+    for name, entry in project["entry_points"].items():
+        assert entry["command"].startswith(f"python -m exptrack {name}")
