@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .config import Config, ConfigError, load_config
 from .data.errors import DataError
+from .training.loop import NonFiniteLossError
 
 
 def _config_options(parser: argparse.ArgumentParser) -> None:
@@ -47,6 +48,32 @@ def cmd_cache(args: argparse.Namespace) -> None:
     print(data.warnings.summary())
 
 
+def _train_overrides(args: argparse.Namespace) -> list[str]:
+    """The original train.py flags, as config overrides (applied after --set)."""
+    out = []
+    for flag, key in (("epochs", "train.epochs"), ("batch_size", "train.batch_size"), ("device", "train.device"),
+                      ("seed", "train.seed"), ("skeleton_sigma", "data.skeleton_sigma")):
+        value = getattr(args, flag)
+        if value is not None:
+            out.append(f"{key}={value}")
+    for flag, key in (("downsample_class1", "data.downsample_class1"), ("use_masks", "data.use_masks"),
+                      ("use_skeleton_attention", "data.use_skeleton_attention")):
+        if getattr(args, flag):
+            out.append(f"{key}=true")
+    return out
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .training.run import train
+
+    overrides = _train_overrides(args) + (args.sets.split() if args.sets else [])
+    result = train(_config(args, overrides), resume=args.resume, progress=not args.no_progress)
+    best = result.state.best
+    print(f"run {result.run_id}: {result.state.epoch} epochs, best val mean class accuracy "
+          f"{best['val_mean_class_acc']:.3f}, val accuracy {best['val_acc']:.3f}"
+          + (f"; registered as version {result.model_version}" if result.model_version else ""))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="exptrack", description="Exercise recognition experiments on MLflow")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -64,6 +91,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: <paths.outputs>/analysis)")
     p.set_defaults(func=cmd_analyze)
 
+    p = sub.add_parser("train", help="train C3D; one MLflow run, best model registered")
+    _config_options(p)
+    p.add_argument("--sets", default="", help="space-separated overrides (for MLproject parameters)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: auto)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--downsample-class1", action="store_true", help="downsample class 1 to the median class")
+    p.add_argument("--use-masks", action="store_true", help="black out the background with the person masks")
+    p.add_argument("--use-skeleton-attention", action="store_true", help="weight frames by skeleton attention")
+    p.add_argument("--skeleton-sigma", type=float, help="attention blob std in pixels at the clip size")
+    p.add_argument("--resume", help="a checkpoint file, or the run id of a run to continue")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    p.set_defaults(func=cmd_train)
+
     p = sub.add_parser("cache", help="decode every video (and masks, keypoints) into the frame cache")
     _config_options(p)
     p.set_defaults(func=cmd_cache)
@@ -77,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
     try:
         args.func(args)
-    except (ConfigError, DataError) as exc:
+    except (ConfigError, DataError, NonFiniteLossError) as exc:
         print(f"exptrack {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -14,11 +14,16 @@ import subprocess
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import mlflow
 
 from .config import Config, to_flat_dict, to_yaml
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+    import torch
 
 log = logging.getLogger("exptrack.tracking")
 
@@ -94,6 +99,43 @@ class Run:
     def log_text(self, text: str, artifact_file: str) -> None:
         mlflow.log_text(text, artifact_file)
 
+    def logged_steps(self, key: str) -> set[int]:
+        """Steps at which metric `key` has been logged in this run."""
+        return {m.step for m in mlflow.MlflowClient().get_metric_history(self.id, key)}
+
+    def log_dataset(self, table: "pd.DataFrame", name: str, source: str, digest: str, context: str) -> None:
+        """The clip manifest as an MLflow dataset input (shown under the run's Datasets)."""
+        import mlflow.data
+
+        dataset = mlflow.data.from_pandas(table, source=source, name=name, targets="label", digest=digest)
+        mlflow.log_input(dataset, context=context)
+
+    def log_pytorch_model(self, model: "torch.nn.Module", input_example: "np.ndarray", registered_model: str | None,
+                          version_tags: dict[str, Any] | None = None) -> str | None:
+        """Log `model` so that it loads back as the same nn.Module class (pickle format: the
+        default pt2 export loads as a graph without named layers or hooks, which GradCAM needs),
+        with a signature and input example, and register it as a new version. Returns the
+        version number, or None when not registered."""
+        import mlflow.pytorch
+        import torch
+        from mlflow.models import infer_signature
+
+        model = model.eval().cpu()
+        with torch.no_grad():
+            output = model(torch.from_numpy(input_example)).numpy()
+        info = mlflow.pytorch.log_model(
+            model, name="model", serialization_format="pickle",
+            signature=infer_signature(input_example, output), input_example=input_example,
+            code_paths=[str(Path(__file__).resolve().parent)],
+            registered_model_name=registered_model or None,
+        )
+        version = getattr(info, "registered_model_version", None)
+        if registered_model and version is not None:
+            client = mlflow.MlflowClient()
+            for key, value in {"run_id": self.id, **(version_tags or {})}.items():
+                client.set_model_version_tag(registered_model, str(version), key, str(value))
+        return None if version is None else str(version)
+
     def log_git_diff(self) -> None:
         """When the checkout is dirty, keep the diff with the run so it can be reproduced."""
         diff = _git("diff", "HEAD")
@@ -103,12 +145,13 @@ class Run:
 
 @contextmanager
 def start_run(config: Config, run_name: str, command: str, tags: dict[str, Any] | None = None,
-              system_metrics: bool = False) -> Iterator[Run]:
-    """Start (or, under `mlflow run`, attach to) a run; it ends FAILED if the body raises."""
+              system_metrics: bool = False, run_id: str | None = None) -> Iterator[Run]:
+    """Start a run, resume `run_id`, or (under `mlflow run`) attach to the run MLflow created;
+    it ends FAILED if the body raises."""
     configure(config)
     # `mlflow run` exports MLFLOW_RUN_ID for the run it created; start_run() attaches to it.
-    attached = bool(os.environ.get("MLFLOW_RUN_ID"))
-    with mlflow.start_run(run_name=None if attached else run_name,
+    attached = bool(os.environ.get("MLFLOW_RUN_ID")) and run_id is None
+    with mlflow.start_run(run_id=run_id, run_name=None if (attached or run_id) else run_name,
                           log_system_metrics=system_metrics and config.mlflow.log_system_metrics) as active:
         run = Run(active)
         run.set_tags({"exptrack.command": command, **source_tags(), **(tags or {})})

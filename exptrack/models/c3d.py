@@ -1,0 +1,78 @@
+"""C3D as the original README lists it, with a width multiplier for small runs.
+
+Five blocks of 3x3x3 convolutions (each followed by BatchNorm and ReLU), max pools (1,2,2) then
+(2,2,2), global average pooling and a two-layer classifier. At width 1.0 and 17 classes it has
+27,797,137 parameters for input (B, 3, 16, 112, 112). Any clip length and frame size work: a
+pool never shrinks a dimension that is already 1.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# (output channels of each conv) per block, at width 1.0
+BLOCKS = ((64,), (128,), (256, 256), (512, 512), (512, 512))
+HIDDEN = 256
+
+
+class Pool(nn.Module):
+    """Max pool (kernel = stride) that keeps a dimension of size 1 instead of failing."""
+
+    def __init__(self, kernel: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.kernel = kernel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = tuple(min(k, s) for k, s in zip(self.kernel, x.shape[2:]))  # x: (B, C, T, H, W)
+        return F.max_pool3d(x, kernel_size=k, stride=k)
+
+    def extra_repr(self) -> str:
+        return f"kernel={self.kernel}"
+
+
+def conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
+    # ReLU is not in-place so that a hook on a block sees its real activation (GradCAM).
+    return [nn.Conv3d(cin, cout, kernel_size=3, padding=1), nn.BatchNorm3d(cout), nn.ReLU()]
+
+
+class C3D(nn.Module):
+    def __init__(self, num_classes: int = 17, width: float = 1.0, dropout: float = 0.5,
+                 dropout_fc: float = 0.3, in_channels: int = 3) -> None:
+        super().__init__()
+        self.num_classes, self.width = num_classes, width
+        cin = in_channels
+        for i, channels in enumerate(BLOCKS, start=1):
+            layers: list[nn.Module] = []
+            for c in channels:
+                cout = max(4, round(c * width))
+                layers += conv_bn_relu(cin, cout)
+                cin = cout
+            layers.append(Pool((1, 2, 2) if i == 1 else (2, 2, 2)))  # block 1 keeps time
+            setattr(self, f"block{i}", nn.Sequential(*layers))
+        hidden = max(8, round(HIDDEN * width))
+        self.pool = nn.AdaptiveAvgPool3d(1)
+        self.classifier = nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(cin, hidden), nn.ReLU(), nn.Dropout(dropout_fc), nn.Linear(hidden, num_classes)
+        )
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        for i in range(1, 6):
+            x = getattr(self, f"block{i}")(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)  # (B, C, T', H', W')
+        x = self.pool(x).flatten(1)  # (B, C)
+        return self.classifier(x)  # (B, num_classes)
+
+
+def build_model(model_config) -> C3D:
+    """C3D from a ModelConfig."""
+    return C3D(num_classes=model_config.num_classes, width=model_config.width, dropout=model_config.dropout,
+               dropout_fc=model_config.dropout_fc)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,109 @@
+"""Checkpoints: written atomically, loaded with weights_only=True, pruned to the best few.
+
+A checkpoint is a dict of tensors and plain Python values only (no pickled objects), so
+`torch.load(..., weights_only=True)` can read it: model, optimizer, scheduler and scaler
+state dicts, epoch, metrics, the resolved config as a nested dict, the training state (bests,
+early-stopping counter, history) and the RNG states.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+LAST = "last.pt"
+BEST_LOSS = "best_val_loss.pt"
+BEST_ACC = "best_val_acc.pt"
+BEST_MODEL = "best_model.pt"  # best validation mean class accuracy: the model that is registered
+
+
+def save_atomic(obj: dict[str, Any], path: Path) -> Path:
+    """torch.save to a temp file in the same folder, fsync, then rename over `path`: a reader
+    (or a crash) never sees half a checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with tmp.open("wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "python": list(random.getstate()[1]),
+        "python_version": random.getstate()[0],
+        "python_gauss": random.getstate()[2],
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class CheckpointManager:
+    """last.pt every epoch (for resume), the three bests, and every N epochs the periodic
+    checkpoints of which only the `keep` best (validation accuracy) stay on disk."""
+
+    def __init__(self, folder: str | Path, every: int, keep: int) -> None:
+        self.folder = Path(folder)
+        self.every, self.keep = every, keep
+
+    def periodic(self) -> list[Path]:
+        return sorted(self.folder.glob("epoch_*.pt"))
+
+    @property
+    def _index_path(self) -> Path:
+        return self.folder / "periodic.json"
+
+    def save(self, payload: dict[str, Any], improved: dict[str, bool]) -> list[Path]:
+        """Write this epoch's checkpoints; `improved` says which bests it beat. Returns the
+        files written."""
+        written = [save_atomic(payload, self.folder / LAST)]
+        for name, flag in ((BEST_LOSS, "val_loss"), (BEST_ACC, "val_acc"), (BEST_MODEL, "val_mean_class_acc")):
+            if improved.get(flag):
+                written.append(save_atomic(payload, self.folder / name))
+        epoch = payload["epoch"]
+        if self.every > 0 and epoch % self.every == 0:
+            path = save_atomic(payload, self.folder / f"epoch_{epoch:04d}.pt")
+            written.append(path)
+            self._prune(path.name, float(payload["metrics"].get("val_acc", 0.0)))
+        return written
+
+    def _prune(self, name: str, score: float) -> None:
+        """Keep the `keep` best periodic checkpoints; scores live in periodic.json so that
+        pruning never has to load a checkpoint."""
+        index = json.loads(self._index_path.read_text()) if self._index_path.exists() else {}
+        index[name] = score
+        ranked = sorted(index.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)
+        for dropped, _ in ranked[self.keep:]:
+            (self.folder / dropped).unlink(missing_ok=True)
+        kept = dict(ranked[: self.keep])
+        tmp = self._index_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(kept))
+        os.replace(tmp, self._index_path)

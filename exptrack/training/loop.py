@@ -1,0 +1,263 @@
+"""The training loop: train_one_epoch, validate, and fit() with early stopping and checkpoints.
+
+fit() knows nothing of MLflow or Optuna: after each epoch it calls its callbacks with the
+epoch's metrics and the files it checkpointed; tracking and pruning are such callbacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..data.dataset import prepare_batch
+from . import checkpoint as ckpt
+
+log = logging.getLogger("exptrack.train")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite: training cannot go on meaningfully."""
+
+
+class EpochCallback(Protocol):
+    def __call__(self, metrics: dict[str, float], per_class_acc: np.ndarray, saved: list, state: "TrainState") -> None: ...
+
+
+@dataclass
+class TrainState:
+    """Everything besides the weights that resume needs; stored in every checkpoint."""
+
+    epoch: int = 0  # last completed epoch (1-based)
+    best: dict[str, float] = field(default_factory=lambda: {"val_loss": math.inf, "val_acc": -math.inf,
+                                                             "val_mean_class_acc": -math.inf})
+    best_epoch: dict[str, int] = field(default_factory=dict)
+    stale_epochs: int = 0  # epochs since val_acc last improved by min_delta (early stopping)
+    history: list[dict[str, float]] = field(default_factory=list)
+    per_class_history: list[list[float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "best": dict(self.best), "best_epoch": dict(self.best_epoch),
+                "stale_epochs": self.stale_epochs, "history": list(self.history),
+                "per_class_history": list(self.per_class_history)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainState":
+        return cls(epoch=d["epoch"], best=dict(d["best"]), best_epoch=dict(d["best_epoch"]),
+                   stale_epochs=d["stale_epochs"], history=list(d["history"]),
+                   per_class_history=list(d["per_class_history"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# device
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' picks cuda > mps > cpu; anything else is passed to torch.device."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA (no loss scaling needed, unlike fp16); full precision elsewhere."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+# ---------------------------------------------------------------------------------------------
+# one epoch
+
+
+def _progress(loader, desc: str, enabled: bool):
+    return tqdm(loader, desc=desc, unit="batch", leave=False, disable=not enabled, dynamic_ncols=True)
+
+
+def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+                    device: torch.device, *, amp: bool = True, grad_clip: float = 1.0, epoch: int = 1,
+                    progress: bool = True, channels_last: bool = False) -> dict[str, float]:
+    model.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    start = time.perf_counter()
+    bar = _progress(loader, f"epoch {epoch} train", progress)
+    for step, batch in enumerate(bar):
+        x, y = prepare_batch(batch, device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        with autocast(device, amp):
+            logits = model(x)
+        loss = criterion(logits.float(), y)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"training loss became {loss.item()} at epoch {epoch}, batch {step + 1}; "
+                                     f"lower optim.lr or check the input data")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        n = len(y)
+        total_loss += loss.item() * n
+        correct += int((logits.argmax(1) == y).sum())
+        seen += n
+        elapsed = time.perf_counter() - start
+        bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}", clips_s=f"{seen / elapsed:.0f}")
+    seconds = time.perf_counter() - start
+    return {"train_loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1),
+            "train_clips_per_s": seen / max(seconds, 1e-9), "train_seconds": seconds}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: Iterable, device: torch.device, *, amp: bool = True,
+            progress: bool = False, channels_last: bool = False, desc: str = "predict") -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (N, K) and labels (N,) for a whole loader, in loader order, on the CPU."""
+    model.eval()
+    logits_all, labels_all = [], []
+    for batch in _progress(loader, desc, progress):
+        x, y = prepare_batch(batch, device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        with autocast(device, amp):
+            logits = model(x)
+        logits_all.append(logits.float().cpu())
+        labels_all.append(y.cpu())
+    return torch.cat(logits_all), torch.cat(labels_all)
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[dict[str, float], np.ndarray]:
+    """Accuracy, mean class accuracy (over classes present), top-3 and per-class accuracy (NaN
+    for classes with no clip)."""
+    pred = logits.argmax(1)
+    confusion = torch.bincount(labels * num_classes + pred, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+    support = confusion.sum(1).double()
+    per_class = (confusion.diag().double() / support).numpy()  # NaN where support is 0
+    k = min(3, logits.shape[1])
+    top3 = (logits.topk(k, dim=1).indices == labels[:, None]).any(1).double().mean().item()
+    metrics = {"acc": (pred == labels).double().mean().item(), "mean_class_acc": float(np.nanmean(per_class)),
+               "top3_acc": top3}
+    return metrics, per_class
+
+
+def validate(model: nn.Module, loader: Iterable, criterion: nn.Module, device: torch.device, num_classes: int, *,
+             amp: bool = True, progress: bool = False, channels_last: bool = False) -> tuple[dict[str, float], np.ndarray]:
+    logits, labels = predict(model, loader, device, amp=amp, progress=progress, channels_last=channels_last,
+                             desc="validate")
+    metrics, per_class = classification_metrics(logits, labels, num_classes)
+    loss = criterion(logits.to(device), labels.to(device)).item()
+    return {"val_loss": loss, **{f"val_{k}": v for k, v in metrics.items()}}, per_class
+
+
+# ---------------------------------------------------------------------------------------------
+# fit
+
+
+@dataclass
+class FitSetup:
+    model: nn.Module
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    train_loader: Any
+    val_loader: Any
+    device: torch.device
+    num_classes: int
+    config: Any  # Config
+
+
+def _improvements(metrics: dict[str, float], state: TrainState) -> dict[str, bool]:
+    return {
+        "val_loss": metrics["val_loss"] < state.best["val_loss"],
+        "val_acc": metrics["val_acc"] > state.best["val_acc"],
+        "val_mean_class_acc": metrics["val_mean_class_acc"] > state.best["val_mean_class_acc"],
+    }
+
+
+def checkpoint_payload(setup: FitSetup, state: TrainState, metrics: dict[str, float]) -> dict[str, Any]:
+    from ..config import to_nested_dict
+
+    model = getattr(setup.model, "module", setup.model)  # unwrap DDP / compile
+    model = getattr(model, "_orig_mod", model)
+    return {
+        "model": model.state_dict(),
+        "optimizer": setup.optimizer.state_dict(),
+        "scheduler": setup.scheduler.state_dict(),
+        "epoch": state.epoch,
+        "metrics": dict(metrics),
+        "config": to_nested_dict(setup.config),
+        "state": state.to_dict(),
+        "rng": ckpt.rng_state(),
+    }
+
+
+def restore(setup: FitSetup, payload: dict[str, Any]) -> TrainState:
+    model = getattr(setup.model, "module", setup.model)
+    getattr(model, "_orig_mod", model).load_state_dict(payload["model"])
+    setup.optimizer.load_state_dict(payload["optimizer"])
+    setup.scheduler.load_state_dict(payload["scheduler"])
+    ckpt.restore_rng_state(payload["rng"])
+    return TrainState.from_dict(payload["state"])
+
+
+def fit(setup: FitSetup, checkpoints: ckpt.CheckpointManager, state: TrainState | None = None,
+        callbacks: Iterable[EpochCallback] = (), progress: bool = True,
+        stamp: Callable[[dict[str, Any]], dict[str, Any]] = lambda payload: payload) -> TrainState:
+    """Train from `state.epoch + 1` to train.epochs, stopping early when validation accuracy has
+    not improved by min_delta for `early_stop_patience` epochs. `stamp` adds run information to
+    every checkpoint. The checkpoint of an epoch is written before the callbacks run, so a kill
+    in between loses no epoch (the resume path logs what the tracker missed)."""
+    cfg = setup.config.train
+    state = state or TrainState()
+    channels_last = True  # measured faster for Conv3d on CPU too (bench/train.py)
+    for epoch in range(state.epoch + 1, cfg.epochs + 1):
+        for loader in (setup.train_loader,):
+            if hasattr(loader.dataset, "set_epoch"):
+                loader.dataset.set_epoch(epoch)
+            if hasattr(loader.sampler, "set_epoch"):
+                loader.sampler.set_epoch(epoch)
+        lr = setup.optimizer.param_groups[0]["lr"]
+        train_metrics = train_one_epoch(setup.model, setup.train_loader, setup.criterion, setup.optimizer,
+                                        setup.device, amp=cfg.amp, grad_clip=cfg.grad_clip, epoch=epoch,
+                                        progress=progress, channels_last=channels_last)
+        val_metrics, per_class = validate(setup.model, setup.val_loader, setup.criterion, setup.device,
+                                          setup.num_classes, amp=cfg.amp, progress=progress,
+                                          channels_last=channels_last)
+        setup.scheduler.step(val_metrics["val_loss"])
+        metrics = {"epoch": float(epoch), **train_metrics, **val_metrics, "lr": lr}
+
+        improved = _improvements(metrics, state)
+        for key, better in improved.items():
+            if better:
+                state.best[key] = metrics[key]
+                state.best_epoch[key] = epoch
+        if metrics["val_acc"] > state.best.get("early_stop_ref", -math.inf) + cfg.early_stop_min_delta:
+            state.best["early_stop_ref"] = metrics["val_acc"]
+            state.stale_epochs = 0
+        else:
+            state.stale_epochs += 1
+        state.epoch = epoch
+        state.history.append(metrics)
+        state.per_class_history.append([float(v) for v in per_class])
+        saved = checkpoints.save(stamp(checkpoint_payload(setup, state, metrics)), improved)
+        log.info("epoch %d/%d  train loss %.4f acc %.3f | val loss %.4f acc %.3f mca %.3f top3 %.3f | lr %.2e | %.0f clips/s",
+                 epoch, cfg.epochs, metrics["train_loss"], metrics["train_acc"], metrics["val_loss"],
+                 metrics["val_acc"], metrics["val_mean_class_acc"], metrics["val_top3_acc"], lr,
+                 metrics["train_clips_per_s"])
+        for callback in callbacks:
+            callback(metrics, per_class, saved, state)
+        if state.stale_epochs >= cfg.early_stop_patience:
+            log.info("early stopping: validation accuracy has not improved by %.4f for %d epochs",
+                     cfg.early_stop_min_delta, state.stale_epochs)
+            break
+    return state

@@ -1,0 +1,223 @@
+"""`exptrack train`: one MLflow run from data to a registered model.
+
+This module wires the pieces together; the loop (loop.py) and checkpoints (checkpoint.py) know
+nothing about MLflow, and MLflow is only reached through the tracking.Run handle.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import tracking
+from ..config import Config, build_config
+from ..data import clips
+from ..data.dataset import make_loader
+from ..data.errors import DataError
+from ..data.prepare import PreparedData, prepare_data
+from ..losses import FocalLoss
+from ..models.c3d import build_model, count_parameters
+from . import checkpoint as ckpt
+from .loop import EpochCallback, FitSetup, TrainState, fit, resolve_device, restore
+
+log = logging.getLogger("exptrack.train")
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    state: TrainState
+    model_version: str | None
+    checkpoint_dir: Path
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def clip_manifest(data: PreparedData) -> pd.DataFrame:
+    """One row per clip of every split: what the run trained and validated on."""
+    frames = []
+    for split, index in data.splits.items():
+        frames.append(pd.DataFrame({"split": split, "subject": np.asarray(index.subjects)[index.subject_idx],
+                                    "start": index.start, "label": index.label, "purity": index.purity}))
+    return pd.concat(frames, ignore_index=True)
+
+
+class EpochLogger:
+    """Per-epoch MLflow logging: metrics at step=epoch, the metrics CSVs as artifacts.
+
+    A failing tracking server must not stop training: a failed epoch is kept and logged again
+    with the next one; checkpoints stay on local disk either way.
+    """
+
+    def __init__(self, run: tracking.Run, out_dir: Path, num_classes: int) -> None:
+        self.run, self.out_dir, self.num_classes = run, out_dir, num_classes
+        self.pending: list[dict[str, float]] = []
+        self.failures = 0
+
+    def write_csvs(self, state: TrainState) -> list[Path]:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        metrics = pd.DataFrame(state.history)
+        metrics["epoch"] = metrics["epoch"].astype(int)
+        per_class = pd.DataFrame(state.per_class_history, columns=[f"class_{c}" for c in range(self.num_classes)])
+        per_class.insert(0, "epoch", metrics["epoch"].values)
+        paths = [self.out_dir / "training_metrics.csv", self.out_dir / "per_class_accuracy.csv"]
+        metrics.to_csv(paths[0], index=False)
+        per_class.to_csv(paths[1], index=False)
+        return paths
+
+    @staticmethod
+    def epoch_metrics(metrics: dict[str, float], per_class: Iterable[float]) -> dict[str, float]:
+        out = {k: v for k, v in metrics.items() if k != "epoch"}
+        out.update({f"val_acc_class_{c}": float(v) for c, v in enumerate(per_class) if np.isfinite(v)})
+        return out
+
+    def __call__(self, metrics: dict[str, float], per_class: np.ndarray, saved: list, state: TrainState) -> None:
+        self.pending.append({"epoch": int(metrics["epoch"]), **self.epoch_metrics(metrics, per_class)})
+        csvs = self.write_csvs(state)
+        try:
+            while self.pending:
+                row = self.pending[0]
+                self.run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+                self.pending.pop(0)
+            for path in csvs:
+                self.run.log_artifact(path, "metrics")
+        except Exception as exc:  # noqa: BLE001 - any tracking failure: keep training
+            self.failures += 1
+            log.warning("MLflow logging failed at epoch %d (%s); training goes on, will retry next epoch",
+                        int(metrics["epoch"]), exc)
+
+
+def reconcile_history(run: tracking.Run, state: TrainState) -> int:
+    """After a resume, log the epochs that the checkpoint has but MLflow missed (a run killed
+    between writing its checkpoint and logging). Returns how many were logged."""
+    logged = run.logged_steps("val_loss")
+    missing = 0
+    for row, per_class in zip(state.history, state.per_class_history):
+        epoch = int(row["epoch"])
+        if epoch not in logged:
+            run.log_metrics(EpochLogger.epoch_metrics(row, per_class), step=epoch)
+            missing += 1
+    return missing
+
+
+def find_checkpoint(resume: str, outputs: Path) -> Path:
+    """A checkpoint path, or a run id whose last.pt lies under <outputs>/runs/<run id>/."""
+    path = Path(resume)
+    if path.is_file():
+        return path
+    candidate = outputs / "runs" / resume / "checkpoints" / ckpt.LAST
+    if candidate.is_file():
+        return candidate
+    raise DataError(f"--resume {resume}: neither a checkpoint file nor a run id with {candidate}")
+
+
+def build_setup(config: Config, data: PreparedData, device: torch.device) -> FitSetup:
+    num_classes = config.model.num_classes
+    train_loader = make_loader(data, "train", train=True, batch_size=config.train.batch_size,
+                               num_workers=config.train.num_workers, seed=config.train.seed,
+                               weighted_sampler=config.train.weighted_sampler, pin_memory=device.type == "cuda")
+    val_loader = make_loader(data, "val", train=False, batch_size=config.train.eval_batch_size,
+                             num_workers=config.train.num_workers, pin_memory=device.type == "cuda")
+    model = build_model(config.model).to(device, memory_format=torch.channels_last_3d)
+    if config.train.compile:
+        model = torch.compile(model)
+    alpha = None
+    if config.loss.auto_class_weights:
+        alpha = torch.from_numpy(clips.class_weights(data.splits["train"].class_counts(num_classes))).to(device)
+    criterion = FocalLoss(config.loss.focal_gamma, alpha).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=config.optim.plateau_factor,
+                                                           patience=config.optim.plateau_patience,
+                                                           min_lr=config.optim.min_lr)
+    return FitSetup(model, criterion, optimizer, scheduler, train_loader, val_loader, device, num_classes, config)
+
+
+def train(config: Config, resume: str | None = None, progress: bool = True,
+          callbacks: Iterable[EpochCallback] = ()) -> TrainResult:
+    outputs = Path(config.paths.outputs)
+    payload: dict[str, Any] | None = None
+    run_id = None
+    if resume:
+        payload = ckpt.load(find_checkpoint(resume, outputs))
+        config = build_config(payload["config"])  # a resumed run keeps its own config
+        run_id = payload["run_id"]
+        log.info("resuming run %s after epoch %d", run_id, payload["epoch"])
+    seed_everything(config.train.seed)
+    device = resolve_device(config.train.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    data = prepare_data(config, splits=("train", "val"), progress=progress)
+    if len(data.splits["val"]) == 0:
+        raise DataError("no validation clips: early stopping and model choice need data.val_fraction > 0 "
+                        "or val subjects in split.csv")
+    setup = build_setup(config, data, device)
+    digest = data.digest()
+    tags = {"data_root": data.layout.root, "data_digest": digest, "device": str(device),
+            "parameters": count_parameters(setup.model), "clips_train": len(data.splits["train"]),
+            "clips_val": len(data.splits["val"])}
+    with tracking.start_run(config, run_name="train", command="train", tags=tags, system_metrics=True,
+                            run_id=run_id) as run:
+        ckpt_dir = outputs / "runs" / run.id / "checkpoints"
+        manager = ckpt.CheckpointManager(ckpt_dir, config.train.checkpoint_every, config.train.keep_checkpoints)
+        state = None
+        if payload is None:
+            run.log_config(config)
+            run.log_git_diff()
+            run.log_dataset(clip_manifest(data), name="clips", source=str(data.layout.root), digest=digest[:36],
+                            context="training")
+        else:
+            state = restore(setup, payload)
+            if payload.get("data_digest") not in (None, digest):
+                log.warning("the data changed since the checkpoint (digest %s, now %s)", payload.get("data_digest"), digest)
+            reconcile_history(run, state)
+        logger = EpochLogger(run, outputs / "runs" / run.id / "metrics", config.model.num_classes)
+        stamp = _RunStamp(run.id, digest)
+        state = fit(setup, manager, state=state, callbacks=[logger, *callbacks], progress=progress,
+                    stamp=stamp)
+        if data.warnings:
+            run.set_tags({f"data_warnings.{k}": v for k, v in data.warnings.counts.items()})
+        run.log_metrics({f"best_{k}": v for k, v in state.best.items() if k in
+                         ("val_loss", "val_acc", "val_mean_class_acc")})
+        version = log_best_model(run, config, manager, state, data)
+        for path in sorted(ckpt_dir.glob("*.pt")):
+            run.log_artifact(path, "checkpoints")
+    return TrainResult(run.id, state, version, ckpt_dir)
+
+
+@dataclass(frozen=True)
+class _RunStamp:
+    """Added to every checkpoint so that `--resume <file>` knows its run and data."""
+
+    run_id: str
+    data_digest: str
+
+    def __call__(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return {**payload, "run_id": self.run_id, "data_digest": self.data_digest}
+
+
+def log_best_model(run: tracking.Run, config: Config, manager: ckpt.CheckpointManager, state: TrainState,
+                   data: PreparedData) -> str | None:
+    """Log the best model (validation mean class accuracy) and register it as a new version."""
+    best_path = manager.folder / ckpt.BEST_MODEL
+    if not best_path.exists():
+        return None
+    model = build_model(config.model)
+    model.load_state_dict(ckpt.load(best_path)["model"])
+    d = config.data
+    example = np.zeros((1, 3, d.clip_len, d.frame_size, d.frame_size), dtype=np.float32)
+    best_epoch = state.best_epoch.get("val_mean_class_acc")
+    best = state.history[best_epoch - 1] if best_epoch else {}
+    tags = {"data_digest": data.digest(), "best_epoch": best_epoch,
+            **{k: round(best[k], 6) for k in ("val_acc", "val_mean_class_acc", "val_top3_acc", "val_loss") if k in best}}
+    return run.log_pytorch_model(model, example, config.mlflow.registered_model, version_tags=tags)
