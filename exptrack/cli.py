@@ -16,10 +16,12 @@ def _config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="experiment YAML (e.g. experiments/demo.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config key, type-checked (repeatable)")
+    parser.add_argument("--sets", default="", help="space-separated overrides in one argument (for MLproject)")
 
 
 def _config(args: argparse.Namespace, extra: list[str] | None = None) -> Config:
-    return load_config(args.config, [*args.overrides, *(extra or [])])
+    sets = getattr(args, "sets", "") or ""
+    return load_config(args.config, [*args.overrides, *sets.split(), *(extra or [])])
 
 
 def cmd_demo_data(args: argparse.Namespace) -> None:
@@ -66,12 +68,18 @@ def _train_overrides(args: argparse.Namespace) -> list[str]:
 def cmd_train(args: argparse.Namespace) -> None:
     from .training.run import train
 
-    overrides = _train_overrides(args) + (args.sets.split() if args.sets else [])
-    result = train(_config(args, overrides), resume=args.resume, progress=not args.no_progress)
+    result = train(_config(args, _train_overrides(args)), resume=args.resume, progress=not args.no_progress)
     best = result.state.best
     print(f"run {result.run_id}: {result.state.epoch} epochs, best val mean class accuracy "
           f"{best['val_mean_class_acc']:.3f}, val accuracy {best['val_acc']:.3f}"
           + (f"; registered as version {result.model_version}" if result.model_version else ""))
+
+
+PLANNED = {"evaluate": 4, "promote": 4, "plots": 4, "visualize": 5, "predict": 5, "tune": 6}
+
+
+def cmd_planned(args: argparse.Namespace) -> None:
+    raise NotImplementedError(f"'exptrack {args.command}' is not implemented yet (issue {PLANNED[args.command]})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,7 +101,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train C3D; one MLflow run, best model registered")
     _config_options(p)
-    p.add_argument("--sets", default="", help="space-separated overrides (for MLproject parameters)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: auto)")
@@ -109,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cache", help="decode every video (and masks, keypoints) into the frame cache")
     _config_options(p)
     p.set_defaults(func=cmd_cache)
+
+    for name, issue in PLANNED.items():
+        p = sub.add_parser(name, help=f"not yet: issue {issue}")
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=cmd_planned)
     return parser
 
 
@@ -119,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
     try:
         args.func(args)
-    except (ConfigError, DataError, NonFiniteLossError) as exc:
+    except (ConfigError, DataError, NonFiniteLossError, NotImplementedError) as exc:
         print(f"exptrack {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

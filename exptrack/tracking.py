@@ -105,9 +105,13 @@ class Run:
 
     def log_dataset(self, table: "pd.DataFrame", name: str, source: str, digest: str, context: str) -> None:
         """The clip manifest as an MLflow dataset input (shown under the run's Datasets)."""
+        import warnings
+
         import mlflow.data
 
-        dataset = mlflow.data.from_pandas(table, source=source, name=name, targets="label", digest=digest)
+        with warnings.catch_warnings():  # a local path "can be interpreted in multiple ways": it is local
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(table, source=source, name=name, targets="label", digest=digest)
         mlflow.log_input(dataset, context=context)
 
     def log_pytorch_model(self, model: "torch.nn.Module", input_example: "np.ndarray", registered_model: str | None,

@@ -28,5 +28,6 @@ def test_python_env_matches_pyproject():
 
 def test_mlproject_entry_points_run_the_cli():
     project = yaml.safe_load((ROOT / "MLproject").read_text())
+    assert {"train", "evaluate", "tune", "visualize"} <= set(project["entry_points"])
     for name, entry in project["entry_points"].items():
         assert entry["command"].startswith(f"python -m exptrack {name}")

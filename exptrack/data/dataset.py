@@ -157,7 +157,7 @@ def make_loader(data: PreparedData, split: str, train: bool, batch_size: int, nu
         sampler=sampler,
         num_workers=workers,
         pin_memory=pin_memory,
-        drop_last=False,
+        drop_last=train and len(dataset) > batch_size,  # no 1-clip batch for BatchNorm
         persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(seed) if train and sampler is None else None,
     )

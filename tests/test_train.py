@@ -1,0 +1,154 @@
+"""Training end to end against a real MLflow store: params, per-epoch metrics, artifacts,
+registered model, resume after a kill, a failing tracker, NaN loss."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import torch
+
+from exptrack import tracking
+from exptrack.cli import build_parser, main
+from exptrack.models.c3d import C3D
+from exptrack.training import run as train_run
+from exptrack.training.loop import NonFiniteLossError
+
+FAST = ("model.width=0.125", "train.batch_size=8", "train.eval_batch_size=16", "train.num_workers=0",
+        "train.checkpoint_every=2", "optim.lr=0.001", "mlflow.experiment=train-test", "mlflow.log_system_metrics=false")
+
+
+def _config(make_config, root, *extra):
+    return make_config(root, *FAST, *extra)
+
+
+def _run(run_id: str):
+    return mlflow.MlflowClient().get_run(run_id)
+
+
+def _steps(run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in mlflow.MlflowClient().get_metric_history(run_id, key))
+
+
+def _artifacts(run_id: str, path: str | None = None) -> set[str]:
+    client = mlflow.MlflowClient()
+    out = set()
+    for a in client.list_artifacts(run_id, path):
+        out |= _artifacts(run_id, a.path) if a.is_dir else {a.path}
+    return out
+
+
+@pytest.mark.slow
+def test_train_logs_a_complete_run_and_registers_the_model(tiny_demo, make_config):
+    cfg = _config(make_config, tiny_demo, "train.epochs=3", "data.use_masks=true",
+                  "data.use_skeleton_attention=true", "data.downsample_class1=true")
+    result = train_run.train(cfg, progress=False)
+    run = _run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["data.clip_len"] == "8" and run.data.params["loss.focal_gamma"] == "2.0"
+    assert run.data.params["data.use_masks"] == "True"
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "val_mean_class_acc", "val_top3_acc", "lr",
+                "val_acc_class_0"):
+        assert _steps(result.run_id, key) == [1, 2, 3], key
+    tags = run.data.tags
+    assert tags["exptrack.command"] == "train" and tags["device"] == "cpu"
+    assert tags["data_digest"] and tags["data_root"] == str(tiny_demo)
+    assert "torch_version" in tags and "mlflow_version" in tags
+    assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.name == "clips"
+
+    artifacts = _artifacts(result.run_id)
+    assert {"config.yaml", "metrics/training_metrics.csv", "metrics/per_class_accuracy.csv",
+            "checkpoints/best_model.pt", "checkpoints/last.pt", "checkpoints/epoch_0002.pt"} <= artifacts
+    history = pd.read_csv(result.checkpoint_dir.parent / "metrics" / "training_metrics.csv")
+    assert list(history.epoch) == [1, 2, 3]
+
+    version = mlflow.MlflowClient().get_model_version(cfg.mlflow.registered_model, result.model_version)
+    assert version.tags["run_id"] == result.run_id and "val_mean_class_acc" in version.tags
+    model = mlflow.pytorch.load_model(f"models:/{cfg.mlflow.registered_model}/{result.model_version}")
+    assert isinstance(model, C3D) and hasattr(model, "block4")  # a real module, not an exported graph
+    assert model(torch.zeros(2, 3, 8, 32, 32)).shape == (2, 3)
+
+
+class _KillAfter:
+    """Fault injection: stop the process (as Ctrl-C would) after epoch `n`."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __call__(self, metrics, per_class, saved, state) -> None:
+        if state.epoch == self.n:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.slow
+def test_resume_continues_the_same_run_without_gaps_or_duplicates(tiny_demo, make_config, monkeypatch):
+    cfg = _config(make_config, tiny_demo, "train.epochs=4", "train.early_stop_patience=10")
+    # Epoch 3 reaches its checkpoint but not MLflow (the tracker is down), then the run is killed.
+    real_log = tracking.Run.log_metrics
+
+    def flaky(self, metrics, step=None):
+        if step == 3:
+            raise ConnectionError("tracking server unreachable")
+        return real_log(self, metrics, step)
+
+    monkeypatch.setattr(tracking.Run, "log_metrics", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        train_run.train(cfg, progress=False, callbacks=[_KillAfter(3)])
+    monkeypatch.setattr(tracking.Run, "log_metrics", real_log)
+    run_id = mlflow.search_runs(experiment_names=["train-test"], output_format="list")[0].info.run_id
+    assert _steps(run_id, "val_loss") == [1, 2]
+    assert _run(run_id).info.status in ("FAILED", "KILLED")
+
+    result = train_run.train(cfg, resume=run_id, progress=False)
+    assert result.run_id == run_id
+    assert _run(run_id).info.status == "FINISHED"
+    for key in ("val_loss", "train_loss", "val_mean_class_acc"):
+        assert _steps(run_id, key) == [1, 2, 3, 4], key  # none missing, none twice
+    assert len(mlflow.search_runs(experiment_names=["train-test"], output_format="list")) == 1
+
+
+@pytest.mark.slow
+def test_resume_from_a_checkpoint_file(tiny_demo, make_config):
+    cfg = _config(make_config, tiny_demo, "train.epochs=2")
+    with pytest.raises(KeyboardInterrupt):
+        train_run.train(cfg, progress=False, callbacks=[_KillAfter(1)])
+    run_id = mlflow.search_runs(experiment_names=["train-test"], output_format="list")[0].info.run_id
+    last = train_run.find_checkpoint(run_id, Path(cfg.paths.outputs))
+    assert last.name == "last.pt"
+    result = train_run.train(cfg, resume=str(last), progress=False)
+    assert result.run_id == run_id and result.state.epoch == 2
+    assert _steps(run_id, "val_loss") == [1, 2]
+
+
+def test_nan_loss_stops_with_a_clear_error_and_a_failed_run(tiny_demo, make_config, monkeypatch, capsys):
+    class NanLoss(train_run.FocalLoss):
+        def forward(self, logits, target):
+            return super().forward(logits, target) * float("nan")
+
+    monkeypatch.setattr(train_run, "FocalLoss", NanLoss)
+    cfg = _config(make_config, tiny_demo, "train.epochs=2")
+    with pytest.raises(NonFiniteLossError, match="training loss became nan at epoch 1, batch 1"):
+        train_run.train(cfg, progress=False)
+    run = mlflow.search_runs(experiment_names=["train-test"], output_format="list")[0]
+    assert run.info.status == "FAILED"
+
+
+def test_original_train_flags_map_to_config():
+    args = build_parser().parse_args(["train", "--epochs", "5", "--batch-size", "4", "--device", "cpu",
+                                      "--seed", "7", "--downsample-class1", "--use-masks",
+                                      "--use-skeleton-attention", "--skeleton-sigma", "12.5",
+                                      "--set", "optim.lr=0.01"])
+    from exptrack.cli import _config, _train_overrides
+
+    cfg = _config(args, _train_overrides(args))
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.device, cfg.train.seed) == (5, 4, "cpu", 7)
+    assert cfg.data.downsample_class1 and cfg.data.use_masks and cfg.data.use_skeleton_attention
+    assert cfg.data.skeleton_sigma == 12.5 and cfg.optim.lr == 0.01
+
+
+def test_train_cli_reports_missing_resume_target(tmp_path, capsys):
+    code = main(["train", "--resume", "no-such-run", "--set", f"paths.outputs={tmp_path}"])
+    assert code == 2
+    assert "neither a checkpoint file nor a run id" in capsys.readouterr().err
