@@ -81,6 +81,9 @@ class TrainConfig:
     keep_checkpoints: int = 3
     amp: bool = True
     compile: bool = False
+    # Recompute BatchNorm statistics over this many training batches before each validation
+    # (0 = off, the original behaviour); see training/loop.py:recompute_bn_stats.
+    precise_bn_batches: int = 0
 
 
 @dataclass(frozen=True)

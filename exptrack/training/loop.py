@@ -120,6 +120,33 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, op
 
 
 @torch.no_grad()
+def recompute_bn_stats(model: nn.Module, loader: Iterable, device: torch.device, batches: int, *,
+                       amp: bool = True, channels_last: bool = False) -> None:
+    """Precise BN: replace BatchNorm running statistics by plain averages over `batches`
+    training batches with the current weights. The running averages otherwise mix statistics of
+    weights from many steps ago; on small data with a high learning rate this made validation
+    accuracy jump by tens of points from one epoch to the next (measured on the demo data)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or batches <= 0:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    for i, batch in enumerate(loader):
+        if i >= batches:
+            break
+        x, _ = prepare_batch(batch, device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        with autocast(device, amp):
+            model(x)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+
+
+@torch.no_grad()
 def predict(model: nn.Module, loader: Iterable, device: torch.device, *, amp: bool = True,
             progress: bool = False, channels_last: bool = False, desc: str = "predict") -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (N, K) and labels (N,) for a whole loader, in loader order, on the CPU."""
@@ -230,6 +257,8 @@ def fit(setup: FitSetup, checkpoints: ckpt.CheckpointManager, state: TrainState 
         train_metrics = train_one_epoch(setup.model, setup.train_loader, setup.criterion, setup.optimizer,
                                         setup.device, amp=cfg.amp, grad_clip=cfg.grad_clip, epoch=epoch,
                                         progress=progress, channels_last=channels_last)
+        recompute_bn_stats(setup.model, setup.train_loader, setup.device, cfg.precise_bn_batches, amp=cfg.amp,
+                           channels_last=channels_last)
         val_metrics, per_class = validate(setup.model, setup.val_loader, setup.criterion, setup.device,
                                           setup.num_classes, amp=cfg.amp, progress=progress,
                                           channels_last=channels_last)
