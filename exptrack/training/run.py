@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -64,6 +65,7 @@ class EpochLogger:
         self.run, self.out_dir, self.num_classes = run, out_dir, num_classes
         self.pending: list[dict[str, float]] = []
         self.failures = 0
+        self.seconds = 0.0  # time spent here, i.e. the cost of tracking (bench/train.py)
 
     def write_csvs(self, state: TrainState) -> list[Path]:
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -83,6 +85,13 @@ class EpochLogger:
         return out
 
     def __call__(self, metrics: dict[str, float], per_class: np.ndarray, saved: list, state: TrainState) -> None:
+        start = time.perf_counter()
+        try:
+            self._log(metrics, per_class, state)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def _log(self, metrics: dict[str, float], per_class: np.ndarray, state: TrainState) -> None:
         self.pending.append({"epoch": int(metrics["epoch"]), **self.epoch_metrics(metrics, per_class)})
         csvs = self.write_csvs(state)
         try:
@@ -189,6 +198,7 @@ def train(config: Config, resume: str | None = None, progress: bool = True,
             run.set_tags({f"data_warnings.{k}": v for k, v in data.warnings.counts.items()})
         run.log_metrics({f"best_{k}": v for k, v in state.best.items() if k in
                          ("val_loss", "val_acc", "val_mean_class_acc")})
+        run.log_metrics({"tracking_seconds": logger.seconds, "tracking_failures": logger.failures})
         version = log_best_model(run, config, manager, state, data)
         for path in sorted(ckpt_dir.glob("*.pt")):
             run.log_artifact(path, "checkpoints")

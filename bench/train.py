@@ -1,0 +1,95 @@
+"""Training throughput and the cost of tracking.
+
+1. clips/s of a training step (forward, backward, AdamW) on synthetic clips, for the demo model
+   on the CPU and for the full C3D (27.8M parameters, 3x16x112x112) on the best device present
+   (bf16 autocast and channels_last_3d on CUDA, as `exptrack train` does);
+2. a real `train` run of the demo config: the share of epoch time spent in MLflow logging
+   (per-epoch metrics and CSV artifacts), from the run's own tracking_seconds and
+   train_seconds metrics. Target: < 2%.
+
+Usage: python bench/train.py [--steps 10] [--skip-run]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from exptrack.config import load_config
+from exptrack.models.c3d import C3D, count_parameters
+from exptrack.training.loop import autocast, resolve_device
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def step_throughput(model: C3D, batch: int, clip: int, size: int, device: torch.device, steps: int) -> float:
+    model = model.to(device, memory_format=torch.channels_last_3d).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(batch, 3, clip, size, size, device=device).contiguous(memory_format=torch.channels_last_3d)
+    y = torch.randint(0, model.num_classes, (batch,), device=device)
+    for i in range(steps + 2):
+        if i == 2:  # after warm-up (cudnn autotune, allocator)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        with autocast(device, True):
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return batch * steps / (time.perf_counter() - start)
+
+
+def tracking_share() -> tuple[float, float, float]:
+    import mlflow
+
+    from exptrack.training.run import train
+
+    tmp = Path(tempfile.mkdtemp(prefix="exptrack-bench-"))
+    os.chdir(tmp)
+    cfg = load_config(ROOT / "experiments" / "demo.yaml", ["train.epochs=5", "train.early_stop_patience=10"])
+    result = train(cfg, progress=False)
+    client = mlflow.MlflowClient()
+    run = client.get_run(result.run_id)
+    train_s = sum(m.value for m in client.get_metric_history(result.run_id, "train_seconds"))
+    tracking_s = run.data.metrics["tracking_seconds"]
+    return tracking_s, train_s, tracking_s / (train_s + tracking_s)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--skip-run", action="store_true", help="skip the MLflow logging share")
+    args = parser.parse_args()
+    torch.backends.cudnn.benchmark = True
+    cpu = torch.device("cpu")
+    device = resolve_device("auto")
+    demo = load_config(ROOT / "experiments" / "demo.yaml")
+    demo_model = C3D(demo.model.num_classes, width=demo.model.width)
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPU threads, device {device}"
+          + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""))
+    rate = step_throughput(demo_model, demo.train.batch_size, demo.data.clip_len, demo.data.frame_size, cpu, args.steps)
+    print(f"demo C3D ({count_parameters(demo_model):,} params, {demo.data.frame_size}px, batch "
+          f"{demo.train.batch_size}) on cpu: {rate:8.1f} clips/s")
+    full = C3D(17)
+    steps = args.steps if device.type == "cuda" else 2
+    batch = 32 if device.type == "cuda" else 8
+    rate = step_throughput(full, batch, 16, 112, device, steps)
+    print(f"full C3D ({count_parameters(full):,} params, 112px, batch {batch}) on {device.type}: {rate:8.1f} clips/s")
+    if not args.skip_run:
+        tracking_s, train_s, share = tracking_share()
+        print(f"demo train run: {train_s:.1f} s training, {tracking_s:.2f} s MLflow logging per-epoch "
+              f"-> {100 * share:.2f}% of epoch time (target < 2%)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
