@@ -69,6 +69,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .training.run import train
 
     result = train(_config(args, _train_overrides(args)), resume=args.resume, progress=not args.no_progress)
+    if not result.run_id:  # a non-zero torchrun rank: rank 0 reports
+        return
     best = result.state.best
     print(f"run {result.run_id}: {result.state.epoch} epochs, best val mean class accuracy "
           f"{best['val_mean_class_acc']:.3f}, val accuracy {best['val_acc']:.3f}"

@@ -152,3 +152,26 @@ def test_train_cli_reports_missing_resume_target(tmp_path, capsys):
     code = main(["train", "--resume", "no-such-run", "--set", f"paths.outputs={tmp_path}"])
     assert code == 2
     assert "neither a checkpoint file nor a run id" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ddp_with_two_processes_makes_one_run(tiny_demo, tmp_path):
+    """torchrun with 2 CPU processes (gloo): one MLflow run, every epoch logged once, the
+    ranks agree on the metrics."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'ddp.db'}", "OMP_NUM_THREADS": "1"}
+    sets = [f"data.root={tiny_demo}", f"paths.cache={tmp_path / 'cache'}", f"paths.outputs={tmp_path / 'out'}",
+            "model.num_classes=3", "data.frame_size=32", "data.clip_len=8", "data.train_stride=4",
+            "data.eval_stride=8", *FAST, "train.epochs=2"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "exptrack", "train", "--no-progress", *[a for s in sets for a in ("--set", s)]]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    runs = mlflow.search_runs(experiment_names=["train-test"], output_format="list")
+    assert len(runs) == 1 and runs[0].data.tags["world_size"] == "2"
+    assert _steps(runs[0].info.run_id, "val_loss") == [1, 2]
+    assert proc.stdout.count("registered as version") == 1

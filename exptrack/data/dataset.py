@@ -9,7 +9,7 @@ import os
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
 
 from . import clips, transforms
 from .layout import NUM_KEYPOINTS
@@ -133,15 +133,20 @@ def _single_threaded_worker(_: int) -> None:
 
 
 def make_loader(data: PreparedData, split: str, train: bool, batch_size: int, num_workers: int,
-                seed: int = 0, weighted_sampler: bool = True, pin_memory: bool = False) -> DataLoader:
-    """Training loaders draw with class-balancing weights (with replacement) when asked;
-    evaluation loaders go through the clips in order."""
+                seed: int = 0, weighted_sampler: bool = True, pin_memory: bool = False,
+                rank: int = 0, world_size: int = 1) -> DataLoader:
+    """Training loaders draw with class-balancing weights (with replacement) when asked, each
+    rank its share under DDP; evaluation loaders go through all clips in order."""
+    from ..training.distributed import DistributedWeightedSampler
+
     dataset = ClipDataset(data, split, train=train, seed=seed)
     sampler = None
     if train and weighted_sampler:
-        weights = clips.sampler_weights(dataset.index, data.config.model.num_classes)
-        sampler = WeightedRandomSampler(torch.from_numpy(weights), num_samples=len(dataset), replacement=True,
-                                        generator=torch.Generator().manual_seed(seed))
+        # Drawn from (seed, epoch) alone, so a resumed run sees the same epochs it would have.
+        weights = torch.from_numpy(clips.sampler_weights(dataset.index, data.config.model.num_classes))
+        sampler = DistributedWeightedSampler(weights, len(dataset), rank, world_size, seed)
+    elif train and world_size > 1:
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
     workers = default_workers(num_workers)
     if workers > 0:
         # A forked worker inherits OpenCV's thread pool and cannot resize it (cv2.setNumThreads

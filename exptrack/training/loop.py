@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ..data.dataset import prepare_batch
 from . import checkpoint as ckpt
+from . import distributed
 
 log = logging.getLogger("exptrack.train")
 
@@ -115,6 +116,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, op
         elapsed = time.perf_counter() - start
         bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}", clips_s=f"{seen / elapsed:.0f}")
     seconds = time.perf_counter() - start
+    total_loss, correct, seen = distributed.all_reduce_sum([total_loss, float(correct), float(seen)], device)
     return {"train_loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1),
             "train_clips_per_s": seen / max(seconds, 1e-9), "train_seconds": seconds}
 
@@ -144,6 +146,7 @@ def recompute_bn_stats(model: nn.Module, loader: Iterable, device: torch.device,
             model(x)
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
+    distributed.broadcast_buffers(model)  # every rank validates with rank 0's statistics
 
 
 @torch.no_grad()
@@ -237,13 +240,14 @@ def restore(setup: FitSetup, payload: dict[str, Any]) -> TrainState:
     return TrainState.from_dict(payload["state"])
 
 
-def fit(setup: FitSetup, checkpoints: ckpt.CheckpointManager, state: TrainState | None = None,
+def fit(setup: FitSetup, checkpoints: ckpt.CheckpointManager | None, state: TrainState | None = None,
         callbacks: Iterable[EpochCallback] = (), progress: bool = True,
         stamp: Callable[[dict[str, Any]], dict[str, Any]] = lambda payload: payload) -> TrainState:
     """Train from `state.epoch + 1` to train.epochs, stopping early when validation accuracy has
     not improved by min_delta for `early_stop_patience` epochs. `stamp` adds run information to
     every checkpoint. The checkpoint of an epoch is written before the callbacks run, so a kill
-    in between loses no epoch (the resume path logs what the tracker missed)."""
+    in between loses no epoch (the resume path logs what the tracker missed). Under DDP only
+    rank 0 passes a checkpoint manager and callbacks; rank 0 also decides when to stop."""
     cfg = setup.config.train
     state = state or TrainState()
     channels_last = True  # measured faster for Conv3d on CPU too (bench/train.py)
@@ -278,14 +282,14 @@ def fit(setup: FitSetup, checkpoints: ckpt.CheckpointManager, state: TrainState 
         state.epoch = epoch
         state.history.append(metrics)
         state.per_class_history.append([float(v) for v in per_class])
-        saved = checkpoints.save(stamp(checkpoint_payload(setup, state, metrics)), improved)
+        saved = checkpoints.save(stamp(checkpoint_payload(setup, state, metrics)), improved) if checkpoints else []
         log.info("epoch %d/%d  train loss %.4f acc %.3f | val loss %.4f acc %.3f mca %.3f top3 %.3f | lr %.2e | %.0f clips/s",
                  epoch, cfg.epochs, metrics["train_loss"], metrics["train_acc"], metrics["val_loss"],
                  metrics["val_acc"], metrics["val_mean_class_acc"], metrics["val_top3_acc"], lr,
                  metrics["train_clips_per_s"])
         for callback in callbacks:
             callback(metrics, per_class, saved, state)
-        if state.stale_epochs >= cfg.early_stop_patience:
+        if distributed.broadcast_flag(state.stale_epochs >= cfg.early_stop_patience, setup.device):
             log.info("early stopping: validation accuracy has not improved by %.4f for %d epochs",
                      cfg.early_stop_min_delta, state.stale_epochs)
             break

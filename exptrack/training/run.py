@@ -16,6 +16,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from .. import tracking
 from ..config import Config, build_config
@@ -26,6 +27,8 @@ from ..data.prepare import PreparedData, prepare_data
 from ..losses import FocalLoss
 from ..models.c3d import build_model, count_parameters
 from . import checkpoint as ckpt
+from . import distributed
+from .distributed import DistEnv
 from .loop import EpochCallback, FitSetup, TrainState, fit, resolve_device, restore
 
 log = logging.getLogger("exptrack.train")
@@ -131,14 +134,17 @@ def find_checkpoint(resume: str, outputs: Path) -> Path:
     raise DataError(f"--resume {resume}: neither a checkpoint file nor a run id with {candidate}")
 
 
-def build_setup(config: Config, data: PreparedData, device: torch.device) -> FitSetup:
+def build_setup(config: Config, data: PreparedData, device: torch.device, env: DistEnv = DistEnv()) -> FitSetup:
     num_classes = config.model.num_classes
     train_loader = make_loader(data, "train", train=True, batch_size=config.train.batch_size,
                                num_workers=config.train.num_workers, seed=config.train.seed,
-                               weighted_sampler=config.train.weighted_sampler, pin_memory=device.type == "cuda")
+                               weighted_sampler=config.train.weighted_sampler, pin_memory=device.type == "cuda",
+                               rank=env.rank, world_size=env.world_size)
     val_loader = make_loader(data, "val", train=False, batch_size=config.train.eval_batch_size,
                              num_workers=config.train.num_workers, pin_memory=device.type == "cuda")
     model = build_model(config.model).to(device, memory_format=torch.channels_last_3d)
+    if env.enabled:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if config.train.compile:
         model = torch.compile(model)
     alpha = None
@@ -154,6 +160,16 @@ def build_setup(config: Config, data: PreparedData, device: torch.device) -> Fit
 
 def train(config: Config, resume: str | None = None, progress: bool = True,
           callbacks: Iterable[EpochCallback] = ()) -> TrainResult:
+    """Train; under torchrun every rank calls this, rank 0 alone tracks and checkpoints."""
+    env = distributed.init_distributed(config.train.device)
+    try:
+        return _train(config, env, resume, progress, callbacks)
+    finally:
+        distributed.cleanup()
+
+
+def _train(config: Config, env: DistEnv, resume: str | None, progress: bool,
+           callbacks: Iterable[EpochCallback]) -> TrainResult:
     outputs = Path(config.paths.outputs)
     payload: dict[str, Any] | None = None
     run_id = None
@@ -163,37 +179,38 @@ def train(config: Config, resume: str | None = None, progress: bool = True,
         run_id = payload["run_id"]
         log.info("resuming run %s after epoch %d", run_id, payload["epoch"])
     seed_everything(config.train.seed)
-    device = resolve_device(config.train.device)
+    device = distributed.device_for(env, resolve_device(config.train.device))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    data = prepare_data(config, splits=("train", "val"), progress=progress)
+    data = prepare_data(config, splits=("train", "val"), progress=progress and env.is_main)
     if len(data.splits["val"]) == 0:
         raise DataError("no validation clips: early stopping and model choice need data.val_fraction > 0 "
                         "or val subjects in split.csv")
-    setup = build_setup(config, data, device)
+    setup = build_setup(config, data, device, env)
+    state = restore(setup, payload) if payload else None
+    if not env.is_main:  # workers train in step with rank 0 and leave the record to it
+        state = fit(setup, None, state=state, progress=False)
+        return TrainResult(run_id or "", state, None, outputs)
     digest = data.digest()
     tags = {"data_root": data.layout.root, "data_digest": digest, "device": str(device),
-            "parameters": count_parameters(setup.model), "clips_train": len(data.splits["train"]),
-            "clips_val": len(data.splits["val"])}
+            "world_size": env.world_size, "parameters": count_parameters(setup.model),
+            "clips_train": len(data.splits["train"]), "clips_val": len(data.splits["val"])}
     with tracking.start_run(config, run_name="train", command="train", tags=tags, system_metrics=True,
                             run_id=run_id) as run:
         ckpt_dir = outputs / "runs" / run.id / "checkpoints"
         manager = ckpt.CheckpointManager(ckpt_dir, config.train.checkpoint_every, config.train.keep_checkpoints)
-        state = None
         if payload is None:
             run.log_config(config)
             run.log_git_diff()
             run.log_dataset(clip_manifest(data), name="clips", source=str(data.layout.root), digest=digest[:36],
                             context="training")
         else:
-            state = restore(setup, payload)
             if payload.get("data_digest") not in (None, digest):
                 log.warning("the data changed since the checkpoint (digest %s, now %s)", payload.get("data_digest"), digest)
             reconcile_history(run, state)
         logger = EpochLogger(run, outputs / "runs" / run.id / "metrics", config.model.num_classes)
-        stamp = _RunStamp(run.id, digest)
         state = fit(setup, manager, state=state, callbacks=[logger, *callbacks], progress=progress,
-                    stamp=stamp)
+                    stamp=_RunStamp(run.id, digest))
         if data.warnings:
             run.set_tags({f"data_warnings.{k}": v for k, v in data.warnings.counts.items()})
         run.log_metrics({f"best_{k}": v for k, v in state.best.items() if k in

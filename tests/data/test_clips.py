@@ -84,13 +84,29 @@ def test_sampler_draws_classes_equally(tiny_demo, make_config):
     data = prepare_data(make_config(tiny_demo), progress=False)
     loader = make_loader(data, "train", train=True, batch_size=64, num_workers=0, seed=0)
     counts = np.zeros(3)
-    for _ in range(8):
+    draws = []
+    for epoch in range(8):
+        loader.sampler.set_epoch(epoch)
+        draws.append(list(loader.sampler))
         for batch in loader:
             counts += np.bincount(batch["label"].numpy(), minlength=3)
     share = counts / counts.sum()
     raw = data.splits["train"].class_counts(3) / len(data.splits["train"])
     assert raw.max() - raw.min() > 0.1  # the data itself is imbalanced (class 1 dominant)
     np.testing.assert_allclose(share, [1 / 3] * 3, atol=0.05)
+    assert draws[0] != draws[1]  # a new draw every epoch...
+    loader.sampler.set_epoch(0)
+    assert list(loader.sampler) == draws[0]  # ...that depends on (seed, epoch) only: resume-exact
+
+
+def test_distributed_ranks_split_the_single_process_draw():
+    from exptrack.training.distributed import DistributedWeightedSampler
+
+    weights = torch.rand(50)
+    whole = list(DistributedWeightedSampler(weights, 48, rank=0, world_size=1, seed=3))
+    parts = [list(DistributedWeightedSampler(weights, 48, rank=r, world_size=3, seed=3)) for r in range(3)]
+    assert all(len(p) == 16 for p in parts)
+    assert sorted(sum(parts, [])) == sorted(whole)
 
 
 def test_downsampling_flag_changes_train_split_only(tiny_demo, make_config):
