@@ -223,6 +223,9 @@ def checkpoint_payload(setup: FitSetup, state: TrainState, metrics: dict[str, fl
         "model": model.state_dict(),
         "optimizer": setup.optimizer.state_dict(),
         "scheduler": setup.scheduler.state_dict(),
+        # Mixed precision is bf16, which needs no loss scaling: there is no GradScaler state to
+        # keep. The key stays so that a checkpoint always has the same fields.
+        "scaler": {},
         "epoch": state.epoch,
         "metrics": dict(metrics),
         "config": to_nested_dict(setup.config),

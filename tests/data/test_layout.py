@@ -147,10 +147,14 @@ def _prepare(root: Path, make_config, *overrides: str):
     return prepare_data(make_config(root, *overrides), progress=False)
 
 
-def test_split_row_without_video(tiny_copy, make_config):
+@pytest.mark.parametrize("row, message", [
+    ("999_nobody,train", r"split\.csv:8: subject '999_nobody' has no video"),
+    ("x,holdout", r"split\.csv:8: split 'holdout'"),
+])
+def test_bad_split_rows(tiny_copy, make_config, row, message):
     with (tiny_copy / "split.csv").open("a") as fh:
-        fh.write("999_nobody,train\n")
-    with pytest.raises(DataError, match=r"split\.csv:8: subject '999_nobody' has no video"):
+        fh.write(row + "\n")
+    with pytest.raises(DataError, match=message):
         _prepare(tiny_copy, make_config)
 
 
@@ -160,13 +164,6 @@ def test_video_without_split_row_is_skipped_with_a_warning(tiny_copy, make_confi
     data = _prepare(tiny_copy, make_config)
     assert data.warnings["subject_without_split"] == 1
     assert "extra" not in data.subjects
-
-
-def test_bad_split_value(tiny_copy, make_config):
-    with (tiny_copy / "split.csv").open("a") as fh:
-        fh.write("x,holdout\n")
-    with pytest.raises(DataError, match=r"split\.csv:8: split 'holdout'"):
-        _prepare(tiny_copy, make_config)
 
 
 def test_unreadable_video(tiny_copy, make_config):
