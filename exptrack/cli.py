@@ -77,7 +77,27 @@ def cmd_train(args: argparse.Namespace) -> None:
           + (f"; registered as version {result.model_version}" if result.model_version else ""))
 
 
-PLANNED = {"evaluate": 4, "promote": 4, "plots": 4, "visualize": 5, "predict": 5, "tune": 6}
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .evaluation import run_evaluate
+
+    overrides: dict[str, dict] = {}
+    for flag, key in (("use_masks", "use_masks"), ("use_skeleton_attention", "use_skeleton_attention"),
+                      ("skeleton_sigma", "skeleton_sigma")):
+        value = getattr(args, flag)
+        if value not in (None, False):
+            overrides.setdefault("data", {})[key] = value
+    report, frame = run_evaluate(args.model, split=args.split, batch_size=args.batch_size, device_name=args.device,
+                                 save_dir=args.save_dir, data_root=args.data_root, overrides=overrides,
+                                 progress=not args.no_progress,
+                                 # the model's own experiment unless a config is given
+                                 base_config=_config(args) if (args.config or args.overrides or args.sets) else None)
+    s = report.summary
+    print(f"{args.split}: accuracy {s['accuracy']:.3f}, top-3 {s['top3_accuracy']:.3f}, mean class accuracy "
+          f"{s['mean_class_accuracy']:.3f}, macro F1 {s['macro_f1']:.3f}; frame accuracy {frame['frame_accuracy']:.3f} "
+          f"(smoothed {frame['frame_accuracy_smoothed']:.3f}); results in {args.save_dir}")
+
+
+PLANNED = {"promote": 4, "plots": 4, "visualize": 5, "predict": 5, "tune": 6}
 
 
 def cmd_planned(args: argparse.Namespace) -> None:
@@ -118,6 +138,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cache", help="decode every video (and masks, keypoints) into the frame cache")
     _config_options(p)
     p.set_defaults(func=cmd_cache)
+
+    p = sub.add_parser("evaluate", help="metrics of a model on a split, logged as an MLflow run")
+    _config_options(p)
+    p.add_argument("--model", default="models:/c3d-exercise@champion",
+                   help="models:/name@alias, models:/name/version, runs:/id, a run id or a checkpoint file")
+    p.add_argument("--split", default="test", choices=["test", "val", "train"])
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--save-dir", default="outputs/results")
+    p.add_argument("--data-root", help="evaluate on this dataset (default: the one the model was trained on)")
+    p.add_argument("--use-masks", action="store_true", help="override the model's setting (warned)")
+    p.add_argument("--use-skeleton-attention", action="store_true", help="override the model's setting (warned)")
+    p.add_argument("--skeleton-sigma", type=float, help="override the model's setting (warned)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
 
     for name, issue in PLANNED.items():
         p = sub.add_parser(name, help=f"not yet: issue {issue}")

@@ -42,3 +42,28 @@ def video_properties(videos: pd.DataFrame, path: Path) -> Path:
     sns.scatterplot(data=videos, x="width", y="height", hue="split", ax=axes[2])
     axes[2].set_title("frame size (px)")
     return _save(fig, path)
+
+
+def confusion_heatmap(table: pd.DataFrame, title: str, path: Path, fmt: str = "d") -> Path:
+    n = len(table)
+    fig, ax = plt.subplots(figsize=(max(5, 0.55 * n + 2), max(4, 0.5 * n + 1.5)))
+    sns.heatmap(table, annot=n <= 20, fmt=fmt, cmap="Blues", cbar=True, ax=ax, square=True)
+    ax.set_title(title)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    return _save(fig, path)
+
+
+def timeline(true, raw, smoothed, title: str, path: Path) -> Path:
+    """Frame-level labels over a whole video: true, predicted per clip, and smoothed (-1 = none)."""
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(12, 2.8))
+    frames = np.arange(len(true))
+    for offset, labels, name in ((0.0, true, "true"), (0.15, raw, "predicted"), (0.3, smoothed, "smoothed")):
+        ax.step(frames, np.asarray(labels) + offset, where="post", label=name, linewidth=1.2)
+    ax.set_xlabel("frame")
+    ax.set_ylabel("class (-1 = background)")
+    ax.set_title(title)
+    ax.legend(loc="upper right", fontsize=8)
+    return _save(fig, path)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 import mlflow
+import mlflow.artifacts
 
 from .config import Config, to_flat_dict, to_yaml
 
@@ -99,6 +100,9 @@ class Run:
     def log_text(self, text: str, artifact_file: str) -> None:
         mlflow.log_text(text, artifact_file)
 
+    def log_table(self, table: "pd.DataFrame", artifact_file: str) -> None:
+        mlflow.log_table(table, artifact_file)
+
     def logged_steps(self, key: str) -> set[int]:
         """Steps at which metric `key` has been logged in this run."""
         return {m.step for m in mlflow.MlflowClient().get_metric_history(self.id, key)}
@@ -163,6 +167,29 @@ def start_run(config: Config, run_name: str, command: str, tags: dict[str, Any] 
             mlflow.set_tag("mlflow.runName", run_name)
         log.info("MLflow run %s (%s) at %s", run.id, run_name, tracking_uri())
         yield run
+
+
+def resolve_model_uri(uri: str) -> dict[str, str]:
+    """models:/name@alias or models:/name/version -> {name, version, run_id, alias?}."""
+    body = uri[len("models:/"):]
+    client = mlflow.MlflowClient()
+    if "@" in body:
+        name, alias = body.split("@", 1)
+        mv = client.get_model_version_by_alias(name, alias)
+        return {"name": name, "version": str(mv.version), "run_id": mv.run_id, "alias": alias}
+    name, version = body.rsplit("/", 1)
+    mv = client.get_model_version(name, version)
+    return {"name": name, "version": str(mv.version), "run_id": mv.run_id}
+
+
+def download_run_artifact(run_id: str, path: str, dst: str | Path) -> Path:
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst)))
+
+
+def set_model_version_tags(name: str, version: str, tags: dict[str, Any]) -> None:
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, str(value))
 
 
 def temp_dir() -> tempfile.TemporaryDirectory:

@@ -1,0 +1,223 @@
+"""Evaluation: clip metrics (scikit-learn), confusion matrices, predictions, error analysis,
+and the frame-level view over whole videos (timeline, temporal smoothing)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    precision_recall_fscore_support,
+    top_k_accuracy_score,
+)
+
+from . import plots, tracking
+from .config import Config, replace
+from .data.clips import ClipIndex
+from .data.dataset import make_loader
+from .data.layout import BACKGROUND
+from .data.prepare import PreparedData, prepare_data
+from .inference import load_model
+from .training.loop import predict, resolve_device
+
+log = logging.getLogger("exptrack.evaluate")
+
+
+@dataclass
+class ClipReport:
+    summary: dict[str, float]
+    per_class: pd.DataFrame  # class -> precision, recall, f1, support
+    confusion: pd.DataFrame  # counts, rows = true, columns = predicted
+    confusion_normalized: pd.DataFrame  # each row sums to 1
+    errors: pd.DataFrame  # most frequent confusions
+
+
+def clip_metrics(y_true: np.ndarray, probs: np.ndarray, top_errors: int = 10) -> ClipReport:
+    """Metrics over the classes that occur in `y_true` (mean class accuracy = balanced accuracy)."""
+    num_classes = probs.shape[1]
+    y_pred = probs.argmax(1)
+    present = sorted(set(y_true.tolist()))
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=present, zero_division=0)
+    per_class = pd.DataFrame({"precision": p, "recall": r, "f1": f, "support": s}, index=pd.Index(present, name="class"))
+    macro = precision_recall_fscore_support(y_true, y_pred, labels=present, average="macro", zero_division=0)
+    summary = {
+        "accuracy": accuracy_score(y_true, y_pred),
+        "top3_accuracy": top_k_accuracy_score(y_true, probs, k=min(3, num_classes), labels=list(range(num_classes))),
+        "mean_class_accuracy": balanced_accuracy_score(y_true, y_pred),
+        "macro_precision": macro[0], "macro_recall": macro[1], "macro_f1": macro[2],
+        "clips": float(len(y_true)),
+    }
+    labels = sorted(set(present) | set(y_pred.tolist()))
+    counts = confusion_matrix(y_true, y_pred, labels=labels)
+    confusion = pd.DataFrame(counts, index=pd.Index(labels, name="true"), columns=pd.Index(labels, name="predicted"))
+    rows = confusion.sum(axis=1).replace(0, np.nan)
+    normalized = confusion.div(rows, axis=0).fillna(0.0)
+    return ClipReport(summary, per_class, confusion, normalized, error_analysis(confusion, top_errors))
+
+
+def error_analysis(confusion: pd.DataFrame, top: int = 10) -> pd.DataFrame:
+    """The most frequent confusions: (true, predicted, count, share of the true class)."""
+    rows = []
+    totals = confusion.sum(axis=1)
+    for t in confusion.index:
+        for p in confusion.columns:
+            n = int(confusion.loc[t, p])
+            if t != p and n > 0:
+                rows.append({"true": t, "predicted": p, "count": n, "share_of_true": n / totals[t]})
+    table = pd.DataFrame(rows, columns=["true", "predicted", "count", "share_of_true"])
+    return table.sort_values(["count", "share_of_true"], ascending=False).head(top).reset_index(drop=True)
+
+
+def predictions_table(index: ClipIndex, probs: np.ndarray) -> pd.DataFrame:
+    top3 = np.argsort(-probs, axis=1)[:, :3]
+    table = pd.DataFrame({
+        "subject": np.asarray(index.subjects)[index.subject_idx],
+        "start_frame": index.start,
+        "true": index.label,
+        "predicted": probs.argmax(1),
+        "top3": [" ".join(map(str, row)) for row in top3],
+    })
+    for c in range(probs.shape[1]):
+        table[f"prob_{c}"] = probs[:, c].round(5)
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# frame-level view
+
+
+def frame_predictions(starts: np.ndarray, preds: np.ndarray, num_frames: int, clip_len: int) -> np.ndarray:
+    """(num_frames,) predicted label per frame: the prediction of the clip whose centre is
+    nearest; -1 where no clip covers the frame."""
+    out = np.full(num_frames, BACKGROUND, dtype=np.int64)
+    if len(starts) == 0:
+        return out
+    centres = starts + (clip_len - 1) / 2.0
+    frames = np.arange(num_frames)
+    nearest = np.abs(frames[:, None] - centres[None, :]).argmin(axis=1)  # (num_frames,)
+    covered = (frames >= starts.min()) & (frames < starts.max() + clip_len)
+    out[covered] = preds[nearest[covered]]
+    return out
+
+
+def smooth_labels(labels: np.ndarray, window: int) -> np.ndarray:
+    """Majority vote over a centred window (ties: the lower id); -1 stays a vote like any other."""
+    if window <= 1:
+        return labels.copy()
+    half = window // 2
+    padded = np.pad(labels, half, mode="edge")
+    windows = np.lib.stride_tricks.sliding_window_view(padded, window)[: len(labels)]  # (T, window)
+    shifted = windows - BACKGROUND  # ids >= 0
+    counts = np.apply_along_axis(np.bincount, 1, shifted, minlength=int(shifted.max()) + 1)
+    return counts.argmax(axis=1) + BACKGROUND
+
+
+def frame_accuracy(pred: np.ndarray, true: np.ndarray) -> float:
+    """Accuracy over the frames that carry an exercise label (background is not scored)."""
+    scored = true != BACKGROUND
+    return float((pred[scored] == true[scored]).mean()) if scored.any() else float("nan")
+
+
+def subject_timelines(data: PreparedData, split: str, preds: np.ndarray, smooth_window: int) -> dict[str, dict]:
+    index = data.splits[split]
+    clip_len = data.config.data.clip_len
+    out = {}
+    for i, name in enumerate(index.subjects):
+        rows = index.subject_idx == i
+        subj = data.subjects[name]
+        raw = frame_predictions(index.start[rows], preds[rows], subj.num_frames, clip_len)
+        out[name] = {"true": subj.labels.astype(np.int64), "raw": raw, "smoothed": smooth_labels(raw, smooth_window)}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the evaluate command
+
+
+def evaluation_config(trained: Config, data_root: str | None, overrides: dict[str, dict]) -> Config:
+    """The model's own config (preprocessing, sizes, classes), with the data root and any
+    explicit overrides; contradicting how the model was trained is allowed but warned about."""
+    changes: dict[str, dict] = {s: dict(v) for s, v in overrides.items()}
+    for section, values in overrides.items():
+        for key, value in values.items():
+            was = getattr(getattr(trained, section), key)
+            if was != value:
+                log.warning("%s.%s=%s differs from the model's training (%s): results may not be comparable",
+                            section, key, value, was)
+    if data_root:
+        changes.setdefault("data", {})["root"] = data_root
+    return replace(trained, **changes) if changes else trained
+
+
+def run_evaluate(model_ref: str, split: str = "test", batch_size: int = 16, device_name: str = "auto",
+                 save_dir: str | Path = "outputs/results", data_root: str | None = None,
+                 overrides: dict[str, dict] | None = None, smooth_window: int = 31, progress: bool = True,
+                 base_config: Config | None = None) -> tuple[ClipReport, dict[str, float]]:
+    device = resolve_device(device_name)
+    loaded = load_model(model_ref, device)
+    config = evaluation_config(loaded.config, data_root, overrides or {})
+    if base_config is not None:  # tracking and paths come from the caller's config
+        config = replace(config, mlflow=vars(base_config.mlflow), paths=vars(base_config.paths))
+    data = prepare_data(config, splits=(split,), progress=progress)
+    loader = make_loader(data, split, train=False, batch_size=batch_size, num_workers=config.train.num_workers,
+                         pin_memory=device.type == "cuda")
+    start = time.perf_counter()
+    logits, labels = predict(loaded.model, loader, device, amp=True, progress=progress,
+                             channels_last=True, desc=f"evaluate {split}")
+    seconds = time.perf_counter() - start
+    probs = torch.softmax(logits, dim=1).numpy()
+    y_true = labels.numpy()
+    report = clip_metrics(y_true, probs)
+    timelines = subject_timelines(data, split, probs.argmax(1), smooth_window)
+    frame = {
+        "frame_accuracy": float(np.nanmean([frame_accuracy(t["raw"], t["true"]) for t in timelines.values()])),
+        "frame_accuracy_smoothed": float(np.nanmean([frame_accuracy(t["smoothed"], t["true"]) for t in timelines.values()])),
+        "clips_per_s": len(y_true) / max(seconds, 1e-9),
+    }
+    print(f"{len(y_true)} clips in {seconds:.1f} s ({frame['clips_per_s']:.0f} clips/s on {device})")
+    out = Path(save_dir)
+    write_report(report, predictions_table(data.splits[split], probs), timelines, out)
+    log_evaluation(config, loaded.source, split, data, report, frame, out)
+    return report, frame
+
+
+def write_report(report: ClipReport, predictions: pd.DataFrame, timelines: dict[str, dict], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    pd.Series(report.summary).to_csv(out / "metrics.csv", header=["value"])
+    report.per_class.to_csv(out / "per_class_metrics.csv")
+    report.confusion.to_csv(out / "confusion_matrix.csv")
+    report.confusion_normalized.to_csv(out / "confusion_matrix_normalized.csv")
+    report.errors.to_csv(out / "error_analysis.csv", index=False)
+    predictions.to_csv(out / "predictions.csv", index=False)
+    plots.confusion_heatmap(report.confusion, "confusion matrix (clips)", out / "confusion_matrix.png", fmt="d")
+    plots.confusion_heatmap(report.confusion_normalized, "confusion matrix (row-normalised)",
+                            out / "confusion_matrix_normalized.png", fmt=".2f")
+    for name, t in timelines.items():
+        plots.timeline(t["true"], t["raw"], t["smoothed"], f"subject {name}", out / "timelines" / f"{name}.png")
+
+
+def log_evaluation(config: Config, source: dict[str, str], split: str, data: PreparedData, report: ClipReport,
+                   frame: dict[str, float], out: Path) -> None:
+    prefix = f"{split}_"
+    metrics = {prefix + k: v for k, v in {**report.summary, **frame}.items()}
+    tags = {"model_uri": source.get("uri", ""), "model_run_id": source.get("run_id", ""), "split": split,
+            "data_digest": data.digest(), "data_root": data.layout.root}
+    if "version" in source:
+        tags.update({"model_name": source["name"], "model_version": source["version"]})
+    with tracking.start_run(config, run_name=f"evaluate-{split}", command="evaluate", tags=tags) as run:
+        run.log_metrics(metrics)
+        run.log_table(report.per_class.reset_index(), "per_class_metrics.json")
+        run.log_table(pd.read_csv(out / "predictions.csv"), "predictions.json")
+        run.log_artifacts(out, "results")
+    if "version" in source:
+        tracking.set_model_version_tags(source["name"], source["version"],
+                                        {**{k: round(v, 6) for k, v in metrics.items()},
+                                         f"{prefix}data_digest": data.digest()})

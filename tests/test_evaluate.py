@@ -1,0 +1,105 @@
+"""Evaluation metrics on hand-checked cases, and `evaluate` by every kind of model reference."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from exptrack.evaluation import clip_metrics, frame_accuracy, frame_predictions, run_evaluate, smooth_labels
+from exptrack.training import run as train_run
+
+
+def test_clip_metrics_hand_checked():
+    y_true = np.array([0, 0, 1, 1, 1, 2])
+    probs = np.array([
+        [0.7, 0.2, 0.1],  # 0 -> 0
+        [0.2, 0.5, 0.3],  # 0 -> 1
+        [0.1, 0.8, 0.1],  # 1 -> 1
+        [0.1, 0.6, 0.3],  # 1 -> 1
+        [0.5, 0.1, 0.4],  # 1 -> 0
+        [0.1, 0.2, 0.7],  # 2 -> 2
+    ])
+    r = clip_metrics(y_true, probs)
+    assert r.summary["accuracy"] == pytest.approx(4 / 6)
+    assert r.summary["mean_class_accuracy"] == pytest.approx((1 / 2 + 2 / 3 + 1) / 3)
+    assert r.summary["top3_accuracy"] == 1.0  # three classes: the true one is always in the top 3
+    # class 0: predicted for clips 0 and 4 -> precision 1/2; recall 1/2
+    assert r.per_class.loc[0, "precision"] == pytest.approx(0.5) and r.per_class.loc[0, "recall"] == pytest.approx(0.5)
+    assert r.per_class.loc[1, "precision"] == pytest.approx(2 / 3) and r.per_class.loc[1, "support"] == 3
+    np.testing.assert_array_equal(r.confusion.values, [[1, 1, 0], [1, 2, 0], [0, 0, 1]])
+    np.testing.assert_allclose(r.confusion_normalized.sum(axis=1), 1.0)
+    assert r.confusion_normalized.loc[1, 0] == pytest.approx(1 / 3)
+    assert r.errors[["true", "predicted", "count"]].values.tolist() == [[0, 1, 1], [1, 0, 1]]
+    np.testing.assert_allclose(r.errors["share_of_true"], [1 / 2, 1 / 3])  # ties: larger share first
+
+
+def test_frame_predictions_and_smoothing():
+    starts, preds = np.array([0, 4, 8]), np.array([1, 2, 2])
+    frames = frame_predictions(starts, preds, num_frames=14, clip_len=4)
+    np.testing.assert_array_equal(frames, [1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, -1, -1])
+    noisy = np.array([3, 3, 3, 5, 3, 3, 4, 4, 4, 4, 1, 4, 4])
+    np.testing.assert_array_equal(smooth_labels(noisy, 3), [3, 3, 3, 3, 3, 3, 4, 4, 4, 4, 4, 4, 4])
+    true = np.array([3, 3, -1, 4])
+    assert frame_accuracy(np.array([3, 4, 0, 4]), true) == pytest.approx(2 / 3)  # background not scored
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_demo):
+    """One tiny trained and registered model, shared by the tests below."""
+    import os
+
+    from exptrack.config import load_config
+
+    tmp = tmp_path_factory.mktemp("eval")
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    cfg = load_config(None, [f"data.root={tiny_demo}", f"paths.cache={tmp / 'cache'}", f"paths.outputs={tmp / 'out'}",
+                             "model.num_classes=3", "data.frame_size=32", "data.clip_len=8", "data.train_stride=4",
+                             "data.eval_stride=8", "model.width=0.125", "train.batch_size=8", "train.num_workers=0",
+                             "train.epochs=2", "mlflow.experiment=eval-test", "mlflow.log_system_metrics=false"])
+    result = train_run.train(cfg, progress=False)
+    if old is not None:
+        os.environ["MLFLOW_TRACKING_URI"] = old
+    return uri, cfg, result
+
+
+@pytest.mark.slow
+def test_every_model_reference_gives_the_same_numbers(trained, tmp_path, monkeypatch):
+    uri, cfg, result = trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    name = cfg.mlflow.registered_model
+    refs = [f"models:/{name}/{result.model_version}", f"runs:/{result.run_id}/model", result.run_id,
+            str(result.checkpoint_dir / "best_model.pt")]
+    summaries = []
+    for i, ref in enumerate(refs):
+        report, frame = run_evaluate(ref, split="test", save_dir=tmp_path / f"r{i}", progress=False)
+        summaries.append(report.summary)
+        assert (tmp_path / f"r{i}" / "predictions.csv").exists()
+    for s in summaries[1:]:
+        assert s == pytest.approx(summaries[0])
+
+    client = mlflow.MlflowClient()
+    version = client.get_model_version(name, result.model_version)
+    assert float(version.tags["test_accuracy"]) == pytest.approx(summaries[0]["accuracy"], abs=1e-6)
+    runs = mlflow.search_runs(experiment_names=["eval-test"], filter_string="tags.`exptrack.command` = 'evaluate'",
+                              output_format="list")
+    assert len(runs) == 4 and {r.data.tags["split"] for r in runs} == {"test"}
+    by_version = next(r for r in runs if r.data.tags.get("model_version") == result.model_version)
+    assert by_version.data.tags["data_digest"] and by_version.data.metrics["test_accuracy"] == pytest.approx(
+        summaries[0]["accuracy"])
+    predictions = pd.read_csv(tmp_path / "r0" / "predictions.csv")
+    assert {"subject", "start_frame", "true", "predicted", "top3", "prob_0"} <= set(predictions.columns)
+    for png in ("confusion_matrix.png", "confusion_matrix_normalized.png"):
+        assert (tmp_path / "r0" / png).stat().st_size > 0
+
+
+def test_unknown_model_reference_is_a_clear_error(tmp_path):
+    from exptrack.data.errors import DataError
+
+    with pytest.raises(DataError, match="not a models:/ or runs:/ URI"):
+        run_evaluate(str(tmp_path / "missing.pt"), progress=False)
+    with pytest.raises(DataError, match="not found in the registry"):
+        run_evaluate("models:/nothing@champion", progress=False)
