@@ -97,7 +97,23 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
           f"(smoothed {frame['frame_accuracy_smoothed']:.3f}); results in {args.save_dir}")
 
 
-PLANNED = {"promote": 4, "plots": 4, "visualize": 5, "predict": 5, "tune": 6}
+def cmd_plots(args: argparse.Namespace) -> None:
+    from .training.run import plot_run
+
+    out = plot_run(args.run, args.save_dir, args.top_classes)
+    print(f"plots of run {args.run} written to {out} and logged to the run under plots/")
+
+
+def cmd_promote(args: argparse.Namespace) -> None:
+    from .registry import promote
+
+    decision = promote(args.name, metric=args.metric, split=args.split, data_root=args.data_root)
+    for version, reason in sorted(decision.reasons.items(), key=lambda kv: int(kv[0])):
+        print(f"version {version}: {reason}")
+    print(f"champion of {args.name}: version {decision.champion}")
+
+
+PLANNED = {"visualize": 5, "predict": 5, "tune": 6}
 
 
 def cmd_planned(args: argparse.Namespace) -> None:
@@ -154,6 +170,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("plots", help="training curves of a run (also made at the end of every train run)")
+    p.add_argument("--run", required=True, help="MLflow run id of a train run")
+    p.add_argument("--top-classes", type=int, default=10)
+    p.add_argument("--save-dir", default="outputs/plots")
+    p.set_defaults(func=cmd_plots)
+
+    p = sub.add_parser("promote", help="move the alias 'champion' to the best version (fair comparison)")
+    p.add_argument("--name", default="c3d-exercise", help="registered model name")
+    p.add_argument("--metric", default="test_mean_class_accuracy")
+    p.add_argument("--split", default="test", choices=["test", "val"])
+    p.add_argument("--data-root", help="evaluate on this dataset (default: each model's own)")
+    p.set_defaults(func=cmd_promote)
+
     for name, issue in PLANNED.items():
         p = sub.add_parser(name, help=f"not yet: issue {issue}")
         p.add_argument("rest", nargs=argparse.REMAINDER)
@@ -168,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
     try:
         args.func(args)
-    except (ConfigError, DataError, NonFiniteLossError, NotImplementedError) as exc:
+    except (ConfigError, DataError, NonFiniteLossError, NotImplementedError, ValueError) as exc:
         print(f"exptrack {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

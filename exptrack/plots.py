@@ -67,3 +67,73 @@ def timeline(true, raw, smoothed, title: str, path: Path) -> Path:
     ax.set_title(title)
     ax.legend(loc="upper right", fontsize=8)
     return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# training curves (from training_metrics.csv and per_class_accuracy.csv)
+
+
+def _line(ax, x, ys: dict, title: str, ylabel: str) -> None:
+    for label, y in ys.items():
+        ax.plot(x, y, marker="o", markersize=3, label=label)
+    ax.set_title(title)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def training_plots(history: pd.DataFrame, per_class: pd.DataFrame, out: Path, top_classes: int = 10) -> list[Path]:
+    """The eight figures of the original plot_training.py, from a run's metrics tables."""
+    out.mkdir(parents=True, exist_ok=True)
+    x = history["epoch"]
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    _line(ax, x, {"train": history["train_loss"], "validation": history["val_loss"]}, "loss", "loss")
+    paths.append(_save(fig, out / "loss_curves.png"))
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    _line(ax, x, {"train": history["train_acc"], "validation": history["val_acc"],
+                  "validation mean class": history["val_mean_class_acc"]}, "accuracy", "accuracy")
+    paths.append(_save(fig, out / "accuracy_curves.png"))
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    _line(ax, x, {"lr": history["lr"]}, "learning rate", "lr")
+    ax.set_yscale("log")
+    paths.append(_save(fig, out / "learning_rate.png"))
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    _line(axes[0, 0], x, {"train": history["train_loss"], "validation": history["val_loss"]}, "loss", "loss")
+    _line(axes[0, 1], x, {"train": history["train_acc"], "validation": history["val_acc"]}, "accuracy", "accuracy")
+    _line(axes[1, 0], x, {"train - validation accuracy": history["train_acc"] - history["val_acc"]},
+          "generalisation gap", "accuracy gap")
+    _line(axes[1, 1], x, {"lr": history["lr"]}, "learning rate", "lr")
+    axes[1, 1].set_yscale("log")
+    paths.append(_save(fig, out / "combined_metrics.png"))
+
+    classes = per_class.drop(columns="epoch").dropna(axis=1, how="all")
+    final = classes.iloc[-1].sort_values(ascending=False)
+    for name, cols, title in (("per_class_accuracy.png", list(classes.columns), "per-class validation accuracy"),
+                              (f"per_class_accuracy_top{top_classes}.png", list(final.index[:top_classes]),
+                               f"top {top_classes} classes by final validation accuracy")):
+        fig, ax = plt.subplots(figsize=(9, 5))
+        _line(ax, per_class["epoch"], {c.replace("class_", "class "): classes[c] for c in cols}, title, "accuracy")
+        paths.append(_save(fig, out / name))
+
+    fig, ax = plt.subplots(figsize=(max(6, 0.4 * len(per_class) + 3), max(4, 0.35 * classes.shape[1] + 1.5)))
+    heat = classes.T.copy()
+    heat.columns = per_class["epoch"].astype(int)
+    sns.heatmap(heat, vmin=0, vmax=1, cmap="viridis", ax=ax, cbar_kws={"label": "accuracy"})
+    ax.set_title("per-class validation accuracy over epochs")
+    ax.set_xlabel("epoch")
+    paths.append(_save(fig, out / "per_class_heatmap.png"))
+
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(final) + 2), 4))
+    sns.barplot(x=[c.replace("class_", "") for c in final.index], y=final.values, ax=ax, color="steelblue")
+    ax.set_ylim(0, 1)
+    ax.set_title("final validation accuracy per class")
+    ax.set_xlabel("class")
+    ax.set_ylabel("accuracy")
+    paths.append(_save(fig, out / "final_class_comparison.png"))
+    return paths

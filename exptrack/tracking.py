@@ -192,5 +192,31 @@ def set_model_version_tags(name: str, version: str, tags: dict[str, Any]) -> Non
         client.set_model_version_tag(name, version, key, str(value))
 
 
+def log_artifacts_to_run(run_id: str, folder: str | Path, artifact_path: str) -> None:
+    """Add files to an existing (possibly finished) run without reopening it."""
+    mlflow.MlflowClient().log_artifacts(run_id, str(folder), artifact_path)
+
+
+def model_versions(name: str) -> list[dict[str, Any]]:
+    """Every version of a registered model: version, run_id, tags, aliases (oldest first)."""
+    client = mlflow.MlflowClient()
+    out = []
+    for mv in client.search_model_versions(f"name='{name}'"):
+        out.append({"version": str(mv.version), "run_id": mv.run_id, "tags": dict(mv.tags or {}),
+                    "aliases": list(getattr(mv, "aliases", []) or [])})
+    return sorted(out, key=lambda v: int(v["version"]))
+
+
+def alias_version(name: str, alias: str) -> str | None:
+    try:
+        return str(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
+
+
 def temp_dir() -> tempfile.TemporaryDirectory:
     return tempfile.TemporaryDirectory(prefix="exptrack-")

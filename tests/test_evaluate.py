@@ -90,6 +90,14 @@ def test_every_model_reference_gives_the_same_numbers(trained, tmp_path, monkeyp
     by_version = next(r for r in runs if r.data.tags.get("model_version") == result.model_version)
     assert by_version.data.tags["data_digest"] and by_version.data.metrics["test_accuracy"] == pytest.approx(
         summaries[0]["accuracy"])
+    # promotion evaluates nothing new (the version has its test metrics) and names a champion;
+    # evaluating by alias gives the same numbers again
+    from exptrack.registry import promote
+
+    assert promote(name).champion == result.model_version
+    report, _ = run_evaluate(f"models:/{name}@champion", split="test", save_dir=tmp_path / "alias", progress=False)
+    assert report.summary == pytest.approx(summaries[0])
+
     predictions = pd.read_csv(tmp_path / "r0" / "predictions.csv")
     assert {"subject", "start_frame", "true", "predicted", "top3", "prob_0"} <= set(predictions.columns)
     for png in ("confusion_matrix.png", "confusion_matrix_normalized.png"):

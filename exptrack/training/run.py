@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import pandas as pd
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from .. import tracking
+from .. import plots, tracking
 from ..config import Config, build_config
 from ..data import clips
 from ..data.dataset import make_loader
@@ -216,6 +217,13 @@ def _train(config: Config, env: DistEnv, resume: str | None, progress: bool,
         run.log_metrics({f"best_{k}": v for k, v in state.best.items() if k in
                          ("val_loss", "val_acc", "val_mean_class_acc")})
         run.log_metrics({"tracking_seconds": logger.seconds, "tracking_failures": logger.failures})
+        try:
+            csvs = logger.write_csvs(state)
+            plot_dir = outputs / "runs" / run.id / "plots"
+            plots.training_plots(pd.read_csv(csvs[0]), pd.read_csv(csvs[1]), plot_dir)
+            run.log_artifacts(plot_dir, "plots")
+        except Exception as exc:  # noqa: BLE001 - a figure must never cost the trained model
+            log.warning("training plots failed: %s", exc)
         version = log_best_model(run, config, manager, state, data)
         for path in sorted(ckpt_dir.glob("*.pt")):
             run.log_artifact(path, "checkpoints")
@@ -248,3 +256,17 @@ def log_best_model(run: tracking.Run, config: Config, manager: ckpt.CheckpointMa
     tags = {"data_digest": data.digest(), "best_epoch": best_epoch,
             **{k: round(best[k], 6) for k in ("val_acc", "val_mean_class_acc", "val_top3_acc", "val_loss") if k in best}}
     return run.log_pytorch_model(model, example, config.mlflow.registered_model, version_tags=tags)
+
+
+def plot_run(run_id: str, save_dir: str | Path, top_classes: int = 10) -> Path:
+    """`exptrack plots --run`: the training figures from a run's logged metrics tables."""
+    out = Path(save_dir) / run_id
+    tables = Path(tempfile.mkdtemp(prefix="exptrack-plots-"))
+    try:
+        history = pd.read_csv(tracking.download_run_artifact(run_id, "metrics/training_metrics.csv", tables))
+        per_class = pd.read_csv(tracking.download_run_artifact(run_id, "metrics/per_class_accuracy.csv", tables))
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(f"run {run_id}: no metrics/training_metrics.csv to plot ({exc})") from exc
+    plots.training_plots(history, per_class, out, top_classes)
+    tracking.log_artifacts_to_run(run_id, out, "plots")
+    return out

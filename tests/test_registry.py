@@ -1,0 +1,88 @@
+"""Promotion by a fair comparison, in a real MLflow model registry."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+
+from exptrack import tracking
+from exptrack.registry import Candidate, decide, promote
+
+NAME = "promo-test"
+
+
+def _add_version(tmp_path, value: float | None, digest: str = "d1") -> str:
+    client = mlflow.MlflowClient()
+    try:
+        client.create_registered_model(NAME)
+    except mlflow.exceptions.MlflowException:
+        pass
+    with mlflow.start_run() as run:
+        mlflow.log_text("weights", "model/placeholder.txt")
+    mv = client.create_model_version(NAME, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
+    if value is not None:
+        tracking.set_model_version_tags(NAME, mv.version, {"test_mean_class_accuracy": value, "test_data_digest": digest})
+    return str(mv.version)
+
+
+def _no_evaluation(*_args):
+    raise AssertionError("every version already has the metric: nothing should be evaluated")
+
+
+def _tags(version: str) -> dict:
+    return mlflow.MlflowClient().get_model_version(NAME, version).tags
+
+
+def test_champion_moves_only_to_a_better_version_on_the_same_data(tmp_path):
+    v1, v2 = _add_version(tmp_path, 0.80), _add_version(tmp_path, 0.90)
+    assert promote(NAME, evaluate=_no_evaluation).champion == v2
+    assert tracking.alias_version(NAME, "champion") == v2
+    assert "no champion before" in _tags(v2)["promotion.decision"]
+
+    v3 = _add_version(tmp_path, 0.85)  # worse: the champion stays
+    assert promote(NAME, evaluate=_no_evaluation).champion == v2
+    assert "does not beat champion" in _tags(v3)["promotion.decision"]
+
+    v4 = _add_version(tmp_path, 0.90)  # a tie keeps the champion
+    assert promote(NAME, evaluate=_no_evaluation).champion == v2
+
+    v5 = _add_version(tmp_path, 0.95)  # better: promoted, the old champion becomes 'previous'
+    decision = promote(NAME, evaluate=_no_evaluation)
+    assert decision.champion == v5 and decision.previous == v2
+    assert tracking.alias_version(NAME, "champion") == v5 and tracking.alias_version(NAME, "previous") == v2
+    tags = _tags(v5)
+    assert tags["promotion.metric"] == "test_mean_class_accuracy" and tags["promotion.data_digest"] == "d1"
+    assert float(tags["promotion.value"]) == 0.95 and "promotion.time" in tags
+
+    v6 = _add_version(tmp_path, 0.99, digest="other")  # different test data: never compared
+    assert promote(NAME, evaluate=_no_evaluation).champion == v5
+    assert "not compared: data digest other" in _tags(v6)["promotion.decision"]
+    assert "below the best candidate" in _tags(v1)["promotion.decision"] or v1 not in promote(
+        NAME, evaluate=_no_evaluation).reasons
+    assert tracking.alias_version(NAME, "champion") not in (v4, v6)
+
+
+def test_versions_without_the_metric_are_evaluated_first(tmp_path):
+    v1 = _add_version(tmp_path, 0.5)
+    v2 = _add_version(tmp_path, None)
+    evaluated = []
+
+    def fake_evaluate(uri: str, split: str, data_root):
+        evaluated.append(uri)
+        version = uri.rsplit("/", 1)[1]
+        tracking.set_model_version_tags(NAME, version, {"test_mean_class_accuracy": 0.7, "test_data_digest": "d1"})
+
+    assert promote(NAME, evaluate=fake_evaluate).champion == v2
+    assert evaluated == [f"models:/{NAME}/{v2}"]
+    assert "below the best candidate" in _tags(v1)["promotion.decision"]
+
+
+def test_decide_rule_without_registry():
+    c = [Candidate("1", 0.8, "a"), Candidate("2", 0.8, "a")]
+    assert decide(None, c).champion == "1"  # ties without a champion: the older version
+    assert decide(Candidate("1", 0.8, "a"), [Candidate("2", float("nan"), "a")]).champion == "1"
+
+
+def test_promote_without_versions_is_an_error():
+    with pytest.raises(ValueError, match="has no versions"):
+        promote("nothing-here", evaluate=_no_evaluation)
