@@ -51,8 +51,9 @@ class DataConfig:
     # Attention never drops below this weight, so the model still sees context.
     skeleton_floor: float = 0.2
     keypoint_min_conf: float = 0.3
-    # Frame numbering of label CSVs: "auto" = 0-based if frame 0 occurs, else 1-based.
-    label_frame_base: Literal["auto", "0", "1"] = "auto"
+    # Frame numbering of label and keypoint CSVs: "auto" = 0-based if frame 0 occurs in the
+    # file, else 1-based. Set "0" or "1" when a file may lack its first frame.
+    frame_base: Literal["auto", "0", "1"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ class TrainConfig:
     device: str = "auto"
     weighted_sampler: bool = True
     grad_clip: float = 1.0
-    early_stop_patience: int = 10
+    early_stop_patience: int = 10  # 0 = no early stopping
     early_stop_min_delta: float = 0.001
     checkpoint_every: int = 10
     keep_checkpoints: int = 3
@@ -328,6 +329,8 @@ def validate(config: Config) -> None:
         problems.append("model.width must be > 0")
     if config.train.batch_size < 1 or config.train.epochs < 1:
         problems.append("train.batch_size and train.epochs must be >= 1")
+    if config.train.early_stop_patience < 0:
+        problems.append("train.early_stop_patience must be >= 0 (0 turns early stopping off)")
     if not 0.0 <= config.augment.hflip_p <= 1.0:
         problems.append("augment.hflip_p must be in [0, 1]")
     if config.optim.lr <= 0:

@@ -63,7 +63,7 @@ def test_only_one_level_of_base(tmp_path):
     ("train.epochs=2.5", "train.epochs: expected int"),
     ("data.use_masks=maybe", "data.use_masks: expected bool"),
     ("optim.lr=fast", "optim.lr: expected float"),
-    ("data.label_frame_base=2", "data.label_frame_base"),
+    ("data.frame_base=2", "data.frame_base"),
     ("epochs=3", "section.key"),
     ("train.epochs", "section.key=value"),
 ])

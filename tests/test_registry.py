@@ -17,6 +17,7 @@ def _add_version(tmp_path, value: float | None, digest: str = "d1") -> str:
         client.create_registered_model(NAME)
     except mlflow.exceptions.MlflowException:
         pass
+    mlflow.set_experiment("registry-test")  # this test's store (the active id is process-global)
     with mlflow.start_run() as run:
         mlflow.log_text("weights", "model/placeholder.txt")
     mv = client.create_model_version(NAME, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id)

@@ -174,4 +174,59 @@ def test_ddp_with_two_processes_makes_one_run(tiny_demo, tmp_path):
     runs = mlflow.search_runs(experiment_names=["train-test"], output_format="list")
     assert len(runs) == 1 and runs[0].data.tags["world_size"] == "2"
     assert _steps(runs[0].info.run_id, "val_loss") == [1, 2]
+    history = mlflow.MlflowClient().get_metric_history(runs[0].info.run_id, "train_loss")
+    assert all(m.value > 0 for m in history)  # every rank had batches: the loss is a real mean
     assert proc.stdout.count("registered as version") == 1
+
+
+@pytest.mark.slow
+def test_early_stopping_pruning_and_resume_after_stop(tiny_demo, make_config):
+    # patience 1 with min_delta 1.0: no epoch can improve by a whole accuracy point after the first
+    cfg = _config(make_config, tiny_demo, "train.epochs=6", "train.early_stop_patience=1",
+                  "train.early_stop_min_delta=1.0", "train.checkpoint_every=1", "train.keep_checkpoints=1")
+    result = train_run.train(cfg, progress=False)
+    assert result.state.epoch == 2  # epoch 1 sets the reference, epoch 2 does not beat it by 1.0
+    periodic = sorted(p.name for p in result.checkpoint_dir.glob("epoch_*.pt"))
+    assert len(periodic) == 1  # keep_checkpoints=1
+    versions_before = mlflow.MlflowClient().search_model_versions(f"name='{cfg.mlflow.registered_model}'")
+
+    again = train_run.train(cfg, resume=result.run_id, progress=False)  # killed after stopping, say
+    assert again.state.epoch == 2 and _steps(result.run_id, "val_loss") == [1, 2]
+    versions_after = mlflow.MlflowClient().search_model_versions(f"name='{cfg.mlflow.registered_model}'")
+    assert len(versions_after) == len(versions_before)  # registered once per run
+
+
+@pytest.mark.slow
+def test_resume_with_more_epochs_extends_the_run(tiny_demo, make_config):
+    cfg = _config(make_config, tiny_demo, "train.epochs=1")
+    first = train_run.train(cfg, progress=False)
+    more = _config(make_config, tiny_demo, "train.epochs=2")
+    result = train_run.train(more, resume=first.run_id, progress=False)
+    assert result.state.epoch == 2 and _steps(first.run_id, "val_loss") == [1, 2]
+
+
+@pytest.mark.slow
+def test_logging_failure_at_the_last_epoch_is_recovered(tiny_demo, make_config, monkeypatch):
+    cfg = _config(make_config, tiny_demo, "train.epochs=2")
+    real_log = tracking.Run.log_metrics
+    calls = {"n": 0}
+
+    def flaky(self, metrics, step=None):
+        if step == 2 and calls["n"] == 0:  # the tracker is down once, at the final epoch
+            calls["n"] += 1
+            raise ConnectionError("tracking server unreachable")
+        return real_log(self, metrics, step)
+
+    monkeypatch.setattr(tracking.Run, "log_metrics", flaky)
+    result = train_run.train(cfg, progress=False)
+    assert calls["n"] == 1
+    assert _steps(result.run_id, "val_loss") == [1, 2]
+    assert _run(result.run_id).data.metrics["tracking_failures"] == 1
+
+
+def test_resume_from_a_file_that_is_not_a_checkpoint(tmp_path, capsys):
+    bad = tmp_path / "notackpt.pt"
+    bad.write_bytes(b"garbage" * 10)
+    code = main(["train", "--resume", str(bad)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{bad}: not a readable checkpoint" in err and "Traceback" not in err

@@ -123,7 +123,7 @@ class FrameCache:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         try:
-            local = DataWarnings(log_first=0)
+            local = DataWarnings(log_first=0)  # stored with the entry, logged when replayed
             build(tmp, local)
             stored = {k: (n, local.examples[k][0] if local.examples[k] else k) for k, n in local.counts.items()}
             (tmp / "warnings.json").write_text(json.dumps(stored))
@@ -184,15 +184,17 @@ class FrameCache:
 
     # -- keypoints and skeleton attention ----------------------------------------------------------
 
-    def keypoints(self, subject: SubjectFiles, info: VideoInfo, warnings: DataWarnings) -> np.ndarray | None:
+    def keypoints(self, subject: SubjectFiles, info: VideoInfo, warnings: DataWarnings,
+                  frame_base: str = "auto") -> np.ndarray | None:
         """(T, 17, 3) float32 keypoints scaled to the cached frame size, or None if no file."""
         if subject.keypoints is None:
             warnings.warn("missing_keypoints", f"no keypoint CSV for subject {subject.subject}; attention is uniform")
             return None
-        key = _digest("kp", file_key(subject.keypoints), self.size, info.width, info.height, info.num_frames)
+        key = _digest("kp", file_key(subject.keypoints), self.size, info.width, info.height, info.num_frames,
+                      frame_base)
 
         def build(tmp: Path, w: DataWarnings) -> None:
-            kps = layout.read_keypoints(subject.keypoints, info.num_frames, w)
+            kps = layout.read_keypoints(subject.keypoints, info.num_frames, w, frame_base)
             kps[..., 0] *= self.size / max(info.width, 1)
             kps[..., 1] *= self.size / max(info.height, 1)
             np.save(tmp / "keypoints.npy", kps)
@@ -203,8 +205,9 @@ class FrameCache:
     def attention(self, subject: SubjectFiles, kps: np.ndarray, sigma: float, floor: float,
                   min_conf: float, warnings: DataWarnings) -> np.ndarray:
         """(T, S, S) uint8 skeleton attention maps (255 = weight 1) from cached keypoints."""
-        key = _digest("att", subject.keypoints and file_key(subject.keypoints), self.size, sigma, floor,
-                      min_conf, len(kps))
+        # keyed by the keypoint values themselves: they already fold in the video size and base
+        key = _digest("att", hashlib.sha1(np.ascontiguousarray(kps).tobytes()).hexdigest(), self.size, sigma,
+                      floor, min_conf)
 
         def build(tmp: Path, w: DataWarnings) -> None:
             maps = np.lib.format.open_memmap(tmp / "attention.npy", mode="w+", dtype=np.uint8,

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker
 
 from . import clips, transforms
 from .layout import NUM_KEYPOINTS
+from .errors import DataError
 from .prepare import PreparedData, SubjectData
 
 class ClipDataset(Dataset):
@@ -147,6 +148,9 @@ def make_loader(data: PreparedData, split: str, train: bool, batch_size: int, nu
         sampler = DistributedWeightedSampler(weights, len(dataset), rank, world_size, seed)
     elif train and world_size > 1:
         sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+    per_rank = len(sampler) if sampler is not None else len(dataset)
+    if train and per_rank == 0:
+        raise DataError(f"{split}: no training clips for rank {rank} of {world_size}")
     workers = default_workers(num_workers)
     if workers > 0:
         # A forked worker inherits OpenCV's thread pool and cannot resize it (cv2.setNumThreads
@@ -162,7 +166,7 @@ def make_loader(data: PreparedData, split: str, train: bool, batch_size: int, nu
         sampler=sampler,
         num_workers=workers,
         pin_memory=pin_memory,
-        drop_last=train and len(dataset) > batch_size,  # no 1-clip batch for BatchNorm
+        drop_last=train and per_rank > batch_size,  # no 1-clip batch for BatchNorm
         persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(seed) if train and sampler is None else None,
     )

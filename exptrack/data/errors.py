@@ -26,8 +26,10 @@ class DataWarnings:
 
     def warn(self, kind: str, message: str, count: int = 1) -> None:
         self.counts[kind] += count
-        if len(self.examples[kind]) < self.log_first:
+        seen = len(self.examples[kind])
+        if seen < max(self.log_first, 1):  # always keep one example, even when not logging
             self.examples[kind].append(message)
+        if seen < self.log_first:
             log.warning("%s", message)
 
     def __getitem__(self, kind: str) -> int:

@@ -77,7 +77,7 @@ def read_split(path: Path) -> dict[str, tuple[str, int]]:
     """split.csv -> {subject: (split, line number)}."""
     if not path.is_file():
         raise DataError(f"{path}: split file not found (expected columns id,split)")
-    with path.open(newline="") as fh:
+    with path.open(newline="", encoding="utf-8-sig") as fh:  # utf-8-sig: files saved by Excel
         rows = list(csv.reader(fh))
     if not rows:
         raise DataError(f"{path}: empty split file (expected a header id,split)")
@@ -163,7 +163,7 @@ def read_labels(path: Path, num_frames: int, num_classes: int, warnings: DataWar
                 frame_base: str = "auto") -> np.ndarray:
     """Frame-level labels -> (num_frames,) int16, background (-1) where the file has no row."""
     rows = []
-    with path.open(newline="") as fh:
+    with path.open(newline="", encoding="utf-8-sig") as fh:
         for line_no, row in enumerate(csv.reader(fh), start=1):
             if not row or not any(cell.strip() for cell in row):
                 continue
@@ -240,13 +240,13 @@ def _to_float_table(body: list[list[str]], header: list[str], path: Path) -> np.
         raise
 
 
-def read_keypoints(path: Path, num_frames: int, warnings: DataWarnings) -> np.ndarray:
+def read_keypoints(path: Path, num_frames: int, warnings: DataWarnings, frame_base: str = "auto") -> np.ndarray:
     """Pose CSV -> (num_frames, 17, 3) float32 (x, y, conf) in original video pixels.
 
     Undetected joints (empty, NaN or conf 0) get conf 0. With several people per frame the
     most confident one (mean joint confidence) is kept.
     """
-    with path.open(newline="") as fh:
+    with path.open(newline="", encoding="utf-8-sig") as fh:
         rows = [row for row in csv.reader(fh) if row and any(cell.strip() for cell in row)]
     if not rows:
         raise DataError(f"{path}: empty keypoint file")
@@ -255,6 +255,9 @@ def read_keypoints(path: Path, num_frames: int, warnings: DataWarnings) -> np.nd
         if len(row) != len(header):
             raise DataError(f"{path}:{line_no}: expected {len(header)} columns as in the header, got {len(row)}")
     cols = _keypoint_columns(header, path)
+    if len(rows) == 1:
+        warnings.warn("keypoint_frames_missing", f"{path}: header but no rows; attention is uniform", count=num_frames)
+        return np.zeros((num_frames, NUM_KEYPOINTS, 3), dtype=np.float32)
     table = _to_float_table([[c.strip() for c in row] for row in rows[1:]], header, path)
     frame_col = next((header.index(c) for c in _FRAME_COLUMNS if c in header), None)
     if frame_col is None:
@@ -267,7 +270,7 @@ def read_keypoints(path: Path, num_frames: int, warnings: DataWarnings) -> np.nd
             bad = int(np.flatnonzero(np.isnan(raw) | (raw != np.round(raw)))[0])
             raise DataError(f"{path}:{bad + 2}: frame number {rows[bad + 1][frame_col]!r} is not an integer")
         frames = raw.astype(np.int64)
-        frames = frames - _frame_offset(frames, "auto")
+        frames = frames - _frame_offset(frames, frame_base)
     joints = table[:, cols]  # (rows, 17, 3)
     conf = np.nan_to_num(joints[..., 2], nan=0.0)
     undetected = np.isnan(joints[..., 0]) | np.isnan(joints[..., 1]) | (conf <= 0)

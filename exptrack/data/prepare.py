@@ -80,9 +80,9 @@ def load_subject(cache: FrameCache, files: SubjectFiles, video: VideoEntry, conf
                  warnings: DataWarnings) -> SubjectData:
     d = config.data
     labels = layout.read_labels(files.labels, video.info.num_frames, config.model.num_classes, warnings,
-                                d.label_frame_base)
+                                d.frame_base)
     subject = SubjectData(files=files, video=video, labels=labels)
-    subject.keypoints = cache.keypoints(files, video.info, warnings)
+    subject.keypoints = cache.keypoints(files, video.info, warnings, d.frame_base)
     if d.use_masks:
         if files.mask_dir is None:
             warnings.warn("missing_mask_folder", f"no mask folder for subject {files.subject}; frames used unmasked")
@@ -91,6 +91,17 @@ def load_subject(cache: FrameCache, files: SubjectFiles, video: VideoEntry, conf
         subject.attention = cache.attention(files, subject.keypoints, d.skeleton_sigma, d.skeleton_floor,
                                             d.keypoint_min_conf, warnings)
     return subject
+
+
+def _load_subject_or_fail(cache: FrameCache, files: SubjectFiles, video: VideoEntry, config: Config,
+                          warnings: DataWarnings) -> SubjectData:
+    try:
+        return load_subject(cache, files, video, config, warnings)
+    except DataError:
+        raise
+    except Exception as exc:  # a parser crash still names the subject's files
+        raise DataError(f"subject {files.subject}: cannot read its labels, masks or keypoints "
+                        f"({files.labels}, {files.mask_dir}, {files.keypoints}): {exc!r}") from exc
 
 
 def prepare_data(config: Config, splits: tuple[str, ...] = ("train", "val", "test"), progress: bool = True,
@@ -104,7 +115,7 @@ def prepare_data(config: Config, splits: tuple[str, ...] = ("train", "val", "tes
     files = [data_layout.subject(name) for name in needed]
     cache = FrameCache(config.paths.cache, d.frame_size)
     videos = ensure_cached(cache, files, warnings, progress=progress)
-    subjects = {f.subject: load_subject(cache, f, videos[f.subject], config, warnings) for f in files}
+    subjects = {f.subject: _load_subject_or_fail(cache, f, videos[f.subject], config, warnings) for f in files}
 
     indexes: dict[str, clips.ClipIndex] = {}
     for name in splits:

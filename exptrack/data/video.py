@@ -26,7 +26,7 @@ def _open(path: Path) -> cv2.VideoCapture:
         raise DataError(f"{path}: video file not found")
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
-        raise DataError(f"{path}: cannot open video (not a video file, or a codec OpenCV cannot read)")
+        raise DataError(f"{path}: cannot open video (truncated or corrupt file, not a video, or a codec OpenCV cannot read)")
     return cap
 
 

@@ -40,7 +40,17 @@ def save_atomic(obj: dict[str, Any], path: Path) -> Path:
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """A checkpoint, or DataError naming the file if it is not one of exptrack's."""
+    from ..data.errors import DataError
+
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a foreign file
+        raise DataError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    missing = {"model", "config", "epoch"} - set(payload) if isinstance(payload, dict) else {"model"}
+    if missing:
+        raise DataError(f"{path}: not an exptrack checkpoint (missing {', '.join(sorted(missing))})")
+    return payload
 
 
 def rng_state() -> dict[str, Any]:
@@ -62,8 +72,9 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
     np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and torch.cuda.is_available():  # as many GPUs as both machines have
+        for device, gpu_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(gpu_state, device)
 
 
 class CheckpointManager:
@@ -84,7 +95,8 @@ class CheckpointManager:
     def save(self, payload: dict[str, Any], improved: dict[str, bool]) -> list[Path]:
         """Write this epoch's checkpoints; `improved` says which bests it beat. Returns the
         files written."""
-        written = [save_atomic(payload, self.folder / LAST)]
+        # last.pt goes last: it is what resume trusts, so every file it implies must exist first
+        written = []
         for name, flag in ((BEST_LOSS, "val_loss"), (BEST_ACC, "val_acc"), (BEST_MODEL, "val_mean_class_acc")):
             if improved.get(flag):
                 written.append(save_atomic(payload, self.folder / name))
@@ -93,6 +105,7 @@ class CheckpointManager:
             path = save_atomic(payload, self.folder / f"epoch_{epoch:04d}.pt")
             written.append(path)
             self._prune(path.name, float(payload["metrics"].get("val_acc", 0.0)))
+        written.append(save_atomic(payload, self.folder / LAST))
         return written
 
     def _prune(self, name: str, score: float) -> None:

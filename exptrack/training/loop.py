@@ -253,7 +253,10 @@ def fit(setup: FitSetup, checkpoints: ckpt.CheckpointManager | None, state: Trai
     rank 0 passes a checkpoint manager and callbacks; rank 0 also decides when to stop."""
     cfg = setup.config.train
     state = state or TrainState()
-    channels_last = True  # measured faster for Conv3d on CPU too (bench/train.py)
+    channels_last = True
+    patience = cfg.early_stop_patience or math.inf  # 0: no early stopping
+    if state.stale_epochs >= patience:  # resumed after it had already stopped early
+        return state  # measured faster for Conv3d on CPU too (bench/train.py)
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         for loader in (setup.train_loader,):
             if hasattr(loader.dataset, "set_epoch"):
@@ -292,7 +295,7 @@ def fit(setup: FitSetup, checkpoints: ckpt.CheckpointManager | None, state: Trai
                  metrics["train_clips_per_s"])
         for callback in callbacks:
             callback(metrics, per_class, saved, state)
-        if distributed.broadcast_flag(state.stale_epochs >= cfg.early_stop_patience, setup.device):
+        if distributed.broadcast_flag(state.stale_epochs >= patience, setup.device):
             log.info("early stopping: validation accuracy has not improved by %.4f for %d epochs",
                      cfg.early_stop_min_delta, state.stale_epochs)
             break

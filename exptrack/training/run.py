@@ -124,6 +124,39 @@ def reconcile_history(run: tracking.Run, state: TrainState) -> int:
     return missing
 
 
+# What a resumed run may change: how and where it runs, and how long. The rest (data,
+# model, loss, optimiser) is the run's own and comes from its checkpoint.
+RESUMABLE = {"train": ("epochs", "device", "num_workers", "eval_batch_size"), "paths": ("outputs", "cache"),
+             "data": ("root",), "mlflow": ("tracking_uri",)}
+
+
+def resume_config(saved: Config, given: Config) -> Config:
+    """The checkpoint's config with the RESUMABLE keys taken from `given` (e.g. more epochs);
+    other differences are ignored with a warning."""
+    from ..config import replace, to_flat_dict
+
+    given_flat, saved_flat, default_flat = to_flat_dict(given), to_flat_dict(saved), to_flat_dict(Config())
+    explicit = {k for k, v in given_flat.items() if v != default_flat[k]}  # what the user set
+    changes: dict[str, dict] = {}
+    for section, keys in RESUMABLE.items():
+        for key in keys:
+            if f"{section}.{key}" in explicit:
+                changes.setdefault(section, {})[key] = given_flat[f"{section}.{key}"]
+    allowed = {f"{s}.{k}" for s, keys in RESUMABLE.items() for k in keys}
+    ignored = [k for k in explicit - allowed if given_flat[k] != saved_flat[k]]
+    if ignored:
+        log.warning("resume keeps the run's own settings; ignoring %s", ", ".join(sorted(ignored)))
+    return replace(saved, **changes) if changes else saved
+
+
+def registered_version(run_id: str, config: Config) -> str | None:
+    """The version already registered from this run (a resumed run registers once)."""
+    for v in tracking.model_versions(config.mlflow.registered_model) if config.mlflow.registered_model else []:
+        if v["run_id"] == run_id:
+            return v["version"]
+    return None
+
+
 def find_checkpoint(resume: str, outputs: Path) -> Path:
     """A checkpoint path, or a run id whose last.pt lies under <outputs>/runs/<run id>/."""
     path = Path(resume)
@@ -175,8 +208,11 @@ def _train(config: Config, env: DistEnv, resume: str | None, progress: bool,
     payload: dict[str, Any] | None = None
     run_id = None
     if resume:
-        payload = ckpt.load(find_checkpoint(resume, outputs))
-        config = build_config(payload["config"])  # a resumed run keeps its own config
+        path = find_checkpoint(resume, outputs)
+        payload = ckpt.load(path)
+        if "run_id" not in payload:
+            raise DataError(f"{path}: checkpoint has no run id (not written by exptrack train)")
+        config = resume_config(build_config(payload["config"]), config)
         run_id = payload["run_id"]
         log.info("resuming run %s after epoch %d", run_id, payload["epoch"])
     seed_everything(config.train.seed)
@@ -210,8 +246,10 @@ def _train(config: Config, env: DistEnv, resume: str | None, progress: bool,
                 log.warning("the data changed since the checkpoint (digest %s, now %s)", payload.get("data_digest"), digest)
             reconcile_history(run, state)
         logger = EpochLogger(run, outputs / "runs" / run.id / "metrics", config.model.num_classes)
+        first_epoch = state.epoch if state else 0
         state = fit(setup, manager, state=state, callbacks=[logger, *callbacks], progress=progress,
                     stamp=_RunStamp(run.id, digest))
+        reconcile_history(run, state)  # epochs whose logging failed at the very end
         if data.warnings:
             run.set_tags({f"data_warnings.{k}": v for k, v in data.warnings.counts.items()})
         run.log_metrics({f"best_{k}": v for k, v in state.best.items() if k in
@@ -224,7 +262,9 @@ def _train(config: Config, env: DistEnv, resume: str | None, progress: bool,
             run.log_artifacts(plot_dir, "plots")
         except Exception as exc:  # noqa: BLE001 - a figure must never cost the trained model
             log.warning("training plots failed: %s", exc)
-        version = log_best_model(run, config, manager, state, data)
+        version = registered_version(run.id, config)
+        if version is None or state.epoch > first_epoch:
+            version = log_best_model(run, config, manager, state, data)
         for path in sorted(ckpt_dir.glob("*.pt")):
             run.log_artifact(path, "checkpoints")
     return TrainResult(run.id, state, version, ckpt_dir)

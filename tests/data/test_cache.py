@@ -93,9 +93,21 @@ def test_warnings_of_a_build_are_replayed_on_every_open(tiny_copy, tmp_path):
         w = DataWarnings()
         cache.masks(subject, n, w)
         assert w["unreadable_mask"] == 3 and w["missing_mask_frames"] == 3
+        assert str(subject.mask_dir) in w.examples["unreadable_mask"][0]  # the message names the file
 
 
 def _build_in_child(root: str, cache_dir: str, barrier, out) -> None:
+    import exptrack.data.cache as cache_module
+
+    real_decode = cache_module.decode_video
+
+    def counted_slow_decode(*args, **kwargs):
+        with open(Path(cache_dir).parent / "decodes.log", "a") as fh:
+            fh.write("decode\n")
+        time.sleep(1.0)  # hold the build open: the other process must wait, not build too
+        return real_decode(*args, **kwargs)
+
+    cache_module.decode_video = counted_slow_decode
     subject = layout.discover(Path(root), DataWarnings()).subjects[0]
     barrier.wait()
     entry = FrameCache(cache_dir, 40).video(subject, DataWarnings())
@@ -117,6 +129,7 @@ def test_two_processes_building_the_same_entry(tiny_demo, tmp_path):
     assert sums == [int(direct.astype(np.int64).sum())] * 2
     entries = [p for p in (tmp_path / "c" / "video").iterdir() if p.is_dir()]
     assert len(entries) == 1 and (entries[0] / "done").exists()  # one entry, no temp leftovers
+    assert (tmp_path / "decodes.log").read_text().count("decode") == 1  # built once, under the lock
 
 
 def test_interrupted_build_leaves_no_entry(tiny_demo, tmp_path, monkeypatch):

@@ -175,18 +175,41 @@ def test_unreadable_video(tiny_copy, make_config):
     assert str(video) in str(err.value)
 
 
-def test_truncated_video_is_an_error_or_a_counted_warning(tiny_copy, make_config):
+def test_truncated_video_without_index_is_an_error(tiny_copy, make_config):
+    """The demo's MP4s keep their index (moov) at the end: cut in half, nothing can be read."""
     subject = _first_subject(tiny_copy)
     video = tiny_copy / "dataset" / "anon" / f"{subject}.mp4"
     data = video.read_bytes()
     video.write_bytes(data[: len(data) // 2])
-    try:
-        prepared = _prepare(tiny_copy, make_config)
-    except DataError as err:
-        assert str(video) in str(err)
-    else:
-        assert prepared.warnings["truncated_video"] == 1
-        assert prepared.warnings["label_length_mismatch"] >= 1
+    with pytest.raises(DataError, match=rf"{video}: cannot open video \(truncated or corrupt"):
+        _prepare(tiny_copy, make_config)
+
+
+def test_truncated_video_with_index_first_is_a_counted_warning(tiny_copy, make_config):
+    """A 'faststart' MP4 cut in half still opens: the decodable frames are used, and reported."""
+    import av
+    from fractions import Fraction
+
+    subject = _first_subject(tiny_copy)
+    video = tiny_copy / "dataset" / "anon" / f"{subject}.mp4"
+    n_labels = len((tiny_copy / "label" / f"{subject}.csv").read_text().splitlines())
+    frames = np.random.default_rng(0).integers(0, 255, (n_labels, 80, 64, 3), dtype=np.uint8)
+    with av.open(str(video), "w", options={"movflags": "faststart"}) as out:
+        stream = out.add_stream("libx264", rate=Fraction(15))
+        stream.width, stream.height, stream.pix_fmt = 64, 80, "yuv420p"
+        for i, f in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(f, format="rgb24")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    data = video.read_bytes()
+    video.write_bytes(data[: len(data) // 2])
+    prepared = _prepare(tiny_copy, make_config)
+    w = prepared.warnings
+    assert w["truncated_video"] == 1 and str(video) in w.examples["truncated_video"][0]
+    n = prepared.subjects[subject].num_frames
+    assert 0 < n < n_labels
+    assert w["label_length_mismatch"] == 1
 
 
 @pytest.mark.parametrize("line, message", [
@@ -248,6 +271,32 @@ def test_keypoint_non_numeric_value(tiny_copy, make_config):
     path.write_text("\n".join(rows) + "\n")
     with pytest.raises(DataError, match=rf"{path}:7: column '.*_x' value 'abc' is not a number"):
         _prepare(tiny_copy, make_config, "data.use_skeleton_attention=true")
+
+
+def test_keypoint_file_with_header_only(tiny_copy, make_config):
+    path = _keypoint_file(tiny_copy)
+    path.write_text(path.read_text().splitlines()[0] + "\n")
+    data = _prepare(tiny_copy, make_config, "data.use_skeleton_attention=true")
+    subject = path.stem
+    assert (data.subjects[subject].keypoints == 0).all()
+    assert data.warnings["keypoint_frames_missing"] == data.subjects[subject].num_frames
+
+
+def test_keypoint_frame_base_is_configurable(tmp_path):
+    path = tmp_path / "kp.csv"
+    header = ["frame"] + [f"kp{j}_{s}" for j in range(17) for s in ("x", "y", "conf")]
+    rows = [[str(f)] + [str(10 * f), "5", "0.9"] * 17 for f in (1, 2, 3)]  # 0-based, frame 0 undetected
+    path.write_text("\n".join(",".join(r) for r in [header, *rows]) + "\n")
+    auto = layout.read_keypoints(path, 4, DataWarnings())
+    zero = layout.read_keypoints(path, 4, DataWarnings(), frame_base="0")
+    assert auto[0, 0, 0] == 10  # 'auto' sees no frame 0 and takes the file as 1-based
+    np.testing.assert_array_equal(zero[:, 0, 0], [0, 10, 20, 30])
+
+
+def test_split_csv_with_byte_order_mark(tiny_copy):
+    path = tiny_copy / "split.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # as Excel saves UTF-8
+    assert len(layout.discover(tiny_copy, DataWarnings()).subjects) == TINY.subjects
 
 
 def test_keypoint_missing_columns(tiny_copy, make_config):
