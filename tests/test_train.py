@@ -63,6 +63,15 @@ def test_train_logs_a_complete_run_and_registers_the_model(tiny_demo, make_confi
             "checkpoints/best_model.pt", "checkpoints/last.pt", "checkpoints/epoch_0002.pt"} <= artifacts
     history = pd.read_csv(result.checkpoint_dir.parent / "metrics" / "training_metrics.csv")
     assert list(history.epoch) == [1, 2, 3]
+    figures = {"loss_curves.png", "accuracy_curves.png", "learning_rate.png", "combined_metrics.png",
+               "per_class_accuracy.png", "per_class_accuracy_top10.png", "per_class_heatmap.png",
+               "final_class_comparison.png"}
+    assert {f"plots/{f}" for f in figures} <= artifacts  # made at the end of the run
+
+    # and again on demand, from the run's logged history
+    assert main(["plots", "--run", result.run_id, "--top-classes", "2", "--save-dir", "replot"]) == 0
+    made = {p.name for p in (Path("replot") / result.run_id).glob("*.png")}
+    assert "per_class_accuracy_top2.png" in made and len(made) == 8
 
     version = mlflow.MlflowClient().get_model_version(cfg.mlflow.registered_model, result.model_version)
     assert version.tags["run_id"] == result.run_id and "val_mean_class_acc" in version.tags
