@@ -146,7 +146,7 @@ def make_loader(data: PreparedData, split: str, train: bool, batch_size: int, nu
         # Drawn from (seed, epoch) alone, so a resumed run sees the same epochs it would have.
         weights = torch.from_numpy(clips.sampler_weights(dataset.index, data.config.model.num_classes))
         sampler = DistributedWeightedSampler(weights, len(dataset), rank, world_size, seed)
-    elif train and world_size > 1:
+    elif train:  # a plain shuffle, also seeded by (seed, epoch) so that resume is exact
         sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
     per_rank = len(sampler) if sampler is not None else len(dataset)
     if train and per_rank == 0:
@@ -162,13 +162,11 @@ def make_loader(data: PreparedData, split: str, train: bool, batch_size: int, nu
         collate_fn=collate_batch,
         worker_init_fn=_single_threaded_worker,
         batch_size=batch_size,
-        shuffle=train and sampler is None,
         sampler=sampler,
         num_workers=workers,
         pin_memory=pin_memory,
         drop_last=train and per_rank > batch_size,  # no 1-clip batch for BatchNorm
         persistent_workers=workers > 0,
-        generator=torch.Generator().manual_seed(seed) if train and sampler is None else None,
     )
 
 
