@@ -1,0 +1,1 @@
+"""Explanations: GradCAM heatmaps (gradcam.py) and their rendering to video (render.py)."""

@@ -1,0 +1,36 @@
+"""GradCAM on C3D with pytorch-grad-cam, whose GradCAM handles 5-D (B, C, T, H, W) activations.
+
+The hook sits on a whole block (`block3`, `block4` or `block5`): its output is the pooled
+activation after ReLU, not a convolution whose output an in-place ReLU would overwrite. The
+heatmap has one map per frame, resized from the block's (T', H', W') to the clip's (T, H, W)
+and scaled to [0, 1] per clip.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+from ..models.c3d import C3D
+
+LAYERS = ("block3", "block4", "block5")
+
+
+def target_layer(model: C3D, name: str) -> torch.nn.Module:
+    if name not in LAYERS:
+        raise ValueError(f"GradCAM layer must be one of {', '.join(LAYERS)}, got {name!r}")
+    return getattr(model, name)
+
+
+def gradcam(model: C3D, clips: torch.Tensor, layer: str = "block4",
+            classes: list[int] | None = None) -> np.ndarray:
+    """(B, 3, T, H, W) model input -> (B, T, H, W) float32 heatmaps in [0, 1] for `classes`
+    (default: each clip's predicted class)."""
+    model.eval()
+    targets = [ClassifierOutputTarget(int(c)) for c in classes] if classes is not None else None
+    with GradCAM(model=model, target_layers=[target_layer(model, layer)]) as cam:  # hooks removed on exit
+        heat = cam(input_tensor=clips.float(), targets=targets)  # (B, T, H, W)
+    heat = np.nan_to_num(np.asarray(heat, dtype=np.float32))
+    return np.clip(heat, 0.0, 1.0)
