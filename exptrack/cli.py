@@ -113,7 +113,28 @@ def cmd_promote(args: argparse.Namespace) -> None:
     print(f"champion of {args.name}: version {decision.champion}")
 
 
-PLANNED = {"visualize": 5, "predict": 5, "tune": 6}
+def cmd_visualize(args: argparse.Namespace) -> None:
+    from .explain.visualize import VisualizeOptions, run_visualize
+
+    options = VisualizeOptions(split=args.split, num_samples=args.num_samples, layer=args.layer, alpha=args.alpha,
+                               fps=args.fps, misclassified_only=args.misclassified_only,
+                               scale_factor=args.scale_factor, long_sample=args.long_sample,
+                               sample_duration=args.sample_duration, start_frame=args.start_frame,
+                               subject_id=args.subject_id, save_dir=args.save_dir)
+    run_visualize(args.model, options, device_name=args.device, data_root=args.data_root,
+                  progress=not args.no_progress)
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from .predict import predict_video
+
+    timeline = predict_video(args.video, args.model, out_dir=args.save_dir, device_name=args.device,
+                             stride=args.stride, smooth_window=args.smooth, overlay=args.overlay)
+    for _, seg in timeline.segments.iterrows():
+        print(f"  {seg.start_s:7.1f}-{seg.end_s:7.1f} s  class {seg['class']}  confidence {seg.mean_confidence:.2f}")
+
+
+PLANNED = {"tune": 6}
 
 
 def cmd_planned(args: argparse.Namespace) -> None:
@@ -182,6 +203,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["test", "val"])
     p.add_argument("--data-root", help="evaluate on this dataset (default: each model's own)")
     p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser("visualize", help="GradCAM videos of a model, logged as an MLflow run")
+    p.add_argument("--model", default="models:/c3d-exercise@champion")
+    p.add_argument("--split", default="test", choices=["test", "val", "train"])
+    p.add_argument("--num-samples", type=int, default=20)
+    p.add_argument("--layer", default="block4", choices=["block3", "block4", "block5"])
+    p.add_argument("--alpha", type=float, default=0.5, help="heatmap weight in the overlay")
+    p.add_argument("--fps", type=int, default=10)
+    p.add_argument("--misclassified-only", action="store_true")
+    p.add_argument("--scale-factor", type=int, default=3, help="upscaling of overlay_with_probs.mp4")
+    p.add_argument("--long-sample", action="store_true", help="one long sample of a subject's video")
+    p.add_argument("--sample-duration", type=int, default=300, help="frames of the long sample")
+    p.add_argument("--start-frame", type=int, default=0)
+    p.add_argument("--subject-id", help="subject of the long sample (default: the first of the split)")
+    p.add_argument("--save-dir", default="outputs/visualizations")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data-root")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_visualize)
+
+    p = sub.add_parser("predict", help="exercise timeline of a new video")
+    p.add_argument("video")
+    p.add_argument("--model", default="models:/c3d-exercise@champion")
+    p.add_argument("--save-dir", default="outputs/predictions")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--stride", type=int, help="window stride in frames (default: half a clip)")
+    p.add_argument("--smooth", type=int, default=31, help="majority window (frames) for the segments")
+    p.add_argument("--overlay", action="store_true", help="also write overlay.mp4 with the predicted labels")
+    p.set_defaults(func=cmd_predict)
 
     for name, issue in PLANNED.items():
         p = sub.add_parser(name, help=f"not yet: issue {issue}")

@@ -197,10 +197,16 @@ def _section_fields(section: str) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+# Keys renamed since a config was saved: old "section.key" -> new key in the same section.
+RENAMED = {"data.label_frame_base": "frame_base"}
+
+
 def _check_mapping(raw: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
     """Validate a nested {section: {key: value}} mapping; return it with converted values."""
     out: dict[str, dict[str, Any]] = {}
     for section, values in raw.items():
+        if isinstance(values, dict):
+            values = {RENAMED.get(f"{section}.{k}", k): v for k, v in values.items()}
         if section not in SECTIONS:
             raise ConfigError(f"{where}: unknown section {section!r} (known: {', '.join(SECTIONS)})")
         if values is None:
@@ -277,6 +283,11 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     # goes through YAML so that 1e-4, true and null mean what they do in a config file.
     value: Any = raw if tp is str else yaml.safe_load(raw) if raw.strip() else None
     return section, key, check_value(dotted, tp, value)
+
+
+def config_from_dict(saved: dict[str, Any], where: str = "saved config") -> Config:
+    """A Config from a nested dict saved earlier (a checkpoint's), checked like a YAML file."""
+    return build_config(_check_mapping(saved, where))
 
 
 def build_config(layers: dict[str, dict[str, Any]] | None = None) -> Config:

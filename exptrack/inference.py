@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from . import tracking
-from .config import Config, build_config
+from .config import Config, config_from_dict
 from .data.errors import DataError
 from .models.c3d import C3D, build_model
 from .training import checkpoint as ckpt
@@ -64,7 +64,7 @@ def resolve_checkpoint(reference: str) -> tuple[Path, dict[str, str]]:
 def load_model(reference: str, device: torch.device | str = "cpu") -> LoadedModel:
     path, source = resolve_checkpoint(reference)
     payload = ckpt.load(path)
-    config = build_config(payload["config"])
+    config = config_from_dict(payload["config"], str(path))
     model = build_model(config.model)
     model.load_state_dict(payload["model"])
     source.setdefault("run_id", payload.get("run_id", ""))

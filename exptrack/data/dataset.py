@@ -58,6 +58,16 @@ class ClipDataset(Dataset):
             weight = att if weight is None else cv2.multiply(weight, att, scale=1.0 / 255.0)
         return weight
 
+    def _weighted_frames(self, subj: SubjectData, sl: slice) -> np.ndarray:
+        """Frames `sl` with the mask x attention weight applied (uint8)."""
+        weight = self._weight(subj, sl)
+        frames = subj.video.frames[sl]
+        return transforms.apply_weight(frames, weight) if weight is not None else frames
+
+    def clip_at(self, subj: SubjectData, start: int) -> np.ndarray:
+        """(T, S, S, 3) uint8 model view of any window (no augmentation), e.g. for sliding."""
+        return np.array(self._weighted_frames(subj, slice(start, start + self.clip_len)))
+
     def _fill(self, i: int, video_out: np.ndarray, kps_out: np.ndarray) -> int:
         """Write clip `i` into its batch slots (T, S, S, 3) and (T, 17, 3); return its start frame."""
         subj = self.subjects[self.index.subject_idx[i]]
@@ -67,14 +77,11 @@ class ClipDataset(Dataset):
             start += int(rng.integers(-self.start_jitter, self.start_jitter + 1))
             start = min(max(start, 0), subj.num_frames - self.clip_len)
         sl = slice(start, start + self.clip_len)
-        video = subj.video.frames[sl]
-        weight = self._weight(subj, sl)
         kps = subj.keypoints[sl] if subj.keypoints is not None else np.zeros((self.clip_len, NUM_KEYPOINTS, 3), np.float32)
         params = transforms.sample_augment(rng, self.augment) if self.augment else transforms.IDENTITY
         # Weight and colour are per pixel and the warp is geometric, so they commute: weighting
         # before warping needs one warp per frame instead of two (frames and weight).
-        if weight is not None:
-            video = transforms.apply_weight(video, weight)
+        video = self._weighted_frames(subj, sl)
         if params.colored:
             video = transforms.jitter_colors(video, params)
         if params.geometric:

@@ -20,7 +20,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import plots, tracking
-from ..config import Config, build_config
+from ..config import Config, config_from_dict
 from ..data import clips
 from ..data.dataset import make_loader
 from ..data.errors import DataError
@@ -212,7 +212,7 @@ def _train(config: Config, env: DistEnv, resume: str | None, progress: bool,
         payload = ckpt.load(path)
         if "run_id" not in payload:
             raise DataError(f"{path}: checkpoint has no run id (not written by exptrack train)")
-        config = resume_config(build_config(payload["config"]), config)
+        config = resume_config(config_from_dict(payload["config"], str(path)), config)
         run_id = payload["run_id"]
         log.info("resuming run %s after epoch %d", run_id, payload["epoch"])
     seed_everything(config.train.seed)

@@ -1,0 +1,122 @@
+"""`exptrack predict VIDEO`: run a model over a whole new video and write its exercise timeline.
+
+The video needs no labels, masks or keypoints. A model trained with masks or skeleton
+attention sees plain frames here (there is nothing to compute them from), which is said in a
+warning; its accuracy may be lower than on the dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import plots
+from .data.errors import DataWarnings
+from .data.layout import BACKGROUND
+from .data.transforms import to_model_input
+from .data.video import decode_video, write_video
+from .evaluation import smooth_labels
+from .inference import load_model
+from .training.loop import resolve_device
+
+log = logging.getLogger("exptrack.predict")
+
+
+@dataclass(frozen=True)
+class Timeline:
+    frames: pd.DataFrame  # frame, predicted, probability, smoothed
+    segments: pd.DataFrame  # start, end, class, mean_confidence, frames
+    fps: float
+
+
+def window_probabilities(model: torch.nn.Module, frames: np.ndarray, clip_len: int, stride: int,
+                         device: torch.device, batch_size: int = 16) -> np.ndarray:
+    """(T, S, S, 3) uint8 frames -> (T, K) class probabilities, each frame the mean over the
+    windows that cover it (frames past the last full window use the last window)."""
+    n = len(frames)
+    if n < clip_len:  # pad a short video by repeating its last frame
+        frames = np.concatenate([frames, np.repeat(frames[-1:], clip_len - n, axis=0)])
+    starts = list(range(0, len(frames) - clip_len + 1, stride))
+    if starts[-1] != len(frames) - clip_len:
+        starts.append(len(frames) - clip_len)
+    sums, cover = None, np.zeros(len(frames), dtype=np.float32)
+    model.eval()
+    with torch.no_grad():
+        for b in range(0, len(starts), batch_size):
+            batch = starts[b:b + batch_size]
+            clips = torch.from_numpy(np.stack([frames[s:s + clip_len] for s in batch])).to(device)  # (B, T, S, S, 3)
+            probs = torch.softmax(model(to_model_input(clips).contiguous()).float(), dim=1).cpu().numpy()
+            if sums is None:
+                sums = np.zeros((len(frames), probs.shape[1]), dtype=np.float32)
+            for s, p in zip(batch, probs):
+                sums[s:s + clip_len] += p
+                cover[s:s + clip_len] += 1
+    return (sums / np.maximum(cover, 1)[:, None])[:n]
+
+
+def segments(labels: np.ndarray, confidence: np.ndarray, min_length: int = 1) -> pd.DataFrame:
+    """Runs of one label: start, end (inclusive), class, mean confidence, frames."""
+    rows = []
+    start = 0
+    for t in range(1, len(labels) + 1):
+        if t == len(labels) or labels[t] != labels[start]:
+            if labels[start] != BACKGROUND and t - start >= min_length:
+                rows.append({"start": start, "end": t - 1, "class": int(labels[start]),
+                             "mean_confidence": float(confidence[start:t].mean()), "frames": t - start})
+            start = t
+    return pd.DataFrame(rows, columns=["start", "end", "class", "mean_confidence", "frames"])
+
+
+def predict_video(video: str | Path, model_ref: str, out_dir: str | Path = "outputs/predictions",
+                  device_name: str = "auto", stride: int | None = None, smooth_window: int = 31,
+                  overlay: bool = False) -> Timeline:
+    video = Path(video)
+    device = resolve_device(device_name)
+    loaded = load_model(model_ref, device)
+    d = loaded.config.data
+    if d.use_masks or d.use_skeleton_attention:
+        log.warning("the model was trained with %s; a new video has none, so frames are used as they are",
+                    " and ".join(n for n, on in (("masks", d.use_masks), ("skeleton attention", d.use_skeleton_attention)) if on))
+    warnings = DataWarnings()
+    frames, info = decode_video(video, d.frame_size, warnings)  # DataError names the file if unreadable
+    probs = window_probabilities(loaded.model, frames, d.clip_len, stride or max(1, d.clip_len // 2), device)
+    predicted = probs.argmax(1)
+    smoothed = smooth_labels(predicted, smooth_window)
+    confidence = probs[np.arange(len(probs)), predicted]
+    table = pd.DataFrame({"frame": np.arange(len(predicted)), "time_s": np.arange(len(predicted)) / info.fps,
+                          "predicted": predicted, "probability": confidence.round(5), "smoothed": smoothed})
+    segs = segments(smoothed, probs[np.arange(len(probs)), smoothed])
+    segs["start_s"], segs["end_s"] = segs["start"] / info.fps, (segs["end"] + 1) / info.fps
+    out = Path(out_dir) / video.stem
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "frames.csv", index=False)
+    segs.to_csv(out / "segments.csv", index=False)
+    (out / "timeline.json").write_text(json.dumps({"video": str(video), "model": model_ref, "fps": info.fps,
+                                                   "segments": segs.to_dict(orient="records")}, indent=2))
+    plots.timeline(np.full(len(predicted), BACKGROUND), predicted, smoothed, f"{video.name}: predicted exercises",
+                   out / "timeline.png")
+    if overlay:
+        write_video(out / "overlay.mp4", label_overlay(frames, smoothed, confidence), info.fps)
+    print(f"{video}: {len(segs)} segments over {len(predicted)} frames -> {out}")
+    return Timeline(table, segs, info.fps)
+
+
+def label_overlay(frames: np.ndarray, labels: np.ndarray, confidence: np.ndarray, scale: int = 4) -> np.ndarray:
+    """The video with the predicted class and confidence written on each frame."""
+    import cv2
+
+    out = []
+    for frame, label, conf in zip(frames, labels, confidence):
+        big = cv2.resize(frame, (frame.shape[1] * scale, frame.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
+        cv2.putText(big, f"class {label} ({conf:.2f})", (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 2,
+                    cv2.LINE_AA)
+        cv2.putText(big, f"class {label} ({conf:.2f})", (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+        out.append(big)
+    return np.stack(out)
