@@ -48,3 +48,32 @@ def make_config(tmp_path):
                                   "data.eval_stride=8", *overrides])
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tmp_path_factory, tiny_demo):
+    """(tracking uri, config, TrainResult) of one tiny model trained for 2 epochs on the tiny
+    demo and registered, in a store of its own; shared by the evaluation and explain tests."""
+    import os
+
+    from exptrack.training.run import train
+
+    tmp = tmp_path_factory.mktemp("trained")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    old_uri, old_cwd = os.environ.get("MLFLOW_TRACKING_URI"), os.getcwd()
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    os.chdir(tmp)
+    try:
+        cfg = load_config(None, [f"data.root={tiny_demo}", f"paths.cache={tmp / 'cache'}", f"paths.outputs={tmp / 'out'}",
+                                 "model.num_classes=3", "data.frame_size=32", "data.clip_len=8",
+                                 "data.train_stride=4", "data.eval_stride=8", "model.width=0.125",
+                                 "train.batch_size=8", "train.num_workers=0", "train.epochs=2",
+                                 "mlflow.experiment=eval-test", "mlflow.log_system_metrics=false"])
+        result = train(cfg, progress=False)
+    finally:
+        os.chdir(old_cwd)
+        if old_uri is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old_uri
+    return uri, cfg, result

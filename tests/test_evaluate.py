@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 
 from exptrack.evaluation import clip_metrics, frame_accuracy, frame_predictions, run_evaluate, smooth_labels
-from exptrack.training import run as train_run
 
 
 def test_clip_metrics_hand_checked():
@@ -45,30 +44,9 @@ def test_frame_predictions_and_smoothing():
     assert frame_accuracy(np.array([3, 4, 0, 4]), true) == pytest.approx(2 / 3)  # background not scored
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_demo):
-    """One tiny trained and registered model, shared by the tests below."""
-    import os
-
-    from exptrack.config import load_config
-
-    tmp = tmp_path_factory.mktemp("eval")
-    old = os.environ.get("MLFLOW_TRACKING_URI")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    cfg = load_config(None, [f"data.root={tiny_demo}", f"paths.cache={tmp / 'cache'}", f"paths.outputs={tmp / 'out'}",
-                             "model.num_classes=3", "data.frame_size=32", "data.clip_len=8", "data.train_stride=4",
-                             "data.eval_stride=8", "model.width=0.125", "train.batch_size=8", "train.num_workers=0",
-                             "train.epochs=2", "mlflow.experiment=eval-test", "mlflow.log_system_metrics=false"])
-    result = train_run.train(cfg, progress=False)
-    if old is not None:
-        os.environ["MLFLOW_TRACKING_URI"] = old
-    return uri, cfg, result
-
-
 @pytest.mark.slow
-def test_every_model_reference_gives_the_same_numbers(trained, tmp_path, monkeypatch):
-    uri, cfg, result = trained
+def test_every_model_reference_gives_the_same_numbers(tiny_trained, tmp_path, monkeypatch):
+    uri, cfg, result = tiny_trained
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     name = cfg.mlflow.registered_model
     refs = [f"models:/{name}/{result.model_version}", f"runs:/{result.run_id}/model", result.run_id,

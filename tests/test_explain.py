@@ -1,0 +1,114 @@
+"""GradCAM heatmaps, the visualize videos (read back: codec, frames, size, fps) and predict."""
+
+from __future__ import annotations
+
+import av
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from exptrack.data.errors import DataError
+from exptrack.explain.gradcam import gradcam
+from exptrack.explain.visualize import VisualizeOptions, run_visualize
+from exptrack.models.c3d import C3D
+from exptrack.predict import predict_video, segments
+
+
+def _read(path):
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+        return stream.codec_context.name, frames, float(stream.average_rate)
+
+
+def test_heatmaps_are_finite_in_unit_range_and_per_frame():
+    torch.manual_seed(0)
+    model = C3D(num_classes=4, width=0.125)
+    x = torch.randn(2, 3, 16, 64, 64)
+    for layer in ("block3", "block4", "block5"):
+        heat = gradcam(model, x, layer)
+        assert heat.shape == (2, 16, 64, 64) and heat.dtype == np.float32
+        assert np.isfinite(heat).all() and heat.min() >= 0 and heat.max() <= 1
+        assert heat.max() > 0.5  # scaled per clip, not all zero
+    assert not any(m._forward_hooks for m in model.modules())  # the context manager removed its hooks
+
+
+def test_heatmaps_depend_on_the_target_class():
+    torch.manual_seed(1)
+    model = C3D(num_classes=4, width=0.125)
+    x = torch.randn(1, 3, 16, 64, 64)
+    a, b = gradcam(model, x, "block4", [0]), gradcam(model, x, "block4", [3])
+    assert np.abs(a - b).mean() > 0.01
+
+
+@pytest.mark.slow
+def test_visualize_writes_decodable_h264_videos(tiny_trained, tmp_path, monkeypatch):
+    uri, cfg, result = tiny_trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    out = tmp_path / "viz"
+    options = VisualizeOptions(num_samples=2, fps=7, scale_factor=3, save_dir=str(out), layer="block3")
+    run_visualize(f"models:/{cfg.mlflow.registered_model}/{result.model_version}", options, progress=False)
+    index = pd.read_csv(out / "index.csv")
+    assert len(index) == 2 and (out / "index.html").exists()
+    for sample in index["sample"]:
+        folder = out / sample
+        for name in ("original", "heatmap", "overlay", "overlay_with_probs", "side_by_side"):
+            codec, frames, fps = _read(folder / f"{name}.mp4")
+            assert codec == "h264" and len(frames) == 8 and fps == 7, name
+        assert _read(folder / "overlay_with_probs.mp4")[1][0].shape[0] >= 240  # a readable chart
+        assert _read(folder / "overlay.mp4")[1][0].shape[:2] == (32, 32)
+        assert _read(folder / "side_by_side.mp4")[1][0].shape[:2] == (32, 64)
+        meta = (folder / "metadata.txt").read_text()
+        assert "true:" in meta and "predicted:" in meta and "layer: block3" in meta
+
+
+@pytest.mark.slow
+def test_misclassified_only_and_long_sample(tiny_trained, tmp_path, monkeypatch):
+    uri, cfg, result = tiny_trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    ref = f"runs:/{result.run_id}/model"
+    out = tmp_path / "mis"
+    run_visualize(ref, VisualizeOptions(num_samples=50, misclassified_only=True, save_dir=str(out)), progress=False)
+    index = pd.read_csv(out / "index.csv")
+    assert len(index) > 0 and (index["true"] != index["predicted"]).all()
+
+    out = tmp_path / "long"
+    run_visualize(ref, VisualizeOptions(long_sample=True, sample_duration=40, start_frame=5, save_dir=str(out)),
+                  progress=False)
+    row = pd.read_csv(out / "index.csv").iloc[0]
+    codec, frames, _ = _read(out / row["sample"] / "long_sample.mp4")
+    assert codec == "h264" and len(frames) == 40 and row["start_frame"] == 5
+
+
+def test_segments_from_frame_labels():
+    labels = np.array([-1, 2, 2, 2, -1, 0, 0])
+    conf = np.array([0.1, 0.9, 0.8, 0.7, 0.2, 0.6, 0.4])
+    table = segments(labels, conf)
+    assert table[["start", "end", "class", "frames"]].values.tolist() == [[1, 3, 2, 3], [5, 6, 0, 2]]
+    assert table["mean_confidence"].tolist() == pytest.approx([0.8, 0.5])
+
+
+@pytest.mark.slow
+def test_predict_on_a_new_video(tiny_trained, tiny_demo, tmp_path, monkeypatch):
+    uri, cfg, result = tiny_trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    video = sorted((tiny_demo / "dataset" / "anon").glob("*.mp4"))[0]
+    timeline = predict_video(video, str(result.checkpoint_dir / "best_model.pt"), out_dir=tmp_path, overlay=True)
+    n = len(timeline.frames)
+    assert n == len((tiny_demo / "label" / f"{video.stem}.csv").read_text().splitlines())
+    out = tmp_path / video.stem
+    for name in ("frames.csv", "segments.csv", "timeline.json", "timeline.png"):
+        assert (out / name).exists(), name
+    codec, frames, _ = _read(out / "overlay.mp4")
+    assert codec == "h264" and len(frames) == n
+    probs = timeline.frames["probability"]
+    assert ((probs > 0) & (probs <= 1)).all()
+
+
+def test_predict_on_a_corrupt_video_is_a_clear_error(tiny_trained, tmp_path, monkeypatch):
+    uri, cfg, result = tiny_trained
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00" * 1000)
+    with pytest.raises(DataError, match=f"{bad}: cannot open video"):
+        predict_video(bad, str(result.checkpoint_dir / "best_model.pt"), out_dir=tmp_path)
