@@ -134,7 +134,14 @@ def cmd_predict(args: argparse.Namespace) -> None:
         print(f"  {seg.start_s:7.1f}-{seg.end_s:7.1f} s  class {seg['class']}  confidence {seg.mean_confidence:.2f}")
 
 
-PLANNED = {"tune": 6}
+def cmd_tune(args: argparse.Namespace) -> None:
+    from .tune import load_study_spec, run_tune
+
+    spec = load_study_spec(args.study_file, study=args.study, storage=args.storage, n_trials=args.n_trials)
+    run_tune(spec, progress=not args.no_progress)
+
+
+PLANNED: dict[str, int] = {}
 
 
 def cmd_planned(args: argparse.Namespace) -> None:
@@ -232,6 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smooth", type=int, default=31, help="majority window (frames) for the segments")
     p.add_argument("--overlay", action="store_true", help="also write overlay.mp4 with the predicted labels")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("tune", help="Optuna search; each trial a nested MLflow run")
+    p.add_argument("--study-file", default="experiments/tune/demo.yaml")
+    p.add_argument("--study", help="study name (default: the study file's)")
+    p.add_argument("--storage", help="sqlite:///file.db, a journal file (*.log) or postgresql://...")
+    p.add_argument("--n-trials", type=int, help="total trials of the study (a rerun continues it)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_tune)
 
     for name, issue in PLANNED.items():
         p = sub.add_parser(name, help=f"not yet: issue {issue}")

@@ -153,13 +153,17 @@ class Run:
 
 @contextmanager
 def start_run(config: Config, run_name: str, command: str, tags: dict[str, Any] | None = None,
-              system_metrics: bool = False, run_id: str | None = None) -> Iterator[Run]:
+              system_metrics: bool = False, run_id: str | None = None,
+              parent_run_id: str | None = None) -> Iterator[Run]:
     """Start a run, resume `run_id`, or (under `mlflow run`) attach to the run MLflow created;
     it ends FAILED if the body raises."""
     configure(config)
     # `mlflow run` exports MLFLOW_RUN_ID for the run it created; start_run() attaches to it.
-    attached = bool(os.environ.get("MLFLOW_RUN_ID")) and run_id is None
+    attached = bool(os.environ.get("MLFLOW_RUN_ID")) and run_id is None and parent_run_id is None
+    if parent_run_id and os.environ.get("MLFLOW_RUN_ID"):
+        os.environ.pop("MLFLOW_RUN_ID")  # a child of a tune parent, not the run `mlflow run` made
     with mlflow.start_run(run_id=run_id, run_name=None if (attached or run_id) else run_name,
+                          parent_run_id=parent_run_id if not run_id else None,
                           log_system_metrics=system_metrics and config.mlflow.log_system_metrics) as active:
         run = Run(active)
         run.set_tags({"exptrack.command": command, **source_tags(), **(tags or {})})
@@ -216,6 +220,49 @@ def alias_version(name: str, alias: str) -> str | None:
 
 def set_alias(name: str, alias: str, version: str) -> None:
     mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
+
+
+def create_parent_run(config: Config, run_name: str, tags: dict[str, Any]) -> str:
+    """A run that stays RUNNING while children in this and other processes attach to it
+    (created without becoming this process's active run)."""
+    configure(config)
+    client = mlflow.MlflowClient()
+    run_id = os.environ.get("MLFLOW_RUN_ID")  # under `mlflow run`, the run it created
+    if run_id:
+        client.set_tag(run_id, "mlflow.runName", run_name)
+    else:
+        experiment = mlflow.get_experiment_by_name(config.mlflow.experiment)
+        run_id = client.create_run(experiment.experiment_id, run_name=run_name).info.run_id
+    for key, value in {**source_tags(), **tags}.items():
+        client.set_tag(run_id, key, str(value))
+    return run_id
+
+
+def finish_run(run_id: str, status: str = "FINISHED") -> None:
+    mlflow.MlflowClient().set_terminated(run_id, status)
+
+
+def set_run_tags(run_id: str, tags: dict[str, Any]) -> None:
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_tag(run_id, key, str(value))
+
+
+def log_to_run(run_id: str, metrics: dict[str, float] | None = None, params: dict[str, Any] | None = None,
+               folder: str | Path | None = None, artifact_path: str | None = None) -> None:
+    client = mlflow.MlflowClient()
+    for key, value in (metrics or {}).items():
+        client.log_metric(run_id, key, float(value))
+    for key, value in (params or {}).items():
+        client.log_param(run_id, key, value)
+    if folder is not None:
+        client.log_artifacts(run_id, str(folder), artifact_path)
+
+
+def child_runs(parent_run_id: str) -> list[Any]:
+    run = mlflow.MlflowClient().get_run(parent_run_id)
+    return mlflow.search_runs(experiment_ids=[run.info.experiment_id],
+                              filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'", output_format="list")
 
 
 def temp_dir() -> tempfile.TemporaryDirectory:

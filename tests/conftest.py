@@ -31,10 +31,15 @@ def tiny_copy(tiny_demo, tmp_path) -> Path:
 @pytest.fixture(autouse=True)
 def mlflow_store(tmp_path, monkeypatch):
     """Every test gets its own real MLflow SQLite store and artifact folder."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(uri)  # the process-wide setting, in case an earlier test changed it
     yield
+    mlflow.set_tracking_uri(None)
 
 
 @pytest.fixture
@@ -61,7 +66,10 @@ def tiny_trained(tmp_path_factory, tiny_demo):
     tmp = tmp_path_factory.mktemp("trained")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     old_uri, old_cwd = os.environ.get("MLFLOW_TRACKING_URI"), os.getcwd()
+    import mlflow
+
     os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
     os.chdir(tmp)
     try:
         cfg = load_config(None, [f"data.root={tiny_demo}", f"paths.cache={tmp / 'cache'}", f"paths.outputs={tmp / 'out'}",
@@ -76,4 +84,5 @@ def tiny_trained(tmp_path_factory, tiny_demo):
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = old_uri
+        mlflow.set_tracking_uri(old_uri)
     return uri, cfg, result

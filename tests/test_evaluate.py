@@ -48,6 +48,7 @@ def test_frame_predictions_and_smoothing():
 def test_every_model_reference_gives_the_same_numbers(tiny_trained, tmp_path, monkeypatch):
     uri, cfg, result = tiny_trained
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
     name = cfg.mlflow.registered_model
     refs = [f"models:/{name}/{result.model_version}", f"runs:/{result.run_id}/model", result.run_id,
             str(result.checkpoint_dir / "best_model.pt")]

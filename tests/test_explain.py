@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import av
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -46,6 +47,7 @@ def test_heatmaps_depend_on_the_target_class():
 def test_visualize_writes_decodable_h264_videos(tiny_trained, tmp_path, monkeypatch):
     uri, cfg, result = tiny_trained
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
     out = tmp_path / "viz"
     options = VisualizeOptions(num_samples=2, fps=7, scale_factor=3, save_dir=str(out), layer="block3")
     run_visualize(f"models:/{cfg.mlflow.registered_model}/{result.model_version}", options, progress=False)
@@ -67,6 +69,7 @@ def test_visualize_writes_decodable_h264_videos(tiny_trained, tmp_path, monkeypa
 def test_misclassified_only_and_long_sample(tiny_trained, tmp_path, monkeypatch):
     uri, cfg, result = tiny_trained
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
     ref = f"runs:/{result.run_id}/model"
     out = tmp_path / "mis"
     run_visualize(ref, VisualizeOptions(num_samples=50, misclassified_only=True, save_dir=str(out)), progress=False)
@@ -93,6 +96,7 @@ def test_segments_from_frame_labels():
 def test_predict_on_a_new_video(tiny_trained, tiny_demo, tmp_path, monkeypatch):
     uri, cfg, result = tiny_trained
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
     video = sorted((tiny_demo / "dataset" / "anon").glob("*.mp4"))[0]
     timeline = predict_video(video, str(result.checkpoint_dir / "best_model.pt"), out_dir=tmp_path, overlay=True)
     n = len(timeline.frames)

@@ -12,7 +12,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -192,18 +192,30 @@ def build_setup(config: Config, data: PreparedData, device: torch.device, env: D
     return FitSetup(model, criterion, optimizer, scheduler, train_loader, val_loader, device, num_classes, config)
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How a train run is recorded: tune makes trials children of its parent run, registers
+    only the best trial, and needs the run id before the run ends (pruned trials)."""
+
+    parent_run_id: str | None = None
+    run_name: str = "train"
+    tags: dict[str, Any] | None = None
+    register: bool = True
+    on_start: Callable[[str], None] | None = None
+
+
 def train(config: Config, resume: str | None = None, progress: bool = True,
-          callbacks: Iterable[EpochCallback] = ()) -> TrainResult:
+          callbacks: Iterable[EpochCallback] = (), options: RunOptions = RunOptions()) -> TrainResult:
     """Train; under torchrun every rank calls this, rank 0 alone tracks and checkpoints."""
     env = distributed.init_distributed(config.train.device)
     try:
-        return _train(config, env, resume, progress, callbacks)
+        return _train(config, env, resume, progress, callbacks, options)
     finally:
         distributed.cleanup()
 
 
 def _train(config: Config, env: DistEnv, resume: str | None, progress: bool,
-           callbacks: Iterable[EpochCallback]) -> TrainResult:
+           callbacks: Iterable[EpochCallback], options: RunOptions) -> TrainResult:
     outputs = Path(config.paths.outputs)
     payload: dict[str, Any] | None = None
     run_id = None
@@ -232,8 +244,10 @@ def _train(config: Config, env: DistEnv, resume: str | None, progress: bool,
     tags = {"data_root": data.layout.root, "data_digest": digest, "device": str(device),
             "world_size": env.world_size, "parameters": count_parameters(setup.model),
             "clips_train": len(data.splits["train"]), "clips_val": len(data.splits["val"])}
-    with tracking.start_run(config, run_name="train", command="train", tags=tags, system_metrics=True,
-                            run_id=run_id) as run:
+    with tracking.start_run(config, run_name=options.run_name, command="train", tags={**tags, **(options.tags or {})},
+                            system_metrics=True, run_id=run_id, parent_run_id=options.parent_run_id) as run:
+        if options.on_start:
+            options.on_start(run.id)
         ckpt_dir = outputs / "runs" / run.id / "checkpoints"
         manager = ckpt.CheckpointManager(ckpt_dir, config.train.checkpoint_every, config.train.keep_checkpoints)
         if payload is None:
@@ -263,7 +277,7 @@ def _train(config: Config, env: DistEnv, resume: str | None, progress: bool,
         except Exception as exc:  # noqa: BLE001 - a figure must never cost the trained model
             log.warning("training plots failed: %s", exc)
         version = registered_version(run.id, config)
-        if version is None or state.epoch > first_epoch:
+        if options.register and (version is None or state.epoch > first_epoch):
             version = log_best_model(run, config, manager, state, data)
         for path in sorted(ckpt_dir.glob("*.pt")):
             run.log_artifact(path, "checkpoints")
@@ -310,3 +324,18 @@ def plot_run(run_id: str, save_dir: str | Path, top_classes: int = 10) -> Path:
     plots.training_plots(history, per_class, out, top_classes)
     tracking.log_artifacts_to_run(run_id, out, "plots")
     return out
+
+
+def register_checkpoint(run_id: str, config: Config, checkpoint_dir: Path) -> str | None:
+    """Register the best model of an earlier run (e.g. the best tune trial) as a new version,
+    logged into that run."""
+    payload = ckpt.load(checkpoint_dir / ckpt.BEST_MODEL)
+    model = build_model(config.model)
+    model.load_state_dict(payload["model"])
+    d = config.data
+    example = np.zeros((1, 3, d.clip_len, d.frame_size, d.frame_size), dtype=np.float32)
+    m = payload["metrics"]
+    tags = {"data_digest": payload.get("data_digest", ""), "best_epoch": payload["epoch"],
+            **{k: round(m[k], 6) for k in ("val_acc", "val_mean_class_acc", "val_top3_acc", "val_loss") if k in m}}
+    with tracking.start_run(config, run_name="train", command="train", run_id=run_id) as run:
+        return run.log_pytorch_model(model, example, config.mlflow.registered_model, version_tags=tags)

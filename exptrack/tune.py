@@ -1,0 +1,237 @@
+"""`exptrack tune`: an Optuna study over any config keys, each trial a child MLflow run.
+
+The study file (YAML, `experiments/tune/*.yaml`) names the experiment config the trials start
+from, fixed overrides, the search space (any `section.key` of the config), the objective
+metric and direction, the sampler seed and the pruner. Storage: a SQLite file by default (one
+process), Optuna's journal file for several processes on one machine, PostgreSQL for many
+machines; RDB storages get a heartbeat and retry a dead worker's trial once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import yaml
+
+from . import tracking
+from .config import ConfigError, load_config
+from .training.run import RunOptions, TrainState, register_checkpoint, registered_version, train
+
+log = logging.getLogger("exptrack.tune")
+PARENT_ATTR = "mlflow_parent_run_id"
+
+
+@dataclass(frozen=True)
+class Param:
+    key: str  # section.key of the config
+    kind: str  # float | int | categorical
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple = ()
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    config: str  # experiment YAML the trials start from (relative to the study file)
+    overrides: tuple[str, ...] = ()
+    study: str = "exptrack-tune"
+    storage: str = "sqlite:///optuna.db"
+    n_trials: int = 6
+    seed: int = 42
+    metric: str = "val_mean_class_acc"
+    direction: str = "maximize"
+    pruner: str = "median"  # median | hyperband | none
+    space: tuple[Param, ...] = field(default_factory=tuple)
+
+
+def load_study_spec(path: str | Path, **changes: Any) -> StudySpec:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read the study file ({exc})") from exc
+    space = []
+    for key, p in (raw.pop("space", None) or {}).items():
+        if not isinstance(p, dict) or p.get("type") not in ("float", "int", "categorical"):
+            raise ConfigError(f"{path}: space.{key} needs type float, int or categorical")
+        space.append(Param(key, p["type"], p.get("low"), p.get("high"), bool(p.get("log", False)),
+                           tuple(p.get("choices", ()))))
+    known = set(StudySpec.__dataclass_fields__) - {"space"}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"{path}: unknown study keys {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
+    raw["config"] = str((path.parent / raw["config"]).resolve()) if "config" in raw else None
+    raw["overrides"] = tuple(raw.get("overrides", ()))
+    spec = StudySpec(**{**raw, **{k: v for k, v in changes.items() if v is not None}, "space": tuple(space)})
+    load_config(spec.config, spec.overrides)
+    for p in space:  # every key of the space must exist and take its type
+        load_config(spec.config, [*spec.overrides, f"{p.key}={p.low if p.low is not None else p.choices[0]}"])
+    if spec.direction not in ("maximize", "minimize"):
+        raise ConfigError(f"{path}: direction must be maximize or minimize")
+    return spec
+
+
+def make_storage(url: str) -> optuna.storages.BaseStorage:
+    if url.endswith(".log") or url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+    return optuna.storages.RDBStorage(
+        url, heartbeat_interval=30, grace_period=90,
+        failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1))
+
+
+def make_pruner(name: str) -> optuna.pruners.BasePruner:
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner()
+    return optuna.pruners.NopPruner()
+
+
+def suggest(trial: optuna.Trial, space: tuple[Param, ...]) -> list[str]:
+    out = []
+    for p in space:
+        if p.kind == "float":
+            value = trial.suggest_float(p.key, p.low, p.high, log=p.log)
+        elif p.kind == "int":
+            value = trial.suggest_int(p.key, int(p.low), int(p.high), log=p.log)
+        else:
+            value = trial.suggest_categorical(p.key, list(p.choices))
+        out.append(f"{p.key}={value}")
+    return out
+
+
+class PruneOnPlateau:
+    """Reports the objective metric after every epoch; raises TrialPruned when Optuna says so."""
+
+    def __init__(self, trial: optuna.Trial, metric: str) -> None:
+        self.trial, self.metric = trial, metric
+
+    def __call__(self, metrics: dict[str, float], per_class, saved, state: TrainState) -> None:
+        self.trial.report(metrics[self.metric], step=state.epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {state.epoch}")
+
+
+def parent_run_for(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, timeout_s: float = 300.0) -> str:
+    """The study's MLflow parent run, made exactly once across all workers: by whoever runs
+    trial 0 (trial numbers are handed out atomically by the storage); the others wait for it."""
+    attrs = study.user_attrs
+    if PARENT_ATTR in attrs:
+        return attrs[PARENT_ATTR]
+    if trial.number == 0:
+        parent = tracking.create_parent_run(load_config(spec.config, spec.overrides), f"tune-{spec.study}",
+                                            {"exptrack.command": "tune", "optuna.study": spec.study,
+                                             "optuna.storage": spec.storage})
+        study.set_user_attr(PARENT_ATTR, parent)
+        return parent
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        attrs = study.user_attrs
+        if PARENT_ATTR in attrs:
+            return attrs[PARENT_ATTR]
+    raise RuntimeError(f"study {spec.study}: no parent run appeared in {timeout_s:.0f} s (trial 0 failed early?)")
+
+
+def objective_for(spec: StudySpec, study: optuna.Study, progress: bool):
+    def objective(trial: optuna.Trial) -> float:
+        parent_run_id = parent_run_for(study, trial, spec)
+        overrides = [*spec.overrides, *suggest(trial, spec.space)]
+        config = load_config(spec.config, overrides)
+        run_ids: list[str] = []
+        options = RunOptions(parent_run_id=parent_run_id, run_name=f"trial-{trial.number}", register=False,
+                             tags={"optuna.study": spec.study, "optuna.trial": trial.number},
+                             on_start=run_ids.append)
+        state = "FAIL"
+        try:
+            result = train(config, progress=progress, callbacks=[PruneOnPlateau(trial, spec.metric)], options=options)
+            state = "COMPLETE"
+            trial.set_user_attr("run_id", result.run_id)
+            trial.set_user_attr("checkpoint_dir", str(result.checkpoint_dir))
+            best = result.state.best.get(spec.metric)
+            return best if best is not None else result.state.history[-1][spec.metric]
+        except optuna.TrialPruned:
+            state = "PRUNED"
+            raise
+        finally:
+            if run_ids:
+                tracking.set_run_tags(run_ids[0], {"optuna.state": state})
+                if state == "PRUNED":
+                    tracking.finish_run(run_ids[0], "KILLED")
+
+    return objective
+
+
+def run_tune(spec: StudySpec, progress: bool = False) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = make_storage(spec.storage)
+    study = optuna.create_study(study_name=spec.study, storage=storage, load_if_exists=True,
+                                direction=spec.direction, sampler=optuna.samplers.TPESampler(seed=spec.seed),
+                                pruner=make_pruner(spec.pruner))
+    # n_trials is the study's total, shared by every worker and every rerun (resume)
+    counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    done = sum(t.state in counted for t in study.trials)
+    log.info("study %s: %d of %d trials done", spec.study, done, spec.n_trials)
+    if done < spec.n_trials:
+        study.optimize(objective_for(spec, study, progress), n_trials=spec.n_trials - done, catch=(Exception,),
+                       callbacks=[optuna.study.MaxTrialsCallback(spec.n_trials, states=counted)])
+    summarize(study, spec, study.user_attrs[PARENT_ATTR])
+    return study
+
+
+def summarize(study: optuna.Study, spec: StudySpec, parent: str) -> None:
+    """Best value and params, the trial table and Optuna's plots on the parent run; the best
+    trial's model registered."""
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    out = Path(tempfile.mkdtemp(prefix="exptrack-tune-"))
+    table = study.trials_dataframe()
+    table.to_csv(out / "trials.csv", index=False)
+    if complete:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import optuna.visualization.matplotlib as ovm
+
+        for name, plot in (("optimization_history", ovm.plot_optimization_history),
+                           ("param_importances", ovm.plot_param_importances),
+                           ("parallel_coordinate", ovm.plot_parallel_coordinate), ("slice", ovm.plot_slice)):
+            try:
+                ax = plot(study)
+                fig = (ax.flat[0] if isinstance(ax, np.ndarray) else ax).get_figure()
+                fig.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
+                plt.close("all")
+            except Exception as exc:  # noqa: BLE001 - e.g. importances need 2+ complete trials
+                log.info("no %s plot: %s", name, exc)
+    metrics, params = {}, {}
+    if complete:
+        best = study.best_trial
+        metrics = {f"best_{spec.metric}": best.value, "best_trial": best.number}
+        params = {f"best.{k}": v for k, v in best.params.items()}
+    metrics.update({"trials_complete": len(complete),
+                    "trials_pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
+                    "trials_failed": sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials)})
+    tracking.log_to_run(parent, metrics=metrics, folder=out, artifact_path="tune")
+    for key, value in params.items():
+        tracking.set_run_tags(parent, {key: value})
+    if complete and "run_id" in study.best_trial.user_attrs:
+        attrs = study.best_trial.user_attrs
+        config = load_config(spec.config, [*spec.overrides, *[f"{k}={v}" for k, v in study.best_trial.params.items()]])
+        version = registered_version(attrs["run_id"], config)  # a rerun of a finished study registers nothing new
+        if version is None:
+            version = register_checkpoint(attrs["run_id"], config, Path(attrs["checkpoint_dir"]))
+        tracking.set_run_tags(parent, {"best_model_version": version})
+    if all(t.state.is_finished() for t in study.trials):
+        tracking.finish_run(parent)
+    print(f"study {spec.study}: {len(complete)} complete trials"
+          + (f", best {spec.metric} {study.best_value:.4f} with {study.best_params}" if complete else ""))
