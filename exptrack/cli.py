@@ -141,13 +141,6 @@ def cmd_tune(args: argparse.Namespace) -> None:
     run_tune(spec, progress=not args.no_progress)
 
 
-PLANNED: dict[str, int] = {}
-
-
-def cmd_planned(args: argparse.Namespace) -> None:
-    raise NotImplementedError(f"'exptrack {args.command}' is not implemented yet (issue {PLANNED[args.command]})")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="exptrack", description="Exercise recognition experiments on MLflow")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -248,10 +241,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_tune)
 
-    for name, issue in PLANNED.items():
-        p = sub.add_parser(name, help=f"not yet: issue {issue}")
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=cmd_planned)
     return parser
 
 
@@ -262,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
     try:
         args.func(args)
-    except (ConfigError, DataError, NonFiniteLossError, NotImplementedError, ValueError) as exc:
+    except (ConfigError, DataError, NonFiniteLossError, ValueError) as exc:
         print(f"exptrack {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0
