@@ -13,7 +13,9 @@ Prints clips/s for both and the ratio. Targets on a 2-core machine: >= 1000 clip
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -73,6 +75,7 @@ def main() -> int:
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="exptrack-bench-"))
+    atexit.register(shutil.rmtree, tmp, True)  # demo data, cache and runs: hundreds of MB per run
     root = Path(args.data_root) if args.data_root else tmp / "demo"
     if not args.data_root:
         w, h = (int(v) for v in args.video_size.split("x"))

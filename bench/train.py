@@ -13,7 +13,9 @@ Usage: python bench/train.py [--steps 10] [--skip-run]
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -54,6 +56,7 @@ def tracking_share() -> tuple[float, float, float]:
     from exptrack.training.run import train
 
     tmp = Path(tempfile.mkdtemp(prefix="exptrack-bench-"))
+    atexit.register(shutil.rmtree, tmp, True)  # demo data, cache and runs: hundreds of MB per run
     os.chdir(tmp)
     cfg = load_config(ROOT / "experiments" / "demo.yaml", ["train.epochs=5", "train.early_stop_patience=10"])
     result = train(cfg, progress=False)

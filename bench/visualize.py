@@ -8,7 +8,9 @@ Usage: python bench/visualize.py [--samples 20] [--layer block4] [--device cpu]
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -29,6 +31,7 @@ def main() -> int:
     from exptrack.training.run import train
 
     tmp = Path(tempfile.mkdtemp(prefix="exptrack-bench-"))
+    atexit.register(shutil.rmtree, tmp, True)  # demo data, cache and runs: hundreds of MB per run
     os.chdir(tmp)
     cfg = load_config(ROOT / "experiments" / "demo.yaml", ["train.epochs=1", "mlflow.log_system_metrics=false"])
     result = train(cfg, progress=False)

@@ -31,39 +31,42 @@ class LoadedModel:
     source: dict[str, str] = field(default_factory=dict)  # uri, and name/version/run_id where known
 
 
-def _checkpoint_of_run(run_id: str) -> Path:
-    dst = Path(tempfile.mkdtemp(prefix="exptrack-model-"))
+def _checkpoint_of_run(run_id: str, dst: Path) -> Path:
     try:
         return tracking.download_run_artifact(run_id, f"checkpoints/{ckpt.BEST_MODEL}", dst)
     except Exception as exc:  # noqa: BLE001 - MLflow raises several kinds here
         raise DataError(f"run {run_id} has no checkpoints/{ckpt.BEST_MODEL} artifact ({exc})") from exc
 
 
-def resolve_checkpoint(reference: str) -> tuple[Path, dict[str, str]]:
-    """The checkpoint file behind a model reference, and what it was resolved from."""
+def resolve_checkpoint(reference: str, download_dir: Path) -> tuple[Path, dict[str, str]]:
+    """The checkpoint file behind a model reference (downloaded into `download_dir` when it
+    lives in MLflow), and what it was resolved from."""
     source = {"uri": reference}
     if reference.startswith("models:/"):
         try:
             source.update(tracking.resolve_model_uri(reference))
         except Exception as exc:  # noqa: BLE001
             raise DataError(f"model {reference} not found in the registry ({exc})") from exc
-        return _checkpoint_of_run(source["run_id"]), source
+        return _checkpoint_of_run(source["run_id"], download_dir), source
     if reference.startswith("runs:/"):
         run_id = reference[len("runs:/"):].split("/", 1)[0]
         source["run_id"] = run_id
-        return _checkpoint_of_run(run_id), source
+        return _checkpoint_of_run(run_id, download_dir), source
     path = Path(reference)
     if path.is_file():
         return path, source
     if _RUN_ID.match(reference):
         source["run_id"] = reference
-        return _checkpoint_of_run(reference), source
+        return _checkpoint_of_run(reference, download_dir), source
     raise DataError(f"model {reference!r}: not a models:/ or runs:/ URI, a run id, or a checkpoint file")
 
 
 def load_model(reference: str, device: torch.device | str = "cpu") -> LoadedModel:
-    path, source = resolve_checkpoint(reference)
-    payload = ckpt.load(path)
+    # The download is only needed until the weights are in memory; a kept copy per call
+    # would fill /tmp over many evaluate/visualize calls.
+    with tempfile.TemporaryDirectory(prefix="exptrack-model-") as tmp:
+        path, source = resolve_checkpoint(reference, Path(tmp))
+        payload = ckpt.load(path)
     config = config_from_dict(payload["config"], str(path))
     model = build_model(config.model)
     model.load_state_dict(payload["model"])

@@ -193,7 +193,13 @@ def summarize(study: optuna.Study, spec: StudySpec, parent: str) -> None:
     """Best value and params, the trial table and Optuna's plots on the parent run; the best
     trial's model registered."""
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    out = Path(tempfile.mkdtemp(prefix="exptrack-tune-"))
+    with tempfile.TemporaryDirectory(prefix="exptrack-tune-") as tmp:
+        write_study_report(study, complete, Path(tmp))
+        log_study_result(study, complete, spec, parent, Path(tmp))
+
+
+def write_study_report(study: optuna.Study, complete: list, out: Path) -> None:
+    """The trial table and Optuna's plots, into `out`."""
     table = study.trials_dataframe()
     table.to_csv(out / "trials.csv", index=False)
     if complete:
@@ -213,6 +219,9 @@ def summarize(study: optuna.Study, spec: StudySpec, parent: str) -> None:
                 plt.close("all")
             except Exception as exc:  # noqa: BLE001 - e.g. importances need 2+ complete trials
                 log.info("no %s plot: %s", name, exc)
+
+
+def log_study_result(study: optuna.Study, complete: list, spec: StudySpec, parent: str, report: Path) -> None:
     metrics, params = {}, {}
     if complete:
         best = study.best_trial
@@ -221,7 +230,7 @@ def summarize(study: optuna.Study, spec: StudySpec, parent: str) -> None:
     metrics.update({"trials_complete": len(complete),
                     "trials_pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
                     "trials_failed": sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials)})
-    tracking.log_to_run(parent, metrics=metrics, folder=out, artifact_path="tune")
+    tracking.log_to_run(parent, metrics=metrics, folder=report, artifact_path="tune")
     for key, value in params.items():
         tracking.set_run_tags(parent, {key: value})
     if complete and "run_id" in study.best_trial.user_attrs:

@@ -315,12 +315,12 @@ def log_best_model(run: tracking.Run, config: Config, manager: ckpt.CheckpointMa
 def plot_run(run_id: str, save_dir: str | Path, top_classes: int = 10) -> Path:
     """`exptrack plots --run`: the training figures from a run's logged metrics tables."""
     out = Path(save_dir) / run_id
-    tables = Path(tempfile.mkdtemp(prefix="exptrack-plots-"))
-    try:
-        history = pd.read_csv(tracking.download_run_artifact(run_id, "metrics/training_metrics.csv", tables))
-        per_class = pd.read_csv(tracking.download_run_artifact(run_id, "metrics/per_class_accuracy.csv", tables))
-    except Exception as exc:  # noqa: BLE001
-        raise DataError(f"run {run_id}: no metrics/training_metrics.csv to plot ({exc})") from exc
+    with tempfile.TemporaryDirectory(prefix="exptrack-plots-") as tmp:
+        try:
+            history = pd.read_csv(tracking.download_run_artifact(run_id, "metrics/training_metrics.csv", Path(tmp)))
+            per_class = pd.read_csv(tracking.download_run_artifact(run_id, "metrics/per_class_accuracy.csv", Path(tmp)))
+        except Exception as exc:  # noqa: BLE001
+            raise DataError(f"run {run_id}: no metrics/training_metrics.csv to plot ({exc})") from exc
     plots.training_plots(history, per_class, out, top_classes)
     tracking.log_artifacts_to_run(run_id, out, "plots")
     return out
