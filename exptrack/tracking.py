@@ -242,6 +242,16 @@ def finish_run(run_id: str, status: str = "FINISHED") -> None:
     mlflow.MlflowClient().set_terminated(run_id, status)
 
 
+def fail_run_if_running(run_id: str, tags: dict[str, Any]) -> bool:
+    """End a run whose process died (it would stay RUNNING forever) as FAILED, with `tags`."""
+    client = mlflow.MlflowClient()
+    if client.get_run(run_id).info.status != "RUNNING":
+        return False
+    set_run_tags(run_id, tags)
+    client.set_terminated(run_id, "FAILED")
+    return True
+
+
 def set_run_tags(run_id: str, tags: dict[str, Any]) -> None:
     client = mlflow.MlflowClient()
     for key, value in tags.items():

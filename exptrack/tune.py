@@ -10,8 +10,11 @@ machines; RDB storages get a heartbeat and retry a dead worker's trial once.
 from __future__ import annotations
 
 import logging
-import time
+import os
+import socket
 import tempfile
+import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +52,11 @@ class StudySpec:
     metric: str = "val_mean_class_acc"
     direction: str = "maximize"
     pruner: str = "median"  # median | hyperband | none
+    # RDB storages (SQLite, PostgreSQL): a worker records a heartbeat every `heartbeat_interval`
+    # seconds; a RUNNING trial silent for `grace_period` seconds belongs to a dead worker, ends as
+    # FAIL and is retried once with the same params.
+    heartbeat_interval: int = 30
+    grace_period: int = 90
     space: tuple[Param, ...] = field(default_factory=tuple)
 
 
@@ -76,17 +84,52 @@ def load_study_spec(path: str | Path, **changes: Any) -> StudySpec:
         load_config(spec.config, [*spec.overrides, f"{p.key}={p.low if p.low is not None else p.choices[0]}"])
     if spec.direction not in ("maximize", "minimize"):
         raise ConfigError(f"{path}: direction must be maximize or minimize")
+    if not 0 < spec.heartbeat_interval < spec.grace_period:
+        raise ConfigError(f"{path}: need 0 < heartbeat_interval < grace_period (a live worker must not look dead)")
     return spec
 
 
-def make_storage(url: str) -> optuna.storages.BaseStorage:
-    if url.endswith(".log") or url.startswith("journal:"):
+def is_journal(url: str) -> bool:
+    return url.endswith(".log") or url.startswith("journal:")
+
+
+def make_storage(spec: StudySpec) -> optuna.storages.BaseStorage:
+    if is_journal(spec.storage):
         from optuna.storages.journal import JournalFileBackend
 
-        return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
-    return optuna.storages.RDBStorage(
-        url, heartbeat_interval=30, grace_period=90,
-        failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1))
+        return optuna.storages.JournalStorage(JournalFileBackend(spec.storage.removeprefix("journal:")))
+    with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna, and its documented way
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(spec.storage, heartbeat_interval=spec.heartbeat_interval,
+                                          grace_period=spec.grace_period,
+                                          heartbeat_stale_trial_callback=on_dead_worker_trial)
+
+
+def retried_from(trial: optuna.trial.FrozenTrial) -> int | None:
+    """The number of the dead trial that `trial` retries, or None. (Optuna marks its heartbeat
+    helpers experimental; they are still its documented way to retry a dead worker's trial.)"""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    _retry_once = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
+
+
+def on_dead_worker_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Optuna calls this (in whichever worker notices) for a trial whose worker stopped beating:
+    queue its retry, and end its MLflow run, which its dead process left RUNNING."""
+    _retry_once(study, trial)
+    run_id = trial.user_attrs.get("run_id")
+    if run_id:
+        try:
+            tracking.fail_run_if_running(run_id, {"optuna.state": "FAIL", "optuna.fail_reason": "worker died"})
+        except Exception as exc:  # noqa: BLE001 - a tracking hiccup must not stop the study
+            log.warning("could not close the run %s of dead trial %d: %s", run_id, trial.number, exc)
+    log.warning("trial %d: its worker %s stopped; marked FAIL and queued for one retry", trial.number,
+                trial.user_attrs.get("worker", "?"))
 
 
 def make_pruner(name: str) -> optuna.pruners.BasePruner:
@@ -122,13 +165,18 @@ class PruneOnPlateau:
             raise optuna.TrialPruned(f"pruned at epoch {state.epoch}")
 
 
+def frozen(study: optuna.Study, trial: optuna.Trial) -> optuna.trial.FrozenTrial:
+    return next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+
+
 def parent_run_for(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, timeout_s: float = 300.0) -> str:
     """The study's MLflow parent run, made exactly once across all workers: by whoever runs
-    trial 0 (trial numbers are handed out atomically by the storage); the others wait for it."""
+    trial 0 (trial numbers are handed out atomically by the storage), or its retry if trial 0's
+    worker died first; the others wait for it."""
     attrs = study.user_attrs
     if PARENT_ATTR in attrs:
         return attrs[PARENT_ATTR]
-    if trial.number == 0:
+    if trial.number == 0 or retried_from(frozen(study, trial)) == 0:
         parent = tracking.create_parent_run(load_config(spec.config, spec.overrides), f"tune-{spec.study}",
                                             {"exptrack.command": "tune", "optuna.study": spec.study,
                                              "optuna.storage": spec.storage})
@@ -146,18 +194,27 @@ def parent_run_for(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, ti
 def objective_for(spec: StudySpec, study: optuna.Study, progress: bool):
     def objective(trial: optuna.Trial) -> float:
         parent_run_id = parent_run_for(study, trial, spec)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         overrides = [*spec.overrides, *suggest(trial, spec.space)]
         config = load_config(spec.config, overrides)
         run_ids: list[str] = []
+
+        def started(run_id: str) -> None:  # recorded at once, so that a dead worker's run can be closed
+            run_ids.append(run_id)
+            trial.set_user_attr("run_id", run_id)
+
+        tags = {"optuna.study": spec.study, "optuna.trial": trial.number}
+        retry_of = retried_from(frozen(study, trial))
+        if retry_of is not None:
+            tags["optuna.retry_of"] = retry_of
         options = RunOptions(parent_run_id=parent_run_id, run_name=f"trial-{trial.number}", register=False,
-                             tags={"optuna.study": spec.study, "optuna.trial": trial.number},
-                             on_start=run_ids.append)
+                             tags=tags, on_start=started)
         state = "FAIL"
         try:
             result = train(config, progress=progress, callbacks=[PruneOnPlateau(trial, spec.metric)], options=options)
             state = "COMPLETE"
-            trial.set_user_attr("run_id", result.run_id)
             trial.set_user_attr("checkpoint_dir", str(result.checkpoint_dir))
+            trial.set_user_attr("best_epoch", result.state.best_epoch.get(spec.metric))
             best = result.state.best.get(spec.metric)
             return best if best is not None else result.state.history[-1][spec.metric]
         except optuna.TrialPruned:
@@ -172,19 +229,38 @@ def objective_for(spec: StudySpec, study: optuna.Study, progress: bool):
     return objective
 
 
-def run_tune(spec: StudySpec, progress: bool = False) -> optuna.Study:
+COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+def trials_to_run(study: optuna.Study, n_trials: int) -> int:
+    """How many more trials this worker may start: up to the study's total (shared by every
+    worker and every rerun), and at least the queued ones (a dead worker's retry, enqueued
+    trials), which would otherwise never run once the total is reached."""
+    with warnings.catch_warnings():  # experimental in Optuna; a no-op without a heartbeat
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # a rerun after a crash finds its own dead trials
+    done = sum(t.state in COUNTED for t in study.trials)
+    waiting = sum(t.state == optuna.trial.TrialState.WAITING for t in study.trials)
+    log.info("study %s: %d of %d trials done, %d queued", study.study_name, done, n_trials, waiting)
+    return max(n_trials - done, waiting)
+
+
+def open_study(spec: StudySpec) -> optuna.Study:
+    return optuna.create_study(study_name=spec.study, storage=make_storage(spec), load_if_exists=True,
+                               direction=spec.direction, sampler=optuna.samplers.TPESampler(seed=spec.seed),
+                               pruner=make_pruner(spec.pruner))
+
+
+def run_tune(spec: StudySpec, progress: bool = False, retrain_best: bool = False) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = make_storage(spec.storage)
-    study = optuna.create_study(study_name=spec.study, storage=storage, load_if_exists=True,
-                                direction=spec.direction, sampler=optuna.samplers.TPESampler(seed=spec.seed),
-                                pruner=make_pruner(spec.pruner))
-    # n_trials is the study's total, shared by every worker and every rerun (resume)
-    counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    done = sum(t.state in counted for t in study.trials)
-    log.info("study %s: %d of %d trials done", spec.study, done, spec.n_trials)
-    if done < spec.n_trials:
-        study.optimize(objective_for(spec, study, progress), n_trials=spec.n_trials - done, catch=(Exception,),
-                       callbacks=[optuna.study.MaxTrialsCallback(spec.n_trials, states=counted)])
+    study = open_study(spec)
+    n = trials_to_run(study, spec.n_trials)
+    if n > 0:
+        # MaxTrialsCallback stops every worker once the study's total is reached
+        study.optimize(objective_for(spec, study, progress), n_trials=n, catch=(Exception,),
+                       callbacks=[optuna.study.MaxTrialsCallback(spec.n_trials, states=COUNTED)])
+    if PARENT_ATTR not in study.user_attrs:
+        raise RuntimeError(f"study {spec.study}: no trial has started its MLflow parent run")
     summarize(study, spec, study.user_attrs[PARENT_ATTR])
     return study
 
@@ -213,7 +289,9 @@ def write_study_report(study: optuna.Study, complete: list, out: Path) -> None:
                            ("param_importances", ovm.plot_param_importances),
                            ("parallel_coordinate", ovm.plot_parallel_coordinate), ("slice", ovm.plot_slice)):
             try:
-                ax = plot(study)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    ax = plot(study)
                 fig = (ax.flat[0] if isinstance(ax, np.ndarray) else ax).get_figure()
                 fig.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
                 plt.close("all")

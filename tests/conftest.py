@@ -86,3 +86,14 @@ def tiny_trained(tmp_path_factory, tiny_demo):
             os.environ["MLFLOW_TRACKING_URI"] = old_uri
         mlflow.set_tracking_uri(old_uri)
     return uri, cfg, result
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server for this test session (see tests/postgres.py); skips with the
+    reason when none can be started here."""
+    from .postgres import postgres_server
+
+    server = postgres_server()
+    yield server
+    server.stop()

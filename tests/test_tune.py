@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -12,16 +13,17 @@ import optuna
 import pytest
 
 from exptrack.config import ConfigError
-from exptrack.tune import load_study_spec, run_tune
+from exptrack.tune import load_study_spec, retried_from, run_tune
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _study_file(tmp_path, tiny_demo, storage: str, n_trials: int, name: str = "t") -> Path:
+def _study_file(tmp_path, tiny_demo, storage: str, n_trials: int, name: str = "t", epochs: int = 2,
+                extra: str = "") -> Path:
     path = tmp_path / f"{name}.yaml"
     path.write_text(f"""
 config: {ROOT / 'experiments' / 'demo.yaml'}
-overrides: [train.epochs=2, mlflow.log_system_metrics=false, "data.root={tiny_demo}", model.num_classes=3,
+overrides: [train.epochs={epochs}, mlflow.log_system_metrics=false, "data.root={tiny_demo}", model.num_classes=3,
             data.clip_len=8, data.train_stride=4, data.eval_stride=8, data.min_purity=0.5, model.width=0.125,
             train.batch_size=8, train.num_workers=0, train.precise_bn_batches=2, "paths.cache={tmp_path / 'cache'}",
             "paths.outputs={tmp_path / 'out'}", mlflow.experiment=tune-test, mlflow.registered_model=tuned]
@@ -29,6 +31,7 @@ study: {name}
 storage: "{storage}"
 n_trials: {n_trials}
 pruner: median
+{extra}
 space:
   loss.focal_gamma: {{type: float, low: 0.0, high: 5.0}}
   data.skeleton_sigma: {{type: float, low: 2.0, high: 30.0}}
@@ -101,3 +104,119 @@ def test_shipped_study_file_loads():
     spec = load_study_spec(ROOT / "experiments" / "tune" / "demo.yaml")
     assert {p.key for p in spec.space} == {"loss.focal_gamma", "data.skeleton_sigma", "optim.lr"}
     assert spec.metric == "val_mean_class_acc" and spec.direction == "maximize"
+
+
+def _worker(study_file: Path, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "exptrack", "tune", "--study-file", str(study_file), "--no-progress"],
+                            env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(workers: list[subprocess.Popen]) -> None:
+    outputs = [w.communicate(timeout=900)[0] for w in workers]
+    assert all(w.returncode == 0 for w in workers), "\n----\n".join(o[-3000:] for o in outputs)
+
+
+def _use_tracking(uri: str, monkeypatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+
+
+@pytest.mark.slow
+def test_workers_on_postgres_share_a_study_and_survive_a_killed_worker(tiny_demo, tmp_path, postgres, monkeypatch):
+    storage = postgres.create_database("tune_workers")
+    _use_tracking(postgres.create_database("tune_workers_mlflow"), monkeypatch)
+    mlflow.search_experiments()  # MLflow creates its tables here, before two workers race to
+    study_file = _study_file(tmp_path, tiny_demo, storage, 4, name="pg", epochs=3,
+                             extra="heartbeat_interval: 1\ngrace_period: 3")
+    a, b = _worker(study_file, tmp_path), _worker(study_file, tmp_path)
+
+    # kill worker A (SIGKILL: no cleanup of any kind) in the middle of a trial
+    deadline, victim = time.monotonic() + 300, None
+    while victim is None and time.monotonic() < deadline and a.poll() is None:
+        time.sleep(0.2)
+        try:
+            trials = optuna.load_study(study_name="pg", storage=storage).trials
+        except KeyError:  # not created yet
+            continue
+        victim = next((t for t in trials if t.state == optuna.trial.TrialState.RUNNING and "run_id" in t.user_attrs
+                       and t.user_attrs.get("worker", "").endswith(f":{a.pid}")), None)
+    assert victim is not None, "worker A never ran a trial"
+    a.kill()
+    a.wait()
+    _finish([b, _worker(study_file, tmp_path)])  # B goes on; A is restarted as a user would
+    _finish([_worker(study_file, tmp_path)])  # a later rerun runs what is still queued, nothing else
+
+    study = optuna.load_study(study_name="pg", storage=storage)
+    by_number = {t.number: t for t in study.trials}
+    assert len(by_number) == len(study.trials)  # no trial number twice
+    assert by_number[victim.number].state == optuna.trial.TrialState.FAIL
+    retries = [t for t in study.trials
+               if retried_from(t) == victim.number]
+    assert len(retries) == 1 and retries[0].params == victim.params  # retried once, same params
+    counted = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    assert retries[0] in counted
+    assert 4 <= len(counted) <= 6  # the total, + a trial the other worker had started, + the retry
+    assert len(study.trials) == len(counted) + 1  # nothing lost: every other trial finished
+
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    children = {r.info.run_id: r for r in _children(parent)}
+    assert set(children) == {t.user_attrs["run_id"] for t in study.trials}  # every trial under the one parent
+    dead = children[victim.user_attrs["run_id"]]
+    assert dead.info.status == "FAILED" and dead.data.tags["optuna.state"] == "FAIL"
+    assert children[retries[0].user_attrs["run_id"]].data.tags["optuna.retry_of"] == str(victim.number)
+    assert mlflow.MlflowClient().get_run(parent).info.status == "FINISHED"
+
+
+@pytest.fixture
+def mlflow_server(postgres, tmp_path):
+    """A real `mlflow server` process: PostgreSQL backend store, artifacts proxied into a folder."""
+    import urllib.request
+
+    from .postgres import free_port
+
+    port, artifacts = free_port(), tmp_path / "server-artifacts"
+    log = open(tmp_path / "mlflow-server.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", postgres.create_database("mlflow_server"),
+                               "--artifacts-destination", str(artifacts), "--workers", "1"],
+                              stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 180
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow server did not come up:\n{(tmp_path / 'mlflow-server.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url, artifacts
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+@pytest.mark.slow
+def test_tune_against_an_mlflow_server_backed_by_postgres(tiny_demo, tmp_path, postgres, mlflow_server, monkeypatch):
+    from exptrack.inference import load_model
+
+    url, artifacts = mlflow_server
+    _use_tracking(url, monkeypatch)
+    storage = postgres.create_database("tune_server")
+    study = run_tune(load_study_spec(_study_file(tmp_path, tiny_demo, storage, 2, name="srv")))
+
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    client = mlflow.MlflowClient()
+    assert client.get_run(parent).info.status == "FINISHED"
+    assert sorted(r.info.run_name for r in _children(parent)) == ["trial-0", "trial-1"]
+    assert "tune/trials.csv" in {a.path for a in client.list_artifacts(parent, "tune")}
+    # artifacts went through the server into its own artifact folder, not into a local mlruns/
+    assert list(artifacts.rglob("trials.csv")) and not (tmp_path / "mlruns").exists()
+    version = client.get_run(parent).data.tags["best_model_version"]
+    assert client.get_model_version("tuned", version).run_id == study.best_trial.user_attrs["run_id"]
+    loaded = load_model(f"models:/tuned/{version}")  # the registered model loads back through the server
+    assert loaded.config.model.num_classes == 3

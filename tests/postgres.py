@@ -1,0 +1,100 @@
+"""A throwaway PostgreSQL server for the tests that need one (tune with many workers, an MLflow
+tracking server with a database backend).
+
+`EXPTRACK_TEST_POSTGRES_URL` (e.g. postgresql://user:pw@host:5432/postgres) points the tests at
+an existing server; otherwise the Debian server binaries (`apt-get install postgresql`, which
+`.ci/run` does) start a private cluster in a temporary folder on a free port, as the `postgres`
+user when the tests run as root (PostgreSQL refuses to run as root).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ENV_URL = "EXPTRACK_TEST_POSTGRES_URL"
+
+
+def server_bin_dir() -> Path | None:
+    """The newest installed PostgreSQL server's bin folder (Debian keeps one per major version)."""
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"), key=lambda p: int(Path(p).parts[-3]))
+    if candidates:
+        return Path(candidates[-1]).parent
+    on_path = shutil.which("postgres")
+    return Path(on_path).parent if on_path else None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class PostgresServer:
+    url: str  # server URL ending in the maintenance database, e.g. .../postgres
+    stop: callable
+
+    def create_database(self, name: str) -> str:
+        """A new empty database; its URL."""
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url.rsplit("/", 1)[0] + "/" + name
+
+
+def _as_server_user(cmd: list[str]) -> list[str]:
+    if os.geteuid() != 0:
+        return cmd
+    return ["runuser", "-u", "postgres", "--", *cmd]
+
+
+def start_private_server() -> PostgresServer:
+    bin_dir = server_bin_dir()
+    if bin_dir is None:
+        pytest.skip(f"PostgreSQL server binaries not found (Debian: apt-get install postgresql; .ci/run "
+                    f"installs them) and {ENV_URL} is not set")
+    if os.geteuid() == 0:
+        try:
+            owner = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no 'postgres' user to run the PostgreSQL server as")
+    home = Path(tempfile.mkdtemp(prefix="exptrack-pg-"))
+    if os.geteuid() == 0:
+        os.chown(home, owner.pw_uid, owner.pw_gid)
+    data, port = home / "data", free_port()
+    subprocess.run(_as_server_user([str(bin_dir / "initdb"), "-D", str(data), "-U", "exptrack", "--auth=trust",
+                                    "-E", "UTF8", "--no-sync"]), check=True, capture_output=True)
+    # fsync off: a test database need not survive a power cut, and it makes DDL much faster
+    options = f"-p {port} -k {home} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+    started = subprocess.run(_as_server_user([str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(home / "server.log"),
+                                              "-o", options, "-w", "-t", "60", "start"]), capture_output=True, text=True)
+    if started.returncode != 0:
+        log = (home / "server.log").read_text() if (home / "server.log").exists() else ""
+        shutil.rmtree(home, ignore_errors=True)
+        raise RuntimeError(f"PostgreSQL did not start: {started.stdout}{started.stderr}{log}")
+
+    def stop() -> None:
+        subprocess.run(_as_server_user([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
+                       capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
+
+    return PostgresServer(f"postgresql://exptrack@127.0.0.1:{port}/postgres", stop)
+
+
+def postgres_server() -> PostgresServer:
+    url = os.environ.get(ENV_URL)
+    if url:
+        return PostgresServer(url, lambda: None)
+    return start_private_server()
