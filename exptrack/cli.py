@@ -138,7 +138,15 @@ def cmd_tune(args: argparse.Namespace) -> None:
     from .tune import load_study_spec, run_tune
 
     spec = load_study_spec(args.study_file, study=args.study, storage=args.storage, n_trials=args.n_trials)
-    run_tune(spec, progress=not args.no_progress)
+    run_tune(spec, progress=not args.no_progress, retrain_best=args.retrain_best)
+
+
+def _flag_value(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -238,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", help="study name (default: the study file's)")
     p.add_argument("--storage", help="sqlite:///file.db, a journal file (*.log) or postgresql://...")
     p.add_argument("--n-trials", type=int, help="total trials of the study (a rerun continues it)")
+    p.add_argument("--retrain-best", nargs="?", const=True, default=False, type=_flag_value,
+                   help="afterwards, fit the best params on train+val subjects and register that model too "
+                        "(also --retrain-best true|false, for MLproject)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_tune)
 

@@ -41,6 +41,10 @@ class DataConfig:
     min_purity: float = 0.0
     val_fraction: float = 0.2
     val_seed: int = 42
+    # Final fit on train + validation subjects (`tune --retrain-best`): nothing is held out, so
+    # there is no early stopping, the plateau scheduler follows the training loss, and the model
+    # of the last epoch is the model.
+    train_on_val: bool = False
     downsample_class1: bool = False
     dominant_class: int = 1
     use_masks: bool = False

@@ -74,18 +74,27 @@ def timeline(true, raw, smoothed, title: str, path: Path) -> Path:
 
 
 def _line(ax, x, ys: dict, title: str, ylabel: str) -> None:
+    drawn = 0
     for label, y in ys.items():
-        ax.plot(x, y, marker="o", markersize=3, label=label)
+        if pd.notna(y).any():  # a train + val fit has no validation series
+            ax.plot(x, y, marker="o", markersize=3, label=label)
+            drawn += 1
     ax.set_title(title)
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if drawn:
+        ax.legend(fontsize=8)
+
+
+VAL_COLUMNS = ("val_loss", "val_acc", "val_mean_class_acc", "val_top3_acc")
 
 
 def training_plots(history: pd.DataFrame, per_class: pd.DataFrame, out: Path, top_classes: int = 10) -> list[Path]:
     """The eight figures of the original plot_training.py, from a run's metrics tables."""
     out.mkdir(parents=True, exist_ok=True)
+    # a train + val fit has no validation columns: its validation lines stay empty
+    history = history.reindex(columns=[*history.columns, *(c for c in VAL_COLUMNS if c not in history.columns)])
     x = history["epoch"]
     paths = []
 

@@ -252,6 +252,10 @@ def fail_run_if_running(run_id: str, tags: dict[str, Any]) -> bool:
     return True
 
 
+def run_tags(run_id: str) -> dict[str, str]:
+    return dict(mlflow.MlflowClient().get_run(run_id).data.tags)
+
+
 def set_run_tags(run_id: str, tags: dict[str, Any]) -> None:
     client = mlflow.MlflowClient()
     for key, value in tags.items():

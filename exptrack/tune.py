@@ -262,7 +262,40 @@ def run_tune(spec: StudySpec, progress: bool = False, retrain_best: bool = False
     if PARENT_ATTR not in study.user_attrs:
         raise RuntimeError(f"study {spec.study}: no trial has started its MLflow parent run")
     summarize(study, spec, study.user_attrs[PARENT_ATTR])
+    if retrain_best:
+        retrain_best_trial(study, spec, study.user_attrs[PARENT_ATTR], progress)
     return study
+
+
+RETRAINED_TAG = "retrained_model_version"
+
+
+def best_trial_config(study: optuna.Study, spec: StudySpec, *extra: str):
+    return load_config(spec.config, [*spec.overrides, *[f"{k}={v}" for k, v in study.best_trial.params.items()],
+                                     *extra])
+
+
+def retrain_best_trial(study: optuna.Study, spec: StudySpec, parent: str, progress: bool) -> str | None:
+    """Fit the best params once more on train + validation subjects, for as many epochs as the
+    best trial needed to reach its best validation score (nothing is held out to stop on), as a
+    child run of the study registered as a new model version. Once per study: a rerun reuses it."""
+    if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+        log.warning("study %s: no complete trial to retrain", spec.study)
+        return None
+    done = tracking.run_tags(parent).get(RETRAINED_TAG)
+    if done:
+        log.info("study %s: best trial already retrained on train+val (model version %s)", spec.study, done)
+        return done
+    best = study.best_trial
+    epochs = best.user_attrs.get("best_epoch") or best_trial_config(study, spec).train.epochs
+    config = best_trial_config(study, spec, "data.train_on_val=true", f"train.epochs={epochs}")
+    options = RunOptions(parent_run_id=parent, run_name=f"retrain-best-trial-{best.number}",
+                         tags={"optuna.study": spec.study, "optuna.retrain_of": best.number, "trained_on": "train+val"})
+    result = train(config, progress=progress, options=options)
+    tracking.set_run_tags(parent, {RETRAINED_TAG: result.model_version})
+    print(f"study {spec.study}: best params retrained on train+val for {epochs} epochs: run {result.run_id}, "
+          f"model version {result.model_version}")
+    return result.model_version
 
 
 def summarize(study: optuna.Study, spec: StudySpec, parent: str) -> None:
@@ -313,7 +346,7 @@ def log_study_result(study: optuna.Study, complete: list, spec: StudySpec, paren
         tracking.set_run_tags(parent, {key: value})
     if complete and "run_id" in study.best_trial.user_attrs:
         attrs = study.best_trial.user_attrs
-        config = load_config(spec.config, [*spec.overrides, *[f"{k}={v}" for k, v in study.best_trial.params.items()]])
+        config = best_trial_config(study, spec)
         version = registered_version(attrs["run_id"], config)  # a rerun of a finished study registers nothing new
         if version is None:
             version = register_checkpoint(attrs["run_id"], config, Path(attrs["checkpoint_dir"]))

@@ -239,3 +239,22 @@ def test_resume_from_a_file_that_is_not_a_checkpoint(tmp_path, capsys):
     code = main(["train", "--resume", str(bad)])
     err = capsys.readouterr().err
     assert code == 2 and f"{bad}: not a readable checkpoint" in err and "Traceback" not in err
+
+
+def test_train_on_train_plus_val_keeps_the_last_epoch_and_registers_it(tiny_demo, make_config):
+    cfg = _config(make_config, tiny_demo, "train.epochs=2", "data.train_on_val=true")
+    with_val = train_run.prepare_data(_config(make_config, tiny_demo), splits=("train", "val"), progress=False)
+    result = train_run.train(cfg, progress=False)
+
+    run = _run(result.run_id)
+    assert run.data.tags["clips_val"] == "0"
+    merged = train_run.prepare_data(cfg, splits=("train", "val"), progress=False)
+    assert set(merged.splits["train"].subjects) == {*with_val.splits["train"].subjects, *with_val.splits["val"].subjects}
+    assert int(run.data.tags["clips_train"]) == len(merged.splits["train"])
+    assert result.state.epoch == 2 and result.state.best_epoch["val_mean_class_acc"] == 2  # no early stop
+    assert "val_loss" not in run.data.metrics and "train_loss" in run.data.metrics
+    assert result.model_version is not None  # the last epoch's model, registered
+    best = torch.load(result.checkpoint_dir / "best_model.pt", weights_only=True)
+    assert best["epoch"] == 2
+    plots = {a.path for a in mlflow.MlflowClient().list_artifacts(result.run_id, "plots")}
+    assert "plots/loss_curves.png" in plots

@@ -66,6 +66,22 @@ def test_study_runs_nested_trials_registers_the_best_and_resumes(tiny_demo, tmp_
     assert study.user_attrs["mlflow_parent_run_id"] == parent
     assert len(_children(parent)) == 3
 
+    # --retrain-best on the finished study: the best params once more on train + val subjects
+    spec = load_study_spec(_study_file(tmp_path, tiny_demo, storage, 3))
+    study = run_tune(spec, retrain_best=True)
+    retrained = [r for r in _children(parent) if r.info.run_name.startswith("retrain-best")]
+    assert len(retrained) == 1
+    run = retrained[0]
+    assert run.data.tags["trained_on"] == "train+val" and run.data.tags["clips_val"] == "0"
+    assert run.data.tags["optuna.retrain_of"] == str(study.best_trial.number)
+    assert run.data.params["data.train_on_val"] == "True"
+    assert all(run.data.params[k] == str(v) for k, v in study.best_trial.params.items())
+    assert run.data.params["train.epochs"] == str(study.best_trial.user_attrs["best_epoch"])
+    versions = mlflow.MlflowClient().search_model_versions("name='tuned'")
+    assert len(versions) == 2 and mlflow.MlflowClient().get_run(parent).data.tags["retrained_model_version"] == "2"
+    run_tune(spec, retrain_best=True)  # once per study
+    assert len(mlflow.MlflowClient().search_model_versions("name='tuned'")) == 2
+
 
 @pytest.mark.slow
 def test_two_workers_share_a_journal_study(tiny_demo, tmp_path):

@@ -65,14 +65,18 @@ def ensure_data_root(config: Config) -> Path:
     return root
 
 
-def assign_splits(data_layout: DatasetLayout, val_fraction: float, val_seed: int) -> dict[str, list[str]]:
+def assign_splits(data_layout: DatasetLayout, val_fraction: float, val_seed: int,
+                  train_on_val: bool = False) -> dict[str, list[str]]:
     """train / val / test subject lists; validation comes from split.csv if it names any, else it
-    is carved out of the train subjects, subject-disjoint."""
+    is carved out of the train subjects, subject-disjoint. `train_on_val` moves the validation
+    subjects into train."""
     train = [s.subject for s in data_layout.by_split("train")]
     val = [s.subject for s in data_layout.by_split("val")]
     test = [s.subject for s in data_layout.by_split("test")]
     if not val:
         train, val = clips.carve_validation(train, val_fraction, val_seed)
+    if train_on_val:
+        train, val = train + val, []
     return {"train": sorted(train), "val": sorted(val), "test": sorted(test)}
 
 
@@ -110,7 +114,7 @@ def prepare_data(config: Config, splits: tuple[str, ...] = ("train", "val", "tes
     d = config.data
     root = ensure_data_root(config)
     data_layout = layout.discover(root, warnings)
-    split_subjects = assign_splits(data_layout, d.val_fraction, d.val_seed)
+    split_subjects = assign_splits(data_layout, d.val_fraction, d.val_seed, d.train_on_val)
     needed = [s for name in splits for s in split_subjects[name]]
     files = [data_layout.subject(name) for name in needed]
     cache = FrameCache(config.paths.cache, d.frame_size)

@@ -243,6 +243,16 @@ def restore(setup: FitSetup, payload: dict[str, Any]) -> TrainState:
     return TrainState.from_dict(payload["state"])
 
 
+def epoch_summary(metrics: dict[str, float]) -> str:
+    parts = [f"train loss {metrics['train_loss']:.4f} acc {metrics['train_acc']:.3f}"]
+    if "val_loss" in metrics:
+        parts.append(f"val loss {metrics['val_loss']:.4f} acc {metrics['val_acc']:.3f} "
+                     f"mca {metrics['val_mean_class_acc']:.3f} top3 {metrics['val_top3_acc']:.3f}")
+    parts.append(f"lr {metrics['lr']:.2e}")
+    parts.append(f"{metrics['train_clips_per_s']:.0f} clips/s")
+    return " | ".join(parts)
+
+
 def fit(setup: FitSetup, checkpoints: ckpt.CheckpointManager | None, state: TrainState | None = None,
         callbacks: Iterable[EpochCallback] = (), progress: bool = True,
         stamp: Callable[[dict[str, Any]], dict[str, Any]] = lambda payload: payload) -> TrainState:
@@ -269,30 +279,35 @@ def fit(setup: FitSetup, checkpoints: ckpt.CheckpointManager | None, state: Trai
                                         progress=progress, channels_last=channels_last)
         recompute_bn_stats(setup.model, setup.train_loader, setup.device, cfg.precise_bn_batches, amp=cfg.amp,
                            channels_last=channels_last)
-        val_metrics, per_class = validate(setup.model, setup.val_loader, setup.criterion, setup.device,
-                                          setup.num_classes, amp=cfg.amp, progress=progress,
-                                          channels_last=channels_last)
-        setup.scheduler.step(val_metrics["val_loss"])
+        if setup.val_loader is None:  # train + val fit: nothing held out
+            val_metrics, per_class = {}, np.full(setup.num_classes, np.nan)
+            setup.scheduler.step(train_metrics["train_loss"])
+            improved = {"val_mean_class_acc": True}  # the latest model is the model (BEST_MODEL)
+        else:
+            val_metrics, per_class = validate(setup.model, setup.val_loader, setup.criterion, setup.device,
+                                              setup.num_classes, amp=cfg.amp, progress=progress,
+                                              channels_last=channels_last)
+            setup.scheduler.step(val_metrics["val_loss"])
         metrics = {"epoch": float(epoch), **train_metrics, **val_metrics, "lr": lr}
 
-        improved = _improvements(metrics, state)
-        for key, better in improved.items():
-            if better:
-                state.best[key] = metrics[key]
-                state.best_epoch[key] = epoch
-        if metrics["val_acc"] > state.best.get("early_stop_ref", -math.inf) + cfg.early_stop_min_delta:
-            state.best["early_stop_ref"] = metrics["val_acc"]
-            state.stale_epochs = 0
+        if val_metrics:
+            improved = _improvements(metrics, state)
+            for key, better in improved.items():
+                if better:
+                    state.best[key] = metrics[key]
+                    state.best_epoch[key] = epoch
+            if metrics["val_acc"] > state.best.get("early_stop_ref", -math.inf) + cfg.early_stop_min_delta:
+                state.best["early_stop_ref"] = metrics["val_acc"]
+                state.stale_epochs = 0
+            else:
+                state.stale_epochs += 1
         else:
-            state.stale_epochs += 1
+            state.best_epoch["val_mean_class_acc"] = epoch
         state.epoch = epoch
         state.history.append(metrics)
         state.per_class_history.append([float(v) for v in per_class])
         saved = checkpoints.save(stamp(checkpoint_payload(setup, state, metrics)), improved) if checkpoints else []
-        log.info("epoch %d/%d  train loss %.4f acc %.3f | val loss %.4f acc %.3f mca %.3f top3 %.3f | lr %.2e | %.0f clips/s",
-                 epoch, cfg.epochs, metrics["train_loss"], metrics["train_acc"], metrics["val_loss"],
-                 metrics["val_acc"], metrics["val_mean_class_acc"], metrics["val_top3_acc"], lr,
-                 metrics["train_clips_per_s"])
+        log.info("epoch %d/%d  %s", epoch, cfg.epochs, epoch_summary(metrics))
         for callback in callbacks:
             callback(metrics, per_class, saved, state)
         if distributed.broadcast_flag(state.stale_epochs >= patience, setup.device):

@@ -174,8 +174,10 @@ def build_setup(config: Config, data: PreparedData, device: torch.device, env: D
                                num_workers=config.train.num_workers, seed=config.train.seed,
                                weighted_sampler=config.train.weighted_sampler, pin_memory=device.type == "cuda",
                                rank=env.rank, world_size=env.world_size)
-    val_loader = make_loader(data, "val", train=False, batch_size=config.train.eval_batch_size,
-                             num_workers=config.train.num_workers, pin_memory=device.type == "cuda")
+    val_loader = None  # data.train_on_val: nothing held out
+    if len(data.splits["val"]):
+        val_loader = make_loader(data, "val", train=False, batch_size=config.train.eval_batch_size,
+                                 num_workers=config.train.num_workers, pin_memory=device.type == "cuda")
     model = build_model(config.model).to(device, memory_format=torch.channels_last_3d)
     if env.enabled:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -232,7 +234,7 @@ def _train(config: Config, env: DistEnv, resume: str | None, progress: bool,
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     data = prepare_data(config, splits=("train", "val"), progress=progress and env.is_main)
-    if len(data.splits["val"]) == 0:
+    if len(data.splits["val"]) == 0 and not config.data.train_on_val:
         raise DataError("no validation clips: early stopping and model choice need data.val_fraction > 0 "
                         "or val subjects in split.csv")
     setup = build_setup(config, data, device, env)
