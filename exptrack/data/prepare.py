@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,11 +59,23 @@ def ensure_data_root(config: Config) -> Path:
         return root
     if not d.demo:
         raise DataError(f"{root}: data root not found (set data.root, or data.demo=true to generate demo data)")
+    from filelock import FileLock
+
     from .demo import DemoSpec, write_demo_dataset
 
-    log.info("data root %s does not exist: generating the demo dataset there (%d subjects, %d classes, seed %d)",
-             root, d.demo_subjects, d.demo_classes, d.demo_seed)
-    write_demo_dataset(root, DemoSpec(subjects=d.demo_subjects, classes=d.demo_classes, seed=d.demo_seed))
+    root.parent.mkdir(parents=True, exist_ok=True)
+    # Several workers (tune) may start on the same folder at once: one generates, the others wait
+    # and then read the finished dataset. It is written beside the root and renamed into place,
+    # so that a killed generation never leaves a half dataset that looks complete.
+    with FileLock(str(root) + ".lock"):
+        if root.exists():
+            return root
+        log.info("data root %s does not exist: generating the demo dataset there (%d subjects, %d classes, seed %d)",
+                 root, d.demo_subjects, d.demo_classes, d.demo_seed)
+        partial = root.with_name(f"{root.name}.partial-{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        write_demo_dataset(partial, DemoSpec(subjects=d.demo_subjects, classes=d.demo_classes, seed=d.demo_seed))
+        os.replace(partial, root)
     return root
 
 

@@ -103,3 +103,37 @@ def test_demo_data_command_and_auto_generation(tmp_path, capsys):
                              "data.demo_classes=2", "model.num_classes=2", "data.frame_size=32"])
     data = prepare_data(cfg, progress=False)
     assert (tmp_path / "auto" / "split.csv").exists() and len(data.subjects) == 3
+
+
+def _generate(root: str) -> str:
+    from exptrack.data.prepare import ensure_data_root
+
+    cfg = load_config(None, [f"data.root={root}", "data.demo_subjects=3", "data.demo_classes=2"])
+    return str(ensure_data_root(cfg))
+
+
+def test_auto_generation_is_safe_for_concurrent_workers_and_kills(tmp_path, monkeypatch):
+    import multiprocessing
+
+    root = tmp_path / "demo"
+    with multiprocessing.get_context("fork").Pool(2) as pool:  # two workers start on the same folder
+        assert pool.map(_generate, [str(root)] * 2) == [str(root)] * 2
+    assert len(layout.discover(root, DataWarnings()).subjects) == 3
+    assert not list(tmp_path.glob("demo.partial-*"))
+
+    # a generation that dies half way leaves no root behind that would pass for a dataset
+    import exptrack.data.demo as demo
+
+    written = []
+
+    def dies(*args):  # killed while writing the second subject
+        written.append(args)
+        if len(written) == 2:
+            raise KeyboardInterrupt("killed")
+        return write_subject(*args)
+
+    write_subject = demo.write_subject
+    monkeypatch.setattr(demo, "write_subject", dies)
+    with pytest.raises(KeyboardInterrupt):
+        _generate(str(tmp_path / "other"))
+    assert not (tmp_path / "other").exists()
