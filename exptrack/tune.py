@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 import tempfile
 import time
@@ -98,11 +99,24 @@ def make_storage(spec: StudySpec) -> optuna.storages.BaseStorage:
         from optuna.storages.journal import JournalFileBackend
 
         return optuna.storages.JournalStorage(JournalFileBackend(spec.storage.removeprefix("journal:")))
-    with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna, and its documented way
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(spec.storage, heartbeat_interval=spec.heartbeat_interval,
-                                          grace_period=spec.grace_period,
-                                          heartbeat_stale_trial_callback=on_dead_worker_trial)
+    import sqlalchemy.exc
+
+    for attempt in range(1, 6):
+        try:
+            with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna, and its documented way
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(spec.storage, heartbeat_interval=spec.heartbeat_interval,
+                                                  grace_period=spec.grace_period,
+                                                  heartbeat_stale_trial_callback=on_dead_worker_trial)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
+            # Workers started together on an empty database all create Optuna's tables; the
+            # losers fail on the winner's half-made schema. Once it is complete, a retry just
+            # finds it.
+            if attempt == 5:
+                raise
+            log.info("storage tables being created by another worker (%s); retrying", type(exc).__name__)
+            time.sleep(attempt * (0.5 + random.random()))
+    raise AssertionError("unreachable")
 
 
 def retried_from(trial: optuna.trial.FrozenTrial) -> int | None:

@@ -236,3 +236,15 @@ def test_tune_against_an_mlflow_server_backed_by_postgres(tiny_demo, tmp_path, p
     assert client.get_model_version("tuned", version).run_id == study.best_trial.user_attrs["run_id"]
     loaded = load_model(f"models:/tuned/{version}")  # the registered model loads back through the server
     assert loaded.config.model.num_classes == 3
+
+
+@pytest.mark.slow
+def test_workers_starting_together_on_an_empty_postgres_database(tmp_path, tiny_demo, postgres):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from exptrack.tune import open_study
+
+    spec = load_study_spec(_study_file(tmp_path, tiny_demo, postgres.create_database("tune_fresh"), 2, name="fresh"))
+    with ThreadPoolExecutor(4) as pool:  # Optuna creates its tables on first use: all four race to
+        studies = list(pool.map(lambda _: open_study(spec), range(4)))
+    assert len({s._study_id for s in studies}) == 1
