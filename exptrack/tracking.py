@@ -218,6 +218,10 @@ def alias_version(name: str, alias: str) -> str | None:
         return None
 
 
+def delete_model_version(name: str, version: str) -> None:
+    mlflow.MlflowClient().delete_model_version(name, version)
+
+
 def set_alias(name: str, alias: str, version: str) -> None:
     mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
 

@@ -281,6 +281,25 @@ def run_tune(spec: StudySpec, progress: bool = False, retrain_best: bool = False
     return study
 
 
+def register_best_once(run_id: str, config, checkpoint_dir: Path) -> str | None:
+    """Register the best trial's model unless it is already (a rerun of a finished study). Two
+    workers finishing together may both register it; the registry has no compare-and-set, so
+    afterwards every worker keeps the lowest version of that run and deletes its own if it is
+    not that one. Whoever registers second sees the first version, so one version survives."""
+    version = registered_version(run_id, config)
+    if version is not None:
+        return version
+    version = register_checkpoint(run_id, config, checkpoint_dir)
+    name = config.mlflow.registered_model
+    if not name or version is None:
+        return version
+    first = min((v["version"] for v in tracking.model_versions(name) if v["run_id"] == run_id), key=int)
+    if first != version:
+        log.info("trial run %s was registered twice (versions %s and %s); keeping %s", run_id, first, version, first)
+        tracking.delete_model_version(name, version)
+    return first
+
+
 RETRAINED_TAG = "retrained_model_version"
 
 
@@ -361,9 +380,7 @@ def log_study_result(study: optuna.Study, complete: list, spec: StudySpec, paren
     if complete and "run_id" in study.best_trial.user_attrs:
         attrs = study.best_trial.user_attrs
         config = best_trial_config(study, spec)
-        version = registered_version(attrs["run_id"], config)  # a rerun of a finished study registers nothing new
-        if version is None:
-            version = register_checkpoint(attrs["run_id"], config, Path(attrs["checkpoint_dir"]))
+        version = register_best_once(attrs["run_id"], config, Path(attrs["checkpoint_dir"]))
         tracking.set_run_tags(parent, {"best_model_version": version})
     if all(t.state.is_finished() for t in study.trials):
         tracking.finish_run(parent)

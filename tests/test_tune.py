@@ -248,3 +248,23 @@ def test_workers_starting_together_on_an_empty_postgres_database(tmp_path, tiny_
     with ThreadPoolExecutor(4) as pool:  # Optuna creates its tables on first use: all four race to
         studies = list(pool.map(lambda _: open_study(spec), range(4)))
     assert len({s._study_id for s in studies}) == 1
+
+
+@pytest.mark.slow
+def test_best_model_registered_once_even_when_two_workers_race(tiny_demo, tmp_path, monkeypatch, caplog):
+    import shutil
+
+    from exptrack import tune
+
+    spec = load_study_spec(_study_file(tmp_path, tiny_demo, f"sqlite:///{tmp_path / 'optuna.db'}", 1))
+    study = run_tune(spec)
+    best = study.best_trial.user_attrs
+    assert [str(v.version) for v in mlflow.MlflowClient().search_model_versions("name='tuned'")] == ["1"]
+
+    # a second worker, on a machine without the trial's checkpoint, checked before version 1 existed
+    shutil.rmtree(best["checkpoint_dir"])
+    monkeypatch.setattr(tune, "registered_version", lambda *args: None)
+    with caplog.at_level("INFO", logger="exptrack.tune"):
+        kept = tune.register_best_once(best["run_id"], tune.best_trial_config(study, spec), Path(best["checkpoint_dir"]))
+    assert kept == "1" and "registered twice (versions 1 and 2)" in caplog.text  # v2 came from the run's artifacts
+    assert [str(v.version) for v in mlflow.MlflowClient().search_model_versions("name='tuned'")] == ["1"]

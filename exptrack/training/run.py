@@ -330,8 +330,14 @@ def plot_run(run_id: str, save_dir: str | Path, top_classes: int = 10) -> Path:
 
 def register_checkpoint(run_id: str, config: Config, checkpoint_dir: Path) -> str | None:
     """Register the best model of an earlier run (e.g. the best tune trial) as a new version,
-    logged into that run."""
-    payload = ckpt.load(checkpoint_dir / ckpt.BEST_MODEL)
+    logged into that run. The checkpoint comes from `checkpoint_dir` when this machine has it,
+    else from the run's artifacts (the trial ran on another machine)."""
+    local = checkpoint_dir / ckpt.BEST_MODEL
+    if local.exists():
+        payload = ckpt.load(local)
+    else:
+        with tempfile.TemporaryDirectory(prefix="exptrack-model-") as tmp:
+            payload = ckpt.load(tracking.download_run_artifact(run_id, f"checkpoints/{ckpt.BEST_MODEL}", Path(tmp)))
     model = build_model(config.model)
     model.load_state_dict(payload["model"])
     d = config.data
