@@ -355,8 +355,9 @@ def write_study_report(study: optuna.Study, complete: list, out: Path) -> None:
                            ("param_importances", ovm.plot_param_importances),
                            ("parallel_coordinate", ovm.plot_parallel_coordinate), ("slice", ovm.plot_slice)):
             try:
-                with warnings.catch_warnings():
+                with warnings.catch_warnings():  # "experimental"; degenerate axes of a small study
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    warnings.simplefilter("ignore", UserWarning)
                     ax = plot(study)
                 fig = (ax.flat[0] if isinstance(ax, np.ndarray) else ax).get_figure()
                 fig.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
