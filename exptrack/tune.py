@@ -236,11 +236,20 @@ def objective_for(spec: StudySpec, study: optuna.Study, progress: bool):
             raise
         finally:
             if run_ids:
-                tracking.set_run_tags(run_ids[0], {"optuna.state": state})
-                if state == "PRUNED":
-                    tracking.finish_run(run_ids[0], "KILLED")
+                mark_trial_run(run_ids[0], state)
 
     return objective
+
+
+def mark_trial_run(run_id: str, state: str) -> None:
+    """The trial's Optuna state on its run; pruned runs end KILLED. A tracking failure here is
+    logged, not raised: it must not turn a finished trial into a failed one."""
+    try:
+        tracking.set_run_tags(run_id, {"optuna.state": state})
+        if state == "PRUNED":
+            tracking.finish_run(run_id, "KILLED")
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not mark run %s as %s: %s", run_id, state, exc)
 
 
 COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
