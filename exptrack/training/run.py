@@ -7,6 +7,7 @@ nothing about MLflow, and MLflow is only reached through the tracking.Run handle
 from __future__ import annotations
 
 import logging
+import math
 import random
 import tempfile
 import time
@@ -268,8 +269,8 @@ def _train(config: Config, env: DistEnv, resume: str | None, progress: bool,
         reconcile_history(run, state)  # epochs whose logging failed at the very end
         if data.warnings:
             run.set_tags({f"data_warnings.{k}": v for k, v in data.warnings.counts.items()})
-        run.log_metrics({f"best_{k}": v for k, v in state.best.items() if k in
-                         ("val_loss", "val_acc", "val_mean_class_acc")})
+        run.log_metrics({f"best_{k}": v for k, v in state.best.items()  # none without validation
+                         if k in ("val_loss", "val_acc", "val_mean_class_acc") and math.isfinite(v)})
         run.log_metrics({"tracking_seconds": logger.seconds, "tracking_failures": logger.failures})
         try:
             csvs = logger.write_csvs(state)
