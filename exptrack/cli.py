@@ -48,6 +48,9 @@ def cmd_cache(args: argparse.Namespace) -> None:
     print(f"cache ready at {cache_root}: {len(data.subjects)} subjects, {size / 2**20:.0f} MiB; "
           + ", ".join(f"{s} {len(ix)} clips" for s, ix in data.splits.items()))
     print(data.warnings.summary())
+    if args.prune:
+        removed, freed = data.cache.prune()
+        print(f"pruned {removed} cache entries that this config does not use ({freed / 2**20:.0f} MiB freed)")
 
 
 def _train_overrides(args: argparse.Namespace) -> list[str]:
@@ -182,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cache", help="decode every video (and masks, keypoints) into the frame cache")
     _config_options(p)
+    p.add_argument("--prune", action="store_true",
+                   help="then delete the entries this config does not use (other frame sizes, changed videos, "
+                        "other sigmas, dead builds)")
     p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("evaluate", help="metrics of a model on a split, logged as an MLflow run")

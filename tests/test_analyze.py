@@ -45,3 +45,25 @@ def test_cache_command_builds_masks_and_attention(tiny_demo, tmp_path, capsys):
     assert "cache ready" in capsys.readouterr().out
     for kind in ("video", "mask", "keypoints", "attention"):
         assert len([p for p in (tmp_path / "c" / kind).iterdir() if p.is_dir()]) == 6, kind
+
+
+def test_cache_prune_keeps_only_what_the_config_uses(tiny_demo, tmp_path, capsys):
+    cache = tmp_path / "c"
+    common = ["--set", f"data.root={tiny_demo}", "--set", f"paths.cache={cache}", "--set", "model.num_classes=3",
+              "--set", "data.use_masks=true"]
+    assert main(["cache", *common, "--set", "data.frame_size=32"]) == 0
+    assert main(["cache", *common, "--set", "data.frame_size=48"]) == 0
+    assert len([p for p in (cache / "video").iterdir() if p.is_dir()]) == 12  # both sizes
+    dead_build = cache / "video" / ".x-123.tmp-999999999"  # a build whose process is gone
+    dead_build.mkdir()
+    kept_before = {p: (p / "done").stat().st_mtime_ns for p in (cache / "video").iterdir()
+                   if p.is_dir() and p != dead_build}
+    capsys.readouterr()
+
+    assert main(["cache", *common, "--set", "data.frame_size=48", "--prune"]) == 0
+    # at 32 px: 6 videos, 6 mask sets, 6 keypoint tables (pixels of the frame size); 1 dead build
+    assert "pruned 19 cache entries" in capsys.readouterr().out
+    left = {p for p in (cache / "video").iterdir() if p.is_dir()}
+    assert len(left) == 6 and not dead_build.exists()
+    assert all(kept_before[p] == (p / "done").stat().st_mtime_ns for p in left)  # the 48 px entries untouched
+    assert all(len([p for p in (cache / kind).iterdir() if p.is_dir()]) == 6 for kind in ("mask", "keypoints"))

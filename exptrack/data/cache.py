@@ -85,6 +85,19 @@ def open_map(path: str | Path) -> MappedArray:
     return arr
 
 
+def _build_in_progress(entry: Path) -> bool:
+    """A `.name.tmp-<pid>` build folder whose process is still alive."""
+    if not entry.name.startswith(".") or ".tmp-" not in entry.name:
+        return False
+    try:
+        os.kill(int(entry.name.rsplit("-", 1)[1]), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
 @dataclass(frozen=True)
 class VideoEntry:
     subject: str
@@ -96,6 +109,7 @@ class FrameCache:
     def __init__(self, root: str | Path, frame_size: int) -> None:
         self.root = Path(root)
         self.size = frame_size
+        self.used: set[Path] = set()  # entries opened through this object (what `prune` keeps)
 
     # -- generic entry machinery ---------------------------------------------------------------
 
@@ -112,6 +126,7 @@ class FrameCache:
             with FileLock(str(final) + ".lock"):
                 if not (final / "done").exists():  # else another process built it while we waited
                     self._build(final, build)
+        self.used.add(final)
         stored = json.loads((final / "warnings.json").read_text())
         for kind_name, (count, message) in stored.items():
             warnings.warn(kind_name, message, count=count)
@@ -133,6 +148,26 @@ class FrameCache:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+    def prune(self) -> tuple[int, int]:
+        """Delete every entry this object has not opened (other frame sizes, changed or removed
+        videos, other sigmas) and the leftovers of builds whose process died. Returns (entries
+        removed, bytes freed). An entry being built by a live process is left alone."""
+        removed = freed = 0
+        for kind_dir in (p for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else ():
+            for entry in kind_dir.iterdir():
+                if not entry.is_dir() or entry in self.used or _build_in_progress(entry):
+                    continue
+                size = sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())
+                lock = FileLock(str(entry) + ".lock")
+                try:
+                    with lock.acquire(timeout=0):
+                        shutil.rmtree(entry, ignore_errors=True)
+                except TimeoutError:  # filelock.Timeout: someone is building or checking it now
+                    continue
+                Path(str(entry) + ".lock").unlink(missing_ok=True)
+                removed, freed = removed + 1, freed + size
+        return removed, freed
 
     # -- frames ----------------------------------------------------------------------------------
 

@@ -45,6 +45,7 @@ class PreparedData:
     splits: dict[str, clips.ClipIndex]  # train after downsampling, val, test
     train_before_downsampling: clips.ClipIndex
     warnings: DataWarnings = field(default_factory=DataWarnings)
+    cache: FrameCache | None = None  # the entries this data uses: cache.used
 
     def digest(self) -> str:
         """One hash over every split's clips: two runs with the same digest saw the same data."""
@@ -152,4 +153,4 @@ def prepare_data(config: Config, splits: tuple[str, ...] = ("train", "val", "tes
     if warnings:
         log.info("%s", warnings.summary())
     return PreparedData(config=config, layout=data_layout, subjects=subjects, split_subjects=split_subjects,
-                        splits=indexes, train_before_downsampling=before, warnings=warnings)
+                        splits=indexes, train_before_downsampling=before, warnings=warnings, cache=cache)
