@@ -50,7 +50,9 @@ def clip_metrics(y_true: np.ndarray, probs: np.ndarray, top_errors: int = 10) ->
     macro = precision_recall_fscore_support(y_true, y_pred, labels=present, average="macro", zero_division=0)
     summary = {
         "accuracy": accuracy_score(y_true, y_pred),
-        "top3_accuracy": top_k_accuracy_score(y_true, probs, k=min(3, num_classes), labels=list(range(num_classes))),
+        # with 3 classes or fewer every label is in the top 3 (sklearn warns that this is meaningless)
+        "top3_accuracy": (top_k_accuracy_score(y_true, probs, k=3, labels=list(range(num_classes)))
+                          if num_classes > 3 else 1.0),
         "mean_class_accuracy": balanced_accuracy_score(y_true, y_pred),
         "macro_precision": macro[0], "macro_recall": macro[1], "macro_f1": macro[2],
         "clips": float(len(y_true)),
