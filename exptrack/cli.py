@@ -108,11 +108,13 @@ def cmd_plots(args: argparse.Namespace) -> None:
 
 
 def cmd_promote(args: argparse.Namespace) -> None:
-    from .registry import promote
+    from .registry import promote, version_scores
 
     decision = promote(args.name, metric=args.metric, split=args.split, data_root=args.data_root)
+    scores = version_scores(args.name, args.split)
     for version, reason in sorted(decision.reasons.items(), key=lambda kv: int(kv[0])):
-        print(f"version {version}: {reason}")
+        shown = ", ".join(f"{m} {v:.3f}" for m, v in scores.get(version, {}).items())
+        print(f"version {version}: {reason}" + (f"  [{args.split}: {shown}]" if shown else ""))
     print(f"champion of {args.name}: version {decision.champion}")
 
 

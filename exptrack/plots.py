@@ -122,6 +122,8 @@ def training_plots(history: pd.DataFrame, per_class: pd.DataFrame, out: Path, to
     paths.append(_save(fig, out / "combined_metrics.png"))
 
     classes = per_class.drop(columns="epoch").dropna(axis=1, how="all")
+    if classes.empty:  # nothing was validated (train + val fit): no per-class figures
+        return paths
     final = classes.iloc[-1].sort_values(ascending=False)
     for name, cols, title in (("per_class_accuracy.png", list(classes.columns), "per-class validation accuracy"),
                               (f"per_class_accuracy_top{top_classes}.png", list(final.index[:top_classes]),

@@ -110,3 +110,12 @@ def promote(name: str, metric: str = "test_mean_class_accuracy", split: str = "t
         })
     log.info("champion of %s: version %s", name, decision.champion)
     return decision
+
+
+SUMMARY_METRICS = ("accuracy", "top3_accuracy", "mean_class_accuracy", "macro_f1")
+
+
+def version_scores(name: str, split: str = "test") -> dict[str, dict[str, float]]:
+    """version -> the `<split>_*` metrics evaluate tagged it with (those of SUMMARY_METRICS)."""
+    return {v["version"]: {m: float(v["tags"][f"{split}_{m}"]) for m in SUMMARY_METRICS if f"{split}_{m}" in v["tags"]}
+            for v in tracking.model_versions(name)}

@@ -12,6 +12,7 @@ import os
 import platform
 import subprocess
 import tempfile
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger("exptrack.tracking")
+# MLflow's advice on integer columns (clip manifests, prediction tables: frame numbers and class
+# ids are integers and never missing) repeats a paragraph on every run; it does not apply here.
+warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column", category=UserWarning)
 
 
 def configure(config: Config) -> None:
@@ -131,12 +135,20 @@ class Run:
         model = model.eval().cpu()
         with torch.no_grad():
             output = model(torch.from_numpy(input_example)).numpy()
-        info = mlflow.pytorch.log_model(
-            model, name="model", serialization_format="pickle",
-            signature=infer_signature(input_example, output), input_example=input_example,
-            code_paths=[str(Path(__file__).resolve().parent)],
-            registered_model_name=registered_model or None,
-        )
+        # MLflow warns on every pickle-format model; the format is chosen on purpose (above), and
+        # exptrack's own loaders read the weights-only checkpoint, never this pickle.
+        pytorch_log = logging.getLogger("mlflow.pytorch")
+        level = pytorch_log.level
+        pytorch_log.setLevel(logging.ERROR)
+        try:
+            info = mlflow.pytorch.log_model(
+                model, name="model", serialization_format="pickle",
+                signature=infer_signature(input_example, output), input_example=input_example,
+                code_paths=[str(Path(__file__).resolve().parent)],
+                registered_model_name=registered_model or None,
+            )
+        finally:
+            pytorch_log.setLevel(level)
         version = getattr(info, "registered_model_version", None)
         if registered_model and version is not None:
             client = mlflow.MlflowClient()
@@ -169,7 +181,7 @@ def start_run(config: Config, run_name: str, command: str, tags: dict[str, Any] 
         run.set_tags({"exptrack.command": command, **source_tags(), **(tags or {})})
         if attached:
             mlflow.set_tag("mlflow.runName", run_name)
-        log.info("MLflow run %s (%s) at %s", run.id, run_name, tracking_uri())
+        log.info("MLflow run %s (%s) at %s", run.id, active.info.run_name or run_name, tracking_uri())
         yield run
 
 

@@ -344,6 +344,7 @@ def summarize(study: optuna.Study, spec: StudySpec, parent: str) -> None:
     """Best value and params, the trial table and Optuna's plots on the parent run; the best
     trial's model registered."""
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    log.info("study %s: writing the trial table and plots to the parent run, registering the best model", spec.study)
     with tempfile.TemporaryDirectory(prefix="exptrack-tune-") as tmp:
         write_study_report(study, complete, Path(tmp))
         log_study_result(study, complete, spec, parent, Path(tmp))

@@ -87,3 +87,14 @@ def test_decide_rule_without_registry():
 def test_promote_without_versions_is_an_error():
     with pytest.raises(ValueError, match="has no versions"):
         promote("nothing-here", evaluate=_no_evaluation)
+
+
+def test_promote_command_shows_each_versions_scores(tmp_path, capsys):
+    from exptrack.cli import main
+
+    v1 = _add_version(tmp_path, 0.8)
+    tracking.set_model_version_tags(NAME, v1, {"test_accuracy": 0.85, "test_top3_accuracy": 0.97})
+    assert main(["promote", "--name", NAME]) == 0
+    out = capsys.readouterr().out
+    assert f"version {v1}: " in out and "[test: accuracy 0.850, top3_accuracy 0.970, mean_class_accuracy 0.800]" in out
+    assert f"champion of {NAME}: version {v1}" in out

@@ -310,7 +310,7 @@ def fit(setup: FitSetup, checkpoints: ckpt.CheckpointManager | None, state: Trai
         log.info("epoch %d/%d  %s", epoch, cfg.epochs, epoch_summary(metrics))
         for callback in callbacks:
             callback(metrics, per_class, saved, state)
-        if distributed.broadcast_flag(state.stale_epochs >= patience, setup.device):
+        if distributed.broadcast_flag(state.stale_epochs >= patience, setup.device) and epoch < cfg.epochs:
             log.info("early stopping: validation accuracy has not improved by %.4f for %d epochs",
                      cfg.early_stop_min_delta, state.stale_epochs)
             break
