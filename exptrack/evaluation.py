@@ -23,6 +23,7 @@ from . import plots, tracking
 from .config import Config, replace
 from .data.clips import ClipIndex
 from .data.dataset import make_loader
+from .data.errors import DataError
 from .data.layout import BACKGROUND
 from .data.prepare import PreparedData, prepare_data
 from .inference import load_model
@@ -169,6 +170,10 @@ def run_evaluate(model_ref: str, split: str = "test", batch_size: int = 16, devi
     if base_config is not None:  # tracking and paths come from the caller's config
         config = replace(config, mlflow=vars(base_config.mlflow), paths=vars(base_config.paths))
     data = prepare_data(config, splits=(split,), progress=progress)
+    if len(data.splits[split]) == 0:
+        why = (" (the model was trained on the validation subjects, data.train_on_val: evaluate it on test)"
+               if split == "val" and config.data.train_on_val else "")
+        raise DataError(f"{model_ref}: the {split} split has no clips{why}")
     loader = make_loader(data, split, train=False, batch_size=batch_size, num_workers=config.train.num_workers,
                          pin_memory=device.type == "cuda")
     start = time.perf_counter()

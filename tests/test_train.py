@@ -258,4 +258,10 @@ def test_train_on_train_plus_val_keeps_the_last_epoch_and_registers_it(tiny_demo
     best = torch.load(result.checkpoint_dir / "best_model.pt", weights_only=True)
     assert best["epoch"] == 2
     plots = {a.path for a in mlflow.MlflowClient().list_artifacts(result.run_id, "plots")}
-    assert "plots/loss_curves.png" in plots
+    assert "plots/loss_curves.png" in plots and "plots/per_class_heatmap.png" not in plots  # nothing per class
+
+    from exptrack.data.errors import DataError
+    from exptrack.evaluation import run_evaluate
+
+    with pytest.raises(DataError, match="trained on the validation subjects"):
+        run_evaluate(str(result.checkpoint_dir / "best_model.pt"), split="val", progress=False)

@@ -282,7 +282,6 @@ def fit(setup: FitSetup, checkpoints: ckpt.CheckpointManager | None, state: Trai
         if setup.val_loader is None:  # train + val fit: nothing held out
             val_metrics, per_class = {}, np.full(setup.num_classes, np.nan)
             setup.scheduler.step(train_metrics["train_loss"])
-            improved = {"val_mean_class_acc": True}  # the latest model is the model (BEST_MODEL)
         else:
             val_metrics, per_class = validate(setup.model, setup.val_loader, setup.criterion, setup.device,
                                               setup.num_classes, amp=cfg.amp, progress=progress,
@@ -301,7 +300,8 @@ def fit(setup: FitSetup, checkpoints: ckpt.CheckpointManager | None, state: Trai
                 state.stale_epochs = 0
             else:
                 state.stale_epochs += 1
-        else:
+        else:  # the latest model is the model: it is saved as BEST_MODEL and registered
+            improved = {"val_mean_class_acc": True}
             state.best_epoch["val_mean_class_acc"] = epoch
         state.epoch = epoch
         state.history.append(metrics)
