@@ -33,10 +33,16 @@ log = logging.getLogger("exptrack.tracking")
 warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column", category=UserWarning)
 
 
-def configure(config: Config) -> None:
-    """Point MLflow at the configured tracking server (if any) and experiment."""
+def use_tracking_uri(config: Config) -> None:
+    """Point MLflow at the configured tracking store, if the config names one. Touches no store
+    (workers starting together on a fresh SQLite file must not all create its tables)."""
     if config.mlflow.tracking_uri:
         mlflow.set_tracking_uri(config.mlflow.tracking_uri)
+
+
+def configure(config: Config) -> None:
+    """Point MLflow at the configured tracking server (if any) and experiment."""
+    use_tracking_uri(config)
     if not os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run` the run's experiment is fixed
         mlflow.set_experiment(config.mlflow.experiment)
 

@@ -85,8 +85,9 @@ def load_study_spec(path: str | Path, **changes: Any) -> StudySpec:
         load_config(spec.config, [*spec.overrides, f"{p.key}={p.low if p.low is not None else p.choices[0]}"])
     if spec.direction not in ("maximize", "minimize"):
         raise ConfigError(f"{path}: direction must be maximize or minimize")
-    if not 0 < spec.heartbeat_interval < spec.grace_period:
-        raise ConfigError(f"{path}: need 0 < heartbeat_interval < grace_period (a live worker must not look dead)")
+    if not (spec.heartbeat_interval > 0 and spec.grace_period >= 3 * spec.heartbeat_interval):
+        raise ConfigError(f"{path}: need heartbeat_interval > 0 and grace_period >= 3 x heartbeat_interval "
+                          "(a live but slow worker must not look dead)")
     return spec
 
 
@@ -135,6 +136,9 @@ with warnings.catch_warnings():
 def on_dead_worker_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     """Optuna calls this (in whichever worker notices) for a trial whose worker stopped beating:
     queue its retry, and end its MLflow run, which its dead process left RUNNING."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retried = len(optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(trial)) < 1
     _retry_once(study, trial)
     run_id = trial.user_attrs.get("run_id")
     if run_id:
@@ -142,8 +146,8 @@ def on_dead_worker_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -
             tracking.fail_run_if_running(run_id, {"optuna.state": "FAIL", "optuna.fail_reason": "worker died"})
         except Exception as exc:  # noqa: BLE001 - a tracking hiccup must not stop the study
             log.warning("could not close the run %s of dead trial %d: %s", run_id, trial.number, exc)
-    log.warning("trial %d: its worker %s stopped; marked FAIL and queued for one retry", trial.number,
-                trial.user_attrs.get("worker", "?"))
+    log.warning("trial %d: its worker %s stopped; marked FAIL%s", trial.number, trial.user_attrs.get("worker", "?"),
+                " and queued for one retry" if retried else " (a retry already; not retried again)")
 
 
 def make_pruner(name: str) -> optuna.pruners.BasePruner:
@@ -255,17 +259,45 @@ def mark_trial_run(run_id: str, state: str) -> None:
 COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
-def trials_to_run(study: optuna.Study, n_trials: int) -> int:
+def trials_to_run(study: optuna.Study, spec: StudySpec) -> int:
     """How many more trials this worker may start: up to the study's total (shared by every
     worker and every rerun), and at least the queued ones (a dead worker's retry, enqueued
     trials), which would otherwise never run once the total is reached."""
-    with warnings.catch_warnings():  # experimental in Optuna; a no-op without a heartbeat
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)  # a rerun after a crash finds its own dead trials
+    if not is_journal(spec.storage):
+        fail_dead_local_trials(study)
+        with warnings.catch_warnings():  # experimental in Optuna
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # dead workers elsewhere, once grace_period has passed
     done = sum(t.state in COUNTED for t in study.trials)
     waiting = sum(t.state == optuna.trial.TrialState.WAITING for t in study.trials)
-    log.info("study %s: %d of %d trials done, %d queued", study.study_name, done, n_trials, waiting)
-    return max(n_trials - done, waiting)
+    log.info("study %s: %d of %d trials done, %d queued", study.study_name, done, spec.n_trials, waiting)
+    return max(spec.n_trials - done, waiting)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def fail_dead_local_trials(study: optuna.Study) -> None:
+    """RUNNING trials of a worker on this machine whose process is gone (a restart right after a
+    crash): FAIL and retry them now instead of after grace_period. Another machine's workers are
+    left to the heartbeat. (A reused pid only delays this to the heartbeat's verdict.)"""
+    host = socket.gethostname()
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        worker_host, _, pid = trial.user_attrs.get("worker", "").rpartition(":")
+        if worker_host != host or not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        try:
+            if study._storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL):
+                on_dead_worker_trial(study, study._storage.get_trial(trial._trial_id))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # another worker got there first
 
 
 def open_study(spec: StudySpec) -> optuna.Study:
@@ -274,14 +306,30 @@ def open_study(spec: StudySpec) -> optuna.Study:
                                pruner=make_pruner(spec.pruner))
 
 
+class StopWhenDone:
+    """Stops a worker once the study's total is reached and no trial is queued (a dead
+    worker's retry still runs after the total: Optuna's MaxTrialsCallback would stop first)."""
+
+    def __init__(self, n_trials: int) -> None:
+        self.n_trials = n_trials
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        trials = study.get_trials(deepcopy=False)
+        done = sum(t.state in COUNTED for t in trials)
+        if done >= self.n_trials and not any(t.state == optuna.trial.TrialState.WAITING for t in trials):
+            study.stop()
+
+
 def run_tune(spec: StudySpec, progress: bool = False, retrain_best: bool = False) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # MLflow must point at the configured store before a dead trial's run is closed or a
+    # finished study is summarised, not only once a trial starts training
+    tracking.use_tracking_uri(load_config(spec.config, spec.overrides))
     study = open_study(spec)
-    n = trials_to_run(study, spec.n_trials)
+    n = trials_to_run(study, spec)
     if n > 0:
-        # MaxTrialsCallback stops every worker once the study's total is reached
         study.optimize(objective_for(spec, study, progress), n_trials=n, catch=(Exception,),
-                       callbacks=[optuna.study.MaxTrialsCallback(spec.n_trials, states=COUNTED)])
+                       callbacks=[StopWhenDone(spec.n_trials)])
     if PARENT_ATTR not in study.user_attrs:
         raise RuntimeError(f"study {spec.study}: no trial has started its MLflow parent run")
     summarize(study, spec, study.user_attrs[PARENT_ATTR])
@@ -310,6 +358,7 @@ def register_best_once(run_id: str, config, checkpoint_dir: Path) -> str | None:
 
 
 RETRAINED_TAG = "retrained_model_version"
+RETRAINED_TRIAL_TAG = "retrained_trial"
 
 
 def best_trial_config(study: optuna.Study, spec: StudySpec, *extra: str):
@@ -320,21 +369,29 @@ def best_trial_config(study: optuna.Study, spec: StudySpec, *extra: str):
 def retrain_best_trial(study: optuna.Study, spec: StudySpec, parent: str, progress: bool) -> str | None:
     """Fit the best params once more on train + validation subjects, for as many epochs as the
     best trial needed to reach its best validation score (nothing is held out to stop on), as a
-    child run of the study registered as a new model version. Once per study: a rerun reuses it."""
+    child run of the study registered as a new model version. Once per best trial: a rerun
+    reuses it, and refits again only when a grown study has a new best. Not while trials of
+    other workers still run (their result could change the best)."""
     if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
         log.warning("study %s: no complete trial to retrain", spec.study)
         return None
-    done = tracking.run_tags(parent).get(RETRAINED_TAG)
-    if done:
-        log.info("study %s: best trial already retrained on train+val (model version %s)", spec.study, done)
-        return done
+    unfinished = [t.number for t in study.trials if not t.state.is_finished()]
+    if unfinished:
+        log.warning("study %s: trials %s are still running or queued; rerun with --retrain-best when they are done",
+                    spec.study, unfinished)
+        return None
     best = study.best_trial
+    tags = tracking.run_tags(parent)
+    if tags.get(RETRAINED_TRIAL_TAG) == str(best.number):
+        log.info("study %s: best trial %d already retrained on train+val (model version %s)", spec.study,
+                 best.number, tags.get(RETRAINED_TAG))
+        return tags.get(RETRAINED_TAG)
     epochs = best.user_attrs.get("best_epoch") or best_trial_config(study, spec).train.epochs
     config = best_trial_config(study, spec, "data.train_on_val=true", f"train.epochs={epochs}")
     options = RunOptions(parent_run_id=parent, run_name=f"retrain-best-trial-{best.number}",
                          tags={"optuna.study": spec.study, "optuna.retrain_of": best.number, "trained_on": "train+val"})
     result = train(config, progress=progress, options=options)
-    tracking.set_run_tags(parent, {RETRAINED_TAG: result.model_version})
+    tracking.set_run_tags(parent, {RETRAINED_TRIAL_TAG: best.number, RETRAINED_TAG: result.model_version or ""})
     print(f"study {spec.study}: best params retrained on train+val for {epochs} epochs: run {result.run_id}, "
           f"model version {result.model_version}")
     return result.model_version

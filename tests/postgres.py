@@ -16,8 +16,10 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -42,16 +44,29 @@ def free_port() -> int:
 @dataclass
 class PostgresServer:
     url: str  # server URL ending in the maintenance database, e.g. .../postgres
-    stop: callable
+    shutdown: Callable[[], None]
+    created: list[str] = field(default_factory=list)
 
     def create_database(self, name: str) -> str:
-        """A new empty database; its URL."""
+        """A new empty database with a unique name (the server may be someone else's); its URL."""
         import psycopg
 
+        unique = f"exptrack_test_{name}_{uuid.uuid4().hex[:8]}"
         with psycopg.connect(self.url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-            conn.execute(f'CREATE DATABASE "{name}"')
-        return self.url.rsplit("/", 1)[0] + "/" + name
+            conn.execute(f'CREATE DATABASE "{unique}"')
+        self.created.append(unique)
+        return self.url.rsplit("/", 1)[0] + "/" + unique
+
+    def stop(self) -> None:
+        import psycopg
+
+        try:  # only matters on a server that outlives the tests (EXPTRACK_TEST_POSTGRES_URL)
+            with psycopg.connect(self.url, autocommit=True) as conn:
+                for name in self.created:
+                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        except psycopg.Error:
+            pass
+        self.shutdown()
 
 
 def _as_server_user(cmd: list[str]) -> list[str]:
@@ -85,12 +100,12 @@ def start_private_server() -> PostgresServer:
         shutil.rmtree(home, ignore_errors=True)
         raise RuntimeError(f"PostgreSQL did not start: {started.stdout}{started.stderr}{log}")
 
-    def stop() -> None:
+    def shutdown() -> None:
         subprocess.run(_as_server_user([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
                        capture_output=True)
         shutil.rmtree(home, ignore_errors=True)
 
-    return PostgresServer(f"postgresql://exptrack@127.0.0.1:{port}/postgres", stop)
+    return PostgresServer(f"postgresql://exptrack@127.0.0.1:{port}/postgres", shutdown)
 
 
 def postgres_server() -> PostgresServer:

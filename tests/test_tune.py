@@ -268,3 +268,37 @@ def test_best_model_registered_once_even_when_two_workers_race(tiny_demo, tmp_pa
         kept = tune.register_best_once(best["run_id"], tune.best_trial_config(study, spec), Path(best["checkpoint_dir"]))
     assert kept == "1" and "registered twice (versions 1 and 2)" in caplog.text  # v2 came from the run's artifacts
     assert [str(v.version) for v in mlflow.MlflowClient().search_model_versions("name='tuned'")] == ["1"]
+
+
+@pytest.mark.slow
+def test_rerun_retries_a_dead_local_worker_at_once_and_runs_every_queued_trial(tiny_demo, tmp_path, monkeypatch):
+    import socket
+
+    store, storage = f"sqlite:///{tmp_path / 'configured.db'}", f"sqlite:///{tmp_path / 'optuna.db'}"
+    path = _study_file(tmp_path, tiny_demo, storage, 1, name="q")
+    # the tracking store comes from the config alone, as on a machine without MLFLOW_TRACKING_URI
+    path.write_text(path.read_text().replace("mlflow.experiment=tune-test", f'mlflow.experiment=tune-test, "mlflow.tracking_uri={store}"'))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    spec = load_study_spec(path)
+    parent = run_tune(spec).user_attrs["mlflow_parent_run_id"]
+
+    # the total (1) is reached; then a worker on this machine dies mid-trial (its pid is gone,
+    # long before any grace period), and a user queues one more trial
+    study = optuna.load_study(study_name="q", storage=storage)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    crashed = study.ask()
+    crashed.set_user_attr("worker", f"{socket.gethostname()}:{gone.pid}")
+    study.enqueue_trial({"optim.lr": 1e-4})
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")  # a new process starts elsewhere
+
+    study = run_tune(spec)  # the same command again
+    states = {t.number: t.state for t in study.trials}
+    assert states[crashed.number] == optuna.trial.TrialState.FAIL
+    assert [retried_from(t) for t in study.trials].count(crashed.number) == 1  # retried at once
+    assert all(s.is_finished() for s in states.values())  # the retry and the queued trial both ran
+    assert sum(s != optuna.trial.TrialState.FAIL for s in states.values()) == 3
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    run_tune(spec)  # a finished study, rerun from a fresh process: only the summary, in the configured store
+    mlflow.set_tracking_uri(store)
+    assert mlflow.MlflowClient().get_run(parent).info.status == "FINISHED"

@@ -152,7 +152,9 @@ class FrameCache:
     def prune(self) -> tuple[int, int]:
         """Delete every entry this object has not opened (other frame sizes, changed or removed
         videos, other sigmas) and the leftovers of builds whose process died. Returns (entries
-        removed, bytes freed). An entry being built by a live process is left alone."""
+        removed, bytes freed). An entry being built by a live process is left alone; one that a
+        run with another config is reading is not protected (readers take no lock): prune when
+        no other run is preparing data."""
         removed = freed = 0
         for kind_dir in (p for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else ():
             for entry in kind_dir.iterdir():
@@ -165,7 +167,7 @@ class FrameCache:
                         shutil.rmtree(entry, ignore_errors=True)
                 except TimeoutError:  # filelock.Timeout: someone is building or checking it now
                     continue
-                Path(str(entry) + ".lock").unlink(missing_ok=True)
+                # the .lock file stays: deleting it would let two processes hold "the same" lock
                 removed, freed = removed + 1, freed + size
         return removed, freed
 

@@ -73,10 +73,14 @@ def ensure_data_root(config: Config) -> Path:
             return root
         log.info("data root %s does not exist: generating the demo dataset there (%d subjects, %d classes, seed %d)",
                  root, d.demo_subjects, d.demo_classes, d.demo_seed)
+        for stale in root.parent.glob(f"{root.name}.partial-*"):  # under the lock: all from dead runs
+            shutil.rmtree(stale, ignore_errors=True)
         partial = root.with_name(f"{root.name}.partial-{os.getpid()}")
-        shutil.rmtree(partial, ignore_errors=True)
-        write_demo_dataset(partial, DemoSpec(subjects=d.demo_subjects, classes=d.demo_classes, seed=d.demo_seed))
-        os.replace(partial, root)
+        try:
+            write_demo_dataset(partial, DemoSpec(subjects=d.demo_subjects, classes=d.demo_classes, seed=d.demo_seed))
+            os.replace(partial, root)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)  # after a failure (after success it is gone)
     return root
 
 
