@@ -187,26 +187,38 @@ def frozen(study: optuna.Study, trial: optuna.Trial) -> optuna.trial.FrozenTrial
     return next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
 
 
-def parent_run_for(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, timeout_s: float = 300.0) -> str:
-    """The study's MLflow parent run, made exactly once across all workers: by whoever runs
-    trial 0 (trial numbers are handed out atomically by the storage), or its retry if trial 0's
-    worker died first; the others wait for it."""
-    attrs = study.user_attrs
-    if PARENT_ATTR in attrs:
-        return attrs[PARENT_ATTR]
-    if trial.number == 0 or retried_from(frozen(study, trial)) == 0:
-        parent = tracking.create_parent_run(load_config(spec.config, spec.overrides), f"tune-{spec.study}",
-                                            {"exptrack.command": "tune", "optuna.study": spec.study,
-                                             "optuna.storage": spec.storage})
-        study.set_user_attr(PARENT_ATTR, parent)
-        return parent
+def makes_parent(study: optuna.Study, trial: optuna.Trial) -> bool:
+    """Whether this trial's worker creates the parent run: trial 0's worker (trial numbers are
+    handed out atomically by the storage); or, if trial 0 ended without making one (its worker
+    died or the tracking server refused), the worker of the lowest-numbered running trial."""
+    if trial.number == 0:
+        return True
+    trials = study.get_trials(deepcopy=False)
+    if trials[0].state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING):
+        return False
+    running = [t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    return bool(running) and min(running) == trial.number
+
+
+def parent_run_for(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, timeout_s: float = 600.0) -> str:
+    """The study's MLflow parent run, made once across all workers (see `makes_parent`); the
+    others wait for it, failing stale trials meanwhile so that a dead trial 0 is noticed."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        time.sleep(0.5)
         attrs = study.user_attrs
         if PARENT_ATTR in attrs:
             return attrs[PARENT_ATTR]
-    raise RuntimeError(f"study {spec.study}: no parent run appeared in {timeout_s:.0f} s (trial 0 failed early?)")
+        if makes_parent(study, trial) and PARENT_ATTR not in study.user_attrs:  # re-read: made meanwhile?
+            parent = tracking.create_parent_run(load_config(spec.config, spec.overrides), f"tune-{spec.study}",
+                                                {"exptrack.command": "tune", "optuna.study": spec.study,
+                                                 "optuna.storage": spec.storage})
+            study.set_user_attr(PARENT_ATTR, parent)
+            return parent
+        time.sleep(1.0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+    raise RuntimeError(f"study {spec.study}: no parent run appeared in {timeout_s:.0f} s (trial 0 still running?)")
 
 
 def objective_for(spec: StudySpec, study: optuna.Study, progress: bool):

@@ -271,6 +271,7 @@ def test_best_model_registered_once_even_when_two_workers_race(tiny_demo, tmp_pa
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the test asks for a trial by hand
 def test_rerun_retries_a_dead_local_worker_at_once_and_runs_every_queued_trial(tiny_demo, tmp_path, monkeypatch):
     import socket
 
@@ -302,3 +303,18 @@ def test_rerun_retries_a_dead_local_worker_at_once_and_runs_every_queued_trial(t
     run_tune(spec)  # a finished study, rerun from a fresh process: only the summary, in the configured store
     mlflow.set_tracking_uri(store)
     assert mlflow.MlflowClient().get_run(parent).info.status == "FINISHED"
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the test asks for a trial by hand
+def test_parent_run_made_by_the_next_worker_when_trial_0_died_without_one(tiny_demo, tmp_path):
+    from exptrack.tune import open_study
+
+    spec = load_study_spec(_study_file(tmp_path, tiny_demo, f"sqlite:///{tmp_path / 'optuna.db'}", 1, name="p0"))
+    study = open_study(spec)
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)  # trial 0 ended before making the parent run
+    started = time.monotonic()
+    study = run_tune(spec)
+    assert time.monotonic() - started < 120  # no long wait for a parent that trial 0 will never make
+    parent = study.user_attrs["mlflow_parent_run_id"]
+    assert [r.info.run_name for r in _children(parent)] == ["trial-1"]
