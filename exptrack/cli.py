@@ -25,11 +25,12 @@ def _config(args: argparse.Namespace, extra: list[str] | None = None) -> Config:
 
 
 def cmd_demo_data(args: argparse.Namespace) -> None:
-    from .data.demo import DemoSpec, write_demo_dataset
+    from .data.demo import preset_spec, write_demo_dataset
 
-    spec = DemoSpec(subjects=args.subjects, classes=args.classes, seed=args.seed)
+    spec = preset_spec(args.preset, args.subjects, args.classes, args.seed)
     root = write_demo_dataset(args.out, spec, progress=True)
-    print(f"demo dataset written to {root} ({spec.subjects} subjects, {spec.classes} classes, seed {spec.seed})")
+    print(f"{args.preset} demo dataset written to {root} ({spec.subjects} subjects, {spec.classes} classes, "
+          f"seed {spec.seed})")
 
 
 def cmd_analyze(args: argparse.Namespace) -> None:
@@ -161,9 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo-data", help="write the built-in demo dataset")
     p.add_argument("--out", required=True, help="folder to write (DATASET.md layout)")
-    p.add_argument("--subjects", type=int, default=12)
-    p.add_argument("--classes", type=int, default=6)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preset", choices=["easy", "hard"], default="easy",
+                   help="easy: large people, plain backgrounds; hard: small people, cluttered shaking scenes "
+                        "(default: %(default)s)")
+    p.add_argument("--subjects", type=int, default=None, help="default: the preset's (easy 12, hard 9)")
+    p.add_argument("--classes", type=int, default=None, help="default: the preset's (easy 6, hard 10)")
+    p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     p.set_defaults(func=cmd_demo_data)
 
     p = sub.add_parser("analyze", help="dataset statistics and plots, logged as an MLflow run")

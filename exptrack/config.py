@@ -27,8 +27,12 @@ class DataConfig:
     root: str = "data/demo"
     # Generate the built-in demo data at `root` when it does not exist yet.
     demo: bool = True
-    demo_subjects: int = 12
-    demo_classes: int = 6
+    # "easy": large people on plain backgrounds; "hard": small people in cluttered, shaking
+    # scenes, 9 subjects, 10 classes (exptrack/data/demo.py).
+    demo_preset: Literal["easy", "hard"] = "easy"
+    # None: the preset's own count (easy 12 subjects / 6 classes, hard 9 / 10).
+    demo_subjects: int | None = None
+    demo_classes: int | None = None
     demo_seed: int = 0
     clip_len: int = 16
     train_stride: int = 8
@@ -68,6 +72,9 @@ class ModelConfig:
     width: float = 1.0
     dropout: float = 0.5
     dropout_fc: float = 0.3
+    # Share of each pixel's mean over the clip subtracted before the first convolution: 1 keeps
+    # only what moves, 0 is the original's plain frames (models/c3d.py; README "Defaults").
+    static_removal: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -82,18 +89,23 @@ class TrainConfig:
     grad_clip: float = 1.0
     early_stop_patience: int = 10  # 0 = no early stopping
     early_stop_min_delta: float = 0.001
+    # Model choice and early stopping follow the mean validation mean class accuracy of the last
+    # this-many epochs (1 = the single best epoch, the original's rule); training/loop.py.
+    selection_window: int = 3
+    # Early stopping never stops before this epoch.
+    min_epochs: int = 0
     checkpoint_every: int = 10
     keep_checkpoints: int = 3
     amp: bool = True
     compile: bool = False
     # Recompute BatchNorm statistics over this many training batches before each validation
     # (0 = off, the original behaviour); see training/loop.py:recompute_bn_stats.
-    precise_bn_batches: int = 0
+    precise_bn_batches: int = 10
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    lr: float = 1e-4
+    lr: float = 3e-4
     weight_decay: float = 1e-5
     plateau_factor: float = 0.5
     plateau_patience: int = 5
@@ -144,6 +156,15 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
+
+# Where exptrack's defaults differ from the original scripts: key -> the original's value. Each
+# change is measured (bench/recipe.py, README "Defaults"); experiments/c3d_paper.yaml restores them.
+ORIGINAL_VALUES: dict[str, Any] = {
+    "optim.lr": 1e-4,
+    "train.precise_bn_batches": 0,
+    "train.selection_window": 1,
+    "model.static_removal": 0.0,
+}
 
 # section name -> its dataclass, in declaration order
 SECTIONS: dict[str, type] = typing.get_type_hints(Config)
@@ -203,6 +224,9 @@ def _section_fields(section: str) -> dict[str, Any]:
 
 # Keys renamed since a config was saved: old "section.key" -> new key in the same section.
 RENAMED = {"data.label_frame_base": "frame_base"}
+# Keys added since a config was saved whose default changed how a model computes: a saved config
+# that lacks one was made before it existed, so it gets the value that reproduces that model.
+ADDED_LATER = {"model": {"static_removal": 0.0}}
 
 
 def _check_mapping(raw: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
@@ -291,6 +315,11 @@ def parse_override(text: str) -> tuple[str, str, Any]:
 
 def config_from_dict(saved: dict[str, Any], where: str = "saved config") -> Config:
     """A Config from a nested dict saved earlier (a checkpoint's), checked like a YAML file."""
+    saved = {section: dict(values) if isinstance(values, dict) else values for section, values in saved.items()}
+    for section, keys in ADDED_LATER.items():
+        if isinstance(saved.get(section), dict):
+            for key, value in keys.items():
+                saved[section].setdefault(key, value)
     return build_config(_check_mapping(saved, where))
 
 
@@ -342,8 +371,12 @@ def validate(config: Config) -> None:
         problems.append("model.num_classes must be >= 2")
     if config.model.width <= 0:
         problems.append("model.width must be > 0")
+    if not 0.0 <= config.model.static_removal <= 1.0:
+        problems.append("model.static_removal must be in [0, 1]")
     if config.train.batch_size < 1 or config.train.epochs < 1:
         problems.append("train.batch_size and train.epochs must be >= 1")
+    if config.train.selection_window < 1 or config.train.min_epochs < 0:
+        problems.append("train.selection_window must be >= 1 and train.min_epochs >= 0")
     if config.train.early_stop_patience < 0:
         problems.append("train.early_stop_patience must be >= 0 (0 turns early stopping off)")
     if not 0.0 <= config.augment.hflip_p <= 1.0:

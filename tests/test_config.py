@@ -16,7 +16,11 @@ EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
 def test_defaults_match_the_original_readme():
-    c = Config()
+    from exptrack.config import ORIGINAL_VALUES
+
+    changed = {k: v for k, v in to_flat_dict(Config()).items() if k in ORIGINAL_VALUES}
+    assert all(changed[k] != v for k, v in ORIGINAL_VALUES.items())  # each listed change is real
+    c = load_config(None, [f"{k}={v}" for k, v in ORIGINAL_VALUES.items()])
     assert (c.data.clip_len, c.data.train_stride, c.data.eval_stride, c.data.frame_size) == (16, 8, 16, 112)
     assert (c.train.batch_size, c.train.epochs) == (8, 100)
     assert (c.optim.lr, c.optim.weight_decay) == (1e-4, 1e-5)
@@ -105,3 +109,10 @@ def test_flat_dict_and_round_trip(tmp_path):
     assert flat["train.epochs"] == 3 and flat["data.clip_len"] == 16
     path = save_config(cfg, tmp_path / "resolved.yaml")
     assert load_config(path) == cfg
+
+
+def test_paper_config_restores_the_original_values():
+    from exptrack.config import ORIGINAL_VALUES
+
+    flat = to_flat_dict(load_config(EXPERIMENTS / "c3d_paper.yaml"))
+    assert {k: flat[k] for k in ORIGINAL_VALUES} == ORIGINAL_VALUES

@@ -64,3 +64,32 @@ def test_focal_loss_down_weights_easy_examples():
     hard = FocalLoss(2.0)(torch.tensor([[0.0, 1.0]]), torch.tensor([0]))
     ce_easy = F.cross_entropy(torch.tensor([[6.0, 0.0]]), torch.tensor([0]))
     assert easy < 0.01 * ce_easy and hard > 0.3
+
+
+def test_static_removal_ignores_what_stays_still():
+    """With static_removal=1, anything constant over the clip (a room, clothes) cancels exactly:
+    adding a random still image to every frame does not change the output; without it, it does."""
+    torch.manual_seed(0)
+    clip = torch.randn(2, 3, 8, 32, 32)  # (B, C, T, H, W)
+    scene = torch.randn(2, 3, 1, 32, 32).expand_as(clip)  # the same picture in every frame
+    moving = C3D(num_classes=4, width=0.125, static_removal=1.0).eval()
+    plain = C3D(num_classes=4, width=0.125, static_removal=0.0).eval()
+    plain.load_state_dict(moving.state_dict())  # same weights: no parameters were added
+    def first_block(model: C3D, x: torch.Tensor) -> torch.Tensor:  # what the first convolutions see
+        return model.block1(model.remove_static(x))
+
+    with torch.no_grad():
+        torch.testing.assert_close(first_block(moving, clip + scene), first_block(moving, clip), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(moving(clip + scene), moving(clip), atol=1e-4, rtol=1e-4)
+        assert (first_block(plain, clip + scene) - first_block(plain, clip)).abs().mean() > 0.1
+    assert count_parameters(C3D(num_classes=17, static_removal=1.0)) == 27_797_137
+
+
+def test_saved_configs_from_before_static_removal_keep_plain_frames():
+    from exptrack.config import Config, config_from_dict, to_nested_dict
+
+    saved = to_nested_dict(Config())
+    del saved["model"]["static_removal"]  # a model logged before the key existed
+    assert config_from_dict(saved).model.static_removal == 0.0
+    saved["model"]["static_removal"] = 0.5
+    assert config_from_dict(saved).model.static_removal == 0.5

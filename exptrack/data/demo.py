@@ -9,11 +9,19 @@ symmetric, so a horizontal flip never changes the class.
 
 The generator writes the DATASET.md layout with real H.264 MP4 files, true masks, noisy keypoints and
 a subject-wise split, and is deterministic for a seed.
+
+Two presets. `easy` (the default): a large person in front of a plain gradient, every class
+learnable at 32 px. `hard`, made to look like the real recordings on which exptrack once lost to
+a plain script (issue 9): 9 subjects split 6 train / 3 test, a person filling about a tenth of
+the frame at a random place, a textured, cluttered background of its own per subject, a camera
+that shakes by a few pixels, and 10 classes among which several pairs differ only in tempo
+(arm_raise / fast_arm_raise) or in one limb (arm_squat_forward / arm_leg_forward).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +87,29 @@ class DemoSpec:
     label_header: bool = False
     keypoint_noise_px: float = 1.5
     keypoint_dropout: float = 0.03
+    # Person height as a share of the frame height, and where its centre may stand (share of width).
+    person_height: tuple[float, float] = (0.62, 0.8)
+    person_x: tuple[float, float] = (0.4, 0.6)
+    # Number of textured clutter shapes in the background; 0 = the plain gradient with a few blocks.
+    clutter: int = 0
+    # Camera shake: random walk of the whole view, at most this many pixels from its rest position.
+    shake_px: float = 0.0
+
+
+# Each preset is a full spec; `subjects`, `classes` and `seed` given by the user override it.
+PRESETS: dict[str, DemoSpec] = {
+    "easy": DemoSpec(),
+    "hard": DemoSpec(subjects=9, classes=10, width=192, height=144, person_height=(0.36, 0.46),
+                     person_x=(0.2, 0.8), clutter=40, shake_px=3.0, keypoint_noise_px=2.5, keypoint_dropout=0.1),
+}
+
+
+def preset_spec(preset: str, subjects: int | None = None, classes: int | None = None, seed: int = 0) -> DemoSpec:
+    """The spec of a named preset, with the user's subject and class counts where given."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown demo preset {preset!r} (known: {', '.join(PRESETS)})")
+    base = PRESETS[preset]
+    return dataclasses.replace(base, subjects=subjects or base.subjects, classes=classes or base.classes, seed=seed)
 
 
 @dataclass(frozen=True)
@@ -112,16 +143,42 @@ def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray
     return img
 
 
+def _cluttered_background(rng: np.random.Generator, width: int, height: int, shapes: int) -> np.ndarray:
+    """Blotchy low-frequency colour, fine grain and many random shapes (boxes, discs, bars, some
+    in skin and clothing tones): a room full of things, different for every subject."""
+    coarse = rng.integers(40, 220, size=(max(2, height // 24), max(2, width // 24), 3)).astype(np.uint8)
+    img = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
+    for _ in range(shapes):
+        color = _random_color(rng, 20, 240)
+        kind = int(rng.integers(3))
+        x0, y0 = int(rng.integers(0, width)), int(rng.integers(0, height))
+        size = int(rng.integers(4, max(6, min(width, height) // 5)))
+        if kind == 0:
+            cv2.rectangle(img, (x0, y0), (x0 + size, y0 + int(rng.integers(4, size + 5))), color, -1)
+        elif kind == 1:
+            cv2.circle(img, (x0, y0), size // 2, color, -1, cv2.LINE_AA)
+        else:
+            x1, y1 = x0 + int(rng.integers(-2 * size, 2 * size)), y0 + int(rng.integers(-2 * size, 2 * size))
+            cv2.line(img, (x0, y0), (x1, y1), color, int(rng.integers(1, 4)), cv2.LINE_AA)
+    grain = rng.normal(0.0, 12.0, size=img.shape)
+    return np.clip(img + grain, 0, 255).astype(np.uint8)
+
+
 def subject_style(rng: np.random.Generator, spec: DemoSpec) -> Style:
-    height_px = spec.height * rng.uniform(0.62, 0.8)
+    height_px = spec.height * rng.uniform(*spec.person_height)
+    margin = int(np.ceil(spec.shake_px))  # the background is wider by the shake on every side
+    bg_w, bg_h = spec.width + 2 * margin, spec.height + 2 * margin
     return Style(
         height_px=height_px,
-        centre_x=spec.width * rng.uniform(0.4, 0.6),
-        ground_y=spec.height * rng.uniform(0.9, 0.96),
+        centre_x=spec.width * rng.uniform(*spec.person_x),
+        # low enough that the raised arms stay in the frame: head and hands reach about 0.95 h up
+        ground_y=(spec.height * rng.uniform(0.9, 0.96) if spec.clutter == 0
+                  else rng.uniform(height_px * 1.05, spec.height * 0.97)),
         skin=_random_color(rng, 90, 240),
         shirt=_random_color(rng),
         pants=_random_color(rng),
-        background=_background(rng, spec.width, spec.height),
+        background=(_background(rng, bg_w, bg_h) if spec.clutter == 0
+                    else _cluttered_background(rng, bg_w, bg_h, spec.clutter)),
         tempo=float(rng.uniform(0.87, 1.15)),
         noise=float(rng.uniform(2.0, 6.0)),
     )
@@ -238,15 +295,32 @@ def noise_bank(rng: np.random.Generator, style: Style, shape: tuple[int, ...], n
     return np.round(rng.normal(0.0, style.noise, size=(n, *shape))).astype(np.int16)
 
 
-def render(joints: np.ndarray, style: Style, noise: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """One RGB frame and its 0/255 person mask."""
-    frame = style.background.copy()
-    draw_person(frame, joints, style)
+def render(joints: np.ndarray, style: Style, noise: np.ndarray, rng: np.random.Generator,
+           view: tuple[int, int] = (0, 0)) -> tuple[np.ndarray, np.ndarray]:
+    """One RGB frame and its 0/255 person mask. `joints` are in frame pixels; `view` is the
+    frame's top-left corner in the (larger, when the camera shakes) background."""
+    height, width = noise.shape[1:3]
+    x0, y0 = view
+    canvas = style.background.copy()
+    draw_person(canvas, joints + np.array([x0, y0]), style)
+    frame = canvas[y0:y0 + height, x0:x0 + width]
     grain = np.roll(noise[rng.integers(len(noise))], shift=tuple(rng.integers(0, 64, size=2)), axis=(0, 1))
     frame = np.clip(frame + grain, 0, 255).astype(np.uint8)
     mask = np.zeros(frame.shape[:2], dtype=np.uint8)
     draw_person(mask, joints, style, solid=255)
     return frame, np.where(mask > 127, 255, 0).astype(np.uint8)
+
+
+def camera_shake(rng: np.random.Generator, n: int, amplitude: float) -> np.ndarray:
+    """(n, 2) integer view offsets in [0, 2*ceil(amplitude)]: a slow random walk around the
+    centre, pulled back towards it, like a handheld camera."""
+    margin = int(np.ceil(amplitude))
+    pos, out = np.zeros(2), np.empty((n, 2), dtype=np.int64)
+    for t in range(n):
+        pos = 0.85 * pos + rng.normal(0.0, amplitude * 0.35, size=2)
+        pos = np.clip(pos, -amplitude, amplitude)
+        out[t] = np.round(pos).astype(np.int64) + margin
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,8 +383,12 @@ def write_subject(root: Path, subject: str, index: int, spec: DemoSpec, rng: np.
     mask_dir = root / "dataset" / "mask" / subject
     mask_dir.mkdir(parents=True, exist_ok=True)
     noise = noise_bank(rng, style, frames.shape[1:])
+    margin = int(np.ceil(spec.shake_px))
+    views = camera_shake(rng, len(joints), spec.shake_px) if spec.shake_px > 0 else np.full((len(joints), 2), margin)
+    # The camera moves, so the person moves the other way in the picture (and in the keypoints).
+    joints -= (views - margin)[:, None, :]
     for t, pose_joints in enumerate(joints):
-        frames[t], mask = render(pose_joints, style, noise, rng)
+        frames[t], mask = render(pose_joints, style, noise, rng, tuple(int(v) for v in views[t]))
         cv2.imwrite(str(mask_dir / f"{t + 1:05d}_mask.png"), mask)
     write_video(root / "dataset" / "anon" / f"{subject}.mp4", frames, spec.fps)
     header_style = spec.keypoint_header

@@ -47,6 +47,25 @@ class PreparedData:
     warnings: DataWarnings = field(default_factory=DataWarnings)
     cache: FrameCache | None = None  # the entries this data uses: cache.used
 
+    def validation_weaknesses(self, min_subjects: int = 3, min_clips_per_class: int = 20) -> list[str]:
+        """Why validation scores of this data are noisy, if they are: too few subjects or too
+        few clips of some class. Empty when validation looks sound (or there is none)."""
+        index = self.splits.get("val")
+        if index is None or len(index) == 0:
+            return []
+        reasons = []
+        n_subjects = len(self.split_subjects["val"])
+        if n_subjects < min_subjects:
+            reasons.append(f"{n_subjects} validation subject{'s' if n_subjects != 1 else ''} (< {min_subjects})")
+        counts = index.class_counts(self.config.model.num_classes)
+        trained = self.splits["train"].class_counts(self.config.model.num_classes) > 0 if "train" in self.splits \
+            else counts > 0
+        thin = [c for c in np.flatnonzero(trained) if counts[c] < min_clips_per_class]
+        if thin:
+            reasons.append(f"{len(thin)} class{'es' if len(thin) != 1 else ''} with fewer than "
+                           f"{min_clips_per_class} validation clips (fewest: {int(counts[thin].min())})")
+        return reasons
+
     def digest(self) -> str:
         """One hash over every split's clips: two runs with the same digest saw the same data."""
         return "-".join(self.splits[s].digest()[:8] for s in ("train", "val", "test") if s in self.splits)
@@ -62,7 +81,7 @@ def ensure_data_root(config: Config) -> Path:
         raise DataError(f"{root}: data root not found (set data.root, or data.demo=true to generate demo data)")
     from filelock import FileLock
 
-    from .demo import DemoSpec, write_demo_dataset
+    from .demo import preset_spec, write_demo_dataset
 
     root.parent.mkdir(parents=True, exist_ok=True)
     # Several workers (tune) may start on the same folder at once: one generates, the others wait
@@ -71,13 +90,14 @@ def ensure_data_root(config: Config) -> Path:
     with FileLock(str(root) + ".lock"):
         if root.exists():
             return root
-        log.info("data root %s does not exist: generating the demo dataset there (%d subjects, %d classes, seed %d)",
-                 root, d.demo_subjects, d.demo_classes, d.demo_seed)
+        spec = preset_spec(d.demo_preset, d.demo_subjects, d.demo_classes, d.demo_seed)
+        log.info("data root %s does not exist: generating the %s demo dataset there (%d subjects, %d classes, seed %d)",
+                 root, d.demo_preset, spec.subjects, spec.classes, spec.seed)
         for stale in root.parent.glob(f"{root.name}.partial-*"):  # under the lock: all from dead runs
             shutil.rmtree(stale, ignore_errors=True)
         partial = root.with_name(f"{root.name}.partial-{os.getpid()}")
         try:
-            write_demo_dataset(partial, DemoSpec(subjects=d.demo_subjects, classes=d.demo_classes, seed=d.demo_seed))
+            write_demo_dataset(partial, spec)
             os.replace(partial, root)
         finally:
             shutil.rmtree(partial, ignore_errors=True)  # after a failure (after success it is gone)

@@ -4,6 +4,12 @@ Five blocks of 3x3x3 convolutions (each followed by BatchNorm and ReLU), max poo
 (2,2,2), global average pooling and a two-layer classifier. At width 1.0 and 17 classes it has
 27,797,137 parameters for input (B, 3, 16, 112, 112). Any clip length and frame size work: a
 pool never shrinks a dimension that is already 1.
+
+`static_removal` (0 to 1) subtracts that share of each pixel's mean over the clip before the
+first convolution. An exercise is a motion; what stays still in a clip (the room, the clothes)
+is what a model memorises on a few subjects and what fails on the next one. It has no
+parameters, so the model and its parameter count are the paper's either way, and being part of
+the module it applies wherever the model runs (evaluate, predict, GradCAM, MLflow pyfunc).
 """
 
 from __future__ import annotations
@@ -39,9 +45,9 @@ def conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
 
 class C3D(nn.Module):
     def __init__(self, num_classes: int = 17, width: float = 1.0, dropout: float = 0.5,
-                 dropout_fc: float = 0.3, in_channels: int = 3) -> None:
+                 dropout_fc: float = 0.3, in_channels: int = 3, static_removal: float = 0.0) -> None:
         super().__init__()
-        self.num_classes, self.width = num_classes, width
+        self.num_classes, self.width, self.static_removal = num_classes, width, static_removal
         cin = in_channels
         for i, channels in enumerate(BLOCKS, start=1):
             layers: list[nn.Module] = []
@@ -62,8 +68,13 @@ class C3D(nn.Module):
             x = getattr(self, f"block{i}")(x)
         return x
 
+    def remove_static(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.static_removal:
+            return x
+        return x - self.static_removal * x.mean(dim=2, keepdim=True)  # (B, C, T, H, W) minus (B, C, 1, H, W)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x)  # (B, C, T', H', W')
+        x = self.features(self.remove_static(x))  # (B, C, T', H', W')
         x = self.pool(x).flatten(1)  # (B, C)
         return self.classifier(x)  # (B, num_classes)
 
@@ -71,7 +82,7 @@ class C3D(nn.Module):
 def build_model(model_config) -> C3D:
     """C3D from a ModelConfig."""
     return C3D(num_classes=model_config.num_classes, width=model_config.width, dropout=model_config.dropout,
-               dropout_fc=model_config.dropout_fc)
+               dropout_fc=model_config.dropout_fc, static_removal=model_config.static_removal)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -41,7 +41,7 @@ class TrainState:
     best: dict[str, float] = field(default_factory=lambda: {"val_loss": math.inf, "val_acc": -math.inf,
                                                              "val_mean_class_acc": -math.inf})
     best_epoch: dict[str, int] = field(default_factory=dict)
-    stale_epochs: int = 0  # epochs since val_acc last improved by min_delta (early stopping)
+    stale_epochs: int = 0  # epochs since the selection score last improved by min_delta (early stopping)
     history: list[dict[str, float]] = field(default_factory=list)
     per_class_history: list[list[float]] = field(default_factory=list)
 
@@ -206,12 +206,45 @@ class FitSetup:
     config: Any  # Config
 
 
-def _improvements(metrics: dict[str, float], state: TrainState) -> dict[str, bool]:
+def selection_score(history: list[dict[str, float]], window: int) -> float:
+    """Mean validation mean class accuracy of the last `window` epochs (fewer at the start).
+
+    With one or two validation subjects, one epoch's score swings by 0.2 from noise alone
+    (issue 9); the best single epoch is then mostly the luckiest one. The trailing mean rewards a
+    model that has been good for several epochs in a row, and the model kept is the last of them.
+    """
+    recent = [row["val_mean_class_acc"] for row in history[-window:] if "val_mean_class_acc" in row]
+    return float(np.mean(recent)) if recent else -math.inf
+
+
+def _improvements(metrics: dict[str, float], score: float, state: TrainState) -> dict[str, bool]:
     return {
         "val_loss": metrics["val_loss"] < state.best["val_loss"],
         "val_acc": metrics["val_acc"] > state.best["val_acc"],
-        "val_mean_class_acc": metrics["val_mean_class_acc"] > state.best["val_mean_class_acc"],
+        # the model (best_model.pt, registered): chosen by the smoothed score, not one epoch's
+        "val_mean_class_acc": score > state.best.get("selection_score", -math.inf),
     }
+
+
+def _record_bests(metrics: dict[str, float], score: float, improved: dict[str, bool], state: TrainState,
+                  epoch: int) -> None:
+    """best[val_loss|val_acc] are the best single epochs; best[val_mean_class_acc] is the score
+    of the model kept (the epoch that ended the best window), best[selection_score] its window's."""
+    for key, better in improved.items():
+        if better:
+            state.best[key] = metrics[key]
+            state.best_epoch[key] = epoch
+    if improved["val_mean_class_acc"]:
+        state.best["selection_score"] = score
+
+
+def _update_patience(score: float, state: TrainState, min_delta: float) -> None:
+    """Early stopping counts epochs since the smoothed score last rose by `min_delta`."""
+    if score > state.best.get("early_stop_ref", -math.inf) + min_delta:
+        state.best["early_stop_ref"] = score
+        state.stale_epochs = 0
+    else:
+        state.stale_epochs += 1
 
 
 def checkpoint_payload(setup: FitSetup, state: TrainState, metrics: dict[str, float]) -> dict[str, Any]:
@@ -256,8 +289,9 @@ def epoch_summary(metrics: dict[str, float]) -> str:
 def fit(setup: FitSetup, checkpoints: ckpt.CheckpointManager | None, state: TrainState | None = None,
         callbacks: Iterable[EpochCallback] = (), progress: bool = True,
         stamp: Callable[[dict[str, Any]], dict[str, Any]] = lambda payload: payload) -> TrainState:
-    """Train from `state.epoch + 1` to train.epochs, stopping early when validation accuracy has
-    not improved by min_delta for `early_stop_patience` epochs. `stamp` adds run information to
+    """Train from `state.epoch + 1` to train.epochs, stopping early when the smoothed validation
+    mean class accuracy (selection_score) has not risen by min_delta for `early_stop_patience`
+    epochs, never before `min_epochs`. `stamp` adds run information to
     every checkpoint. The checkpoint of an epoch is written before the callbacks run, so a kill
     in between loses no epoch (the resume path logs what the tracker missed). Under DDP only
     rank 0 passes a checkpoint manager and callbacks; rank 0 also decides when to stop."""
@@ -290,16 +324,11 @@ def fit(setup: FitSetup, checkpoints: ckpt.CheckpointManager | None, state: Trai
         metrics = {"epoch": float(epoch), **train_metrics, **val_metrics, "lr": lr}
 
         if val_metrics:
-            improved = _improvements(metrics, state)
-            for key, better in improved.items():
-                if better:
-                    state.best[key] = metrics[key]
-                    state.best_epoch[key] = epoch
-            if metrics["val_acc"] > state.best.get("early_stop_ref", -math.inf) + cfg.early_stop_min_delta:
-                state.best["early_stop_ref"] = metrics["val_acc"]
-                state.stale_epochs = 0
-            else:
-                state.stale_epochs += 1
+            score = selection_score([*state.history, metrics], cfg.selection_window)
+            improved = _improvements(metrics, score, state)
+            _record_bests(metrics, score, improved, state, epoch)
+            if epoch >= cfg.min_epochs:
+                _update_patience(score, state, cfg.early_stop_min_delta)
         else:  # the latest model is the model: it is saved as BEST_MODEL and registered
             improved = {"val_mean_class_acc": True}
             state.best_epoch["val_mean_class_acc"] = epoch
@@ -311,7 +340,8 @@ def fit(setup: FitSetup, checkpoints: ckpt.CheckpointManager | None, state: Trai
         for callback in callbacks:
             callback(metrics, per_class, saved, state)
         if distributed.broadcast_flag(state.stale_epochs >= patience, setup.device) and epoch < cfg.epochs:
-            log.info("early stopping: validation accuracy has not improved by %.4f for %d epochs",
-                     cfg.early_stop_min_delta, state.stale_epochs)
+            log.info("early stopping: validation mean class accuracy (mean of the last %d epochs) has not "
+                     "improved by %.4f for %d epochs", cfg.selection_window, cfg.early_stop_min_delta,
+                     state.stale_epochs)
             break
     return state

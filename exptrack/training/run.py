@@ -244,7 +244,13 @@ def _train(config: Config, env: DistEnv, resume: str | None, progress: bool,
         state = fit(setup, None, state=state, progress=False)
         return TrainResult(run_id or "", state, None, outputs)
     digest = data.digest()
+    weak = data.validation_weaknesses()
+    if weak:
+        log.warning("validation is small (%s): its scores are noisy, so model choice and early stopping are "
+                    "too; put more subjects in validation (split.csv val, data.val_fraction) and compare "
+                    "models on the test split", "; ".join(weak))
     tags = {"data_root": data.layout.root, "data_digest": digest, "device": str(device),
+            **({"validation_weak": "; ".join(weak)} if weak else {}),
             "world_size": env.world_size, "parameters": count_parameters(setup.model),
             "clips_train": len(data.splits["train"]), "clips_val": len(data.splits["val"])}
     with tracking.start_run(config, run_name=options.run_name, command="train", tags={**tags, **(options.tags or {})},
@@ -270,7 +276,7 @@ def _train(config: Config, env: DistEnv, resume: str | None, progress: bool,
         if data.warnings:
             run.set_tags({f"data_warnings.{k}": v for k, v in data.warnings.counts.items()})
         run.log_metrics({f"best_{k}": v for k, v in state.best.items()  # none without validation
-                         if k in ("val_loss", "val_acc", "val_mean_class_acc") and math.isfinite(v)})
+                         if k in ("val_loss", "val_acc", "val_mean_class_acc", "selection_score") and math.isfinite(v)})
         run.log_metrics({"tracking_seconds": logger.seconds, "tracking_failures": logger.failures})
         try:
             csvs = logger.write_csvs(state)

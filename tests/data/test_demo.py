@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from sklearn.ensemble import RandomForestClassifier
@@ -137,3 +138,88 @@ def test_auto_generation_is_safe_for_concurrent_workers_and_kills(tmp_path, monk
     with pytest.raises(KeyboardInterrupt):
         _generate(str(tmp_path / "other"))
     assert not (tmp_path / "other").exists() and not list(tmp_path.glob("other.partial-*"))
+
+
+def _hard_small(tmp_path: Path, subjects: int = 3, **changes) -> Path:
+    """The hard preset at its real frame size, with short segments so it writes in seconds."""
+    import dataclasses
+
+    from exptrack.data.demo import PRESETS
+
+    spec = dataclasses.replace(PRESETS["hard"], subjects=subjects, classes=4, segment_frames=(16, 20),
+                               background_frames=(4, 6), dominant_factor=1.0, **changes)
+    return write_demo_dataset(tmp_path / f"hard{len(changes)}", spec)
+
+
+def test_hard_preset_spec_matches_the_real_set_it_imitates():
+    from exptrack.data.demo import PATTERNS, preset_spec
+
+    spec = preset_spec("hard")
+    assert (spec.subjects, spec.classes) == (9, 10)
+    assert round(spec.test_fraction * spec.subjects) == 3  # 6 train / 3 test
+    names = [p.name for p in PATTERNS[: spec.classes]]
+    assert {"arm_raise", "fast_arm_raise"} <= set(names)  # differ only in tempo
+    assert {"arm_squat_forward", "arm_leg_forward"} <= set(names)  # differ in one limb
+    assert preset_spec("hard", subjects=5, classes=8, seed=3).subjects == 5
+    with pytest.raises(ValueError, match="unknown demo preset"):
+        preset_spec("medium")
+
+
+def test_hard_preset_small_person_cluttered_shaking_scene(tmp_path):
+    root = _hard_small(tmp_path)
+    videos = sorted((root / "dataset" / "anon").glob("*.mp4"))
+    backgrounds = []
+    for video in videos:
+        frames, info = decode_video(video, 96)  # (T, 96, 96, 3)
+        masks = np.stack([cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in
+                          sorted((root / "dataset" / "mask" / video.stem).glob("*_mask.png"))])
+        assert masks.shape[1:] == (info.height, info.width)
+        share = (masks > 127).mean(axis=(1, 2))
+        assert 0.02 < share.mean() < 0.12  # the person's pixels: a small part of the frame
+        # The person's bounding box covers about a tenth of the frame.
+        ys, xs = np.nonzero(masks[len(masks) // 2] > 127)
+        box = (ys.max() - ys.min()) * (xs.max() - xs.min()) / (info.height * info.width)
+        assert 0.04 < box < 0.25
+        # Clutter: strong local texture everywhere, not a smooth gradient.
+        gx = np.abs(np.diff(frames[0].astype(np.int16), axis=1)).mean()
+        assert gx > 8.0
+        backgrounds.append(frames[0].astype(np.float32))
+    # Every subject has a room of its own.
+    assert np.abs(backgrounds[0] - backgrounds[1]).mean() > 20
+    # The camera shakes: far from the person the picture changes much more than the same scene
+    # filmed by a still camera.
+    assert _background_flicker(root) > 2.0 * _background_flicker(_hard_small(tmp_path, shake_px=0.0))
+
+
+def _background_flicker(root: Path) -> float:
+    """Mean change between consecutive frames of the pixels the person never comes near: grain
+    and compression alone for a still camera, much more when the textured view shakes."""
+    video = next((root / "dataset" / "anon").glob("*.mp4"))
+    frames, _ = decode_video(video, 96)  # (T, 96, 96, 3)
+    masks = [cv2.resize(cv2.imread(str(p), cv2.IMREAD_GRAYSCALE), (96, 96)) for p in
+             sorted((root / "dataset" / "mask" / video.stem).glob("*_mask.png"))]
+    near = cv2.dilate((np.max(masks, axis=0) > 0).astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
+    diffs = np.abs(np.diff(frames.astype(np.int16), axis=0)).mean(axis=3)  # (T-1, 96, 96)
+    return float(diffs[:, ~near].mean())
+
+
+def test_easy_preset_stays_still_and_plain(tiny_demo):
+    frames, _ = decode_video(next((tiny_demo / "dataset" / "anon").glob("*.mp4")), 96)
+    gx = np.abs(np.diff(frames[0].astype(np.int16), axis=1)).mean()
+    assert gx < 8.0
+
+
+def test_cli_demo_data_hard_preset(tmp_path, capsys):
+    main(["demo-data", "--preset", "hard", "--out", str(tmp_path / "h"), "--subjects", "3", "--classes", "2"])
+    assert "hard demo dataset" in capsys.readouterr().out
+    assert len(list((tmp_path / "h" / "dataset" / "anon").glob("*.mp4"))) == 3
+
+
+def test_config_demo_preset_generates_hard_data(tmp_path):
+    cfg = load_config(None, [f"data.root={tmp_path / 'auto'}", "data.demo_preset=hard", "data.demo_subjects=3",
+                             "data.demo_classes=2"])
+    from exptrack.data.prepare import ensure_data_root
+
+    root = ensure_data_root(cfg)
+    _, info = decode_video(next((root / "dataset" / "anon").glob("*.mp4")), 32)
+    assert (info.width, info.height) == (192, 144)
