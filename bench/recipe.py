@@ -42,7 +42,6 @@ from sklearn.metrics import balanced_accuracy_score  # noqa: E402
 
 from exptrack.config import Config, load_config  # noqa: E402
 from exptrack.data.dataset import make_loader  # noqa: E402
-from exptrack.data.demo import preset_spec, write_demo_dataset  # noqa: E402
 from exptrack.data.prepare import prepare_data  # noqa: E402
 from exptrack.models.c3d import build_model  # noqa: E402
 from exptrack.training import checkpoint as ckpt  # noqa: E402
@@ -59,10 +58,10 @@ def user_settings(root: Path, classes: int, frame_size: int, width: float, epoch
             "mlflow.experiment=recipe-bench", "mlflow.log_system_metrics=false"]
 
 
-def test_mean_class_accuracy(model: torch.nn.Module, config: Config) -> float:
+def test_mean_class_accuracy(model: torch.nn.Module, config: Config, device: torch.device) -> float:
     data = prepare_data(config, splits=("test",), progress=False)
     loader = make_loader(data, "test", train=False, batch_size=32, num_workers=2)
-    logits, labels = predict(model, loader, torch.device("cpu"), amp=False)
+    logits, labels = predict(model.to(device), loader, device, amp=False)
     return float(balanced_accuracy_score(labels.numpy(), logits.argmax(1).numpy()))
 
 
@@ -70,7 +69,8 @@ def test_mean_class_accuracy(model: torch.nn.Module, config: Config) -> float:
 # the baseline: a plain script
 
 
-def plain_recipe(settings: list[str], seed: int, epochs: int, lr: float = 3e-4, batch_size: int = 16) -> float:
+def plain_recipe(settings: list[str], seed: int, epochs: int, device: torch.device, lr: float = 3e-4,
+                 batch_size: int = 16) -> float:
     """Cross-entropy, flip only, shuffle, AdamW + cosine, all train subjects, last epoch."""
     config = load_config(None, [*settings, "data.val_fraction=0", "data.start_jitter=0", "augment.rotation_deg=0",
                                 "augment.brightness=0", "augment.contrast=0", "augment.saturation=0", "augment.hue=0"])
@@ -78,7 +78,7 @@ def plain_recipe(settings: list[str], seed: int, epochs: int, lr: float = 3e-4, 
     data = prepare_data(config, splits=("train", "val"), progress=False)
     loader = make_loader(data, "train", train=True, batch_size=batch_size, num_workers=2, seed=seed,
                          weighted_sampler=False)
-    model = build_model(config.model)
+    model = build_model(config.model).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     criterion = torch.nn.CrossEntropyLoss()
@@ -89,27 +89,28 @@ def plain_recipe(settings: list[str], seed: int, epochs: int, lr: float = 3e-4, 
         loader.sampler.set_epoch(epoch)
         model.train()
         for batch in loader:
-            x, y = prepare_batch(batch, torch.device("cpu"))
+            x, y = prepare_batch(batch, device)
             loss = criterion(model(x), y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
         scheduler.step()
-    return test_mean_class_accuracy(model, config)
+        logging.getLogger("exptrack.bench").info("plain epoch %d/%d", epoch, epochs)
+    return test_mean_class_accuracy(model, config, device)
 
 
 # ---------------------------------------------------------------------------------------------
 # exptrack's defaults
 
 
-def exptrack_recipe(settings: list[str], extra: list[str]) -> tuple[float, int]:
+def exptrack_recipe(settings: list[str], extra: list[str], device: torch.device) -> tuple[float, int]:
     """`exptrack train` as the user runs it; returns (test mean class accuracy, best epoch)."""
-    config = load_config(None, [*settings, *extra])
+    config = load_config(None, [*settings, f"train.device={device}", *extra])
     result = train(config, progress=False)
     payload = ckpt.load(result.checkpoint_dir / ckpt.BEST_MODEL)
     model = build_model(config.model)
     model.load_state_dict(payload["model"])
-    return test_mean_class_accuracy(model, config), int(payload["epoch"])
+    return test_mean_class_accuracy(model, config, device), int(payload["epoch"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="hard", choices=["easy", "hard"])
     parser.add_argument("--data", help="an existing dataset root (default: the preset, generated in a temp folder)")
-    parser.add_argument("--classes", type=int, default=None, help="default: the preset's")
+    parser.add_argument("--classes", type=int, default=None, help="default: the preset's (10 with --data)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--masks", default="on,off")
     parser.add_argument("--epochs", type=int, default=25)
@@ -134,13 +135,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", dest="sets", nargs="+", action="extend", default=[],
                         help="extra overrides for the exptrack recipe (ablations)")
     parser.add_argument("--label", default="exptrack", help="name of the exptrack recipe in the output")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="both recipes train here (default: cuda when present)")
     parser.add_argument("--out", help="CSV of every run")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    for name in ("exptrack.bench", "exptrack.train"):
+        logging.getLogger(name).setLevel(logging.INFO)
 
-    spec = preset_spec(args.preset, classes=args.classes)
-    root = Path(args.data) if args.data else write_demo_dataset(WORK / "data", spec)
-    classes = args.classes or spec.classes
+    if args.data:  # (also lets this script drive older exptrack versions, which have no presets)
+        root, classes = Path(args.data), args.classes or 10
+    else:
+        from exptrack.data.demo import preset_spec, write_demo_dataset
+
+        spec = preset_spec(args.preset, classes=args.classes)
+        root, classes = write_demo_dataset(WORK / "data", spec), spec.classes
     rows = []
     for masks in [m.strip() == "on" for m in args.masks.split(",")]:
         for seed in [int(s) for s in args.seeds.split(",")]:
@@ -149,9 +158,9 @@ def main(argv: list[str] | None = None) -> None:
                 start = time.perf_counter()
                 best_epoch = args.epochs
                 if recipe == "plain":
-                    mca = plain_recipe(settings, seed, args.epochs)
+                    mca = plain_recipe(settings, seed, args.epochs, torch.device(args.device))
                 else:
-                    mca, best_epoch = exptrack_recipe(settings, args.sets)
+                    mca, best_epoch = exptrack_recipe(settings, args.sets, torch.device(args.device))
                 row = {"recipe": args.label if recipe == "exptrack" else recipe, "masks": "on" if masks else "off", "seed": seed, "test_mca": round(mca, 4),
                        "model_epoch": best_epoch, "seconds": round(time.perf_counter() - start, 1)}
                 rows.append(row)

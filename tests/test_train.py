@@ -56,6 +56,7 @@ def test_train_logs_a_complete_run_and_registers_the_model(tiny_demo, make_confi
     assert tags["exptrack.command"] == "train" and tags["device"] == "cpu"
     assert tags["data_digest"] and tags["data_root"] == str(tiny_demo)
     assert "torch_version" in tags and "mlflow_version" in tags
+    assert tags["validation_weak"].startswith("1 validation subject (< 3)")  # 6 subjects: 1 held out
     assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.name == "clips"
 
     artifacts = _artifacts(result.run_id)
@@ -289,3 +290,13 @@ def test_selection_follows_the_smoothed_score_not_one_lucky_epoch():
     assert state.stale_epochs == 1  # the smoothed score last rose at epoch 6
     window1 = selection_score([{"val_mean_class_acc": s} for s in scores], window=1)
     assert window1 == scores[-1]  # window 1 is the original rule: the epoch itself
+
+
+def test_validation_weaknesses_name_subjects_and_thin_classes(tiny_demo, make_config, tmp_path):
+    from exptrack.data.prepare import prepare_data
+
+    data = prepare_data(make_config(tiny_demo), splits=("train", "val"), progress=False)
+    reasons = data.validation_weaknesses(min_subjects=3, min_clips_per_class=20)
+    assert reasons[0] == "1 validation subject (< 3)"
+    assert "fewer than 20 validation clips" in reasons[1]
+    assert data.validation_weaknesses(min_subjects=1, min_clips_per_class=1) == []  # sound enough
