@@ -18,8 +18,8 @@ Without CUDA, or with --device cpu, it runs a small model (width 0.25, 32 px, ba
 a few steps) so that CI can check that it runs in well under a minute; the variants are then
 the two memory layouts, the choice behind train.channels_last="auto" on the CPU.
 
-Usage: python bench/gpu.py [--device auto|cuda|cpu] [--steps N] [--batches 8,32,64]
-                           [--no-max] [--no-compile] [--out table.md|table.csv]
+Usage: python bench/gpu.py [--device auto|cuda|cpu] [--steps N] [--batches 8,32,64] [--width W]
+                           [--size PX] [--threads N] [--no-max] [--no-compile] [--out table.md|.csv]
 """
 
 from __future__ import annotations
@@ -506,6 +506,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto (cuda if present), cuda or cpu")
     parser.add_argument("--steps", type=int, help="timed steps per row (default: 20 on CUDA, 3 on CPU)")
     parser.add_argument("--batches", help="comma-separated train batch sizes (default: 8,32,64 on CUDA, 4,8 on CPU)")
+    parser.add_argument("--width", type=float, help="C3D width (default: 1.0 on CUDA, 0.25 on CPU)")
+    parser.add_argument("--size", type=int, help="frame size in pixels (default: 112 on CUDA, 32 on CPU)")
     parser.add_argument("--no-max", action="store_true", help="skip the search for the largest batch that fits")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice)")
@@ -520,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
         device = torch.device("cpu")  # the small model: what CI checks
     spec = CUDA_SPEC if device.type == "cuda" else CPU_SPEC
     variants = CUDA_VARIANTS if device.type == "cuda" else CPU_VARIANTS
-    spec = replace(spec, steps=args.steps or spec.steps, find_max=spec.find_max and not args.no_max,
+    spec = replace(spec, steps=args.steps or spec.steps, width=args.width or spec.width, size=args.size or spec.size, find_max=spec.find_max and not args.no_max,
                    compile=spec.compile and not args.no_compile,
                    batches=tuple(int(b) for b in args.batches.split(",")) if args.batches else spec.batches)
     if device.type == "cuda":

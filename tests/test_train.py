@@ -214,6 +214,32 @@ def test_nan_on_one_ddp_rank_stops_every_rank_with_the_same_error(tmp_path):
     assert "at epoch 1, batch 3 (found at the check of batches 3 to 4" in messages[0]
 
 
+def test_torchrun_with_one_process_joins_the_process_group(monkeypatch):
+    """`torchrun --nproc_per_node 1` runs the DDP path (NCCL on a GPU, gloo here), so that one
+    GPU can check what N GPUs run."""
+    import socket
+
+    import torch.distributed as dist
+
+    from exptrack.training import distributed
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in {"TORCHELASTIC_RUN_ID": "test", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(key, value)
+    env = distributed.init_distributed("cpu")
+    try:
+        assert env.enabled and env.world_size == 1 and dist.is_initialized()
+        assert dist.get_backend() == "gloo"
+        assert distributed.all_reduce_min(torch.tensor([3, 7])).tolist() == [3, 7]
+    finally:
+        distributed.cleanup()
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")
+    assert not distributed.init_distributed("cpu").enabled  # a plain single process: no group
+
+
 @pytest.mark.parametrize("setting", [True, False])
 def test_channels_last_setting_sets_the_layout_the_model_sees(setting):
     from exptrack.config import load_config
