@@ -112,7 +112,8 @@ class Row:
     def cells(self) -> list[str]:
         def fmt(v: float | None, spec: str) -> str:
             return "-" if v is None else format(v, spec)
-        return [self.part, self.variant, self.batch, fmt(self.clips_s, ".1f"), fmt(self.peak_gib, ".2f"),
+        rate = ".2f" if self.clips_s is not None and self.clips_s < 10 else ".1f"
+        return [self.part, self.variant, self.batch, fmt(self.clips_s, rate), fmt(self.peak_gib, ".2f"),
                 fmt(self.first_step_s, ".2f"), self.note]
 
 
