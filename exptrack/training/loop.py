@@ -126,7 +126,9 @@ class _DeviceTotals:
     device so that a step never waits for the GPU; read (and checked) only at `check`."""
 
     def __init__(self, device: torch.device) -> None:
-        self.loss_sum = torch.zeros((), dtype=torch.float32, device=device)
+        # float64 where the device has it (not MPS): a float32 sum over thousands of batches drifts
+        self.dtype = torch.float32 if device.type == "mps" else torch.float64
+        self.loss_sum = torch.zeros((), dtype=self.dtype, device=device)
         self.correct = torch.zeros((), dtype=torch.int64, device=device)
         self.first_bad = torch.full((), _NO_BAD_BATCH, dtype=torch.int64, device=device)
 
@@ -142,7 +144,8 @@ class _DeviceTotals:
         on any rank (every rank takes part in the reduction and raises the same error at the same
         check, none is left waiting in a collective); else (loss sum, correct) of this rank."""
         first_bad = distributed.all_reduce_min(self.first_bad.clone())
-        bad, loss_sum, correct = torch.stack([first_bad.float(), self.loss_sum, self.correct.float()]).tolist()
+        values = torch.stack([first_bad.to(self.dtype), self.loss_sum, self.correct.to(self.dtype)])
+        bad, loss_sum, correct = values.tolist()
         if bad < _NO_BAD_BATCH:
             raise NonFiniteLossError(
                 f"training loss became NaN or infinite at epoch {epoch}, batch {int(bad)} (found at the check "
