@@ -79,10 +79,11 @@ def autocast(device: torch.device, enabled: bool):
     return nullcontext()
 
 
-# Device types on which train.channels_last="auto" means channels_last_3d. CUDA: cuDNN's Conv3d
-# kernels for bf16 want channels-last (NDHWC) memory, as its tensor cores do. CPU: oneDNN's
-# Conv3d measured faster in channels_last_3d too, for training and evaluation, on the demo model
-# and the full C3D (bench/gpu.py --device cpu; figures in bench/RESULTS.md).
+# Device types on which train.channels_last="auto" means channels_last_3d. CUDA: cuDNN's bf16
+# Conv3d kernels run on tensor cores in channels-last (NDHWC) memory; a contiguous model pays
+# layout transposes around every convolution (bench/gpu.py compares the two on the GPU). CPU:
+# oneDNN's Conv3d measured as fast or faster in channels_last_3d: demo model +15-45% train,
+# +50% eval; full C3D equal train, +20% eval (bench/gpu.py --device cpu, bench/RESULTS.md).
 CHANNELS_LAST_DEVICES = frozenset({"cuda", "cpu"})
 
 
