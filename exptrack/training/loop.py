@@ -79,9 +79,9 @@ def autocast(device: torch.device, enabled: bool):
     return nullcontext()
 
 
-# Device types on which train.channels_last="auto" means channels_last_3d. CUDA: cuDNN's bf16
-# Conv3d kernels run on tensor cores in channels-last (NDHWC) memory; a contiguous model pays
-# layout transposes around every convolution (bench/gpu.py compares the two on the GPU). CPU:
+# Device types on which train.channels_last="auto" means channels_last_3d. CUDA: NVIDIA's
+# guidance for tensor-core convolutions is channels-last (NDHWC) memory; not yet measured here
+# (bench/gpu.py's bf16 and bf16+channels_last rows compare the two: update this if they disagree). CPU:
 # oneDNN's Conv3d measured as fast or faster in channels_last_3d: demo model +15-45% train,
 # +50% eval; full C3D equal train, +20% eval (bench/gpu.py --device cpu, bench/RESULTS.md).
 CHANNELS_LAST_DEVICES = frozenset({"cuda", "cpu"})
