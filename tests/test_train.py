@@ -14,7 +14,8 @@ from exptrack import tracking
 from exptrack.cli import build_parser, main
 from exptrack.models.c3d import C3D
 from exptrack.training import run as train_run
-from exptrack.training.loop import NonFiniteLossError
+from exptrack.data.dataset import prepare_batch
+from exptrack.training.loop import NonFiniteLossError, train_one_epoch
 
 FAST = ("model.width=0.125", "train.batch_size=8", "train.eval_batch_size=16", "train.num_workers=0",
         "train.checkpoint_every=2", "optim.lr=0.001", "mlflow.experiment=train-test", "mlflow.log_system_metrics=false")
@@ -139,10 +140,122 @@ def test_nan_loss_stops_with_a_clear_error_and_a_failed_run(tiny_demo, make_conf
 
     monkeypatch.setattr(train_run, "FocalLoss", NanLoss)
     cfg = _config(make_config, tiny_demo, "train.epochs=2")
-    with pytest.raises(NonFiniteLossError, match="training loss became nan at epoch 1, batch 1"):
+    with pytest.raises(NonFiniteLossError, match="training loss became NaN or infinite at epoch 1, batch 1 "):
         train_run.train(cfg, progress=False)
     run = mlflow.search_runs(experiment_names=["train-test"], output_format="list")[0]
     assert run.info.status == "FAILED"
+
+
+def _batches(n: int, batch: int = 4, size: int = 8, frames: int = 4, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [{"video": torch.randint(0, 256, (batch, frames, size, size, 3), dtype=torch.uint8, generator=g),  # (B, T, H, W, 3)
+             "label": torch.randint(0, 3, (batch,), generator=g)} for _ in range(n)]
+
+
+def _tiny_model() -> C3D:
+    torch.manual_seed(0)
+    return C3D(3, width=0.125, dropout=0.0, dropout_fc=0.0)  # no dropout: a forward is repeatable
+
+
+def test_train_one_epoch_reads_the_device_only_at_its_checks():
+    from exptrack.training.hostsync import check_syncs
+
+    model, batches = _tiny_model(), _batches(7)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.0, weight_decay=0.0)  # weights stay put
+    criterion, cpu = torch.nn.CrossEntropyLoss(), torch.device("cpu")
+    result = {}
+
+    def epoch(loader):
+        result.update(train_one_epoch(model, loader, criterion, optimizer, cpu, progress=False, sync_every=3))
+
+    check = check_syncs(epoch, batches, cpu, sync_every=3)
+    assert check.ok, check.summary()
+    assert set(check.at) == {3, 6, 7}  # the checks read the device, nothing else does
+    # the totals kept on the device are the per-batch ones
+    model.train()
+    with torch.no_grad():
+        losses = [criterion(model(prepare_batch(b, cpu)[0]), b["label"]).item() for b in batches]
+    assert result["train_loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-5)
+    assert 0.0 <= result["train_acc"] <= 1.0
+
+
+def test_a_nan_loss_is_caught_at_the_next_check_naming_its_batch():
+    class NanAtBatch5(torch.nn.CrossEntropyLoss):
+        calls = 0
+
+        def forward(self, logits, target):
+            self.calls += 1
+            return super().forward(logits, target) * (float("nan") if self.calls == 5 else 1.0)
+
+    from exptrack.training.hostsync import StepCounter
+
+    model = _tiny_model()
+    loader = StepCounter(_batches(10))
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2, batch 5 \(found at the check of batches 5 to 8"):
+        train_one_epoch(model, loader, NanAtBatch5(), torch.optim.SGD(model.parameters(), lr=0.1),
+                        torch.device("cpu"), epoch=2, progress=False, sync_every=4)
+    assert loader.step == 8  # no per-batch look at the loss: it ran on to the check
+
+
+def test_nan_on_one_ddp_rank_stops_every_rank_with_the_same_error(tmp_path):
+    """torchrun, 2 CPU processes (gloo): rank 1's loss alone becomes NaN; both ranks raise the
+    same error at the same check and none is left waiting in a collective."""
+    import os
+    import subprocess
+    import sys
+
+    worker = Path(__file__).with_name("ddp_nan_worker.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
+           str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    messages = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
+    assert messages[0] == messages[1], messages
+    assert "at epoch 1, batch 3 (found at the check of batches 3 to 4" in messages[0]
+
+
+def test_torchrun_with_one_process_joins_the_process_group(monkeypatch):
+    """`torchrun --nproc_per_node 1` runs the DDP path (NCCL on a GPU, gloo here), so that one
+    GPU can check what N GPUs run."""
+    import socket
+
+    import torch.distributed as dist
+
+    from exptrack.training import distributed
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in {"TORCHELASTIC_RUN_ID": "test", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(key, value)
+    env = distributed.init_distributed("cpu")
+    try:
+        assert env.enabled and env.world_size == 1 and dist.is_initialized()
+        assert dist.get_backend() == "gloo"
+        assert distributed.all_reduce_min(torch.tensor([3, 7])).tolist() == [3, 7]
+    finally:
+        distributed.cleanup()
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")
+    assert not distributed.init_distributed("cpu").enabled  # a plain single process: no group
+
+
+@pytest.mark.parametrize("setting", [True, False])
+def test_channels_last_setting_sets_the_layout_the_model_sees(setting):
+    from exptrack.config import load_config
+    from exptrack.training.loop import CHANNELS_LAST_DEVICES, use_channels_last
+
+    cfg = load_config(None, [f"train.channels_last={str(setting).lower()}"])
+    assert cfg.train.channels_last is setting and load_config().train.channels_last == "auto"
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert use_channels_last("auto", cuda) and use_channels_last("auto", cpu) == ("cpu" in CHANNELS_LAST_DEVICES)
+    assert use_channels_last(setting, cuda) is setting and use_channels_last(setting, cpu) is setting
+    model, layouts = _tiny_model(), []
+    model.register_forward_pre_hook(lambda m, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last_3d)))
+    train_one_epoch(model, _batches(2), torch.nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1),
+                    cpu, progress=False, channels_last=setting)
+    assert layouts == [setting, setting]
 
 
 def test_original_train_flags_map_to_config():

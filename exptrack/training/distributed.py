@@ -23,10 +23,13 @@ class DistEnv:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    # Started by torchrun: a process group is joined even with one process, so that
+    # `torchrun --nproc_per_node 1` runs the DDP/NCCL path of N GPUs on a one-GPU machine.
+    launched: bool = False
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        return self.world_size > 1 or self.launched
 
     @property
     def is_main(self) -> bool:
@@ -34,16 +37,23 @@ class DistEnv:
 
 
 def init_distributed(device_name: str) -> DistEnv:
-    """Join the process group that torchrun describes in the environment (a no-op otherwise)."""
+    """Join the process group that torchrun describes in the environment (a no-op otherwise).
+    On CUDA each rank binds to GPU LOCAL_RANK before NCCL starts, so that the communicator,
+    DDP's device_ids and every tensor of the rank share one device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    launched = "TORCHELASTIC_RUN_ID" in os.environ  # set by torchrun for every worker
+    if world <= 1 and not launched:
         return DistEnv()
-    env = DistEnv(rank=int(os.environ["RANK"]), world_size=world, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
-    use_cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")
+    env = DistEnv(rank=int(os.environ["RANK"]), world_size=world, local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+                  launched=launched)
+    use_cuda = torch.cuda.is_available() and (device_name == "auto" or device_name.startswith("cuda"))
     if use_cuda:
         torch.cuda.set_device(env.local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        if use_cuda:  # device_id: the NCCL communicator is created now, on this rank's GPU
+            dist.init_process_group(backend="nccl", device_id=torch.device("cuda", env.local_rank))
+        else:
+            dist.init_process_group(backend="gloo")
     if not env.is_main:  # one voice: the other ranks report only problems
         logging.getLogger("exptrack").setLevel(logging.WARNING)
     return env
@@ -71,6 +81,14 @@ def broadcast_flag(flag: bool, device: torch.device) -> bool:
     t = torch.tensor([int(flag)], device=device)
     dist.broadcast(t, src=0)
     return bool(t.item())
+
+
+def all_reduce_min(t: torch.Tensor) -> torch.Tensor:
+    """Elementwise minimum over ranks, in place, returned; `t` unchanged without a process group.
+    A collective: every rank must call it at the same point of its loop, or the others wait."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return t
 
 
 def broadcast_buffers(model: torch.nn.Module) -> None:

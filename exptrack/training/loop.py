@@ -79,6 +79,37 @@ def autocast(device: torch.device, enabled: bool):
     return nullcontext()
 
 
+# Device types on which train.channels_last="auto" means channels_last_3d. CUDA: NVIDIA's
+# guidance for tensor-core convolutions is channels-last (NDHWC) memory; not yet measured here
+# (bench/gpu.py's bf16 and bf16+channels_last rows compare the two: update this if they disagree). CPU:
+# oneDNN's Conv3d measured as fast or faster in channels_last_3d: demo model +15-45% train,
+# +50% eval; full C3D equal train, +20% eval (bench/gpu.py --device cpu, bench/RESULTS.md).
+CHANNELS_LAST_DEVICES = frozenset({"cuda", "cpu"})
+
+
+def use_channels_last(setting: str | bool, device: torch.device) -> bool:
+    """train.channels_last ("auto", True or False) resolved for `device`."""
+    if setting == "auto":
+        return device.type in CHANNELS_LAST_DEVICES
+    return bool(setting)
+
+
+def memory_format(channels_last: bool) -> torch.memory_format:
+    return torch.channels_last_3d if channels_last else torch.contiguous_format
+
+
+def model_memory_format(setting: str | bool, device: torch.device) -> torch.memory_format:
+    """The memory format of the model's weights for train.channels_last on `device`."""
+    return memory_format(use_channels_last(setting, device))
+
+
+def to_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """A (B, C, T, H, W) batch in the model's memory layout. A convolution runs channels-last as
+    soon as its input or its weight is, so a contiguous model needs a contiguous input as well
+    (to_model_input returns a channels-last view); a no-op when the layout already matches."""
+    return x.contiguous(memory_format=memory_format(channels_last))
+
+
 # ---------------------------------------------------------------------------------------------
 # one epoch
 
@@ -87,38 +118,81 @@ def _progress(loader, desc: str, enabled: bool):
     return tqdm(loader, desc=desc, unit="batch", leave=False, disable=not enabled, dynamic_ncols=True)
 
 
+# "No non-finite loss yet": larger than any batch number.
+_NO_BAD_BATCH = 2 ** 62
+
+
+class _DeviceTotals:
+    """The epoch's running loss sum, correct count and first non-finite batch, kept on the
+    device so that a step never waits for the GPU; read (and checked) only at `check`."""
+
+    def __init__(self, device: torch.device) -> None:
+        # float64 where the device has it (not MPS): a float32 sum over thousands of batches drifts
+        self.dtype = torch.float32 if device.type == "mps" else torch.float64
+        self.loss_sum = torch.zeros((), dtype=self.dtype, device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.first_bad = torch.full((), _NO_BAD_BATCH, dtype=torch.int64, device=device)
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, batch: int) -> None:
+        loss = loss.detach()
+        self.loss_sum += loss * len(y)
+        self.correct += (logits.detach().argmax(1) == y).sum()
+        # first_bad = min(first_bad, batch) where the loss is NaN or inf: no Python branch, so no sync
+        self.first_bad = torch.where(torch.isfinite(loss), self.first_bad, self.first_bad.clamp(max=batch))
+
+    def check(self, epoch: int, batch: int, last_check: int) -> tuple[float, int]:
+        """One host read: raise NonFiniteLossError if any batch up to `batch` had a non-finite loss
+        on any rank (every rank takes part in the reduction and raises the same error at the same
+        check, none is left waiting in a collective); else (loss sum, correct) of this rank."""
+        first_bad = distributed.all_reduce_min(self.first_bad.clone())
+        values = torch.stack([first_bad.to(self.dtype), self.loss_sum, self.correct.to(self.dtype)])
+        bad, loss_sum, correct = values.tolist()
+        if bad < _NO_BAD_BATCH:
+            raise NonFiniteLossError(
+                f"training loss became NaN or infinite at epoch {epoch}, batch {int(bad)} (found at the check "
+                f"of batches {last_check + 1} to {batch}, train.sync_every); lower optim.lr or check the input data")
+        return loss_sum, int(correct)
+
+
 def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, optimizer: torch.optim.Optimizer,
                     device: torch.device, *, amp: bool = True, grad_clip: float = 1.0, epoch: int = 1,
-                    progress: bool = True, channels_last: bool = False) -> dict[str, float]:
+                    progress: bool = True, channels_last: bool = False, sync_every: int = 50) -> dict[str, float]:
+    """One pass over `loader`. The step never reads a tensor on the host: the loss, accuracy and
+    non-finite-loss flag accumulate on the device and are read every `sync_every` batches and
+    at the end (0: at the end only). A non-finite loss raises NonFiniteLossError at that check.
+
+    The optimizer still steps on a non-finite loss: skipping it would need the host to look at
+    the loss first (the sync this avoids). The poisoned weights live at most until the check,
+    which raises before fit() writes this epoch's checkpoint, so no saved model is affected."""
     model.train()
-    total_loss, correct, seen = 0.0, 0, 0
+    totals = _DeviceTotals(device)
+    seen, batch_no, last_check = 0, 0, 0
+    loss_sum, correct = 0.0, 0
     start = time.perf_counter()
     bar = _progress(loader, f"epoch {epoch} train", progress)
-    for step, batch in enumerate(bar):
+    for batch_no, batch in enumerate(bar, start=1):
         x, y = prepare_batch(batch, device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
         with autocast(device, amp):
-            logits = model(x)
+            logits = model(to_layout(x, channels_last))
         loss = criterion(logits.float(), y)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"training loss became {loss.item()} at epoch {epoch}, batch {step + 1}; "
-                                     f"lower optim.lr or check the input data")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
-        n = len(y)
-        total_loss += loss.item() * n
-        correct += int((logits.argmax(1) == y).sum())
-        seen += n
-        elapsed = time.perf_counter() - start
-        bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}", clips_s=f"{seen / elapsed:.0f}")
+        totals.add(loss, logits, y, batch_no)
+        seen += len(y)  # a shape, known on the host
+        if sync_every > 0 and batch_no % sync_every == 0:
+            loss_sum, correct = totals.check(epoch, batch_no, last_check)
+            last_check = batch_no
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}",
+                            clips_s=f"{seen / (time.perf_counter() - start):.0f}")
+    if batch_no != last_check:  # also with sync_every 0 (every rank has the same number of batches)
+        loss_sum, correct = totals.check(epoch, batch_no, last_check)
     seconds = time.perf_counter() - start
-    total_loss, correct, seen = distributed.all_reduce_sum([total_loss, float(correct), float(seen)], device)
-    return {"train_loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1),
-            "train_clips_per_s": seen / max(seconds, 1e-9), "train_seconds": seconds}
+    loss_sum, correct_f, seen_f = distributed.all_reduce_sum([loss_sum, float(correct), float(seen)], device)
+    return {"train_loss": loss_sum / max(seen_f, 1), "train_acc": correct_f / max(seen_f, 1),
+            "train_clips_per_s": seen_f / max(seconds, 1e-9), "train_seconds": seconds}
 
 
 @torch.no_grad()
@@ -140,10 +214,8 @@ def recompute_bn_stats(model: nn.Module, loader: Iterable, device: torch.device,
         if i >= batches:
             break
         x, _ = prepare_batch(batch, device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
         with autocast(device, amp):
-            model(x)
+            model(to_layout(x, channels_last))
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     distributed.broadcast_buffers(model)  # every rank validates with rank 0's statistics
@@ -152,18 +224,17 @@ def recompute_bn_stats(model: nn.Module, loader: Iterable, device: torch.device,
 @torch.no_grad()
 def predict(model: nn.Module, loader: Iterable, device: torch.device, *, amp: bool = True,
             progress: bool = False, channels_last: bool = False, desc: str = "predict") -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (N, K) and labels (N,) for a whole loader, in loader order, on the CPU."""
+    """Logits (N, K) and labels (N,) for a whole loader, in loader order, on the CPU. The logits
+    stay on the device until the end (one copy, no wait per batch); the labels never leave the host."""
     model.eval()
     logits_all, labels_all = [], []
     for batch in _progress(loader, desc, progress):
-        x, y = prepare_batch(batch, device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
+        x, _ = prepare_batch(batch, device)
         with autocast(device, amp):
-            logits = model(x)
-        logits_all.append(logits.float().cpu())
-        labels_all.append(y.cpu())
-    return torch.cat(logits_all), torch.cat(labels_all)
+            logits = model(to_layout(x, channels_last))
+        logits_all.append(logits.float())
+        labels_all.append(batch["label"])
+    return torch.cat(logits_all).cpu(), torch.cat(labels_all)
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[dict[str, float], np.ndarray]:
@@ -297,10 +368,10 @@ def fit(setup: FitSetup, checkpoints: ckpt.CheckpointManager | None, state: Trai
     rank 0 passes a checkpoint manager and callbacks; rank 0 also decides when to stop."""
     cfg = setup.config.train
     state = state or TrainState()
-    channels_last = True
+    channels_last = use_channels_last(cfg.channels_last, setup.device)
     patience = cfg.early_stop_patience or math.inf  # 0: no early stopping
     if state.stale_epochs >= patience:  # resumed after it had already stopped early
-        return state  # measured faster for Conv3d on CPU too (bench/train.py)
+        return state
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         for loader in (setup.train_loader,):
             if hasattr(loader.dataset, "set_epoch"):
@@ -310,7 +381,7 @@ def fit(setup: FitSetup, checkpoints: ckpt.CheckpointManager | None, state: Trai
         lr = setup.optimizer.param_groups[0]["lr"]
         train_metrics = train_one_epoch(setup.model, setup.train_loader, setup.criterion, setup.optimizer,
                                         setup.device, amp=cfg.amp, grad_clip=cfg.grad_clip, epoch=epoch,
-                                        progress=progress, channels_last=channels_last)
+                                        progress=progress, channels_last=channels_last, sync_every=cfg.sync_every)
         recompute_bn_stats(setup.model, setup.train_loader, setup.device, cfg.precise_bn_batches, amp=cfg.amp,
                            channels_last=channels_last)
         if setup.val_loader is None:  # train + val fit: nothing held out

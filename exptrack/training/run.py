@@ -31,7 +31,7 @@ from ..models.c3d import build_model, count_parameters
 from . import checkpoint as ckpt
 from . import distributed
 from .distributed import DistEnv
-from .loop import EpochCallback, FitSetup, TrainState, fit, resolve_device, restore
+from .loop import EpochCallback, FitSetup, TrainState, fit, model_memory_format, resolve_device, restore
 
 log = logging.getLogger("exptrack.train")
 
@@ -179,7 +179,7 @@ def build_setup(config: Config, data: PreparedData, device: torch.device, env: D
     if len(data.splits["val"]):
         val_loader = make_loader(data, "val", train=False, batch_size=config.train.eval_batch_size,
                                  num_workers=config.train.num_workers, pin_memory=device.type == "cuda")
-    model = build_model(config.model).to(device, memory_format=torch.channels_last_3d)
+    model = build_model(config.model).to(device, memory_format=model_memory_format(config.train.channels_last, device))
     if env.enabled:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if config.train.compile:

@@ -1,0 +1,45 @@
+"""bench/gpu.py runs (in its CPU mode, as CI can) and prints the table it promises."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_bench_runs_on_cpu_and_prints_its_table(tmp_path):
+    out = tmp_path / "gpu.csv"
+    leftovers = set(Path(tempfile.gettempdir()).glob("exptrack-gpu-bench-*"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    # One torch thread: on a shared 2-core machine, OpenMP threads waiting for each other turned
+    # a 7 s run into 50 s. What CI checks here is that every part runs, not its speed.
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu.py"), "--device", "cpu", "--threads", "1",
+                           "--out", str(out)], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "part  " in proc.stdout and "clips/s" in proc.stdout  # the table, printed
+    rows = list(csv.DictReader(out.open()))
+    by_part = lambda part: [r for r in rows if r["part"] == part]  # noqa: E731
+
+    trained = {(r["variant"], r["batch"]): r for r in by_part("train")}
+    for variant in ("fp32", "fp32+channels_last"):
+        for batch in ("4", "8"):
+            assert float(trained[variant, batch]["clips/s"]) > 0
+            assert float(trained[variant, batch]["first step s"]) > 0
+        assert [r for r in by_part("eval") if r["variant"] == variant and float(r["clips/s"]) > 0]
+    assert "skipped" in trained["fp32+channels_last+compile", "-"]["note"]  # listed, with why
+    (loader,) = by_part("loader")
+    assert float(loader["clips/s"]) > 0 and ("keeps up" in loader["note"] or "STARVES" in loader["note"])
+    (sync,) = by_part("sync")
+    assert sync["note"].startswith("pass;") and "at batches 3, 6 " in sync["note"]
+    (profile,) = by_part("profile")
+    assert "data wait" in profile["note"]
+    assert "top 10 CPU ops by self time" in proc.stdout and "fastest train step:" in proc.stdout
+    assert "top 10 CPU ops" in out.with_suffix(".profile.txt").read_text()
+    assert out.with_suffix(".trace.json").stat().st_size > 0
+    assert set(Path(tempfile.gettempdir()).glob("exptrack-gpu-bench-*")) <= leftovers  # demo data removed
