@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .config import Config, ConfigError, load_config
-from .data.errors import DataError
+from .data.errors import DataError, DataWarnings
 from .training.loop import NonFiniteLossError
 
 
@@ -36,7 +36,12 @@ def cmd_demo_data(args: argparse.Namespace) -> None:
 def cmd_analyze(args: argparse.Namespace) -> None:
     from .analyze import run_analyze
 
-    run_analyze(_config(args), args.out)
+    result = run_analyze(_config(args), args.out)
+    print(result.splits.to_string())
+    print(result.clips_per_class.to_string())
+    warnings = DataWarnings()
+    warnings.counts.update(result.summary["warnings"])
+    print(warnings.summary())
 
 
 def cmd_cache(args: argparse.Namespace) -> None:
@@ -127,24 +132,33 @@ def cmd_visualize(args: argparse.Namespace) -> None:
                                scale_factor=args.scale_factor, long_sample=args.long_sample,
                                sample_duration=args.sample_duration, start_frame=args.start_frame,
                                subject_id=args.subject_id, save_dir=args.save_dir)
-    run_visualize(args.model, options, device_name=args.device, data_root=args.data_root,
-                  progress=not args.no_progress)
+    result = run_visualize(args.model, options, device_name=args.device, data_root=args.data_root,
+                           progress=not args.no_progress)
+    print(f"{len(result.samples)} sample(s) written to {result.out_dir} and logged to run {result.run_id}")
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
+    from .data.layout import class_label
     from .predict import predict_video
 
     timeline = predict_video(args.video, args.model, out_dir=args.save_dir, device_name=args.device,
                              stride=args.stride, smooth_window=args.smooth, overlay=args.overlay)
+    n = len(timeline.segments)
+    print(f"{args.video}: {n} segment{'' if n == 1 else 's'} over {len(timeline.frames)} frames -> {timeline.out_dir}")
     for _, seg in timeline.segments.iterrows():
-        print(f"  {seg.start_s:7.1f}-{seg.end_s:7.1f} s  class {seg['class']}  confidence {seg.mean_confidence:.2f}")
+        print(f"  {seg.start_s:7.1f}-{seg.end_s:7.1f} s  {class_label(int(seg['class']), timeline.class_names)}  "
+              f"confidence {seg.mean_confidence:.2f}")
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
     from .tune import load_study_spec, run_tune
 
     spec = load_study_spec(args.study_file, study=args.study, storage=args.storage, n_trials=args.n_trials)
-    run_tune(spec, progress=not args.no_progress, retrain_best=args.retrain_best)
+    study = run_tune(spec, progress=not args.no_progress, retrain_best=args.retrain_best)
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    pruned = sum(t.state.name == "PRUNED" for t in study.trials)
+    print(f"study {spec.study}: {len(complete)} complete trials, {pruned} pruned"
+          + (f", best {spec.metric} {study.best_value:.4f} with {study.best_params}" if complete else ""))
 
 
 def _flag_value(text: str) -> bool:

@@ -178,9 +178,10 @@ class PruneOnPlateau:
         self.trial, self.metric = trial, metric
 
     def __call__(self, metrics: dict[str, float], per_class, saved, state: TrainState) -> None:
-        self.trial.report(metrics[self.metric], step=state.epoch)
+        value = metrics[self.metric]
+        self.trial.report(value, step=state.epoch)
         if self.trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at epoch {state.epoch}")
+            raise optuna.TrialPruned(f"pruned at epoch {state.epoch} ({self.metric} {value:.4f})")
 
 
 def frozen(study: optuna.Study, trial: optuna.Trial) -> optuna.trial.FrozenTrial:
@@ -247,8 +248,9 @@ def objective_for(spec: StudySpec, study: optuna.Study, progress: bool):
             trial.set_user_attr("best_epoch", result.state.best_epoch.get(spec.metric))
             best = result.state.best.get(spec.metric)
             return best if best is not None else result.state.history[-1][spec.metric]
-        except optuna.TrialPruned:
+        except optuna.TrialPruned as exc:
             state = "PRUNED"
+            log.info("trial %d %s: its run ends KILLED", trial.number, exc)
             raise
         finally:
             if run_ids:
@@ -404,8 +406,8 @@ def retrain_best_trial(study: optuna.Study, spec: StudySpec, parent: str, progre
                          tags={"optuna.study": spec.study, "optuna.retrain_of": best.number, "trained_on": "train+val"})
     result = train(config, progress=progress, options=options)
     tracking.set_run_tags(parent, {RETRAINED_TRIAL_TAG: best.number, RETRAINED_TAG: result.model_version or ""})
-    print(f"study {spec.study}: best params retrained on train+val for {epochs} epochs: run {result.run_id}, "
-          f"model version {result.model_version}")
+    log.info("study %s: best params retrained on train+val for %d epochs: run %s, model version %s", spec.study,
+             epochs, result.run_id, result.model_version)
     return result.model_version
 
 
@@ -464,5 +466,3 @@ def log_study_result(study: optuna.Study, complete: list, spec: StudySpec, paren
         tracking.set_run_tags(parent, {"best_model_version": version})
     if all(t.state.is_finished() for t in study.trials):
         tracking.finish_run(parent)
-    print(f"study {spec.study}: {len(complete)} complete trials"
-          + (f", best {spec.metric} {study.best_value:.4f} with {study.best_params}" if complete else ""))
