@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from . import plots, tracking
-from .config import Config, replace
+from .config import Config, ConfigError, replace
 from .data.clips import ClipIndex
 from .data.dataset import make_loader
 from .data.errors import DataError
@@ -89,6 +89,30 @@ def subject_timelines(data: PreparedData, split: str, probs: np.ndarray, smooth_
 
 # ---------------------------------------------------------------------------------------------
 # the evaluate command
+
+
+# What `evaluate --set` may change: where the data and outputs are, and the input weighting
+# (warned when it differs from the model's training). The rest of data.* and model.* is the
+# model's own (clip length, frame size, classes): changing it would not evaluate that model.
+EVALUATE_DATA_KEYS = ("root", "use_masks", "use_skeleton_attention", "skeleton_sigma", "mask_alpha",
+                      "skeleton_floor", "keypoint_min_conf", "frame_base", "eval_stride", "min_purity", "demo")
+EVALUATE_SECTIONS = ("mlflow", "paths")
+
+
+def evaluate_overrides(given: Config, keys: list[str]) -> dict[str, dict]:
+    """The data.* overrides among the `--set` keys of an evaluate command, with their values in
+    `given`; a key evaluate cannot apply is a ConfigError naming it."""
+    out: dict[str, dict] = {}
+    for key in keys:
+        section, _, name = key.partition(".")
+        if section in EVALUATE_SECTIONS:
+            continue  # taken from the caller's config as a whole (base_config)
+        if section == "data" and name in EVALUATE_DATA_KEYS:
+            out.setdefault("data", {})[name] = getattr(given.data, name)
+            continue
+        raise ConfigError(f"--set {key}: evaluate uses the model's own {section}.* settings; it can change only "
+                          f"{', '.join('data.' + k for k in EVALUATE_DATA_KEYS)}, mlflow.* and paths.*")
+    return out
 
 
 def evaluation_config(trained: Config, data_root: str | None, overrides: dict[str, dict]) -> Config:
