@@ -229,7 +229,7 @@ def check_class_ids(paths: list[Path], num_classes: int) -> None:
             if label > largest:
                 largest, where = label, f"{path}:{line_no}"
     if largest >= num_classes:
-        raise DataError(f"{where}: class id {largest} is the largest in the labels, but model.num_classes is "
+        raise DataError(f"{where}: unknown class id {largest}, the largest in the labels, but model.num_classes is "
                         f"{num_classes} (ids 0..{num_classes - 1}): set model.num_classes={largest + 1}")
 
 
