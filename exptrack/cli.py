@@ -238,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="metrics of a model on a split, logged as an MLflow run")
     _config_options(p)
     p.add_argument("--model", default="models:/c3d-exercise@champion",
-                   help="models:/name@alias, models:/name/version, runs:/id, a run id or a checkpoint file")
+                   help="models:/name@alias, models:/name/version, runs:/id, a run id or a checkpoint file"
+                        + _DEFAULT)
     p.add_argument("--split", default="test", choices=["test", "val", "train"], help="split to evaluate on" + _DEFAULT)
     p.add_argument("--batch-size", type=int, default=16, help="clips per batch" + _DEFAULT)
     p.add_argument("--device", default="auto", help="cuda, cuda:1, mps, cpu or auto (cuda > mps > cpu)" + _DEFAULT)
