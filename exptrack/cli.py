@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .config import Config, ConfigError, load_config
 from .data.errors import DataError, DataWarnings
+from .errors import ModelError
 from .training.loop import NonFiniteLossError
 
 
@@ -316,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
     try:
         args.func(args)
-    except (ConfigError, DataError, NonFiniteLossError, ValueError) as exc:
+    except (ConfigError, DataError, ModelError, NonFiniteLossError, ValueError) as exc:
         print(f"exptrack {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

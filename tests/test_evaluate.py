@@ -93,8 +93,10 @@ def test_every_model_reference_gives_the_same_numbers(tiny_trained, tmp_path, mo
 
 def test_unknown_model_reference_is_a_clear_error(tmp_path):
     from exptrack.data.errors import DataError
+    from exptrack.errors import ModelError
 
-    with pytest.raises(DataError, match="not a models:/ or runs:/ URI"):
+    with pytest.raises(ModelError, match="not a models:/ or runs:/ URI") as caught:
         run_evaluate(str(tmp_path / "missing.pt"), progress=False)
-    with pytest.raises(DataError, match="not found in the registry"):
+    assert not isinstance(caught.value, DataError)  # a model reference is not bad data
+    with pytest.raises(ModelError, match="not found in the registry"):
         run_evaluate("models:/nothing@champion", progress=False)
