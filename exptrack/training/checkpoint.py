@@ -85,9 +85,6 @@ class CheckpointManager:
         self.folder = Path(folder)
         self.every, self.keep = every, keep
 
-    def periodic(self) -> list[Path]:
-        return sorted(self.folder.glob("epoch_*.pt"))
-
     @property
     def _index_path(self) -> Path:
         return self.folder / "periodic.json"
