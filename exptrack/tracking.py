@@ -32,6 +32,9 @@ log = logging.getLogger("exptrack.tracking")
 warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column", category=UserWarning)
 
 
+EXPERIMENT_KIND = "mlflow.experimentKind"
+
+
 def use_tracking_uri(config: Config) -> None:
     """Point MLflow at the configured tracking store, if the config names one. Touches no store
     (workers starting together on a fresh SQLite file must not all create its tables)."""
@@ -43,7 +46,11 @@ def configure(config: Config) -> None:
     """Point MLflow at the configured tracking server (if any) and experiment."""
     use_tracking_uri(config)
     if not os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run` the run's experiment is fixed
-        mlflow.set_experiment(config.mlflow.experiment)
+        experiment = mlflow.set_experiment(config.mlflow.experiment)
+        if EXPERIMENT_KIND not in experiment.tags:
+            # MLflow 3's UI opens an experiment without this tag in its GenAI view (traces);
+            # tagged, it opens on the runs table ("Machine learning" / model training)
+            mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, "custom_model_development")
 
 
 def tracking_uri() -> str:
