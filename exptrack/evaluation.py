@@ -17,6 +17,7 @@ from .config import Config, ConfigError, replace
 from .data.clips import ClipIndex
 from .data.dataset import make_loader
 from .data.errors import DataError
+from .data.layout import read_class_names
 from .data.prepare import PreparedData, prepare_data
 from .inference import load_model
 from .metrics import (classification_metrics, confusion_tables, frame_accuracy, frame_labels, frame_probabilities,
@@ -55,13 +56,16 @@ def error_analysis(confusion: pd.DataFrame, top: int = 10) -> pd.DataFrame:
     return table.sort_values(["count", "share_of_true"], ascending=False).head(top).reset_index(drop=True)
 
 
-def predictions_table(index: ClipIndex, probs: np.ndarray) -> pd.DataFrame:
+def predictions_table(index: ClipIndex, probs: np.ndarray, names: list[str] | None = None) -> pd.DataFrame:
     top3 = np.argsort(-probs, axis=1)[:, :3]
+    names = np.asarray(names or [str(c) for c in range(probs.shape[1])])
     table = pd.DataFrame({
         "subject": np.asarray(index.subjects)[index.subject_idx],
         "start_frame": index.start,
         "true": index.label,
         "predicted": probs.argmax(1),
+        "true_name": names[index.label],
+        "predicted_name": names[probs.argmax(1)],
         "top3": [" ".join(map(str, row)) for row in top3],
     })
     for c in range(probs.shape[1]):
@@ -153,6 +157,8 @@ def run_evaluate(model_ref: str, split: str = "test", batch_size: int = 16, devi
     probs = torch.softmax(logits, dim=1).numpy()
     y_true = labels.numpy()
     report = clip_metrics(y_true, probs)
+    names = read_class_names(data.layout.root, probs.shape[1])
+    report.per_class.insert(0, "name", [names[c] for c in report.per_class.index])
     timelines = subject_timelines(data, split, probs, smooth_window)
     frame = {
         "frame_accuracy": float(np.nanmean([frame_accuracy(t["raw"], t["true"]) for t in timelines.values()])),
@@ -161,7 +167,7 @@ def run_evaluate(model_ref: str, split: str = "test", batch_size: int = 16, devi
     }
     log.info("%d clips in %.1f s (%.0f clips/s on %s)", len(y_true), seconds, frame["clips_per_s"], device)
     out = Path(save_dir)
-    write_report(report, predictions_table(data.splits[split], probs), timelines, out)
+    write_report(report, predictions_table(data.splits[split], probs, names), timelines, out)
     log_evaluation(config, loaded.source, split, data, report, frame, out)
     return report, frame
 

@@ -86,7 +86,8 @@ def test_every_model_reference_gives_the_same_numbers(tiny_trained, tmp_path, mo
     assert report.summary == pytest.approx(summaries[0])
 
     predictions = pd.read_csv(tmp_path / "r0" / "predictions.csv")
-    assert {"subject", "start_frame", "true", "predicted", "top3", "prob_0"} <= set(predictions.columns)
+    assert {"subject", "start_frame", "true", "predicted", "true_name", "predicted_name", "top3",
+            "prob_0"} <= set(predictions.columns)
     for png in ("confusion_matrix.png", "confusion_matrix_normalized.png"):
         assert (tmp_path / "r0" / png).stat().st_size > 0
 
