@@ -119,9 +119,6 @@ def run_analyze(config: Config, out_dir: str | Path | None = None) -> Analysis:
     data = prepare_data(config)
     result = analyze(data)
     write_report(result, out)
-    print(result.splits.to_string())
-    print(result.clips_per_class.to_string())
-    print(data.warnings.summary())
     with tracking.start_run(config, run_name="analyze", command="analyze",
                             tags={"data_root": data.layout.root, "data_digest": data.digest()}) as run:
         run.log_config(config)

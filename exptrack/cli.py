@@ -8,27 +8,34 @@ import sys
 from pathlib import Path
 
 from .config import Config, ConfigError, load_config
-from .data.errors import DataError
+from .data.errors import DataError, DataWarnings
+from .errors import ModelError
 from .training.loop import NonFiniteLossError
 
 
 def _config_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="experiment YAML (e.g. experiments/demo.yaml)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override one config key, type-checked (repeatable)")
+    parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override config keys, type-checked (several per --set, and --set repeatable)")
     parser.add_argument("--sets", default="", help="space-separated overrides in one argument (for MLproject)")
 
 
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """Every `--set` and `--sets` override, in order."""
+    return [*args.overrides, *(getattr(args, "sets", "") or "").split()]
+
+
 def _config(args: argparse.Namespace, extra: list[str] | None = None) -> Config:
-    sets = getattr(args, "sets", "") or ""
-    return load_config(args.config, [*args.overrides, *sets.split(), *(extra or [])])
+    return load_config(args.config, [*_overrides(args), *(extra or [])])
 
 
 def cmd_demo_data(args: argparse.Namespace) -> None:
     from .data.demo import preset_spec, write_demo_dataset
+    from .data.prepare import write_demo_class_names
 
     spec = preset_spec(args.preset, args.subjects, args.classes, args.seed)
     root = write_demo_dataset(args.out, spec, progress=True)
+    write_demo_class_names(root, spec.classes)
     print(f"{args.preset} demo dataset written to {root} ({spec.subjects} subjects, {spec.classes} classes, "
           f"seed {spec.seed})")
 
@@ -36,7 +43,12 @@ def cmd_demo_data(args: argparse.Namespace) -> None:
 def cmd_analyze(args: argparse.Namespace) -> None:
     from .analyze import run_analyze
 
-    run_analyze(_config(args), args.out)
+    result = run_analyze(_config(args), args.out)
+    print(result.splits.to_string())
+    print(result.clips_per_class.to_string())
+    warnings = DataWarnings()
+    warnings.counts.update(result.summary["warnings"])
+    print(warnings.summary())
 
 
 def cmd_cache(args: argparse.Namespace) -> None:
@@ -75,16 +87,30 @@ def cmd_train(args: argparse.Namespace) -> None:
     result = train(_config(args, _train_overrides(args)), resume=args.resume, progress=not args.no_progress)
     if not result.run_id:  # a non-zero torchrun rank: rank 0 reports
         return
-    best = result.state.best
-    print(f"run {result.run_id}: {result.state.epoch} epochs, best val mean class accuracy "
-          f"{best['val_mean_class_acc']:.3f}, val accuracy {best['val_acc']:.3f}"
-          + (f"; registered as version {result.model_version}" if result.model_version else ""))
+    print(end_of_run_line(result))
+
+
+def end_of_run_line(result) -> str:
+    """What `exptrack train` ends with: the kept (registered) model's epoch and that epoch's
+    validation metrics, all from one epoch; a train+val fit says it had no validation."""
+    state = result.state
+    epoch = state.best_epoch.get("val_mean_class_acc")
+    row = next((r for r in state.history if int(r["epoch"]) == epoch), {})
+    registered = f"; registered as version {result.model_version}" if result.model_version else ""
+    if "val_mean_class_acc" not in row:
+        return (f"run {result.run_id}: {state.epoch} epochs on train+val (no validation): model of epoch {epoch}, "
+                f"train accuracy {row.get('train_acc', float('nan')):.3f}{registered}")
+    return (f"run {result.run_id}: {state.epoch} epochs; model of epoch {epoch}: val mean class accuracy "
+            f"{row['val_mean_class_acc']:.3f}, val accuracy {row['val_acc']:.3f}, val top-3 "
+            f"{row['val_top3_acc']:.3f}{registered}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .evaluation import run_evaluate
+    from .evaluation import evaluate_overrides, run_evaluate
 
-    overrides: dict[str, dict] = {}
+    given = _config(args) if (args.config or args.overrides or args.sets) else None
+    # data.* keys of --set that evaluate can apply (others are refused, naming the key)
+    overrides = evaluate_overrides(given, [o.partition("=")[0].strip() for o in _overrides(args)]) if given else {}
     for flag, key in (("use_masks", "use_masks"), ("use_skeleton_attention", "use_skeleton_attention"),
                       ("skeleton_sigma", "skeleton_sigma")):
         value = getattr(args, flag)
@@ -94,7 +120,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                                  save_dir=args.save_dir, data_root=args.data_root, overrides=overrides,
                                  progress=not args.no_progress,
                                  # the model's own experiment unless a config is given
-                                 base_config=_config(args) if (args.config or args.overrides or args.sets) else None)
+                                 base_config=given)
     s = report.summary
     print(f"{args.split}: accuracy {s['accuracy']:.3f}, top-3 {s['top3_accuracy']:.3f}, mean class accuracy "
           f"{s['mean_class_accuracy']:.3f}, macro F1 {s['macro_f1']:.3f}; frame accuracy {frame['frame_accuracy']:.3f} "
@@ -111,7 +137,8 @@ def cmd_plots(args: argparse.Namespace) -> None:
 def cmd_promote(args: argparse.Namespace) -> None:
     from .registry import promote, version_scores
 
-    decision = promote(args.name, metric=args.metric, split=args.split, data_root=args.data_root)
+    decision = promote(args.name, metric=args.metric, split=args.split, data_root=args.data_root,
+                       progress=not args.no_progress)
     scores = version_scores(args.name, args.split)
     for version, reason in sorted(decision.reasons.items(), key=lambda kv: int(kv[0])):
         shown = ", ".join(f"{m} {v:.3f}" for m, v in scores.get(version, {}).items())
@@ -127,24 +154,33 @@ def cmd_visualize(args: argparse.Namespace) -> None:
                                scale_factor=args.scale_factor, long_sample=args.long_sample,
                                sample_duration=args.sample_duration, start_frame=args.start_frame,
                                subject_id=args.subject_id, save_dir=args.save_dir)
-    run_visualize(args.model, options, device_name=args.device, data_root=args.data_root,
-                  progress=not args.no_progress)
+    result = run_visualize(args.model, options, device_name=args.device, data_root=args.data_root,
+                           progress=not args.no_progress)
+    print(f"{len(result.samples)} sample(s) written to {result.out_dir} and logged to run {result.run_id}")
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
+    from .data.layout import class_label
     from .predict import predict_video
 
     timeline = predict_video(args.video, args.model, out_dir=args.save_dir, device_name=args.device,
                              stride=args.stride, smooth_window=args.smooth, overlay=args.overlay)
+    n = len(timeline.segments)
+    print(f"{args.video}: {n} segment{'' if n == 1 else 's'} over {len(timeline.frames)} frames -> {timeline.out_dir}")
     for _, seg in timeline.segments.iterrows():
-        print(f"  {seg.start_s:7.1f}-{seg.end_s:7.1f} s  class {seg['class']}  confidence {seg.mean_confidence:.2f}")
+        print(f"  {seg.start_s:7.1f}-{seg.end_s:7.1f} s  {class_label(int(seg['class']), timeline.class_names)}  "
+              f"confidence {seg.mean_confidence:.2f}")
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
     from .tune import load_study_spec, run_tune
 
     spec = load_study_spec(args.study_file, study=args.study, storage=args.storage, n_trials=args.n_trials)
-    run_tune(spec, progress=not args.no_progress, retrain_best=args.retrain_best)
+    study = run_tune(spec, progress=not args.no_progress, retrain_best=args.retrain_best)
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    pruned = sum(t.state.name == "PRUNED" for t in study.trials)
+    print(f"study {spec.study}: {len(complete)} complete trials, {pruned} pruned"
+          + (f", best {spec.metric} {study.best_value:.4f} with {study.best_params}" if complete else ""))
 
 
 def _flag_value(text: str) -> bool:
@@ -153,6 +189,9 @@ def _flag_value(text: str) -> bool:
     if text.lower() in ("false", "0", "no"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+_DEFAULT = " (default: %(default)s)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,15 +216,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train C3D; one MLflow run, best model registered")
     _config_options(p)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: auto)")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--epochs", type=int, help="train.epochs (default: the config's)")
+    p.add_argument("--batch-size", type=int, help="train.batch_size (default: the config's)")
+    p.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: the config's train.device; auto: cuda > mps > cpu)")
+    p.add_argument("--seed", type=int, help="train.seed (default: the config's)")
     p.add_argument("--downsample-class1", action="store_true", help="downsample class 1 to the median class")
     p.add_argument("--use-masks", action="store_true", help="black out the background with the person masks")
     p.add_argument("--use-skeleton-attention", action="store_true", help="weight frames by skeleton attention")
-    p.add_argument("--skeleton-sigma", type=float, help="attention blob std in pixels at the clip size")
-    p.add_argument("--resume", help="a checkpoint file, or the run id of a run to continue")
+    p.add_argument("--skeleton-sigma", type=float, help="attention blob std in pixels at the clip size "
+                   "(default: the config's data.skeleton_sigma)")
+    p.add_argument("--resume", help="a checkpoint file, or the run id of a run to continue (default: a new run)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     p.set_defaults(func=cmd_train)
 
@@ -199,69 +239,72 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="metrics of a model on a split, logged as an MLflow run")
     _config_options(p)
     p.add_argument("--model", default="models:/c3d-exercise@champion",
-                   help="models:/name@alias, models:/name/version, runs:/id, a run id or a checkpoint file")
-    p.add_argument("--split", default="test", choices=["test", "val", "train"])
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--save-dir", default="outputs/results")
+                   help="models:/name@alias, models:/name/version, runs:/id, a run id or a checkpoint file"
+                        + _DEFAULT)
+    p.add_argument("--split", default="test", choices=["test", "val", "train"], help="split to evaluate on" + _DEFAULT)
+    p.add_argument("--batch-size", type=int, default=16, help="clips per batch" + _DEFAULT)
+    p.add_argument("--device", default="auto", help="cuda, cuda:1, mps, cpu or auto (cuda > mps > cpu)" + _DEFAULT)
+    p.add_argument("--save-dir", default="outputs/results", help="folder for the report files" + _DEFAULT)
     p.add_argument("--data-root", help="evaluate on this dataset (default: the one the model was trained on)")
     p.add_argument("--use-masks", action="store_true", help="override the model's setting (warned)")
     p.add_argument("--use-skeleton-attention", action="store_true", help="override the model's setting (warned)")
     p.add_argument("--skeleton-sigma", type=float, help="override the model's setting (warned)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("plots", help="training curves of a run (also made at the end of every train run)")
     p.add_argument("--run", required=True, help="MLflow run id of a train run")
-    p.add_argument("--top-classes", type=int, default=10)
-    p.add_argument("--save-dir", default="outputs/plots")
+    p.add_argument("--top-classes", type=int, default=10, help="classes in the top-classes figure" + _DEFAULT)
+    p.add_argument("--save-dir", default="outputs/plots", help="folder for the figures" + _DEFAULT)
     p.set_defaults(func=cmd_plots)
 
     p = sub.add_parser("promote", help="move the alias 'champion' to the best version (fair comparison)")
-    p.add_argument("--name", default="c3d-exercise", help="registered model name")
-    p.add_argument("--metric", default="test_mean_class_accuracy")
-    p.add_argument("--split", default="test", choices=["test", "val"])
+    p.add_argument("--name", default="c3d-exercise", help="registered model name" + _DEFAULT)
+    p.add_argument("--metric", default="test_mean_class_accuracy", help="version tag compared (higher wins)" + _DEFAULT)
+    p.add_argument("--split", default="test", choices=["test", "val"], help="split the versions are evaluated on" + _DEFAULT)
     p.add_argument("--data-root", help="evaluate on this dataset (default: each model's own)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars while versions are evaluated")
     p.set_defaults(func=cmd_promote)
 
     p = sub.add_parser("visualize", help="GradCAM videos of a model, logged as an MLflow run")
-    p.add_argument("--model", default="models:/c3d-exercise@champion")
-    p.add_argument("--split", default="test", choices=["test", "val", "train"])
-    p.add_argument("--num-samples", type=int, default=20)
-    p.add_argument("--layer", default="block4", choices=["block3", "block4", "block5"])
-    p.add_argument("--alpha", type=float, default=0.5, help="heatmap weight in the overlay")
-    p.add_argument("--fps", type=int, default=10)
-    p.add_argument("--misclassified-only", action="store_true")
-    p.add_argument("--scale-factor", type=int, default=3, help="upscaling of overlay_with_probs.mp4")
+    p.add_argument("--model", default="models:/c3d-exercise@champion", help="model reference, as for evaluate" + _DEFAULT)
+    p.add_argument("--split", default="test", choices=["test", "val", "train"], help="split the clips come from" + _DEFAULT)
+    p.add_argument("--num-samples", type=int, default=20, help="clips to render" + _DEFAULT)
+    p.add_argument("--layer", default="block4", choices=["block3", "block4", "block5"], help="GradCAM layer" + _DEFAULT)
+    p.add_argument("--alpha", type=float, default=0.5, help="heatmap weight in the overlay" + _DEFAULT)
+    p.add_argument("--fps", type=int, default=10, help="frame rate of the videos" + _DEFAULT)
+    p.add_argument("--misclassified-only", action="store_true", help="sample among the misclassified clips only")
+    p.add_argument("--scale-factor", type=int, default=3, help="upscaling of overlay_with_probs.mp4" + _DEFAULT)
     p.add_argument("--long-sample", action="store_true", help="one long sample of a subject's video")
-    p.add_argument("--sample-duration", type=int, default=300, help="frames of the long sample")
-    p.add_argument("--start-frame", type=int, default=0)
+    p.add_argument("--sample-duration", type=int, default=300, help="frames of the long sample" + _DEFAULT)
+    p.add_argument("--start-frame", type=int, default=0, help="first frame of the long sample" + _DEFAULT)
     p.add_argument("--subject-id", help="subject of the long sample (default: the first of the split)")
-    p.add_argument("--save-dir", default="outputs/visualizations")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--data-root")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--save-dir", default="outputs/visualizations", help="output folder" + _DEFAULT)
+    p.add_argument("--device", default="auto", help="cuda, mps, cpu or auto" + _DEFAULT)
+    p.add_argument("--data-root", help="dataset to draw clips from (default: the one the model was trained on)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     p.set_defaults(func=cmd_visualize)
 
     p = sub.add_parser("predict", help="exercise timeline of a new video")
-    p.add_argument("video")
-    p.add_argument("--model", default="models:/c3d-exercise@champion")
-    p.add_argument("--save-dir", default="outputs/predictions")
-    p.add_argument("--device", default="auto")
+    p.add_argument("video", help="a video file (no labels, masks or keypoints needed)")
+    p.add_argument("--model", default="models:/c3d-exercise@champion", help="model reference, as for evaluate" + _DEFAULT)
+    p.add_argument("--save-dir", default="outputs/predictions", help="results go to <save-dir>/<video name>/" + _DEFAULT)
+    p.add_argument("--device", default="auto", help="cuda, mps, cpu or auto" + _DEFAULT)
     p.add_argument("--stride", type=int, help="window stride in frames (default: half a clip)")
-    p.add_argument("--smooth", type=int, default=31, help="majority window (frames) for the segments")
+    p.add_argument("--smooth", type=int, default=31, help="majority window (frames) for the segments" + _DEFAULT)
     p.add_argument("--overlay", action="store_true", help="also write overlay.mp4 with the predicted labels")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("tune", help="Optuna search; each trial a nested MLflow run")
-    p.add_argument("--study-file", default="experiments/tune/demo.yaml")
+    p.add_argument("--study-file", default="experiments/tune/demo.yaml", help="study YAML" + _DEFAULT)
     p.add_argument("--study", help="study name (default: the study file's)")
-    p.add_argument("--storage", help="sqlite:///file.db, a journal file (*.log) or postgresql://...")
-    p.add_argument("--n-trials", type=int, help="total trials of the study (a rerun continues it)")
+    p.add_argument("--storage", help="sqlite:///file.db, a journal file (*.log) or postgresql://... "
+                   "(default: the study file's)")
+    p.add_argument("--n-trials", type=int, help="total trials of the study, a rerun continues it (default: the study file's)")
     p.add_argument("--retrain-best", nargs="?", const=True, default=False, type=_flag_value,
                    help="afterwards, fit the best params on train+val subjects and register that model too "
                         "(also --retrain-best true|false, for MLproject)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     p.set_defaults(func=cmd_tune)
 
     return parser
@@ -274,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
     try:
         args.func(args)
-    except (ConfigError, DataError, NonFiniteLossError, ValueError) as exc:
+    except (ConfigError, DataError, ModelError, NonFiniteLossError, ValueError) as exc:
         print(f"exptrack {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -11,22 +11,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import (
-    accuracy_score,
-    balanced_accuracy_score,
-    confusion_matrix,
-    precision_recall_fscore_support,
-    top_k_accuracy_score,
-)
 
 from . import plots, tracking
-from .config import Config, replace
+from .config import Config, ConfigError, replace
 from .data.clips import ClipIndex
 from .data.dataset import make_loader
 from .data.errors import DataError
-from .data.layout import BACKGROUND
+from .data.layout import read_class_names
 from .data.prepare import PreparedData, prepare_data
 from .inference import load_model
+from .metrics import (classification_metrics, confusion_tables, frame_accuracy, frame_labels, frame_probabilities,
+                      smooth_labels)
 from .training.loop import predict, resolve_device
 
 log = logging.getLogger("exptrack.evaluate")
@@ -43,27 +38,9 @@ class ClipReport:
 
 def clip_metrics(y_true: np.ndarray, probs: np.ndarray, top_errors: int = 10) -> ClipReport:
     """Metrics over the classes that occur in `y_true` (mean class accuracy = balanced accuracy)."""
-    num_classes = probs.shape[1]
-    y_pred = probs.argmax(1)
-    present = sorted(set(y_true.tolist()))
-    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=present, zero_division=0)
-    per_class = pd.DataFrame({"precision": p, "recall": r, "f1": f, "support": s}, index=pd.Index(present, name="class"))
-    macro = precision_recall_fscore_support(y_true, y_pred, labels=present, average="macro", zero_division=0)
-    summary = {
-        "accuracy": accuracy_score(y_true, y_pred),
-        # with 3 classes or fewer every label is in the top 3 (sklearn warns that this is meaningless)
-        "top3_accuracy": (top_k_accuracy_score(y_true, probs, k=3, labels=list(range(num_classes)))
-                          if num_classes > 3 else 1.0),
-        "mean_class_accuracy": balanced_accuracy_score(y_true, y_pred),
-        "macro_precision": macro[0], "macro_recall": macro[1], "macro_f1": macro[2],
-        "clips": float(len(y_true)),
-    }
-    labels = sorted(set(present) | set(y_pred.tolist()))
-    counts = confusion_matrix(y_true, y_pred, labels=labels)
-    confusion = pd.DataFrame(counts, index=pd.Index(labels, name="true"), columns=pd.Index(labels, name="predicted"))
-    rows = confusion.sum(axis=1).replace(0, np.nan)
-    normalized = confusion.div(rows, axis=0).fillna(0.0)
-    return ClipReport(summary, per_class, confusion, normalized, error_analysis(confusion, top_errors))
+    m = classification_metrics(y_true, probs, probs.shape[1])
+    confusion, normalized = confusion_tables(y_true, probs.argmax(1))
+    return ClipReport(m.summary, m.per_class, confusion, normalized, error_analysis(confusion, top_errors))
 
 
 def error_analysis(confusion: pd.DataFrame, top: int = 10) -> pd.DataFrame:
@@ -79,13 +56,16 @@ def error_analysis(confusion: pd.DataFrame, top: int = 10) -> pd.DataFrame:
     return table.sort_values(["count", "share_of_true"], ascending=False).head(top).reset_index(drop=True)
 
 
-def predictions_table(index: ClipIndex, probs: np.ndarray) -> pd.DataFrame:
+def predictions_table(index: ClipIndex, probs: np.ndarray, names: list[str] | None = None) -> pd.DataFrame:
     top3 = np.argsort(-probs, axis=1)[:, :3]
+    names = np.asarray(names or [str(c) for c in range(probs.shape[1])])
     table = pd.DataFrame({
         "subject": np.asarray(index.subjects)[index.subject_idx],
         "start_frame": index.start,
         "true": index.label,
         "predicted": probs.argmax(1),
+        "true_name": names[index.label],
+        "predicted_name": names[probs.argmax(1)],
         "top3": [" ".join(map(str, row)) for row in top3],
     })
     for c in range(probs.shape[1]):
@@ -97,52 +77,46 @@ def predictions_table(index: ClipIndex, probs: np.ndarray) -> pd.DataFrame:
 # frame-level view
 
 
-def frame_predictions(starts: np.ndarray, preds: np.ndarray, num_frames: int, clip_len: int) -> np.ndarray:
-    """(num_frames,) predicted label per frame: the prediction of the clip whose centre is
-    nearest; -1 where no clip covers the frame."""
-    out = np.full(num_frames, BACKGROUND, dtype=np.int64)
-    if len(starts) == 0:
-        return out
-    centres = starts + (clip_len - 1) / 2.0
-    frames = np.arange(num_frames)
-    nearest = np.abs(frames[:, None] - centres[None, :]).argmin(axis=1)  # (num_frames,)
-    covered = (frames >= starts.min()) & (frames < starts.max() + clip_len)
-    out[covered] = preds[nearest[covered]]
-    return out
-
-
-def smooth_labels(labels: np.ndarray, window: int) -> np.ndarray:
-    """Majority vote over a centred window (ties: the lower id); -1 stays a vote like any other."""
-    if window <= 1:
-        return labels.copy()
-    half = window // 2
-    padded = np.pad(labels, half, mode="edge")
-    windows = np.lib.stride_tricks.sliding_window_view(padded, window)[: len(labels)]  # (T, window)
-    shifted = windows - BACKGROUND  # ids >= 0
-    counts = np.apply_along_axis(np.bincount, 1, shifted, minlength=int(shifted.max()) + 1)
-    return counts.argmax(axis=1) + BACKGROUND
-
-
-def frame_accuracy(pred: np.ndarray, true: np.ndarray) -> float:
-    """Accuracy over the frames that carry an exercise label (background is not scored)."""
-    scored = true != BACKGROUND
-    return float((pred[scored] == true[scored]).mean()) if scored.any() else float("nan")
-
-
-def subject_timelines(data: PreparedData, split: str, preds: np.ndarray, smooth_window: int) -> dict[str, dict]:
+def subject_timelines(data: PreparedData, split: str, probs: np.ndarray, smooth_window: int) -> dict[str, dict]:
+    """Per subject: true frame labels, and predicted ones from the averaged clip probabilities
+    (metrics.frame_probabilities; -1 where no clip covers a frame), raw and smoothed."""
     index = data.splits[split]
     clip_len = data.config.data.clip_len
     out = {}
     for i, name in enumerate(index.subjects):
         rows = index.subject_idx == i
         subj = data.subjects[name]
-        raw = frame_predictions(index.start[rows], preds[rows], subj.num_frames, clip_len)
+        raw = frame_labels(frame_probabilities(index.start[rows], probs[rows], subj.num_frames, clip_len))
         out[name] = {"true": subj.labels.astype(np.int64), "raw": raw, "smoothed": smooth_labels(raw, smooth_window)}
     return out
 
 
 # ---------------------------------------------------------------------------------------------
 # the evaluate command
+
+
+# What `evaluate --set` may change: where the data and outputs are, and the input weighting
+# (warned when it differs from the model's training). The rest of data.* and model.* is the
+# model's own (clip length, frame size, classes): changing it would not evaluate that model.
+EVALUATE_DATA_KEYS = ("root", "use_masks", "use_skeleton_attention", "skeleton_sigma", "mask_alpha",
+                      "skeleton_floor", "keypoint_min_conf", "frame_base", "eval_stride", "min_purity", "demo")
+EVALUATE_SECTIONS = ("mlflow", "paths")
+
+
+def evaluate_overrides(given: Config, keys: list[str]) -> dict[str, dict]:
+    """The data.* overrides among the `--set` keys of an evaluate command, with their values in
+    `given`; a key evaluate cannot apply is a ConfigError naming it."""
+    out: dict[str, dict] = {}
+    for key in keys:
+        section, _, name = key.partition(".")
+        if section in EVALUATE_SECTIONS:
+            continue  # taken from the caller's config as a whole (base_config)
+        if section == "data" and name in EVALUATE_DATA_KEYS:
+            out.setdefault("data", {})[name] = getattr(given.data, name)
+            continue
+        raise ConfigError(f"--set {key}: evaluate uses the model's own {section}.* settings; it can change only "
+                          f"{', '.join('data.' + k for k in EVALUATE_DATA_KEYS)}, mlflow.* and paths.*")
+    return out
 
 
 def evaluation_config(trained: Config, data_root: str | None, overrides: dict[str, dict]) -> Config:
@@ -183,15 +157,17 @@ def run_evaluate(model_ref: str, split: str = "test", batch_size: int = 16, devi
     probs = torch.softmax(logits, dim=1).numpy()
     y_true = labels.numpy()
     report = clip_metrics(y_true, probs)
-    timelines = subject_timelines(data, split, probs.argmax(1), smooth_window)
+    names = read_class_names(data.layout.root, probs.shape[1])
+    report.per_class.insert(0, "name", [names[c] for c in report.per_class.index])
+    timelines = subject_timelines(data, split, probs, smooth_window)
     frame = {
         "frame_accuracy": float(np.nanmean([frame_accuracy(t["raw"], t["true"]) for t in timelines.values()])),
         "frame_accuracy_smoothed": float(np.nanmean([frame_accuracy(t["smoothed"], t["true"]) for t in timelines.values()])),
         "clips_per_s": len(y_true) / max(seconds, 1e-9),
     }
-    print(f"{len(y_true)} clips in {seconds:.1f} s ({frame['clips_per_s']:.0f} clips/s on {device})")
+    log.info("%d clips in %.1f s (%.0f clips/s on %s)", len(y_true), seconds, frame["clips_per_s"], device)
     out = Path(save_dir)
-    write_report(report, predictions_table(data.splits[split], probs), timelines, out)
+    write_report(report, predictions_table(data.splits[split], probs, names), timelines, out)
     log_evaluation(config, loaded.source, split, data, report, frame, out)
     return report, frame
 

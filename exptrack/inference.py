@@ -17,7 +17,7 @@ import torch
 
 from . import tracking
 from .config import Config, config_from_dict
-from .data.errors import DataError
+from .errors import ModelError
 from .models.c3d import C3D, build_model
 from .training import checkpoint as ckpt
 
@@ -35,7 +35,7 @@ def _checkpoint_of_run(run_id: str, dst: Path) -> Path:
     try:
         return tracking.download_run_artifact(run_id, f"checkpoints/{ckpt.BEST_MODEL}", dst)
     except Exception as exc:  # noqa: BLE001 - MLflow raises several kinds here
-        raise DataError(f"run {run_id} has no checkpoints/{ckpt.BEST_MODEL} artifact ({exc})") from exc
+        raise ModelError(f"run {run_id} has no checkpoints/{ckpt.BEST_MODEL} artifact ({exc})") from exc
 
 
 def resolve_checkpoint(reference: str, download_dir: Path) -> tuple[Path, dict[str, str]]:
@@ -46,7 +46,7 @@ def resolve_checkpoint(reference: str, download_dir: Path) -> tuple[Path, dict[s
         try:
             source.update(tracking.resolve_model_uri(reference))
         except Exception as exc:  # noqa: BLE001
-            raise DataError(f"model {reference} not found in the registry ({exc})") from exc
+            raise ModelError(f"model {reference} not found in the registry ({exc})") from exc
         return _checkpoint_of_run(source["run_id"], download_dir), source
     if reference.startswith("runs:/"):
         run_id = reference[len("runs:/"):].split("/", 1)[0]
@@ -58,7 +58,7 @@ def resolve_checkpoint(reference: str, download_dir: Path) -> tuple[Path, dict[s
     if _RUN_ID.match(reference):
         source["run_id"] = reference
         return _checkpoint_of_run(reference, download_dir), source
-    raise DataError(f"model {reference!r}: not a models:/ or runs:/ URI, a run id, or a checkpoint file")
+    raise ModelError(f"model {reference!r}: not a models:/ or runs:/ URI, a run id, or a checkpoint file")
 
 
 def load_model(reference: str, device: torch.device | str = "cpu") -> LoadedModel:

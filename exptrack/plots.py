@@ -54,16 +54,23 @@ def confusion_heatmap(table: pd.DataFrame, title: str, path: Path, fmt: str = "d
     return _save(fig, path)
 
 
-def timeline(true, raw, smoothed, title: str, path: Path) -> Path:
-    """Frame-level labels over a whole video: true, predicted per clip, and smoothed (-1 = none)."""
+def timeline(true, raw, smoothed, title: str, path: Path, class_names: list[str] | None = None) -> Path:
+    """Frame-level labels over a whole video: true (None: no ground truth, no line), predicted
+    per clip, and smoothed (-1 = none); the y axis names the classes when names are given."""
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(12, 2.8))
-    frames = np.arange(len(true))
-    for offset, labels, name in ((0.0, true, "true"), (0.15, raw, "predicted"), (0.3, smoothed, "smoothed")):
-        ax.step(frames, np.asarray(labels) + offset, where="post", label=name, linewidth=1.2)
+    fig, ax = plt.subplots(figsize=(12, 2.8 if not class_names else max(2.8, 0.3 * len(class_names) + 1)))
+    frames = np.arange(len(raw))
+    series = [(0.0, true, "true"), (0.15, raw, "predicted"), (0.3, smoothed, "smoothed")]
+    for offset, labels, name in series:
+        if labels is not None:
+            ax.step(frames, np.asarray(labels) + offset, where="post", label=name, linewidth=1.2)
     ax.set_xlabel("frame")
-    ax.set_ylabel("class (-1 = background)")
+    if class_names:
+        ax.set_yticks(range(-1, len(class_names)), ["background", *class_names], fontsize=7)
+        ax.set_ylabel("class")
+    else:
+        ax.set_ylabel("class (-1 = background)")
     ax.set_title(title)
     ax.legend(loc="upper right", fontsize=8)
     return _save(fig, path)

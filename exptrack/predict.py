@@ -17,12 +17,12 @@ import pandas as pd
 import torch
 
 from . import plots
-from .data.errors import DataWarnings
-from .data.layout import BACKGROUND
+from .data.errors import DataError, DataWarnings
+from .data.layout import BACKGROUND, class_label, read_class_names
 from .data.transforms import to_model_input
 from .data.video import decode_video, write_video
-from .evaluation import smooth_labels
 from .inference import load_model
+from .metrics import frame_confidence, frame_labels, frame_probabilities, smooth_labels, window_starts
 from .training.loop import resolve_device
 
 log = logging.getLogger("exptrack.predict")
@@ -33,31 +33,27 @@ class Timeline:
     frames: pd.DataFrame  # frame, predicted, probability, smoothed
     segments: pd.DataFrame  # start, end, class, mean_confidence, frames
     fps: float
+    out_dir: Path
+    class_names: list[str]
 
 
 def window_probabilities(model: torch.nn.Module, frames: np.ndarray, clip_len: int, stride: int,
                          device: torch.device, batch_size: int = 16) -> np.ndarray:
     """(T, S, S, 3) uint8 frames -> (T, K) class probabilities, each frame the mean over the
-    windows that cover it (frames past the last full window use the last window)."""
+    windows that cover it (metrics.frame_probabilities; a last window ends at the last frame,
+    so every frame is covered)."""
     n = len(frames)
     if n < clip_len:  # pad a short video by repeating its last frame
         frames = np.concatenate([frames, np.repeat(frames[-1:], clip_len - n, axis=0)])
-    starts = list(range(0, len(frames) - clip_len + 1, stride))
-    if starts[-1] != len(frames) - clip_len:
-        starts.append(len(frames) - clip_len)
-    sums, cover = None, np.zeros(len(frames), dtype=np.float32)
+    starts = window_starts(len(frames), clip_len, stride)
+    window_probs = []
     model.eval()
     with torch.no_grad():
         for b in range(0, len(starts), batch_size):
             batch = starts[b:b + batch_size]
             clips = torch.from_numpy(np.stack([frames[s:s + clip_len] for s in batch])).to(device)  # (B, T, S, S, 3)
-            probs = torch.softmax(model(to_model_input(clips).contiguous()).float(), dim=1).cpu().numpy()
-            if sums is None:
-                sums = np.zeros((len(frames), probs.shape[1]), dtype=np.float32)
-            for s, p in zip(batch, probs):
-                sums[s:s + clip_len] += p
-                cover[s:s + clip_len] += 1
-    return (sums / np.maximum(cover, 1)[:, None])[:n]
+            window_probs.append(torch.softmax(model(to_model_input(clips).contiguous()).float(), dim=1).cpu().numpy())
+    return frame_probabilities(starts, np.concatenate(window_probs), n, clip_len)
 
 
 def segments(labels: np.ndarray, confidence: np.ndarray, min_length: int = 1) -> pd.DataFrame:
@@ -77,46 +73,54 @@ def predict_video(video: str | Path, model_ref: str, out_dir: str | Path = "outp
                   device_name: str = "auto", stride: int | None = None, smooth_window: int = 31,
                   overlay: bool = False) -> Timeline:
     video = Path(video)
+    if not video.is_file():  # before the model is loaded (a download can take a while)
+        raise DataError(f"{video}: video file not found")
     device = resolve_device(device_name)
     loaded = load_model(model_ref, device)
     d = loaded.config.data
+    names = read_class_names(d.root, loaded.config.model.num_classes)
+    name_of = np.array([*names, "background"])  # index -1: background
     if d.use_masks or d.use_skeleton_attention:
         log.warning("the model was trained with %s; a new video has none, so frames are used as they are",
                     " and ".join(n for n, on in (("masks", d.use_masks), ("skeleton attention", d.use_skeleton_attention)) if on))
     warnings = DataWarnings()
     frames, info = decode_video(video, d.frame_size, warnings)  # DataError names the file if unreadable
     probs = window_probabilities(loaded.model, frames, d.clip_len, stride or max(1, d.clip_len // 2), device)
-    predicted = probs.argmax(1)
+    predicted = frame_labels(probs)
     smoothed = smooth_labels(predicted, smooth_window)
-    confidence = probs[np.arange(len(probs)), predicted]
+    confidence = frame_confidence(probs, predicted)
     table = pd.DataFrame({"frame": np.arange(len(predicted)), "time_s": np.arange(len(predicted)) / info.fps,
-                          "predicted": predicted, "probability": confidence.round(5), "smoothed": smoothed})
-    segs = segments(smoothed, probs[np.arange(len(probs)), smoothed])
+                          "predicted": predicted, "predicted_name": name_of[predicted],
+                          "probability": confidence.round(5), "smoothed": smoothed,
+                          "smoothed_name": name_of[smoothed]})
+    segs = segments(smoothed, frame_confidence(probs, smoothed))
+    segs.insert(3, "name", name_of[segs["class"].to_numpy(dtype=np.int64)])
     segs["start_s"], segs["end_s"] = segs["start"] / info.fps, (segs["end"] + 1) / info.fps
     out = Path(out_dir) / video.stem
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "frames.csv", index=False)
     segs.to_csv(out / "segments.csv", index=False)
     (out / "timeline.json").write_text(json.dumps({"video": str(video), "model": model_ref, "fps": info.fps,
+                                                   "class_names": names,
                                                    "segments": segs.to_dict(orient="records")}, indent=2))
-    plots.timeline(np.full(len(predicted), BACKGROUND), predicted, smoothed, f"{video.name}: predicted exercises",
-                   out / "timeline.png")
+    plots.timeline(None, predicted, smoothed, f"{video.name}: predicted exercises", out / "timeline.png", names)
     if overlay:
-        write_video(out / "overlay.mp4", label_overlay(frames, smoothed, confidence), info.fps)
-    print(f"{video}: {len(segs)} segments over {len(predicted)} frames -> {out}")
-    return Timeline(table, segs, info.fps)
+        write_video(out / "overlay.mp4", label_overlay(frames, smoothed, confidence, names), info.fps)
+    return Timeline(table, segs, info.fps, out, names)
 
 
-def label_overlay(frames: np.ndarray, labels: np.ndarray, confidence: np.ndarray, scale: int = 4) -> np.ndarray:
+def label_overlay(frames: np.ndarray, labels: np.ndarray, confidence: np.ndarray, names: list[str] | None = None,
+                  scale: int = 4) -> np.ndarray:
     """The video with the predicted class and confidence written on each frame."""
     import cv2
 
     out = []
     for frame, label, conf in zip(frames, labels, confidence):
+        text = f"{class_label(int(label), names)} ({conf:.2f})" if label != BACKGROUND else "background"
         big = cv2.resize(frame, (frame.shape[1] * scale, frame.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
-        cv2.putText(big, f"class {label} ({conf:.2f})", (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 2,
+        cv2.putText(big, text, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 2,
                     cv2.LINE_AA)
-        cv2.putText(big, f"class {label} ({conf:.2f})", (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1,
+        cv2.putText(big, text, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1,
                     cv2.LINE_AA)
         out.append(big)
     return np.stack(out)

@@ -67,7 +67,7 @@ def decide(current: Candidate | None, candidates: list[Candidate]) -> Decision:
 
 
 def promote(name: str, metric: str = "test_mean_class_accuracy", split: str = "test", evaluate=None,
-            data_root: str | None = None) -> Decision:
+            data_root: str | None = None, progress: bool = False) -> Decision:
     """Evaluate the versions that lack `metric`, then apply `decide` and record it.
 
     `evaluate(model_uri, split, data_root)` computes and tags a version's metrics (by default
@@ -77,7 +77,7 @@ def promote(name: str, metric: str = "test_mean_class_accuracy", split: str = "t
         from .evaluation import run_evaluate
 
         def evaluate(uri: str, split: str, data_root: str | None) -> None:
-            run_evaluate(uri, split=split, data_root=data_root, progress=False,
+            run_evaluate(uri, split=split, data_root=data_root, progress=progress,
                          save_dir=f"outputs/results/{uri.replace(':/', '_').replace('/', '_')}")
 
     versions = tracking.model_versions(name)

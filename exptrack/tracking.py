@@ -11,7 +11,6 @@ import logging
 import os
 import platform
 import subprocess
-import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +32,9 @@ log = logging.getLogger("exptrack.tracking")
 warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column", category=UserWarning)
 
 
+EXPERIMENT_KIND = "mlflow.experimentKind"
+
+
 def use_tracking_uri(config: Config) -> None:
     """Point MLflow at the configured tracking store, if the config names one. Touches no store
     (workers starting together on a fresh SQLite file must not all create its tables)."""
@@ -44,7 +46,11 @@ def configure(config: Config) -> None:
     """Point MLflow at the configured tracking server (if any) and experiment."""
     use_tracking_uri(config)
     if not os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run` the run's experiment is fixed
-        mlflow.set_experiment(config.mlflow.experiment)
+        experiment = mlflow.set_experiment(config.mlflow.experiment)
+        if EXPERIMENT_KIND not in experiment.tags:
+            # MLflow 3's UI opens an experiment without this tag in its GenAI view (traces);
+            # tagged, it opens on the runs table ("Machine learning" / model training)
+            mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, "custom_model_development")
 
 
 def tracking_uri() -> str:
@@ -83,10 +89,6 @@ class Run:
     def id(self) -> str:
         return self._run.info.run_id
 
-    @property
-    def artifact_uri(self) -> str:
-        return self._run.info.artifact_uri
-
     def log_params(self, params: dict[str, Any]) -> None:
         mlflow.log_params({k: ("" if v is None else v) for k, v in params.items()})
 
@@ -106,9 +108,6 @@ class Run:
 
     def log_artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
         mlflow.log_artifacts(str(folder), artifact_path)
-
-    def log_text(self, text: str, artifact_file: str) -> None:
-        mlflow.log_text(text, artifact_file)
 
     def log_table(self, table: "pd.DataFrame", artifact_file: str) -> None:
         mlflow.log_table(table, artifact_file)
@@ -294,12 +293,3 @@ def log_to_run(run_id: str, metrics: dict[str, float] | None = None, params: dic
     if folder is not None:
         client.log_artifacts(run_id, str(folder), artifact_path)
 
-
-def child_runs(parent_run_id: str) -> list[Any]:
-    run = mlflow.MlflowClient().get_run(parent_run_id)
-    return mlflow.search_runs(experiment_ids=[run.info.experiment_id],
-                              filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'", output_format="list")
-
-
-def temp_dir() -> tempfile.TemporaryDirectory:
-    return tempfile.TemporaryDirectory(prefix="exptrack-")

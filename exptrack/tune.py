@@ -16,6 +16,7 @@ import socket
 import tempfile
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,11 +26,21 @@ import optuna
 import yaml
 
 from . import tracking
+from ._proc import process_alive
 from .config import ConfigError, load_config
 from .training.run import RunOptions, TrainState, register_checkpoint, registered_version, train
 
 log = logging.getLogger("exptrack.tune")
 PARENT_ATTR = "mlflow_parent_run_id"
+
+
+@contextmanager
+def optuna_experimental():
+    """Optuna's heartbeat helpers (its documented way to retry a dead worker's trial) and its
+    matplotlib plots are marked experimental: used here on purpose, so not warned about."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
 
 
 @dataclass(frozen=True)
@@ -104,8 +115,7 @@ def make_storage(spec: StudySpec) -> optuna.storages.BaseStorage:
 
     for attempt in range(1, 6):
         try:
-            with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna, and its documented way
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            with optuna_experimental():  # the heartbeat is "experimental" in Optuna, and its documented way
                 return optuna.storages.RDBStorage(spec.storage, heartbeat_interval=spec.heartbeat_interval,
                                                   grace_period=spec.grace_period,
                                                   heartbeat_stale_trial_callback=on_dead_worker_trial)
@@ -123,21 +133,18 @@ def make_storage(spec: StudySpec) -> optuna.storages.BaseStorage:
 def retried_from(trial: optuna.trial.FrozenTrial) -> int | None:
     """The number of the dead trial that `trial` retries, or None. (Optuna marks its heartbeat
     helpers experimental; they are still its documented way to retry a dead worker's trial.)"""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with optuna_experimental():
         return optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
 
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+with optuna_experimental():
     _retry_once = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
 
 
 def on_dead_worker_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     """Optuna calls this (in whichever worker notices) for a trial whose worker stopped beating:
     queue its retry, and end its MLflow run, which its dead process left RUNNING."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    with optuna_experimental():
         retried = len(optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(trial)) < 1
     _retry_once(study, trial)
     run_id = trial.user_attrs.get("run_id")
@@ -178,9 +185,10 @@ class PruneOnPlateau:
         self.trial, self.metric = trial, metric
 
     def __call__(self, metrics: dict[str, float], per_class, saved, state: TrainState) -> None:
-        self.trial.report(metrics[self.metric], step=state.epoch)
+        value = metrics[self.metric]
+        self.trial.report(value, step=state.epoch)
         if self.trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at epoch {state.epoch}")
+            raise optuna.TrialPruned(f"pruned at epoch {state.epoch} ({self.metric} {value:.4f})")
 
 
 def frozen(study: optuna.Study, trial: optuna.Trial) -> optuna.trial.FrozenTrial:
@@ -215,8 +223,7 @@ def parent_run_for(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, ti
             study.set_user_attr(PARENT_ATTR, parent)
             return parent
         time.sleep(1.0)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        with optuna_experimental():
             optuna.storages.fail_stale_trials(study)
     raise RuntimeError(f"study {spec.study}: no parent run appeared in {timeout_s:.0f} s (trial 0 still running?)")
 
@@ -247,8 +254,9 @@ def objective_for(spec: StudySpec, study: optuna.Study, progress: bool):
             trial.set_user_attr("best_epoch", result.state.best_epoch.get(spec.metric))
             best = result.state.best.get(spec.metric)
             return best if best is not None else result.state.history[-1][spec.metric]
-        except optuna.TrialPruned:
+        except optuna.TrialPruned as exc:
             state = "PRUNED"
+            log.info("trial %d %s: its run ends KILLED", trial.number, exc)
             raise
         finally:
             if run_ids:
@@ -277,23 +285,12 @@ def trials_to_run(study: optuna.Study, spec: StudySpec) -> int:
     trials), which would otherwise never run once the total is reached."""
     if not is_journal(spec.storage):
         fail_dead_local_trials(study)
-        with warnings.catch_warnings():  # experimental in Optuna
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        with optuna_experimental():
             optuna.storages.fail_stale_trials(study)  # dead workers elsewhere, once grace_period has passed
     done = sum(t.state in COUNTED for t in study.trials)
     waiting = sum(t.state == optuna.trial.TrialState.WAITING for t in study.trials)
     log.info("study %s: %d of %d trials done, %d queued", study.study_name, done, spec.n_trials, waiting)
     return max(spec.n_trials - done, waiting)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
 
 
 def fail_dead_local_trials(study: optuna.Study) -> None:
@@ -303,13 +300,21 @@ def fail_dead_local_trials(study: optuna.Study) -> None:
     host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         worker_host, _, pid = trial.user_attrs.get("worker", "").rpartition(":")
-        if worker_host != host or not pid.isdigit() or _pid_alive(int(pid)):
+        if worker_host != host or not pid.isdigit() or process_alive(int(pid)):
             continue
-        try:
-            if study._storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL):
-                on_dead_worker_trial(study, study._storage.get_trial(trial._trial_id))
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass  # another worker got there first
+        failed = fail_trial(study, trial.number)
+        if failed is not None:  # else another worker got there first
+            on_dead_worker_trial(study, failed)
+
+
+def fail_trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial | None:
+    """Mark another worker's RUNNING trial FAIL through Optuna's public ask-and-tell API;
+    None when it is already finished (another worker failed it first, or it ended)."""
+    try:
+        study.tell(number, state=optuna.trial.TrialState.FAIL)
+    except (ValueError, optuna.exceptions.UpdateFinishedTrialError):  # not RUNNING any more / lost the race
+        return None
+    return next(t for t in study.get_trials(deepcopy=True) if t.number == number)
 
 
 def open_study(spec: StudySpec) -> optuna.Study:
@@ -404,8 +409,8 @@ def retrain_best_trial(study: optuna.Study, spec: StudySpec, parent: str, progre
                          tags={"optuna.study": spec.study, "optuna.retrain_of": best.number, "trained_on": "train+val"})
     result = train(config, progress=progress, options=options)
     tracking.set_run_tags(parent, {RETRAINED_TRIAL_TAG: best.number, RETRAINED_TAG: result.model_version or ""})
-    print(f"study {spec.study}: best params retrained on train+val for {epochs} epochs: run {result.run_id}, "
-          f"model version {result.model_version}")
+    log.info("study %s: best params retrained on train+val for %d epochs: run %s, model version %s", spec.study,
+             epochs, result.run_id, result.model_version)
     return result.model_version
 
 
@@ -434,8 +439,7 @@ def write_study_report(study: optuna.Study, complete: list, out: Path) -> None:
                            ("param_importances", ovm.plot_param_importances),
                            ("parallel_coordinate", ovm.plot_parallel_coordinate), ("slice", ovm.plot_slice)):
             try:
-                with warnings.catch_warnings():  # "experimental"; degenerate axes of a small study
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                with optuna_experimental(), warnings.catch_warnings():  # degenerate axes of a small study
                     warnings.simplefilter("ignore", UserWarning)
                     ax = plot(study)
                 fig = (ax.flat[0] if isinstance(ax, np.ndarray) else ax).get_figure()
@@ -464,5 +468,3 @@ def log_study_result(study: optuna.Study, complete: list, spec: StudySpec, paren
         tracking.set_run_tags(parent, {"best_model_version": version})
     if all(t.state.is_finished() for t in study.trials):
         tracking.finish_run(parent)
-    print(f"study {spec.study}: {len(complete)} complete trials"
-          + (f", best {spec.metric} {study.best_value:.4f} with {study.best_params}" if complete else ""))

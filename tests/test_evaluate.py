@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from exptrack.evaluation import clip_metrics, frame_accuracy, frame_predictions, run_evaluate, smooth_labels
+from exptrack.evaluation import clip_metrics, run_evaluate
 
 
 def test_clip_metrics_hand_checked():
@@ -34,14 +34,22 @@ def test_clip_metrics_hand_checked():
     np.testing.assert_allclose(r.errors["share_of_true"], [1 / 2, 1 / 3])  # ties: larger share first
 
 
-def test_frame_predictions_and_smoothing():
-    starts, preds = np.array([0, 4, 8]), np.array([1, 2, 2])
-    frames = frame_predictions(starts, preds, num_frames=14, clip_len=4)
-    np.testing.assert_array_equal(frames, [1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, -1, -1])
-    noisy = np.array([3, 3, 3, 5, 3, 3, 4, 4, 4, 4, 1, 4, 4])
-    np.testing.assert_array_equal(smooth_labels(noisy, 3), [3, 3, 3, 3, 3, 3, 4, 4, 4, 4, 4, 4, 4])
-    true = np.array([3, 3, -1, 4])
-    assert frame_accuracy(np.array([3, 4, 0, 4]), true) == pytest.approx(2 / 3)  # background not scored
+def test_timelines_use_the_averaged_window_probabilities():
+    """evaluate's frame labels are metrics.frame_probabilities' (the same as predict's), not
+    the nearest clip's: on overlapping clips the average decides."""
+    from types import SimpleNamespace
+
+    from exptrack.data.clips import ClipIndex
+    from exptrack.evaluation import subject_timelines
+
+    index = SimpleNamespace(subjects=["s"], subject_idx=np.array([0, 0]), start=np.array([0, 2]))
+    subj = SimpleNamespace(num_frames=6, labels=np.array([0, 0, 1, 1, 1, 1]))
+    data = SimpleNamespace(splits={"test": index}, subjects={"s": subj},
+                           config=SimpleNamespace(data=SimpleNamespace(clip_len=4)))
+    probs = np.array([[0.9, 0.1], [0.2, 0.8]])  # frames 2, 3: (0.55, 0.45) -> 0
+    t = subject_timelines(data, "test", probs, smooth_window=1)["s"]
+    np.testing.assert_array_equal(t["raw"], [0, 0, 0, 0, 1, 1])
+    assert ClipIndex  # the real index type has the same fields
 
 
 @pytest.mark.slow
@@ -78,15 +86,18 @@ def test_every_model_reference_gives_the_same_numbers(tiny_trained, tmp_path, mo
     assert report.summary == pytest.approx(summaries[0])
 
     predictions = pd.read_csv(tmp_path / "r0" / "predictions.csv")
-    assert {"subject", "start_frame", "true", "predicted", "top3", "prob_0"} <= set(predictions.columns)
+    assert {"subject", "start_frame", "true", "predicted", "true_name", "predicted_name", "top3",
+            "prob_0"} <= set(predictions.columns)
     for png in ("confusion_matrix.png", "confusion_matrix_normalized.png"):
         assert (tmp_path / "r0" / png).stat().st_size > 0
 
 
 def test_unknown_model_reference_is_a_clear_error(tmp_path):
     from exptrack.data.errors import DataError
+    from exptrack.errors import ModelError
 
-    with pytest.raises(DataError, match="not a models:/ or runs:/ URI"):
+    with pytest.raises(ModelError, match="not a models:/ or runs:/ URI") as caught:
         run_evaluate(str(tmp_path / "missing.pt"), progress=False)
-    with pytest.raises(DataError, match="not found in the registry"):
+    assert not isinstance(caught.value, DataError)  # a model reference is not bad data
+    with pytest.raises(ModelError, match="not found in the registry"):
         run_evaluate("models:/nothing@champion", progress=False)

@@ -63,6 +63,9 @@ def test_visualize_writes_decodable_h264_videos(tiny_trained, tmp_path, monkeypa
         assert _read(folder / "side_by_side.mp4")[1][0].shape[:2] == (32, 64)
         meta = (folder / "metadata.txt").read_text()
         assert "true:" in meta and "predicted:" in meta and "layer: block3" in meta
+        assert (folder / "preview.gif").stat().st_size > 0
+    assert "data:image/gif;base64," in (out / "index.html").read_text()
+    assert {"true_name", "predicted_name"} <= set(index.columns)
 
 
 @pytest.mark.slow
@@ -108,6 +111,8 @@ def test_predict_on_a_new_video(tiny_trained, tiny_demo, tmp_path, monkeypatch):
     assert codec == "h264" and len(frames) == n
     probs = timeline.frames["probability"]
     assert ((probs > 0) & (probs <= 1)).all()
+    assert {"predicted_name", "smoothed_name"} <= set(timeline.frames.columns)
+    assert "name" in timeline.segments.columns
 
 
 def test_predict_on_a_corrupt_video_is_a_clear_error(tiny_trained, tmp_path, monkeypatch):
@@ -142,3 +147,37 @@ def test_predict_recovers_the_segments_of_a_demo_video(tmp_path):
     accuracy = (timeline.frames["smoothed"].to_numpy()[scored] == true[scored]).mean()
     assert accuracy >= 0.8, accuracy
     assert len(timeline.segments) >= 6  # every exercise of the video shows up as a segment
+
+
+def test_index_html_embeds_previews_that_play_inside_the_mlflow_ui(tmp_path):
+    """MLflow shows an HTML artifact in a sandboxed iframe from a blob: URL: relative <video>
+    links stay blank there, so each preview is an animated GIF inside the page."""
+    import base64
+    import re
+
+    from PIL import Image
+
+    from exptrack.explain import render
+    from exptrack.explain.visualize import PREVIEW, write_index
+
+    frames = np.random.default_rng(0).integers(0, 255, size=(6, 40, 60, 3), dtype=np.uint8)
+    render.save_gif(tmp_path / "sample_000" / PREVIEW, frames, fps=5)
+    write_index(pd.DataFrame([{"sample": "sample_000", "true": 1, "true_name": "squat (1)"}]), tmp_path)
+    page = (tmp_path / "index.html").read_text()
+    assert "<video" not in page and "squat (1)" in page and "sample_000/overlay_with_probs.mp4" in page
+    data = base64.b64decode(re.search(r"data:image/gif;base64,([A-Za-z0-9+/=]+)", page).group(1))
+    (tmp_path / "back.gif").write_bytes(data)
+    with Image.open(tmp_path / "back.gif") as gif:
+        assert gif.n_frames == 6 and gif.size == (60, 40)
+
+
+def test_timeline_of_a_video_without_ground_truth_draws_no_true_line(tmp_path, monkeypatch):
+    from exptrack import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    labels = np.array([0, 0, 1, 1, 2])
+    plots.timeline(None, labels, labels, "v", tmp_path / "t.png", ["a", "b", "c"])
+    ax = figures[0].axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["predicted", "smoothed"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["background", "a", "b", "c"]

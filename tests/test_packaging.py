@@ -31,3 +31,8 @@ def test_mlproject_entry_points_run_the_cli():
     assert {"train", "evaluate", "tune", "visualize"} <= set(project["entry_points"])
     for name, entry in project["entry_points"].items():
         assert entry["command"].startswith(f"python -m exptrack {name}")
+
+
+def test_every_package_folder_is_a_regular_package():
+    folders = {p.parent for p in (ROOT / "exptrack").rglob("*.py")}
+    assert sorted(str(f.relative_to(ROOT)) for f in folders if not (f / "__init__.py").exists()) == []

@@ -318,3 +318,51 @@ def test_parent_run_made_by_the_next_worker_when_trial_0_died_without_one(tiny_d
     assert time.monotonic() - started < 120  # no long wait for a parent that trial 0 will never make
     parent = study.user_attrs["mlflow_parent_run_id"]
     assert [r.info.run_name for r in _children(parent)] == ["trial-1"]
+
+
+def test_a_dead_local_worker_trial_is_failed_and_retried_through_public_optuna_api(tmp_path):
+    """fail_dead_local_trials uses study.tell (public ask-and-tell) on another worker's trial;
+    a second attempt (another worker, same moment) finds it finished and does nothing."""
+    import socket
+
+    from exptrack._proc import process_alive
+    from exptrack.tune import fail_dead_local_trials, fail_trial
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'o.db'}", study_name="dead")
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    assert not process_alive(gone.pid) and process_alive(os.getpid())
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{gone.pid}")
+    alive = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    alive.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    fail_dead_local_trials(study)
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states[trial.number] == optuna.trial.TrialState.FAIL
+    assert states[alive.number] == optuna.trial.TrialState.RUNNING
+    retries = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.WAITING]
+    assert len(retries) == 1 and retries[0].params == {"x": trial.params["x"]}
+    assert fail_trial(study, trial.number) is None  # already finished: nothing to do
+
+
+def test_optuna_experimental_warnings_are_silenced_in_one_place():
+    import warnings
+
+    from exptrack.tune import optuna_experimental
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with optuna_experimental():
+            warnings.warn("x", optuna.exceptions.ExperimentalWarning)
+        warnings.warn("y", UserWarning)
+    assert [str(w.message) for w in caught] == ["y"]
+
+
+def test_a_pruned_trial_says_when_and_at_what_value():
+    from types import SimpleNamespace
+
+    from exptrack.tune import PruneOnPlateau
+
+    trial = SimpleNamespace(report=lambda value, step: None, should_prune=lambda: True)
+    with pytest.raises(optuna.TrialPruned, match=r"pruned at epoch 3 \(val_mean_class_acc 0\.2500\)"):
+        PruneOnPlateau(trial, "val_mean_class_acc")({"val_mean_class_acc": 0.25}, None, None, SimpleNamespace(epoch=3))

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 from filelock import FileLock
 
+from .._proc import process_alive
 from . import layout, transforms
 from .errors import DataError, DataWarnings
 from .layout import SubjectFiles
@@ -89,13 +90,8 @@ def _build_in_progress(entry: Path) -> bool:
     """A `.name.tmp-<pid>` build folder whose process is still alive."""
     if not entry.name.startswith(".") or ".tmp-" not in entry.name:
         return False
-    try:
-        os.kill(int(entry.name.rsplit("-", 1)[1]), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
+    pid = entry.name.rsplit("-", 1)[1]
+    return pid.isdigit() and process_alive(int(pid))
 
 
 @dataclass(frozen=True)

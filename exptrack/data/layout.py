@@ -102,6 +102,44 @@ def read_split(path: Path) -> dict[str, tuple[str, int]]:
 
 
 # ---------------------------------------------------------------------------------------------
+# class names
+
+CLASS_NAMES_FILE = "classes.csv"
+
+
+def read_class_names(root: str | Path | None, num_classes: int) -> list[str]:
+    """Names of classes 0..num_classes-1 from the optional `<root>/classes.csv` (header id,name);
+    a class the file does not name (or every class, without the file) is shown by its id."""
+    names = [str(c) for c in range(num_classes)]
+    path = Path(root) / CLASS_NAMES_FILE if root else None
+    if path is None or not path.is_file():
+        return names
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        for line_no, row in enumerate(csv.reader(fh), start=1):
+            if len(row) < 2 or not row[0].strip().lstrip("+-").isdigit():
+                continue  # header or blank line
+            c = int(row[0])
+            if 0 <= c < num_classes and row[1].strip():
+                names[c] = row[1].strip()
+    return names
+
+
+def write_class_names(root: str | Path, names: list[str]) -> Path:
+    path = Path(root) / CLASS_NAMES_FILE
+    path.write_text("id,name\n" + "".join(f"{c},{n}\n" for c, n in enumerate(names)))
+    return path
+
+
+def class_label(c: int, names: list[str] | None) -> str:
+    """How a user reads class `c`: 'name (id)' when it has a name, the id otherwise."""
+    if c == BACKGROUND:
+        return "background"
+    if names and 0 <= c < len(names) and names[c] != str(c):
+        return f"{names[c]} ({c})"
+    return str(c)
+
+
+# ---------------------------------------------------------------------------------------------
 # discovery
 
 
@@ -159,9 +197,8 @@ def _frame_offset(frames: np.ndarray, base: str) -> int:
     return int(base)
 
 
-def read_labels(path: Path, num_frames: int, num_classes: int, warnings: DataWarnings,
-                frame_base: str = "auto") -> np.ndarray:
-    """Frame-level labels -> (num_frames,) int16, background (-1) where the file has no row."""
+def _label_rows(path: Path) -> list[tuple[int, int, int]]:
+    """(frame, class id, line number) of every row of a label file (a header line skipped)."""
     rows = []
     with path.open(newline="", encoding="utf-8-sig") as fh:
         for line_no, row in enumerate(csv.reader(fh), start=1):
@@ -175,14 +212,38 @@ def read_labels(path: Path, num_frames: int, num_classes: int, warnings: DataWar
             label = _parse_int(row[2], path, line_no, "class id")
             if frame < 0:
                 raise DataError(f"{path}:{line_no}: negative frame number {frame}")
-            if not (label == BACKGROUND or 0 <= label < num_classes):
-                raise DataError(
-                    f"{path}:{line_no}: unknown class id {label} (valid: -1 background, 0..{num_classes - 1}; "
-                    f"set model.num_classes if the dataset has more classes)"
-                )
-            rows.append((frame, label))
+            if label < BACKGROUND:
+                raise DataError(f"{path}:{line_no}: unknown class id {label} (valid: -1 background, 0 and up)")
+            rows.append((frame, label, line_no))
     if not rows:
         raise DataError(f"{path}: no label rows")
+    return rows
+
+
+def check_class_ids(paths: list[Path], num_classes: int) -> None:
+    """Before any video is decoded: every class id of these label files must be below
+    model.num_classes; the error names the file, the largest id and the value needed."""
+    largest, where = BACKGROUND, None
+    for path in paths:
+        for _, label, line_no in _label_rows(path):
+            if label > largest:
+                largest, where = label, f"{path}:{line_no}"
+    if largest >= num_classes:
+        raise DataError(f"{where}: unknown class id {largest}, the largest in the labels, but model.num_classes is "
+                        f"{num_classes} (ids 0..{num_classes - 1}): set model.num_classes={largest + 1}")
+
+
+def read_labels(path: Path, num_frames: int, num_classes: int, warnings: DataWarnings,
+                frame_base: str = "auto") -> np.ndarray:
+    """Frame-level labels -> (num_frames,) int16, background (-1) where the file has no row."""
+    rows = []
+    for frame, label, line_no in _label_rows(path):
+        if label >= num_classes:
+            raise DataError(
+                f"{path}:{line_no}: unknown class id {label} (valid: -1 background, 0..{num_classes - 1}; "
+                f"set model.num_classes={label + 1} or more if the dataset has more classes)"
+            )
+        rows.append((frame, label))
     table = np.asarray(rows, dtype=np.int64)
     frames = table[:, 0] - _frame_offset(table[:, 0], frame_base)
     if frames.min() < 0:

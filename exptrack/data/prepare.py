@@ -98,10 +98,18 @@ def ensure_data_root(config: Config) -> Path:
         partial = root.with_name(f"{root.name}.partial-{os.getpid()}")
         try:
             write_demo_dataset(partial, spec)
+            write_demo_class_names(partial, spec.classes)
             os.replace(partial, root)
         finally:
             shutil.rmtree(partial, ignore_errors=True)  # after a failure (after success it is gone)
     return root
+
+
+def write_demo_class_names(root: str | Path, classes: int) -> Path:
+    """classes.csv of a demo dataset: its exercise (pattern) names."""
+    from .demo import PATTERNS
+
+    return layout.write_class_names(root, [p.name for p in PATTERNS[:classes]])
 
 
 def assign_splits(data_layout: DatasetLayout, val_fraction: float, val_seed: int,
@@ -125,7 +133,10 @@ def load_subject(cache: FrameCache, files: SubjectFiles, video: VideoEntry, conf
     labels = layout.read_labels(files.labels, video.info.num_frames, config.model.num_classes, warnings,
                                 d.frame_base)
     subject = SubjectData(files=files, video=video, labels=labels)
-    subject.keypoints = cache.keypoints(files, video.info, warnings, d.frame_base)
+    # keypoints travel with every sample, but only skeleton attention needs them: without it a
+    # missing keypoint file is nothing to warn about
+    subject.keypoints = cache.keypoints(files, video.info, warnings if d.use_skeleton_attention else DataWarnings(0),
+                                        d.frame_base)
     if d.use_masks:
         if files.mask_dir is None:
             warnings.warn("missing_mask_folder", f"no mask folder for subject {files.subject}; frames used unmasked")
@@ -147,6 +158,19 @@ def _load_subject_or_fail(cache: FrameCache, files: SubjectFiles, video: VideoEn
                         f"({files.labels}, {files.mask_dir}, {files.keypoints}): {exc!r}") from exc
 
 
+def warn_absent_classes(train: clips.ClipIndex, num_classes: int, warnings: DataWarnings) -> list[int]:
+    """Classes 0..num_classes-1 without a training clip (e.g. ids that start at 1): a counted
+    warning naming them. Such a class is never learned: its class weight is 0, its per-class
+    accuracy NaN, and the model still outputs a probability for it."""
+    absent = np.flatnonzero(train.class_counts(num_classes) == 0).tolist()
+    if absent:
+        warnings.warn("absent_classes", f"class id{'s' if len(absent) > 1 else ''} {', '.join(map(str, absent))} "
+                      f"of model.num_classes={num_classes} ha{'ve' if len(absent) > 1 else 's'} no training clip: "
+                      "never learned, class weight 0, per-class accuracy NaN (expected if the ids start at 1)",
+                      count=len(absent))
+    return absent
+
+
 def prepare_data(config: Config, splits: tuple[str, ...] = ("train", "val", "test"), progress: bool = True,
                  warnings: DataWarnings | None = None) -> PreparedData:
     warnings = warnings if warnings is not None else DataWarnings()
@@ -156,6 +180,7 @@ def prepare_data(config: Config, splits: tuple[str, ...] = ("train", "val", "tes
     split_subjects = assign_splits(data_layout, d.val_fraction, d.val_seed, d.train_on_val)
     needed = [s for name in splits for s in split_subjects[name]]
     files = [data_layout.subject(name) for name in needed]
+    layout.check_class_ids([f.labels for f in files if f.labels is not None], config.model.num_classes)
     cache = FrameCache(config.paths.cache, d.frame_size)
     videos = ensure_cached(cache, files, warnings, progress=progress)
     subjects = {f.subject: _load_subject_or_fail(cache, f, videos[f.subject], config, warnings) for f in files}
@@ -174,6 +199,8 @@ def prepare_data(config: Config, splits: tuple[str, ...] = ("train", "val", "tes
     before = indexes.get("train", clips.build_clip_index({}, d.clip_len, d.train_stride))
     if "train" in indexes and d.downsample_class1:
         indexes["train"] = clips.downsample_class(before, d.dominant_class, config.model.num_classes, d.val_seed)
+    if "train" in indexes:
+        warn_absent_classes(before, config.model.num_classes, warnings)
     if warnings:
         log.info("%s", warnings.summary())
     return PreparedData(config=config, layout=data_layout, subjects=subjects, split_subjects=split_subjects,

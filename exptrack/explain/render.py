@@ -90,3 +90,19 @@ def hstack(*images: np.ndarray) -> np.ndarray:
 def save_video(path: Path, frames: np.ndarray, fps: float) -> Path:
     write_video(path, frames, fps)
     return path
+
+
+def save_gif(path: Path, frames: np.ndarray, fps: float, max_width: int = 320, max_frames: int = 120) -> Path:
+    """An animated GIF preview of (T, H, W, 3) uint8 frames: at most `max_width` px wide and
+    `max_frames` frames (evenly subsampled, the frame rate lowered to keep the duration).
+    Browsers show it anywhere, also inside MLflow's sandboxed HTML artifact view."""
+    from PIL import Image
+
+    step = max(1, -(-len(frames) // max_frames))
+    frames = frames[::step]
+    scale = min(1.0, max_width / frames.shape[2])
+    size = (max(1, int(frames.shape[2] * scale)), max(1, int(frames.shape[1] * scale)))
+    images = [Image.fromarray(cv2.resize(f, size, interpolation=cv2.INTER_AREA)) for f in frames]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 * step / max(fps, 1)), loop=0)
+    return path

@@ -3,6 +3,7 @@ logged as artifacts of a visualize run linked to the model."""
 
 from __future__ import annotations
 
+import base64
 import html
 import logging
 from dataclasses import dataclass
@@ -15,9 +16,11 @@ import torch
 from .. import tracking
 from ..config import replace
 from ..data.dataset import ClipDataset, make_loader
+from ..data.layout import class_label, read_class_names
 from ..data.prepare import PreparedData, prepare_data
 from ..data.transforms import to_model_input
 from ..inference import LoadedModel, load_model
+from ..metrics import frame_accuracy, frame_labels, frame_probabilities, window_average, window_starts
 from ..training.loop import predict, resolve_device
 from . import render
 from .gradcam import gradcam
@@ -73,12 +76,12 @@ def display_scale(options: VisualizeOptions, height: int) -> int:
 
 
 def render_clip(sample_dir: Path, frames: np.ndarray, heat: np.ndarray, probs: np.ndarray, true: int,
-                meta: dict, options: VisualizeOptions) -> None:
-    """The six files of one sample."""
+                meta: dict, options: VisualizeOptions, names: list[str] | None = None) -> None:
+    """The six files of one sample, and preview.gif for index.html."""
     pred = int(probs.argmax())
     over = render.overlay(frames, heat, options.alpha)
     big = render.upscale(over, display_scale(options, over.shape[1]))
-    chart = render.probability_chart(probs, true, pred, height=big.shape[1])
+    chart = render.probability_chart(probs, true, pred, height=big.shape[1], names=names)
     with_probs = np.stack([render.hstack(f, chart) for f in big])
     side = np.concatenate([frames, over], axis=2)
     fps = options.fps
@@ -87,15 +90,17 @@ def render_clip(sample_dir: Path, frames: np.ndarray, heat: np.ndarray, probs: n
     render.save_video(sample_dir / "overlay.mp4", over, fps)
     render.save_video(sample_dir / "overlay_with_probs.mp4", with_probs, fps)
     render.save_video(sample_dir / "side_by_side.mp4", side, fps)
+    render.save_gif(sample_dir / PREVIEW, with_probs, fps)
     lines = [f"{k}: {v}" for k, v in meta.items()]
-    lines += [f"true: {true}", f"predicted: {pred}", f"layer: {options.layer}",
-              "probabilities: " + ", ".join(f"{c}={p:.4f}" for c, p in enumerate(probs))]
+    lines += [f"true: {class_label(true, names)}", f"predicted: {class_label(pred, names)}", f"layer: {options.layer}",
+              "probabilities: " + ", ".join(f"{class_label(c, names)}={p:.4f}" for c, p in enumerate(probs))]
     (sample_dir / "metadata.txt").write_text("\n".join(lines) + "\n")
 
 
 def render_samples(loaded: LoadedModel, data: PreparedData, options: VisualizeOptions, device: torch.device,
                    out: Path) -> pd.DataFrame:
     ds = ClipDataset(data, options.split, train=False)
+    names = read_class_names(data.layout.root, loaded.config.model.num_classes)
     rows = []
     for n, i in enumerate(choose_clips(loaded, data, options, device)):
         sample = ds[int(i)]
@@ -106,9 +111,11 @@ def render_samples(loaded: LoadedModel, data: PreparedData, options: VisualizeOp
         frames = np.asarray(data.subjects[subject].video.frames[start:start + ds.clip_len])  # unweighted, for people
         name = f"sample_{n:03d}"
         meta = {"subject": subject, "frames": f"{start}-{start + ds.clip_len - 1}"}
-        render_clip(out / name, frames, heat[0], probs[0], true, meta, options)
+        render_clip(out / name, frames, heat[0], probs[0], true, meta, options, names)
+        pred = int(probs[0].argmax())
         rows.append({"sample": name, "subject": subject, "start_frame": start, "true": true,
-                     "predicted": int(probs[0].argmax()), "confidence": float(probs[0].max())})
+                     "true_name": class_label(true, names), "predicted": pred,
+                     "predicted_name": class_label(pred, names), "confidence": float(probs[0].max())})
     return pd.DataFrame(rows)
 
 
@@ -125,31 +132,28 @@ def render_long_sample(loaded: LoadedModel, data: PreparedData, options: Visuali
     start = min(max(options.start_frame, 0), max(subj.num_frames - clip_len, 0))
     end = min(start + options.sample_duration, subj.num_frames)
     stride = max(1, clip_len // 2)
-    starts = list(range(start, max(end - clip_len, start) + 1, stride))
+    starts = (start + window_starts(end - start, clip_len, stride)).tolist()
     k = loaded.config.model.num_classes
-    heat_sum = np.zeros((end - start, *subj.video.frames.shape[1:3]), dtype=np.float32)
-    prob_sum = np.zeros((end - start, k), dtype=np.float32)
-    cover = np.zeros(end - start, dtype=np.float32)
+    class_names = read_class_names(data.layout.root, k)
+    window_probs, window_heat = [], []
     for b in range(0, len(starts), 8):
         batch = starts[b:b + 8]
         videos = np.stack([ds.clip_at(subj, s) for s in batch])
         probs, heat = model_probs_and_heat(loaded, videos, options.layer, device)
-        for s, p, h in zip(batch, probs, heat):
-            n = min(clip_len, end - s)
-            heat_sum[s - start:s - start + n] += h[:n]
-            prob_sum[s - start:s - start + n] += p
-            cover[s - start:s - start + n] += 1
-    cover = np.maximum(cover, 1)[:, None]
-    heat = heat_sum / cover[:, :, None]
-    probs = prob_sum / cover
+        window_probs.append(probs)
+        window_heat.append(heat)
+    rel = np.asarray(starts) - start  # window starts within the sample
+    # the same averaging as evaluate and predict (metrics.py); window_starts covers every frame
+    probs = frame_probabilities(rel, np.concatenate(window_probs), end - start, clip_len)
+    heat = window_average(rel, np.concatenate(window_heat), end - start, clip_len, per_frame=True)
     frames = np.asarray(subj.video.frames[start:end])
     true = subj.labels[start:end].astype(np.int64)
-    pred = probs.argmax(1)
+    pred = frame_labels(probs)
     big = render.upscale(render.overlay(frames, heat, options.alpha), display_scale(options, frames.shape[1]))
     video = []
     for t in range(end - start):
         chart = render.probability_chart(probs[t], int(true[t]) if true[t] >= 0 else None, int(pred[t]),
-                                         height=big.shape[1])
+                                         height=big.shape[1], names=class_names)
         row = render.hstack(big[t], chart)
         strip = render.label_timeline_strip(true, pred, t, row.shape[1], k)
         video.append(np.concatenate([row, strip], axis=0))
@@ -157,8 +161,8 @@ def render_long_sample(loaded: LoadedModel, data: PreparedData, options: Visuali
     video = video[:, : video.shape[1] // 2 * 2, : video.shape[2] // 2 * 2]
     sample_dir = out / f"long_{subject}_{start}"
     render.save_video(sample_dir / "long_sample.mp4", video, options.fps)
-    scored = true >= 0
-    acc = float((pred[scored] == true[scored]).mean()) if scored.any() else float("nan")
+    render.save_gif(sample_dir / PREVIEW, video, options.fps)
+    acc = frame_accuracy(pred, true)
     (sample_dir / "metadata.txt").write_text(
         f"subject: {subject}\nframes: {start}-{end - 1}\nlayer: {options.layer}\nwindow stride: {stride}\n"
         f"frame accuracy (labelled frames): {acc:.4f}\n")
@@ -166,20 +170,38 @@ def render_long_sample(loaded: LoadedModel, data: PreparedData, options: Visuali
                           "frames": end - start, "frame_accuracy": acc}])
 
 
+@dataclass(frozen=True)
+class VisualizeResult:
+    out_dir: Path
+    samples: pd.DataFrame  # index.csv
+    run_id: str
+
+
+PREVIEW = "preview.gif"
+
+
 def write_index(table: pd.DataFrame, out: Path) -> None:
+    """index.csv, and index.html with each sample's animated preview embedded in the page (a
+    data: URI): MLflow shows an HTML artifact in a sandboxed iframe from a blob: URL, where
+    links to other artifacts do not resolve and videos stay blank. The MP4 files are named
+    beside each preview; they play in the artifact tree and from disk."""
     table.to_csv(out / "index.csv", index=False)
     rows = []
     for _, r in table.iterrows():
-        video = "long_sample.mp4" if str(r["sample"]).startswith("long_") else "overlay_with_probs.mp4"
+        sample = str(r["sample"])
+        video = "long_sample.mp4" if sample.startswith("long_") else "overlay_with_probs.mp4"
         cells = "".join(f"<td>{html.escape(str(v))}</td>" for v in r.values)
-        rows.append(f"<tr>{cells}<td><video src='{r['sample']}/{video}' controls width='320'></video></td></tr>")
+        gif = out / sample / PREVIEW
+        preview = (f"<img src='data:image/gif;base64,{base64.b64encode(gif.read_bytes()).decode()}' width='320'><br>"
+                   if gif.exists() else "")
+        rows.append(f"<tr>{cells}<td>{preview}<code>{html.escape(sample)}/{video}</code></td></tr>")
     head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
-    (out / "index.html").write_text(f"<html><body><table border=1><tr>{head}<th>video</th></tr>"
+    (out / "index.html").write_text(f"<html><body><table border=1><tr>{head}<th>preview (video file)</th></tr>"
                                     f"{''.join(rows)}</table></body></html>\n")
 
 
 def run_visualize(model_ref: str, options: VisualizeOptions, device_name: str = "auto",
-                  data_root: str | None = None, progress: bool = True) -> Path:
+                  data_root: str | None = None, progress: bool = True) -> "VisualizeResult":
     device = resolve_device(device_name)
     loaded = load_model(model_ref, device)
     config = replace(loaded.config, data={"root": data_root}) if data_root else loaded.config
@@ -198,5 +220,4 @@ def run_visualize(model_ref: str, options: VisualizeOptions, device_name: str = 
     with tracking.start_run(config, run_name="visualize", command="visualize", tags=tags) as run:
         run.log_params({f"visualize.{k}": v for k, v in vars(options).items()})
         run.log_artifacts(out, "visualizations")
-    print(f"{len(table)} sample(s) written to {out} and logged to run {run.id}")
-    return out
+    return VisualizeResult(out, table, run.id)

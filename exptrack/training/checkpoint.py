@@ -40,16 +40,16 @@ def save_atomic(obj: dict[str, Any], path: Path) -> Path:
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """A checkpoint, or DataError naming the file if it is not one of exptrack's."""
-    from ..data.errors import DataError
+    """A checkpoint, or ModelError naming the file if it is not one of exptrack's."""
+    from ..errors import ModelError
 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a foreign file
-        raise DataError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise ModelError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
     missing = {"model", "config", "epoch"} - set(payload) if isinstance(payload, dict) else {"model"}
     if missing:
-        raise DataError(f"{path}: not an exptrack checkpoint (missing {', '.join(sorted(missing))})")
+        raise ModelError(f"{path}: not an exptrack checkpoint (missing {', '.join(sorted(missing))})")
     return payload
 
 
@@ -84,9 +84,6 @@ class CheckpointManager:
     def __init__(self, folder: str | Path, every: int, keep: int) -> None:
         self.folder = Path(folder)
         self.every, self.keep = every, keep
-
-    def periodic(self) -> list[Path]:
-        return sorted(self.folder.glob("epoch_*.pt"))
 
     @property
     def _index_path(self) -> Path:

@@ -25,6 +25,7 @@ from ..config import Config, config_from_dict
 from ..data import clips
 from ..data.dataset import make_loader
 from ..data.errors import DataError
+from ..errors import ModelError
 from ..data.prepare import PreparedData, prepare_data
 from ..losses import FocalLoss
 from ..models.c3d import build_model, count_parameters
@@ -166,7 +167,7 @@ def find_checkpoint(resume: str, outputs: Path) -> Path:
     candidate = outputs / "runs" / resume / "checkpoints" / ckpt.LAST
     if candidate.is_file():
         return candidate
-    raise DataError(f"--resume {resume}: neither a checkpoint file nor a run id with {candidate}")
+    raise ModelError(f"--resume {resume}: neither a checkpoint file nor a run id with {candidate}")
 
 
 def build_setup(config: Config, data: PreparedData, device: torch.device, env: DistEnv = DistEnv()) -> FitSetup:
@@ -329,7 +330,7 @@ def plot_run(run_id: str, save_dir: str | Path, top_classes: int = 10) -> Path:
             history = pd.read_csv(tracking.download_run_artifact(run_id, "metrics/training_metrics.csv", Path(tmp)))
             per_class = pd.read_csv(tracking.download_run_artifact(run_id, "metrics/per_class_accuracy.csv", Path(tmp)))
         except Exception as exc:  # noqa: BLE001
-            raise DataError(f"run {run_id}: no metrics/training_metrics.csv to plot ({exc})") from exc
+            raise ModelError(f"run {run_id}: no metrics/training_metrics.csv to plot ({exc})") from exc
     plots.training_plots(history, per_class, out, top_classes)
     tracking.log_artifacts_to_run(run_id, out, "plots")
     return out

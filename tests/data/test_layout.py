@@ -330,3 +330,38 @@ def test_cli_reports_bad_input_without_traceback(tiny_copy, tmp_path, capsys):
     assert code == 2
     assert f"{path}:4: expected 3 columns" in err
     assert "Traceback" not in err
+
+
+def test_too_small_num_classes_fails_before_any_video_is_decoded(tiny_copy, make_config, monkeypatch):
+    import exptrack.data.prepare as prepare
+
+    subject = _first_subject(tiny_copy)
+    path = tiny_copy / "label" / f"{subject}.csv"
+    rows = path.read_text().splitlines()
+    rows.insert(3, "0005,0000,0007")  # line 4
+    path.write_text("\n".join(rows) + "\n")
+    monkeypatch.setattr(prepare, "ensure_cached", lambda *a, **k: pytest.fail("decoded before the check"))
+    with pytest.raises(DataError, match=rf"{path}:4: unknown class id 7, the largest .* model.num_classes is 3 .*"
+                                        r"set model.num_classes=8"):
+        _prepare(tiny_copy, make_config)
+
+
+def test_a_class_without_training_clips_is_a_counted_warning_naming_it(tiny_demo, make_config):
+    data = _prepare(tiny_demo, make_config, "model.num_classes=5")  # the tiny demo has classes 0..2
+    assert data.warnings["absent_classes"] == 2
+    assert "class ids 3, 4 of model.num_classes=5" in data.warnings.examples["absent_classes"][0]
+    assert "absent_classes" not in _prepare(tiny_demo, make_config).warnings.counts
+
+
+def test_missing_keypoints_are_reported_only_with_skeleton_attention(tiny_copy, make_config):
+    _keypoint_file(tiny_copy).unlink()
+    assert _prepare(tiny_copy, make_config).warnings["missing_keypoints"] == 0
+    assert _prepare(tiny_copy, make_config, "data.use_skeleton_attention=true").warnings["missing_keypoints"] == 1
+
+
+def test_class_names_from_classes_csv(tmp_path):
+    assert layout.read_class_names(tmp_path, 3) == ["0", "1", "2"]
+    (tmp_path / "classes.csv").write_text("id,name\n0,squat\n2,lunge\n7,ignored\n")
+    names = layout.read_class_names(tmp_path, 3)
+    assert names == ["squat", "1", "lunge"]
+    assert [layout.class_label(c, names) for c in (-1, 0, 1)] == ["background", "squat (0)", "1"]

@@ -1,0 +1,168 @@
+"""The one home of classification metrics and of clip -> frame labels.
+
+Clip metrics (accuracy, top-3, mean class accuracy, per-class accuracy, macro P/R/F1, confusion)
+are used by validation (through `validation_metrics`) and evaluation; frame labels (averaged
+window probabilities, majority smoothing, frame accuracy) by evaluate, predict and visualize,
+so that evaluate's frame accuracy and predict's timeline are the same computation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+from .data.layout import BACKGROUND
+
+# ---------------------------------------------------------------------------------------------
+# clip metrics
+
+
+@dataclass(frozen=True)
+class ClassificationMetrics:
+    summary: dict[str, float]  # accuracy, top3_accuracy, mean_class_accuracy, macro_*, clips
+    per_class_accuracy: np.ndarray  # (K,) recall of each class; NaN for a class with no clip
+    per_class: pd.DataFrame  # classes present: precision, recall, f1, support
+
+
+def top_k_accuracy(y_true: np.ndarray, scores: np.ndarray, k: int = 3) -> float:
+    """Share of rows whose true class is among the k highest scores (ties: the lower id ranks
+    first). With k >= K every class is in the top k, so it is 1.0 by definition."""
+    if len(y_true) == 0:
+        return float("nan")
+    if k >= scores.shape[1]:
+        return 1.0
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # (N, k)
+    return float((top == y_true[:, None]).any(axis=1).mean())
+
+
+def classification_metrics(y_true: np.ndarray, scores: np.ndarray, num_classes: int | None = None) -> ClassificationMetrics:
+    """Metrics of (N,) true ids against (N, K) probabilities or logits (only their order matters).
+
+    Mean class accuracy, macro precision/recall/F1 and `per_class` are over the classes that
+    occur in `y_true` (mean class accuracy = balanced accuracy); per-class accuracy is NaN for
+    the others."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    scores = np.asarray(scores, dtype=np.float64)
+    num_classes = num_classes or scores.shape[1]
+    y_pred = scores.argmax(1) if len(y_true) else np.zeros(0, dtype=np.int64)
+    support = np.bincount(y_true, minlength=num_classes)[:num_classes].astype(np.float64)
+    hits = np.bincount(y_true[y_pred == y_true], minlength=num_classes)[:num_classes]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class_acc = np.where(support > 0, hits / support, np.nan)
+    present = np.flatnonzero(support > 0).tolist()
+    if present:
+        p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=present, zero_division=0)
+    else:
+        p = r = f = s = np.zeros(0)
+    per_class = pd.DataFrame({"precision": p, "recall": r, "f1": f, "support": s},
+                             index=pd.Index(present, name="class"))
+    nan = float("nan")
+    summary = {
+        "accuracy": float((y_pred == y_true).mean()) if len(y_true) else nan,
+        "top3_accuracy": top_k_accuracy(y_true, scores, 3),
+        "mean_class_accuracy": float(np.nanmean(per_class_acc)) if present else nan,
+        "macro_precision": float(np.mean(p)) if present else nan,
+        "macro_recall": float(np.mean(r)) if present else nan,
+        "macro_f1": float(np.mean(f)) if present else nan,
+        "clips": float(len(y_true)),
+    }
+    return ClassificationMetrics(summary, per_class_acc, per_class)
+
+
+def validation_metrics(logits, labels, num_classes: int) -> tuple[dict[str, float], np.ndarray]:
+    """The contract of the training loop's validation: ({acc, mean_class_acc, top3_acc}, (K,)
+    per-class accuracy with NaN for absent classes). Takes torch tensors or arrays."""
+    scores = logits.detach().float().cpu().numpy() if hasattr(logits, "detach") else np.asarray(logits)
+    y = labels.detach().cpu().numpy() if hasattr(labels, "detach") else np.asarray(labels)
+    m = classification_metrics(y, scores, num_classes)
+    return ({"acc": m.summary["accuracy"], "mean_class_acc": m.summary["mean_class_accuracy"],
+             "top3_acc": m.summary["top3_accuracy"]}, m.per_class_accuracy)
+
+
+def confusion_tables(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Confusion in counts (rows = true, columns = predicted, over the classes seen in either)
+    and row-normalised (each row sums to 1)."""
+    labels = sorted(set(np.asarray(y_true).tolist()) | set(np.asarray(y_pred).tolist()))
+    counts = confusion_matrix(y_true, y_pred, labels=labels)
+    confusion = pd.DataFrame(counts, index=pd.Index(labels, name="true"), columns=pd.Index(labels, name="predicted"))
+    rows = confusion.sum(axis=1).replace(0, np.nan)
+    return confusion, confusion.div(rows, axis=0).fillna(0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# clip -> frame labels
+
+
+def window_starts(num_frames: int, clip_len: int, stride: int) -> np.ndarray:
+    """Starts of windows every `stride` frames, plus one ending at the last frame, so that every
+    frame is covered (a video shorter than a clip: one window at 0)."""
+    starts = list(range(0, max(num_frames - clip_len, 0) + 1, stride))
+    if starts[-1] < num_frames - clip_len:
+        starts.append(num_frames - clip_len)
+    return np.asarray(starts, dtype=np.int64)
+
+
+def window_average(starts: np.ndarray, values: np.ndarray, num_frames: int, clip_len: int,
+                   per_frame: bool = False) -> np.ndarray:
+    """Average per frame of the windows [start, start + clip_len) that cover it.
+
+    `values` is (N, *F), one value per window for all of its frames, or with `per_frame`
+    (N, clip_len, *F), a value per frame of the window. Windows are clipped to [0, num_frames).
+    Returns (num_frames, *F) float32; NaN where no window covers a frame."""
+    values = np.asarray(values, dtype=np.float32)
+    tail = values.shape[2:] if per_frame else values.shape[1:]
+    sums = np.zeros((num_frames, *tail), dtype=np.float32)
+    cover = np.zeros(num_frames, dtype=np.float32)
+    for s, v in zip(np.asarray(starts, dtype=np.int64), values):
+        lo, hi = max(int(s), 0), min(int(s) + clip_len, num_frames)
+        if hi <= lo:
+            continue
+        sums[lo:hi] += v[lo - s:hi - s] if per_frame else v
+        cover[lo:hi] += 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return sums / cover.reshape(-1, *([1] * len(tail)))  # 0 / 0 = NaN where uncovered
+
+
+def frame_probabilities(starts: np.ndarray, probs: np.ndarray, num_frames: int, clip_len: int) -> np.ndarray:
+    """(N,) window starts and (N, K) window probabilities -> (num_frames, K): each frame the mean
+    of the windows covering it; NaN rows for frames no window covers."""
+    return window_average(starts, probs, num_frames, clip_len)
+
+
+def frame_labels(frame_probs: np.ndarray) -> np.ndarray:
+    """(T, K) frame probabilities -> (T,) int64 labels: the most probable class (ties: the
+    lower id), background (-1) for uncovered (NaN) frames."""
+    covered = ~np.isnan(frame_probs).any(axis=1)
+    out = np.full(len(frame_probs), BACKGROUND, dtype=np.int64)
+    out[covered] = frame_probs[covered].argmax(1)
+    return out
+
+
+def frame_confidence(frame_probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The probability of each frame's label (NaN for background / uncovered frames)."""
+    out = np.full(len(labels), np.nan, dtype=np.float32)
+    scored = labels != BACKGROUND
+    out[scored] = frame_probs[np.flatnonzero(scored), labels[scored]]
+    return out
+
+
+def smooth_labels(labels: np.ndarray, window: int) -> np.ndarray:
+    """Majority vote over a centred window (edges repeat the first/last label; ties: the lower
+    id); background (-1) is a vote like any other."""
+    if window <= 1 or len(labels) == 0:
+        return labels.copy()
+    half = window // 2
+    padded = np.pad(labels, half, mode="edge")
+    windows = np.lib.stride_tricks.sliding_window_view(padded, window)[: len(labels)]  # (T, window)
+    shifted = windows - BACKGROUND  # ids >= 0
+    counts = np.apply_along_axis(np.bincount, 1, shifted, minlength=int(shifted.max()) + 1)
+    return counts.argmax(axis=1) + BACKGROUND
+
+
+def frame_accuracy(pred: np.ndarray, true: np.ndarray) -> float:
+    """Accuracy over the frames that carry an exercise label (background is not scored)."""
+    scored = true != BACKGROUND
+    return float((pred[scored] == true[scored]).mean()) if scored.any() else float("nan")

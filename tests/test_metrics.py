@@ -1,0 +1,94 @@
+"""metrics.py on hand-computed cases: clip metrics (top-3 with 5 classes) and clip -> frame labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from exptrack.metrics import (classification_metrics, frame_accuracy, frame_confidence, frame_labels,
+                              frame_probabilities, smooth_labels, top_k_accuracy, validation_metrics,
+                              window_average, window_starts)
+
+# 5 classes, 6 clips; true class rank in each row: 1st, 4th, 2nd, 3rd, 5th, 1st
+Y5 = np.array([0, 1, 2, 3, 4, 4])
+P5 = np.array([
+    [0.50, 0.20, 0.15, 0.10, 0.05],  # 0 ranked 1st
+    [0.40, 0.05, 0.30, 0.20, 0.05],  # 1: 0.05 ties class 4, lower id first -> rank 4
+    [0.35, 0.10, 0.30, 0.15, 0.10],  # 2 ranked 2nd
+    [0.30, 0.25, 0.20, 0.22, 0.03],  # 3 ranked 3rd (0.22 > 0.20)
+    [0.30, 0.25, 0.20, 0.15, 0.10],  # 4 ranked 5th
+    [0.10, 0.10, 0.10, 0.10, 0.60],  # 4 ranked 1st
+])
+
+
+def test_top3_with_five_classes_is_hand_computed():
+    assert top_k_accuracy(Y5, P5, 3) == pytest.approx(4 / 6)  # rows 0, 2, 3 and 5 (not 1 and 4)
+    assert top_k_accuracy(Y5, P5, 4) == pytest.approx(5 / 6)  # row 1 ranks 4th (tie with 4: lower id first)
+    m = classification_metrics(Y5, P5, 5)
+    assert m.summary["top3_accuracy"] == pytest.approx(4 / 6)
+    assert m.summary["accuracy"] == pytest.approx(2 / 6)  # rows 0 and 5
+    # recall per class: 0 -> 1, 1 -> 0, 2 -> 0, 3 -> 0, 4 -> 1/2
+    np.testing.assert_allclose(m.per_class_accuracy, [1, 0, 0, 0, 0.5])
+    assert m.summary["mean_class_accuracy"] == pytest.approx(1.5 / 5)
+    # precision: class 0 predicted 5 times, right once; class 4 once, right once; others never
+    assert m.per_class.loc[0, "precision"] == pytest.approx(1 / 5) and m.per_class.loc[4, "precision"] == 1.0
+    assert m.summary["macro_precision"] == pytest.approx((1 / 5 + 1) / 5)
+    assert m.summary["macro_f1"] == pytest.approx((2 * 0.2 * 1 / 1.2 + 2 * 1 * 0.5 / 1.5) / 5)
+
+
+def test_top3_with_three_classes_or_fewer_is_one_by_definition():
+    assert top_k_accuracy(np.array([2, 0]), np.array([[0.9, 0.1, 0.0], [0.0, 0.1, 0.9]]), 3) == 1.0
+
+
+def test_absent_classes_are_nan_and_not_averaged():
+    y = np.array([1, 1, 2])
+    probs = np.array([[0.1, 0.8, 0.1, 0.0], [0.1, 0.2, 0.7, 0.0], [0.0, 0.1, 0.9, 0.0]])
+    m = classification_metrics(y, probs, 4)
+    assert np.isnan(m.per_class_accuracy[[0, 3]]).all()
+    np.testing.assert_allclose(m.per_class_accuracy[[1, 2]], [0.5, 1.0])
+    assert m.summary["mean_class_accuracy"] == pytest.approx(0.75)
+    assert list(m.per_class.index) == [1, 2]
+
+
+def test_validation_adapter_keeps_the_loop_contract():
+    logits, labels = torch.tensor(np.log(P5), dtype=torch.float32), torch.tensor(Y5)
+    metrics, per_class = validation_metrics(logits, labels, 5)
+    assert set(metrics) == {"acc", "mean_class_acc", "top3_acc"}
+    assert metrics["top3_acc"] == pytest.approx(4 / 6) and metrics["acc"] == pytest.approx(2 / 6)
+    assert per_class.shape == (5,)
+
+
+def test_frame_probabilities_average_overlapping_windows_and_leave_gaps_nan():
+    # windows of 4 frames at 0 and 2 (overlap on frames 2, 3) and at 8; frames 6, 7 and 12+ uncovered
+    starts = np.array([0, 2, 8])
+    probs = np.array([[1.0, 0.0], [0.0, 1.0], [0.25, 0.75]])
+    fp = frame_probabilities(starts, probs, num_frames=13, clip_len=4)
+    np.testing.assert_allclose(fp[:6], [[1, 0], [1, 0], [0.5, 0.5], [0.5, 0.5], [0, 1], [0, 1]])
+    assert np.isnan(fp[[6, 7, 12]]).all()
+    np.testing.assert_allclose(fp[8:12], [[0.25, 0.75]] * 4)
+    labels = frame_labels(fp)
+    # frames 2, 3 tie at 0.5: the lower id; uncovered frames are background
+    np.testing.assert_array_equal(labels, [0, 0, 0, 0, 1, 1, -1, -1, 1, 1, 1, 1, -1])
+    conf = frame_confidence(fp, labels)
+    assert conf[2] == pytest.approx(0.5) and conf[8] == pytest.approx(0.75) and np.isnan(conf[6])
+
+
+def test_window_average_per_frame_values_and_clipping():
+    values = np.arange(2 * 3, dtype=np.float32).reshape(2, 3)  # per frame: window 0 -> 0,1,2; window 1 -> 3,4,5
+    out = window_average(np.array([0, 2]), values, num_frames=4, clip_len=3, per_frame=True)
+    np.testing.assert_allclose(out, [0, 1, (2 + 3) / 2, 4])  # window 1's frame 4 is past the end
+
+
+def test_window_starts_cover_every_frame():
+    np.testing.assert_array_equal(window_starts(20, 8, 4), [0, 4, 8, 12])
+    np.testing.assert_array_equal(window_starts(21, 8, 4), [0, 4, 8, 12, 13])
+    np.testing.assert_array_equal(window_starts(5, 8, 4), [0])
+
+
+def test_smoothing_and_frame_accuracy():
+    noisy = np.array([3, 3, 3, 5, 3, 3, 4, 4, 4, 4, 1, 4, 4])
+    np.testing.assert_array_equal(smooth_labels(noisy, 3), [3, 3, 3, 3, 3, 3, 4, 4, 4, 4, 4, 4, 4])
+    # a tie in a window of 4 (two 1s, two 2s): the lower id
+    np.testing.assert_array_equal(smooth_labels(np.array([1, 1, 2, 2]), 4)[1:3], [1, 1])
+    assert frame_accuracy(np.array([3, 4, 0, 4]), np.array([3, 3, -1, 4])) == pytest.approx(2 / 3)
