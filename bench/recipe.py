@@ -29,7 +29,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 WORK = Path(tempfile.mkdtemp(prefix="exptrack-recipe-"))

@@ -253,7 +253,10 @@ def _check_mapping(raw: dict[str, Any], where: str) -> dict[str, dict[str, Any]]
                 raise ConfigError(
                     f"{where}: unknown key {section}.{key} (known in {section}: {', '.join(fields)})"
                 )
-            out.setdefault(section, {})[key] = check_value(f"{section}.{key}", fields[key], value)
+            try:
+                out.setdefault(section, {})[key] = check_value(f"{section}.{key}", fields[key], value)
+            except ConfigError as exc:  # name the file (or checkpoint) the value came from
+                raise ConfigError(f"{where}: {exc}") from None
     return out
 
 
@@ -261,13 +264,54 @@ def _check_mapping(raw: dict[str, Any], where: str) -> dict[str, dict[str, Any]]
 # Loading
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` merges; flatten_mapping handles it
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: SafeLoader's own error says so below
+                continue
+            if first is not None:
+                raise ConfigError(f"{self.name}:{line}: key {str(key)[:80]!r} given twice (first on line {first})")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml_file(path: Path) -> Any:
+    """Parse one YAML file, or ConfigError naming it (and the line or byte) for a missing file,
+    a folder, bytes that are not UTF-8, invalid YAML or a key given twice in one mapping."""
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a YAML config file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:  # never quote the content: the byte offset is enough
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    loader = _UniqueKeyLoader(text)
+    loader.name = str(path)  # marks in YAML errors name the file
+    try:
+        return loader.get_single_data()
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    finally:
+        loader.dispose()
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    data = read_yaml_file(path) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
     return data
@@ -288,6 +332,8 @@ def load_yaml_layers(path: str | Path) -> dict[str, dict[str, Any]]:
     layers: dict[str, dict[str, Any]] = {}
     if base_ref is not None:
         base_path = (path.parent / str(base_ref)).resolve()
+        if base_path.is_dir():
+            raise ConfigError(f"{path}: base: {base_ref} names a folder ({base_path}), not a YAML config file")
         base_data = _read_yaml(base_path)
         if "base" in base_data:
             raise ConfigError(
@@ -320,13 +366,21 @@ def parse_override(text: str) -> tuple[str, str, Any]:
 
 
 def config_from_dict(saved: dict[str, Any], where: str = "saved config") -> Config:
-    """A Config from a nested dict saved earlier (a checkpoint's), checked like a YAML file."""
+    """A Config from a nested dict saved earlier (a checkpoint's), checked like a YAML file.
+    Every error says the value came from `where` (the checkpoint), not from the user's config."""
+    where = f"{where}: saved config"
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{where}: expected a mapping of sections, got {type(saved).__name__}")
     saved = {section: dict(values) if isinstance(values, dict) else values for section, values in saved.items()}
     for section, keys in ADDED_LATER.items():
         if isinstance(saved.get(section), dict):
             for key, value in keys.items():
                 saved[section].setdefault(key, value)
-    return build_config(_check_mapping(saved, where))
+    layers = _check_mapping(saved, where)
+    try:
+        return build_config(layers)
+    except ConfigError as exc:  # a range check (validate) on the saved values
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def build_config(layers: dict[str, dict[str, Any]] | None = None) -> Config:

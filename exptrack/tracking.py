@@ -42,11 +42,63 @@ def use_tracking_uri(config: Config) -> None:
         mlflow.set_tracking_uri(config.mlflow.tracking_uri)
 
 
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a local ``sqlite:///`` store, or None for any other store."""
+    if not uri.startswith("sqlite:"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    database = make_url(uri).database
+    return Path(database) if database and database != ":memory:" else None
+
+
+# Store files this process has already created or found complete (one lock per file and process).
+_READY_STORES: set[Path] = set()
+
+
+def _ensure_local_store(uri: str) -> None:
+    """Create a fresh local SQLite store once, under a file lock beside it.
+
+    MLflow creates its tables (alembic migrations) on a store's first use; two processes doing
+    that at once on the same new file crash with "duplicate column name" or "table already
+    exists". Opening the store once inside `<db>.lock` makes later starts find it complete.
+    """
+    db = _sqlite_file(uri)
+    if db is None or db.resolve() in _READY_STORES:
+        return
+    from filelock import FileLock
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(db) + ".lock"):
+        mlflow.MlflowClient(uri).search_experiments(max_results=1)  # creates the tables if missing
+    _READY_STORES.add(db.resolve())
+
+
+def _set_experiment(name: str):
+    """mlflow.set_experiment, tolerating another process creating the same experiment first."""
+    try:
+        return mlflow.set_experiment(name)
+    except mlflow.exceptions.MlflowException as exc:
+        if "already exists" not in str(exc) and getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return mlflow.set_experiment(name)  # it exists now: this time it is only looked up
+
+
 def configure(config: Config) -> None:
-    """Point MLflow at the configured tracking server (if any) and experiment."""
+    """Point MLflow at the configured tracking server (if any) and experiment; a fresh local
+    SQLite store is created once even when several processes start together."""
     use_tracking_uri(config)
+    uri = mlflow.get_tracking_uri()
+    _ensure_local_store(uri)
     if not os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run` the run's experiment is fixed
-        experiment = mlflow.set_experiment(config.mlflow.experiment)
+        db = _sqlite_file(uri)
+        if db is None:
+            experiment = _set_experiment(config.mlflow.experiment)
+        else:
+            from filelock import FileLock
+
+            with FileLock(str(db) + ".lock"):  # SQLite: serialise the look-up-or-create as well
+                experiment = _set_experiment(config.mlflow.experiment)
         if EXPERIMENT_KIND not in experiment.tags:
             # MLflow 3's UI opens an experiment without this tag in its GenAI view (traces);
             # tagged, it opens on the runs table ("Machine learning" / model training)

@@ -116,3 +116,65 @@ def test_paper_config_restores_the_original_values():
 
     flat = to_flat_dict(load_config(EXPERIMENTS / "c3d_paper.yaml"))
     assert {k: flat[k] for k in ORIGINAL_VALUES} == ORIGINAL_VALUES
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad config files: one clear ConfigError naming the file (issue 11)
+
+
+def test_a_folder_as_config_or_as_base_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=f"{tmp_path}: is a folder"):
+        load_config(tmp_path)
+    (tmp_path / "sub").mkdir()
+    path = tmp_path / "x.yaml"
+    path.write_text("base: sub\n")
+    with pytest.raises(ConfigError, match=r"x\.yaml: base: sub names a folder"):
+        load_config(path)
+
+
+def test_non_utf8_yaml_names_the_file_and_byte_without_its_content(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_bytes(b"train:\n  epochs: 3\n# caf\xe9 secret\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}:3: not UTF-8") and "byte 24" in message and "secret" not in message
+
+
+@pytest.mark.parametrize("text, line, key", [
+    ("train:\n  epochs: 3\n  epochs: 4\n", 3, "epochs"),
+    ("train:\n  epochs: 3\noptim:\n  lr: 0.1\ntrain:\n  batch_size: 2\n", 5, "train"),
+])
+def test_a_key_given_twice_names_file_line_and_key(tmp_path, text, line, key):
+    path = tmp_path / "x.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=f"x\\.yaml:{line}: key '{key}' given twice"):
+        load_config(path)
+
+
+def test_yaml_merge_keys_are_not_duplicates(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("train:\n  <<: {epochs: 3}\n  batch_size: 2\n")
+    assert load_config(path).train.epochs == 3
+
+
+def test_a_wrong_type_in_yaml_names_the_file(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("optim:\n  lr: [1, 2]\n")
+    with pytest.raises(ConfigError, match=f"{path}: optim\\.lr"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("saved, problem", [
+    ({"optim": {"lr": "fast"}}, r"optim\.lr"),
+    ({"optim": {"lr": -1.0}}, r"optim\.lr must be > 0"),
+    ({"nope": {}}, "unknown section"),
+    ({"train": {"epoch": 3}}, r"unknown key train\.epoch"),
+    ({"train": 3}, "must be a mapping"),
+    ([1, 2], "expected a mapping"),
+])
+def test_a_bad_saved_config_says_it_came_from_the_checkpoint(saved, problem):
+    from exptrack.config import config_from_dict
+
+    with pytest.raises(ConfigError, match=f"^ckpt/best_model\\.pt: saved config: .*{problem}"):
+        config_from_dict(saved, "ckpt/best_model.pt")

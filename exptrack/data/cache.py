@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -118,7 +119,7 @@ class FrameCache:
         """
         final = self.root / kind / f"{subject}-{key}"
         if not (final / "done").exists():
-            final.parent.mkdir(parents=True, exist_ok=True)
+            self._check_writable(final.parent)
             with FileLock(str(final) + ".lock"):
                 if not (final / "done").exists():  # else another process built it while we waited
                     self._build(final, build)
@@ -127,6 +128,18 @@ class FrameCache:
         for kind_name, (count, message) in stored.items():
             warnings.warn(kind_name, message, count=count)
         return final
+
+    def _check_writable(self, folder: Path) -> None:
+        """Create `folder`, or DataError blaming the cache folder (not the video being cached)."""
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            writable = os.access(folder, os.W_OK | os.X_OK)
+            reason = "no write permission"
+        except OSError as exc:
+            writable, reason = False, exc.strerror or str(exc)
+        if not writable:
+            raise DataError(f"{self.root}: cache folder is not writable ({reason}); fix its permissions "
+                            f"or set paths.cache to a writable folder")
 
     @staticmethod
     def _build(final: Path, build: Callable[[Path, DataWarnings], None]) -> None:
@@ -183,15 +196,18 @@ class FrameCache:
 
     # -- masks -------------------------------------------------------------------------------------
 
-    def masks(self, subject: SubjectFiles, num_frames: int, warnings: DataWarnings) -> tuple[np.ndarray, np.ndarray]:
-        """(T, S, S) uint8 person masks (0/255 at the edges blended) and (T,) bool present."""
-        key = _digest("mask", folder_key(subject.mask_dir), self.size, num_frames)
+    def masks(self, subject: SubjectFiles, num_frames: int, warnings: DataWarnings,
+              video_size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(T, S, S) uint8 person masks (0/255 at the edges blended) and (T,) bool present.
+        `video_size` (width, height): masks of another size are still resized, but counted."""
+        key = _digest("mask", folder_key(subject.mask_dir), self.size, num_frames, video_size)
 
         def build(tmp: Path, w: DataWarnings) -> None:
             files = layout.mask_files(subject.mask_dir)
             masks = np.lib.format.open_memmap(tmp / "masks.npy", mode="w+", dtype=np.uint8,
                                               shape=(num_frames, self.size, self.size))
             present = np.zeros(num_frames, dtype=bool)
+            mismatched: Counter[tuple[int, int]] = Counter()  # (width, height) -> masks of that size
             for frame, path in files.items():
                 if frame >= num_frames:
                     continue
@@ -199,9 +215,14 @@ class FrameCache:
                 if img is None:
                     w.warn("unreadable_mask", f"{path}: cannot read mask image; frame used unmasked")
                     continue
+                if video_size is not None and (img.shape[1], img.shape[0]) != tuple(video_size):
+                    mismatched[(img.shape[1], img.shape[0])] += 1
                 small = cv2.resize(img, (self.size, self.size), interpolation=cv2.INTER_AREA)
                 masks[frame] = np.where(small > 127, 255, 0)
                 present[frame] = True
+            for (mw, mh), n in mismatched.items():  # stretched masks no longer cover the person
+                w.warn("mask_size_mismatch", f"{subject.mask_dir}: {n} masks of subject {subject.subject} are "
+                       f"{mw}x{mh} but its video is {video_size[0]}x{video_size[1]}; stretched to fit", count=n)
             masks.flush()
             del masks
             np.save(tmp / "present.npy", present)

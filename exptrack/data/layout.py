@@ -13,6 +13,7 @@ counted in a DataWarnings.
 from __future__ import annotations
 
 import csv
+import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,38 @@ class DatasetLayout:
 
 
 # ---------------------------------------------------------------------------------------------
+# reading CSV text safely
+
+# Longest piece of a file quoted in a message: a bad file must never flood the terminal.
+_QUOTE_CHARS = 80
+# Largest frame number accepted: beyond any real video, and far inside int64.
+_MAX_FRAME = 10**9
+
+
+def _quote(value: object) -> str:
+    """repr() of a cell or row, cut to _QUOTE_CHARS characters."""
+    text = repr(value)
+    return text if len(text) <= _QUOTE_CHARS else text[:_QUOTE_CHARS] + "...'"
+
+
+def _csv_rows(path: Path) -> list[list[str]]:
+    """Every row of a CSV file, or DataError naming the file and line (never echoing it) when
+    its bytes are not UTF-8 or the CSV syntax is broken."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")  # utf-8-sig: files saved by Excel
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte {exc.start}: {exc.reason}); "
+                        f"save it as UTF-8") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        return list(reader)
+    except csv.Error as exc:
+        raise DataError(f"{path}:{reader.line_num}: broken CSV ({exc})") from None
+
+
+# ---------------------------------------------------------------------------------------------
 # split.csv
 
 
@@ -77,26 +110,28 @@ def read_split(path: Path) -> dict[str, tuple[str, int]]:
     """split.csv -> {subject: (split, line number)}."""
     if not path.is_file():
         raise DataError(f"{path}: split file not found (expected columns id,split)")
-    with path.open(newline="", encoding="utf-8-sig") as fh:  # utf-8-sig: files saved by Excel
-        rows = list(csv.reader(fh))
+    rows = _csv_rows(path)
     if not rows:
         raise DataError(f"{path}: empty split file (expected a header id,split)")
     header = [h.strip().lower() for h in rows[0]]
     id_col = next((header.index(c) for c in _ID_COLUMNS if c in header), None)
     if id_col is None or "split" not in header:
-        raise DataError(f"{path}:1: header must name an id column ({'/'.join(_ID_COLUMNS)}) and 'split', got {rows[0]}")
+        raise DataError(f"{path}:1: header must name an id column ({'/'.join(_ID_COLUMNS)}) and 'split', got {_quote(rows[0])}")
     split_col = header.index("split")
     out: dict[str, tuple[str, int]] = {}
     for line_no, row in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in row):
             continue
         if len(row) != len(header):
-            raise DataError(f"{path}:{line_no}: expected {len(header)} columns, got {len(row)}: {row}")
+            raise DataError(f"{path}:{line_no}: expected {len(header)} columns, got {len(row)}: {_quote(row)}")
         subject, value = row[id_col].strip(), row[split_col].strip().lower()
+        if not subject or subject in (".", "..") or any(c in subject for c in "/\\\0"):
+            # it becomes part of file names (<subject>.mp4, label/<subject>.csv)
+            raise DataError(f"{path}:{line_no}: subject id {_quote(subject)} is not a plain file name")
         if value not in _SPLIT_ALIASES:
-            raise DataError(f"{path}:{line_no}: split {row[split_col]!r} is not train, val or test")
+            raise DataError(f"{path}:{line_no}: split {_quote(row[split_col])} is not train, val or test")
         if subject in out:
-            raise DataError(f"{path}:{line_no}: subject {subject!r} listed twice (first on line {out[subject][1]})")
+            raise DataError(f"{path}:{line_no}: subject {_quote(subject)} listed twice (first on line {out[subject][1]})")
         out[subject] = (_SPLIT_ALIASES[value], line_no)
     return out
 
@@ -160,7 +195,7 @@ def discover(root: str | Path, warnings: DataWarnings) -> DatasetLayout:
     subjects = []
     for subject, (which, line_no) in split.items():
         if subject not in videos:
-            raise DataError(f"{split_path}:{line_no}: subject {subject!r} has no video at {anon / (subject + '.mp4')}")
+            raise DataError(f"{split_path}:{line_no}: subject {_quote(subject)} has no video at {anon / (subject + '.mp4')}")
         labels = root / "label" / f"{subject}.csv"
         mask_dir = root / "dataset" / "mask" / subject
         keypoints = root / "dataset" / "skeleton" / "yolo_pose_csv" / f"{subject}.csv"
@@ -187,7 +222,7 @@ def _parse_int(text: str, path: Path, line_no: int, what: str) -> int:
     try:
         return int(text.strip())
     except ValueError:
-        raise DataError(f"{path}:{line_no}: {what} {text.strip()!r} is not an integer") from None
+        raise DataError(f"{path}:{line_no}: {what} {_quote(text.strip())} is not an integer") from None
 
 
 def _frame_offset(frames: np.ndarray, base: str) -> int:
@@ -200,24 +235,37 @@ def _frame_offset(frames: np.ndarray, base: str) -> int:
 def _label_rows(path: Path) -> list[tuple[int, int, int]]:
     """(frame, class id, line number) of every row of a label file (a header line skipped)."""
     rows = []
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        for line_no, row in enumerate(csv.reader(fh), start=1):
-            if not row or not any(cell.strip() for cell in row):
-                continue
-            if len(row) != 3:
-                raise DataError(f"{path}:{line_no}: expected 3 columns (frame_number, column1, column2), got {len(row)}: {row}")
-            if line_no == 1 and not row[0].strip().lstrip("+-").isdigit():
-                continue  # a header line
-            frame = _parse_int(row[0], path, line_no, "frame number")
-            label = _parse_int(row[2], path, line_no, "class id")
-            if frame < 0:
-                raise DataError(f"{path}:{line_no}: negative frame number {frame}")
-            if label < BACKGROUND:
-                raise DataError(f"{path}:{line_no}: unknown class id {label} (valid: -1 background, 0 and up)")
-            rows.append((frame, label, line_no))
+    for line_no, row in enumerate(_csv_rows(path), start=1):
+        if not row or not any(cell.strip() for cell in row):
+            continue
+        if len(row) != 3:
+            raise DataError(f"{path}:{line_no}: expected 3 columns (frame_number, column1, column2), "
+                            f"got {len(row)}: {_quote(row)}")
+        if line_no == 1 and not row[0].strip().lstrip("+-").isdigit():
+            continue  # a header line
+        frame = _parse_int(row[0], path, line_no, "frame number")
+        label = _parse_int(row[2], path, line_no, "class id")
+        if frame < 0:
+            raise DataError(f"{path}:{line_no}: negative frame number {frame}")
+        if frame > _MAX_FRAME:
+            raise DataError(f"{path}:{line_no}: frame number {_quote(row[0].strip())} is beyond {_MAX_FRAME}")
+        if label < BACKGROUND:
+            raise DataError(f"{path}:{line_no}: unknown class id {label} (valid: -1 background, 0 and up)")
+        rows.append((frame, label, line_no))
     if not rows:
         raise DataError(f"{path}: no label rows")
     return rows
+
+
+def _duplicate_label_row(path: Path, frame: int, first: tuple[int, int], again: tuple[int, int],
+                         warnings: DataWarnings) -> None:
+    """A frame labelled twice: the same class is harmless (counted); two classes are a
+    contradiction that no rule resolves safely, so it stops with both lines."""
+    (first_line, first_class), (line_no, label) = first, again
+    if label != first_class:
+        raise DataError(f"{path}:{line_no}: frame {frame} labelled {label} here but {first_class} on line {first_line}")
+    warnings.warn("duplicate_label_rows", f"{path}:{line_no}: frame {frame} repeats line {first_line}; "
+                  f"the repeat is ignored")
 
 
 def check_class_ids(paths: list[Path], num_classes: int) -> None:
@@ -237,12 +285,17 @@ def read_labels(path: Path, num_frames: int, num_classes: int, warnings: DataWar
                 frame_base: str = "auto") -> np.ndarray:
     """Frame-level labels -> (num_frames,) int16, background (-1) where the file has no row."""
     rows = []
+    first_line: dict[int, tuple[int, int]] = {}  # frame -> (line, class) of its first row
     for frame, label, line_no in _label_rows(path):
         if label >= num_classes:
             raise DataError(
                 f"{path}:{line_no}: unknown class id {label} (valid: -1 background, 0..{num_classes - 1}; "
                 f"set model.num_classes={label + 1} or more if the dataset has more classes)"
             )
+        if frame in first_line:
+            _duplicate_label_row(path, frame, first_line[frame], (line_no, label), warnings)
+            continue
+        first_line[frame] = (line_no, label)
         rows.append((frame, label))
     table = np.asarray(rows, dtype=np.int64)
     frames = table[:, 0] - _frame_offset(table[:, 0], frame_base)
@@ -291,14 +344,16 @@ def _to_float_table(body: list[list[str]], header: list[str], path: Path) -> np.
     cells = np.where(cells == "", "nan", cells).astype(str)
     try:
         return cells.astype(np.float64)
-    except ValueError:
+    except ValueError:  # find the bad cell; Python's float() is the judge where numpy disagrees
+        values = np.empty(cells.shape, dtype=np.float64)
         for r, row in enumerate(cells):
             for c, text in enumerate(row):
                 try:
-                    float(text)
+                    values[r, c] = float(text)
                 except ValueError:
-                    raise DataError(f"{path}:{r + 2}: column {header[c]!r} value {str(text)!r} is not a number") from None
-        raise
+                    raise DataError(f"{path}:{r + 2}: column {_quote(header[c])} value {_quote(str(text))} "
+                                    f"is not a number") from None
+        return values
 
 
 def read_keypoints(path: Path, num_frames: int, warnings: DataWarnings, frame_base: str = "auto") -> np.ndarray:
@@ -307,8 +362,7 @@ def read_keypoints(path: Path, num_frames: int, warnings: DataWarnings, frame_ba
     Undetected joints (empty, NaN or conf 0) get conf 0. With several people per frame the
     most confident one (mean joint confidence) is kept.
     """
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        rows = [row for row in csv.reader(fh) if row and any(cell.strip() for cell in row)]
+    rows = [row for row in _csv_rows(path) if row and any(cell.strip() for cell in row)]
     if not rows:
         raise DataError(f"{path}: empty keypoint file")
     header = [h.strip().lower() for h in rows[0]]
@@ -327,9 +381,12 @@ def read_keypoints(path: Path, num_frames: int, warnings: DataWarnings, frame_ba
         frames = np.arange(len(table))
     else:
         raw = table[:, frame_col]
-        if np.isnan(raw).any() or (raw != np.round(raw)).any():
-            bad = int(np.flatnonzero(np.isnan(raw) | (raw != np.round(raw)))[0])
-            raise DataError(f"{path}:{bad + 2}: frame number {rows[bad + 1][frame_col]!r} is not an integer")
+        with np.errstate(invalid="ignore"):
+            wrong = ~np.isfinite(raw) | (raw != np.round(raw)) | (raw < 0) | (raw > _MAX_FRAME)
+        if wrong.any():
+            bad = int(np.flatnonzero(wrong)[0])
+            raise DataError(f"{path}:{bad + 2}: frame number {_quote(rows[bad + 1][frame_col])} is not an integer "
+                            f"in 0..{_MAX_FRAME}")
         frames = raw.astype(np.int64)
         frames = frames - _frame_offset(frames, frame_base)
     joints = table[:, cols]  # (rows, 17, 3)

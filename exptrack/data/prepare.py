@@ -132,6 +132,10 @@ def load_subject(cache: FrameCache, files: SubjectFiles, video: VideoEntry, conf
     d = config.data
     labels = layout.read_labels(files.labels, video.info.num_frames, config.model.num_classes, warnings,
                                 d.frame_base)
+    if video.info.num_frames < d.clip_len:  # else the subject silently adds nothing to its split
+        warnings.warn("video_shorter_than_clip",
+                      f"{files.video}: subject {files.subject} has {video.info.num_frames} frames, fewer than one "
+                      f"clip (data.clip_len {d.clip_len}); it contributes no clips")
     subject = SubjectData(files=files, video=video, labels=labels)
     # keypoints travel with every sample, but only skeleton attention needs them: without it a
     # missing keypoint file is nothing to warn about
@@ -140,7 +144,8 @@ def load_subject(cache: FrameCache, files: SubjectFiles, video: VideoEntry, conf
     if d.use_masks:
         if files.mask_dir is None:
             warnings.warn("missing_mask_folder", f"no mask folder for subject {files.subject}; frames used unmasked")
-        subject.masks, subject.mask_present = cache.masks(files, video.info.num_frames, warnings)
+        subject.masks, subject.mask_present = cache.masks(files, video.info.num_frames, warnings,
+                                                          (video.info.width, video.info.height))
     if d.use_skeleton_attention and subject.keypoints is not None:
         subject.attention = cache.attention(files, subject.keypoints, d.skeleton_sigma, d.skeleton_floor,
                                             d.keypoint_min_conf, warnings)

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +42,28 @@ def save_atomic(obj: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def _disallowed(torch_message: str) -> str:
+    """' (first: module.Class)' when torch's refusal names the disallowed global, else ''."""
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", torch_message)
+    return f" (first: {found.group(1)[:120]})" if found else ""
+
+
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """A checkpoint, or ModelError naming the file if it is not one of exptrack's."""
     from ..errors import ModelError
 
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's protocol warning on a foreign pickle: the error below says it
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's message advises weights_only=False, i.e. running the file's code: never relay it
+        raise ModelError(f"{path}: not a readable checkpoint: not an exptrack checkpoint, or it holds objects "
+                        f"other than tensors and plain values{_disallowed(str(exc))}, which exptrack refuses "
+                        f"to load") from None
     except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a foreign file
-        raise ModelError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+        first_line = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise ModelError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {first_line})") from None
     missing = {"model", "config", "epoch"} - set(payload) if isinstance(payload, dict) else {"model"}
     if missing:
         raise ModelError(f"{path}: not an exptrack checkpoint (missing {', '.join(sorted(missing))})")

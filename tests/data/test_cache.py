@@ -9,6 +9,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from exptrack.data import layout
 from exptrack.data.cache import FrameCache
@@ -149,3 +150,76 @@ def test_interrupted_build_leaves_no_entry(tiny_demo, tmp_path, monkeypatch):
     assert [p for p in (tmp_path / "c" / "video").iterdir() if p.is_dir()] == []
     monkeypatch.undo()
     assert cache.video(subject, DataWarnings()).frames.shape[1:] == (32, 32, 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs that used to pass silently or blame the wrong file (issue 11)
+
+
+def test_masks_of_another_size_are_counted_naming_both_sizes(tiny_copy, tmp_path):
+    subject = _subject(tiny_copy)
+    files = sorted(subject.mask_dir.glob("*_mask.png"))
+    for path in files[:5]:  # five masks at half the video's size
+        img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        cv2.imwrite(str(path), cv2.resize(img, (TINY.width // 2, TINY.height // 2)))
+    cache = FrameCache(tmp_path / "c", 32)
+    n = cache.video(subject, DataWarnings()).info.num_frames
+    w = DataWarnings()
+    _, present = cache.masks(subject, n, w, (TINY.width, TINY.height))
+    assert present.all()  # still used, but not silently
+    assert w["mask_size_mismatch"] == 5
+    assert (f"{subject.mask_dir}: 5 masks of subject {subject.subject} are {TINY.width // 2}x{TINY.height // 2} "
+            f"but its video is {TINY.width}x{TINY.height}") in w.examples["mask_size_mismatch"][0]
+    again = DataWarnings()  # and replayed from the cache on the next open
+    cache.masks(subject, n, again, (TINY.width, TINY.height))
+    assert again["mask_size_mismatch"] == 5
+
+
+def test_masks_of_the_video_size_give_no_warning(tiny_demo, tmp_path):
+    subject = _subject(tiny_demo)
+    cache = FrameCache(tmp_path / "c", 32)
+    n = cache.video(subject, DataWarnings()).info.num_frames
+    w = DataWarnings()
+    cache.masks(subject, n, w, (TINY.width, TINY.height))
+    assert not w
+
+
+def test_a_video_shorter_than_one_clip_is_a_counted_warning(tiny_demo, make_config):
+    from exptrack.data.errors import DataError
+    from exptrack.data.prepare import prepare_data
+
+    w = DataWarnings()
+    with pytest.raises(DataError, match="no usable clips"):  # every video is shorter than 1000 frames
+        prepare_data(make_config(tiny_demo, "data.clip_len=1000"), splits=("test",), progress=False, warnings=w)
+    tests = layout.discover(tiny_demo, DataWarnings()).by_split("test")
+    assert w["video_shorter_than_clip"] == len(tests)
+    assert f"subject {tests[0].subject} has" in " ".join(w.examples["video_shorter_than_clip"])
+    assert "fewer than one clip (data.clip_len 1000); it contributes no clips" in w.examples["video_shorter_than_clip"][0]
+
+
+def _expect_unwritable_cache(root: Path, cache_dir: Path, make_config) -> None:
+    from exptrack.data.errors import DataError
+    from exptrack.data.prepare import prepare_data
+
+    with pytest.raises(DataError) as err:
+        prepare_data(make_config(root, f"paths.cache={cache_dir}"), splits=("test",), progress=False)
+    message = str(err.value)
+    assert message.startswith(f"{cache_dir}: cache folder is not writable")
+    assert "set paths.cache" in message and ".mp4" not in message
+
+
+def test_a_cache_path_under_a_file_blames_the_cache_not_the_video(tiny_demo, tmp_path, make_config):
+    (tmp_path / "outputs").write_text("a file where a folder should be")
+    _expect_unwritable_cache(tiny_demo, tmp_path / "outputs" / "cache", make_config)
+
+
+def test_a_read_only_cache_folder_blames_the_cache_not_the_video(tiny_demo, tmp_path, make_config):
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    cache_dir.chmod(0o555)
+    try:
+        if os.access(cache_dir, os.W_OK):
+            pytest.skip("running as root: chmod does not make a folder read-only")
+        _expect_unwritable_cache(tiny_demo, cache_dir, make_config)
+    finally:
+        cache_dir.chmod(0o755)

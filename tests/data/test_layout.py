@@ -365,3 +365,71 @@ def test_class_names_from_classes_csv(tmp_path):
     names = layout.read_class_names(tmp_path, 3)
     assert names == ["squat", "1", "lunge"]
     assert [layout.class_label(c, names) for c in (-1, 0, 1)] == ["background", "squat (0)", "1"]
+
+# ---------------------------------------------------------------------------------------------
+# undecodable files, contradictions and extreme values (issue 11)
+
+_SECRET = "confidential-" * 700  # ~9,000 characters: the content must never reach a message
+
+
+@pytest.mark.parametrize("reader", ["split", "labels", "keypoints"])
+def test_non_utf8_file_names_file_line_and_byte_not_its_content(tmp_path, reader):
+    path = tmp_path / "f.csv"
+    path.write_bytes(b"id,split\n" + _SECRET.encode() + b"\n\xff\xfe" + _SECRET.encode() + b"\n")
+    call = {"split": lambda: layout.read_split(path),
+            "labels": lambda: layout.read_labels(path, 10, 3, DataWarnings()),
+            "keypoints": lambda: layout.read_keypoints(path, 10, DataWarnings())}[reader]
+    with pytest.raises(DataError) as err:
+        call()
+    message = str(err.value)
+    assert message.startswith(f"{path}:3: not UTF-8 text (byte {9 + len(_SECRET) + 1}")
+    assert "confidential" not in message and len(message) < 300
+
+
+def test_long_bad_rows_are_quoted_short(tmp_path):
+    path = tmp_path / "l.csv"
+    path.write_text(f"0,0,1\n1,0,{_SECRET}\n")
+    with pytest.raises(DataError, match=rf"{path}:2: class id 'confidential-") as err:
+        layout.read_labels(path, 10, 3, DataWarnings())
+    assert len(str(err.value)) < 300
+
+
+def test_a_frame_labelled_with_two_classes_names_both_lines(tmp_path):
+    path = tmp_path / "l.csv"
+    path.write_text("0,0,1\n1,0,1\n2,0,2\n1,0,0\n")
+    with pytest.raises(DataError, match=rf"^{path}:4: frame 1 labelled 0 here but 1 on line 2$"):
+        layout.read_labels(path, 3, 3, DataWarnings())
+
+
+def test_a_frame_labelled_twice_with_the_same_class_is_a_counted_warning(tmp_path):
+    path = tmp_path / "l.csv"
+    path.write_text("0,0,1\n1,0,2\n1,0,2\n2,0,0\n0,0,1\n")
+    w = DataWarnings()
+    labels = layout.read_labels(path, 3, 3, w)
+    assert labels.tolist() == [1, 2, 0]
+    assert w["duplicate_label_rows"] == 2 and f"{path}:3: frame 1 repeats line 2" in w.examples["duplicate_label_rows"][0]
+
+
+def test_a_huge_frame_number_is_an_error_not_an_overflow(tmp_path):
+    path = tmp_path / "l.csv"
+    path.write_text("0,0,1\n99999999999999999999,0,1\n")
+    with pytest.raises(DataError, match=rf"{path}:2: frame number '99999999999999999999' is beyond"):
+        layout.read_labels(path, 3, 3, DataWarnings())
+
+
+@pytest.mark.parametrize("frame", ["inf", "1e400", "-3", "1e12"])
+def test_a_keypoint_frame_number_out_of_range_is_an_error(tmp_path, frame):
+    header = ["frame"] + [f"{n}_{s}" for n in layout.KEYPOINT_NAMES for s in ("x", "y", "conf")]
+    path = tmp_path / "k.csv"
+    path.write_text(",".join(header) + "\n" + ",".join(["0"] + ["1"] * 51) + "\n"
+                    + ",".join([frame] + ["1"] * 51) + "\n")
+    with pytest.raises(DataError, match=rf"{path}:3: frame number '{frame}' is not an integer"):
+        layout.read_keypoints(path, 5, DataWarnings())
+
+
+@pytest.mark.parametrize("subject", ["a/b", "..", "a\\b"])
+def test_a_subject_id_that_is_not_a_file_name_is_an_error(tmp_path, subject):
+    path = tmp_path / "split.csv"
+    path.write_text(f"id,split\ns1,train\n{subject},test\n")
+    with pytest.raises(DataError, match=rf"{path}:3: subject id .* is not a plain file name"):
+        layout.read_split(path)
