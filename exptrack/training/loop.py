@@ -19,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.dataset import prepare_batch
+from ..metrics import validation_metrics
 from . import checkpoint as ckpt
 from . import distributed
 
@@ -237,25 +238,11 @@ def predict(model: nn.Module, loader: Iterable, device: torch.device, *, amp: bo
     return torch.cat(logits_all).cpu(), torch.cat(labels_all)
 
 
-def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[dict[str, float], np.ndarray]:
-    """Accuracy, mean class accuracy (over classes present), top-3 and per-class accuracy (NaN
-    for classes with no clip)."""
-    pred = logits.argmax(1)
-    confusion = torch.bincount(labels * num_classes + pred, minlength=num_classes ** 2).reshape(num_classes, num_classes)
-    support = confusion.sum(1).double()
-    per_class = (confusion.diag().double() / support).numpy()  # NaN where support is 0
-    k = min(3, logits.shape[1])
-    top3 = (logits.topk(k, dim=1).indices == labels[:, None]).any(1).double().mean().item()
-    metrics = {"acc": (pred == labels).double().mean().item(), "mean_class_acc": float(np.nanmean(per_class)),
-               "top3_acc": top3}
-    return metrics, per_class
-
-
 def validate(model: nn.Module, loader: Iterable, criterion: nn.Module, device: torch.device, num_classes: int, *,
              amp: bool = True, progress: bool = False, channels_last: bool = False) -> tuple[dict[str, float], np.ndarray]:
     logits, labels = predict(model, loader, device, amp=amp, progress=progress, channels_last=channels_last,
                              desc="validate")
-    metrics, per_class = classification_metrics(logits, labels, num_classes)
+    metrics, per_class = validation_metrics(logits, labels, num_classes)  # the one implementation (metrics.py)
     loss = criterion(logits.to(device), labels.to(device)).item()
     return {"val_loss": loss, **{f"val_{k}": v for k, v in metrics.items()}}, per_class
 
