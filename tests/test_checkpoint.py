@@ -7,7 +7,7 @@ import pickle
 import pytest
 import torch
 
-from exptrack.data.errors import DataError
+from exptrack.errors import ModelError
 from exptrack.training import checkpoint
 
 
@@ -29,7 +29,7 @@ def test_a_checkpoint_with_objects_is_refused_without_torchs_advice(tmp_path, wr
         torch.save({"model": Plain(), "config": {}, "epoch": 1}, path)
     else:
         path.write_bytes(pickle.dumps({"model": Payload(), "config": {}, "epoch": 1}))
-    with pytest.raises(DataError) as err:
+    with pytest.raises(ModelError) as err:
         checkpoint.load(path)
     message = str(err.value)
     assert message.startswith(f"{path}: not a readable checkpoint: not an exptrack checkpoint, or it holds objects")
