@@ -278,10 +278,10 @@ class FrameCache:
 def ensure_cached(cache: FrameCache, subjects: list[SubjectFiles], warnings: DataWarnings,
                   progress: bool = True) -> dict[str, VideoEntry]:
     """Decode (or open) every subject's video once, with a progress bar."""
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     entries = {}
-    for subject in tqdm(subjects, desc="frame cache", unit="video", disable=not progress):
+    for subject in progress_bar(subjects, "frame cache", "video", progress):
         try:
             entries[subject.subject] = cache.video(subject, warnings)
         except DataError:

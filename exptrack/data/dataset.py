@@ -12,7 +12,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
 
 from . import clips, transforms
-from .layout import NUM_KEYPOINTS
 from .errors import DataError
 from .prepare import PreparedData, SubjectData
 
@@ -20,7 +19,6 @@ class ClipDataset(Dataset):
     """Samples are dicts with fixed keys:
 
     video     (T, S, S, 3) uint8   RGB frames: augmented (train), masked and attention-weighted
-    keypoints (T, 17, 3) float32   in clip pixels, through the same flip/rotation (zeros if none)
     label     int64                clip class
     subject   int64                index into `subjects`
     start     int64                first frame of the clip in the subject's video
@@ -68,8 +66,10 @@ class ClipDataset(Dataset):
         """(T, S, S, 3) uint8 model view of any window (no augmentation), e.g. for sliding."""
         return np.array(self._weighted_frames(subj, slice(start, start + self.clip_len)))
 
-    def _fill(self, i: int, video_out: np.ndarray, kps_out: np.ndarray) -> int:
-        """Write clip `i` into its batch slots (T, S, S, 3) and (T, 17, 3); return its start frame."""
+    def _fill(self, i: int, video_out: np.ndarray) -> int:
+        """Write clip `i` into its batch slot (T, S, S, 3); return its start frame. (Keypoints are
+        not in the batch: skeleton attention is already in the cached weights, and the model
+        sees only frames.)"""
         subj = self.subjects[self.index.subject_idx[i]]
         rng = np.random.default_rng((self.seed, int(self._epoch[0]), int(i)))
         start = int(self.index.start[i])
@@ -77,7 +77,6 @@ class ClipDataset(Dataset):
             start += int(rng.integers(-self.start_jitter, self.start_jitter + 1))
             start = min(max(start, 0), subj.num_frames - self.clip_len)
         sl = slice(start, start + self.clip_len)
-        kps = subj.keypoints[sl] if subj.keypoints is not None else np.zeros((self.clip_len, NUM_KEYPOINTS, 3), np.float32)
         params = transforms.sample_augment(rng, self.augment) if self.augment else transforms.IDENTITY
         # Weight and colour are per pixel and the warp is geometric, so they commute: weighting
         # before warping needs one warp per frame instead of two (frames and weight).
@@ -85,12 +84,9 @@ class ClipDataset(Dataset):
         if params.colored:
             video = transforms.jitter_colors(video, params)
         if params.geometric:
-            matrix = transforms.geometry_matrix(params, video.shape[1])
-            transforms.warp_frames(video, matrix, out=video_out)
-            kps = transforms.warp_keypoints(kps, matrix, params.flip)
+            transforms.warp_frames(video, transforms.geometry_matrix(params, video.shape[1]), out=video_out)
         else:
             video_out[...] = video
-        kps_out[...] = kps
         return start
 
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
@@ -98,13 +94,11 @@ class ClipDataset(Dataset):
         memory inside a loader worker), so there is no per-clip tensor to stack afterwards."""
         n, size = len(indices), self.subjects[0].video.frames.shape[1]
         video = _batch_tensor((n, self.clip_len, size, size, 3), torch.uint8)
-        kps = _batch_tensor((n, self.clip_len, NUM_KEYPOINTS, 3), torch.float32)
-        video_np, kps_np = video.numpy(), kps.numpy()
-        starts = [self._fill(int(i), video_np[j], kps_np[j]) for j, i in enumerate(indices)]
+        video_np = video.numpy()
+        starts = [self._fill(int(i), video_np[j]) for j, i in enumerate(indices)]
         rows = np.asarray(indices, dtype=np.int64)
         return {
             "video": video,
-            "keypoints": kps,
             "label": torch.from_numpy(self.index.label[rows].astype(np.int64)),
             "subject": torch.from_numpy(self.index.subject_idx[rows].astype(np.int64)),
             "start": torch.tensor(starts, dtype=torch.int64),
@@ -116,7 +110,11 @@ class ClipDataset(Dataset):
 
 def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """An empty tensor; inside a loader worker it is allocated in shared memory, so that handing
-    it to the main process costs no copy (what default_collate does for its stacked batches)."""
+    it to the main process costs no copy (what default_collate does for its stacked batches).
+
+    `_typed_storage()._new_shared` is private torch API, the same call default_collate makes:
+    the public `share_memory_()` would copy the whole batch once more. Checked by
+    tests/data/test_transforms.py::test_loader_workers_fill_batches_in_shared_memory."""
     if get_worker_info() is None:
         return torch.empty(shape, dtype=dtype)
     numel = int(np.prod(shape))
@@ -145,7 +143,7 @@ def make_loader(data: PreparedData, split: str, train: bool, batch_size: int, nu
                 rank: int = 0, world_size: int = 1) -> DataLoader:
     """Training loaders draw with class-balancing weights (with replacement) when asked, each
     rank its share under DDP; evaluation loaders go through all clips in order."""
-    from ..training.distributed import DistributedWeightedSampler
+    from .sampling import DistributedWeightedSampler
 
     dataset = ClipDataset(data, split, train=train, seed=seed)
     sampler = None

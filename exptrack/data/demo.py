@@ -411,9 +411,9 @@ def write_demo_dataset(root: str | Path, spec: DemoSpec = DemoSpec(), progress: 
     test = set(rng.choice(names, size=n_test, replace=False).tolist())
     # One child generator per subject: a subject's content does not depend on how many others exist.
     children = np.random.SeedSequence(spec.seed).spawn(spec.subjects)
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
-    for i, subject in enumerate(tqdm(names, desc="demo data", unit="subject", disable=not progress)):
+    for i, subject in enumerate(progress_bar(names, "demo data", "subject", progress)):
         write_subject(root, subject, i, spec, np.random.default_rng(children[i]))
     with (root / "split.csv").open("w", newline="") as fh:
         fh.write("id,split\n")

@@ -35,8 +35,6 @@ KEYPOINT_NAMES = (
     "left_knee", "right_knee", "left_ankle", "right_ankle",
 )
 NUM_KEYPOINTS = len(KEYPOINT_NAMES)
-# Index pairs swapped by a horizontal flip.
-FLIP_PAIRS = tuple((i, i + 1) for i in range(1, NUM_KEYPOINTS, 2))
 # Shoulders, elbows, wrists, hips: the joints skeleton attention uses.
 ATTENTION_JOINTS = tuple(range(5, 13))
 

@@ -2,8 +2,7 @@
 
 The split of work is chosen for speed. Loader workers stay on uint8 data and OpenCV's SIMD
 kernels: one affine warp per frame (flip and rotation folded into one matrix, the same for
-every frame of a clip, applied to frames, masks and attention alike), the matching keypoint
-transform, colour jitter as one 3x4 colour matrix over the whole clip, and the mask/attention
+every frame of a clip, applied to frames, masks and attention alike), colour jitter as one 3x4 colour matrix over the whole clip, and the mask/attention
 weight as one saturating multiply. Only the ImageNet normalisation, the one step that needs
 float, runs per batch on the training device (`to_model_input`), so 4x fewer bytes cross to
 the GPU. torchvision's v2 transforms do these operations per clip on float tensors
@@ -20,7 +19,7 @@ import cv2
 import numpy as np
 import torch
 
-from .layout import ATTENTION_JOINTS, FLIP_PAIRS
+from .layout import ATTENTION_JOINTS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -124,18 +123,6 @@ def warp_frames(frames: np.ndarray, matrix: np.ndarray, out: np.ndarray | None =
     for t in range(len(frames)):
         cv2.warpAffine(frames[t], matrix, (size, size), dst=out[t], flags=cv2.INTER_LINEAR,
                        borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    return out
-
-
-def warp_keypoints(kps: np.ndarray, matrix: np.ndarray, flipped: bool) -> np.ndarray:
-    """(T, 17, 3) keypoints through the same matrix; a flip also swaps left and right joints."""
-    out = kps.copy()
-    xy1 = np.concatenate([kps[..., :2], np.ones_like(kps[..., :1])], axis=-1)  # (T, 17, 3)
-    out[..., :2] = xy1 @ matrix.T
-    if flipped:
-        left, right = zip(*FLIP_PAIRS)
-        out[:, list(left) + list(right)] = out[:, list(right) + list(left)]
-    out[out[..., 2] <= 0, :2] = 0.0  # undetected joints stay at the origin
     return out
 
 

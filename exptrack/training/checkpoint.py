@@ -1,7 +1,7 @@
 """Checkpoints: written atomically, loaded with weights_only=True, pruned to the best few.
 
 A checkpoint is a dict of tensors and plain Python values only (no pickled objects), so
-`torch.load(..., weights_only=True)` can read it: model, optimizer, scheduler and scaler
+`torch.load(..., weights_only=True)` can read it: model, optimizer and scheduler
 state dicts, epoch, metrics, the resolved config as a nested dict, the training state (bests,
 early-stopping counter, history) and the RNG states.
 """

@@ -11,11 +11,8 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Iterator
-
 import torch
 import torch.distributed as dist
-from torch.utils.data import Sampler
 
 
 @dataclass(frozen=True)
@@ -102,28 +99,3 @@ def broadcast_buffers(model: torch.nn.Module) -> None:
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-class DistributedWeightedSampler(Sampler[int]):
-    """The same weighted draw (with replacement) on every rank, split between ranks.
-
-    Every rank draws `num_samples` indices from one generator seeded by (seed, epoch) and keeps
-    every world_size-th, so the ranks together see exactly the single-process draw.
-    """
-
-    def __init__(self, weights: torch.Tensor, num_samples: int, rank: int, world_size: int, seed: int = 0) -> None:
-        self.weights = weights.double()
-        self.num_samples = num_samples - num_samples % world_size  # equal shares: no rank waits
-        self.rank, self.world_size, self.seed = rank, world_size, seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        draw = torch.multinomial(self.weights, self.num_samples, replacement=True, generator=g)
-        return iter(draw[self.rank::self.world_size].tolist())
-
-    def __len__(self) -> int:
-        return self.num_samples // self.world_size

@@ -16,10 +16,10 @@ from typing import Any, Callable, Iterable, Protocol
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..data.dataset import prepare_batch
 from ..metrics import validation_metrics
+from ..progress import progress_bar
 from . import checkpoint as ckpt
 from . import distributed
 
@@ -116,7 +116,7 @@ def to_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
 
 
 def _progress(loader, desc: str, enabled: bool):
-    return tqdm(loader, desc=desc, unit="batch", leave=False, disable=not enabled, dynamic_ncols=True)
+    return progress_bar(loader, desc, "batch", enabled, leave=False)
 
 
 # "No non-finite loss yet": larger than any batch number.
@@ -305,18 +305,25 @@ def _update_patience(score: float, state: TrainState, min_delta: float) -> None:
         state.stale_epochs += 1
 
 
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The C3D inside torch.compile's and DDP's wrappers (in either order), whose state dict has
+    the plain parameter names that checkpoints and MLflow models store."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        else:
+            return model
+
+
 def checkpoint_payload(setup: FitSetup, state: TrainState, metrics: dict[str, float]) -> dict[str, Any]:
     from ..config import to_nested_dict
 
-    model = getattr(setup.model, "module", setup.model)  # unwrap DDP / compile
-    model = getattr(model, "_orig_mod", model)
     return {
-        "model": model.state_dict(),
+        "model": unwrap_model(setup.model).state_dict(),
         "optimizer": setup.optimizer.state_dict(),
         "scheduler": setup.scheduler.state_dict(),
-        # Mixed precision is bf16, which needs no loss scaling: there is no GradScaler state to
-        # keep. The key stays so that a checkpoint always has the same fields.
-        "scaler": {},
         "epoch": state.epoch,
         "metrics": dict(metrics),
         "config": to_nested_dict(setup.config),
@@ -326,8 +333,7 @@ def checkpoint_payload(setup: FitSetup, state: TrainState, metrics: dict[str, fl
 
 
 def restore(setup: FitSetup, payload: dict[str, Any]) -> TrainState:
-    model = getattr(setup.model, "module", setup.model)
-    getattr(model, "_orig_mod", model).load_state_dict(payload["model"])
+    unwrap_model(setup.model).load_state_dict(payload["model"])
     setup.optimizer.load_state_dict(payload["optimizer"])
     setup.scheduler.load_state_dict(payload["scheduler"])
     ckpt.restore_rng_state(payload["rng"])

@@ -100,7 +100,7 @@ def test_sampler_draws_classes_equally(tiny_demo, make_config):
 
 
 def test_distributed_ranks_split_the_single_process_draw():
-    from exptrack.training.distributed import DistributedWeightedSampler
+    from exptrack.data.sampling import DistributedWeightedSampler
 
     weights = torch.rand(50)
     whole = list(DistributedWeightedSampler(weights, 48, rank=0, world_size=1, seed=3))
