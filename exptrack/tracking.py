@@ -238,7 +238,9 @@ def start_run(config: Config, run_name: str, command: str, tags: dict[str, Any] 
         run.set_tags({"exptrack.command": command, **source_tags(), **(tags or {})})
         if attached:
             mlflow.set_tag("mlflow.runName", run_name)
-        log.info("MLflow run %s (%s) at %s", run.id, active.info.run_name or run_name, tracking_uri())
+        # under `mlflow run` the run was created with a random name; it is called run_name now
+        log.info("MLflow run %s (%s) at %s", run.id, run_name if attached else (active.info.run_name or run_name),
+                 tracking_uri())
         yield run
 
 

@@ -383,18 +383,17 @@ def test_train_on_train_plus_val_keeps_the_last_epoch_and_registers_it(tiny_demo
 
 def test_selection_follows_the_smoothed_score_not_one_lucky_epoch():
     """Validation on one subject swings: a single spike must not pick the model or stop training."""
-    from exptrack.training.loop import TrainState, _improvements, _record_bests, _update_patience, selection_score
+    import numpy as np
 
+    from exptrack.config import Config, replace
+    from exptrack.training.loop import TrainState, record_epoch, selection_score
+
+    cfg = replace(Config(), train={"selection_window": 3, "early_stop_min_delta": 0.001}).train
     scores = [0.30, 0.75, 0.35, 0.55, 0.60, 0.62, 0.50]  # epoch 2 is a lucky spike
     state, kept = TrainState(), []
     for epoch, mca in enumerate(scores, start=1):
-        metrics = {"val_loss": 1.0, "val_acc": mca, "val_mean_class_acc": mca}
-        score = selection_score([*state.history, metrics], window=3)
-        improved = _improvements(metrics, score, state)
-        _record_bests(metrics, score, improved, state, epoch)
-        _update_patience(score, state, min_delta=0.001)
-        state.history.append(metrics)
-        if improved["val_mean_class_acc"]:
+        metrics = {"epoch": float(epoch), "val_loss": 1.0, "val_acc": mca, "val_mean_class_acc": mca}
+        if record_epoch(state, metrics, np.full(3, mca), cfg)["val_mean_class_acc"]:
             kept.append(epoch)
     assert state.best_epoch["val_mean_class_acc"] == 6  # window 4-6: mean 0.59 beats 1-3 (0.47)
     assert state.best["val_mean_class_acc"] == 0.62 and abs(state.best["selection_score"] - 0.59) < 1e-9
@@ -403,8 +402,6 @@ def test_selection_follows_the_smoothed_score_not_one_lucky_epoch():
     assert state.stale_epochs == 1  # the smoothed score last rose at epoch 6
     window1 = selection_score([{"val_mean_class_acc": s} for s in scores], window=1)
     assert window1 == scores[-1]  # window 1 is the original rule: the epoch itself
-
-
 def test_validation_weaknesses_name_subjects_and_thin_classes(tiny_demo, make_config, tmp_path):
     from exptrack.data.prepare import prepare_data
 

@@ -350,6 +350,51 @@ def epoch_summary(metrics: dict[str, float]) -> str:
     return " | ".join(parts)
 
 
+def run_epoch(setup: FitSetup, epoch: int, channels_last: bool, progress: bool) -> tuple[dict[str, float], np.ndarray]:
+    """Train one epoch, refresh BatchNorm statistics, validate, step the scheduler; returns the
+    epoch's metrics and per-class validation accuracy (NaN without validation)."""
+    cfg = setup.config.train
+    loader = setup.train_loader
+    if hasattr(loader.dataset, "set_epoch"):
+        loader.dataset.set_epoch(epoch)
+    if hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
+    lr = setup.optimizer.param_groups[0]["lr"]
+    train_metrics = train_one_epoch(setup.model, loader, setup.criterion, setup.optimizer, setup.device, amp=cfg.amp,
+                                    grad_clip=cfg.grad_clip, epoch=epoch, progress=progress,
+                                    channels_last=channels_last, sync_every=cfg.sync_every)
+    recompute_bn_stats(setup.model, loader, setup.device, cfg.precise_bn_batches, amp=cfg.amp,
+                       channels_last=channels_last)
+    if setup.val_loader is None:  # train + val fit: nothing held out
+        val_metrics, per_class = {}, np.full(setup.num_classes, np.nan)
+        setup.scheduler.step(train_metrics["train_loss"])
+    else:
+        val_metrics, per_class = validate(setup.model, setup.val_loader, setup.criterion, setup.device,
+                                          setup.num_classes, amp=cfg.amp, progress=progress,
+                                          channels_last=channels_last)
+        setup.scheduler.step(val_metrics["val_loss"])
+    return {"epoch": float(epoch), **train_metrics, **val_metrics, "lr": lr}, per_class
+
+
+def record_epoch(state: TrainState, metrics: dict[str, float], per_class: np.ndarray, cfg) -> dict[str, bool]:
+    """Add the epoch to the state (history, bests, early-stopping count); returns which
+    checkpoints it improves (`improved` for CheckpointManager.save)."""
+    epoch = int(metrics["epoch"])
+    if "val_loss" in metrics:
+        score = selection_score([*state.history, metrics], cfg.selection_window)
+        improved = _improvements(metrics, score, state)
+        _record_bests(metrics, score, improved, state, epoch)
+        if epoch >= cfg.min_epochs:
+            _update_patience(score, state, cfg.early_stop_min_delta)
+    else:  # the latest model is the model: it is saved as BEST_MODEL and registered
+        improved = {"val_mean_class_acc": True}
+        state.best_epoch["val_mean_class_acc"] = epoch
+    state.epoch = epoch
+    state.history.append(metrics)
+    state.per_class_history.append([float(v) for v in per_class])
+    return improved
+
+
 def fit(setup: FitSetup, checkpoints: ckpt.CheckpointManager | None, state: TrainState | None = None,
         callbacks: Iterable[EpochCallback] = (), progress: bool = True,
         stamp: Callable[[dict[str, Any]], dict[str, Any]] = lambda payload: payload) -> TrainState:
@@ -366,39 +411,8 @@ def fit(setup: FitSetup, checkpoints: ckpt.CheckpointManager | None, state: Trai
     if state.stale_epochs >= patience:  # resumed after it had already stopped early
         return state
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
-        for loader in (setup.train_loader,):
-            if hasattr(loader.dataset, "set_epoch"):
-                loader.dataset.set_epoch(epoch)
-            if hasattr(loader.sampler, "set_epoch"):
-                loader.sampler.set_epoch(epoch)
-        lr = setup.optimizer.param_groups[0]["lr"]
-        train_metrics = train_one_epoch(setup.model, setup.train_loader, setup.criterion, setup.optimizer,
-                                        setup.device, amp=cfg.amp, grad_clip=cfg.grad_clip, epoch=epoch,
-                                        progress=progress, channels_last=channels_last, sync_every=cfg.sync_every)
-        recompute_bn_stats(setup.model, setup.train_loader, setup.device, cfg.precise_bn_batches, amp=cfg.amp,
-                           channels_last=channels_last)
-        if setup.val_loader is None:  # train + val fit: nothing held out
-            val_metrics, per_class = {}, np.full(setup.num_classes, np.nan)
-            setup.scheduler.step(train_metrics["train_loss"])
-        else:
-            val_metrics, per_class = validate(setup.model, setup.val_loader, setup.criterion, setup.device,
-                                              setup.num_classes, amp=cfg.amp, progress=progress,
-                                              channels_last=channels_last)
-            setup.scheduler.step(val_metrics["val_loss"])
-        metrics = {"epoch": float(epoch), **train_metrics, **val_metrics, "lr": lr}
-
-        if val_metrics:
-            score = selection_score([*state.history, metrics], cfg.selection_window)
-            improved = _improvements(metrics, score, state)
-            _record_bests(metrics, score, improved, state, epoch)
-            if epoch >= cfg.min_epochs:
-                _update_patience(score, state, cfg.early_stop_min_delta)
-        else:  # the latest model is the model: it is saved as BEST_MODEL and registered
-            improved = {"val_mean_class_acc": True}
-            state.best_epoch["val_mean_class_acc"] = epoch
-        state.epoch = epoch
-        state.history.append(metrics)
-        state.per_class_history.append([float(v) for v in per_class])
+        metrics, per_class = run_epoch(setup, epoch, channels_last, progress)
+        improved = record_epoch(state, metrics, per_class, cfg)
         saved = checkpoints.save(stamp(checkpoint_payload(setup, state, metrics)), improved) if checkpoints else []
         log.info("epoch %d/%d  %s", epoch, cfg.epochs, epoch_summary(metrics))
         for callback in callbacks:

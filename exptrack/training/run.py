@@ -218,19 +218,51 @@ def train(config: Config, resume: str | None = None, progress: bool = True,
         distributed.cleanup()
 
 
+def _resume_point(resume: str, outputs: Path, config: Config) -> tuple[dict[str, Any], Config]:
+    """The checkpoint to resume from and the run's own config (with what a resume may change)."""
+    path = find_checkpoint(resume, outputs)
+    payload = ckpt.load(path)
+    if "run_id" not in payload:
+        raise ModelError(f"{path}: checkpoint has no run id (not written by exptrack train)")
+    log.info("resuming run %s after epoch %d", payload["run_id"], payload["epoch"])
+    return payload, resume_config(config_from_dict(payload["config"], str(path)), config)
+
+
+def _run_tags(data: PreparedData, setup: FitSetup, env: DistEnv) -> dict[str, Any]:
+    """What a train run is tagged with; warns when validation is too small to trust."""
+    weak = data.validation_weaknesses()
+    if weak:
+        log.warning("validation is small (%s): its scores are noisy, so model choice and early stopping are "
+                    "too; put more subjects in validation (split.csv val, data.val_fraction) and compare "
+                    "models on the test split", "; ".join(weak))
+    return {"data_root": data.layout.root, "data_digest": data.digest(), "device": str(setup.device),
+            **({"validation_weak": "; ".join(weak)} if weak else {}),
+            "world_size": env.world_size, "parameters": count_parameters(setup.model),
+            "clips_train": len(data.splits["train"]), "clips_val": len(data.splits["val"])}
+
+
+def _log_run_summary(run: tracking.Run, state: TrainState, data: PreparedData, logger: "EpochLogger",
+                     out_dir: Path) -> None:
+    """End of a run: missed epochs, data warnings, bests, the cost of tracking, the figures."""
+    reconcile_history(run, state)  # epochs whose logging failed at the very end
+    if data.warnings:
+        run.set_tags({f"data_warnings.{k}": v for k, v in data.warnings.counts.items()})
+    run.log_metrics({f"best_{k}": v for k, v in state.best.items()  # none without validation
+                     if k in ("val_loss", "val_acc", "val_mean_class_acc", "selection_score") and math.isfinite(v)})
+    run.log_metrics({"tracking_seconds": logger.seconds, "tracking_failures": logger.failures})
+    try:
+        csvs = logger.write_csvs(state)
+        plots.training_plots(pd.read_csv(csvs[0]), pd.read_csv(csvs[1]), out_dir / "plots")
+        run.log_artifacts(out_dir / "plots", "plots")
+    except Exception as exc:  # noqa: BLE001 - a figure must never cost the trained model
+        log.warning("training plots failed: %s", exc)
+
+
 def _train(config: Config, env: DistEnv, resume: str | None, progress: bool,
            callbacks: Iterable[EpochCallback], options: RunOptions) -> TrainResult:
     outputs = Path(config.paths.outputs)
-    payload: dict[str, Any] | None = None
-    run_id = None
-    if resume:
-        path = find_checkpoint(resume, outputs)
-        payload = ckpt.load(path)
-        if "run_id" not in payload:
-            raise DataError(f"{path}: checkpoint has no run id (not written by exptrack train)")
-        config = resume_config(config_from_dict(payload["config"], str(path)), config)
-        run_id = payload["run_id"]
-        log.info("resuming run %s after epoch %d", run_id, payload["epoch"])
+    payload, config = _resume_point(resume, outputs, config) if resume else (None, config)
+    run_id = payload["run_id"] if payload else None
     seed_everything(config.train.seed)
     device = distributed.device_for(env, resolve_device(config.train.device))
     if device.type == "cuda":
@@ -245,15 +277,7 @@ def _train(config: Config, env: DistEnv, resume: str | None, progress: bool,
         state = fit(setup, None, state=state, progress=False)
         return TrainResult(run_id or "", state, None, outputs)
     digest = data.digest()
-    weak = data.validation_weaknesses()
-    if weak:
-        log.warning("validation is small (%s): its scores are noisy, so model choice and early stopping are "
-                    "too; put more subjects in validation (split.csv val, data.val_fraction) and compare "
-                    "models on the test split", "; ".join(weak))
-    tags = {"data_root": data.layout.root, "data_digest": digest, "device": str(device),
-            **({"validation_weak": "; ".join(weak)} if weak else {}),
-            "world_size": env.world_size, "parameters": count_parameters(setup.model),
-            "clips_train": len(data.splits["train"]), "clips_val": len(data.splits["val"])}
+    tags = _run_tags(data, setup, env)
     with tracking.start_run(config, run_name=options.run_name, command="train", tags={**tags, **(options.tags or {})},
                             system_metrics=True, run_id=run_id, parent_run_id=options.parent_run_id) as run:
         if options.on_start:
@@ -273,22 +297,10 @@ def _train(config: Config, env: DistEnv, resume: str | None, progress: bool,
         first_epoch = state.epoch if state else 0
         state = fit(setup, manager, state=state, callbacks=[logger, *callbacks], progress=progress,
                     stamp=_RunStamp(run.id, digest))
-        reconcile_history(run, state)  # epochs whose logging failed at the very end
-        if data.warnings:
-            run.set_tags({f"data_warnings.{k}": v for k, v in data.warnings.counts.items()})
-        run.log_metrics({f"best_{k}": v for k, v in state.best.items()  # none without validation
-                         if k in ("val_loss", "val_acc", "val_mean_class_acc", "selection_score") and math.isfinite(v)})
-        run.log_metrics({"tracking_seconds": logger.seconds, "tracking_failures": logger.failures})
-        try:
-            csvs = logger.write_csvs(state)
-            plot_dir = outputs / "runs" / run.id / "plots"
-            plots.training_plots(pd.read_csv(csvs[0]), pd.read_csv(csvs[1]), plot_dir)
-            run.log_artifacts(plot_dir, "plots")
-        except Exception as exc:  # noqa: BLE001 - a figure must never cost the trained model
-            log.warning("training plots failed: %s", exc)
+        _log_run_summary(run, state, data, logger, outputs / "runs" / run.id)
         version = registered_version(run.id, config)
         if options.register and (version is None or state.epoch > first_epoch):
-            version = log_best_model(run, config, manager, state, data)
+            version = log_best_model(run, config, manager)
         for path in sorted(ckpt_dir.glob("*.pt")):
             run.log_artifact(path, "checkpoints")
     return TrainResult(run.id, state, version, ckpt_dir)
@@ -305,20 +317,22 @@ class _RunStamp:
         return {**payload, "run_id": self.run_id, "data_digest": self.data_digest}
 
 
-def log_best_model(run: tracking.Run, config: Config, manager: ckpt.CheckpointManager, state: TrainState,
-                   data: PreparedData) -> str | None:
-    """Log the best model (validation mean class accuracy) and register it as a new version."""
+def log_best_model(run: tracking.Run, config: Config, manager: ckpt.CheckpointManager) -> str | None:
+    """Log the best model (best_model.pt) and register it as a new version."""
     best_path = manager.folder / ckpt.BEST_MODEL
-    if not best_path.exists():
-        return None
+    return log_checkpoint_model(run, config, ckpt.load(best_path)) if best_path.exists() else None
+
+
+def log_checkpoint_model(run: tracking.Run, config: Config, payload: dict[str, Any]) -> str | None:
+    """The one registration path: a checkpoint's weights as an MLflow model of `run`, registered
+    as a new version tagged with its data digest, epoch and validation metrics."""
     model = build_model(config.model)
-    model.load_state_dict(ckpt.load(best_path)["model"])
+    model.load_state_dict(payload["model"])
     d = config.data
     example = np.zeros((1, 3, d.clip_len, d.frame_size, d.frame_size), dtype=np.float32)
-    best_epoch = state.best_epoch.get("val_mean_class_acc")
-    best = state.history[best_epoch - 1] if best_epoch else {}
-    tags = {"data_digest": data.digest(), "best_epoch": best_epoch,
-            **{k: round(best[k], 6) for k in ("val_acc", "val_mean_class_acc", "val_top3_acc", "val_loss") if k in best}}
+    m = payload["metrics"]
+    tags = {"data_digest": payload.get("data_digest", ""), "best_epoch": payload["epoch"],
+            **{k: round(m[k], 6) for k in ("val_acc", "val_mean_class_acc", "val_top3_acc", "val_loss") if k in m}}
     return run.log_pytorch_model(model, example, config.mlflow.registered_model, version_tags=tags)
 
 
@@ -346,12 +360,5 @@ def register_checkpoint(run_id: str, config: Config, checkpoint_dir: Path) -> st
     else:
         with tempfile.TemporaryDirectory(prefix="exptrack-model-") as tmp:
             payload = ckpt.load(tracking.download_run_artifact(run_id, f"checkpoints/{ckpt.BEST_MODEL}", Path(tmp)))
-    model = build_model(config.model)
-    model.load_state_dict(payload["model"])
-    d = config.data
-    example = np.zeros((1, 3, d.clip_len, d.frame_size, d.frame_size), dtype=np.float32)
-    m = payload["metrics"]
-    tags = {"data_digest": payload.get("data_digest", ""), "best_epoch": payload["epoch"],
-            **{k: round(m[k], 6) for k in ("val_acc", "val_mean_class_acc", "val_top3_acc", "val_loss") if k in m}}
     with tracking.start_run(config, run_name="train", command="train", run_id=run_id) as run:
-        return run.log_pytorch_model(model, example, config.mlflow.registered_model, version_tags=tags)
+        return log_checkpoint_model(run, config, payload)

@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -61,21 +62,9 @@ def _keypoints(path: Path):
 
 
 @FUZZ
-@given(st.binary(max_size=2000))
-def test_split_reader_on_any_bytes(data):
-    _call(read_split, data)
-
-
-@FUZZ
 @given(st.lists(st.lists(_CELL, min_size=1, max_size=3), max_size=8))
 def test_split_reader_on_hostile_rows(rows):
     _call(read_split, _csv([["id", "split"], *rows]))
-
-
-@FUZZ
-@given(st.binary(max_size=2000))
-def test_label_reader_on_any_bytes(data):
-    _call(_labels, data)
 
 
 @FUZZ
@@ -85,12 +74,13 @@ def test_label_reader_on_hostile_rows(rows):
 
 
 @FUZZ
-@given(st.binary(max_size=2000))
-def test_keypoint_reader_on_any_bytes(data):
-    _call(_keypoints, data)
-
-
-@FUZZ
 @given(st.lists(st.lists(_CELL, min_size=len(_KP_HEADER), max_size=len(_KP_HEADER)), max_size=4))
 def test_keypoint_reader_on_hostile_rows(rows):
     _call(_keypoints, _csv([_KP_HEADER, *rows]))
+
+
+@pytest.mark.parametrize("reader", [read_split, _labels, _keypoints], ids=["split", "labels", "keypoints"])
+@FUZZ
+@given(data=st.binary(max_size=2000))
+def test_reader_on_any_bytes(reader, data):
+    _call(reader, data)
