@@ -22,7 +22,7 @@ from .data.prepare import PreparedData, prepare_data
 from .inference import load_model
 from .metrics import (classification_metrics, confusion_tables, frame_accuracy, frame_labels, frame_probabilities,
                       smooth_labels)
-from .training.loop import predict, resolve_device
+from .training.loop import predict, resolve_device, use_channels_last
 
 log = logging.getLogger("exptrack.evaluate")
 
@@ -143,32 +143,36 @@ def run_evaluate(model_ref: str, split: str = "test", batch_size: int = 16, devi
     config = evaluation_config(loaded.config, data_root, overrides or {})
     if base_config is not None:  # tracking and paths come from the caller's config
         config = replace(config, mlflow=vars(base_config.mlflow), paths=vars(base_config.paths))
-    data = prepare_data(config, splits=(split,), progress=progress)
-    if len(data.splits[split]) == 0:
-        why = (" (the model was trained on the validation subjects, data.train_on_val: evaluate it on test)"
-               if split == "val" and config.data.train_on_val else "")
-        raise DataError(f"{model_ref}: the {split} split has no clips{why}")
-    loader = make_loader(data, split, train=False, batch_size=batch_size, num_workers=config.train.num_workers,
-                         pin_memory=device.type == "cuda")
-    start = time.perf_counter()
-    logits, labels = predict(loaded.model, loader, device, amp=True, progress=progress,
-                             channels_last=True, desc=f"evaluate {split}")
-    seconds = time.perf_counter() - start
-    probs = torch.softmax(logits, dim=1).numpy()
-    y_true = labels.numpy()
-    report = clip_metrics(y_true, probs)
-    names = read_class_names(data.layout.root, probs.shape[1])
-    report.per_class.insert(0, "name", [names[c] for c in report.per_class.index])
-    timelines = subject_timelines(data, split, probs, smooth_window)
-    frame = {
-        "frame_accuracy": float(np.nanmean([frame_accuracy(t["raw"], t["true"]) for t in timelines.values()])),
-        "frame_accuracy_smoothed": float(np.nanmean([frame_accuracy(t["smoothed"], t["true"]) for t in timelines.values()])),
-        "clips_per_s": len(y_true) / max(seconds, 1e-9),
-    }
-    log.info("%d clips in %.1f s (%.0f clips/s on %s)", len(y_true), seconds, frame["clips_per_s"], device)
-    out = Path(save_dir)
-    write_report(report, predictions_table(data.splits[split], probs, names), timelines, out)
-    log_evaluation(config, loaded.source, split, data, report, frame, out)
+    # The run spans the work (data, inference, report), so its duration in the UI is the command's.
+    with tracking.start_run(config, run_name=f"evaluate-{split}", command="evaluate",
+                            tags=_model_tags(loaded.source, split)) as run:
+        data = prepare_data(config, splits=(split,), progress=progress)
+        if len(data.splits[split]) == 0:
+            why = (" (the model was trained on the validation subjects, data.train_on_val: evaluate it on test)"
+                   if split == "val" and config.data.train_on_val else "")
+            raise DataError(f"{model_ref}: the {split} split has no clips{why}")
+        loader = make_loader(data, split, train=False, batch_size=batch_size, num_workers=config.train.num_workers,
+                             pin_memory=device.type == "cuda")
+        start = time.perf_counter()
+        logits, labels = predict(loaded.model, loader, device, amp=True, progress=progress,
+                                 channels_last=use_channels_last(config.train.channels_last, device),
+                                 desc=f"evaluate {split}")
+        seconds = time.perf_counter() - start
+        probs = torch.softmax(logits, dim=1).numpy()
+        y_true = labels.numpy()
+        report = clip_metrics(y_true, probs)
+        names = read_class_names(data.layout.root, probs.shape[1])
+        report.per_class.insert(0, "name", [names[c] for c in report.per_class.index])
+        timelines = subject_timelines(data, split, probs, smooth_window)
+        frame = {
+            "frame_accuracy": float(np.nanmean([frame_accuracy(t["raw"], t["true"]) for t in timelines.values()])),
+            "frame_accuracy_smoothed": float(np.nanmean([frame_accuracy(t["smoothed"], t["true"]) for t in timelines.values()])),
+            "clips_per_s": len(y_true) / max(seconds, 1e-9),
+        }
+        log.info("%d clips in %.1f s (%.0f clips/s on %s)", len(y_true), seconds, frame["clips_per_s"], device)
+        out = Path(save_dir)
+        write_report(report, predictions_table(data.splits[split], probs, names), timelines, out)
+        log_evaluation(run, loaded.source, split, data, report, frame, out)
     return report, frame
 
 
@@ -187,19 +191,22 @@ def write_report(report: ClipReport, predictions: pd.DataFrame, timelines: dict[
         plots.timeline(t["true"], t["raw"], t["smoothed"], f"subject {name}", out / "timelines" / f"{name}.png")
 
 
-def log_evaluation(config: Config, source: dict[str, str], split: str, data: PreparedData, report: ClipReport,
+def _model_tags(source: dict[str, str], split: str) -> dict[str, str]:
+    tags = {"model_uri": source.get("uri", ""), "model_run_id": source.get("run_id", ""), "split": split}
+    if "version" in source:
+        tags.update({"model_name": source["name"], "model_version": source["version"]})
+    return tags
+
+
+def log_evaluation(run: tracking.Run, source: dict[str, str], split: str, data: PreparedData, report: ClipReport,
                    frame: dict[str, float], out: Path) -> None:
     prefix = f"{split}_"
     metrics = {prefix + k: v for k, v in {**report.summary, **frame}.items()}
-    tags = {"model_uri": source.get("uri", ""), "model_run_id": source.get("run_id", ""), "split": split,
-            "data_digest": data.digest(), "data_root": data.layout.root}
-    if "version" in source:
-        tags.update({"model_name": source["name"], "model_version": source["version"]})
-    with tracking.start_run(config, run_name=f"evaluate-{split}", command="evaluate", tags=tags) as run:
-        run.log_metrics(metrics)
-        run.log_table(report.per_class.reset_index(), "per_class_metrics.json")
-        run.log_table(pd.read_csv(out / "predictions.csv"), "predictions.json")
-        run.log_artifacts(out, "results")
+    run.set_tags({"data_digest": data.digest(), "data_root": data.layout.root})
+    run.log_metrics(metrics)
+    run.log_table(report.per_class.reset_index(), "per_class_metrics.json")
+    run.log_table(pd.read_csv(out / "predictions.csv"), "predictions.json")
+    run.log_artifacts(out, "results")
     if "version" in source:
         tracking.set_model_version_tags(source["name"], source["version"],
                                         {**{k: round(v, 6) for k, v in metrics.items()},

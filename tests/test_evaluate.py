@@ -101,3 +101,26 @@ def test_unknown_model_reference_is_a_clear_error(tmp_path):
     assert not isinstance(caught.value, DataError)  # a model reference is not bad data
     with pytest.raises(ModelError, match="not found in the registry"):
         run_evaluate("models:/nothing@champion", progress=False)
+
+
+def test_the_evaluate_run_spans_the_work(tiny_trained, tmp_path, monkeypatch):
+    """The run is open while data is prepared and the model runs, so the UI shows how long the
+    command took (it used to be opened at the end, lasting a fraction of a second)."""
+    import time
+
+    import exptrack.evaluation as evaluation
+
+    uri, cfg, result = tiny_trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    real = evaluation.prepare_data
+
+    def slow_prepare(*args, **kwargs):
+        time.sleep(1.5)  # a stand-in for decoding a large dataset
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "prepare_data", slow_prepare)
+    run_evaluate(str(result.checkpoint_dir / "best_model.pt"), split="test", save_dir=tmp_path / "r", progress=False)
+    run = mlflow.search_runs(experiment_names=["eval-test"], filter_string="tags.`exptrack.command` = 'evaluate'",
+                             order_by=["attributes.start_time DESC"], max_results=1, output_format="list")[0]
+    assert run.info.end_time - run.info.start_time >= 1500

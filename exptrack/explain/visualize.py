@@ -205,19 +205,21 @@ def run_visualize(model_ref: str, options: VisualizeOptions, device_name: str = 
     device = resolve_device(device_name)
     loaded = load_model(model_ref, device)
     config = replace(loaded.config, data={"root": data_root}) if data_root else loaded.config
-    data = prepare_data(config, splits=(options.split,), progress=progress)
-    out = Path(options.save_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if options.long_sample:
-        table = render_long_sample(loaded, data, options, device, out)
-    else:
-        table = render_samples(loaded, data, options, device, out)
-    write_index(table, out)
     tags = {"model_uri": model_ref, "model_run_id": loaded.source.get("run_id", ""), "split": options.split,
-            "layer": options.layer, "data_digest": data.digest()}
+            "layer": options.layer}
     if "version" in loaded.source:
         tags.update({"model_name": loaded.source["name"], "model_version": loaded.source["version"]})
+    # The run spans the work (data, GradCAM, rendering), so its duration in the UI is the command's.
     with tracking.start_run(config, run_name="visualize", command="visualize", tags=tags) as run:
         run.log_params({f"visualize.{k}": v for k, v in vars(options).items()})
+        data = prepare_data(config, splits=(options.split,), progress=progress)
+        run.set_tags({"data_digest": data.digest()})
+        out = Path(options.save_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        if options.long_sample:
+            table = render_long_sample(loaded, data, options, device, out)
+        else:
+            table = render_samples(loaded, data, options, device, out)
+        write_index(table, out)
         run.log_artifacts(out, "visualizations")
     return VisualizeResult(out, table, run.id)
