@@ -74,7 +74,10 @@ class ModelConfig:
     dropout_fc: float = 0.3
     # Share of each pixel's mean over the clip subtracted before the first convolution: 1 keeps
     # only what moves, 0 is the original's plain frames (models/c3d.py; README "Defaults").
-    static_removal: float = 1.0
+    # None (default) = auto, resolved when the config is made: 1.0 without person masks (the
+    # room must go), 0.0 with them (masks already removed it; removing the still body too
+    # measured worse, bench/RESULTS.md "Recipe").
+    static_removal: float | None = None
 
 
 @dataclass(frozen=True)
@@ -161,6 +164,13 @@ class Config:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+
+    def __post_init__(self) -> None:
+        # Settings that default to "auto" get their concrete value here, so that every saved
+        # config (params, checkpoints, logged models) says what the model really did.
+        if self.model.static_removal is None:
+            auto = 0.0 if self.data.use_masks else 1.0
+            object.__setattr__(self, "model", dataclasses.replace(self.model, static_removal=auto))
 
 
 # Where exptrack's defaults differ from the original scripts: key -> the original's value. Each

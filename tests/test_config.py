@@ -178,3 +178,13 @@ def test_a_bad_saved_config_says_it_came_from_the_checkpoint(saved, problem):
 
     with pytest.raises(ConfigError, match=f"^ckpt/best_model\\.pt: saved config: .*{problem}"):
         config_from_dict(saved, "ckpt/best_model.pt")
+
+
+def test_static_removal_auto_follows_the_mask_switch(tmp_path):
+    """Auto (the default) is resolved when the config is made, so a saved config holds what the
+    model really did: the room removed without masks, plain frames with them."""
+    assert Config().model.static_removal == 1.0
+    assert load_config(None, ["data.use_masks=true"]).model.static_removal == 0.0
+    assert load_config(None, ["data.use_masks=true", "model.static_removal=0.5"]).model.static_removal == 0.5
+    saved = to_flat_dict(load_config(None, ["data.use_masks=true"]))
+    assert saved["model.static_removal"] == 0.0  # logged as params and in every checkpoint
