@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 from pathlib import Path
 
 from .config import Config, ConfigError, load_config
@@ -181,6 +182,14 @@ def cmd_tune(args: argparse.Namespace) -> None:
     pruned = sum(t.state.name == "PRUNED" for t in study.trials)
     print(f"study {spec.study}: {len(complete)} complete trials, {pruned} pruned"
           + (f", best {spec.metric} {study.best_value:.4f} with {study.best_params}" if complete else ""))
+    if not complete:
+        failed = sum(t.state.name == "FAIL" for t in study.trials)
+        raise TuneFailed(f"study {spec.study}: no trial completed ({failed} failed, {pruned} pruned): "
+                         f"see the failed trials' MLflow runs (tag optuna.fail_reason) and the log above")
+
+
+class TuneFailed(RuntimeError):
+    """A study in which no trial completed: nothing to report or register."""
 
 
 def _flag_value(text: str) -> bool:
@@ -317,9 +326,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
     try:
         args.func(args)
-    except (ConfigError, DataError, ModelError, NonFiniteLossError, ValueError) as exc:
+    except (ConfigError, DataError, ModelError, NonFiniteLossError, TuneFailed) as exc:
+        # exptrack's own errors say what is wrong and what to do: one line, no traceback
         print(f"exptrack {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception:  # noqa: BLE001 - anything else is a bug: the whole traceback, and say so
+        traceback.print_exc()
+        print(f"exptrack {args.command}: this is a bug in exptrack (or a library it uses), not a problem with "
+              f"your input: please report it with the traceback above", file=sys.stderr)
+        return 1
     return 0
 
 

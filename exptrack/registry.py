@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 from . import tracking
+from .errors import ModelError
 
 log = logging.getLogger("exptrack.registry")
 
@@ -82,7 +83,7 @@ def promote(name: str, metric: str = "test_mean_class_accuracy", split: str = "t
 
     versions = tracking.model_versions(name)
     if not versions:
-        raise ValueError(f"registered model {name!r} has no versions")
+        raise ModelError(f"registered model {name!r} has no versions")
     digest_tag = f"{split}_data_digest"
     for v in versions:
         if metric not in v["tags"] or digest_tag not in v["tags"]:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
+from exptrack.errors import ModelError
 from exptrack.cli import _config, build_parser, end_of_run_line, main
 from exptrack.config import ConfigError, load_config
 from exptrack.training.loop import TrainState
@@ -36,7 +39,7 @@ def test_promote_takes_no_progress(monkeypatch):
 
     def fake_promote(name, **kw):
         seen.update(kw)
-        raise ValueError("stop here")
+        raise ModelError("stop here")
 
     monkeypatch.setattr(registry, "promote", fake_promote)
     assert main(["promote", "--no-progress"]) == 2
@@ -93,3 +96,37 @@ def test_predict_prints_segments_with_class_names(monkeypatch, tmp_path, capsys)
     assert main(["predict", "video.mp4"]) == 0
     out = capsys.readouterr().out
     assert "1 segment over 10 frames" in out and "squat (2)" in out and "2.0" not in out.replace("1.0 s", "")
+
+
+def test_own_errors_are_one_line_and_bugs_a_full_traceback(monkeypatch, capsys):
+    import exptrack.registry as registry
+
+    def bug(name, **kw):
+        raise ValueError("a library bug deep inside")  # not one of exptrack's own errors
+
+    monkeypatch.setattr(registry, "promote", bug)
+    assert main(["promote"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "a library bug deep inside" in err
+    assert "this is a bug in exptrack" in err and "please report it" in err
+
+    def refused(name, **kw):
+        raise ModelError("registered model 'x' has no versions")
+
+    monkeypatch.setattr(registry, "promote", refused)
+    assert main(["promote"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "exptrack promote: error: registered model 'x' has no versions"
+
+
+def test_tune_exits_non_zero_when_no_trial_completed(monkeypatch, capsys):
+    import optuna
+
+    import exptrack.tune as tune
+
+    study = optuna.create_study()
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, params={}, distributions={}))
+    monkeypatch.setattr(tune, "run_tune", lambda spec, **kw: study)
+    study_file = Path(__file__).resolve().parents[1] / "experiments" / "tune" / "demo.yaml"
+    assert main(["tune", "--study-file", str(study_file), "--n-trials", "1"]) == 2
+    assert "no trial completed (1 failed, 0 pruned)" in capsys.readouterr().err

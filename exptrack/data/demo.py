@@ -29,6 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..config import ConfigError
 from .layout import BACKGROUND, KEYPOINT_NAMES, NUM_KEYPOINTS
 from .video import write_video
 
@@ -107,7 +108,7 @@ PRESETS: dict[str, DemoSpec] = {
 def preset_spec(preset: str, subjects: int | None = None, classes: int | None = None, seed: int = 0) -> DemoSpec:
     """The spec of a named preset, with the user's subject and class counts where given."""
     if preset not in PRESETS:
-        raise ValueError(f"unknown demo preset {preset!r} (known: {', '.join(PRESETS)})")
+        raise ConfigError(f"unknown demo preset {preset!r} (known: {', '.join(PRESETS)})")
     base = PRESETS[preset]
     return dataclasses.replace(base, subjects=subjects or base.subjects, classes=classes or base.classes, seed=seed)
 
@@ -401,9 +402,9 @@ def write_subject(root: Path, subject: str, index: int, spec: DemoSpec, rng: np.
 def write_demo_dataset(root: str | Path, spec: DemoSpec = DemoSpec(), progress: bool = False) -> Path:
     """Write the whole demo dataset under `root` (DATASET.md layout)."""
     if not 2 <= spec.classes <= MAX_CLASSES:
-        raise ValueError(f"demo classes must be in 2..{MAX_CLASSES}, got {spec.classes}")
+        raise ConfigError(f"demo classes must be in 2..{MAX_CLASSES}, got {spec.classes}")
     if spec.subjects < 3:
-        raise ValueError(f"demo needs at least 3 subjects (train, validation, test), got {spec.subjects}")
+        raise ConfigError(f"demo needs at least 3 subjects (train, validation, test), got {spec.subjects}")
     root = Path(root)
     rng = np.random.default_rng(spec.seed)
     names = subject_ids(rng, spec.subjects)

@@ -13,6 +13,7 @@ import torch
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+from ..config import ConfigError
 from ..models.c3d import C3D
 
 LAYERS = ("block3", "block4", "block5")
@@ -20,7 +21,7 @@ LAYERS = ("block3", "block4", "block5")
 
 def target_layer(model: C3D, name: str) -> torch.nn.Module:
     if name not in LAYERS:
-        raise ValueError(f"GradCAM layer must be one of {', '.join(LAYERS)}, got {name!r}")
+        raise ConfigError(f"GradCAM layer must be one of {', '.join(LAYERS)}, got {name!r}")
     return getattr(model, name)
 
 

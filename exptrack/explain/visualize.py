@@ -16,6 +16,7 @@ import torch
 from .. import tracking
 from ..config import replace
 from ..data.dataset import ClipDataset, make_loader
+from ..data.errors import DataError
 from ..data.layout import class_label, read_class_names
 from ..data.prepare import PreparedData, prepare_data
 from ..data.transforms import to_model_input
@@ -126,7 +127,7 @@ def render_long_sample(loaded: LoadedModel, data: PreparedData, options: Visuali
     names = list(ds.index.subjects)
     subject = options.subject_id or names[0]
     if subject not in data.subjects:
-        raise ValueError(f"subject {subject!r} is not in the {options.split} split (known: {', '.join(names)})")
+        raise DataError(f"subject {subject!r} is not in the {options.split} split (known: {', '.join(names)})")
     subj = data.subjects[subject]
     clip_len = ds.clip_len
     start = min(max(options.start_frame, 0), max(subj.num_frames - clip_len, 0))
