@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .config import Config, ConfigError, load_config
 from .data.errors import DataError, DataWarnings
-from .errors import ModelError
+from .errors import ModelError, TuneFailed
 from .training.loop import NonFiniteLossError
 
 
@@ -32,11 +32,9 @@ def _config(args: argparse.Namespace, extra: list[str] | None = None) -> Config:
 
 def cmd_demo_data(args: argparse.Namespace) -> None:
     from .data.demo import preset_spec, write_demo_dataset
-    from .data.prepare import write_demo_class_names
 
     spec = preset_spec(args.preset, args.subjects, args.classes, args.seed)
     root = write_demo_dataset(args.out, spec, progress=True)
-    write_demo_class_names(root, spec.classes)
     print(f"{args.preset} demo dataset written to {root} ({spec.subjects} subjects, {spec.classes} classes, "
           f"seed {spec.seed})")
 
@@ -186,10 +184,6 @@ def cmd_tune(args: argparse.Namespace) -> None:
         failed = sum(t.state.name == "FAIL" for t in study.trials)
         raise TuneFailed(f"study {spec.study}: no trial completed ({failed} failed, {pruned} pruned): "
                          f"see the failed trials' MLflow runs (tag optuna.fail_reason) and the log above")
-
-
-class TuneFailed(RuntimeError):
-    """A study in which no trial completed: nothing to report or register."""
 
 
 def _flag_value(text: str) -> bool:

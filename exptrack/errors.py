@@ -1,5 +1,5 @@
-"""exptrack's own error for models: a model reference, run or checkpoint that cannot be
-resolved or loaded. Like DataError (bad input files, exptrack/data/errors.py) and ConfigError
+"""exptrack's own errors outside data and config: a model reference, run or checkpoint that cannot be
+resolved or loaded (ModelError), a study with no completed trial (TuneFailed). Like DataError (bad input files, exptrack/data/errors.py) and ConfigError
 (exptrack/config.py), the CLI reports it in one line without a traceback."""
 
 from __future__ import annotations
@@ -8,3 +8,7 @@ from __future__ import annotations
 class ModelError(ValueError):
     """A model reference (models:/, runs:/, run id, checkpoint file) or a run's artifacts that
     cannot be used; the message names the reference."""
+
+
+class TuneFailed(RuntimeError):
+    """A study in which no trial completed: nothing to report or register."""

@@ -12,7 +12,7 @@ import os
 import platform
 import subprocess
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -52,26 +52,21 @@ def _sqlite_file(uri: str) -> Path | None:
     return Path(database) if database and database != ":memory:" else None
 
 
-# Store files this process has already created or found complete (one lock per file and process).
-_READY_STORES: set[Path] = set()
-
-
-def _ensure_local_store(uri: str) -> None:
-    """Create a fresh local SQLite store once, under a file lock beside it.
+def _store_lock(uri: str):
+    """A file lock beside a local SQLite store (`<db>.lock`), else nothing.
 
     MLflow creates its tables (alembic migrations) on a store's first use; two processes doing
     that at once on the same new file crash with "duplicate column name" or "table already
-    exists". Opening the store once inside `<db>.lock` makes later starts find it complete.
+    exists". Whoever holds the lock creates the store and the experiment; the others then find
+    both complete.
     """
     db = _sqlite_file(uri)
-    if db is None or db.resolve() in _READY_STORES:
-        return
+    if db is None:
+        return nullcontext()
     from filelock import FileLock
 
     db.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(db) + ".lock"):
-        mlflow.MlflowClient(uri).search_experiments(max_results=1)  # creates the tables if missing
-    _READY_STORES.add(db.resolve())
+    return FileLock(str(db) + ".lock")
 
 
 def _set_experiment(name: str):
@@ -88,17 +83,9 @@ def configure(config: Config) -> None:
     """Point MLflow at the configured tracking server (if any) and experiment; a fresh local
     SQLite store is created once even when several processes start together."""
     use_tracking_uri(config)
-    uri = mlflow.get_tracking_uri()
-    _ensure_local_store(uri)
-    if not os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run` the run's experiment is fixed
-        db = _sqlite_file(uri)
-        if db is None:
+    if not os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run` the store exists and the experiment is fixed
+        with _store_lock(mlflow.get_tracking_uri()):
             experiment = _set_experiment(config.mlflow.experiment)
-        else:
-            from filelock import FileLock
-
-            with FileLock(str(db) + ".lock"):  # SQLite: serialise the look-up-or-create as well
-                experiment = _set_experiment(config.mlflow.experiment)
         if EXPERIMENT_KIND not in experiment.tags:
             # MLflow 3's UI opens an experiment without this tag in its GenAI view (traces);
             # tagged, it opens on the runs table ("Machine learning" / model training)

@@ -27,7 +27,7 @@ import yaml
 
 from . import tracking
 from ._proc import process_alive
-from .config import ConfigError, load_config
+from .config import ConfigError, load_config, read_yaml_file
 from .training.run import RunOptions, TrainState, register_checkpoint, registered_version, train
 
 log = logging.getLogger("exptrack.tune")
@@ -75,9 +75,11 @@ class StudySpec:
 def load_study_spec(path: str | Path, **changes: Any) -> StudySpec:
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
+        raw = read_yaml_file(path) or {}  # folder, non-UTF-8, duplicate keys: named errors
+    except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: cannot read the study file ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a study file is a mapping (config, overrides, space, ...)")
     space = []
     for key, p in (raw.pop("space", None) or {}).items():
         if not isinstance(p, dict) or p.get("type") not in ("float", "int", "categorical"):

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from ..config import ConfigError
-from .layout import BACKGROUND, KEYPOINT_NAMES, NUM_KEYPOINTS
+from .layout import BACKGROUND, KEYPOINT_NAMES, NUM_KEYPOINTS, write_class_names
 from .video import write_video
 
 A, S, L = 0, 1, 2
@@ -420,4 +420,5 @@ def write_demo_dataset(root: str | Path, spec: DemoSpec = DemoSpec(), progress: 
         fh.write("id,split\n")
         for subject in names:
             fh.write(f"{subject},{'test' if subject in test else 'train'}\n")
+    write_class_names(root, [p.name for p in PATTERNS[: spec.classes]])  # the exercise names
     return root

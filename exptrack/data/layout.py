@@ -147,13 +147,12 @@ def read_class_names(root: str | Path | None, num_classes: int) -> list[str]:
     path = Path(root) / CLASS_NAMES_FILE if root else None
     if path is None or not path.is_file():
         return names
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        for line_no, row in enumerate(csv.reader(fh), start=1):
-            if len(row) < 2 or not row[0].strip().lstrip("+-").isdigit():
-                continue  # header or blank line
-            c = int(row[0])
-            if 0 <= c < num_classes and row[1].strip():
-                names[c] = row[1].strip()
+    for row in _csv_rows(path):
+        if len(row) < 2 or not row[0].strip().lstrip("+-").isdigit():
+            continue  # header or blank line
+        c = int(row[0])
+        if 0 <= c < num_classes and row[1].strip():
+            names[c] = row[1].strip()
     return names
 
 

@@ -98,18 +98,10 @@ def ensure_data_root(config: Config) -> Path:
         partial = root.with_name(f"{root.name}.partial-{os.getpid()}")
         try:
             write_demo_dataset(partial, spec)
-            write_demo_class_names(partial, spec.classes)
             os.replace(partial, root)
         finally:
             shutil.rmtree(partial, ignore_errors=True)  # after a failure (after success it is gone)
     return root
-
-
-def write_demo_class_names(root: str | Path, classes: int) -> Path:
-    """classes.csv of a demo dataset: its exercise (pattern) names."""
-    from .demo import PATTERNS
-
-    return layout.write_class_names(root, [p.name for p in PATTERNS[:classes]])
 
 
 def assign_splits(data_layout: DatasetLayout, val_fraction: float, val_seed: int,
@@ -137,8 +129,8 @@ def load_subject(cache: FrameCache, files: SubjectFiles, video: VideoEntry, conf
                       f"{files.video}: subject {files.subject} has {video.info.num_frames} frames, fewer than one "
                       f"clip (data.clip_len {d.clip_len}); it contributes no clips")
     subject = SubjectData(files=files, video=video, labels=labels)
-    # keypoints travel with every sample, but only skeleton attention needs them: without it a
-    # missing keypoint file is nothing to warn about
+    # Keypoints feed only skeleton attention, but a broken keypoint file is reported either way;
+    # without attention a missing one is nothing to warn about.
     subject.keypoints = cache.keypoints(files, video.info, warnings if d.use_skeleton_attention else DataWarnings(0),
                                         d.frame_base)
     if d.use_masks:

@@ -2,8 +2,8 @@
 
 The split of work is chosen for speed. Loader workers stay on uint8 data and OpenCV's SIMD
 kernels: one affine warp per frame (flip and rotation folded into one matrix, the same for
-every frame of a clip, applied to frames, masks and attention alike), colour jitter as one 3x4 colour matrix over the whole clip, and the mask/attention
-weight as one saturating multiply. Only the ImageNet normalisation, the one step that needs
+every frame of a clip, applied to frames, masks and attention alike), colour jitter as one 3x4
+colour matrix over the whole clip, and the mask/attention weight as one saturating multiply. Only the ImageNet normalisation, the one step that needs
 float, runs per batch on the training device (`to_model_input`), so 4x fewer bytes cross to
 the GPU. torchvision's v2 transforms do these operations per clip on float tensors
 (grid_sample rotation, HSV hue), measured about 10x slower here: bench/loader.py.
