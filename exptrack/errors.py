@@ -1,6 +1,5 @@
-"""exptrack's own errors outside data and config: a model reference, run or checkpoint that cannot be
-resolved or loaded (ModelError), a study with no completed trial (TuneFailed). Like DataError (bad input files, exptrack/data/errors.py) and ConfigError
-(exptrack/config.py), the CLI reports it in one line without a traceback."""
+"""exptrack's own errors beside DataError (bad input files, exptrack/data/errors.py) and
+ConfigError (exptrack/config.py): the CLI reports each of them in one line, without a traceback."""
 
 from __future__ import annotations
 
