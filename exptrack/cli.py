@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .config import Config, ConfigError, load_config
 from .data.errors import DataError, DataWarnings
-from .errors import ModelError, TuneFailed
+from .errors import ModelError, OutputError, TuneFailed
 from .training.loop import NonFiniteLossError
 
 
@@ -115,15 +115,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         value = getattr(args, flag)
         if value not in (None, False):
             overrides.setdefault("data", {})[key] = value
-    report, frame = run_evaluate(args.model, split=args.split, batch_size=args.batch_size, device_name=args.device,
+    result = run_evaluate(args.model, split=args.split, batch_size=args.batch_size, device_name=args.device,
                                  save_dir=args.save_dir, data_root=args.data_root, overrides=overrides,
                                  progress=not args.no_progress,
                                  # the model's own experiment unless a config is given
-                                 base_config=given)
+                                 base_config=given, overwrite=args.overwrite)
+    report, frame = result.report, result.frame
     s = report.summary
     print(f"{args.split}: accuracy {s['accuracy']:.3f}, top-3 {s['top3_accuracy']:.3f}, mean class accuracy "
           f"{s['mean_class_accuracy']:.3f}, macro F1 {s['macro_f1']:.3f}; frame accuracy {frame['frame_accuracy']:.3f} "
-          f"(smoothed {frame['frame_accuracy_smoothed']:.3f}); results in {args.save_dir}")
+          f"(smoothed {frame['frame_accuracy_smoothed']:.3f}); results in {result.out_dir}")
 
 
 def cmd_plots(args: argparse.Namespace) -> None:
@@ -137,7 +138,7 @@ def cmd_promote(args: argparse.Namespace) -> None:
     from .registry import promote, version_scores
 
     decision = promote(args.name, metric=args.metric, split=args.split, data_root=args.data_root,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, reevaluate=args.reevaluate)
     scores = version_scores(args.name, args.split)
     for version, reason in sorted(decision.reasons.items(), key=lambda kv: int(kv[0])):
         shown = ", ".join(f"{m} {v:.3f}" for m, v in scores.get(version, {}).items())
@@ -152,7 +153,7 @@ def cmd_visualize(args: argparse.Namespace) -> None:
                                fps=args.fps, misclassified_only=args.misclassified_only,
                                scale_factor=args.scale_factor, long_sample=args.long_sample,
                                sample_duration=args.sample_duration, start_frame=args.start_frame,
-                               subject_id=args.subject_id, save_dir=args.save_dir)
+                               subject_id=args.subject_id, save_dir=args.save_dir, overwrite=args.overwrite)
     result = run_visualize(args.model, options, device_name=args.device, data_root=args.data_root,
                            progress=not args.no_progress)
     print(f"{len(result.samples)} sample(s) written to {result.out_dir} and logged to run {result.run_id}")
@@ -163,7 +164,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from .predict import predict_video
 
     timeline = predict_video(args.video, args.model, out_dir=args.save_dir, device_name=args.device,
-                             stride=args.stride, smooth_window=args.smooth, overlay=args.overlay)
+                             stride=args.stride, smooth_window=args.smooth, overlay=args.overlay,
+                             overwrite=args.overwrite)
     n = len(timeline.segments)
     print(f"{args.video}: {n} segment{'' if n == 1 else 's'} over {len(timeline.frames)} frames -> {timeline.out_dir}")
     for _, seg in timeline.segments.iterrows():
@@ -247,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["test", "val", "train"], help="split to evaluate on" + _DEFAULT)
     p.add_argument("--batch-size", type=int, default=16, help="clips per batch" + _DEFAULT)
     p.add_argument("--device", default="auto", help="cuda, cuda:1, mps, cpu or auto (cuda > mps > cpu)" + _DEFAULT)
-    p.add_argument("--save-dir", default="outputs/results", help="folder for the report files" + _DEFAULT)
+    p.add_argument("--save-dir", help="folder for the report files (default: a fresh outputs/evaluate/<run id>/)")
+    p.add_argument("--overwrite", action="store_true", help="replace the contents of a --save-dir that holds files")
     p.add_argument("--data-root", help="evaluate on this dataset (default: the one the model was trained on)")
     p.add_argument("--use-masks", action="store_true", help="override the model's setting (warned)")
     p.add_argument("--use-skeleton-attention", action="store_true", help="override the model's setting (warned)")
@@ -266,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default="test_mean_class_accuracy", help="version tag compared (higher wins)" + _DEFAULT)
     p.add_argument("--split", default="test", choices=["test", "val"], help="split the versions are evaluated on" + _DEFAULT)
     p.add_argument("--data-root", help="evaluate on this dataset (default: each model's own)")
+    p.add_argument("--reevaluate", action="store_true",
+                   help="evaluate again every version whose last evaluation was on other data (by default only "
+                        "the champion is; the others sit out)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars while versions are evaluated")
     p.set_defaults(func=cmd_promote)
 
@@ -282,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-duration", type=int, default=300, help="frames of the long sample" + _DEFAULT)
     p.add_argument("--start-frame", type=int, default=0, help="first frame of the long sample" + _DEFAULT)
     p.add_argument("--subject-id", help="subject of the long sample (default: the first of the split)")
-    p.add_argument("--save-dir", default="outputs/visualizations", help="output folder" + _DEFAULT)
+    p.add_argument("--save-dir", help="output folder (default: a fresh outputs/visualize/<run id>/)")
+    p.add_argument("--overwrite", action="store_true", help="replace the contents of a --save-dir that holds files")
     p.add_argument("--device", default="auto", help="cuda, mps, cpu or auto" + _DEFAULT)
     p.add_argument("--data-root", help="dataset to draw clips from (default: the one the model was trained on)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
@@ -291,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="exercise timeline of a new video")
     p.add_argument("video", help="a video file (no labels, masks or keypoints needed)")
     p.add_argument("--model", default="models:/c3d-exercise@champion", help="model reference, as for evaluate" + _DEFAULT)
-    p.add_argument("--save-dir", default="outputs/predictions", help="results go to <save-dir>/<video name>/" + _DEFAULT)
+    p.add_argument("--save-dir", help="output folder (default: a fresh outputs/predict/<video name>-<time>/)")
+    p.add_argument("--overwrite", action="store_true", help="replace the contents of a --save-dir that holds files")
     p.add_argument("--device", default="auto", help="cuda, mps, cpu or auto" + _DEFAULT)
     p.add_argument("--stride", type=int, help="window stride in frames (default: half a clip)")
     p.add_argument("--smooth", type=int, default=31, help="majority window (frames) for the segments" + _DEFAULT)
@@ -320,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
     try:
         args.func(args)
-    except (ConfigError, DataError, ModelError, NonFiniteLossError, TuneFailed) as exc:
+    except (ConfigError, DataError, ModelError, NonFiniteLossError, OutputError, TuneFailed) as exc:
         # exptrack's own errors say what is wrong and what to do: one line, no traceback
         print(f"exptrack {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -115,6 +115,9 @@ class TrainConfig:
 @dataclass(frozen=True)
 class OptimConfig:
     lr: float = 3e-4
+    # "plateau": ReduceLROnPlateau on the validation loss (the original's); "cosine": cosine decay
+    # from lr to min_lr over train.epochs, stepped once per epoch.
+    scheduler: Literal["plateau", "cosine"] = "plateau"
     weight_decay: float = 1e-5
     plateau_factor: float = 0.5
     plateau_patience: int = 5
@@ -152,6 +155,11 @@ class MlflowConfig:
     experiment: str = "exptrack"
     registered_model: str = "c3d-exercise"
     log_system_metrics: bool = True
+    # Upload the resume checkpoint (last.pt, with the optimizer state: about 3x the weights) to
+    # the run's artifacts every epoch, so that `train --resume <run id>` works on another machine
+    # than the one that trained. Off: checkpoints stay on local disk and only the weights of the
+    # logged models are uploaded (README "Artifacts").
+    upload_resume_checkpoint: bool = False
 
 
 @dataclass(frozen=True)

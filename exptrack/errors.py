@@ -11,3 +11,7 @@ class ModelError(ValueError):
 
 class TuneFailed(RuntimeError):
     """A study in which no trial completed: nothing to report or register."""
+
+
+class OutputError(ValueError):
+    """An output folder that cannot be used (e.g. an explicit --save-dir that already holds files)."""

@@ -20,6 +20,7 @@ from .data.errors import DataError
 from .data.layout import read_class_names
 from .data.prepare import PreparedData, prepare_data
 from .inference import load_model
+from .outputs import DEFAULT_OUTPUTS, check_save_dir, invocation_dir
 from .metrics import (classification_metrics, confusion_tables, frame_accuracy, frame_labels, frame_probabilities,
                       smooth_labels)
 from .training.loop import predict, resolve_device, use_channels_last
@@ -135,9 +136,12 @@ def evaluation_config(trained: Config, data_root: str | None, overrides: dict[st
 
 
 def run_evaluate(model_ref: str, split: str = "test", batch_size: int = 16, device_name: str = "auto",
-                 save_dir: str | Path = "outputs/results", data_root: str | None = None,
+                 save_dir: str | Path | None = None, data_root: str | None = None,
                  overrides: dict[str, dict] | None = None, smooth_window: int = 31, progress: bool = True,
-                 base_config: Config | None = None) -> tuple[ClipReport, dict[str, float]]:
+                 base_config: Config | None = None, overwrite: bool = False) -> "Evaluation":
+    """Evaluate a model on a split, as an MLflow run that takes the model as an input; the files
+    go to `save_dir`, by default a fresh outputs/evaluate/<run id>/."""
+    check_save_dir(save_dir, overwrite)
     device = resolve_device(device_name)
     loaded = load_model(model_ref, device)
     config = evaluation_config(loaded.config, data_root, overrides or {})
@@ -170,10 +174,35 @@ def run_evaluate(model_ref: str, split: str = "test", batch_size: int = 16, devi
             "clips_per_s": len(y_true) / max(seconds, 1e-9),
         }
         log.info("%d clips in %.1f s (%.0f clips/s on %s)", len(y_true), seconds, frame["clips_per_s"], device)
-        out = Path(save_dir)
+        outputs = Path(base_config.paths.outputs) if base_config is not None else DEFAULT_OUTPUTS
+        out = invocation_dir(save_dir, outputs / "evaluate" / run.id, overwrite)
         write_report(report, predictions_table(data.splits[split], probs, names), timelines, out)
         log_evaluation(run, loaded.source, split, data, report, frame, out)
-    return report, frame
+    return Evaluation(report, frame, out, run.id)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    report: ClipReport
+    frame: dict[str, float]  # frame accuracy (raw, smoothed), clips/s
+    out_dir: Path
+    run_id: str
+
+    def __iter__(self):  # report, frame = run_evaluate(...)
+        return iter((self.report, self.frame))
+
+
+def evaluation_digest(model_ref: str, split: str = "test", data_root: str | None = None,
+                      memo: dict | None = None) -> str:
+    """The digest of the clips `evaluate` would score `model_ref` on today (the split's subjects,
+    clip starts and labels under the model's clip settings): what promotion compares on. Models
+    with the same data settings share one computation through `memo`."""
+    config = evaluation_config(load_model(model_ref).config, data_root, {})
+    key = (split, tuple(sorted(vars(config.data).items())), config.model.num_classes, config.paths.cache)
+    memo = {} if memo is None else memo
+    if key not in memo:
+        memo[key] = prepare_data(config, splits=(split,), progress=False).splits[split].digest()
+    return memo[key]
 
 
 def write_report(report: ClipReport, predictions: pd.DataFrame, timelines: dict[str, dict], out: Path) -> None:
@@ -202,12 +231,26 @@ def log_evaluation(run: tracking.Run, source: dict[str, str], split: str, data: 
                    frame: dict[str, float], out: Path) -> None:
     prefix = f"{split}_"
     metrics = {prefix + k: v for k, v in {**report.summary, **frame}.items()}
-    run.set_tags({"data_digest": data.digest(), "data_root": data.layout.root})
-    run.log_metrics(metrics)
+    digest = data.splits[split].digest()
+    run.set_tags({"data_digest": digest, "data_root": data.layout.root})
+    model_id = source.get("model_id")
+    if model_id:  # the model's page lists this evaluation and its metrics
+        run.log_model_input(model_id)
+    manifest = predictions_manifest(data, split)
+    dataset = run.dataset(manifest, name=f"clips-{split}", source=str(data.layout.root), digest=digest)
+    run.log_dataset(dataset, "evaluation")
+    run.log_metrics(metrics, model_id=model_id, dataset=dataset)
     run.log_table(report.per_class.reset_index(), "per_class_metrics.json")
     run.log_table(pd.read_csv(out / "predictions.csv"), "predictions.json")
     run.log_artifacts(out, "results")
     if "version" in source:
         tracking.set_model_version_tags(source["name"], source["version"],
                                         {**{k: round(v, 6) for k, v in metrics.items()},
-                                         f"{prefix}data_digest": data.digest()})
+                                         f"{prefix}data_digest": digest, f"{prefix}evaluation_run": run.id})
+
+
+def predictions_manifest(data: PreparedData, split: str) -> pd.DataFrame:
+    """The evaluated clips: subject, start, label (an MLflow dataset)."""
+    index = data.splits[split]
+    return pd.DataFrame({"subject": np.asarray(index.subjects)[index.subject_idx], "start": index.start,
+                         "label": index.label})

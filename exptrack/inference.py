@@ -1,13 +1,23 @@
-"""Turn a model reference into a C3D module and the config it was trained with.
+"""Turn any model reference into a C3D module and the config it was trained with: the one loader
+of evaluate, visualize, predict and promote.
 
-References: ``models:/<name>@<alias>``, ``models:/<name>/<version>``, ``runs:/<run id>/...``,
-a bare run id, or a local checkpoint file. Every path ends in a checkpoint loaded with
-``torch.load(weights_only=True)`` and a C3D rebuilt from the checkpoint's own config, so
-loading a model never unpickles arbitrary objects.
+References:
+- ``models:/<name>/<version>``, ``models:/<name>@<alias>``, ``models:/<name>/latest``: a
+  registered version, i.e. the logged model it points at (its weights never change);
+- ``models:/<model id>`` (``m-...``): a logged model;
+- ``runs:/<run id>`` or a bare run id: the run's newest registered version, else its best
+  logged model (a tune trial is not registered); ``runs:/<run id>/<file>.pt`` that artifact;
+- a local checkpoint file.
+
+Every path ends in a weights file loaded with ``torch.load(weights_only=True)`` and a C3D
+rebuilt from the file's own config, so loading a model never unpickles arbitrary objects.
+Versions and runs from before logged models (whose weights were the run's
+``checkpoints/best_model.pt``) still load.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -22,42 +32,68 @@ from .models.c3d import C3D, build_model
 from .training import checkpoint as ckpt
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+LEGACY_CHECKPOINT = f"checkpoints/{ckpt.BEST_MODEL}"
 
 
 @dataclass
 class LoadedModel:
     model: C3D
     config: Config
-    source: dict[str, str] = field(default_factory=dict)  # uri, and name/version/run_id where known
+    # uri, and name/version/alias/run_id/model_id where known
+    source: dict[str, str] = field(default_factory=dict)
+    class_names: list[str] = field(default_factory=list)
 
 
-def _checkpoint_of_run(run_id: str, dst: Path) -> Path:
+def _run_artifact(run_id: str, path: str, dst: Path) -> Path:
     try:
-        return tracking.download_run_artifact(run_id, f"checkpoints/{ckpt.BEST_MODEL}", dst)
+        return tracking.download_run_artifact(run_id, path, dst)
     except Exception as exc:  # noqa: BLE001 - MLflow raises several kinds here
-        raise ModelError(f"run {run_id} has no checkpoints/{ckpt.BEST_MODEL} artifact ({exc})") from exc
+        raise ModelError(f"run {run_id} has no logged model, registered version or {path} artifact ({exc})") from exc
 
 
-def resolve_checkpoint(reference: str, download_dir: Path) -> tuple[Path, dict[str, str]]:
-    """The checkpoint file behind a model reference (downloaded into `download_dir` when it
-    lives in MLflow), and what it was resolved from."""
+def _weights(source: dict[str, str], dst: Path) -> Path:
+    """The weights file of a resolved reference: its logged model's, else (older versions and
+    runs) the run's checkpoint artifact."""
+    if source.get("model_id"):
+        return tracking.download_model_weights(source["model_id"], dst)
+    return _run_artifact(source["run_id"], LEGACY_CHECKPOINT, dst)
+
+
+def _resolve_run(run_id: str) -> dict[str, str]:
+    """A run's model: its newest registered version, else its best logged model."""
+    from .training.run import best_logged_model
+
+    source = {"run_id": run_id}
+    versions = [v for v in tracking.run_model_versions(run_id) if v["model_id"]]
+    if versions:
+        source.update({k: versions[0][k] for k in ("name", "version", "model_id")})
+    elif (model_id := best_logged_model(run_id)) is not None:
+        source["model_id"] = model_id
+    return source
+
+
+def resolve_weights(reference: str, download_dir: Path) -> tuple[Path, dict[str, str]]:
+    """The weights file behind a model reference (downloaded into `download_dir` when it lives in
+    MLflow), and what it was resolved from."""
     source = {"uri": reference}
-    if reference.startswith("models:/"):
-        try:
+    try:
+        if reference.startswith("models:/"):
             source.update(tracking.resolve_model_uri(reference))
-        except Exception as exc:  # noqa: BLE001
-            raise ModelError(f"model {reference} not found in the registry ({exc})") from exc
-        return _checkpoint_of_run(source["run_id"], download_dir), source
-    if reference.startswith("runs:/"):
-        run_id = reference[len("runs:/"):].split("/", 1)[0]
-        source["run_id"] = run_id
-        return _checkpoint_of_run(run_id, download_dir), source
-    path = Path(reference)
-    if path.is_file():
-        return path, source
-    if _RUN_ID.match(reference):
-        source["run_id"] = reference
-        return _checkpoint_of_run(reference, download_dir), source
+            return _weights(source, download_dir), source
+        run_id, _, path = reference[len("runs:/"):].partition("/") if reference.startswith("runs:/") else ("", "", "")
+        if run_id and path.endswith(".pt"):
+            source["run_id"] = run_id
+            return _run_artifact(run_id, path, download_dir), source
+        if Path(reference).is_file():
+            return Path(reference), source
+        run_id = run_id or (reference if _RUN_ID.match(reference) else "")
+        if run_id:
+            source.update(_resolve_run(run_id))
+            return _weights(source, download_dir), source
+    except ModelError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - MLflow raises several kinds for unknown names and ids
+        raise ModelError(f"model {reference}: not found ({exc})") from exc
     raise ModelError(f"model {reference!r}: not a models:/ or runs:/ URI, a run id, or a checkpoint file")
 
 
@@ -65,10 +101,20 @@ def load_model(reference: str, device: torch.device | str = "cpu") -> LoadedMode
     # The download is only needed until the weights are in memory; a kept copy per call
     # would fill /tmp over many evaluate/visualize calls.
     with tempfile.TemporaryDirectory(prefix="exptrack-model-") as tmp:
-        path, source = resolve_checkpoint(reference, Path(tmp))
+        path, source = resolve_weights(reference, Path(tmp))
         payload = ckpt.load(path)
     config = config_from_dict(payload["config"], str(path))
     model = build_model(config.model)
     model.load_state_dict(payload["model"])
     source.setdefault("run_id", payload.get("run_id", ""))
-    return LoadedModel(model.to(device).eval(), config, source)
+    names = list(payload.get("class_names") or [])
+    return LoadedModel(model.to(device).eval(), config, source, names)
+
+
+def state_dict_hash(model: torch.nn.Module) -> str:
+    """A hash of a model's weights: two loads with the same hash hold the same model."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from .data.layout import BACKGROUND, class_label, read_class_names
 from .data.transforms import to_model_input
 from .data.video import decode_video, write_video
 from .inference import load_model
+from .outputs import DEFAULT_OUTPUTS, check_save_dir, invocation_dir
 from .metrics import frame_confidence, frame_labels, frame_probabilities, smooth_labels, window_starts
 from .training.loop import resolve_device
 
@@ -69,16 +71,20 @@ def segments(labels: np.ndarray, confidence: np.ndarray, min_length: int = 1) ->
     return pd.DataFrame(rows, columns=["start", "end", "class", "mean_confidence", "frames"])
 
 
-def predict_video(video: str | Path, model_ref: str, out_dir: str | Path = "outputs/predictions",
+def predict_video(video: str | Path, model_ref: str, out_dir: str | Path | None = None,
                   device_name: str = "auto", stride: int | None = None, smooth_window: int = 31,
-                  overlay: bool = False) -> Timeline:
+                  overlay: bool = False, overwrite: bool = False) -> Timeline:
+    """The timeline of a video; files go to `out_dir`, by default a fresh
+    outputs/predict/<video name>-<time>/."""
     video = Path(video)
     if not video.is_file():  # before the model is loaded (a download can take a while)
         raise DataError(f"{video}: video file not found")
+    check_save_dir(out_dir, overwrite)
     device = resolve_device(device_name)
     loaded = load_model(model_ref, device)
     d = loaded.config.data
-    names = read_class_names(d.root, loaded.config.model.num_classes)
+    # the model's own names; older checkpoints without them: the training data's classes.csv
+    names = loaded.class_names or read_class_names(d.root, loaded.config.model.num_classes)
     name_of = np.array([*names, "background"])  # index -1: background
     if d.use_masks or d.use_skeleton_attention:
         log.warning("the model was trained with %s; a new video has none, so frames are used as they are",
@@ -96,8 +102,8 @@ def predict_video(video: str | Path, model_ref: str, out_dir: str | Path = "outp
     segs = segments(smoothed, frame_confidence(probs, smoothed))
     segs.insert(3, "name", name_of[segs["class"].to_numpy(dtype=np.int64)])
     segs["start_s"], segs["end_s"] = segs["start"] / info.fps, (segs["end"] + 1) / info.fps
-    out = Path(out_dir) / video.stem
-    out.mkdir(parents=True, exist_ok=True)
+    out = invocation_dir(out_dir, DEFAULT_OUTPUTS / "predict" / f"{video.stem}-{time.strftime('%Y%m%d-%H%M%S')}",
+                         overwrite)
     table.to_csv(out / "frames.csv", index=False)
     segs.to_csv(out / "segments.csv", index=False)
     (out / "timeline.json").write_text(json.dumps({"video": str(video), "model": model_ref, "fps": info.fps,

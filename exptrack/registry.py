@@ -25,7 +25,12 @@ CHAMPION, PREVIOUS = "champion", "previous"
 class Candidate:
     version: str
     value: float
-    digest: str
+    digest: str  # of the clips its metric was measured on (`<split>_data_digest`)
+    current: str = ""  # of the same split's clips today ("" = unknown: taken as `digest`)
+
+    @property
+    def on_current_data(self) -> bool:
+        return not self.current or self.digest == self.current
 
 
 @dataclass(frozen=True)
@@ -33,67 +38,101 @@ class Decision:
     champion: str | None  # the champion after the decision
     previous: str | None  # the champion it replaced, if any
     reasons: dict[str, str]  # version -> why it was or was not promoted
+    digest: str = ""  # the evaluation data the decision compared on
+
+
+def _stale(c: Candidate) -> str:
+    return (f"not compared: evaluated on other data (digest {c.digest}, now {c.current}); "
+            "`exptrack promote --reevaluate` evaluates it again")
 
 
 def decide(current: Candidate | None, candidates: list[Candidate]) -> Decision:
-    """Pure rule: the best candidate becomes champion only if it is strictly better than the
-    current champion on the same data digest; ties keep the champion; another digest is never
-    compared. Without a champion, the best candidate wins (ties: the older version)."""
+    """Pure rule. Only versions evaluated on today's data compete, and only on one evaluation
+    digest: the champion's (it is re-evaluated first when its data changed, see promote), or
+    without a champion the newest version's. The best candidate becomes champion only if strictly
+    better than the champion; ties keep the champion; without a champion ties go to the older
+    version."""
     reasons: dict[str, str] = {}
-    pool = [c for c in candidates if current is None or c.version != current.version]
-    if current is not None:
-        comparable = []
-        for c in pool:
-            if c.digest != current.digest:
-                reasons[c.version] = f"not compared: data digest {c.digest} differs from the champion's {current.digest}"
-            else:
-                comparable.append(c)
-        pool = comparable
+    if current is not None and not current.on_current_data:
+        raise ValueError(f"champion v{current.version} was evaluated on other data: re-evaluate it first")
+    pool = []
+    for c in candidates:
+        if current is not None and c.version == current.version:
+            continue
+        if not c.on_current_data:
+            reasons[c.version] = _stale(c)
+        else:
+            pool.append(c)
     pool = [c for c in pool if not math.isnan(c.value)]
+    if current is not None:
+        digest = current.digest
+    elif pool:
+        digest = max(pool, key=lambda c: int(c.version)).digest
+    else:
+        digest = ""
+    for c in [c for c in pool if c.digest != digest]:
+        reasons[c.version] = f"not compared: evaluated on other clips (digest {c.digest}) than the comparison ({digest})"
+    pool = [c for c in pool if c.digest == digest]
     if not pool:
-        return Decision(current.version if current else None, None, reasons)
+        return Decision(current.version if current else None, None, reasons, digest)
     best = max(pool, key=lambda c: (c.value, -int(c.version)))
     for c in pool:
         if c is not best:
             reasons[c.version] = f"{c.value:.6f} below the best candidate v{best.version} ({best.value:.6f})"
     if current is None:
         reasons[best.version] = f"promoted: best candidate ({best.value:.6f}), no champion before"
-        return Decision(best.version, None, reasons)
+        return Decision(best.version, None, reasons, digest)
     if best.value > current.value:
         reasons[best.version] = f"promoted: {best.value:.6f} beats champion v{current.version} ({current.value:.6f})"
         reasons[current.version] = f"replaced by v{best.version}"
-        return Decision(best.version, current.version, reasons)
+        return Decision(best.version, current.version, reasons, digest)
     reasons[best.version] = f"kept out: {best.value:.6f} does not beat champion v{current.version} ({current.value:.6f})"
-    return Decision(current.version, None, reasons)
+    return Decision(current.version, None, reasons, digest)
 
 
 def promote(name: str, metric: str = "test_mean_class_accuracy", split: str = "test", evaluate=None,
-            data_root: str | None = None, progress: bool = False) -> Decision:
-    """Evaluate the versions that lack `metric`, then apply `decide` and record it.
+            data_root: str | None = None, progress: bool = False, current_digest=None,
+            reevaluate: bool = False) -> Decision:
+    """Evaluate what must be, then apply `decide` and record it on the versions.
 
-    `evaluate(model_uri, split, data_root)` computes and tags a version's metrics (by default
-    exptrack's evaluation, which writes `<split>_*` tags and `<split>_data_digest`).
+    Evaluated first: versions never evaluated on `split`; the champion when its evaluation data
+    is not today's (so that it is compared on the same data as the candidates); with
+    `reevaluate`, every version not evaluated on today's data.
+
+    `evaluate(model_uri, split, data_root)` computes and tags a version's metrics (exptrack's
+    evaluation: `<split>_*` and `<split>_data_digest` tags); `current_digest(model_uri, split,
+    data_root)` is the digest of the split's clips today for that model (its clip settings).
     """
     if evaluate is None:
         from .evaluation import run_evaluate
 
         def evaluate(uri: str, split: str, data_root: str | None) -> None:
-            run_evaluate(uri, split=split, data_root=data_root, progress=progress,
-                         save_dir=f"outputs/results/{uri.replace(':/', '_').replace('/', '_')}")
+            run_evaluate(uri, split=split, data_root=data_root, progress=progress)
+    if current_digest is None:
+        from functools import partial
+
+        from .evaluation import evaluation_digest
+
+        current_digest = partial(evaluation_digest, memo={})  # one data preparation per clip setting
 
     versions = tracking.model_versions(name)
     if not versions:
         raise ModelError(f"registered model {name!r} has no versions")
     digest_tag = f"{split}_data_digest"
-    for v in versions:
-        if metric not in v["tags"] or digest_tag not in v["tags"]:
-            log.info("evaluating %s version %s on %s", name, v["version"], split)
-            evaluate(f"models:/{name}/{v['version']}", split, data_root)
-    versions = tracking.model_versions(name)
-    candidates = [Candidate(v["version"], float(v["tags"].get(metric, "nan")), v["tags"].get(digest_tag, ""))
-                  for v in versions]
-    by_version = {c.version: c for c in candidates}
     champion_version = tracking.alias_version(name, CHAMPION)
+    today = {v["version"]: current_digest(f"models:/{name}/{v['version']}", split, data_root) for v in versions}
+    for v in versions:
+        tags, version = v["tags"], v["version"]
+        never = metric not in tags or digest_tag not in tags
+        stale = not never and tags[digest_tag] != today[version]
+        if never or (stale and (version == champion_version or reevaluate)):
+            log.info("evaluating %s version %s on %s%s", name, version, split,
+                     " (its last evaluation was on other data)" if stale else "")
+            evaluate(f"models:/{name}/{version}", split, data_root)
+    versions = tracking.model_versions(name)
+    candidates = [Candidate(v["version"], float(v["tags"].get(metric, "nan")), v["tags"].get(digest_tag, ""),
+                            today[v["version"]]) for v in versions]
+    by_version = {c.version: c for c in candidates}
     current = by_version.get(champion_version) if champion_version else None
     decision = decide(current, candidates)
     if decision.champion and decision.champion != champion_version:
@@ -101,13 +140,13 @@ def promote(name: str, metric: str = "test_mean_class_accuracy", split: str = "t
         if decision.previous:
             tracking.set_alias(name, PREVIOUS, decision.previous)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    champ = by_version.get(decision.champion) if decision.champion else None
     for version, reason in decision.reasons.items():
         c = by_version[version]
-        champ = by_version.get(decision.champion) if decision.champion else None
         tracking.set_model_version_tags(name, version, {
-            "promotion.decision": reason, "promotion.metric": metric, "promotion.value": c.value,
+            "promotion.decision": reason, "promotion.metric": f"{metric}", "promotion.value": c.value,
             "promotion.champion_value": champ.value if champ else "", "promotion.data_digest": c.digest,
-            "promotion.time": stamp,
+            "promotion.compared_on_digest": decision.digest, "promotion.time": stamp,
         })
     log.info("champion of %s: version %s", name, decision.champion)
     return decision

@@ -18,13 +18,12 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import mlflow
 import mlflow.artifacts
+import numpy as np
 
 from .config import Config, to_flat_dict, to_yaml
 
 if TYPE_CHECKING:
-    import numpy as np
     import pandas as pd
-    import torch
 
 log = logging.getLogger("exptrack.tracking")
 # MLflow's advice on integer columns (clip manifests, prediction tables: frame numbers and class
@@ -33,6 +32,9 @@ warnings.filterwarnings("ignore", message="Hint: Inferred schema contains intege
 
 
 EXPERIMENT_KIND = "mlflow.experimentKind"
+PACKAGE_DIR = Path(__file__).resolve().parent
+MODEL_CODE = PACKAGE_DIR / "mlflow_model.py"  # what mlflow.pyfunc.load_model runs (models from code)
+MODEL_WEIGHTS = "weights.pt"  # the one file of a logged model that exptrack itself reads
 
 
 def use_tracking_uri(config: Config) -> None:
@@ -139,8 +141,13 @@ class Run:
     def set_tags(self, tags: dict[str, Any]) -> None:
         mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None, model_id: str | None = None,
+                    dataset: Any = None) -> None:
+        """`model_id` links the values to a logged model (its page and search_logged_models
+        show them); `dataset` (from `dataset()`) says which data they were measured on."""
+        if metrics:
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, model_id=model_id,
+                               dataset=dataset)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         mlflow.log_artifact(str(path), artifact_path)
@@ -155,50 +162,43 @@ class Run:
         """Steps at which metric `key` has been logged in this run."""
         return {m.step for m in mlflow.MlflowClient().get_metric_history(self.id, key)}
 
-    def log_dataset(self, table: "pd.DataFrame", name: str, source: str, digest: str, context: str) -> None:
-        """The clip manifest as an MLflow dataset input (shown under the run's Datasets)."""
-        import warnings
-
+    @staticmethod
+    def dataset(table: "pd.DataFrame", name: str, source: str, digest: str) -> Any:
+        """An MLflow dataset for a clip manifest (to log as an input, or to link metrics to)."""
         import mlflow.data
 
         with warnings.catch_warnings():  # a local path "can be interpreted in multiple ways": it is local
             warnings.simplefilter("ignore", UserWarning)
-            dataset = mlflow.data.from_pandas(table, source=source, name=name, targets="label", digest=digest)
+            return mlflow.data.from_pandas(table, source=source, name=name, targets="label", digest=digest)
+
+    def log_dataset(self, dataset: Any, context: str) -> None:
+        """Shown under the run's Datasets."""
         mlflow.log_input(dataset, context=context)
 
-    def log_pytorch_model(self, model: "torch.nn.Module", input_example: "np.ndarray", registered_model: str | None,
-                          version_tags: dict[str, Any] | None = None) -> str | None:
-        """Log `model` so that it loads back as the same nn.Module class (pickle format: the
-        default pt2 export loads as a graph without named layers or hooks, which GradCAM needs),
-        with a signature and input example, and register it as a new version. Returns the
-        version number, or None when not registered."""
-        import mlflow.pytorch
-        import torch
-        from mlflow.models import infer_signature
+    def log_model_input(self, model_id: str) -> None:
+        """The run used this logged model (an evaluation): listed on the model's page."""
+        from mlflow.entities import LoggedModelInput
 
-        model = model.eval().cpu()
-        with torch.no_grad():
-            output = model(torch.from_numpy(input_example)).numpy()
-        # MLflow warns on every pickle-format model; the format is chosen on purpose (above), and
-        # exptrack's own loaders read the weights-only checkpoint, never this pickle.
-        pytorch_log = logging.getLogger("mlflow.pytorch")
-        level = pytorch_log.level
-        pytorch_log.setLevel(logging.ERROR)
-        try:
-            info = mlflow.pytorch.log_model(
-                model, name="model", serialization_format="pickle",
-                signature=infer_signature(input_example, output), input_example=input_example,
-                code_paths=[str(Path(__file__).resolve().parent)],
-                registered_model_name=registered_model or None,
+        mlflow.log_inputs(models=[LoggedModelInput(model_id)])
+
+    def log_clip_model(self, weights: Path, clip_len: int, frame_size: int, class_names: list[str], epoch: int,
+                       tags: dict[str, Any]) -> str:
+        """Log a weights file as an MLflow LoggedModel of this run at `step=epoch` (pyfunc,
+        exptrack/serving.py); returns its model id."""
+        import mlflow.pyfunc
+
+        example = np.zeros((1, clip_len, frame_size, frame_size, 3), dtype=np.uint8)
+        with _quiet_model_logging():
+            info = mlflow.pyfunc.log_model(
+                name=f"c3d-epoch-{epoch:04d}", python_model=str(MODEL_CODE), artifacts={"weights": str(weights)},
+                code_paths=[str(PACKAGE_DIR)], signature=clip_model_signature(clip_len, class_names),
+                input_example=example, pip_requirements=model_requirements(), step=epoch,
+                tags={k: str(v) for k, v in tags.items()},
             )
-        finally:
-            pytorch_log.setLevel(level)
-        version = getattr(info, "registered_model_version", None)
-        if registered_model and version is not None:
-            client = mlflow.MlflowClient()
-            for key, value in {"run_id": self.id, **(version_tags or {})}.items():
-                client.set_model_version_tag(registered_model, str(version), key, str(value))
-        return None if version is None else str(version)
+        return info.model_id
+
+    def logged_models(self) -> list[dict[str, Any]]:
+        return run_logged_models(self.id)
 
     def log_git_diff(self) -> None:
         """When the checkout is dirty, keep the diff with the run so it can be reproduced."""
@@ -231,17 +231,156 @@ def start_run(config: Config, run_name: str, command: str, tags: dict[str, Any] 
         yield run
 
 
+@contextmanager
+def _quiet_model_logging():
+    """MLflow logs an INFO line per input-example check and prints a progress bar per download."""
+    levels = {name: logging.getLogger(name).level for name in ("mlflow.pyfunc", "mlflow.models.model")}
+    for name in levels:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        with warnings.catch_warnings():  # advice to type-hint predict(): the signature is given explicitly
+            warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method", category=UserWarning)
+            yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        if previous is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
+
+
+def clip_model_signature(clip_len: int, class_names: list[str]):
+    """uint8 clips (N, T, H, W, 3) in; a probability per class name and the predicted name out;
+    the `video` parameter takes a video path instead (serving.py)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
+
+    from .serving import VIDEO_PARAM
+
+    inputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, clip_len, -1, -1, 3))])
+    outputs = Schema([*(ColSpec("double", name) for name in class_names), ColSpec("string", "predicted")])
+    return ModelSignature(inputs=inputs, outputs=outputs, params=ParamSchema([ParamSpec(VIDEO_PARAM, "string", "")]))
+
+
+def model_requirements() -> list[str]:
+    """The model's Python requirements, pinned to what trained it (given, not inferred: MLflow's
+    inference imports the model in a subprocess, seconds per logged model). exptrack itself
+    travels in the model (code_paths)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for dist in ("mlflow", "torch", "numpy", "pandas", "pyyaml", "opencv-python-headless", "av"):
+        try:
+            out.append(f"{dist}=={version(dist)}")
+        except PackageNotFoundError:
+            out.append(dist)
+    return out
+
+
+def _client() -> "mlflow.MlflowClient":
+    return mlflow.MlflowClient()
+
+
+def _model_record(model: Any) -> dict[str, Any]:
+    return {"model_id": model.model_id, "name": model.name, "status": str(getattr(model.status, "value", model.status)),
+            "run_id": model.source_run_id, "tags": dict(model.tags or {}), "artifact_location": model.artifact_location,
+            "metrics": {m.key: m.value for m in (model.metrics or [])}}
+
+
+def run_logged_models(run_id: str) -> list[dict[str, Any]]:
+    """The logged models of a run that are not deleted, any status."""
+    run = _client().get_run(run_id)
+    models = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                         filter_string=f"source_run_id = '{run_id}'", output_format="list")
+    return [_model_record(m) for m in models]
+
+
+def logged_model(model_id: str) -> dict[str, Any]:
+    return _model_record(_client().get_logged_model(model_id))
+
+
+def set_logged_model_tags(model_id: str, tags: dict[str, Any]) -> None:
+    _client().set_logged_model_tags(model_id, {k: str(v) for k, v in tags.items()})
+
+
+def delete_logged_model(model_id: str) -> None:
+    """Delete a logged model and its files (MLflow only marks it deleted; its weights would stay
+    in the artifact store until `mlflow gc`)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    client = _client()
+    location = client.get_logged_model(model_id).artifact_location
+    client.delete_logged_model(model_id)
+    try:
+        get_artifact_repository(location).delete_artifacts()
+    except Exception as exc:  # noqa: BLE001 - a store that cannot delete keeps the files; `mlflow gc` can
+        log.warning("logged model %s deleted, but its files at %s stay (%s)", model_id, location, exc)
+
+
+def fail_pending_models(run_id: str) -> list[str]:
+    """Logged models of `run_id` left PENDING by a process killed while uploading: marked FAILED
+    and deleted. Returns their ids."""
+    from mlflow.entities import LoggedModelStatus
+
+    pending = [m["model_id"] for m in run_logged_models(run_id) if m["status"] == "PENDING"]
+    for model_id in pending:
+        _client().finalize_logged_model(model_id, LoggedModelStatus.FAILED)
+        delete_logged_model(model_id)
+    return pending
+
+
+def register_logged_model(model_id: str, name: str, tags: dict[str, Any]) -> str:
+    """A new version of `name` pinned to the logged model (its weights never change), with its
+    tags set in the same call that creates it."""
+    mv = mlflow.register_model(f"models:/{model_id}", name, tags={k: str(v) for k, v in tags.items()})
+    return str(mv.version)
+
+
+def _version_model_id(mv: Any) -> str | None:
+    """The logged model a version points at (MLflow 3 stores it as the source models:/<id>)."""
+    model_id = getattr(mv, "model_id", None)
+    if model_id:
+        return model_id
+    source = mv.source or ""
+    return source[len("models:/"):] if source.startswith("models:/m-") else None
+
+
 def resolve_model_uri(uri: str) -> dict[str, str]:
-    """models:/name@alias or models:/name/version -> {name, version, run_id, alias?}."""
-    body = uri[len("models:/"):]
-    client = mlflow.MlflowClient()
+    """models:/name@alias, models:/name/version, models:/name/latest or models:/<model id> ->
+    {name?, version?, alias?, run_id, model_id?}; model_id is absent for a version that points at
+    a run's files (registered before logged models)."""
+    body = uri[len("models:/"):].rstrip("/")
+    client = _client()
+    if body.startswith("m-") and "/" not in body and "@" not in body:
+        model = client.get_logged_model(body)
+        return {"model_id": model.model_id, "run_id": model.source_run_id or ""}
     if "@" in body:
         name, alias = body.split("@", 1)
         mv = client.get_model_version_by_alias(name, alias)
-        return {"name": name, "version": str(mv.version), "run_id": mv.run_id, "alias": alias}
-    name, version = body.rsplit("/", 1)
-    mv = client.get_model_version(name, version)
-    return {"name": name, "version": str(mv.version), "run_id": mv.run_id}
+        out = {"alias": alias}
+    else:
+        name, version = body.rsplit("/", 1)
+        if version == "latest":
+            versions = client.search_model_versions(f"name='{name}'")
+            if not versions:
+                raise mlflow.exceptions.MlflowException(f"registered model {name!r} has no versions")
+            version = str(max(int(v.version) for v in versions))
+        mv = client.get_model_version(name, version)
+        out = {}
+    model_id = _version_model_id(mv)
+    return {**out, "name": name, "version": str(mv.version), "run_id": mv.run_id or "",
+            **({"model_id": model_id} if model_id else {})}
+
+
+def download_model_weights(model_id: str, dst: str | Path) -> Path:
+    """The weights file of a logged model."""
+    location = _client().get_logged_model(model_id).artifact_location
+    with _quiet_model_logging():
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{location}/artifacts/{MODEL_WEIGHTS}",
+                                                        dst_path=str(dst)))
 
 
 def download_run_artifact(run_id: str, path: str, dst: str | Path) -> Path:
@@ -260,13 +399,24 @@ def log_artifacts_to_run(run_id: str, folder: str | Path, artifact_path: str) ->
 
 
 def model_versions(name: str) -> list[dict[str, Any]]:
-    """Every version of a registered model: version, run_id, tags, aliases (oldest first)."""
+    """Every version of a registered model: version, run_id, model_id, tags, aliases (oldest first)."""
     client = mlflow.MlflowClient()
     out = []
-    for mv in client.search_model_versions(f"name='{name}'"):
-        out.append({"version": str(mv.version), "run_id": mv.run_id, "tags": dict(mv.tags or {}),
-                    "aliases": list(getattr(mv, "aliases", []) or [])})
+    try:
+        found = client.search_model_versions(f"name='{name}'")
+    except mlflow.exceptions.MlflowException:
+        found = []
+    for mv in found:
+        out.append({"version": str(mv.version), "run_id": mv.run_id, "model_id": _version_model_id(mv),
+                    "tags": dict(mv.tags or {}), "aliases": list(getattr(mv, "aliases", []) or [])})
     return sorted(out, key=lambda v: int(v["version"]))
+
+
+def run_model_versions(run_id: str) -> list[dict[str, Any]]:
+    """The registered versions (of any model) made from a run, newest first."""
+    found = _client().search_model_versions(f"run_id='{run_id}'")
+    return sorted(({"name": mv.name, "version": str(mv.version), "model_id": _version_model_id(mv)} for mv in found),
+                  key=lambda v: int(v["version"]), reverse=True)
 
 
 def alias_version(name: str, alias: str) -> str | None:

@@ -28,7 +28,9 @@ import yaml
 from . import tracking
 from ._proc import process_alive
 from .config import ConfigError, load_config, read_yaml_file
-from .training.run import RunOptions, TrainState, register_checkpoint, registered_version, train
+from .training import models as run_models
+from .training.run import (RunOptions, TrainState, best_logged_model, discard_run_models, registered_version,
+                            train)
 
 log = logging.getLogger("exptrack.tune")
 PARENT_ATTR = "mlflow_parent_run_id"
@@ -262,18 +264,21 @@ def objective_for(spec: StudySpec, study: optuna.Study, progress: bool):
             raise
         finally:
             if run_ids:
-                mark_trial_run(run_ids[0], state)
+                mark_trial_run(run_ids[0], state, Path(config.paths.outputs))
 
     return objective
 
 
-def mark_trial_run(run_id: str, state: str) -> None:
-    """The trial's Optuna state on its run; pruned runs end KILLED. A tracking failure here is
+def mark_trial_run(run_id: str, state: str, outputs: Path) -> None:
+    """The trial's Optuna state on its run; pruned runs end KILLED. A pruned or failed trial's
+    checkpoints and logged models are deleted (nothing will use them). A tracking failure here is
     logged, not raised: it must not turn a finished trial into a failed one."""
     try:
         tracking.set_run_tags(run_id, {"optuna.state": state})
         if state == "PRUNED":
             tracking.finish_run(run_id, "KILLED")
+        if state != "COMPLETE":
+            discard_run_models(run_id, outputs)
     except Exception as exc:  # noqa: BLE001
         log.warning("could not mark run %s as %s: %s", run_id, state, exc)
 
@@ -357,18 +362,21 @@ def run_tune(spec: StudySpec, progress: bool = False, retrain_best: bool = False
     return study
 
 
-def register_best_once(run_id: str, config, checkpoint_dir: Path) -> str | None:
-    """Register the best trial's model unless it is already (a rerun of a finished study). Two
-    workers finishing together may both register it; the registry has no compare-and-set, so
-    afterwards every worker keeps the lowest version of that run and deletes its own if it is
-    not that one. Whoever registers second sees the first version, so one version survives."""
-    version = registered_version(run_id, config)
-    if version is not None:
-        return version
-    version = register_checkpoint(run_id, config, checkpoint_dir)
+def register_best_once(run_id: str, config) -> str | None:
+    """Register the best trial's best logged model unless it is already (a rerun of a finished
+    study). Nothing reopens the trial's run: the version points at the logged model. Two workers
+    finishing together may both register it; the registry has no compare-and-set, so afterwards
+    every worker keeps the lowest version of that run and deletes its own if it is not that one.
+    Whoever registers second sees the first version, so one version survives."""
     name = config.mlflow.registered_model
-    if not name or version is None:
+    version = registered_version(run_id, config)
+    if version is not None or not name:
         return version
+    model_id = best_logged_model(run_id)
+    if model_id is None:
+        log.warning("trial run %s has no logged model to register", run_id)
+        return None
+    version = run_models.register(model_id, name)
     first = min((v["version"] for v in tracking.model_versions(name) if v["run_id"] == run_id), key=int)
     if first != version:
         log.info("trial run %s was registered twice (versions %s and %s); keeping %s", run_id, first, version, first)
@@ -466,7 +474,7 @@ def log_study_result(study: optuna.Study, complete: list, spec: StudySpec, paren
     if complete and "run_id" in study.best_trial.user_attrs:
         attrs = study.best_trial.user_attrs
         config = best_trial_config(study, spec)
-        version = register_best_once(attrs["run_id"], config, Path(attrs["checkpoint_dir"]))
+        version = register_best_once(attrs["run_id"], config)
         tracking.set_run_tags(parent, {"best_model_version": version})
     if all(t.state.is_finished() for t in study.trials):
         tracking.finish_run(parent)

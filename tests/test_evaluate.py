@@ -58,8 +58,8 @@ def test_every_model_reference_gives_the_same_numbers(tiny_trained, tmp_path, mo
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     name = cfg.mlflow.registered_model
-    refs = [f"models:/{name}/{result.model_version}", f"runs:/{result.run_id}/model", result.run_id,
-            str(result.checkpoint_dir / "best_model.pt")]
+    refs = [f"models:/{name}/{result.model_version}", f"models:/{name}/latest", f"models:/{result.model_id}",
+            f"runs:/{result.run_id}", result.run_id, str(result.checkpoint_dir / "best_model.pt")]
     summaries = []
     for i, ref in enumerate(refs):
         report, frame = run_evaluate(ref, split="test", save_dir=tmp_path / f"r{i}", progress=False)
@@ -73,8 +73,13 @@ def test_every_model_reference_gives_the_same_numbers(tiny_trained, tmp_path, mo
     assert float(version.tags["test_accuracy"]) == pytest.approx(summaries[0]["accuracy"], abs=1e-6)
     runs = mlflow.search_runs(experiment_names=["eval-test"], filter_string="tags.`exptrack.command` = 'evaluate'",
                               output_format="list")
-    assert len(runs) == 4 and {r.data.tags["split"] for r in runs} == {"test"}
+    assert len(runs) == len(refs) and {r.data.tags["split"] for r in runs} == {"test"}
     by_version = next(r for r in runs if r.data.tags.get("model_version") == result.model_version)
+    # the evaluation took the logged model as its input, and its metrics are on the model's page
+    assert [m.model_id for m in by_version.inputs.model_inputs] == [result.model_id]
+    linked = {m.key: m for m in mlflow.get_logged_model(result.model_id).metrics}
+    assert linked["test_accuracy"].value == pytest.approx(summaries[0]["accuracy"])
+    assert linked["test_accuracy"].dataset_name == "clips-test"
     assert by_version.data.tags["data_digest"] and by_version.data.metrics["test_accuracy"] == pytest.approx(
         summaries[0]["accuracy"])
     # promotion evaluates nothing new (the version has its test metrics) and names a champion;

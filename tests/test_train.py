@@ -12,6 +12,8 @@ import torch
 
 from exptrack import tracking
 from exptrack.cli import build_parser, main
+from exptrack.data.layout import read_class_names
+from exptrack.inference import load_model
 from exptrack.models.c3d import C3D
 from exptrack.training import run as train_run
 from exptrack.data.dataset import prepare_batch
@@ -58,11 +60,13 @@ def test_train_logs_a_complete_run_and_registers_the_model(tiny_demo, make_confi
     assert tags["data_digest"] and tags["data_root"] == str(tiny_demo)
     assert "torch_version" in tags and "mlflow_version" in tags
     assert tags["validation_weak"].startswith("1 validation subject (< 3)")  # 6 subjects: 1 held out
-    assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.name == "clips"
+    inputs = {d.dataset.name: [t.value for t in d.tags if t.key == "mlflow.data.context"]
+              for d in run.inputs.dataset_inputs}
+    assert inputs == {"clips-train": ["training"], "clips-val": ["validation"]}
 
     artifacts = _artifacts(result.run_id)
-    assert {"config.yaml", "metrics/training_metrics.csv", "metrics/per_class_accuracy.csv",
-            "checkpoints/best_model.pt", "checkpoints/last.pt", "checkpoints/epoch_0002.pt"} <= artifacts
+    assert {"config.yaml", "metrics/training_metrics.csv", "metrics/per_class_accuracy.csv"} <= artifacts
+    assert not [a for a in artifacts if a.endswith(".pt")]  # checkpoints stay local (lean artifacts)
     history = pd.read_csv(result.checkpoint_dir.parent / "metrics" / "training_metrics.csv")
     assert list(history.epoch) == [1, 2, 3]
     figures = {"loss_curves.png", "accuracy_curves.png", "learning_rate.png", "combined_metrics.png",
@@ -75,11 +79,28 @@ def test_train_logs_a_complete_run_and_registers_the_model(tiny_demo, make_confi
     made = {p.name for p in (Path("replot") / result.run_id).glob("*.png")}
     assert "per_class_accuracy_top2.png" in made and len(made) == 8
 
+    # the kept checkpoints are MLflow logged models, ranked by the validation metrics linked to them
+    models = mlflow.search_logged_models(filter_string=f"source_run_id = '{result.run_id}'",
+                                         order_by=[{"field_name": "metrics.val_mean_class_acc", "ascending": False}],
+                                         output_format="list")
+    assert models and all(m.status.value == "READY" for m in models)
+    epochs = {int(m.tags["exptrack.epoch"]) for m in models}
+    best_epoch = result.state.best_epoch["val_mean_class_acc"]
+    assert best_epoch in epochs and epochs <= {best_epoch, 2}  # the best and the periodic epoch 2, no others
+    for m in models:
+        linked = {x.key: x for x in m.metrics}
+        assert linked["val_mean_class_acc"].step == int(m.tags["exptrack.epoch"])
+        assert linked["val_mean_class_acc"].dataset_name == "clips-val"
+    assert [m.model_id for m in models if m.tags["exptrack.best"] == "true"] == [result.model_id]
+
     version = mlflow.MlflowClient().get_model_version(cfg.mlflow.registered_model, result.model_version)
+    assert version.source == f"models:/{result.model_id}"  # the version is that logged model
     assert version.tags["run_id"] == result.run_id and "val_mean_class_acc" in version.tags
-    model = mlflow.pytorch.load_model(f"models:/{cfg.mlflow.registered_model}/{result.model_version}")
-    assert isinstance(model, C3D) and hasattr(model, "block4")  # a real module, not an exported graph
-    assert model(torch.zeros(2, 3, 8, 32, 32)).shape == (2, 3)
+    assert version.tags["best_epoch"] == str(best_epoch) and version.tags["training_data_digest"] == tags["data_digest"]
+    loaded = load_model(f"models:/{cfg.mlflow.registered_model}/{result.model_version}")
+    assert isinstance(loaded.model, C3D) and hasattr(loaded.model, "block4")  # named layers, for GradCAM
+    assert loaded.model(torch.zeros(2, 3, 8, 32, 32)).shape == (2, 3)
+    assert loaded.class_names == read_class_names(tiny_demo, 3)  # the model carries its class names
 
 
 class _KillAfter:
@@ -99,10 +120,10 @@ def test_resume_continues_the_same_run_without_gaps_or_duplicates(tiny_demo, mak
     # Epoch 3 reaches its checkpoint but not MLflow (the tracker is down), then the run is killed.
     real_log = tracking.Run.log_metrics
 
-    def flaky(self, metrics, step=None):
+    def flaky(self, metrics, step=None, **kwargs):
         if step == 3:
             raise ConnectionError("tracking server unreachable")
-        return real_log(self, metrics, step)
+        return real_log(self, metrics, step, **kwargs)
 
     monkeypatch.setattr(tracking.Run, "log_metrics", flaky)
     with pytest.raises(KeyboardInterrupt):
@@ -334,11 +355,11 @@ def test_logging_failure_at_the_last_epoch_is_recovered(tiny_demo, make_config, 
     real_log = tracking.Run.log_metrics
     calls = {"n": 0}
 
-    def flaky(self, metrics, step=None):
+    def flaky(self, metrics, step=None, **kwargs):
         if step == 2 and calls["n"] == 0:  # the tracker is down once, at the final epoch
             calls["n"] += 1
             raise ConnectionError("tracking server unreachable")
-        return real_log(self, metrics, step)
+        return real_log(self, metrics, step, **kwargs)
 
     monkeypatch.setattr(tracking.Run, "log_metrics", flaky)
     result = train_run.train(cfg, progress=False)

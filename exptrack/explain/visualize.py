@@ -22,6 +22,7 @@ from ..data.prepare import PreparedData, prepare_data
 from ..data.transforms import to_model_input
 from ..inference import LoadedModel, load_model
 from ..metrics import frame_accuracy, frame_labels, frame_probabilities, window_average, window_starts
+from ..outputs import DEFAULT_OUTPUTS, check_save_dir, invocation_dir
 from ..training.loop import predict, resolve_device
 from . import render
 from .gradcam import gradcam
@@ -42,7 +43,8 @@ class VisualizeOptions:
     sample_duration: int = 300
     start_frame: int = 0
     subject_id: str | None = None
-    save_dir: str = "outputs/visualizations"
+    save_dir: str | None = None  # None: a fresh outputs/visualize/<run id>/
+    overwrite: bool = False  # an explicit save_dir that holds files is emptied instead of refused
     seed: int = 0
 
 
@@ -203,6 +205,7 @@ def write_index(table: pd.DataFrame, out: Path) -> None:
 
 def run_visualize(model_ref: str, options: VisualizeOptions, device_name: str = "auto",
                   data_root: str | None = None, progress: bool = True) -> "VisualizeResult":
+    check_save_dir(options.save_dir, options.overwrite)
     device = resolve_device(device_name)
     loaded = load_model(model_ref, device)
     config = replace(loaded.config, data={"root": data_root}) if data_root else loaded.config
@@ -215,8 +218,7 @@ def run_visualize(model_ref: str, options: VisualizeOptions, device_name: str = 
         run.log_params({f"visualize.{k}": v for k, v in vars(options).items()})
         data = prepare_data(config, splits=(options.split,), progress=progress)
         run.set_tags({"data_digest": data.digest()})
-        out = Path(options.save_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        out = invocation_dir(options.save_dir, DEFAULT_OUTPUTS / "visualize" / run.id, options.overwrite)
         if options.long_sample:
             table = render_long_sample(loaded, data, options, device, out)
         else:

@@ -122,6 +122,11 @@ class CheckpointManager:
         written.append(save_atomic(payload, self.folder / LAST))
         return written
 
+    def kept_epochs(self) -> set[int]:
+        """Epochs of the periodic checkpoints on disk."""
+        index = json.loads(self._index_path.read_text()) if self._index_path.exists() else {}
+        return {int(name[len("epoch_"):-len(".pt")]) for name in index}
+
     def _prune(self, name: str, score: float) -> None:
         """Keep the `keep` best periodic checkpoints; scores live in periodic.json so that
         pruning never has to load a checkpoint."""

@@ -256,7 +256,7 @@ class FitSetup:
     model: nn.Module
     criterion: nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    scheduler: Any  # ReduceLROnPlateau (stepped with a loss) or an epoch-stepped schedule
     train_loader: Any
     val_loader: Any
     device: torch.device
@@ -350,6 +350,13 @@ def epoch_summary(metrics: dict[str, float]) -> str:
     return " | ".join(parts)
 
 
+def step_scheduler(scheduler: Any, loss: float) -> None:
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        scheduler.step(loss)
+    else:
+        scheduler.step()
+
+
 def run_epoch(setup: FitSetup, epoch: int, channels_last: bool, progress: bool) -> tuple[dict[str, float], np.ndarray]:
     """Train one epoch, refresh BatchNorm statistics, validate, step the scheduler; returns the
     epoch's metrics and per-class validation accuracy (NaN without validation)."""
@@ -367,12 +374,12 @@ def run_epoch(setup: FitSetup, epoch: int, channels_last: bool, progress: bool) 
                        channels_last=channels_last)
     if setup.val_loader is None:  # train + val fit: nothing held out
         val_metrics, per_class = {}, np.full(setup.num_classes, np.nan)
-        setup.scheduler.step(train_metrics["train_loss"])
+        step_scheduler(setup.scheduler, train_metrics["train_loss"])
     else:
         val_metrics, per_class = validate(setup.model, setup.val_loader, setup.criterion, setup.device,
                                           setup.num_classes, amp=cfg.amp, progress=progress,
                                           channels_last=channels_last)
-        setup.scheduler.step(val_metrics["val_loss"])
+        step_scheduler(setup.scheduler, val_metrics["val_loss"])
     return {"epoch": float(epoch), **train_metrics, **val_metrics, "lr": lr}, per_class
 
 

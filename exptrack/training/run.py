@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import math
 import random
+import re
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ from ..config import Config, config_from_dict
 from ..data import clips
 from ..data.dataset import make_loader
 from ..data.errors import DataError
+from ..data.layout import read_class_names
 from ..errors import ModelError
 from ..data.prepare import PreparedData, prepare_data
 from ..losses import FocalLoss
@@ -32,9 +35,11 @@ from ..models.c3d import build_model, count_parameters
 from . import checkpoint as ckpt
 from . import distributed
 from .distributed import DistEnv
+from .models import ModelLog
 from .loop import EpochCallback, FitSetup, TrainState, fit, model_memory_format, resolve_device, restore
 
 log = logging.getLogger("exptrack.train")
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 @dataclass
@@ -43,6 +48,7 @@ class TrainResult:
     state: TrainState
     model_version: str | None
     checkpoint_dir: Path
+    model_id: str | None = None  # the best logged model
 
 
 def seed_everything(seed: int) -> None:
@@ -67,8 +73,10 @@ class EpochLogger:
     with the next one; checkpoints stay on local disk either way.
     """
 
-    def __init__(self, run: tracking.Run, out_dir: Path, num_classes: int) -> None:
+    def __init__(self, run: tracking.Run, out_dir: Path, num_classes: int, models: ModelLog | None = None,
+                 val_dataset: Any = None, resume_upload: Path | None = None) -> None:
         self.run, self.out_dir, self.num_classes = run, out_dir, num_classes
+        self.models, self.val_dataset, self.resume_upload = models, val_dataset, resume_upload
         self.pending: list[dict[str, float]] = []
         self.failures = 0
         self.seconds = 0.0  # time spent here, i.e. the cost of tracking (bench/train.py)
@@ -93,24 +101,41 @@ class EpochLogger:
     def __call__(self, metrics: dict[str, float], per_class: np.ndarray, saved: list, state: TrainState) -> None:
         start = time.perf_counter()
         try:
-            self._log(metrics, per_class, state)
+            self._log(metrics, per_class, saved, state)
         finally:
             self.seconds += time.perf_counter() - start
 
-    def _log(self, metrics: dict[str, float], per_class: np.ndarray, state: TrainState) -> None:
-        self.pending.append({"epoch": int(metrics["epoch"]), **self.epoch_metrics(metrics, per_class)})
+    def log_row(self, row: dict[str, float], model_id: str | None = None) -> None:
+        """One epoch's metrics; the validation ones linked to the epoch's model and to the
+        validation data."""
+        values = {k: v for k, v in row.items() if k != "epoch"}
+        val = {k: v for k, v in values.items() if k.startswith("val_")}
+        self.run.log_metrics({k: v for k, v in values.items() if k not in val}, step=int(row["epoch"]))
+        self.run.log_metrics(val, step=int(row["epoch"]), model_id=model_id, dataset=self.val_dataset)
+
+    def _log(self, metrics: dict[str, float], per_class: np.ndarray, saved: list, state: TrainState) -> None:
+        epoch = int(metrics["epoch"])
+        self.pending.append({"epoch": epoch, **self.epoch_metrics(metrics, per_class)})
         csvs = self.write_csvs(state)
         try:
+            model_id = None
+            if self.models is not None:
+                model_id = self.models.after_epoch(epoch, saved, state.best_epoch.get("val_mean_class_acc"))
             while self.pending:
                 row = self.pending[0]
-                self.run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+                self.log_row(row, model_id if row["epoch"] == epoch else None)
                 self.pending.pop(0)
             for path in csvs:
                 self.run.log_artifact(path, "metrics")
+            if self.resume_upload is not None and self.resume_upload.exists():
+                self.run.log_artifact(self.resume_upload, RESUME_ARTIFACT_DIR)
         except Exception as exc:  # noqa: BLE001 - any tracking failure: keep training
             self.failures += 1
             log.warning("MLflow logging failed at epoch %d (%s); training goes on, will retry next epoch",
                         int(metrics["epoch"]), exc)
+
+
+RESUME_ARTIFACT_DIR = "resume"  # mlflow.upload_resume_checkpoint: last.pt, for resume on another machine
 
 
 def reconcile_history(run: tracking.Run, state: TrainState) -> int:
@@ -121,7 +146,8 @@ def reconcile_history(run: tracking.Run, state: TrainState) -> int:
     for row, per_class in zip(state.history, state.per_class_history):
         epoch = int(row["epoch"])
         if epoch not in logged:
-            run.log_metrics(EpochLogger.epoch_metrics(row, per_class), step=epoch)
+            values = EpochLogger.epoch_metrics(row, per_class)
+            run.log_metrics(values, step=epoch)
             missing += 1
     return missing
 
@@ -160,14 +186,26 @@ def registered_version(run_id: str, config: Config) -> str | None:
 
 
 def find_checkpoint(resume: str, outputs: Path) -> Path:
-    """A checkpoint path, or a run id whose last.pt lies under <outputs>/runs/<run id>/."""
+    """A checkpoint path, or a run id whose last.pt lies under <outputs>/runs/<run id>/ (or, with
+    mlflow.upload_resume_checkpoint, in the run's artifacts: it is downloaded there)."""
     path = Path(resume)
     if path.is_file():
         return path
     candidate = outputs / "runs" / resume / "checkpoints" / ckpt.LAST
     if candidate.is_file():
         return candidate
-    raise ModelError(f"--resume {resume}: neither a checkpoint file nor a run id with {candidate}")
+    uploaded = ""
+    if _RUN_ID.match(resume):
+        try:
+            with tempfile.TemporaryDirectory(prefix="exptrack-resume-") as tmp:
+                got = tracking.download_run_artifact(resume, f"{RESUME_ARTIFACT_DIR}/{ckpt.LAST}", Path(tmp))
+                candidate.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(got, candidate)
+            log.info("resume checkpoint of run %s downloaded from its artifacts to %s", resume, candidate)
+            return candidate
+        except Exception:  # noqa: BLE001 - no such run or artifact: said below
+            uploaded = f" or an uploaded {RESUME_ARTIFACT_DIR}/{ckpt.LAST} artifact (mlflow.upload_resume_checkpoint)"
+    raise ModelError(f"--resume {resume}: neither a checkpoint file nor a run id with {candidate}{uploaded}")
 
 
 def build_setup(config: Config, data: PreparedData, device: torch.device, env: DistEnv = DistEnv()) -> FitSetup:
@@ -190,10 +228,16 @@ def build_setup(config: Config, data: PreparedData, device: torch.device, env: D
         alpha = torch.from_numpy(clips.class_weights(data.splits["train"].class_counts(num_classes))).to(device)
     criterion = FocalLoss(config.loss.focal_gamma, alpha).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=config.optim.plateau_factor,
-                                                           patience=config.optim.plateau_patience,
-                                                           min_lr=config.optim.min_lr)
+    scheduler = build_scheduler(optimizer, config)
     return FitSetup(model, criterion, optimizer, scheduler, train_loader, val_loader, device, num_classes, config)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: Config):
+    o = config.optim
+    if o.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.train.epochs), eta_min=o.min_lr)
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=o.plateau_factor,
+                                                      patience=o.plateau_patience, min_lr=o.min_lr)
 
 
 @dataclass(frozen=True)
@@ -278,32 +322,47 @@ def _train(config: Config, env: DistEnv, resume: str | None, progress: bool,
         return TrainResult(run_id or "", state, None, outputs)
     digest = data.digest()
     tags = _run_tags(data, setup, env)
+    class_names = read_class_names(data.layout.root, config.model.num_classes)
     with tracking.start_run(config, run_name=options.run_name, command="train", tags={**tags, **(options.tags or {})},
                             system_metrics=True, run_id=run_id, parent_run_id=options.parent_run_id) as run:
         if options.on_start:
             options.on_start(run.id)
         ckpt_dir = outputs / "runs" / run.id / "checkpoints"
         manager = ckpt.CheckpointManager(ckpt_dir, config.train.checkpoint_every, config.train.keep_checkpoints)
+        models = ModelLog(run, manager, class_names, config.mlflow.registered_model if options.register else None)
+        datasets = split_datasets(run, data)
         if payload is None:
             run.log_config(config)
             run.log_git_diff()
-            run.log_dataset(clip_manifest(data), name="clips", source=str(data.layout.root), digest=digest[:36],
-                            context="training")
+            for context, dataset in datasets.items():
+                run.log_dataset(dataset, context)
         else:
             if payload.get("data_digest") not in (None, digest):
                 log.warning("the data changed since the checkpoint (digest %s, now %s)", payload.get("data_digest"), digest)
+            models.recover()
             reconcile_history(run, state)
-        logger = EpochLogger(run, outputs / "runs" / run.id / "metrics", config.model.num_classes)
-        first_epoch = state.epoch if state else 0
+        logger = EpochLogger(run, outputs / "runs" / run.id / "metrics", config.model.num_classes, models,
+                             datasets.get("validation"),
+                             ckpt_dir / ckpt.LAST if config.mlflow.upload_resume_checkpoint else None)
         state = fit(setup, manager, state=state, callbacks=[logger, *callbacks], progress=progress,
-                    stamp=_RunStamp(run.id, digest))
+                    stamp=_RunStamp(run.id, digest, tuple(class_names)))
         _log_run_summary(run, state, data, logger, outputs / "runs" / run.id)
-        version = registered_version(run.id, config)
-        if options.register and (version is None or state.epoch > first_epoch):
-            version = log_best_model(run, config, manager)
-        for path in sorted(ckpt_dir.glob("*.pt")):
-            run.log_artifact(path, "checkpoints")
-    return TrainResult(run.id, state, version, ckpt_dir)
+        best_id = models.ensure_best(state.best_epoch.get("val_mean_class_acc"))
+        version = models.register(best_id) if best_id and options.register else None
+        if config.mlflow.upload_resume_checkpoint and (ckpt_dir / ckpt.LAST).exists():
+            run.log_artifact(ckpt_dir / ckpt.LAST, RESUME_ARTIFACT_DIR)
+    return TrainResult(run.id, state, version, ckpt_dir, best_id)
+
+
+def split_datasets(run: tracking.Run, data: PreparedData) -> dict[str, Any]:
+    """MLflow datasets of the training and validation clips (context -> dataset)."""
+    manifest = clip_manifest(data)
+    out = {}
+    for split, context in (("train", "training"), ("val", "validation")):
+        if len(data.splits[split]):
+            out[context] = run.dataset(manifest[manifest["split"] == split].reset_index(drop=True), name=f"clips-{split}",
+                                       source=str(data.layout.root), digest=data.splits[split].digest())
+    return out
 
 
 @dataclass(frozen=True)
@@ -312,28 +371,10 @@ class _RunStamp:
 
     run_id: str
     data_digest: str
+    class_names: tuple[str, ...] = ()
 
     def __call__(self, payload: dict[str, Any]) -> dict[str, Any]:
-        return {**payload, "run_id": self.run_id, "data_digest": self.data_digest}
-
-
-def log_best_model(run: tracking.Run, config: Config, manager: ckpt.CheckpointManager) -> str | None:
-    """Log the best model (best_model.pt) and register it as a new version."""
-    best_path = manager.folder / ckpt.BEST_MODEL
-    return log_checkpoint_model(run, config, ckpt.load(best_path)) if best_path.exists() else None
-
-
-def log_checkpoint_model(run: tracking.Run, config: Config, payload: dict[str, Any]) -> str | None:
-    """The one registration path: a checkpoint's weights as an MLflow model of `run`, registered
-    as a new version tagged with its data digest, epoch and validation metrics."""
-    model = build_model(config.model)
-    model.load_state_dict(payload["model"])
-    d = config.data
-    example = np.zeros((1, 3, d.clip_len, d.frame_size, d.frame_size), dtype=np.float32)
-    m = payload["metrics"]
-    tags = {"data_digest": payload.get("data_digest", ""), "best_epoch": payload["epoch"],
-            **{k: round(m[k], 6) for k in ("val_acc", "val_mean_class_acc", "val_top3_acc", "val_loss") if k in m}}
-    return run.log_pytorch_model(model, example, config.mlflow.registered_model, version_tags=tags)
+        return {**payload, "run_id": self.run_id, "data_digest": self.data_digest, "class_names": list(self.class_names)}
 
 
 def plot_run(run_id: str, save_dir: str | Path, top_classes: int = 10) -> Path:
@@ -350,15 +391,19 @@ def plot_run(run_id: str, save_dir: str | Path, top_classes: int = 10) -> Path:
     return out
 
 
-def register_checkpoint(run_id: str, config: Config, checkpoint_dir: Path) -> str | None:
-    """Register the best model of an earlier run (e.g. the best tune trial) as a new version,
-    logged into that run. The checkpoint comes from `checkpoint_dir` when this machine has it,
-    else from the run's artifacts (the trial ran on another machine)."""
-    local = checkpoint_dir / ckpt.BEST_MODEL
-    if local.exists():
-        payload = ckpt.load(local)
-    else:
-        with tempfile.TemporaryDirectory(prefix="exptrack-model-") as tmp:
-            payload = ckpt.load(tracking.download_run_artifact(run_id, f"checkpoints/{ckpt.BEST_MODEL}", Path(tmp)))
-    with tracking.start_run(config, run_name="train", command="train", run_id=run_id) as run:
-        return log_checkpoint_model(run, config, payload)
+def best_logged_model(run_id: str) -> str | None:
+    """The model id of a run's best logged model (the one tagged best, else the best-scoring)."""
+    from .models import BEST_TAG
+
+    ready = [m for m in tracking.run_logged_models(run_id) if m["status"] == "READY"]
+    best = [m for m in ready if m["tags"].get(BEST_TAG) == "true"]
+    if not best:
+        best = sorted(ready, key=lambda m: m["metrics"].get("val_mean_class_acc", -1.0), reverse=True)
+    return best[0]["model_id"] if best else None
+
+
+def discard_run_models(run_id: str, outputs: Path) -> None:
+    """Delete a run's checkpoints and logged models (a pruned or failed tune trial)."""
+    for m in tracking.run_logged_models(run_id):
+        tracking.delete_logged_model(m["model_id"])
+    shutil.rmtree(outputs / "runs" / run_id / "checkpoints", ignore_errors=True)

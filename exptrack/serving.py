@@ -1,0 +1,126 @@
+"""The MLflow pyfunc face of a trained model, for `mlflow.pyfunc.load_model` and `mlflow models serve`.
+
+A logged model holds one file, ``weights.pt``: a weights-only checkpoint (state dict, resolved
+config, class names, epoch, validation metrics; no optimizer state). The pyfunc model rebuilds the
+C3D from it and applies the model's own preprocessing, so callers send raw frames:
+
+- ``predict(clips)``: uint8 clips ``(N, T, H, W, 3)`` (RGB, T = the model's clip length, any
+  frame size: frames are resized to the model's) -> one row per clip, a probability column per
+  class name and ``predicted`` (the most likely class name).
+- ``predict(<any array, e.g. empty>, params={"video": "path.mp4"})``: the video is decoded,
+  cut into windows of the clip length (half a clip apart) -> one row per window with
+  ``start_frame`` first. A tensor signature cannot also accept a string, so the path travels as
+  an inference parameter, MLflow's way of passing options with a request.
+
+A model trained with person masks or skeleton attention expects frames prepared the same way;
+raw frames give it plain video (as `exptrack predict` warns).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+import torch
+
+from .config import Config, config_from_dict
+from .data.transforms import to_model_input
+from .models.c3d import build_model
+from .training import checkpoint as ckpt
+
+WEIGHTS_FILE = "weights.pt"
+VIDEO_PARAM = "video"
+
+
+def weights_payload(checkpoint: dict[str, Any], class_names: list[str]) -> dict[str, Any]:
+    """What a logged model keeps of a checkpoint: the weights and what rebuilds and explains them."""
+    keep = ("model", "config", "epoch", "metrics", "run_id", "data_digest")
+    return {**{k: checkpoint[k] for k in keep if k in checkpoint}, "class_names": list(class_names)}
+
+
+def class_names_of(payload: dict[str, Any], config: Config) -> list[str]:
+    names = payload.get("class_names") or []
+    return list(names) if len(names) == config.model.num_classes else [str(c) for c in range(config.model.num_classes)]
+
+
+def resize_clips(clips: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (N, T, H, W, 3) -> (N, T, size, size, 3), as the cache resizes training frames."""
+    if clips.shape[2:4] == (size, size):
+        return clips
+    import cv2
+
+    n, t = clips.shape[:2]
+    flat = clips.reshape(n * t, *clips.shape[2:])  # (N*T, H, W, 3)
+    out = np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in flat])
+    return out.reshape(n, t, size, size, 3)
+
+
+class ClipClassifierCore:
+    """The model and its preprocessing, without MLflow (tested directly; wrapped below)."""
+
+    def __init__(self, payload: dict[str, Any], source: str = WEIGHTS_FILE) -> None:
+        self.config = config_from_dict(payload["config"], source)
+        self.model = build_model(self.config.model)
+        self.model.load_state_dict(payload["model"])
+        self.model.eval()
+        self.class_names = class_names_of(payload, self.config)
+
+    def probabilities(self, clips: np.ndarray, batch_size: int = 16) -> np.ndarray:
+        d = self.config.data
+        clips = np.asarray(clips)
+        if clips.dtype != np.uint8 or clips.ndim != 5 or clips.shape[-1] != 3 or clips.shape[1] != d.clip_len:
+            raise ValueError(f"expected uint8 clips of shape (N, {d.clip_len}, H, W, 3), got {clips.dtype} {clips.shape}")
+        out = []
+        with torch.no_grad():
+            for b in range(0, len(clips), batch_size):
+                batch = torch.from_numpy(resize_clips(clips[b:b + batch_size], d.frame_size))  # (B, T, S, S, 3)
+                out.append(torch.softmax(self.model(to_model_input(batch).contiguous()).float(), dim=1).numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
+
+    def table(self, probs: np.ndarray) -> pd.DataFrame:
+        table = pd.DataFrame(probs.astype(np.float64), columns=self.class_names)
+        table["predicted"] = [self.class_names[i] for i in probs.argmax(1)] if len(probs) else []
+        return table
+
+    def predict_clips(self, clips: np.ndarray) -> pd.DataFrame:
+        return self.table(self.probabilities(clips))
+
+    def predict_video(self, path: str | Path) -> pd.DataFrame:
+        from .data.errors import DataWarnings
+        from .data.video import decode_video
+        from .metrics import window_starts
+
+        d = self.config.data
+        frames, _ = decode_video(Path(path), d.frame_size, DataWarnings())  # (T, S, S, 3)
+        if len(frames) < d.clip_len:  # one window, the last frame repeated
+            frames = np.concatenate([frames, np.repeat(frames[-1:], d.clip_len - len(frames), axis=0)])
+        starts = window_starts(len(frames), d.clip_len, max(1, d.clip_len // 2))
+        table = self.table(self.probabilities(np.stack([frames[s:s + d.clip_len] for s in starts])))
+        table.insert(0, "start_frame", starts)
+        return table
+
+
+def _load_core(path: str | Path) -> ClipClassifierCore:
+    return ClipClassifierCore(ckpt.load(path), str(path))
+
+
+# MLflow advises type hints on predict() when a PythonModel is defined; the signature is given
+# explicitly (tracking.clip_model_signature), and a tensor input has no type-hint form.
+warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method", category=UserWarning)
+
+
+class ClipClassifier(mlflow.pyfunc.PythonModel):
+    """What `mlflow.pyfunc.load_model` returns for an exptrack model (see the module docstring)."""
+
+    def load_context(self, context) -> None:
+        self.core = _load_core(context.artifacts["weights"])
+
+    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        video = (params or {}).get(VIDEO_PARAM)
+        if video:
+            return self.core.predict_video(video)
+        return self.core.predict_clips(np.asarray(model_input))

@@ -1,0 +1,126 @@
+"""A train run's kept checkpoints as MLflow LoggedModels, and the registration of its best one.
+
+An epoch whose checkpoint is kept (it is the new best model, or a periodic checkpoint) is logged
+as a LoggedModel at `step=epoch`: the weights only (serving.weights_payload), as an MLflow pyfunc
+model. When a later epoch supersedes it (no longer the best and no longer among the kept periodic
+checkpoints) it is deleted with its files, unless a registered version points at it: a run never
+holds more than `train.keep_checkpoints` + 1 models. A registered version points at its logged
+model (`models:/<model id>`), never at a file that later epochs overwrite.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .. import serving, tracking
+from . import checkpoint as ckpt
+
+log = logging.getLogger("exptrack.train")
+
+EPOCH_TAG, BEST_TAG = "exptrack.epoch", "exptrack.best"
+
+
+class ModelLog:
+    """The logged models of one train run, by epoch."""
+
+    def __init__(self, run: tracking.Run, manager: ckpt.CheckpointManager, class_names: list[str],
+                 registered_model: str | None) -> None:
+        self.run, self.manager, self.class_names = run, manager, class_names
+        self.registered_model = registered_model or None
+        self.by_epoch: dict[int, str] = {}
+        self.best_epoch: int | None = None
+
+    def recover(self) -> None:
+        """After a resume: models a killed upload left PENDING are failed and deleted; the READY
+        ones are this run's models again."""
+        for model_id in tracking.fail_pending_models(self.run.id):
+            log.info("logged model %s was left unfinished by the killed run: deleted", model_id)
+        for m in self.run.logged_models():
+            if m["status"] == "READY" and m["tags"].get(EPOCH_TAG, "").isdigit():
+                self.by_epoch[int(m["tags"][EPOCH_TAG])] = m["model_id"]
+                if m["tags"].get(BEST_TAG) == "true":
+                    self.best_epoch = int(m["tags"][EPOCH_TAG])
+
+    def after_epoch(self, epoch: int, saved: list[Path], best_epoch: int | None) -> str | None:
+        """Log this epoch's model if it was checkpointed to keep, retag the best, delete what is
+        superseded. Returns the epoch's model id (None when the epoch kept no checkpoint)."""
+        kept = [p for p in saved if p.name == ckpt.BEST_MODEL or p.name.startswith("epoch_")]
+        model_id = self.log_file(kept[0], epoch) if kept else None
+        self._mark_best(best_epoch)
+        self.prune()
+        return model_id
+
+    def log_file(self, path: Path, epoch: int) -> str:
+        """Log the checkpoint at `path` (of `epoch`) as a model, once."""
+        if epoch in self.by_epoch:
+            return self.by_epoch[epoch]
+        payload = serving.weights_payload(ckpt.load(path), self.class_names)
+        d = payload["config"]["data"]
+        metrics = payload.get("metrics", {})
+        tags = {EPOCH_TAG: epoch, BEST_TAG: "false", "exptrack.data_digest": payload.get("data_digest", ""),
+                **{f"exptrack.{k}": round(v, 6) for k, v in metrics.items() if k.startswith("val_")}}
+        with tempfile.TemporaryDirectory(prefix="exptrack-model-") as tmp:
+            weights = ckpt.save_atomic(payload, Path(tmp) / serving.WEIGHTS_FILE)
+            model_id = self.run.log_clip_model(weights, d["clip_len"], d["frame_size"], self.class_names, epoch, tags)
+        self.by_epoch[epoch] = model_id
+        return model_id
+
+    def _mark_best(self, best_epoch: int | None) -> None:
+        if best_epoch == self.best_epoch or best_epoch not in self.by_epoch:
+            return
+        if self.best_epoch in self.by_epoch:
+            tracking.set_logged_model_tags(self.by_epoch[self.best_epoch], {BEST_TAG: "false"})
+        tracking.set_logged_model_tags(self.by_epoch[best_epoch], {BEST_TAG: "true"})
+        self.best_epoch = best_epoch
+
+    def registered(self) -> dict[str, str]:
+        """model id -> the lowest version of `registered_model` that points at it (this run's)."""
+        out: dict[str, str] = {}
+        if self.registered_model:
+            for v in tracking.model_versions(self.registered_model):
+                if v["run_id"] == self.run.id and v["model_id"] and v["model_id"] not in out:
+                    out[v["model_id"]] = v["version"]
+        return out
+
+    def prune(self) -> None:
+        needed = self.manager.kept_epochs() | ({self.best_epoch} if self.best_epoch is not None else set())
+        registered = self.registered() if any(e not in needed for e in self.by_epoch) else {}
+        for epoch in [e for e in self.by_epoch if e not in needed]:
+            if self.by_epoch[epoch] not in registered:  # a version keeps its weights
+                tracking.delete_logged_model(self.by_epoch[epoch])
+            del self.by_epoch[epoch]
+
+    def ensure_best(self, best_epoch: int | None) -> str | None:
+        """The best model's id, logging it now if its epoch's logging failed (a tracking outage)."""
+        path = self.manager.folder / ckpt.BEST_MODEL
+        if best_epoch is None or not path.exists():
+            return None
+        model_id = self.log_file(path, best_epoch)
+        self._mark_best(best_epoch)
+        return model_id
+
+    def register(self, model_id: str) -> str | None:
+        """The version that points at `model_id`, registering it when none does yet (a resumed
+        run whose best did not change registers nothing new)."""
+        if not self.registered_model:
+            return None
+        return self.registered().get(model_id) or register(model_id, self.registered_model)
+
+
+def version_tags(model: dict[str, Any]) -> dict[str, Any]:
+    """What a registered version says about itself, from its logged model: its run, the data it
+    was trained on (the training digest; promotion compares evaluation digests, registry.py), its
+    epoch and validation scores."""
+    tags = model["tags"]
+    return {"run_id": model["run_id"], "training_data_digest": tags.get("exptrack.data_digest", ""),
+            "best_epoch": tags.get(EPOCH_TAG, ""),
+            **{k[len("exptrack."):]: v for k, v in tags.items() if k.startswith("exptrack.val_")}}
+
+
+def register(model_id: str, name: str) -> str:
+    """A new version of `name` pinned to the logged model `model_id`. Its tags are set in the
+    same call that creates it, so a kill leaves a complete version or none."""
+    return tracking.register_logged_model(model_id, name, version_tags(tracking.logged_model(model_id)))
