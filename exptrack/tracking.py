@@ -179,7 +179,8 @@ class Run:
         """The run used this logged model (an evaluation): listed on the model's page."""
         from mlflow.entities import LoggedModelInput
 
-        mlflow.log_inputs(models=[LoggedModelInput(model_id)])
+        # the client call: mlflow.log_inputs(models=) refuses non-Databricks stores, which do store it
+        _client().log_inputs(self.id, models=[LoggedModelInput(model_id)])
 
     def log_clip_model(self, weights: Path, clip_len: int, frame_size: int, class_names: list[str], epoch: int,
                        tags: dict[str, Any]) -> str:

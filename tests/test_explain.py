@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import av
 import mlflow
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 import torch
 
 from exptrack.data.errors import DataError
+from exptrack.errors import OutputError
 from exptrack.explain.gradcam import gradcam
 from exptrack.explain.visualize import VisualizeOptions, run_visualize
 from exptrack.models.c3d import C3D
@@ -101,10 +104,18 @@ def test_predict_on_a_new_video(tiny_trained, tiny_demo, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     video = sorted((tiny_demo / "dataset" / "anon").glob("*.mp4"))[0]
-    timeline = predict_video(video, str(result.checkpoint_dir / "best_model.pt"), out_dir=tmp_path, overlay=True)
+    timeline = predict_video(video, str(result.checkpoint_dir / "best_model.pt"), overlay=True)
     n = len(timeline.frames)
     assert n == len((tiny_demo / "label" / f"{video.stem}.csv").read_text().splitlines())
-    out = tmp_path / video.stem
+    out = timeline.out_dir  # by default a fresh folder per call
+    assert out.parent == Path("outputs/predict") and out.name.startswith(video.stem)
+    again = predict_video(video, str(result.checkpoint_dir / "best_model.pt"))
+    assert again.out_dir != out and again.out_dir.parent == out.parent
+    with pytest.raises(OutputError, match="not empty"):  # an explicit folder that holds files
+        predict_video(video, str(result.checkpoint_dir / "best_model.pt"), out_dir=out)
+    predict_video(video, str(result.checkpoint_dir / "best_model.pt"), out_dir=out, overwrite=True)
+    assert not (out / "overlay.mp4").exists()  # emptied first: only this call's files
+    predict_video(video, str(result.checkpoint_dir / "best_model.pt"), out_dir=out, overwrite=True, overlay=True)
     for name in ("frames.csv", "segments.csv", "timeline.json", "timeline.png"):
         assert (out / name).exists(), name
     codec, frames, _ = _read(out / "overlay.mp4")
@@ -120,7 +131,7 @@ def test_predict_on_a_corrupt_video_is_a_clear_error(tiny_trained, tmp_path, mon
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"\x00" * 1000)
     with pytest.raises(DataError, match=f"{bad}: cannot open video"):
-        predict_video(bad, str(result.checkpoint_dir / "best_model.pt"), out_dir=tmp_path)
+        predict_video(bad, str(result.checkpoint_dir / "best_model.pt"), out_dir=tmp_path / "out")
 
 
 @pytest.mark.slow

@@ -265,8 +265,8 @@ def test_best_model_registered_once_even_when_two_workers_race(tiny_demo, tmp_pa
     shutil.rmtree(best["checkpoint_dir"])
     monkeypatch.setattr(tune, "registered_version", lambda *args: None)
     with caplog.at_level("INFO", logger="exptrack.tune"):
-        kept = tune.register_best_once(best["run_id"], tune.best_trial_config(study, spec), Path(best["checkpoint_dir"]))
-    assert kept == "1" and "registered twice (versions 1 and 2)" in caplog.text  # v2 came from the run's artifacts
+        kept = tune.register_best_once(best["run_id"], tune.best_trial_config(study, spec))
+    assert kept == "1" and "registered twice (versions 1 and 2)" in caplog.text  # v2 from the logged model
     assert [str(v.version) for v in mlflow.MlflowClient().search_model_versions("name='tuned'")] == ["1"]
 
 

@@ -1,0 +1,207 @@
+"""Models you can trust (issue 10): a registered version is its logged model's weights, the
+logged model is a standard MLflow pyfunc model (load_model, `mlflow models serve`), a kill while
+logging leaves nothing PENDING, and every MLproject entry point runs without --experiment-name."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+
+from exptrack import tracking
+from exptrack.data.layout import read_class_names
+from exptrack.inference import load_model, state_dict_hash
+from exptrack.training import checkpoint as ckpt
+from exptrack.training import run as train_run
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ("model.width=0.125", "train.batch_size=8", "train.eval_batch_size=16", "train.num_workers=0",
+        "train.checkpoint_every=2", "optim.lr=0.001", "mlflow.experiment=models-test", "mlflow.log_system_metrics=false",
+        "train.early_stop_patience=0")
+
+
+@pytest.mark.slow
+def test_a_version_keeps_its_weights_when_the_run_goes_on(tiny_demo, make_config):
+    cfg = make_config(tiny_demo, *FAST, "train.epochs=2")
+    first = train_run.train(cfg, progress=False)
+    name = cfg.mlflow.registered_model
+    v1 = load_model(f"models:/{name}/{first.model_version}")
+    h1 = state_dict_hash(v1.model)
+    assert v1.source["model_id"] == first.model_id
+
+    # The run's best_model.pt on disk is overwritten by later epochs (here: by hand, then by a
+    # resume for more epochs): version 1 still loads the weights it was registered with.
+    best = first.checkpoint_dir / ckpt.BEST_MODEL
+    payload = ckpt.load(best)
+    payload["model"] = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in payload["model"].items()}
+    ckpt.save_atomic(payload, best)
+    resumed = train_run.train(make_config(tiny_demo, *FAST, "train.epochs=5"), resume=first.run_id, progress=False)
+    assert resumed.run_id == first.run_id and resumed.state.epoch == 5
+    assert state_dict_hash(load_model(f"models:/{name}/{first.model_version}").model) == h1
+    if resumed.model_id != first.model_id:  # a new best: a new version pinned to its own weights
+        assert resumed.model_version != first.model_version
+        assert state_dict_hash(load_model(f"models:/{name}/{resumed.model_version}").model) == state_dict_hash(
+            load_model(f"models:/{resumed.model_id}").model)
+    else:  # the same best: nothing new registered
+        assert resumed.model_version == first.model_version
+
+    # lean: never more than keep_checkpoints + 1 logged models; superseded ones are gone with their files
+    models = tracking.run_logged_models(first.run_id)
+    assert len(models) <= cfg.train.keep_checkpoints + 1 + 1  # + the registered first best, kept for its version
+    assert all(m["status"] == "READY" for m in models)
+    kept = {m["model_id"] for m in models}
+    assert first.model_id in kept  # a registered version's model is never deleted
+    stored = {p.parents[2].name for p in Path("mlruns").rglob("artifacts/artifacts/weights.pt")}
+    assert stored == kept  # the deleted models' weights left the artifact store too
+
+
+def _serving_model(tiny_trained):
+    uri, cfg, result = tiny_trained
+    mlflow.set_tracking_uri(uri)
+    tracking.set_alias(cfg.mlflow.registered_model, "champion", result.model_version)
+    return uri, cfg, result, f"models:/{cfg.mlflow.registered_model}@champion"
+
+
+@pytest.mark.slow
+def test_pyfunc_model_takes_raw_clips_or_a_video(tiny_trained, tiny_demo, monkeypatch):
+    uri, cfg, result, model_uri = _serving_model(tiny_trained)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    info = mlflow.models.get_model_info(model_uri)
+    assert info.signature.inputs.to_dict()[0]["tensor-spec"]["dtype"] == "uint8"
+    assert info.signature.params is not None and info.saved_input_example_info is not None
+    model = mlflow.pyfunc.load_model(model_uri)
+    names = read_class_names(tiny_demo, 3)
+
+    rng = np.random.default_rng(0)
+    clips = rng.integers(0, 256, (2, cfg.data.clip_len, 40, 48, 3), dtype=np.uint8)  # raw frames, another size
+    table = model.predict(clips)
+    assert list(table.columns) == [*names, "predicted"] and len(table) == 2
+    np.testing.assert_allclose(table[names].sum(axis=1), 1.0, atol=1e-5)
+    assert set(table["predicted"]) <= set(names)
+    # the same numbers as exptrack's own loader with the same preprocessing
+    from exptrack.serving import ClipClassifierCore
+
+    core = ClipClassifierCore(ckpt.load(result.checkpoint_dir / ckpt.BEST_MODEL))
+    np.testing.assert_allclose(table[names].to_numpy(), core.probabilities(clips), atol=1e-5)
+
+    video = next(tiny_demo.rglob("*.mp4"))
+    windows = model.predict(np.zeros((0, cfg.data.clip_len, 1, 1, 3), np.uint8), params={"video": str(video)})
+    assert windows.columns[0] == "start_frame" and len(windows) > 1 and windows["start_frame"].is_monotonic_increasing
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_a_rest_request(tiny_trained, tmp_path):
+    uri, cfg, result, model_uri = _serving_model(tiny_trained)
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager",
+                               "local", "-h", "127.0.0.1", "-p", str(port)], env=env, cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.time() > deadline:
+                    raise AssertionError(f"server did not start: {server.stdout.read().decode()[-2000:]}")
+                time.sleep(1)
+        clips = np.random.default_rng(1).integers(0, 256, (2, cfg.data.clip_len, 32, 32, 3), dtype=np.uint8)
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
+                                         data=json.dumps({"inputs": clips.tolist()}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answer = json.loads(response.read())["predictions"]
+        expected = mlflow.pyfunc.load_model(model_uri).predict(clips)
+        assert [row["predicted"] for row in answer] == list(expected["predicted"])
+        names = [c for c in expected.columns if c != "predicted"]
+        np.testing.assert_allclose([[row[n] for n in names] for row in answer], expected[names].to_numpy(), atol=1e-5)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+KILL_WHILE_LOGGING = textwrap.dedent("""
+    import os, signal, sys
+    from mlflow.store.artifact import local_artifact_repo
+    from exptrack.config import load_config
+    from exptrack.training.run import train
+
+    real = local_artifact_repo.LocalArtifactRepository.log_artifacts
+    seen = []
+
+    def log_artifacts(self, local_dir, artifact_path=None):
+        if "/models/" in self.artifact_dir:  # a logged model's upload
+            seen.append(self.artifact_dir)
+            if len(seen) == 2:  # the second model: half its files are written, then the process dies
+                os.kill(os.getpid(), signal.SIGKILL)
+        return real(self, local_dir, artifact_path)
+
+    local_artifact_repo.LocalArtifactRepository.log_artifacts = log_artifacts
+    train(load_config(None, sys.argv[1:]), progress=False)
+""")
+
+
+@pytest.mark.slow
+def test_a_kill_while_logging_a_model_leaves_nothing_pending(tiny_demo, make_config, tmp_path):
+    extra = (*FAST, "train.epochs=3", "train.checkpoint_every=1")
+    cfg = make_config(tiny_demo, *extra)
+    overrides = [f"data.root={tiny_demo}", f"paths.cache={cfg.paths.cache}", f"paths.outputs={cfg.paths.outputs}",
+                 "model.num_classes=3", "data.frame_size=32", "data.clip_len=8", "data.train_stride=4",
+                 "data.eval_stride=8", *extra]
+    proc = subprocess.run([sys.executable, "-c", KILL_WHILE_LOGGING, *overrides], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    run = mlflow.search_runs(experiment_names=["models-test"], output_format="list")[0]
+    assert any(m["status"] == "PENDING" for m in tracking.run_logged_models(run.info.run_id))  # the fault is real
+
+    result = train_run.train(cfg, resume=run.info.run_id, progress=False)
+    models = tracking.run_logged_models(run.info.run_id)
+    assert models and all(m["status"] == "READY" for m in models)
+    version = mlflow.MlflowClient().get_model_version(cfg.mlflow.registered_model, result.model_version)
+    assert version.source == f"models:/{result.model_id}" and version.tags["run_id"] == run.info.run_id
+    assert "val_mean_class_acc" in version.tags and version.tags["best_epoch"]
+    assert mlflow.get_run(run.info.run_id).info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_mlproject_tune_runs_without_an_experiment_name(tiny_demo, tmp_path):
+    """`mlflow run . -e tune` without --experiment-name: the study registers its best trial
+    without reopening the trial's run from inside the MLproject run."""
+    study = tmp_path / "study.yaml"
+    overrides = [f"data.root={tiny_demo}", f"paths.cache={tmp_path / 'cache'}", f"paths.outputs={tmp_path / 'outputs'}",
+                 "model.num_classes=3", "data.frame_size=32", "data.clip_len=8", "data.train_stride=4",
+                 "data.eval_stride=8", *[o for o in FAST if not o.startswith(("mlflow.experiment", "train.early"))],
+                 "train.epochs=2"]
+    study.write_text(json.dumps({"config": str(REPO / "experiments" / "demo.yaml"), "overrides": overrides,
+                                 "space": {"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True}}}))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    for inherited in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):  # set_experiment exports the id
+        env.pop(inherited, None)
+    proc = subprocess.run([sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "tune", "--env-manager", "local",
+                           "-P", f"study_file={study}", "-P", "n_trials=2", "-P", "study=ci",
+                           "-P", f"storage=sqlite:///{tmp_path / 'optuna.db'}"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    versions = tracking.model_versions("c3d-exercise")
+    assert len(versions) == 1 and versions[0]["model_id"]
