@@ -15,3 +15,8 @@ class TuneFailed(RuntimeError):
 
 class OutputError(ValueError):
     """An output folder that cannot be used (e.g. an explicit --save-dir that already holds files)."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written (full disk, read-only folder): the run stops, FAILED,
+    and `train --resume` continues it once the cause is fixed."""

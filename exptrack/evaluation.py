@@ -122,7 +122,12 @@ def evaluate_overrides(given: Config, keys: list[str]) -> dict[str, dict]:
 
 def evaluation_config(trained: Config, data_root: str | None, overrides: dict[str, dict]) -> Config:
     """The model's own config (preprocessing, sizes, classes), with the data root and any
-    explicit overrides; contradicting how the model was trained is allowed but warned about."""
+    explicit overrides; contradicting how the model was trained is allowed but warned about.
+
+    Where files go is never taken from the model: its saved `paths.*` (possibly absolute paths
+    of the machine that trained it) give way to this working folder's defaults, and its
+    `data.demo` does not apply (a missing data root is an error, not a place to generate demo
+    data), unless the caller overrides them."""
     changes: dict[str, dict] = {s: dict(v) for s, v in overrides.items()}
     for section, values in overrides.items():
         for key, value in values.items():
@@ -130,9 +135,12 @@ def evaluation_config(trained: Config, data_root: str | None, overrides: dict[st
             if was != value:
                 log.warning("%s.%s=%s differs from the model's training (%s): results may not be comparable",
                             section, key, value, was)
+    data = changes.setdefault("data", {})
     if data_root:
-        changes.setdefault("data", {})["root"] = data_root
-    return replace(trained, **changes) if changes else trained
+        data["root"] = data_root
+    data.setdefault("demo", False)
+    changes["paths"] = {**vars(Config().paths), **changes.get("paths", {})}
+    return replace(trained, **changes)
 
 
 def run_evaluate(model_ref: str, split: str = "test", batch_size: int = 16, device_name: str = "auto",

@@ -105,7 +105,14 @@ def load_model(reference: str, device: torch.device | str = "cpu") -> LoadedMode
         payload = ckpt.load(path)
     config = config_from_dict(payload["config"], str(path))
     model = build_model(config.model)
-    model.load_state_dict(payload["model"])
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as exc:  # e.g. "size mismatch for classifier.4.weight": an edited or mixed-up file
+        detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line or "Missing" in line
+                       or "Unexpected" in line), str(exc).splitlines()[0])
+        raise ModelError(f"model {reference}: its weights do not fit the C3D its own config describes "
+                         f"(model.num_classes {config.model.num_classes}, model.width {config.model.width}): "
+                         f"{detail[:200]}") from None
     source.setdefault("run_id", payload.get("run_id", ""))
     names = list(payload.get("class_names") or [])
     return LoadedModel(model.to(device).eval(), config, source, names)

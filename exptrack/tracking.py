@@ -7,6 +7,7 @@ folder shows every run. ``mlflow.tracking_uri`` in the config points elsewhere.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import platform
@@ -158,6 +159,14 @@ class Run:
     def log_table(self, table: "pd.DataFrame", artifact_file: str) -> None:
         mlflow.log_table(table, artifact_file)
 
+    def has_params(self) -> bool:
+        return bool(_client().get_run(self.id).data.params)
+
+    def latest_metrics(self, keys: tuple[str, ...]) -> dict[str, float]:
+        """The last logged value of each of `keys` that this run has."""
+        metrics = _client().get_run(self.id).data.metrics
+        return {k: metrics[k] for k in keys if k in metrics}
+
     def logged_steps(self, key: str) -> set[int]:
         """Steps at which metric `key` has been logged in this run."""
         return {m.step for m in mlflow.MlflowClient().get_metric_history(self.id, key)}
@@ -182,17 +191,19 @@ class Run:
         # the client call: mlflow.log_inputs(models=) refuses non-Databricks stores, which do store it
         _client().log_inputs(self.id, models=[LoggedModelInput(model_id)])
 
-    def log_clip_model(self, weights: Path, clip_len: int, frame_size: int, class_names: list[str], epoch: int,
+    def log_clip_model(self, weights: Path, clip_len: int, class_names: list[str], epoch: int,
                        tags: dict[str, Any]) -> str:
         """Log a weights file as an MLflow LoggedModel of this run at `step=epoch` (pyfunc,
         exptrack/serving.py); returns its model id."""
         import mlflow.pyfunc
 
-        example = np.zeros((1, clip_len, frame_size, frame_size, 3), dtype=np.uint8)
+        # Any frame size is accepted (resized as in training), so the example is small: a full-size
+        # clip as JSON was 13.5 MB per model at 112 px (serving_input_example.json).
+        example = np.zeros((1, clip_len, 8, 8, 3), dtype=np.uint8)  # (N, T, H, W, 3)
         with _quiet_model_logging():
             info = mlflow.pyfunc.log_model(
                 name=f"c3d-epoch-{epoch:04d}", python_model=str(MODEL_CODE), artifacts={"weights": str(weights)},
-                code_paths=[str(PACKAGE_DIR)], signature=clip_model_signature(clip_len, class_names),
+                code_paths=[str(_package_copy())], signature=clip_model_signature(clip_len, class_names),
                 input_example=example, pip_requirements=model_requirements(), step=epoch,
                 tags={k: str(v) for k, v in tags.items()},
             )
@@ -221,7 +232,8 @@ def start_run(config: Config, run_name: str, command: str, tags: dict[str, Any] 
         os.environ.pop("MLFLOW_RUN_ID")  # a child of a tune parent, not the run `mlflow run` made
     with mlflow.start_run(run_id=run_id, run_name=None if (attached or run_id) else run_name,
                           parent_run_id=parent_run_id if not run_id else None,
-                          log_system_metrics=system_metrics and config.mlflow.log_system_metrics) as active:
+                          log_system_metrics=system_metrics and config.mlflow.log_system_metrics) as active, \
+            _failure_tag():
         run = Run(active)
         run.set_tags({"exptrack.command": command, **source_tags(), **(tags or {})})
         if attached:
@@ -251,6 +263,19 @@ def _quiet_model_logging():
             os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
         else:
             os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
+
+
+@functools.lru_cache(maxsize=1)
+def _package_copy() -> Path:
+    """The exptrack package without bytecode caches, for a model's code/ folder (made once)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix="exptrack-code-"))
+    atexit.register(shutil.rmtree, tmp, True)
+    return Path(shutil.copytree(PACKAGE_DIR, tmp / PACKAGE_DIR.name,
+                                ignore=shutil.ignore_patterns("__pycache__", "*.pyc")))
 
 
 def clip_model_signature(clip_len: int, class_names: list[str]):
@@ -347,6 +372,20 @@ def _version_model_id(mv: Any) -> str | None:
         return model_id
     source = mv.source or ""
     return source[len("models:/"):] if source.startswith("models:/m-") else None
+
+
+@contextmanager
+def _failure_tag():
+    """A run that ends FAILED says why, in its tag `exptrack.failure` (first line, 500 characters)."""
+    try:
+        yield
+    except BaseException as exc:
+        try:
+            message = (str(exc).strip().splitlines() or [""])[0]
+            mlflow.set_tag("exptrack.failure", f"{type(exc).__name__}: {message}"[:500])
+        except Exception:  # noqa: BLE001 - the tracker may be what failed
+            pass
+        raise
 
 
 def resolve_model_uri(uri: str) -> dict[str, str]:
@@ -463,6 +502,23 @@ def fail_run_if_running(run_id: str, tags: dict[str, Any]) -> bool:
     set_run_tags(run_id, tags)
     client.set_terminated(run_id, "FAILED")
     return True
+
+
+def train_run_config(run_id: str) -> dict[str, Any] | None:
+    """For an existing train run: its logged config.yaml as a dict ({} when it was stopped before
+    logging it); None when there is no such train run."""
+    import yaml
+
+    try:
+        run = _client().get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return None
+    if run.data.tags.get("exptrack.command") != "train":
+        return None
+    try:
+        return yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{run_id}/config.yaml")) or {}
+    except Exception:  # noqa: BLE001 - not logged yet
+        return {}
 
 
 def run_tags(run_id: str) -> dict[str, str]:

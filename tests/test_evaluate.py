@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 import numpy as np
 import pandas as pd
@@ -130,3 +132,51 @@ def test_the_evaluate_run_spans_the_work(tiny_trained, tmp_path, monkeypatch):
     run = mlflow.search_runs(experiment_names=["eval-test"], filter_string="tags.`exptrack.command` = 'evaluate'",
                              order_by=["attributes.start_time DESC"], max_results=1, output_format="list")[0]
     assert run.info.end_time - run.info.start_time >= 1500
+
+
+def _edited_checkpoint(result, tmp_path, **changes) -> str:
+    """A copy of the trained model's checkpoint with `section.key` values of its config changed."""
+    from exptrack.training import checkpoint as ckpt
+
+    payload = ckpt.load(result.checkpoint_dir / "best_model.pt")
+    for key, value in changes.items():
+        section, name = key.split("__")
+        payload["config"][section][name] = value
+    return str(ckpt.save_atomic(payload, tmp_path / "edited.pt"))
+
+
+@pytest.mark.slow
+def test_a_checkpoint_whose_config_disagrees_with_its_weights_is_a_clear_error(tiny_trained, tmp_path, monkeypatch):
+    from exptrack.errors import ModelError
+    from exptrack.predict import predict_video
+
+    uri, cfg, result = tiny_trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    edited = _edited_checkpoint(result, tmp_path, model__num_classes=5)
+    with pytest.raises(ModelError, match=r"weights do not fit the C3D its own config describes \(model.num_classes 5"):
+        run_evaluate(edited, progress=False)
+    video = next(Path(cfg.data.root).rglob("*.mp4"))
+    with pytest.raises(ModelError, match="size mismatch for classifier"):
+        predict_video(video, edited)
+
+
+@pytest.mark.slow
+def test_evaluate_never_writes_where_the_models_config_points(tiny_trained, tmp_path, monkeypatch):
+    """A model trained on generated demo data at an absolute path elsewhere: evaluating it never
+    generates data or a cache there, and a missing --data-root is an error."""
+    from exptrack.data.errors import DataError
+
+    uri, cfg, result = tiny_trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    elsewhere = tmp_path / "elsewhere"
+    edited = _edited_checkpoint(result, tmp_path, data__demo=True, data__root=str(elsewhere / "data"),
+                                paths__cache=str(elsewhere / "cache"), paths__outputs=str(elsewhere / "outputs"))
+    with pytest.raises(DataError, match="data root not found"):
+        run_evaluate(edited, progress=False)
+    with pytest.raises(DataError, match="data root not found"):
+        run_evaluate(edited, data_root=str(tmp_path / "nonexistent"), progress=False)
+    assert not elsewhere.exists() and not (tmp_path / "nonexistent").exists()
+
+    evaluation = run_evaluate(edited, data_root=cfg.data.root, progress=False)  # real data: works, files stay here
+    assert not elsewhere.exists()
+    assert evaluation.out_dir.resolve().is_relative_to(Path.cwd().resolve()) and Path("outputs/cache").is_dir()

@@ -138,7 +138,97 @@ def test_resume_continues_the_same_run_without_gaps_or_duplicates(tiny_demo, mak
     assert _run(run_id).info.status == "FINISHED"
     for key in ("val_loss", "train_loss", "val_mean_class_acc"):
         assert _steps(run_id, key) == [1, 2, 3, 4], key  # none missing, none twice
+    for key in ("best_val_loss", "tracking_seconds", "tracking_failures"):
+        assert _steps(run_id, key) == [4], key  # the end of the run, once
+    assert _run(run_id).data.metrics["tracking_seconds"] > 0
     assert len(mlflow.search_runs(experiment_names=["train-test"], output_format="list")) == 1
+
+
+@pytest.mark.slow
+def test_a_resumed_run_continues_exactly_as_the_uninterrupted_one(tiny_demo, make_config, tmp_path):
+    """Kill after epoch 1 and resume: epochs 2-3 are bit-identical to an uninterrupted run (loader
+    workers on, as by default; CPU)."""
+    def history(cfg, kill_after=None, resume=None):
+        if kill_after:
+            with pytest.raises(KeyboardInterrupt):
+                train_run.train(cfg, progress=False, callbacks=[_KillAfter(kill_after)])
+            resume = mlflow.search_runs(experiment_names=[cfg.mlflow.experiment], output_format="list")[0].info.run_id
+        return train_run.train(cfg, resume=resume, progress=False).state.history
+
+    extra = ("train.epochs=3", "train.num_workers=1", "train.early_stop_patience=0")
+    whole = history(_config(make_config, tiny_demo, *extra, "mlflow.experiment=exact-a", f"paths.outputs={tmp_path / 'a'}"))
+    resumed = history(_config(make_config, tiny_demo, *extra, "mlflow.experiment=exact-b",
+                              f"paths.outputs={tmp_path / 'b'}"), kill_after=1)
+    keys = ("train_loss", "train_acc", "val_loss", "val_mean_class_acc")
+    assert [[row[k] for k in keys] for row in resumed] == [[row[k] for k in keys] for row in whole]
+
+
+@pytest.mark.slow
+def test_resume_of_a_run_killed_before_its_first_checkpoint(tiny_demo, make_config, monkeypatch):
+    from exptrack.training import loop
+
+    cfg = _config(make_config, tiny_demo, "train.epochs=2")
+    real_epoch = loop.run_epoch
+
+    def killed_in_epoch_1(setup, epoch, *args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C (or a kill) during the first epoch: no checkpoint yet
+
+    monkeypatch.setattr(loop, "run_epoch", killed_in_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        train_run.train(cfg, progress=False)
+    run_id = mlflow.search_runs(experiment_names=["train-test"], output_format="list")[0].info.run_id
+    assert _run(run_id).info.status in ("FAILED", "KILLED")
+    assert _run(run_id).data.tags["exptrack.failure"].startswith("KeyboardInterrupt")
+    monkeypatch.setattr(loop, "run_epoch", real_epoch)
+
+    result = train_run.train(make_config(tiny_demo, *FAST, "train.epochs=3"), resume=run_id, progress=False)
+    assert result.run_id == run_id and result.state.epoch == 3 and result.model_version
+    assert _run(run_id).info.status == "FINISHED" and _steps(run_id, "train_loss") == [1, 2, 3]
+    assert _run(run_id).data.params["train.epochs"] == "2"  # the params it logged first stay (MLflow forbids changes)
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_checkpointing_fails_the_run_clearly_and_it_resumes(tiny_demo, make_config, monkeypatch):
+    import errno
+
+    from exptrack.errors import CheckpointError
+
+    cfg = _config(make_config, tiny_demo, "train.epochs=3", "train.checkpoint_every=0")
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def disk_fills_up(obj, fh, *args, **kwargs):
+        calls["n"] += 1
+        if isinstance(obj, dict) and obj.get("epoch") == 2:  # epoch 2: half a file, then ENOSPC
+            fh.write(b"x" * 1000)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, fh, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", disk_fills_up)
+    with pytest.raises(CheckpointError, match=r"cannot write the checkpoint of epoch 2 \(No space left on device\)"):
+        train_run.train(cfg, progress=False)
+    monkeypatch.setattr(torch, "save", real_save)
+    run = mlflow.search_runs(experiment_names=["train-test"], output_format="list")[0]
+    assert run.info.status == "FAILED" and run.data.tags["exptrack.failure"].startswith("CheckpointError")
+    folder = Path(cfg.paths.outputs) / "runs" / run.info.run_id / "checkpoints"
+    assert torch.load(folder / "last.pt", weights_only=True)["epoch"] == 1  # epoch 1's files are whole
+    assert not list(folder.glob(".*tmp*"))  # no half-written leftovers
+
+    result = train_run.train(cfg, resume=run.info.run_id, progress=False)
+    assert result.run_id == run.info.run_id and result.state.epoch == 3
+    assert _steps(run.info.run_id, "train_loss") == [1, 2, 3]
+
+
+def test_a_checkpoint_error_is_one_line_in_the_cli(tiny_demo, make_config, monkeypatch, capsys, tmp_path):
+    from exptrack.errors import CheckpointError
+
+    def fails(*args, **kwargs):
+        raise CheckpointError("outputs/runs/x/checkpoints: cannot write the checkpoint of epoch 1 (Read-only file system)")
+
+    monkeypatch.setattr(train_run, "train", fails)
+    assert main(["train", "--config", str(Path(__file__).parents[1] / "experiments" / "demo.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "Read-only file system" in err and "Traceback" not in err
 
 
 @pytest.mark.slow

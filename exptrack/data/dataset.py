@@ -172,6 +172,10 @@ def make_loader(data: PreparedData, split: str, train: bool, batch_size: int, nu
         pin_memory=pin_memory,
         drop_last=train and per_rank > batch_size,  # no 1-clip batch for BatchNorm
         persistent_workers=workers > 0,
+        # Each new iterator draws a seed; from its own generator it leaves torch's global RNG
+        # (dropout) alone. Persistent workers draw once per run, a resumed run once more: with the
+        # global RNG, its dropout masks then differed from the uninterrupted run's (issue 11).
+        generator=torch.Generator().manual_seed(seed),
     )
 
 

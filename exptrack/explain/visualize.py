@@ -14,12 +14,12 @@ import pandas as pd
 import torch
 
 from .. import tracking
-from ..config import replace
 from ..data.dataset import ClipDataset, make_loader
 from ..data.errors import DataError
 from ..data.layout import class_label, read_class_names
 from ..data.prepare import PreparedData, prepare_data
 from ..data.transforms import to_model_input
+from ..evaluation import evaluation_config
 from ..inference import LoadedModel, load_model
 from ..metrics import frame_accuracy, frame_labels, frame_probabilities, window_average, window_starts
 from ..outputs import DEFAULT_OUTPUTS, check_save_dir, invocation_dir
@@ -208,7 +208,7 @@ def run_visualize(model_ref: str, options: VisualizeOptions, device_name: str = 
     check_save_dir(options.save_dir, options.overwrite)
     device = resolve_device(device_name)
     loaded = load_model(model_ref, device)
-    config = replace(loaded.config, data={"root": data_root}) if data_root else loaded.config
+    config = evaluation_config(loaded.config, data_root, {})  # files go here, never where the model's config says
     tags = {"model_uri": model_ref, "model_run_id": loaded.source.get("run_id", ""), "split": options.split,
             "layer": options.layer}
     if "version" in loaded.source:

@@ -108,7 +108,20 @@ class CheckpointManager:
 
     def save(self, payload: dict[str, Any], improved: dict[str, bool]) -> list[Path]:
         """Write this epoch's checkpoints; `improved` says which bests it beat. Returns the
-        files written."""
+        files written. A write that fails (full disk, read-only folder) leaves every earlier
+        file whole (save_atomic) and raises CheckpointError saying how to go on."""
+        from ..errors import CheckpointError
+
+        try:
+            return self._save(payload, improved)
+        except OSError as exc:
+            run = payload.get("run_id", "<run id>")
+            raise CheckpointError(
+                f"{self.folder}: cannot write the checkpoint of epoch {payload['epoch']} "
+                f"({exc.strerror or exc}); the run stops here. Free space or make the folder writable, then "
+                f"`exptrack train --resume {run}` continues after the last complete checkpoint") from None
+
+    def _save(self, payload: dict[str, Any], improved: dict[str, bool]) -> list[Path]:
         # last.pt goes last: it is what resume trusts, so every file it implies must exist first
         written = []
         for name, flag in ((BEST_LOSS, "val_loss"), (BEST_ACC, "val_acc"), (BEST_MODEL, "val_mean_class_acc")):

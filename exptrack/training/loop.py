@@ -422,8 +422,13 @@ def fit(setup: FitSetup, checkpoints: ckpt.CheckpointManager | None, state: Trai
         improved = record_epoch(state, metrics, per_class, cfg)
         saved = checkpoints.save(stamp(checkpoint_payload(setup, state, metrics)), improved) if checkpoints else []
         log.info("epoch %d/%d  %s", epoch, cfg.epochs, epoch_summary(metrics))
+        # The checkpoint holds the RNG state of this moment: callbacks (tracking, pruning) must not
+        # move it, or a resumed run would draw other dropout masks than the uninterrupted one
+        # (logging a model builds a C3D to check its input example: random initialisation).
+        rng = ckpt.rng_state()
         for callback in callbacks:
             callback(metrics, per_class, saved, state)
+        ckpt.restore_rng_state(rng)
         if distributed.broadcast_flag(state.stale_epochs >= patience, setup.device) and epoch < cfg.epochs:
             log.info("early stopping: validation mean class accuracy (mean of the last %d epochs) has not "
                      "improved by %.4f for %d epochs", cfg.selection_window, cfg.early_stop_min_delta,

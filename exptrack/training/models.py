@@ -64,7 +64,7 @@ class ModelLog:
                 **{f"exptrack.{k}": round(v, 6) for k, v in metrics.items() if k.startswith("val_")}}
         with tempfile.TemporaryDirectory(prefix="exptrack-model-") as tmp:
             weights = ckpt.save_atomic(payload, Path(tmp) / serving.WEIGHTS_FILE)
-            model_id = self.run.log_clip_model(weights, d["clip_len"], d["frame_size"], self.class_names, epoch, tags)
+            model_id = self.run.log_clip_model(weights, d["clip_len"], self.class_names, epoch, tags)
         self.by_epoch[epoch] = model_id
         return model_id
 

@@ -141,13 +141,12 @@ RESUME_ARTIFACT_DIR = "resume"  # mlflow.upload_resume_checkpoint: last.pt, for 
 def reconcile_history(run: tracking.Run, state: TrainState) -> int:
     """After a resume, log the epochs that the checkpoint has but MLflow missed (a run killed
     between writing its checkpoint and logging). Returns how many were logged."""
-    logged = run.logged_steps("val_loss")
+    logged = run.logged_steps("train_loss")  # every epoch has it, with or without validation
     missing = 0
     for row, per_class in zip(state.history, state.per_class_history):
         epoch = int(row["epoch"])
         if epoch not in logged:
-            values = EpochLogger.epoch_metrics(row, per_class)
-            run.log_metrics(values, step=epoch)
+            run.log_metrics(EpochLogger.epoch_metrics(row, per_class), step=epoch)
             missing += 1
     return missing
 
@@ -263,8 +262,19 @@ def train(config: Config, resume: str | None = None, progress: bool = True,
 
 
 def _resume_point(resume: str, outputs: Path, config: Config) -> tuple[dict[str, Any], Config]:
-    """The checkpoint to resume from and the run's own config (with what a resume may change)."""
-    path = find_checkpoint(resume, outputs)
+    """The checkpoint to resume from and the run's own config (with what a resume may change).
+    A run killed before its first checkpoint has none: it starts again from epoch 1, in the same
+    MLflow run, with the config it logged (or, killed before even that, the given one)."""
+    try:
+        path = find_checkpoint(resume, outputs)
+    except ModelError:
+        saved = tracking.train_run_config(resume) if _RUN_ID.match(resume) else None
+        if saved is None:
+            raise
+        log.warning("run %s has no checkpoint (it was stopped before its first epoch ended): it starts again from "
+                    "epoch 1, in the same MLflow run", resume)
+        own = config_from_dict(saved, f"run {resume} config.yaml") if saved else config
+        return {"run_id": resume}, resume_config(own, config)
     payload = ckpt.load(path)
     if "run_id" not in payload:
         raise ModelError(f"{path}: checkpoint has no run id (not written by exptrack train)")
@@ -291,9 +301,15 @@ def _log_run_summary(run: tracking.Run, state: TrainState, data: PreparedData, l
     reconcile_history(run, state)  # epochs whose logging failed at the very end
     if data.warnings:
         run.set_tags({f"data_warnings.{k}": v for k, v in data.warnings.counts.items()})
+    # At step = the last epoch, once per end of training: a run resumed for more epochs adds
+    # values at its new last epoch (the latest is what the UI shows) instead of repeating step 0.
+    # The tracking cost adds up over the run's attempts.
+    before = run.latest_metrics(("tracking_seconds", "tracking_failures"))
     run.log_metrics({f"best_{k}": v for k, v in state.best.items()  # none without validation
-                     if k in ("val_loss", "val_acc", "val_mean_class_acc", "selection_score") and math.isfinite(v)})
-    run.log_metrics({"tracking_seconds": logger.seconds, "tracking_failures": logger.failures})
+                     if k in ("val_loss", "val_acc", "val_mean_class_acc", "selection_score") and math.isfinite(v)},
+                    step=state.epoch)
+    run.log_metrics({"tracking_seconds": before.get("tracking_seconds", 0.0) + logger.seconds,
+                     "tracking_failures": before.get("tracking_failures", 0.0) + logger.failures}, step=state.epoch)
     try:
         csvs = logger.write_csvs(state)
         plots.training_plots(pd.read_csv(csvs[0]), pd.read_csv(csvs[1]), out_dir / "plots")
@@ -316,7 +332,7 @@ def _train(config: Config, env: DistEnv, resume: str | None, progress: bool,
         raise DataError("no validation clips: early stopping and model choice need data.val_fraction > 0 "
                         "or val subjects in split.csv")
     setup = build_setup(config, data, device, env)
-    state = restore(setup, payload) if payload else None
+    state = restore(setup, payload) if payload and "model" in payload else None
     if not env.is_main:  # workers train in step with rank 0 and leave the record to it
         state = fit(setup, None, state=state, progress=False)
         return TrainResult(run_id or "", state, None, outputs)
@@ -331,8 +347,9 @@ def _train(config: Config, env: DistEnv, resume: str | None, progress: bool,
         manager = ckpt.CheckpointManager(ckpt_dir, config.train.checkpoint_every, config.train.keep_checkpoints)
         models = ModelLog(run, manager, class_names, config.mlflow.registered_model if options.register else None)
         datasets = split_datasets(run, data)
-        if payload is None:
-            run.log_config(config)
+        if state is None:  # a new run, or one that never finished its first epoch
+            if not run.has_params():  # a restarted run keeps the params it logged
+                run.log_config(config)
             run.log_git_diff()
             for context, dataset in datasets.items():
                 run.log_dataset(dataset, context)
