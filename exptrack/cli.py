@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .config import Config, ConfigError, load_config
 from .data.errors import DataError, DataWarnings
-from .errors import CheckpointError, ModelError, OutputError, TuneFailed
+from .errors import CheckpointError, ModelError, OutputError, TrackingUnavailable, TuneFailed
 from .training.loop import NonFiniteLossError
 
 
@@ -328,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
     try:
         args.func(args)
-    except (CheckpointError, ConfigError, DataError, ModelError, NonFiniteLossError, OutputError, TuneFailed) as exc:
+    except (CheckpointError, ConfigError, DataError, ModelError, NonFiniteLossError, OutputError, TrackingUnavailable,
+            TuneFailed) as exc:
         # exptrack's own errors say what is wrong and what to do: one line, no traceback
         print(f"exptrack {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -20,3 +20,8 @@ class OutputError(ValueError):
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written (full disk, read-only folder): the run stops, FAILED,
     and `train --resume` continues it once the cause is fixed."""
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server did not take a finished run's queued updates in time; the run's
+    checkpoints hold them, and `train --resume` delivers them later."""

@@ -244,8 +244,7 @@ def log_evaluation(run: tracking.Run, source: dict[str, str], split: str, data: 
     model_id = source.get("model_id")
     if model_id:  # the model's page lists this evaluation and its metrics
         run.log_model_input(model_id)
-    manifest = predictions_manifest(data, split)
-    dataset = run.dataset(manifest, name=f"clips-{split}", source=str(data.layout.root), digest=digest)
+    dataset = run.dataset(data.manifest(split), name=f"clips-{split}", source=str(data.layout.root), digest=digest)
     run.log_dataset(dataset, "evaluation")
     run.log_metrics(metrics, model_id=model_id, dataset=dataset)
     run.log_table(report.per_class.reset_index(), "per_class_metrics.json")
@@ -255,10 +254,3 @@ def log_evaluation(run: tracking.Run, source: dict[str, str], split: str, data: 
         tracking.set_model_version_tags(source["name"], source["version"],
                                         {**{k: round(v, 6) for k, v in metrics.items()},
                                          f"{prefix}data_digest": digest, f"{prefix}evaluation_run": run.id})
-
-
-def predictions_manifest(data: PreparedData, split: str) -> pd.DataFrame:
-    """The evaluated clips: subject, start, label (an MLflow dataset)."""
-    index = data.splits[split]
-    return pd.DataFrame({"subject": np.asarray(index.subjects)[index.subject_idx], "start": index.start,
-                         "label": index.label})

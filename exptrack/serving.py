@@ -119,7 +119,7 @@ class ClipClassifier(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         self.core = _load_core(context.artifacts["weights"])
 
-    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def predict(self, context, model_input, params=None):  # no annotations: MLflow would read them as a schema
         video = (params or {}).get(VIDEO_PARAM)
         if video:
             return self.core.predict_video(video)

@@ -366,3 +366,19 @@ def test_a_pruned_trial_says_when_and_at_what_value():
     trial = SimpleNamespace(report=lambda value, step: None, should_prune=lambda: True)
     with pytest.raises(optuna.TrialPruned, match=r"pruned at epoch 3 \(val_mean_class_acc 0\.2500\)"):
         PruneOnPlateau(trial, "val_mean_class_acc")({"val_mean_class_acc": 0.25}, None, None, SimpleNamespace(epoch=3))
+
+
+@pytest.mark.slow
+def test_pruned_trials_leave_no_checkpoints_or_logged_models(tiny_demo, tmp_path, monkeypatch):
+    from exptrack import tracking, tune
+
+    # a real Optuna pruner that prunes every trial at its first report (epoch 1)
+    monkeypatch.setattr(tune, "make_pruner", lambda name: optuna.pruners.ThresholdPruner(lower=2.0))
+    spec = load_study_spec(_study_file(tmp_path, tiny_demo, f"sqlite:///{tmp_path / 'optuna.db'}", 2, epochs=3))
+    study = run_tune(spec)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED] * 2
+    for trial in study.trials:
+        run_id = trial.user_attrs["run_id"]
+        assert not (tmp_path / "out" / "runs" / run_id / "checkpoints").exists()
+        assert tracking.run_logged_models(run_id) == []
+    assert not list((tmp_path / "mlruns").rglob("weights.pt"))

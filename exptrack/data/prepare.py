@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from ..config import Config
 from . import clips, layout
@@ -65,6 +66,12 @@ class PreparedData:
             reasons.append(f"{len(thin)} class{'es' if len(thin) != 1 else ''} with fewer than "
                            f"{min_clips_per_class} validation clips (fewest: {int(counts[thin].min())})")
         return reasons
+
+    def manifest(self, split: str) -> pd.DataFrame:
+        """One row per clip of `split`: subject, start frame, label, purity (an MLflow dataset)."""
+        index = self.splits[split]
+        return pd.DataFrame({"subject": np.asarray(index.subjects)[index.subject_idx], "start": index.start,
+                             "label": index.label, "purity": index.purity})
 
     def digest(self) -> str:
         """One hash over every split's clips: two runs with the same digest saw the same data."""

@@ -33,28 +33,44 @@ class ModelLog:
         self.by_epoch: dict[int, str] = {}
         self.best_epoch: int | None = None
 
-    def recover(self) -> None:
-        """After a resume: models a killed upload left PENDING are failed and deleted; the READY
-        ones are this run's models again."""
+    def clean_pending(self) -> None:
+        """Models whose upload was cut off (a killed process, a failed upload) are failed and deleted."""
         for model_id in tracking.fail_pending_models(self.run.id):
-            log.info("logged model %s was left unfinished by the killed run: deleted", model_id)
+            log.info("logged model %s was left unfinished (upload cut off): deleted", model_id)
+
+    def recover(self) -> None:
+        """After a resume: unfinished models are deleted; the READY ones are this run's models again."""
+        self.clean_pending()
         for m in self.run.logged_models():
             if m["status"] == "READY" and m["tags"].get(EPOCH_TAG, "").isdigit():
                 self.by_epoch[int(m["tags"][EPOCH_TAG])] = m["model_id"]
                 if m["tags"].get(BEST_TAG) == "true":
                     self.best_epoch = int(m["tags"][EPOCH_TAG])
 
-    def after_epoch(self, epoch: int, saved: list[Path], best_epoch: int | None) -> str | None:
-        """Log this epoch's model if it was checkpointed to keep, retag the best, delete what is
+    def snapshot(self, epoch: int, saved: list[Path]) -> Path | None:
+        """This epoch's weights, copied now if one of the files it `saved` is kept (best or
+        periodic): the files themselves are overwritten by later epochs before a queued upload
+        may run."""
+        # a periodic checkpoint outside the `keep` best is deleted as soon as it is written
+        kept = [p for p in saved if (p.name == ckpt.BEST_MODEL or p.name.startswith("epoch_")) and p.exists()]
+        if not kept:
+            return None
+        payload = serving.weights_payload(ckpt.load(kept[0]), self.class_names)
+        return ckpt.save_atomic(payload, self.manager.folder.parent / "pending-models" / f"epoch_{epoch:04d}.pt")
+
+    def after_epoch(self, epoch: int, snapshot: Path | None, best_epoch: int | None) -> str | None:
+        """Log the epoch's snapshot (if any) as a model, retag the best, delete what is
         superseded. Returns the epoch's model id (None when the epoch kept no checkpoint)."""
-        kept = [p for p in saved if p.name == ckpt.BEST_MODEL or p.name.startswith("epoch_")]
-        model_id = self.log_file(kept[0], epoch) if kept else None
+        model_id = None
+        if snapshot is not None:
+            model_id = self.log_file(snapshot, epoch)
+            snapshot.unlink(missing_ok=True)
         self._mark_best(best_epoch)
         self.prune()
         return model_id
 
     def log_file(self, path: Path, epoch: int) -> str:
-        """Log the checkpoint at `path` (of `epoch`) as a model, once."""
+        """Log the checkpoint or weights file at `path` (of `epoch`) as a model, once."""
         if epoch in self.by_epoch:
             return self.by_epoch[epoch]
         payload = serving.weights_payload(ckpt.load(path), self.class_names)
@@ -95,6 +111,7 @@ class ModelLog:
 
     def ensure_best(self, best_epoch: int | None) -> str | None:
         """The best model's id, logging it now if its epoch's logging failed (a tracking outage)."""
+        self.clean_pending()  # e.g. an upload that failed during a tracking outage
         path = self.manager.folder / ckpt.BEST_MODEL
         if best_epoch is None or not path.exists():
             return None

@@ -28,7 +28,7 @@ from ..data import clips
 from ..data.dataset import make_loader
 from ..data.errors import DataError
 from ..data.layout import read_class_names
-from ..errors import ModelError
+from ..errors import ModelError, TrackingUnavailable
 from ..data.prepare import PreparedData, prepare_data
 from ..losses import FocalLoss
 from ..models.c3d import build_model, count_parameters
@@ -57,29 +57,26 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def clip_manifest(data: PreparedData) -> pd.DataFrame:
-    """One row per clip of every split: what the run trained and validated on."""
-    frames = []
-    for split, index in data.splits.items():
-        frames.append(pd.DataFrame({"split": split, "subject": np.asarray(index.subjects)[index.subject_idx],
-                                    "start": index.start, "label": index.label, "purity": index.purity}))
-    return pd.concat(frames, ignore_index=True)
-
-
 class EpochLogger:
-    """Per-epoch MLflow logging: metrics at step=epoch, the metrics CSVs as artifacts.
+    """Per-epoch MLflow logging: the epoch's model (when its checkpoint is kept), metrics at
+    step=epoch, the metrics CSVs as artifacts.
 
-    A failing tracking server must not stop training: a failed epoch is kept and logged again
-    with the next one; checkpoints stay on local disk either way.
+    Training never waits on the tracking server: the calls go to a BackgroundTracker, which makes
+    them in order on its own thread and retries each until it succeeds; the checkpoint (on
+    local disk) never depends on them. What is logged is fixed when the epoch ends: the row, and a
+    snapshot of the model's weights (later epochs overwrite the checkpoint files).
     """
 
-    def __init__(self, run: tracking.Run, out_dir: Path, num_classes: int, models: ModelLog | None = None,
-                 val_dataset: Any = None, resume_upload: Path | None = None) -> None:
-        self.run, self.out_dir, self.num_classes = run, out_dir, num_classes
+    def __init__(self, run: tracking.Run, out_dir: Path, num_classes: int, tracker: tracking.BackgroundTracker,
+                 models: ModelLog | None = None, val_dataset: Any = None, resume_upload: Path | None = None) -> None:
+        self.run, self.out_dir, self.num_classes, self.tracker = run, out_dir, num_classes, tracker
         self.models, self.val_dataset, self.resume_upload = models, val_dataset, resume_upload
-        self.pending: list[dict[str, float]] = []
-        self.failures = 0
-        self.seconds = 0.0  # time spent here, i.e. the cost of tracking (bench/train.py)
+        self.model_ids: dict[int, str | None] = {}  # epoch -> its logged model (set by the tracker's thread)
+        self.seconds = 0.0  # time the training thread spent here, i.e. the cost of tracking (bench/train.py)
+
+    @property
+    def failures(self) -> int:
+        return self.tracker.failures
 
     def write_csvs(self, state: TrainState) -> list[Path]:
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -101,7 +98,7 @@ class EpochLogger:
     def __call__(self, metrics: dict[str, float], per_class: np.ndarray, saved: list, state: TrainState) -> None:
         start = time.perf_counter()
         try:
-            self._log(metrics, per_class, saved, state)
+            self._submit(metrics, per_class, saved, state)
         finally:
             self.seconds += time.perf_counter() - start
 
@@ -113,26 +110,25 @@ class EpochLogger:
         self.run.log_metrics({k: v for k, v in values.items() if k not in val}, step=int(row["epoch"]))
         self.run.log_metrics(val, step=int(row["epoch"]), model_id=model_id, dataset=self.val_dataset)
 
-    def _log(self, metrics: dict[str, float], per_class: np.ndarray, saved: list, state: TrainState) -> None:
+    def _submit(self, metrics: dict[str, float], per_class: np.ndarray, saved: list, state: TrainState) -> None:
+        """Three calls per epoch, each retried alone (a retried call must not repeat another):
+        the model, the metrics (linked to the model), the files."""
         epoch = int(metrics["epoch"])
-        self.pending.append({"epoch": epoch, **self.epoch_metrics(metrics, per_class)})
+        row = {"epoch": epoch, **self.epoch_metrics(metrics, per_class)}
         csvs = self.write_csvs(state)
-        try:
-            model_id = None
-            if self.models is not None:
-                model_id = self.models.after_epoch(epoch, saved, state.best_epoch.get("val_mean_class_acc"))
-            while self.pending:
-                row = self.pending[0]
-                self.log_row(row, model_id if row["epoch"] == epoch else None)
-                self.pending.pop(0)
-            for path in csvs:
-                self.run.log_artifact(path, "metrics")
-            if self.resume_upload is not None and self.resume_upload.exists():
-                self.run.log_artifact(self.resume_upload, RESUME_ARTIFACT_DIR)
-        except Exception as exc:  # noqa: BLE001 - any tracking failure: keep training
-            self.failures += 1
-            log.warning("MLflow logging failed at epoch %d (%s); training goes on, will retry next epoch",
-                        int(metrics["epoch"]), exc)
+        if self.models is not None:
+            snapshot = self.models.snapshot(epoch, saved)
+            best = state.best_epoch.get("val_mean_class_acc")
+            self.tracker.submit(f"epoch {epoch} model", lambda: self.model_ids.__setitem__(
+                epoch, self.models.after_epoch(epoch, snapshot, best)))
+        self.tracker.submit(f"epoch {epoch} metrics", lambda: self.log_row(row, self.model_ids.get(epoch)))
+        self.tracker.submit(f"epoch {epoch} files", lambda: self._log_files(csvs))
+
+    def _log_files(self, csvs: list[Path]) -> None:
+        for path in csvs:
+            self.run.log_artifact(path, "metrics")
+        if self.resume_upload is not None and self.resume_upload.exists():
+            self.run.log_artifact(self.resume_upload, RESUME_ARTIFACT_DIR)
 
 
 RESUME_ARTIFACT_DIR = "resume"  # mlflow.upload_resume_checkpoint: last.pt, for resume on another machine
@@ -358,11 +354,17 @@ def _train(config: Config, env: DistEnv, resume: str | None, progress: bool,
                 log.warning("the data changed since the checkpoint (digest %s, now %s)", payload.get("data_digest"), digest)
             models.recover()
             reconcile_history(run, state)
-        logger = EpochLogger(run, outputs / "runs" / run.id / "metrics", config.model.num_classes, models,
+        tracker = tracking.BackgroundTracker(run.id)
+        logger = EpochLogger(run, outputs / "runs" / run.id / "metrics", config.model.num_classes, tracker, models,
                              datasets.get("validation"),
                              ckpt_dir / ckpt.LAST if config.mlflow.upload_resume_checkpoint else None)
-        state = fit(setup, manager, state=state, callbacks=[logger, *callbacks], progress=progress,
-                    stamp=_RunStamp(run.id, digest, tuple(class_names)))
+        try:
+            state = fit(setup, manager, state=state, callbacks=[logger, *callbacks], progress=progress,
+                        stamp=_RunStamp(run.id, digest, tuple(class_names)))
+        except BaseException:
+            tracker.drain(INTERRUPTED_DRAIN_S)  # what finished epochs queued; resume delivers the rest
+            raise
+        deliver_queued(tracker, run.id, ckpt_dir)
         _log_run_summary(run, state, data, logger, outputs / "runs" / run.id)
         best_id = models.ensure_best(state.best_epoch.get("val_mean_class_acc"))
         version = models.register(best_id) if best_id and options.register else None
@@ -371,13 +373,29 @@ def _train(config: Config, env: DistEnv, resume: str | None, progress: bool,
     return TrainResult(run.id, state, version, ckpt_dir, best_id)
 
 
+DRAIN_S = 600.0  # the end of a run waits this long for queued tracking calls (a server outage)
+INTERRUPTED_DRAIN_S = 10.0  # a run that stops on an error or a kill waits less
+
+
+def deliver_queued(tracker: tracking.BackgroundTracker, run_id: str, ckpt_dir: Path) -> None:
+    """Wait for the tracking calls training queued; if the server does not take them in time,
+    stop with what to do (the checkpoints hold everything they carried)."""
+    if tracker.pending():
+        log.info("training done; waiting for %d queued tracking calls", len(tracker.pending()))
+    left = tracker.drain(DRAIN_S)
+    if left:
+        raise TrackingUnavailable(
+            f"the tracking server took no updates of run {run_id} for {DRAIN_S:.0f} s ({len(left)} left, from "
+            f"{left[0]}); training is complete and its checkpoints are in {ckpt_dir}: run `exptrack train --resume "
+            f"{run_id}` when the server is back to deliver them")
+
+
 def split_datasets(run: tracking.Run, data: PreparedData) -> dict[str, Any]:
     """MLflow datasets of the training and validation clips (context -> dataset)."""
-    manifest = clip_manifest(data)
     out = {}
     for split, context in (("train", "training"), ("val", "validation")):
         if len(data.splits[split]):
-            out[context] = run.dataset(manifest[manifest["split"] == split].reset_index(drop=True), name=f"clips-{split}",
+            out[context] = run.dataset(data.manifest(split), name=f"clips-{split}",
                                        source=str(data.layout.root), digest=data.splits[split].digest())
     return out
 
