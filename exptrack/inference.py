@@ -28,7 +28,7 @@ import torch
 from . import tracking
 from .config import Config, config_from_dict
 from .errors import ModelError
-from .models.c3d import C3D, build_model
+from .models.c3d import C3D, model_with_weights
 from .training import checkpoint as ckpt
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -104,9 +104,8 @@ def load_model(reference: str, device: torch.device | str = "cpu") -> LoadedMode
         path, source = resolve_weights(reference, Path(tmp))
         payload = ckpt.load(path)
     config = config_from_dict(payload["config"], str(path))
-    model = build_model(config.model)
     try:
-        model.load_state_dict(payload["model"])
+        model = model_with_weights(config.model, payload["model"])
     except RuntimeError as exc:  # e.g. "size mismatch for classifier.4.weight": an edited or mixed-up file
         detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line or "Missing" in line
                        or "Unexpected" in line), str(exc).splitlines()[0])

@@ -29,7 +29,7 @@ import torch
 
 from .config import Config, config_from_dict
 from .data.transforms import to_model_input
-from .models.c3d import build_model
+from .models.c3d import model_with_weights
 from .training import checkpoint as ckpt
 
 WEIGHTS_FILE = "weights.pt"
@@ -64,9 +64,7 @@ class ClipClassifierCore:
 
     def __init__(self, payload: dict[str, Any], source: str = WEIGHTS_FILE) -> None:
         self.config = config_from_dict(payload["config"], source)
-        self.model = build_model(self.config.model)
-        self.model.load_state_dict(payload["model"])
-        self.model.eval()
+        self.model = model_with_weights(self.config.model, payload["model"]).eval()
         self.class_names = class_names_of(payload, self.config)
 
     def probabilities(self, clips: np.ndarray, batch_size: int = 16) -> np.ndarray:

@@ -3,6 +3,7 @@ registered model, resume after a kill, a failing tracker, NaN loss."""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import mlflow
@@ -521,3 +522,87 @@ def test_validation_weaknesses_name_subjects_and_thin_classes(tiny_demo, make_co
     assert reasons[0] == "1 validation subject (< 3)"
     assert "fewer than 20 validation clips" in reasons[1]
     assert data.validation_weaknesses(min_subjects=1, min_clips_per_class=1) == []  # sound enough
+
+
+KILL_AT = textwrap.dedent("""
+    import os, signal, sys
+    import torch
+    from exptrack.config import load_config
+    from exptrack.training import checkpoint, loop
+    from exptrack.training.run import train
+
+    point, overrides = sys.argv[1], sys.argv[2:]
+
+    def die():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if point == "mid-epoch-1":  # before the first checkpoint exists
+        real_epoch = loop.train_one_epoch
+
+        def train_one_epoch(*args, **kwargs):
+            if kwargs.get("epoch") == 1:
+                die()
+            return real_epoch(*args, **kwargs)
+
+        loop.train_one_epoch = train_one_epoch
+    elif point == "mid-save-epoch-2":  # epoch 2's last.pt half written
+        real_save = torch.save
+
+        def save(obj, fh, *args, **kwargs):
+            if isinstance(obj, dict) and obj.get("epoch") == 2 and ".last.pt" in getattr(fh, "name", ""):
+                fh.write(b"x" * 100)
+                fh.flush()
+                die()
+            return real_save(obj, fh, *args, **kwargs)
+
+        torch.save = save
+    elif point == "after-checkpoint-2":  # epoch 2 checkpointed, nothing of it tracked yet
+        real_manager_save = checkpoint.CheckpointManager.save
+
+        def manager_save(self, payload, improved):
+            written = real_manager_save(self, payload, improved)
+            if payload["epoch"] == 2:
+                die()
+            return written
+
+        checkpoint.CheckpointManager.save = manager_save
+    train(load_config(None, overrides), progress=False)
+""")
+
+
+@pytest.mark.slow
+def test_real_kills_at_several_points_all_resume_exactly(tiny_demo, make_config, tmp_path):
+    """SIGKILL before the first checkpoint, half-way through a checkpoint save, and between a
+    checkpoint and its tracking: each resumes in the same run, with every epoch once and the
+    same numbers as an uninterrupted run."""
+    import signal
+    import subprocess
+    import sys
+
+    extra = ("train.epochs=3", "train.early_stop_patience=0", "train.checkpoint_every=0")
+    keys = ("train_loss", "val_loss", "val_mean_class_acc")
+    whole = train_run.train(_config(make_config, tiny_demo, *extra, "mlflow.experiment=kill-none"), progress=False)
+    expected = [[row[k] for k in keys] for row in whole.state.history]
+    for point in ("mid-epoch-1", "mid-save-epoch-2", "after-checkpoint-2"):
+        overrides = [f"data.root={tiny_demo}", f"paths.cache={tmp_path / 'cache'}", f"paths.outputs={tmp_path / point}",
+                     "model.num_classes=3", "data.frame_size=32", "data.clip_len=8", "data.train_stride=4",
+                     "data.eval_stride=8", *FAST, *extra, f"mlflow.experiment=kill-{point}"]
+        proc = subprocess.run([sys.executable, "-c", KILL_AT, point, *overrides], capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == -signal.SIGKILL, (point, proc.stderr[-2000:])
+        run_id = mlflow.search_runs(experiment_names=[f"kill-{point}"], output_format="list")[0].info.run_id
+        cfg = _config(make_config, tiny_demo, *extra, f"mlflow.experiment=kill-{point}", f"paths.outputs={tmp_path / point}")
+        result = train_run.train(cfg, resume=run_id, progress=False)
+        assert result.run_id == run_id and _run(run_id).info.status == "FINISHED", point
+        assert _steps(run_id, "train_loss") == [1, 2, 3], point  # every epoch, once
+        assert [[row[k] for k in keys] for row in result.state.history] == expected, point
+        assert _steps(run_id, "best_val_loss") == [3], point  # end-of-run metrics once
+
+
+@pytest.mark.slow
+def test_a_resumed_train_plus_val_fit_logs_each_epoch_once(tiny_demo, make_config):
+    cfg = _config(make_config, tiny_demo, "train.epochs=2", "data.train_on_val=true")
+    first = train_run.train(cfg, progress=False)
+    train_run.train(_config(make_config, tiny_demo, "train.epochs=3", "data.train_on_val=true"),
+                    resume=first.run_id, progress=False)
+    assert _steps(first.run_id, "train_loss") == [1, 2, 3]

@@ -87,3 +87,14 @@ def build_model(model_config) -> C3D:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def model_with_weights(model_config, state_dict: dict) -> C3D:
+    """A C3D holding `state_dict`, built on the meta device: no random initialisation, so loading
+    a model never draws from torch's global RNG (a model logged by the tracking thread while the
+    training thread trains would otherwise change its dropout masks) and wastes no time.
+    Raises RuntimeError when the weights do not fit the config (as load_state_dict does)."""
+    with torch.device("meta"):
+        model = build_model(model_config)
+    model.load_state_dict(state_dict, assign=True)
+    return model

@@ -9,6 +9,7 @@ early-stopping counter, history) and the RNG states.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import random
@@ -19,6 +20,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+log = logging.getLogger("exptrack.train")
 
 LAST = "last.pt"
 BEST_LOSS = "best_val_loss.pt"
@@ -68,6 +71,30 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     if missing:
         raise ModelError(f"{path}: not an exptrack checkpoint (missing {', '.join(sorted(missing))})")
     return payload
+
+
+def load_for_resume(path: Path) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint at `path`, or, when it cannot be read (a torn or damaged file), the newest
+    complete one beside it (best_*.pt and epoch_*.pt carry the same resume state)."""
+    from ..errors import ModelError
+
+    try:
+        return path, load(path)
+    except ModelError as first:
+        found = []
+        for other in path.parent.glob("*.pt"):
+            if other != path:
+                try:
+                    payload = load(other)
+                except ModelError:
+                    continue
+                if "optimizer" in payload and "state" in payload:
+                    found.append((payload["epoch"], other.name, other, payload))
+        if not found:
+            raise
+        epoch, _, other, payload = max(found, key=lambda f: (f[0], f[1]))
+        log.warning("%s; resuming from the newest complete checkpoint instead: %s (epoch %d)", first, other, epoch)
+        return other, payload
 
 
 def rng_state() -> dict[str, Any]:

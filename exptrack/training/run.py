@@ -187,7 +187,7 @@ def find_checkpoint(resume: str, outputs: Path) -> Path:
     if path.is_file():
         return path
     candidate = outputs / "runs" / resume / "checkpoints" / ckpt.LAST
-    if candidate.is_file():
+    if candidate.is_file() or any(candidate.parent.glob("*.pt")):  # without last.pt: the newest other one
         return candidate
     uploaded = ""
     if _RUN_ID.match(resume):
@@ -271,7 +271,7 @@ def _resume_point(resume: str, outputs: Path, config: Config) -> tuple[dict[str,
                     "epoch 1, in the same MLflow run", resume)
         own = config_from_dict(saved, f"run {resume} config.yaml") if saved else config
         return {"run_id": resume}, resume_config(own, config)
-    payload = ckpt.load(path)
+    path, payload = ckpt.load_for_resume(path) if path.name == ckpt.LAST else (path, ckpt.load(path))
     if "run_id" not in payload:
         raise ModelError(f"{path}: checkpoint has no run id (not written by exptrack train)")
     log.info("resuming run %s after epoch %d", payload["run_id"], payload["epoch"])
