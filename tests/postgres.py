@@ -35,6 +35,24 @@ def server_bin_dir() -> Path | None:
     return Path(on_path).parent if on_path else None
 
 
+def wait_until_healthy(url: str, process, log_path: Path, timeout_s: float = 180) -> None:
+    """Wait for an `mlflow server` to answer /health; its log's end if it dies or never does."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"mlflow server did not come up:\n{Path(log_path).read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -17,7 +16,7 @@ import pytest
 
 from exptrack.training import run as train_run
 
-from .postgres import free_port
+from .postgres import free_port, wait_until_healthy
 
 OUTAGE_S = 30.0
 
@@ -37,17 +36,7 @@ class Server:
              "--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}",
              "--artifacts-destination", str(self.folder / "artifacts")],
             stdout=log, stderr=subprocess.STDOUT, cwd=self.folder, start_new_session=True)
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((self.folder / "server.log").read_text()[-3000:])
-            time.sleep(0.5)
+        wait_until_healthy(self.url, self.proc, self.folder / "server.log")
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -606,3 +606,13 @@ def test_a_resumed_train_plus_val_fit_logs_each_epoch_once(tiny_demo, make_confi
     train_run.train(_config(make_config, tiny_demo, "train.epochs=3", "data.train_on_val=true"),
                     resume=first.run_id, progress=False)
     assert _steps(first.run_id, "train_loss") == [1, 2, 3]
+
+
+def test_a_model_kept_from_early_in_a_long_run_is_said():
+    from exptrack.training.loop import TrainState
+
+    rows = [{"epoch": e, "val_loss": 1.0, "val_mean_class_acc": 0.5} for e in range(1, 41)]
+    state = TrainState(epoch=40, best_epoch={"val_mean_class_acc": 1}, history=rows)
+    assert "epoch 1 of 40" in train_run.early_best(state)
+    assert train_run.early_best(TrainState(epoch=40, best_epoch={"val_mean_class_acc": 12}, history=rows)) is None
+    assert train_run.early_best(TrainState(epoch=5, best_epoch={"val_mean_class_acc": 1}, history=rows[:5])) is None

@@ -187,9 +187,7 @@ def test_workers_on_postgres_share_a_study_and_survive_a_killed_worker(tiny_demo
 @pytest.fixture
 def mlflow_server(postgres, tmp_path):
     """A real `mlflow server` process: PostgreSQL backend store, artifacts proxied into a folder."""
-    import urllib.request
-
-    from .postgres import free_port
+    from .postgres import free_port, wait_until_healthy
 
     port, artifacts = free_port(), tmp_path / "server-artifacts"
     log = open(tmp_path / "mlflow-server.log", "w")
@@ -197,18 +195,9 @@ def mlflow_server(postgres, tmp_path):
                                "--backend-store-uri", postgres.create_database("mlflow_server"),
                                "--artifacts-destination", str(artifacts), "--workers", "1"],
                               stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
-    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 180
+    url = f"http://127.0.0.1:{port}"
     try:
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not come up:\n{(tmp_path / 'mlflow-server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
+        wait_until_healthy(url, server, tmp_path / "mlflow-server.log")
         yield url, artifacts
     finally:
         server.terminate()

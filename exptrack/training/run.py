@@ -365,12 +365,26 @@ def _train(config: Config, env: DistEnv, resume: str | None, progress: bool,
             tracker.drain(INTERRUPTED_DRAIN_S)  # what finished epochs queued; resume delivers the rest
             raise
         deliver_queued(tracker, run.id, ckpt_dir)
+        early = early_best(state)
+        if early:
+            log.warning("%s", early)
+            run.set_tags({"early_best_epoch": early})
         _log_run_summary(run, state, data, logger, outputs / "runs" / run.id)
         best_id = models.ensure_best(state.best_epoch.get("val_mean_class_acc"))
         version = models.register(best_id) if best_id and options.register else None
         if config.mlflow.upload_resume_checkpoint and (ckpt_dir / ckpt.LAST).exists():
             run.log_artifact(ckpt_dir / ckpt.LAST, RESUME_ARTIFACT_DIR)
     return TrainResult(run.id, state, version, ckpt_dir, best_id)
+
+
+def early_best(state: TrainState) -> str | None:
+    """A warning when the kept model comes from the first tenth of a run of 10+ epochs: the rest
+    of the run never did better on validation, which is worth a look before trusting it."""
+    epoch = state.best_epoch.get("val_mean_class_acc")
+    if epoch is None or state.epoch < 10 or epoch > state.epoch / 10 or not any("val_loss" in r for r in state.history):
+        return None
+    return (f"the kept model is from epoch {epoch} of {state.epoch}: validation never did better afterwards "
+            "(overfitting, too high a learning rate, or noisy validation); check the curves before trusting it")
 
 
 DRAIN_S = 600.0  # the end of a run waits this long for queued tracking calls (a server outage)
