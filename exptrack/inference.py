@@ -18,7 +18,6 @@ Versions and runs from before logged models (whose weights were the run's
 from __future__ import annotations
 
 import hashlib
-import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,6 @@ from .errors import ModelError
 from .models.c3d import C3D, model_with_weights
 from .training import checkpoint as ckpt
 
-_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 LEGACY_CHECKPOINT = f"checkpoints/{ckpt.BEST_MODEL}"
 
 
@@ -86,7 +84,7 @@ def resolve_weights(reference: str, download_dir: Path) -> tuple[Path, dict[str,
             return _run_artifact(run_id, path, download_dir), source
         if Path(reference).is_file():
             return Path(reference), source
-        run_id = run_id or (reference if _RUN_ID.match(reference) else "")
+        run_id = run_id or (reference if tracking.is_run_id(reference) else "")
         if run_id:
             source.update(_resolve_run(run_id))
             return _weights(source, download_dir), source

@@ -11,6 +11,7 @@ import functools
 import logging
 import os
 import platform
+import re
 import subprocess
 import warnings
 from contextlib import contextmanager, nullcontext
@@ -93,6 +94,14 @@ def configure(config: Config) -> None:
             # MLflow 3's UI opens an experiment without this tag in its GenAI view (traces);
             # tagged, it opens on the runs table ("Machine learning" / model training)
             mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, "custom_model_development")
+
+
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def is_run_id(text: str) -> bool:
+    """Whether `text` has the form of an MLflow run id (32 hex digits)."""
+    return bool(_RUN_ID.match(text))
 
 
 def tracking_uri() -> str:

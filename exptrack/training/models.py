@@ -11,6 +11,7 @@ model (`models:/<model id>`), never at a file that later epochs overwrite.
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,8 @@ class ModelLog:
         if not kept:
             return None
         payload = serving.weights_payload(ckpt.load(kept[0]), self.class_names)
-        return ckpt.save_atomic(payload, self.manager.folder.parent / "pending-models" / f"epoch_{epoch:04d}.pt")
+        folder = self.manager.folder.parent / "pending-models" / f"epoch_{epoch:04d}"
+        return ckpt.save_atomic(payload, folder / serving.WEIGHTS_FILE)  # logged as it is
 
     def after_epoch(self, epoch: int, snapshot: Path | None, best_epoch: int | None) -> str | None:
         """Log the epoch's snapshot (if any) as a model, retag the best, delete what is
@@ -64,13 +66,14 @@ class ModelLog:
         model_id = None
         if snapshot is not None:
             model_id = self.log_file(snapshot, epoch)
-            snapshot.unlink(missing_ok=True)
+            shutil.rmtree(snapshot.parent, ignore_errors=True)
         self._mark_best(best_epoch)
         self.prune()
         return model_id
 
     def log_file(self, path: Path, epoch: int) -> str:
-        """Log the checkpoint or weights file at `path` (of `epoch`) as a model, once."""
+        """Log the checkpoint or weights file at `path` (of `epoch`) as a model, once. A weights
+        file (a snapshot) is logged as it is; a checkpoint is reduced to its weights first."""
         if epoch in self.by_epoch:
             return self.by_epoch[epoch]
         payload = serving.weights_payload(ckpt.load(path), self.class_names)
@@ -79,7 +82,7 @@ class ModelLog:
         tags = {EPOCH_TAG: epoch, BEST_TAG: "false", "exptrack.data_digest": payload.get("data_digest", ""),
                 **{f"exptrack.{k}": round(v, 6) for k, v in metrics.items() if k.startswith("val_")}}
         with tempfile.TemporaryDirectory(prefix="exptrack-model-") as tmp:
-            weights = ckpt.save_atomic(payload, Path(tmp) / serving.WEIGHTS_FILE)
+            weights = path if path.name == serving.WEIGHTS_FILE else ckpt.save_atomic(payload, Path(tmp) / serving.WEIGHTS_FILE)
             model_id = self.run.log_clip_model(weights, d["clip_len"], self.class_names, epoch, tags)
         self.by_epoch[epoch] = model_id
         return model_id

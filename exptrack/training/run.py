@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import re
 import shutil
 import tempfile
 import time
@@ -39,7 +38,6 @@ from .models import ModelLog
 from .loop import EpochCallback, FitSetup, TrainState, fit, model_memory_format, resolve_device, restore
 
 log = logging.getLogger("exptrack.train")
-_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 @dataclass
@@ -190,7 +188,7 @@ def find_checkpoint(resume: str, outputs: Path) -> Path:
     if candidate.is_file() or any(candidate.parent.glob("*.pt")):  # without last.pt: the newest other one
         return candidate
     uploaded = ""
-    if _RUN_ID.match(resume):
+    if tracking.is_run_id(resume):
         try:
             with tempfile.TemporaryDirectory(prefix="exptrack-resume-") as tmp:
                 got = tracking.download_run_artifact(resume, f"{RESUME_ARTIFACT_DIR}/{ckpt.LAST}", Path(tmp))
@@ -264,7 +262,7 @@ def _resume_point(resume: str, outputs: Path, config: Config) -> tuple[dict[str,
     try:
         path = find_checkpoint(resume, outputs)
     except ModelError:
-        saved = tracking.train_run_config(resume) if _RUN_ID.match(resume) else None
+        saved = tracking.train_run_config(resume) if tracking.is_run_id(resume) else None
         if saved is None:
             raise
         log.warning("run %s has no checkpoint (it was stopped before its first epoch ended): it starts again from "
