@@ -87,14 +87,20 @@ def plain_recipe(settings: list[str], seed: int, epochs: int, device: torch.devi
         loader.dataset.set_epoch(epoch)
         loader.sampler.set_epoch(epoch)
         model.train()
+        seen, correct, loss_sum = 0, 0, 0.0
         for batch in loader:
             x, y = prepare_batch(batch, device)
-            loss = criterion(model(x), y)
+            logits = model(x)
+            loss = criterion(logits, y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            seen, correct = seen + len(y), correct + int((logits.argmax(1) == y).sum())
+            loss_sum += float(loss) * len(y)
         scheduler.step()
-        logging.getLogger("exptrack.bench").info("plain epoch %d/%d", epoch, epochs)
+        # the training fit, to compare with exptrack's "train loss/acc" lines
+        logging.getLogger("exptrack.bench").info("plain epoch %d/%d  train loss %.4f acc %.3f", epoch, epochs,
+                                                 loss_sum / seen, correct / seen)
     return test_mean_class_accuracy(model, config, device)
 
 

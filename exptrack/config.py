@@ -78,6 +78,10 @@ class ModelConfig:
     # room must go), 0.0 with them (masks already removed it; removing the still body too
     # measured worse, bench/RESULTS.md "Recipe").
     static_removal: float | None = None
+    # Before static removal, shift each frame onto the clip's middle frame (phase correlation,
+    # at most 5% of the frame): a shaking camera otherwise leaves every background edge in what
+    # static removal keeps (models/stabilize.py). No effect when static_removal is 0.
+    stabilize: bool = True
 
 
 @dataclass(frozen=True)
@@ -254,7 +258,7 @@ def _section_fields(section: str) -> dict[str, Any]:
 RENAMED = {"data.label_frame_base": "frame_base"}
 # Keys added since a config was saved whose default changed how a model computes: a saved config
 # that lacks one was made before it existed, so it gets the value that reproduces that model.
-ADDED_LATER = {"model": {"static_removal": 0.0}}
+ADDED_LATER = {"model": {"static_removal": 0.0, "stabilize": False}}
 
 
 def _check_mapping(raw: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:

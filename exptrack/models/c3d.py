@@ -7,7 +7,9 @@ pool never shrinks a dimension that is already 1.
 
 `static_removal` (0 to 1) subtracts that share of each pixel's mean over the clip before the
 first convolution. An exercise is a motion; what stays still in a clip (the room, the clothes)
-is what a model memorises on a few subjects and what fails on the next one. It has no
+is what a model memorises on a few subjects and what fails on the next one. With `stabilize`,
+each frame is first shifted onto the clip's middle frame, so that a shaking camera does not
+turn the room into motion (models/stabilize.py). Neither has
 parameters, so the model and its parameter count are the paper's either way, and being part of
 the module it applies wherever the model runs (evaluate, predict, GradCAM, MLflow pyfunc).
 """
@@ -17,6 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .stabilize import stabilize as stabilize_frames
 
 # (output channels of each conv) per block, at width 1.0
 BLOCKS = ((64,), (128,), (256, 256), (512, 512), (512, 512))
@@ -45,9 +49,11 @@ def conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
 
 class C3D(nn.Module):
     def __init__(self, num_classes: int = 17, width: float = 1.0, dropout: float = 0.5,
-                 dropout_fc: float = 0.3, in_channels: int = 3, static_removal: float = 0.0) -> None:
+                 dropout_fc: float = 0.3, in_channels: int = 3, static_removal: float = 0.0,
+                 stabilize: bool = False) -> None:
         super().__init__()
         self.num_classes, self.width, self.static_removal = num_classes, width, static_removal
+        self.stabilize = stabilize
         cin = in_channels
         for i, channels in enumerate(BLOCKS, start=1):
             layers: list[nn.Module] = []
@@ -71,6 +77,8 @@ class C3D(nn.Module):
     def remove_static(self, x: torch.Tensor) -> torch.Tensor:
         if not self.static_removal:
             return x
+        if self.stabilize:
+            x = stabilize_frames(x)  # (B, C, T, H, W), each frame moved onto the middle one
         return x - self.static_removal * x.mean(dim=2, keepdim=True)  # (B, C, T, H, W) minus (B, C, 1, H, W)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -82,7 +90,8 @@ class C3D(nn.Module):
 def build_model(model_config) -> C3D:
     """C3D from a ModelConfig."""
     return C3D(num_classes=model_config.num_classes, width=model_config.width, dropout=model_config.dropout,
-               dropout_fc=model_config.dropout_fc, static_removal=model_config.static_removal)
+               dropout_fc=model_config.dropout_fc, static_removal=model_config.static_removal,
+               stabilize=model_config.stabilize)
 
 
 def count_parameters(model: nn.Module) -> int:
