@@ -143,6 +143,10 @@ class AugmentConfig:
     enabled: bool = True
     hflip_p: float = 0.5
     rotation_deg: float = 10.0
+    # Zoom in or out by up to this share (0.15: x0.85 to x1.15), and shift by up to this share
+    # of the frame in x and y: the person stands elsewhere and at another size in a new room.
+    scale: float = 0.0
+    translate: float = 0.0
     brightness: float = 0.2
     contrast: float = 0.2
     saturation: float = 0.2
@@ -467,6 +471,8 @@ def validate(config: Config) -> None:
         problems.append("train.early_stop_patience must be >= 0 (0 turns early stopping off)")
     if not 0.0 <= config.augment.hflip_p <= 1.0:
         problems.append("augment.hflip_p must be in [0, 1]")
+    if not 0.0 <= config.augment.scale < 1.0 or not 0.0 <= config.augment.translate <= 0.5:
+        problems.append("augment.scale must be in [0, 1) and augment.translate in [0, 0.5]")
     if config.optim.lr <= 0:
         problems.append("optim.lr must be > 0")
     if problems:

@@ -90,6 +90,53 @@ def test_saved_configs_from_before_static_removal_keep_plain_frames():
 
     saved = to_nested_dict(Config())
     del saved["model"]["static_removal"]  # a model logged before the key existed
+    del saved["model"]["stabilize"]
     assert config_from_dict(saved).model.static_removal == 0.0
+    assert config_from_dict(saved).model.stabilize is False  # as it ran then
     saved["model"]["static_removal"] = 0.5
     assert config_from_dict(saved).model.static_removal == 0.5
+    assert Config().model.stabilize is True
+
+
+def _shaken_scene(shifts: list[tuple[int, int]], size: int = 48, margin: int = 6) -> torch.Tensor:
+    """(1, 3, T, size, size): one still, textured room seen through a camera that moves by
+    `shifts` (dy, dx) pixels, plus a small square (the person) that moves on its own."""
+    g = torch.Generator().manual_seed(0)
+    room = torch.randn(1, 3, size + 2 * margin, size + 2 * margin, generator=g)
+    room = 3.0 * F.avg_pool2d(room, 3, stride=1, padding=1)  # texture with edges a few pixels wide, std 1
+    frames = []
+    for t, (dy, dx) in enumerate(shifts):
+        view = room[..., margin + dy:margin + dy + size, margin + dx:margin + dx + size].clone()
+        view[..., 20:26, 10 + t:16 + t] = 2.0  # the person walks right, 1 pixel per frame
+        frames.append(view)
+    return torch.stack(frames, dim=2)
+
+
+def test_stabilize_finds_the_camera_shift_and_cancels_it():
+    from exptrack.models.stabilize import estimate_shifts, stabilize
+
+    shifts = [(0, 0), (1, -2), (-2, 1), (0, 0), (2, 2), (-1, 0)]
+    clip = _shaken_scene(shifts)
+    middle = shifts[len(shifts) // 2]
+    # frame t(p) = room(p + s_t): relative to the middle frame it shows the room moved by -(s_t - s_mid)
+    expected = torch.tensor([[-(dy - middle[0]), -(dx - middle[1])] for dy, dx in shifts], dtype=torch.float32)
+    torch.testing.assert_close(estimate_shifts(clip, max_shift=3)[0], expected, atol=0.25, rtol=0)
+
+    def residual(x: torch.Tensor) -> float:  # what static removal keeps, away from the borders
+        return float((x - x.mean(dim=2, keepdim=True))[..., 4:-4, 4:-4].pow(2).mean())
+
+    steady = _shaken_scene([(0, 0)] * len(shifts))
+    assert residual(clip) > 5 * residual(steady)  # the shake is most of what is left
+    # Stabilizing removes most of it (10x here; what is left: fractional-pixel error on sharp texture).
+    assert residual(stabilize(clip)) < 3 * residual(steady)
+    assert (stabilize(steady) - steady).abs().mean() < 0.02  # a still camera: (almost) unchanged
+
+
+def test_stabilize_runs_only_with_static_removal():
+    clip = _shaken_scene([(0, 0), (2, 0), (0, 2), (1, 1)])
+    with torch.no_grad():
+        plain = C3D(num_classes=4, width=0.125, static_removal=0.0, stabilize=True).eval()
+        torch.testing.assert_close(plain.remove_static(clip), clip)  # masks on: frames as they are
+        steady = C3D(num_classes=4, width=0.125, static_removal=1.0, stabilize=True).eval()
+        shaky = C3D(num_classes=4, width=0.125, static_removal=1.0, stabilize=False).eval()
+        assert steady.remove_static(clip).abs().mean() < 0.5 * shaky.remove_static(clip).abs().mean()

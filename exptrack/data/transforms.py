@@ -1,7 +1,7 @@
 """Pure functions on clips: skeleton attention, geometric and colour augmentation, normalisation.
 
 The split of work is chosen for speed. Loader workers stay on uint8 data and OpenCV's SIMD
-kernels: one affine warp per frame (flip and rotation folded into one matrix, the same for
+kernels: one affine warp per frame (flip, rotation, scale and shift folded into one matrix, the same for
 every frame of a clip, applied to frames, masks and attention alike), colour jitter as one 3x4
 colour matrix over the whole clip, and the mask/attention weight as one saturating multiply. Only the ImageNet normalisation, the one step that needs
 float, runs per batch on the training device (`to_model_input`), so 4x fewer bytes cross to
@@ -72,6 +72,8 @@ def mask_weight(masks: np.ndarray, present: np.ndarray, alpha: float) -> np.ndar
 class AugmentParams:
     flip: bool = False
     angle: float = 0.0  # degrees, counter-clockwise
+    scale: float = 1.0  # > 1 zooms in, about the centre
+    shift: tuple[float, float] = (0.0, 0.0)  # (dx, dy) as shares of the frame size
     brightness: float = 1.0
     contrast: float = 1.0
     saturation: float = 1.0
@@ -79,7 +81,7 @@ class AugmentParams:
 
     @property
     def geometric(self) -> bool:
-        return self.flip or self.angle != 0.0
+        return self.flip or self.angle != 0.0 or self.scale != 1.0 or self.shift != (0.0, 0.0)
 
     @property
     def colored(self) -> bool:
@@ -97,6 +99,8 @@ def sample_augment(rng: np.random.Generator, cfg) -> AugmentParams:
     return AugmentParams(
         flip=bool(rng.random() < cfg.hflip_p),
         angle=float(rng.uniform(-cfg.rotation_deg, cfg.rotation_deg)) if cfg.rotation_deg > 0 else 0.0,
+        scale=around_one(cfg.scale),
+        shift=tuple(float(v) for v in rng.uniform(-cfg.translate, cfg.translate, size=2)) if cfg.translate > 0 else (0.0, 0.0),
         brightness=around_one(cfg.brightness),
         contrast=around_one(cfg.contrast),
         saturation=around_one(cfg.saturation),
@@ -109,10 +113,12 @@ def sample_augment(rng: np.random.Generator, cfg) -> AugmentParams:
 
 
 def geometry_matrix(params: AugmentParams, size: int) -> np.ndarray:
-    """2x3 affine matrix in pixel coordinates: horizontal flip first, then rotation about the centre."""
+    """2x3 affine matrix in pixel coordinates: horizontal flip first, then rotation and scale
+    about the centre, then the shift."""
     centre = (size - 1) / 2.0
     flip = np.array([[-1.0, 0.0, size - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]) if params.flip else np.eye(3)
-    rot = np.vstack([cv2.getRotationMatrix2D((centre, centre), params.angle, 1.0), [0.0, 0.0, 1.0]])
+    rot = np.vstack([cv2.getRotationMatrix2D((centre, centre), params.angle, params.scale), [0.0, 0.0, 1.0]])
+    rot[:2, 2] += np.asarray(params.shift) * size
     return (rot @ flip)[:2]
 
 

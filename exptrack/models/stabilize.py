@@ -6,8 +6,8 @@ edge of a cluttered background then leaves a residual, and on the hard demo pres
 background held five times the person's share of what remained (bench/RESULTS.md "Recipe").
 So each frame is first shifted onto the clip's middle frame.
 
-The shift of a frame is found by phase correlation with the middle frame: the normalised
-cross-power spectrum of two translated images is a pure phase ramp whose inverse transform
+The shift of a frame is found by (partly whitened) phase correlation with the middle frame:
+the cross-power spectrum of two translated images is a phase ramp whose inverse transform
 peaks at the translation. The background is most of the frame and moves rigidly with the
 camera, so it makes the peak; a moving person only adds weaker, scattered ones. The peak is
 refined to a fraction of a pixel (a parabola through it and its neighbours) and searched only
@@ -22,11 +22,26 @@ from __future__ import annotations
 
 import torch
 
+# The cross-power spectrum is divided by its magnitude to this power. 1 is textbook phase
+# correlation: every frequency counts the same, so a sharp-edged person can outvote a smoother
+# background in the many high frequencies. 0 is plain correlation: broad peaks, less precise.
+# Between the two, the background's energy still counts. On the hard preset both ends and 0.5
+# left about the same residual (bench/RESULTS.md); 0.5 also found a high-contrast test scene's
+# shift exactly (tests/test_model_loss.py).
+WHITENING = 0.5
 
-def _hann(n: int, device: torch.device) -> torch.Tensor:
-    # Tapering the borders keeps the frame's edges (which do not move with the scene) out of
-    # the correlation.
-    return torch.hann_window(n, periodic=False, device=device) if n > 1 else torch.ones(1, device=device)
+
+def _taper(n: int, device: torch.device, share: float = 0.2) -> torch.Tensor:
+    """(n,) Tukey window: flat, with cosine tapers over `share` of the length at the ends.
+
+    Tapering the borders keeps the frame's edges (which do not move with the scene) out of the
+    correlation. It is flat elsewhere, not a Hann window: that would weigh the centre of the
+    frame most, where the person usually is, and the background is what should decide."""
+    ramp = max(1, int(share * n / 2))
+    w = torch.ones(n, device=device)
+    edge = 0.5 - 0.5 * torch.cos(torch.pi * (torch.arange(ramp, device=device) + 0.5) / ramp)
+    w[:ramp], w[n - ramp:] = edge, edge.flip(0)
+    return w
 
 
 def _parabolic_offset(left: torch.Tensor, centre: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
@@ -42,10 +57,10 @@ def estimate_shifts(x: torch.Tensor, max_shift: int) -> torch.Tensor:
     b, _, t, h, w = x.shape
     gray = x.float().mean(dim=1)  # (B, T, H, W)
     gray = gray - gray.mean(dim=(-2, -1), keepdim=True)
-    window = _hann(h, x.device)[:, None] * _hann(w, x.device)[None, :]  # (H, W)
+    window = _taper(h, x.device)[:, None] * _taper(w, x.device)[None, :]  # (H, W)
     spectrum = torch.fft.fft2(gray * window)  # (B, T, H, W) complex
-    cross = spectrum * spectrum[:, t // 2:t // 2 + 1].conj()
-    cross = cross / cross.abs().clamp_min(1e-12)
+    cross = spectrum * spectrum[:, t // 2:t // 2 + 1].conj()  # (B, T, H, W) against the middle frame
+    cross = cross / cross.abs().clamp_min(1e-12).pow(WHITENING)
     surface = torch.fft.ifft2(cross).real  # (B, T, H, W): peak at the shift, indices modulo (H, W)
 
     # Only shifts within max_shift of zero are candidates.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import numpy as np
 import pytest
 import torch
@@ -27,21 +28,40 @@ def _dot_clip(kps: np.ndarray) -> np.ndarray:
     return clip
 
 
-@pytest.mark.parametrize("flip, angle", [(True, 0.0), (False, 9.0), (True, -7.5)])
-def test_geometry_matrix_says_where_the_pixels_go(flip, angle):
+@pytest.mark.parametrize("flip, angle, scale, shift", [(True, 0.0, 1.0, (0.0, 0.0)), (False, 9.0, 1.0, (0.0, 0.0)),
+                                                       (True, -7.5, 1.0, (0.0, 0.0)), (False, 0.0, 1.15, (0.1, -0.05)),
+                                                       (True, 5.0, 0.85, (-0.1, 0.1))])
+def test_geometry_matrix_says_where_the_pixels_go(flip, angle, scale, shift):
     """The one affine warp per clip (flip then rotation) moves a pixel to matrix @ (x, y, 1), so
     anything drawn with the same matrix (masks, attention) stays aligned with the frames."""
     kps = np.zeros((4, 17, 3), dtype=np.float32)
     kps[:, LW] = (44, 20, 0.9)
     kps[:, RW] = (18, 26, 0.8)
     clip = _dot_clip(kps)
-    m = T.geometry_matrix(T.AugmentParams(flip=flip, angle=angle), S)
+    m = T.geometry_matrix(T.AugmentParams(flip=flip, angle=angle, scale=scale, shift=shift), S)
     warped = T.warp_frames(clip, m)
     for joint, channel in ((LW, 0), (RW, 1)):
         x, y = np.round(m @ np.array([*kps[0, joint, :2], 1.0])).astype(int)
         assert warped[0, y, x, channel] > 150 and warped[0, y, x, 1 - channel] < 60, (joint, warped[0, y, x])
     if flip:  # mirrored: the left dot is now left of the right one
         assert (m @ [44, 20, 1])[0] < (m @ [18, 26, 1])[0]
+
+
+def test_scale_and_shift_move_the_picture_as_drawn():
+    """A dot at the centre stays there under zoom alone; a shift of 0.1 moves it by 0.1 of the frame."""
+    clip = np.zeros((2, S, S, 3), dtype=np.uint8)
+    c = (S - 1) // 2
+    clip[:, c - 1:c + 2, c - 1:c + 2] = 255
+    zoomed = T.warp_frames(clip, T.geometry_matrix(T.AugmentParams(scale=1.2), S))
+    assert zoomed[0, c, c, 0] == 255 and zoomed.sum() > clip.sum()  # bigger, same place
+    moved = T.warp_frames(clip, T.geometry_matrix(T.AugmentParams(shift=(0.1, 0.0)), S))
+    assert moved[0, c, c + round(0.1 * S), 0] == 255 and moved[0, c, c, 0] == 0
+    cfg = dataclasses.replace(AugmentConfig(), scale=0.2, translate=0.1)
+    draws = [T.sample_augment(np.random.default_rng(i), cfg) for i in range(50)]
+    assert all(0.8 <= d.scale <= 1.2 and max(map(abs, d.shift)) <= 0.1 for d in draws)
+    assert len({d.scale for d in draws}) == 50 and all(d.geometric for d in draws)
+    off = T.sample_augment(np.random.default_rng(3), AugmentConfig(rotation_deg=0.0, hflip_p=0.0))
+    assert (off.scale, off.shift, off.geometric) == (1.0, (0.0, 0.0), False)  # the default: no warp at all
 
 
 def test_plain_flip_is_an_exact_mirror():
