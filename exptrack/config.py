@@ -200,6 +200,7 @@ ORIGINAL_VALUES: dict[str, Any] = {
     "train.precise_bn_batches": 0,
     "train.selection_window": 1,
     "model.static_removal": 0.0,
+    "model.stabilize": False,
 }
 
 # section name -> its dataclass, in declaration order

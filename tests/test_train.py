@@ -420,13 +420,14 @@ def test_early_stopping_pruning_and_resume_after_stop(tiny_demo, make_config):
     cfg = _config(make_config, tiny_demo, "train.epochs=6", "train.early_stop_patience=1",
                   "train.early_stop_min_delta=1.0", "train.checkpoint_every=1", "train.keep_checkpoints=1")
     result = train_run.train(cfg, progress=False)
-    assert result.state.epoch == 2  # epoch 1 sets the reference, epoch 2 does not beat it by 1.0
+    # the first full selection window (epochs 1-3) sets the reference, epoch 4 does not beat it by 1.0
+    assert result.state.epoch == 4
     periodic = sorted(p.name for p in result.checkpoint_dir.glob("epoch_*.pt"))
     assert len(periodic) == 1  # keep_checkpoints=1
     versions_before = mlflow.MlflowClient().search_model_versions(f"name='{cfg.mlflow.registered_model}'")
 
     again = train_run.train(cfg, resume=result.run_id, progress=False)  # killed after stopping, say
-    assert again.state.epoch == 2 and _steps(result.run_id, "val_loss") == [1, 2]
+    assert again.state.epoch == 4 and _steps(result.run_id, "val_loss") == [1, 2, 3, 4]
     versions_after = mlflow.MlflowClient().search_model_versions(f"name='{cfg.mlflow.registered_model}'")
     assert len(versions_after) == len(versions_before)  # registered once per run
 
@@ -510,10 +511,11 @@ def test_selection_follows_the_smoothed_score_not_one_lucky_epoch():
     assert state.best_epoch["val_mean_class_acc"] == 6  # window 4-6: mean 0.59 beats 1-3 (0.47)
     assert state.best["val_mean_class_acc"] == 0.62 and abs(state.best["selection_score"] - 0.59) < 1e-9
     assert state.best_epoch["val_acc"] == 2  # best_val_acc.pt still keeps the single best epoch
-    assert 2 in kept and kept[-1] == 6
+    assert kept[0] == 3 and kept[-1] == 6  # no model before the first full window (1-3)
     assert state.stale_epochs == 1  # the smoothed score last rose at epoch 6
     window1 = selection_score([{"val_mean_class_acc": s} for s in scores], window=1)
     assert window1 == scores[-1]  # window 1 is the original rule: the epoch itself
+    assert selection_score([{"val_mean_class_acc": 0.9}], window=3) == -np.inf  # a partial window is no score
 def test_validation_weaknesses_name_subjects_and_thin_classes(tiny_demo, make_config, tmp_path):
     from exptrack.data.prepare import prepare_data
 

@@ -265,14 +265,18 @@ class FitSetup:
 
 
 def selection_score(history: list[dict[str, float]], window: int) -> float:
-    """Mean validation mean class accuracy of the last `window` epochs (fewer at the start).
+    """Mean validation mean class accuracy of the last `window` epochs; -inf until there are
+    `window` of them.
 
     With one or two validation subjects, one epoch's score swings by 0.2 from noise alone
     (issue 9); the best single epoch is then mostly the luckiest one. The trailing mean rewards a
     model that has been good for several epochs in a row, and the model kept is the last of them.
+    A shorter window at the start would be the same luck again: the mean of one epoch swings
+    more than that of three, and a lucky first epoch set a bar that an untrained model then
+    "failed" to beat until early stopping ended the run at epoch 11 (hard preset, RESULTS.md).
     """
-    recent = [row["val_mean_class_acc"] for row in history[-window:] if "val_mean_class_acc" in row]
-    return float(np.mean(recent)) if recent else -math.inf
+    recent = [row["val_mean_class_acc"] for row in history if "val_mean_class_acc" in row][-window:]
+    return float(np.mean(recent)) if len(recent) >= window else -math.inf
 
 
 def _improvements(metrics: dict[str, float], score: float, state: TrainState) -> dict[str, bool]:
@@ -388,10 +392,11 @@ def record_epoch(state: TrainState, metrics: dict[str, float], per_class: np.nda
     checkpoints it improves (`improved` for CheckpointManager.save)."""
     epoch = int(metrics["epoch"])
     if "val_loss" in metrics:
-        score = selection_score([*state.history, metrics], cfg.selection_window)
+        # (a run shorter than the window is judged on all of its epochs)
+        score = selection_score([*state.history, metrics], min(cfg.selection_window, cfg.epochs))
         improved = _improvements(metrics, score, state)
         _record_bests(metrics, score, improved, state, epoch)
-        if epoch >= cfg.min_epochs:
+        if epoch >= cfg.min_epochs and math.isfinite(score):  # patience counts from the first full window
             _update_patience(score, state, cfg.early_stop_min_delta)
     else:  # the latest model is the model: it is saved as BEST_MODEL and registered
         improved = {"val_mean_class_acc": True}
