@@ -26,3 +26,11 @@ def test_recipe_bench_runs_both_recipes(tiny_demo, tmp_path):
     assert sorted(rows.recipe) == ["exptrack", "plain"]
     assert rows.test_mca.between(0, 1).all()
     assert "masks on: exptrack - plain = " in proc.stdout
+
+
+def test_shake_bench_reports_the_person_share(tiny_demo, tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "shake.py"), "--data", str(tiny_demo), "--frame-size", "32",
+                           "--subjects", "1"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shares = [float(line.split("residual ")[1].split(";")[0]) for line in proc.stdout.splitlines() if "share" in line]
+    assert len(shares) == 2 and all(0 < s < 1 for s in shares)  # raw, stabilized
