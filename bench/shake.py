@@ -4,8 +4,8 @@ Static removal (model.static_removal=1) feeds the model each pixel minus its mea
 On a still camera that leaves the person's motion; on a shaking one, every edge of the room
 too. This measures it on a dataset with true person masks: for every 16-frame clip of every
 subject, the squared residual inside the mask (person) and outside it (room), raw and after
-`exptrack.models.stabilize.stabilize`. Frames are decoded with exptrack's own decoder at the
-training frame size. A border of `--border` pixels is left out (what the Fourier shift wraps).
+stabilization, through the model's own step (`exptrack.models.c3d.remove_static`). Frames are
+decoded with exptrack's own decoder at the training frame size. A border of `--border` pixels is left out (what the Fourier shift wraps).
 
 Usage:
   python bench/shake.py [--data DIR | --preset hard] [--frame-size 64] [--subjects 3]
@@ -27,7 +27,7 @@ import torch
 from exptrack.data.errors import DataWarnings
 from exptrack.data.layout import discover, mask_files
 from exptrack.data.video import decode_video
-from exptrack.models.stabilize import stabilize
+from exptrack.models.c3d import remove_static
 
 
 def subject_clips(video: Path, mask_dir: Path, size: int, clip_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -46,9 +46,8 @@ def subject_clips(video: Path, mask_dir: Path, size: int, clip_len: int) -> tupl
 
 def residual_energy(clips: np.ndarray, masks: np.ndarray, stabilized: bool, border: int) -> tuple[float, float, int, int]:
     x = torch.from_numpy(clips).permute(0, 4, 1, 2, 3)  # (N, 3, T, S, S)
-    if stabilized:
-        x = stabilize(x)
-    r = (x - x.mean(dim=2, keepdim=True)).pow(2).sum(dim=1).numpy()  # (N, T, S, S)
+    # exactly what the model's first convolution sees, with static_removal=1
+    r = remove_static(x, 1.0, stabilized).pow(2).sum(dim=1).numpy()  # (N, T, S, S)
     inner = (slice(None), slice(None), slice(border, -border), slice(border, -border))
     r, m = r[inner], masks[inner]
     return float(r[m].sum()), float(r[~m].sum()), int(m.sum()), int((~m).sum())

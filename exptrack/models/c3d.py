@@ -42,6 +42,16 @@ class Pool(nn.Module):
         return f"kernel={self.kernel}"
 
 
+def remove_static(x: torch.Tensor, share: float, stabilize: bool) -> torch.Tensor:
+    """(B, C, T, H, W) clips minus `share` of each pixel's mean over the clip, after shifting
+    each frame onto the middle one when `stabilize` (only then: with share 0 nothing is removed)."""
+    if not share:
+        return x
+    if stabilize:
+        x = stabilize_frames(x)  # (B, C, T, H, W), each frame moved onto the middle one
+    return x - share * x.mean(dim=2, keepdim=True)  # (B, C, T, H, W) minus (B, C, 1, H, W)
+
+
 def conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
     # ReLU is not in-place so that a hook on a block sees its real activation (GradCAM).
     return [nn.Conv3d(cin, cout, kernel_size=3, padding=1), nn.BatchNorm3d(cout), nn.ReLU()]
@@ -75,11 +85,7 @@ class C3D(nn.Module):
         return x
 
     def remove_static(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.static_removal:
-            return x
-        if self.stabilize:
-            x = stabilize_frames(x)  # (B, C, T, H, W), each frame moved onto the middle one
-        return x - self.static_removal * x.mean(dim=2, keepdim=True)  # (B, C, T, H, W) minus (B, C, 1, H, W)
+        return remove_static(x, self.static_removal, self.stabilize)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(self.remove_static(x))  # (B, C, T', H', W')

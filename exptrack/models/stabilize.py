@@ -67,13 +67,12 @@ def estimate_shifts(x: torch.Tensor, max_shift: int) -> torch.Tensor:
     dy = torch.fft.fftfreq(h, 1.0 / h, device=x.device).round().long()  # index -> signed shift
     dx = torch.fft.fftfreq(w, 1.0 / w, device=x.device).round().long()
     allowed = (dy.abs() <= max_shift)[:, None] & (dx.abs() <= max_shift)[None, :]  # (H, W)
-    masked = surface.masked_fill(~allowed, float("-inf"))
-    peak = masked.flatten(2).argmax(dim=2)  # (B, T)
+    flat = surface.flatten(2)  # (B, T, H*W)
+    peak = flat.masked_fill(~allowed.flatten(), float("-inf")).argmax(dim=2)  # (B, T)
     py, px = peak // w, peak % w
 
-    def at(iy: torch.Tensor, ix: torch.Tensor) -> torch.Tensor:
-        flat = (iy % h) * w + (ix % w)
-        return surface.flatten(2).gather(2, flat[..., None]).squeeze(2)  # (B, T)
+    def at(iy: torch.Tensor, ix: torch.Tensor) -> torch.Tensor:  # surface values at (iy, ix), wrapped
+        return flat.gather(2, ((iy % h) * w + (ix % w))[..., None]).squeeze(2)  # (B, T)
 
     centre = at(py, px)
     sub_y = _parabolic_offset(at(py - 1, px), centre, at(py + 1, px)) if h > 2 else torch.zeros_like(centre)
