@@ -1,10 +1,12 @@
-"""Dataset statistics: splits, class distribution (frames, clips, before/after downsampling),
-video properties; written as CSV + PNG and logged as an MLflow run."""
+"""The dataset commands, each an MLflow run: `analyze` (statistics: splits, class distribution
+in frames and clips, before/after downsampling, video properties; CSV + PNG) and `cache` (decode
+every video once, optionally prune what the config does not use)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +31,7 @@ class Analysis:
     clips_per_class: pd.DataFrame
     videos: pd.DataFrame
     summary: dict
+    run_id: str = ""  # the MLflow run it was logged as
 
 
 def _class_name(c: int) -> str:
@@ -121,9 +124,30 @@ def run_analyze(config: Config, out_dir: str | Path | None = None) -> Analysis:
     write_report(result, out)
     with tracking.start_run(config, run_name="analyze", command="analyze",
                             tags={"data_root": data.layout.root, "data_digest": data.digest()}) as run:
-        run.log_config(config)
         run.log_metrics({f"{split}_{col}": float(v) for split, row in result.splits.iterrows() for col, v in row.items()})
         run.log_metrics({f"data_warnings_{k}": v for k, v in data.warnings.counts.items()})
         run.log_artifacts(out, "analysis")
     log.info("analysis written to %s", out)
-    return result
+    return dataclasses.replace(result, run_id=run.id)
+
+
+@dataclass(frozen=True)
+class CacheResult:
+    data: PreparedData
+    size_bytes: int  # of the whole cache folder's entries
+    pruned: tuple[int, int] | None  # (entries removed, bytes freed) with prune
+    run_id: str
+
+
+def run_cache(config: Config, prune: bool = False) -> CacheResult:
+    """The `exptrack cache` command: every video (and masks, keypoints, attention) decoded into
+    the cache, as an MLflow run that records the config, the sizes and the warnings."""
+    with tracking.start_run(config, run_name="cache", command="cache") as run:
+        data = prepare_data(config, progress=True)
+        size = sum(p.stat().st_size for p in Path(config.paths.cache).rglob("*.npy"))
+        pruned = data.cache.prune() if prune else None
+        run.set_tags({"data_root": data.layout.root, "data_digest": data.digest()})
+        run.log_metrics({"cache_bytes": size, **{f"clips_{s}": len(ix) for s, ix in data.splits.items()},
+                         **({"pruned_entries": pruned[0], "pruned_bytes": pruned[1]} if pruned else {}),
+                         **{f"data_warnings_{k}": v for k, v in data.warnings.counts.items()}})
+    return CacheResult(data, size, pruned, run.id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -48,21 +49,29 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     warnings = DataWarnings()
     warnings.counts.update(result.summary["warnings"])
     print(warnings.summary())
+    _print_run_link(result.run_id)
+
+
+def _print_run_link(run_id: str) -> None:
+    """The last line of a command that made a run: where the MLflow UI shows it."""
+    from .tracking import run_url
+
+    print(f"MLflow run: {run_url(run_id)}  (start `mlflow ui` in this folder to open it)")
 
 
 def cmd_cache(args: argparse.Namespace) -> None:
-    from .data.prepare import prepare_data
+    from .analyze import run_cache
 
     config = _config(args)
-    data = prepare_data(config, progress=True)
-    cache_root = Path(config.paths.cache)
-    size = sum(p.stat().st_size for p in cache_root.rglob("*.npy"))
-    print(f"cache ready at {cache_root}: {len(data.subjects)} subjects, {size / 2**20:.0f} MiB; "
+    result = run_cache(config, prune=args.prune)
+    data = result.data
+    print(f"cache ready at {config.paths.cache}: {len(data.subjects)} subjects, {result.size_bytes / 2**20:.0f} MiB; "
           + ", ".join(f"{s} {len(ix)} clips" for s, ix in data.splits.items()))
     print(data.warnings.summary())
-    if args.prune:
-        removed, freed = data.cache.prune()
-        print(f"pruned {removed} cache entries that this config does not use ({freed / 2**20:.0f} MiB freed)")
+    if result.pruned:
+        print(f"pruned {result.pruned[0]} cache entries that this config does not use "
+              f"({result.pruned[1] / 2**20:.0f} MiB freed)")
+    _print_run_link(result.run_id)
 
 
 def _train_overrides(args: argparse.Namespace) -> list[str]:
@@ -81,12 +90,16 @@ def _train_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .training.run import train
+    from .training.run import RunOptions, train
 
-    result = train(_config(args, _train_overrides(args)), resume=args.resume, progress=not args.no_progress)
+    overrides = [*_overrides(args), *_train_overrides(args)]
+    invocation = {"config": args.config or "", "overrides": " ".join(overrides)}  # as `mlflow run` logs them
+    result = train(load_config(args.config, overrides), resume=args.resume, progress=not args.no_progress,
+                   options=RunOptions(invocation=invocation))
     if not result.run_id:  # a non-zero torchrun rank: rank 0 reports
         return
     print(end_of_run_line(result))
+    _print_run_link(result.run_id)
 
 
 def end_of_run_line(result) -> str:
@@ -125,6 +138,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"{args.split}: accuracy {s['accuracy']:.3f}, top-3 {s['top3_accuracy']:.3f}, mean class accuracy "
           f"{s['mean_class_accuracy']:.3f}, macro F1 {s['macro_f1']:.3f}; frame accuracy {frame['frame_accuracy']:.3f} "
           f"(smoothed {frame['frame_accuracy_smoothed']:.3f}); results in {result.out_dir}")
+    _print_run_link(result.run_id)
 
 
 def cmd_plots(args: argparse.Namespace) -> None:
@@ -132,10 +146,12 @@ def cmd_plots(args: argparse.Namespace) -> None:
 
     out = plot_run(args.run, args.save_dir, args.top_classes)
     print(f"plots of run {args.run} written to {out} and logged to the run under plots/")
+    _print_run_link(args.run)
 
 
 def cmd_promote(args: argparse.Namespace) -> None:
     from .registry import promote, version_scores
+    from .tracking import model_url
 
     decision = promote(args.name, metric=args.metric, split=args.split, data_root=args.data_root,
                        progress=not args.no_progress, reevaluate=args.reevaluate)
@@ -144,6 +160,7 @@ def cmd_promote(args: argparse.Namespace) -> None:
         shown = ", ".join(f"{m} {v:.3f}" for m, v in scores.get(version, {}).items())
         print(f"version {version}: {reason}" + (f"  [{args.split}: {shown}]" if shown else ""))
     print(f"champion of {args.name}: version {decision.champion}")
+    print(f"MLflow model: {model_url(args.name, decision.champion)}")
 
 
 def cmd_visualize(args: argparse.Namespace) -> None:
@@ -157,6 +174,7 @@ def cmd_visualize(args: argparse.Namespace) -> None:
     result = run_visualize(args.model, options, device_name=args.device, data_root=args.data_root,
                            progress=not args.no_progress)
     print(f"{len(result.samples)} sample(s) written to {result.out_dir} and logged to run {result.run_id}")
+    _print_run_link(result.run_id)
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -165,7 +183,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     timeline = predict_video(args.video, args.model, out_dir=args.save_dir, device_name=args.device,
                              stride=args.stride, smooth_window=args.smooth, overlay=args.overlay,
-                             overwrite=args.overwrite)
+                             overwrite=args.overwrite, masks=args.masks, keypoints=args.keypoints)
     n = len(timeline.segments)
     print(f"{args.video}: {n} segment{'' if n == 1 else 's'} over {len(timeline.frames)} frames -> {timeline.out_dir}")
     for _, seg in timeline.segments.iterrows():
@@ -174,7 +192,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
-    from .tune import load_study_spec, run_tune
+    from .tune import PARENT_ATTR, load_study_spec, run_tune
 
     spec = load_study_spec(args.study_file, study=args.study, storage=args.storage, n_trials=args.n_trials)
     study = run_tune(spec, progress=not args.no_progress, retrain_best=args.retrain_best)
@@ -186,6 +204,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
         failed = sum(t.state.name == "FAIL" for t in study.trials)
         raise TuneFailed(f"study {spec.study}: no trial completed ({failed} failed, {pruned} pruned): "
                          f"see the failed trials' MLflow runs (tag optuna.fail_reason) and the log above")
+    _print_run_link(study.user_attrs[PARENT_ATTR])
 
 
 def _flag_value(text: str) -> bool:
@@ -234,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("cache", help="decode every video (and masks, keypoints) into the frame cache")
+    p = sub.add_parser("cache", help="decode every video (and masks, keypoints) into the frame cache; an MLflow run")
     _config_options(p)
     p.add_argument("--prune", action="store_true",
                    help="then delete the entries this config does not use (other frame sizes, changed videos, "
@@ -296,7 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_visualize)
 
     p = sub.add_parser("predict", help="exercise timeline of a new video")
-    p.add_argument("video", help="a video file (no labels, masks or keypoints needed)")
+    p.add_argument("video", help="a video file (no labels needed)")
+    p.add_argument("--masks", help="the video's person masks (<NNNNN>_mask.png per frame), for a model trained with "
+                   "masks (default: the mask folder beside it in a dataset layout, if any)")
+    p.add_argument("--keypoints", help="the video's pose keypoint CSV, for a model trained with skeleton attention "
+                   "(default: the one beside it in a dataset layout, if any)")
     p.add_argument("--model", default="models:/c3d-exercise@champion", help="model reference, as for evaluate" + _DEFAULT)
     p.add_argument("--save-dir", help="output folder (default: a fresh outputs/predict/<video name>-<time>/)")
     p.add_argument("--overwrite", action="store_true", help="replace the contents of a --save-dir that holds files")
@@ -323,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not sys.stderr.isatty():  # a log file or CI: MLflow's download bars would fill it with carriage returns
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("matplotlib").setLevel(logging.WARNING)

@@ -73,7 +73,7 @@ class ModelConfig:
     dropout: float = 0.5
     dropout_fc: float = 0.3
     # Share of each pixel's mean over the clip subtracted before the first convolution: 1 keeps
-    # only what moves, 0 is the original's plain frames (models/c3d.py; README "Defaults").
+    # only what moves, 0 is the original's plain frames (models/c3d.py; docs/defaults.md).
     # None (default) = auto, resolved when the config is made: 1.0 without person masks (the
     # room must go), 0.0 with them (masks already removed it; removing the still body too
     # measured worse, bench/RESULTS.md "Recipe").
@@ -169,7 +169,7 @@ class MlflowConfig:
     # Upload the resume checkpoint (last.pt, with the optimizer state: about 3x the weights) to
     # the run's artifacts every epoch, so that `train --resume <run id>` works on another machine
     # than the one that trained. Off: checkpoints stay on local disk and only the weights of the
-    # logged models are uploaded (README "Artifacts").
+    # logged models are uploaded (docs/commands.md).
     upload_resume_checkpoint: bool = False
 
 
@@ -193,7 +193,7 @@ class Config:
 
 
 # Where exptrack's defaults differ from the original scripts: key -> the original's value. Each
-# change is measured (bench/recipe.py, README "Defaults"); experiments/c3d_paper.yaml restores them.
+# change is measured (bench/recipe.py, docs/defaults.md); experiments/c3d_paper.yaml restores them.
 ORIGINAL_VALUES: dict[str, Any] = {
     "loss.auto_class_weights": True,
     "optim.lr": 1e-4,

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import plots, tracking
+from . import model_card, plots, tracking
 from .config import Config, ConfigError, replace
 from .data.clips import ClipIndex
 from .data.dataset import make_loader
@@ -21,7 +21,7 @@ from .data.layout import read_class_names
 from .data.prepare import PreparedData, prepare_data
 from .inference import load_model
 from .outputs import DEFAULT_OUTPUTS, check_save_dir, invocation_dir
-from .metrics import (classification_metrics, confusion_tables, frame_accuracy, frame_labels, frame_probabilities,
+from .metrics import (HEADLINE_METRICS, classification_metrics, confusion_tables, frame_accuracy, frame_labels, frame_probabilities,
                       smooth_labels)
 from .training.loop import predict, resolve_device, use_channels_last
 
@@ -250,7 +250,8 @@ def log_evaluation(run: tracking.Run, source: dict[str, str], split: str, data: 
     run.log_table(report.per_class.reset_index(), "per_class_metrics.json")
     run.log_table(pd.read_csv(out / "predictions.csv"), "predictions.json")
     run.log_artifacts(out, "results")
-    if "version" in source:
+    if "version" in source:  # the headline scores as tags (promotion compares them); the rest on the card
+        headline = {prefix + k: round(v, 6) for k, v in report.summary.items() if k in HEADLINE_METRICS}
         tracking.set_model_version_tags(source["name"], source["version"],
-                                        {**{k: round(v, 6) for k, v in metrics.items()},
-                                         f"{prefix}data_digest": digest, f"{prefix}evaluation_run": run.id})
+                                        {**headline, f"{prefix}data_digest": digest, f"{prefix}evaluation_run": run.id})
+        model_card.refresh(source["name"], source["version"])

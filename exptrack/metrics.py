@@ -16,6 +16,10 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from .data.layout import BACKGROUND
 
+# The clip metrics a registered version carries as tags per split (promotion compares them);
+# every other figure is on the evaluation run and the version's model card.
+HEADLINE_METRICS = ("accuracy", "top3_accuracy", "mean_class_accuracy", "macro_f1")
+
 # ---------------------------------------------------------------------------------------------
 # clip metrics
 

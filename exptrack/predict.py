@@ -1,8 +1,10 @@
-"""`exptrack predict VIDEO`: run a model over a whole new video and write its exercise timeline.
+"""`exptrack predict VIDEO`: run a model over a whole video and write its exercise timeline.
 
-The video needs no labels, masks or keypoints. A model trained with masks or skeleton
-attention sees plain frames here (there is nothing to compute them from), which is said in a
-warning; its accuracy may be lower than on the dataset.
+A model trained with person masks or skeleton attention sees each frame weighted by them. A
+video that lies in a dataset layout (`<root>/dataset/anon/<subject>.mp4`) brings its own masks
+and keypoints, found beside it; `--masks DIR` and `--keypoints CSV` name them for any other
+video. Without them the frames are used as they are, which is said in a warning: such a model
+then sees input unlike its training data and its timeline is unreliable.
 """
 
 from __future__ import annotations
@@ -19,7 +21,11 @@ import torch
 
 from . import plots
 from .data.errors import DataError, DataWarnings
-from .data.layout import BACKGROUND, class_label, read_class_names
+from .config import Config, PathsConfig
+from .data.cache import FrameCache
+from .data.dataset import weighted_frames
+from .data.layout import BACKGROUND, class_label, read_class_names, video_companions
+from .data.prepare import SubjectData, load_guides
 from .data.transforms import to_model_input
 from .data.video import decode_video, write_video
 from .inference import load_model
@@ -58,6 +64,33 @@ def window_probabilities(model: torch.nn.Module, frames: np.ndarray, clip_len: i
     return frame_probabilities(starts, np.concatenate(window_probs), n, clip_len)
 
 
+def model_frames(video: Path, config: Config, masks: str | Path | None, keypoints: str | Path | None,
+                 warnings: DataWarnings) -> tuple[np.ndarray, object]:
+    """(T, S, S, 3) uint8 frames of `video` as the model saw its training clips, and the video's
+    info: weighted by the person masks and skeleton attention the model was trained with, when
+    the video has them (given, or beside it in a dataset layout; decoded once into the cache)."""
+    d = config.data
+    wants = {"masks": d.use_masks, "skeleton attention": d.use_skeleton_attention}
+    files = video_companions(video, Path(masks) if masks else None, Path(keypoints) if keypoints else None)
+    found = {"masks": files.mask_dir is not None, "skeleton attention": files.keypoints is not None}
+    missing = [what for what, on in wants.items() if on and not found[what]]
+    if missing:
+        log.warning("the model was trained with %s, but %s has none (give --masks DIR / --keypoints CSV, or "
+                    "predict on a video inside its dataset layout): those frames are used as they are, unlike "
+                    "the model's training clips, so its timeline is unreliable", " and ".join(missing), video)
+    if not any(on and found[what] for what, on in wants.items()):
+        return decode_video(video, d.frame_size, warnings)  # DataError names the file if unreadable
+    cache = FrameCache(PathsConfig().cache, d.frame_size)  # the working folder's cache, as evaluate uses
+    entry = cache.video(files, warnings)
+    background = np.full(entry.info.num_frames, BACKGROUND, dtype=np.int16)  # no labels: not needed here
+    subject = load_guides(cache, SubjectData(files=files, video=entry, labels=background), config, warnings)
+    used = [what for what, on in wants.items() if on and found[what]]
+    log.info("frames weighted by %s from %s", " and ".join(used), ", ".join(
+        str(p) for p in (files.mask_dir if d.use_masks else None, files.keypoints if d.use_skeleton_attention else None) if p))
+    frames = weighted_frames(subject, slice(None), d.use_masks, d.use_skeleton_attention, d.mask_alpha)
+    return np.asarray(frames), entry.info
+
+
 def segments(labels: np.ndarray, confidence: np.ndarray, min_length: int = 1) -> pd.DataFrame:
     """Runs of one label: start, end (inclusive), class, mean confidence, frames."""
     rows = []
@@ -73,7 +106,8 @@ def segments(labels: np.ndarray, confidence: np.ndarray, min_length: int = 1) ->
 
 def predict_video(video: str | Path, model_ref: str, out_dir: str | Path | None = None,
                   device_name: str = "auto", stride: int | None = None, smooth_window: int = 31,
-                  overlay: bool = False, overwrite: bool = False) -> Timeline:
+                  overlay: bool = False, overwrite: bool = False, masks: str | Path | None = None,
+                  keypoints: str | Path | None = None) -> Timeline:
     """The timeline of a video; files go to `out_dir`, by default a fresh
     outputs/predict/<video name>-<time>/."""
     video = Path(video)
@@ -86,11 +120,8 @@ def predict_video(video: str | Path, model_ref: str, out_dir: str | Path | None 
     # the model's own names; older checkpoints without them: the training data's classes.csv
     names = loaded.class_names or read_class_names(d.root, loaded.config.model.num_classes)
     name_of = np.array([*names, "background"])  # index -1: background
-    if d.use_masks or d.use_skeleton_attention:
-        log.warning("the model was trained with %s; a new video has none, so frames are used as they are",
-                    " and ".join(n for n, on in (("masks", d.use_masks), ("skeleton attention", d.use_skeleton_attention)) if on))
     warnings = DataWarnings()
-    frames, info = decode_video(video, d.frame_size, warnings)  # DataError names the file if unreadable
+    frames, info = model_frames(video, loaded.config, masks, keypoints, warnings)
     probs = window_probabilities(loaded.model, frames, d.clip_len, stride or max(1, d.clip_len // 2), device)
     predicted = frame_labels(probs)
     smoothed = smooth_labels(predicted, smooth_window)

@@ -13,8 +13,9 @@ import math
 import time
 from dataclasses import dataclass
 
-from . import tracking
+from . import model_card, tracking
 from .errors import ModelError
+from .metrics import HEADLINE_METRICS
 
 log = logging.getLogger("exptrack.registry")
 
@@ -123,14 +124,14 @@ def promote(name: str, metric: str = "test_mean_class_accuracy", split: str = "t
     today = {v["version"]: current_digest(f"models:/{name}/{v['version']}", split, data_root) for v in versions}
     for v in versions:
         tags, version = v["tags"], v["version"]
-        never = metric not in tags or digest_tag not in tags
+        never = math.isnan(metric_value(v, metric, split)) or digest_tag not in tags
         stale = not never and tags[digest_tag] != today[version]
         if never or (stale and (version == champion_version or reevaluate)):
             log.info("evaluating %s version %s on %s%s", name, version, split,
                      " (its last evaluation was on other data)" if stale else "")
             evaluate(f"models:/{name}/{version}", split, data_root)
     versions = tracking.model_versions(name)
-    candidates = [Candidate(v["version"], float(v["tags"].get(metric, "nan")), v["tags"].get(digest_tag, ""),
+    candidates = [Candidate(v["version"], metric_value(v, metric, split), v["tags"].get(digest_tag, ""),
                             today[v["version"]]) for v in versions]
     by_version = {c.version: c for c in candidates}
     current = by_version.get(champion_version) if champion_version else None
@@ -140,22 +141,27 @@ def promote(name: str, metric: str = "test_mean_class_accuracy", split: str = "t
         if decision.previous:
             tracking.set_alias(name, PREVIOUS, decision.previous)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    champ = by_version.get(decision.champion) if decision.champion else None
     for version, reason in decision.reasons.items():
         c = by_version[version]
-        tracking.set_model_version_tags(name, version, {
+        tracking.set_model_version_tags(name, version, {  # the values and digests are in the decision and the card
             "promotion.decision": reason, "promotion.metric": f"{metric}", "promotion.value": c.value,
-            "promotion.champion_value": champ.value if champ else "", "promotion.data_digest": c.digest,
             "promotion.compared_on_digest": decision.digest, "promotion.time": stamp,
         })
+        model_card.refresh(name, version)
     log.info("champion of %s: version %s", name, decision.champion)
     return decision
 
 
-SUMMARY_METRICS = ("accuracy", "top3_accuracy", "mean_class_accuracy", "macro_f1")
+def metric_value(version: dict, metric: str, split: str) -> float:
+    """A version's `metric` on `split`: its tag (the headline metrics), else the metric of its
+    last evaluation run on that split (any other `<split>_*` figure); nan when never evaluated."""
+    if metric in version["tags"]:
+        return float(version["tags"][metric])
+    eval_run = version["tags"].get(f"{split}_evaluation_run")
+    return float(tracking.run_record(eval_run)["metrics"].get(metric, "nan")) if eval_run else float("nan")
 
 
 def version_scores(name: str, split: str = "test") -> dict[str, dict[str, float]]:
-    """version -> the `<split>_*` metrics evaluate tagged it with (those of SUMMARY_METRICS)."""
-    return {v["version"]: {m: float(v["tags"][f"{split}_{m}"]) for m in SUMMARY_METRICS if f"{split}_{m}" in v["tags"]}
+    """version -> the `<split>_*` headline metrics evaluate tagged it with."""
+    return {v["version"]: {m: float(v["tags"][f"{split}_{m}"]) for m in HEADLINE_METRICS if f"{split}_{m}" in v["tags"]}
             for v in tracking.model_versions(name)}

@@ -83,17 +83,57 @@ def _set_experiment(name: str):
         return mlflow.set_experiment(name)  # it exists now: this time it is only looked up
 
 
-def configure(config: Config) -> None:
-    """Point MLflow at the configured tracking server (if any) and experiment; a fresh local
-    SQLite store is created once even when several processes start together."""
+# The experiment each tracking store's runs of this process go to, once `mlflow run` has fixed
+# it: the run it made is in --experiment-name's experiment (Default without one), and every run
+# this invocation makes (tune trials, refits, evaluations) joins it there. Kept per store, since
+# MLFLOW_RUN_ID is taken out of the environment once children start (see start_run).
+_INVOCATION_EXPERIMENT: dict[str, str] = {}
+MODEL_TRAINING_KIND = "custom_model_development"
+
+
+def configure(config: Config, run_id: str | None = None, parent_run_id: str | None = None) -> str:
+    """Point MLflow at the configured tracking store (if any) and at the experiment a run goes
+    to; returns that experiment's id. The experiment is, in this order: the experiment of the
+    run being resumed (`run_id`), of the parent run (`parent_run_id`), of the run `mlflow run`
+    made (and of the runs after it in this process), else `mlflow.experiment` (created once,
+    even when several processes start together on a fresh local SQLite store)."""
     use_tracking_uri(config)
-    if not os.environ.get("MLFLOW_RUN_ID"):  # under `mlflow run` the store exists and the experiment is fixed
-        with _store_lock(mlflow.get_tracking_uri()):
+    uri = mlflow.get_tracking_uri()
+    # An existing run means an existing store; a fresh one is first touched under the lock (even
+    # making a client may create its tables).
+    project_run = os.environ.get("MLFLOW_RUN_ID")
+    if project_run and uri not in _INVOCATION_EXPERIMENT:
+        _INVOCATION_EXPERIMENT[uri] = _client().get_run(project_run).info.experiment_id
+    existing = run_id or parent_run_id
+    if existing or uri in _INVOCATION_EXPERIMENT:
+        experiment_id = _client().get_run(existing).info.experiment_id if existing else _INVOCATION_EXPERIMENT[uri]
+        experiment = mlflow.set_experiment(experiment_id=experiment_id)
+    else:
+        with _store_lock(uri):
             experiment = _set_experiment(config.mlflow.experiment)
-        if EXPERIMENT_KIND not in experiment.tags:
-            # MLflow 3's UI opens an experiment without this tag in its GenAI view (traces);
-            # tagged, it opens on the runs table ("Machine learning" / model training)
-            mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, "custom_model_development")
+    client = _client()
+    if EXPERIMENT_KIND not in experiment.tags:
+        # MLflow 3's UI opens an experiment without this tag in its GenAI view (traces);
+        # tagged, it opens on the runs table ("Machine learning" / model training)
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING_KIND)
+    return experiment.experiment_id
+
+
+def _ui_base() -> str:
+    """The MLflow UI's address: the tracking server's, else `mlflow ui`'s default."""
+    uri = mlflow.get_tracking_uri()
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+
+
+def run_url(run_id: str) -> str:
+    """Where the MLflow UI shows a run, in the model-training view (not the GenAI one)."""
+    experiment_id = _client().get_run(run_id).info.experiment_id
+    return f"{_ui_base()}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+
+
+def model_url(name: str, version: str | None = None) -> str:
+    """Where the MLflow UI shows a registered model (or one of its versions)."""
+    return f"{_ui_base()}/#/models/{name}" + (f"/versions/{version}" if version else "")
 
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -143,10 +183,17 @@ class Run:
     def log_params(self, params: dict[str, Any]) -> None:
         mlflow.log_params({k: ("" if v is None else v) for k, v in params.items()})
 
-    def log_config(self, config: Config) -> None:
-        """The resolved config as flat params and as config.yaml."""
-        self.log_params(to_flat_dict(config))
-        mlflow.log_text(to_yaml(config), "config.yaml")
+    def log_config(self, config: Config, invocation: dict[str, str] | None = None) -> None:
+        """The resolved config as flat params and as config.yaml, with what the user typed
+        (`invocation`: the `config` and `overrides` params, as the MLproject logs them).
+
+        Params cannot change once logged: keys the run already has (the ones `mlflow run` logged,
+        or a resumed run's own) are left as they are, and a resumed run keeps its config.yaml."""
+        run = _client().get_run(self.id)
+        params = {**(invocation or {}), **to_flat_dict(config)}
+        self.log_params({k: v for k, v in params.items() if k not in run.data.params})
+        if not any(f.path == "config.yaml" for f in _client().list_artifacts(self.id)):
+            mlflow.log_text(to_yaml(config), "config.yaml")
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         mlflow.set_tags({k: str(v) for k, v in tags.items()})
@@ -167,9 +214,6 @@ class Run:
 
     def log_table(self, table: "pd.DataFrame", artifact_file: str) -> None:
         mlflow.log_table(table, artifact_file)
-
-    def has_params(self) -> bool:
-        return bool(_client().get_run(self.id).data.params)
 
     def latest_metrics(self, keys: tuple[str, ...]) -> dict[str, float]:
         """The last logged value of each of `keys` that this run has."""
@@ -203,20 +247,42 @@ class Run:
     def log_clip_model(self, weights: Path, clip_len: int, class_names: list[str], epoch: int,
                        tags: dict[str, Any]) -> str:
         """Log a weights file as an MLflow LoggedModel of this run at `step=epoch` (pyfunc,
-        exptrack/serving.py); returns its model id."""
-        import mlflow.pyfunc
+        exptrack/serving.py); returns its model id.
 
+        Made in steps rather than with `mlflow.pyfunc.log_model`, which links every metric the run
+        has at that step to the model (system metrics, training loss): the model's page then
+        lists those first. Here only the metrics exptrack links (validation, evaluation) are
+        the model's. The name is unique in the experiment: `<run name>-<run id[:8]>-epoch-NNNN`."""
+        import tempfile
+
+        import mlflow.pyfunc
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+        from mlflow.models import Model
+
+        client = _client()
+        run = client.get_run(self.id)
+        name = f"{run.info.run_name or 'run'}-{self.id[:8]}-epoch-{epoch:04d}"
+        model = mlflow.initialize_logged_model(name=name, source_run_id=self.id, experiment_id=run.info.experiment_id,
+                                               tags={k: str(v) for k, v in tags.items()},
+                                               params={k: str(v) for k, v in run.data.params.items()})
         # Any frame size is accepted (resized as in training), so the example is small: a full-size
         # clip as JSON was 13.5 MB per model at 112 px (serving_input_example.json).
         example = np.zeros((1, clip_len, 8, 8, 3), dtype=np.uint8)  # (N, T, H, W, 3)
-        with _quiet_model_logging():
-            info = mlflow.pyfunc.log_model(
-                name=f"c3d-epoch-{epoch:04d}", python_model=str(MODEL_CODE), artifacts={"weights": str(weights)},
-                code_paths=[str(_package_copy())], signature=clip_model_signature(clip_len, class_names),
-                input_example=example, pip_requirements=model_requirements(), step=epoch,
-                tags={k: str(v) for k, v in tags.items()},
-            )
-        return info.model_id
+        try:
+            with tempfile.TemporaryDirectory(prefix="exptrack-model-") as tmp, _quiet_model_logging():
+                local = Path(tmp) / "model"
+                mlflow.pyfunc.save_model(
+                    str(local), python_model=str(MODEL_CODE), artifacts={"weights": str(weights)},
+                    code_paths=[str(_package_copy())], signature=clip_model_signature(clip_len, class_names),
+                    input_example=example, pip_requirements=model_requirements(),
+                    mlflow_model=Model(model_id=model.model_id, run_id=self.id))
+                client.log_model_artifacts(model.model_id, str(local))
+        except BaseException:
+            client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+            raise
+        client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+        client.log_outputs(self.id, [LoggedModelOutput(model.model_id, step=epoch)])  # the run's Logged models
+        return model.model_id
 
     def logged_models(self) -> list[dict[str, Any]]:
         return run_logged_models(self.id)
@@ -322,23 +388,24 @@ class BackgroundTracker:
 @contextmanager
 def start_run(config: Config, run_name: str, command: str, tags: dict[str, Any] | None = None,
               system_metrics: bool = False, run_id: str | None = None,
-              parent_run_id: str | None = None) -> Iterator[Run]:
+              parent_run_id: str | None = None, invocation: dict[str, str] | None = None) -> Iterator[Run]:
     """Start a run, resume `run_id`, or (under `mlflow run`) attach to the run MLflow created;
-    it ends FAILED if the body raises."""
-    configure(config)
+    every one carries its resolved config (Run.log_config). It ends FAILED if the body raises."""
+    experiment_id = configure(config, run_id=run_id, parent_run_id=parent_run_id)
     # `mlflow run` exports MLFLOW_RUN_ID for the run it created; start_run() attaches to it.
     attached = bool(os.environ.get("MLFLOW_RUN_ID")) and run_id is None and parent_run_id is None
     if parent_run_id and os.environ.get("MLFLOW_RUN_ID"):
         os.environ.pop("MLFLOW_RUN_ID")  # a child of a tune parent, not the run `mlflow run` made
     with mlflow.start_run(run_id=run_id, run_name=None if (attached or run_id) else run_name,
+                          experiment_id=None if (attached or run_id) else experiment_id,
                           parent_run_id=parent_run_id if not run_id else None,
                           log_system_metrics=system_metrics and config.mlflow.log_system_metrics) as active, \
             _failure_tag():
         run = Run(active)
         run.set_tags({"exptrack.command": command, **source_tags(), **(tags or {})})
-        if attached:
+        if attached:  # under `mlflow run` the run was created with a random name; it is called run_name now
             mlflow.set_tag("mlflow.runName", run_name)
-        # under `mlflow run` the run was created with a random name; it is called run_name now
+        run.log_config(config, invocation)
         log.info("MLflow run %s (%s) at %s", run.id, run_name if attached else (active.info.run_name or run_name),
                  tracking_uri())
         yield run
@@ -353,9 +420,7 @@ def _quiet_model_logging():
     previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     try:
-        with warnings.catch_warnings():  # advice to type-hint predict(): the signature is given explicitly
-            warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method", category=UserWarning)
-            yield
+        yield
     finally:
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
@@ -413,7 +478,13 @@ def _client() -> "mlflow.MlflowClient":
 def _model_record(model: Any) -> dict[str, Any]:
     return {"model_id": model.model_id, "name": model.name, "status": str(getattr(model.status, "value", model.status)),
             "run_id": model.source_run_id, "tags": dict(model.tags or {}), "artifact_location": model.artifact_location,
-            "metrics": {m.key: m.value for m in (model.metrics or [])}}
+            "metrics": {m.key: m.value for m in (model.metrics or [])}, "params": dict(model.params or {})}
+
+
+def run_record(run_id: str) -> dict[str, Any]:
+    """A run's latest metrics, tags and params."""
+    data = _client().get_run(run_id).data
+    return {"metrics": dict(data.metrics), "tags": dict(data.tags), "params": dict(data.params)}
 
 
 def run_logged_models(run_id: str) -> list[dict[str, Any]]:
@@ -444,6 +515,25 @@ def delete_logged_model(model_id: str) -> None:
         get_artifact_repository(location).delete_artifacts()
     except Exception as exc:  # noqa: BLE001 - a store that cannot delete keeps the files; `mlflow gc` can
         log.warning("logged model %s deleted, but its files at %s stay (%s)", model_id, location, exc)
+        return
+    _remove_empty_local_folders(location, levels=2)  # <exp>/models/m-<id>/artifacts, m-<id>
+
+
+def _remove_empty_local_folders(location: str, levels: int) -> None:
+    """A local artifact folder and up to `levels` - 1 parents, as far as they are empty (what
+    deleting a model's files leaves behind)."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(location)
+    if parsed.scheme not in ("", "file"):
+        return
+    folder = Path(parsed.path if parsed.scheme == "file" else location)
+    for _ in range(levels):
+        try:
+            folder.rmdir()  # only when empty
+        except OSError:
+            return
+        folder = folder.parent
 
 
 def fail_pending_models(run_id: str) -> list[str]:
@@ -538,17 +628,28 @@ def log_artifacts_to_run(run_id: str, folder: str | Path, artifact_path: str) ->
     mlflow.MlflowClient().log_artifacts(run_id, str(folder), artifact_path)
 
 
+def _version_record(mv: Any) -> dict[str, Any]:
+    return {"version": str(mv.version), "run_id": mv.run_id, "model_id": _version_model_id(mv),
+            "tags": dict(mv.tags or {}), "aliases": list(getattr(mv, "aliases", []) or [])}
+
+
+def model_version(name: str, version: str) -> dict[str, Any]:
+    return _version_record(_client().get_model_version(name, version))
+
+
+def set_model_version_description(name: str, version: str, text: str) -> None:
+    """The version's description (Markdown, shown on its page in the MLflow UI)."""
+    _client().update_model_version(name, version, description=text)
+
+
 def model_versions(name: str) -> list[dict[str, Any]]:
     """Every version of a registered model: version, run_id, model_id, tags, aliases (oldest first)."""
     client = mlflow.MlflowClient()
-    out = []
     try:
         found = client.search_model_versions(f"name='{name}'")
     except mlflow.exceptions.MlflowException:
         found = []
-    for mv in found:
-        out.append({"version": str(mv.version), "run_id": mv.run_id, "model_id": _version_model_id(mv),
-                    "tags": dict(mv.tags or {}), "aliases": list(getattr(mv, "aliases", []) or [])})
+    out = [_version_record(mv) for mv in found]
     return sorted(out, key=lambda v: int(v["version"]))
 
 
@@ -574,20 +675,32 @@ def set_alias(name: str, alias: str, version: str) -> None:
     mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
 
 
-def create_parent_run(config: Config, run_name: str, tags: dict[str, Any]) -> str:
+def create_parent_run(config: Config, run_name: str, tags: dict[str, Any], searched: dict[str, str] | None = None) -> str:
     """A run that stays RUNNING while children in this and other processes attach to it
-    (created without becoming this process's active run)."""
-    configure(config)
+    (created without becoming this process's active run). It carries the config its children
+    start from (params and config.yaml), with each `searched` key's param saying its range."""
+    experiment_id = configure(config)
     client = mlflow.MlflowClient()
     run_id = os.environ.get("MLFLOW_RUN_ID")  # under `mlflow run`, the run it created
     if run_id:
         client.set_tag(run_id, "mlflow.runName", run_name)
     else:
-        experiment = mlflow.get_experiment_by_name(config.mlflow.experiment)
-        run_id = client.create_run(experiment.experiment_id, run_name=run_name).info.run_id
+        run_id = client.create_run(experiment_id, run_name=run_name).info.run_id
     for key, value in {**source_tags(), **tags}.items():
         client.set_tag(run_id, key, str(value))
+    have = client.get_run(run_id).data.params  # under `mlflow run`: the MLproject's
+    params = {k: ("" if v is None else str(v)) for k, v in {**to_flat_dict(config), **(searched or {})}.items()}
+    _log_params_to_run(run_id, {k: v for k, v in params.items() if k not in have})
+    client.log_text(run_id, to_yaml(config), "config.yaml")
     return run_id
+
+
+def _log_params_to_run(run_id: str, params: dict[str, str]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, v) for k, v in params.items()]
+    for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+        mlflow.MlflowClient().log_batch(run_id, params=items[start:start + 100])
 
 
 def finish_run(run_id: str, status: str = "FINISHED") -> None:

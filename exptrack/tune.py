@@ -55,6 +55,13 @@ class Param:
     choices: tuple = ()
 
 
+    def describe(self) -> str:
+        """The searched range, as the parent run's param value of the key (e.g. `float [1e-05, 0.001] log`)."""
+        if self.kind == "categorical":
+            return f"categorical {list(self.choices)}"
+        return f"{self.kind} [{self.low}, {self.high}]" + (" log" if self.log else "")
+
+
 @dataclass(frozen=True)
 class StudySpec:
     config: str  # experiment YAML the trials start from (relative to the study file)
@@ -223,7 +230,8 @@ def parent_run_for(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, ti
         if makes_parent(study, trial) and PARENT_ATTR not in study.user_attrs:  # re-read: made meanwhile?
             parent = tracking.create_parent_run(load_config(spec.config, spec.overrides), f"tune-{spec.study}",
                                                 {"exptrack.command": "tune", "optuna.study": spec.study,
-                                                 "optuna.storage": spec.storage})
+                                                 "optuna.storage": spec.storage},
+                                                searched={p.key: p.describe() for p in spec.space})
             study.set_user_attr(PARENT_ATTR, parent)
             return parent
         time.sleep(1.0)
@@ -249,7 +257,8 @@ def objective_for(spec: StudySpec, study: optuna.Study, progress: bool):
         if retry_of is not None:
             tags["optuna.retry_of"] = retry_of
         options = RunOptions(parent_run_id=parent_run_id, run_name=f"trial-{trial.number}", register=False,
-                             tags=tags, on_start=started)
+                             tags=tags, on_start=started,
+                             invocation={"config": str(spec.config), "overrides": " ".join(overrides)})
         state = "FAIL"
         try:
             result = train(config, progress=progress, callbacks=[PruneOnPlateau(trial, spec.metric)], options=options)

@@ -1,6 +1,6 @@
 """Models you can trust (issue 10): a registered version is its logged model's weights, the
-logged model is a standard MLflow pyfunc model (load_model, `mlflow models serve`), a kill while
-logging leaves nothing PENDING, and every MLproject entry point runs without --experiment-name."""
+logged model is a standard MLflow pyfunc model (load_model, `mlflow models serve`), and a kill while
+logging leaves nothing PENDING (the MLproject entry points: test_mlproject.py)."""
 
 from __future__ import annotations
 
@@ -181,27 +181,3 @@ def test_a_kill_while_logging_a_model_leaves_nothing_pending(tiny_demo, make_con
     assert version.source == f"models:/{result.model_id}" and version.tags["run_id"] == run.info.run_id
     assert "val_mean_class_acc" in version.tags and version.tags["best_epoch"]
     assert mlflow.get_run(run.info.run_id).info.status == "FINISHED"
-
-
-@pytest.mark.slow
-def test_mlproject_tune_runs_without_an_experiment_name(tiny_demo, tmp_path):
-    """`mlflow run . -e tune` without --experiment-name: the study registers its best trial
-    without reopening the trial's run from inside the MLproject run."""
-    study = tmp_path / "study.yaml"
-    overrides = [f"data.root={tiny_demo}", f"paths.cache={tmp_path / 'cache'}", f"paths.outputs={tmp_path / 'outputs'}",
-                 "model.num_classes=3", "data.frame_size=32", "data.clip_len=8", "data.train_stride=4",
-                 "data.eval_stride=8", *[o for o in FAST if not o.startswith(("mlflow.experiment", "train.early"))],
-                 "train.epochs=2"]
-    study.write_text(json.dumps({"config": str(REPO / "experiments" / "demo.yaml"), "overrides": overrides,
-                                 "space": {"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True}}}))
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    for inherited in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID"):  # set_experiment exports the id
-        env.pop(inherited, None)
-    proc = subprocess.run([sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "tune", "--env-manager", "local",
-                           "-P", f"study_file={study}", "-P", "n_trials=2", "-P", "study=ci",
-                           "-P", f"storage=sqlite:///{tmp_path / 'optuna.db'}"],
-                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-    versions = tracking.model_versions("c3d-exercise")
-    assert len(versions) == 1 and versions[0]["model_id"]

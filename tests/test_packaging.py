@@ -1,7 +1,9 @@
-"""The environment files that MLflow and conda users install from list pyproject's dependencies."""
+"""What users install and read: the environment files list pyproject's dependencies, the docs
+match the code."""
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -36,3 +38,17 @@ def test_mlproject_entry_points_run_the_cli():
 def test_every_package_folder_is_a_regular_package():
     folders = {p.parent for p in (ROOT / "exptrack").rglob("*.py")}
     assert sorted(str(f.relative_to(ROOT)) for f in folders if not (f / "__init__.py").exists()) == []
+
+
+def test_the_config_reference_lists_every_key_once():
+    """docs/config.md is the reference of every key (the schema is the truth; a key added or
+    renamed there must be documented)."""
+    from exptrack.config import Config, to_flat_dict
+
+    documented = re.findall(r"^\| `([a-z_0-9]+\.[a-z_0-9]+)` \|", (ROOT / "docs" / "config.md").read_text(), re.M)
+    assert sorted(documented) == sorted(to_flat_dict(Config()))
+
+
+def test_the_readme_links_only_to_files_that_exist():
+    for link in re.findall(r"\]\(((?:docs|bench)/[^)#]+)", (ROOT / "README.md").read_text()):
+        assert (ROOT / link).is_file(), link

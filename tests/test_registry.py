@@ -67,7 +67,7 @@ def test_champion_moves_only_to_a_better_version_on_the_same_data(tmp_path):
     assert decision.champion == v5 and decision.previous == v2
     assert tracking.alias_version(NAME, "champion") == v5 and tracking.alias_version(NAME, "previous") == v2
     tags = _tags(v5)
-    assert tags["promotion.metric"] == "test_mean_class_accuracy" and tags["promotion.data_digest"] == "d1"
+    assert tags["promotion.metric"] == "test_mean_class_accuracy" and tags["promotion.compared_on_digest"] == "d1"
     assert float(tags["promotion.value"]) == 0.95 and "promotion.time" in tags
 
     v6 = _add_version(tmp_path, 0.99, digest="other")  # evaluated on other test data: never compared

@@ -7,6 +7,7 @@ import textwrap
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -521,9 +522,22 @@ def test_validation_weaknesses_name_subjects_and_thin_classes(tiny_demo, make_co
 
     data = prepare_data(make_config(tiny_demo), splits=("train", "val"), progress=False)
     reasons = data.validation_weaknesses(min_subjects=3, min_clips_per_class=20)
-    assert reasons[0] == "1 validation subject (< 3)"
-    assert "fewer than 20 validation clips" in reasons[1]
+    assert reasons == ["1 validation subject (< 3)", reasons[1]] and "fewer than 20 validation clips" in reasons[1]
     assert data.validation_weaknesses(min_subjects=1, min_clips_per_class=1) == []  # sound enough
+
+
+def test_validation_weaknesses_name_a_class_few_validation_subjects_perform(tiny_demo, make_config):
+    """Clips of one subject are correlated: a class that only one of two validation subjects
+    performs is thin evidence however many clips it has."""
+    from exptrack.data.prepare import prepare_data
+
+    data = prepare_data(make_config(tiny_demo, "data.val_fraction=0.5"), splits=("train", "val"), progress=False)
+    val = data.splits["val"]
+    assert len(data.split_subjects["val"]) == 2
+    keep = ~((val.label == 0) & (val.subject_idx == val.subject_idx.min()))  # class 0 left in one subject only
+    data.splits["val"] = val.select(np.flatnonzero(keep))
+    assert data.validation_weaknesses(min_subjects=2, min_clips_per_class=1) == [
+        "1 class performed by fewer than 2 validation subjects (classes 0)"]
 
 
 KILL_AT = textwrap.dedent("""

@@ -45,22 +45,8 @@ class ClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def _weight(self, subj: SubjectData, sl: slice) -> np.ndarray | None:
-        """(T, S, S) uint8 mask x attention weight for frames `sl`, or None when both are off."""
-        weight = None
-        if self.use_masks and subj.masks is not None:
-            weight = transforms.mask_weight(subj.masks[sl], subj.mask_present[sl], self.mask_alpha)
-        if self.use_attention and subj.attention is not None:
-            att = subj.attention[sl]
-            att = np.asarray(att)
-            weight = att if weight is None else cv2.multiply(weight, att, scale=1.0 / 255.0)
-        return weight
-
     def _weighted_frames(self, subj: SubjectData, sl: slice) -> np.ndarray:
-        """Frames `sl` with the mask x attention weight applied (uint8)."""
-        weight = self._weight(subj, sl)
-        frames = subj.video.frames[sl]
-        return transforms.apply_weight(frames, weight) if weight is not None else frames
+        return weighted_frames(subj, sl, self.use_masks, self.use_attention, self.mask_alpha)
 
     def clip_at(self, subj: SubjectData, start: int) -> np.ndarray:
         """(T, S, S, 3) uint8 model view of any window (no augmentation), e.g. for sliding."""
@@ -106,6 +92,28 @@ class ClipDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {key: value[0] for key, value in self.__getitems__([i]).items()}
+
+
+def frame_weight(subj: SubjectData, sl: slice, use_masks: bool, use_attention: bool,
+                 mask_alpha: float) -> np.ndarray | None:
+    """(T, S, S) uint8 mask x attention weight for frames `sl`, or None when both are off (or
+    the subject has neither)."""
+    weight = None
+    if use_masks and subj.masks is not None:
+        weight = transforms.mask_weight(subj.masks[sl], subj.mask_present[sl], mask_alpha)
+    if use_attention and subj.attention is not None:
+        att = np.asarray(subj.attention[sl])
+        weight = att if weight is None else cv2.multiply(weight, att, scale=1.0 / 255.0)
+    return weight
+
+
+def weighted_frames(subj: SubjectData, sl: slice, use_masks: bool, use_attention: bool,
+                    mask_alpha: float) -> np.ndarray:
+    """Frames `sl` as the model sees them: the mask x attention weight applied (uint8
+    (T, S, S, 3)). The one definition of that view, for training, evaluation and predict."""
+    weight = frame_weight(subj, sl, use_masks, use_attention, mask_alpha)
+    frames = subj.video.frames[sl]
+    return transforms.apply_weight(frames, weight) if weight is not None else frames
 
 
 def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

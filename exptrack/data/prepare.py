@@ -48,20 +48,27 @@ class PreparedData:
     warnings: DataWarnings = field(default_factory=DataWarnings)
     cache: FrameCache | None = None  # the entries this data uses: cache.used
 
-    def validation_weaknesses(self, min_subjects: int = 3, min_clips_per_class: int = 20) -> list[str]:
-        """Why validation scores of this data are noisy, if they are: too few subjects or too
-        few clips of some class. Empty when validation looks sound (or there is none)."""
+    def validation_weaknesses(self, min_subjects: int = 3, min_clips_per_class: int = 10) -> list[str]:
+        """Why validation scores of this data are noisy, if they are: too few subjects, a trained
+        class that fewer than `min_subjects` validation subjects perform (clips of one subject are
+        correlated: the subject is the unit of evidence), or too few clips of some class. Empty
+        when validation looks sound (or there is none)."""
         index = self.splits.get("val")
         if index is None or len(index) == 0:
             return []
         reasons = []
+        k = self.config.model.num_classes
         n_subjects = len(self.split_subjects["val"])
         if n_subjects < min_subjects:
             reasons.append(f"{n_subjects} validation subject{'s' if n_subjects != 1 else ''} (< {min_subjects})")
-        counts = index.class_counts(self.config.model.num_classes)
-        trained = self.splits["train"].class_counts(self.config.model.num_classes) > 0 if "train" in self.splits \
-            else counts > 0
-        thin = [c for c in np.flatnonzero(trained) if counts[c] < min_clips_per_class]
+        counts = index.class_counts(k)
+        trained = np.flatnonzero(self.splits["train"].class_counts(k) > 0 if "train" in self.splits else counts > 0)
+        subjects_per_class = np.array([len(np.unique(index.subject_idx[index.label == c])) for c in range(k)])
+        rare = [c for c in trained if subjects_per_class[c] < min(min_subjects, n_subjects)]
+        if rare:
+            reasons.append(f"{len(rare)} class{'es' if len(rare) != 1 else ''} performed by fewer than "
+                           f"{min(min_subjects, n_subjects)} validation subjects (classes {', '.join(map(str, rare))})")
+        thin = [c for c in trained if counts[c] < min_clips_per_class]
         if thin:
             reasons.append(f"{len(thin)} class{'es' if len(thin) != 1 else ''} with fewer than "
                            f"{min_clips_per_class} validation clips (fewest: {int(counts[thin].min())})")
@@ -135,7 +142,13 @@ def load_subject(cache: FrameCache, files: SubjectFiles, video: VideoEntry, conf
         warnings.warn("video_shorter_than_clip",
                       f"{files.video}: subject {files.subject} has {video.info.num_frames} frames, fewer than one "
                       f"clip (data.clip_len {d.clip_len}); it contributes no clips")
-    subject = SubjectData(files=files, video=video, labels=labels)
+    return load_guides(cache, SubjectData(files=files, video=video, labels=labels), config, warnings)
+
+
+def load_guides(cache: FrameCache, subject: SubjectData, config: Config, warnings: DataWarnings) -> SubjectData:
+    """The subject's keypoints, person masks and skeleton attention, as far as the config uses
+    them (each decoded once into the cache)."""
+    d, files, video = config.data, subject.files, subject.video
     # Keypoints feed only skeleton attention, but a broken keypoint file is reported either way;
     # without attention a missing one is nothing to warn about.
     subject.keypoints = cache.keypoints(files, video.info, warnings if d.use_skeleton_attention else DataWarnings(0),

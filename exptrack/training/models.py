@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .. import serving, tracking
+from .. import model_card, serving, tracking
 from . import checkpoint as ckpt
 
 log = logging.getLogger("exptrack.train")
@@ -67,6 +67,10 @@ class ModelLog:
         if snapshot is not None:
             model_id = self.log_file(snapshot, epoch)
             shutil.rmtree(snapshot.parent, ignore_errors=True)
+            try:
+                snapshot.parent.parent.rmdir()  # pending-models/, once no other snapshot waits
+            except OSError:
+                pass
         self._mark_best(best_epoch)
         self.prune()
         return model_id
@@ -130,17 +134,23 @@ class ModelLog:
         return self.registered().get(model_id) or register(model_id, self.registered_model)
 
 
+HEADLINE = "val_mean_class_acc"  # the validation score a version's tags carry (the rest is on its card)
+
+
 def version_tags(model: dict[str, Any]) -> dict[str, Any]:
-    """What a registered version says about itself, from its logged model: its run, the data it
-    was trained on (the training digest; promotion compares evaluation digests, registry.py), its
-    epoch and validation scores."""
+    """What a registered version says about itself in tags, from its logged model: its run, the
+    data it was trained on (the training digest; promotion compares evaluation digests,
+    registry.py), its epoch and headline validation score. The rest is on its model card."""
     tags = model["tags"]
     return {"run_id": model["run_id"], "training_data_digest": tags.get("exptrack.data_digest", ""),
             "best_epoch": tags.get(EPOCH_TAG, ""),
-            **{k[len("exptrack."):]: v for k, v in tags.items() if k.startswith("exptrack.val_")}}
+            **({HEADLINE: tags[f"exptrack.{HEADLINE}"]} if f"exptrack.{HEADLINE}" in tags else {})}
 
 
 def register(model_id: str, name: str) -> str:
     """A new version of `name` pinned to the logged model `model_id`. Its tags are set in the
-    same call that creates it, so a kill leaves a complete version or none."""
-    return tracking.register_logged_model(model_id, name, version_tags(tracking.logged_model(model_id)))
+    same call that creates it, so a kill leaves a complete version or none; its model card
+    follows."""
+    version = tracking.register_logged_model(model_id, name, version_tags(tracking.logged_model(model_id)))
+    model_card.refresh(name, version)
+    return version

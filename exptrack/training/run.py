@@ -243,6 +243,7 @@ class RunOptions:
     tags: dict[str, Any] | None = None
     register: bool = True
     on_start: Callable[[str], None] | None = None
+    invocation: dict[str, str] | None = None  # the `config` and `overrides` typed (params, as the MLproject's)
 
 
 def train(config: Config, resume: str | None = None, progress: bool = True,
@@ -334,7 +335,8 @@ def _train(config: Config, env: DistEnv, resume: str | None, progress: bool,
     tags = _run_tags(data, setup, env)
     class_names = read_class_names(data.layout.root, config.model.num_classes)
     with tracking.start_run(config, run_name=options.run_name, command="train", tags={**tags, **(options.tags or {})},
-                            system_metrics=True, run_id=run_id, parent_run_id=options.parent_run_id) as run:
+                            system_metrics=True, run_id=run_id, parent_run_id=options.parent_run_id,
+                            invocation=options.invocation) as run:
         if options.on_start:
             options.on_start(run.id)
         ckpt_dir = outputs / "runs" / run.id / "checkpoints"
@@ -342,8 +344,6 @@ def _train(config: Config, env: DistEnv, resume: str | None, progress: bool,
         models = ModelLog(run, manager, class_names, config.mlflow.registered_model if options.register else None)
         datasets = split_datasets(run, data)
         if state is None:  # a new run, or one that never finished its first epoch
-            if not run.has_params():  # a restarted run keeps the params it logged
-                run.log_config(config)
             run.log_git_diff()
             for context, dataset in datasets.items():
                 run.log_dataset(dataset, context)

@@ -1,0 +1,89 @@
+"""The model card of a registered version: its description in the model registry, in Markdown,
+which the MLflow UI renders on the version's page.
+
+A version's tags hold only what promotion compares (the run, the training data digest, the
+headline scores and the digest of the clips they were measured on, the decision). Everything a
+reader wants besides (the data, the training config in brief, every validation and test figure,
+the promotion decision in words) is on the card, rebuilt from the registry and the runs each time
+a version is registered, evaluated or promoted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import tracking
+
+# The config keys a reader needs to know what was trained (the rest is on the run's page).
+CONFIG_BRIEF = ("data.frame_size", "data.clip_len", "data.use_masks", "data.use_skeleton_attention",
+                "model.static_removal", "model.width", "loss.focal_gamma", "optim.lr", "train.epochs",
+                "train.batch_size", "train.seed")
+SPLITS = ("val", "test")
+
+
+def _figure(value: Any) -> str:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return f"{number:.0f}" if number.is_integer() and abs(number) >= 1 else f"{number:.3f}"
+
+
+def _table(rows: list[tuple[str, str]], head: tuple[str, str]) -> list[str]:
+    return [f"| {head[0]} | {head[1]} |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
+
+
+def render(name: str, version: dict[str, Any], model: dict[str, Any] | None, train_run: dict[str, Any] | None,
+           evaluations: dict[str, dict[str, Any]]) -> str:
+    """The card as Markdown (pure). `version`: its tags and ids; `model`: its logged model
+    (params = the resolved config, metrics = validation); `train_run`: the train run's tags;
+    `evaluations`: split -> that split's evaluation run (metrics, tags)."""
+    tags = version.get("tags", {})
+    lines = [f"# {name} version {version['version']}", ""]
+    run_id = version.get("run_id") or tags.get("run_id", "")
+    model_id = version.get("model_id") or ""
+    epoch = (model or {}).get("tags", {}).get("exptrack.epoch", tags.get("best_epoch", "?"))
+    lines += [f"Trained by run `{run_id}`; the weights of epoch {epoch} (logged model `{model_id}`).", ""]
+
+    run_tags = (train_run or {}).get("tags", {})
+    lines += ["## Data", ""]
+    lines += _table([("root", f"`{run_tags.get('data_root', '?')}`"),
+                     ("training data digest", f"`{tags.get('training_data_digest', '?')}`"),
+                     ("training clips", run_tags.get("clips_train", "?")),
+                     ("validation clips", run_tags.get("clips_val", "?"))]
+                    + ([("validation warning", run_tags["validation_weak"])] if "validation_weak" in run_tags else []),
+                    ("item", "value"))
+    params = (model or {}).get("params", {})
+    lines += ["", "## Training config (in brief)", ""]
+    lines += _table([(f"`{k}`", params.get(k, "?")) for k in CONFIG_BRIEF], ("key", "value"))
+    lines += ["", "The full resolved config is the run's `config.yaml` and its parameters.", ""]
+
+    val = {k: v for k, v in (model or {}).get("metrics", {}).items() if k.startswith("val_") and "_acc_class_" not in k}
+    lines += ["## Validation (the kept epoch)", ""]
+    lines += _table([(k, _figure(v)) for k, v in sorted(val.items())], ("metric", "value")) if val else ["none logged"]
+    for split, run in evaluations.items():
+        prefix = f"{split}_"
+        figures = {k[len(prefix):]: v for k, v in run.get("metrics", {}).items() if k.startswith(prefix)}
+        lines += ["", f"## Evaluation on {split}", "",
+                  f"Run `{run.get('run_id', '')}`, clips digest `{tags.get(f'{split}_data_digest', '?')}`.", ""]
+        lines += _table([(k, _figure(v)) for k, v in sorted(figures.items())], ("metric", "value"))
+    if "promotion.decision" in tags:
+        lines += ["", "## Promotion", "", f"{tags['promotion.decision']} (on `{tags.get('promotion.metric', '')}`, "
+                  f"{tags.get('promotion.time', '')})."]
+        if version.get("aliases"):
+            lines += ["", "Aliases: " + ", ".join(f"`{a}`" for a in sorted(version["aliases"])) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def refresh(name: str, version: str) -> None:
+    """Rebuild and store the card of `name` version `version` from what the registry holds now."""
+    record = tracking.model_version(name, version)
+    model = tracking.logged_model(record["model_id"]) if record.get("model_id") else None
+    run_id = record.get("run_id") or ""
+    train_run = tracking.run_record(run_id) if run_id else None
+    evaluations = {}
+    for split in SPLITS:
+        eval_run = record["tags"].get(f"{split}_evaluation_run")
+        if eval_run:
+            evaluations[split] = {"run_id": eval_run, **tracking.run_record(eval_run)}
+    tracking.set_model_version_description(name, version, render(name, record, model, train_run, evaluations))
