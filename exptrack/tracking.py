@@ -530,7 +530,8 @@ def _remove_empty_local_folders(location: str, levels: int) -> None:
     folder = Path(parsed.path if parsed.scheme == "file" else location)
     for _ in range(levels):
         try:
-            folder.rmdir()  # only when empty
+            if folder.exists():  # the artifact store may have removed the folder itself
+                folder.rmdir()  # only when empty
         except OSError:
             return
         folder = folder.parent

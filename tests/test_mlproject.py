@@ -71,7 +71,7 @@ def walk(tiny_demo, tmp_path_factory) -> Walk:
     config = folder / "tiny.yaml"
     config.write_text(yaml.safe_dump({
         "data": {"root": str(tiny_demo), "demo": False, "frame_size": 32, "clip_len": 8, "train_stride": 4,
-                 "eval_stride": 8},
+                 "eval_stride": 8, "use_masks": True, "use_skeleton_attention": True, "skeleton_sigma": 3.0},
         "model": {"num_classes": 3, "width": 0.125},
         "train": {"epochs": 2, "batch_size": 8, "num_workers": 0, "checkpoint_every": 2, "early_stop_patience": 0},
         "mlflow": {"experiment": "tiny"},
@@ -80,6 +80,8 @@ def walk(tiny_demo, tmp_path_factory) -> Walk:
     study.write_text(yaml.safe_dump({"config": str(config), "overrides": [],
                                      "space": {"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True}}}))
     video = sorted((tiny_demo / "dataset" / "anon").glob("*.mp4"))[0]
+    bare = folder / video.name  # the same video outside any layout: nothing beside it
+    bare.write_bytes(video.read_bytes())
     optuna_db = f"sqlite:///{folder / 'optuna.db'}"
     steps = [
         ("mlflow-train", _mlflow_run("train", "walk", config=str(config), overrides="train.seed=1")),
@@ -89,6 +91,7 @@ def walk(tiny_demo, tmp_path_factory) -> Walk:
         ("evaluate", _exptrack("evaluate", "--no-progress")),
         ("visualize", _exptrack("visualize", "--no-progress", "--num-samples", "1")),
         ("predict", _exptrack("predict", str(video))),
+        ("predict-bare", _exptrack("predict", str(bare))),
         ("analyze", _exptrack("analyze", "--config", str(config))),
         ("cache", _exptrack("cache", "--config", str(config))),
         ("mlflow-evaluate", _mlflow_run("evaluate", "walk")),
@@ -139,7 +142,8 @@ def test_mlflow_run_train_carries_what_exptrack_train_carries(walk):
     project, direct = (client.get_run(walk.run_id(name)) for name in ("mlflow-train", "exptrack-train"))
     assert project.data.params == direct.data.params
     assert len(project.data.params) > 70 and project.data.params["train.seed"] == "1"
-    assert _artifacts(client, project.info.run_id) == _artifacts(client, direct.info.run_id)
+    checkout = {"git_diff.patch"}  # logged when the checkout is dirty at that moment
+    assert _artifacts(client, project.info.run_id) - checkout == _artifacts(client, direct.info.run_id) - checkout
     assert "config.yaml" in _artifacts(client, project.info.run_id)
     ours = _own_tags(project.data.tags)
     assert set(ours) == set(_own_tags(direct.data.tags))
@@ -187,7 +191,8 @@ def test_logged_models_link_only_their_own_metrics_and_have_unique_names(walk):
     assert len(names) == len(set(names))
     for model in models:
         keys = {m.key for m in model.metrics or []}
-        assert keys and all(k.startswith(("val_", "test_")) for k in keys), (model.name, sorted(keys))
+        refit = client.get_run(model.source_run_id).data.tags.get("trained_on") == "train+val"  # no validation
+        assert (keys or refit) and all(k.startswith(("val_", "test_")) for k in keys), (model.name, sorted(keys))
 
 
 def test_a_version_carries_few_tags_and_a_model_card(walk):
@@ -200,9 +205,15 @@ def test_a_version_carries_few_tags_and_a_model_card(walk):
 
 
 def test_predict_reads_the_masks_and_keypoints_beside_a_video_in_its_layout(walk):
+    """The walk's model is trained with masks and skeleton attention, as the demo's is."""
     ran = walk.ran["predict"]
     assert "frames weighted by masks and skeleton attention" in ran.stderr
     assert "unreliable" not in ran.stderr
+
+
+def test_predict_says_when_a_video_lacks_what_the_model_needs(walk):
+    assert "trained with masks and skeleton attention, but" in walk.ran["predict-bare"].stderr
+    assert "unreliable" in walk.ran["predict-bare"].stderr
 
 
 def test_deleted_models_leave_no_empty_folders(walk):

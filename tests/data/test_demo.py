@@ -223,3 +223,14 @@ def test_config_demo_preset_generates_hard_data(tmp_path):
     root = ensure_data_root(cfg)
     _, info = decode_video(next((root / "dataset" / "anon").glob("*.mp4")), 32)
     assert (info.width, info.height) == (192, 144)
+
+
+@pytest.mark.slow
+def test_the_demo_config_is_not_warned_about(tmp_path):
+    """The README's main command trains on experiments/demo.yaml: its data raises none of
+    exptrack's own warnings (a small validation, skipped files), or every demo run would warn."""
+    config = load_config(str(Path(__file__).resolve().parents[2] / "experiments" / "demo.yaml"),
+                         [f"data.root={tmp_path / 'demo'}", f"paths.cache={tmp_path / 'cache'}"])
+    data = prepare_data(config, splits=("train", "val"), progress=False)
+    assert data.validation_weaknesses() == []
+    assert not data.warnings.counts

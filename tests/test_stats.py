@@ -1,0 +1,76 @@
+"""Paired comparisons over subjects (exptrack/stats.py) on small generated predictions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from exptrack.stats import compare, mean_class_accuracy
+
+
+def _clips(n_subjects: int, per_subject: int = 40, classes: int = 4, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    subject = np.repeat(np.arange(n_subjects), per_subject)
+    y_true = rng.integers(0, classes, size=len(subject))
+    return rng, subject, y_true
+
+
+def _predict(rng, y_true, accuracy_by_subject, subject, classes=4):
+    """Right with the subject's accuracy, else a wrong class."""
+    right = rng.random(len(y_true)) < np.asarray(accuracy_by_subject)[subject]
+    wrong = (y_true + rng.integers(1, classes, size=len(y_true))) % classes
+    return np.where(right, y_true, wrong)
+
+
+def test_mean_class_accuracy_by_hand():
+    y_true = np.array([0, 0, 0, 1])
+    y_pred = np.array([0, 0, 1, 0])
+    assert mean_class_accuracy(y_true, y_pred) == pytest.approx((2 / 3 + 0) / 2)
+
+
+@pytest.mark.parametrize("method", ["t", "bootstrap"])
+def test_a_clearly_better_model_is_called_better(method):
+    rng, subject, y_true = _clips(10)
+    a = _predict(rng, y_true, np.full(10, 0.5), subject)
+    b = _predict(rng, y_true, np.full(10, 0.9), subject)
+    result = compare(subject, y_true, a, b, method=method)
+    assert result.verdict == "better" and result.low > 0 and result.p_better > 0.99
+
+
+@pytest.mark.parametrize("method", ["t", "bootstrap"])
+def test_the_same_predictions_are_not_distinguishable(method):
+    rng, subject, y_true = _clips(5)
+    a = _predict(rng, y_true, np.full(5, 0.7), subject)
+    result = compare(subject, y_true, a, a.copy(), method=method)
+    assert result.verdict == "not distinguishable" and result.diff == 0
+
+
+def test_a_worse_model_is_called_worse():
+    rng, subject, y_true = _clips(10)
+    a = _predict(rng, y_true, np.full(10, 0.9), subject)
+    b = _predict(rng, y_true, np.full(10, 0.4), subject)
+    assert compare(subject, y_true, a, b).verdict == "worse"
+
+
+def test_a_gain_on_one_subject_of_three_is_not_a_proof():
+    """B is far better on one subject and the same on the others: the t interval over 3 subjects
+    spans 0, though the pooled score rose."""
+    rng, subject, y_true = _clips(3)
+    a = _predict(rng, y_true, np.array([0.6, 0.6, 0.6]), subject)
+    b = np.where(subject == 0, y_true, a)  # perfect on subject 0 only
+    result = compare(subject, y_true, a, b, method="t")
+    assert result.b > result.a and result.verdict == "not distinguishable" and result.low < 0
+
+
+def test_one_subject_gives_no_interval_and_says_so():
+    rng, subject, y_true = _clips(1)
+    a = _predict(rng, y_true, np.array([0.5]), subject)
+    b = _predict(rng, y_true, np.array([0.9]), subject)
+    result = compare(subject, y_true, a, b)
+    assert result.low is None and result.p_better is None and result.verdict == "not distinguishable"
+    assert "no interval with 1 subject" in result.sentence()
+
+
+def test_clips_of_different_lengths_are_refused():
+    with pytest.raises(ValueError, match="one entry per clip"):
+        compare(np.zeros(3), np.zeros(3), np.zeros(3), np.zeros(2))
