@@ -153,13 +153,16 @@ def cmd_promote(args: argparse.Namespace) -> None:
     from .registry import promote, version_scores
     from .tracking import model_url
 
-    decision = promote(args.name, metric=args.metric, split=args.split, data_root=args.data_root,
-                       progress=not args.no_progress, reevaluate=args.reevaluate)
+    decision = promote(args.name, metric=args.metric or f"{args.split}_mean_class_accuracy", split=args.split,
+                       data_root=args.data_root,
+                       progress=not args.no_progress, reevaluate=args.reevaluate, rule=args.rule,
+                       min_improvement=args.min_improvement)
     scores = version_scores(args.name, args.split)
     for version, reason in sorted(decision.reasons.items(), key=lambda kv: int(kv[0])):
         shown = ", ".join(f"{m} {v:.3f}" for m, v in scores.get(version, {}).items())
         print(f"version {version}: {reason}" + (f"  [{args.split}: {shown}]" if shown else ""))
-    print(f"champion of {args.name}: version {decision.champion}")
+    print(f"champion of {args.name}: version {decision.champion}"
+          + (f", the best of {decision.compared} versions on this {args.split} set" if decision.compared > 1 else ""))
     print(f"MLflow model: {model_url(args.name, decision.champion)}")
 
 
@@ -285,9 +288,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("promote", help="move the alias 'champion' to the best version (fair comparison)")
     p.add_argument("--name", default="c3d-exercise", help="registered model name" + _DEFAULT)
-    p.add_argument("--metric", default="test_mean_class_accuracy", help="version tag compared (higher wins)" + _DEFAULT)
+    p.add_argument("--metric", help="the metric compared, higher wins (default: <split>_mean_class_accuracy)")
     p.add_argument("--split", default="test", choices=["test", "val"], help="split the versions are evaluated on" + _DEFAULT)
     p.add_argument("--data-root", help="evaluate on this dataset (default: each model's own)")
+    p.add_argument("--rule", choices=["interval", "best"], default="interval",
+                   help="interval: the challenger replaces the champion only when the lower end of the 95%% paired "
+                        "interval over subjects of (challenger - champion) is above --min-improvement; best: when "
+                        "its value is strictly higher" + _DEFAULT)
+    p.add_argument("--min-improvement", type=float, default=0.0,
+                   help="the least improvement the interval rule must show" + _DEFAULT)
     p.add_argument("--reevaluate", action="store_true",
                    help="evaluate again every version whose last evaluation was on other data (by default only "
                         "the champion is; the others sit out)")

@@ -69,7 +69,12 @@ def render(name: str, version: dict[str, Any], model: dict[str, Any] | None, tra
         lines += _table([(k, _figure(v)) for k, v in sorted(figures.items())], ("metric", "value"))
     if "promotion.decision" in tags:
         lines += ["", "## Promotion", "", f"{tags['promotion.decision']} (on `{tags.get('promotion.metric', '')}`, "
-                  f"{tags.get('promotion.time', '')})."]
+                  f"rule `{tags.get('promotion.rule', 'best')}`, {tags.get('promotion.time', '')})."]
+        compared = int(tags.get("promotion.versions_compared", "0") or 0)
+        if compared > 1:
+            lines += ["", f"{compared} versions competed on these clips: the champion's figure on them is the best "
+                      "of that many noisy draws, so it overstates how the model does on new subjects. Promote on "
+                      "`val` and keep `test` for a final report to have an unbiased test figure."]
         if version.get("aliases"):
             lines += ["", "Aliases: " + ", ".join(f"`{a}`" for a in sorted(version["aliases"])) + "."]
     return "\n".join(lines) + "\n"

@@ -1,5 +1,7 @@
 """Promotion in the model registry: the alias `champion` goes to the best version, by a fair
-comparison (the same metric on the same data, identified by its digest).
+comparison (the same metric on the same data, identified by its digest), and by default only on
+evidence: the challenger's paired interval over subjects against the champion must lie above
+`min_improvement` (exptrack/stats.py). `rule="best"` is the plain strictly-higher rule.
 
 Stages are deprecated in MLflow; exptrack uses aliases (`champion`, `previous`) and version tags
 only. Every decision is written as tags on the versions involved, so the registry shows why a
@@ -13,9 +15,13 @@ import math
 import time
 from dataclasses import dataclass
 
+from typing import Callable
+
 from . import model_card, tracking
 from .errors import ModelError
 from .metrics import HEADLINE_METRICS
+from .stats import METRICS as PAIRED_METRICS
+from .stats import Comparison
 
 log = logging.getLogger("exptrack.registry")
 
@@ -40,6 +46,30 @@ class Decision:
     previous: str | None  # the champion it replaced, if any
     reasons: dict[str, str]  # version -> why it was or was not promoted
     digest: str = ""  # the evaluation data the decision compared on
+    evidence: Comparison | None = None  # the challenger against the champion (rule "interval")
+    compared: int = 0  # versions that competed on that digest (the champion's figure is their best)
+
+
+RULES = ("interval", "best")
+Paired = Callable[[str, str], "Comparison | None"]  # (champion version, challenger version) -> B vs A
+
+
+def _interval_verdict(best: Candidate, current: Candidate, evidence: Comparison | None,
+                      min_improvement: float) -> tuple[bool, str]:
+    """Whether the challenger's evidence against the champion promotes it, and why (or why not)."""
+    if evidence is None:
+        return False, (f"kept out: {best.value:.6f} vs champion v{current.version} ({current.value:.6f}), but no "
+                       "paired predictions of both on the same clips to test it (evaluate both again)")
+    if evidence.low is None:
+        return False, (f"kept out: {best.value:.6f} vs champion v{current.version} ({current.value:.6f}) on "
+                       f"{evidence.n_subjects} subject: no interval can say it is better (`--rule best` "
+                       "promotes on the point values)")
+    interval = (f"difference {evidence.diff:+.4f}, 95% interval [{evidence.low:+.4f}, {evidence.high:+.4f}], "
+                f"P(better) {evidence.p_better:.2f}, {evidence.n_subjects} subjects")
+    if evidence.low > min_improvement:
+        return True, f"promoted: beats champion v{current.version} ({interval})"
+    return False, (f"kept out: not shown better than champion v{current.version} by more than {min_improvement:g} "
+                   f"({interval})")
 
 
 def _stale(c: Candidate) -> str:
@@ -47,12 +77,17 @@ def _stale(c: Candidate) -> str:
             "`exptrack promote --reevaluate` evaluates it again")
 
 
-def decide(current: Candidate | None, candidates: list[Candidate]) -> Decision:
+def decide(current: Candidate | None, candidates: list[Candidate], rule: str = "best",
+           paired: Paired | None = None, min_improvement: float = 0.0) -> Decision:
     """Pure rule. Only versions evaluated on today's data compete, and only on one evaluation
     digest: the champion's (it is re-evaluated first when its data changed, see promote), or
-    without a champion the newest version's. The best candidate becomes champion only if strictly
-    better than the champion; ties keep the champion; without a champion ties go to the older
-    version."""
+    without a champion the newest version's. The best candidate (by value) challenges the
+    champion: with `rule="best"` it wins when strictly better (ties keep the champion); with
+    `rule="interval"` only when the lower end of the paired interval of (challenger - champion),
+    from `paired(champion, challenger)`, is above `min_improvement`. Without a champion the best
+    candidate becomes champion (ties go to the older version)."""
+    if rule not in RULES:
+        raise ValueError(f"unknown promotion rule {rule!r} (one of {', '.join(RULES)})")
     reasons: dict[str, str] = {}
     if current is not None and not current.on_current_data:
         raise ValueError(f"champion v{current.version} was evaluated on other data: re-evaluate it first")
@@ -74,26 +109,39 @@ def decide(current: Candidate | None, candidates: list[Candidate]) -> Decision:
     for c in [c for c in pool if c.digest != digest]:
         reasons[c.version] = f"not compared: evaluated on other clips (digest {c.digest}) than the comparison ({digest})"
     pool = [c for c in pool if c.digest == digest]
+    compared = len(pool) + (current is not None)
     if not pool:
-        return Decision(current.version if current else None, None, reasons, digest)
+        return Decision(current.version if current else None, None, reasons, digest, compared=compared)
     best = max(pool, key=lambda c: (c.value, -int(c.version)))
     for c in pool:
         if c is not best:
             reasons[c.version] = f"{c.value:.6f} below the best candidate v{best.version} ({best.value:.6f})"
     if current is None:
         reasons[best.version] = f"promoted: best candidate ({best.value:.6f}), no champion before"
-        return Decision(best.version, None, reasons, digest)
-    if best.value > current.value:
+        return Decision(best.version, None, reasons, digest, compared=compared)
+    kept = f"champion, kept ({compared} versions compared on these clips)"
+    if best.value <= current.value:
+        reasons[best.version] = f"kept out: {best.value:.6f} does not beat champion v{current.version} ({current.value:.6f})"
+        reasons[current.version] = kept
+        return Decision(current.version, None, reasons, digest, compared=compared)
+    evidence = None
+    if rule == "best":
+        promoted = True
         reasons[best.version] = f"promoted: {best.value:.6f} beats champion v{current.version} ({current.value:.6f})"
-        reasons[current.version] = f"replaced by v{best.version}"
-        return Decision(best.version, current.version, reasons, digest)
-    reasons[best.version] = f"kept out: {best.value:.6f} does not beat champion v{current.version} ({current.value:.6f})"
-    return Decision(current.version, None, reasons, digest)
+    else:
+        evidence = paired(current.version, best.version) if paired else None
+        promoted, reasons[best.version] = _interval_verdict(best, current, evidence, min_improvement)
+    if not promoted:
+        reasons[current.version] = kept
+        return Decision(current.version, None, reasons, digest, evidence, compared)
+    reasons[current.version] = f"replaced by v{best.version}"
+    return Decision(best.version, current.version, reasons, digest, evidence, compared)
 
 
 def promote(name: str, metric: str = "test_mean_class_accuracy", split: str = "test", evaluate=None,
             data_root: str | None = None, progress: bool = False, current_digest=None,
-            reevaluate: bool = False) -> Decision:
+            reevaluate: bool = False, rule: str = "interval", min_improvement: float = 0.0,
+            method: str = "t") -> Decision:
     """Evaluate what must be, then apply `decide` and record it on the versions.
 
     Evaluated first: versions never evaluated on `split`; the champion when its evaluation data
@@ -116,6 +164,10 @@ def promote(name: str, metric: str = "test_mean_class_accuracy", split: str = "t
 
         current_digest = partial(evaluation_digest, memo={})  # one data preparation per clip setting
 
+    if rule not in RULES:
+        raise ModelError(f"unknown promotion rule {rule!r} (one of {', '.join(RULES)})")
+    if rule == "interval":
+        paired_metric(metric, split)  # before anything is evaluated
     versions = tracking.model_versions(name)
     if not versions:
         raise ModelError(f"registered model {name!r} has no versions")
@@ -135,7 +187,9 @@ def promote(name: str, metric: str = "test_mean_class_accuracy", split: str = "t
                             today[v["version"]]) for v in versions]
     by_version = {c.version: c for c in candidates}
     current = by_version.get(champion_version) if champion_version else None
-    decision = decide(current, candidates)
+    by_number = {v["version"]: v for v in versions}
+    decision = decide(current, candidates, rule, _paired_on_predictions(by_number, metric, split, method),
+                      min_improvement)
     if decision.champion and decision.champion != champion_version:
         tracking.set_alias(name, CHAMPION, decision.champion)
         if decision.previous:
@@ -143,13 +197,66 @@ def promote(name: str, metric: str = "test_mean_class_accuracy", split: str = "t
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     for version, reason in decision.reasons.items():
         c = by_version[version]
-        tracking.set_model_version_tags(name, version, {  # the values and digests are in the decision and the card
-            "promotion.decision": reason, "promotion.metric": f"{metric}", "promotion.value": c.value,
+        tracking.set_model_version_tags(name, version, {  # the values are in the decision and on the card
+            "promotion.decision": reason, "promotion.metric": f"{metric}", "promotion.rule": rule,
             "promotion.compared_on_digest": decision.digest, "promotion.time": stamp,
+            # the champion's figure is the best of this many versions on that test set (biased upwards)
+            "promotion.versions_compared": decision.compared,
         })
         model_card.refresh(name, version)
     log.info("champion of %s: version %s", name, decision.champion)
     return decision
+
+
+def _paired_on_predictions(versions: dict[str, dict], metric: str, split: str, method: str) -> Paired:
+    """(champion, challenger) -> the challenger against the champion on the clips both were
+    evaluated on: their evaluation runs' predictions, joined by subject and start frame."""
+    base = paired_metric(metric, split)
+
+    def paired(champion: str, challenger: str) -> Comparison | None:
+        from .stats import compare
+
+        tables = [version_predictions(versions[v], split) for v in (champion, challenger)]
+        if any(t is None for t in tables):
+            return None
+        keys = ["subject", "start_frame"]
+        joined = tables[0].merge(tables[1], on=keys, suffixes=("_a", "_b"))
+        if len(joined) != len(tables[0]) or len(joined) != len(tables[1]) or \
+                (joined["true_a"] != joined["true_b"]).any():
+            return None  # not the same clips: no pairing
+        return compare(joined["subject"].to_numpy(), joined["true_a"].to_numpy(), joined["predicted_a"].to_numpy(),
+                       joined["predicted_b"].to_numpy(), metric=base, method=method)
+    return paired
+
+
+def paired_metric(metric: str, split: str) -> str:
+    """The per-subject metric (stats.METRICS) behind a `<split>_*` promotion metric; ModelError
+    for one the interval rule cannot compare per subject."""
+    base = metric[len(f"{split}_"):] if metric.startswith(f"{split}_") else metric
+    if base not in PAIRED_METRICS:
+        raise ModelError(f"--rule interval compares {', '.join(f'{split}_{m}' for m in PAIRED_METRICS)} per "
+                         f"subject, not {metric}: use one of those, or --rule best")
+    return base
+
+
+PREDICTIONS = "results/predictions.csv"  # in an evaluate run's artifacts (evaluation.write_report)
+
+
+def version_predictions(version: dict, split: str):
+    """The per-clip predictions of a version's last evaluation on `split` (a DataFrame), or None."""
+    import tempfile
+
+    import pandas as pd
+
+    run_id = version["tags"].get(f"{split}_evaluation_run")
+    if not run_id:
+        return None
+    with tempfile.TemporaryDirectory(prefix="exptrack-promote-") as tmp:
+        try:
+            path = tracking.download_run_artifact(run_id, PREDICTIONS, tmp)
+        except Exception:  # noqa: BLE001 - an evaluation logged before predictions were kept, or gone
+            return None
+        return pd.read_csv(path)
 
 
 def metric_value(version: dict, metric: str, split: str) -> float:

@@ -1,12 +1,16 @@
-"""Promotion by a fair comparison, in a real MLflow model registry."""
+"""Promotion by a fair comparison, in a real MLflow model registry: on the same data, and by
+default on evidence (a paired interval over subjects)."""
 
 from __future__ import annotations
 
 import mlflow
+import numpy as np
+import pandas as pd
 import pytest
 
 from exptrack import tracking
-from exptrack.registry import Candidate, decide, promote
+from exptrack.errors import ModelError
+from exptrack.registry import Candidate, _paired_on_predictions, decide, promote
 
 NAME = "promo-test"
 
@@ -51,31 +55,30 @@ def _tags(version: str) -> dict:
 
 def test_champion_moves_only_to_a_better_version_on_the_same_data(tmp_path):
     v1, v2 = _add_version(tmp_path, 0.80), _add_version(tmp_path, 0.90)
-    assert promote(NAME, evaluate=_no_evaluation, current_digest=_today()).champion == v2
+    assert promote(NAME, rule="best", evaluate=_no_evaluation, current_digest=_today()).champion == v2
     assert tracking.alias_version(NAME, "champion") == v2
     assert "no champion before" in _tags(v2)["promotion.decision"]
 
     v3 = _add_version(tmp_path, 0.85)  # worse: the champion stays
-    assert promote(NAME, evaluate=_no_evaluation, current_digest=_today()).champion == v2
+    assert promote(NAME, rule="best", evaluate=_no_evaluation, current_digest=_today()).champion == v2
     assert "does not beat champion" in _tags(v3)["promotion.decision"]
 
     v4 = _add_version(tmp_path, 0.90)  # a tie keeps the champion
-    assert promote(NAME, evaluate=_no_evaluation, current_digest=_today()).champion == v2
+    assert promote(NAME, rule="best", evaluate=_no_evaluation, current_digest=_today()).champion == v2
 
     v5 = _add_version(tmp_path, 0.95)  # better: promoted, the old champion becomes 'previous'
-    decision = promote(NAME, evaluate=_no_evaluation, current_digest=_today())
+    decision = promote(NAME, rule="best", evaluate=_no_evaluation, current_digest=_today())
     assert decision.champion == v5 and decision.previous == v2
     assert tracking.alias_version(NAME, "champion") == v5 and tracking.alias_version(NAME, "previous") == v2
     tags = _tags(v5)
     assert tags["promotion.metric"] == "test_mean_class_accuracy" and tags["promotion.compared_on_digest"] == "d1"
-    assert float(tags["promotion.value"]) == 0.95 and "promotion.time" in tags
+    assert tags["promotion.rule"] == "best" and "promotion.time" in tags and tags["promotion.versions_compared"] == "5"
 
     v6 = _add_version(tmp_path, 0.99, digest="other")  # evaluated on other test data: never compared
-    assert promote(NAME, evaluate=_no_evaluation, current_digest=_today()).champion == v5
+    assert promote(NAME, rule="best", evaluate=_no_evaluation, current_digest=_today()).champion == v5
     assert "not compared: evaluated on other data (digest other, now d1)" in _tags(v6)["promotion.decision"]
     assert _tags(v6)["promotion.compared_on_digest"] == "d1"
-    assert "below the best candidate" in _tags(v1)["promotion.decision"] or v1 not in promote(
-        NAME, evaluate=_no_evaluation).reasons
+    assert "below the best candidate" in _tags(v1)["promotion.decision"]
     assert tracking.alias_version(NAME, "champion") not in (v4, v6)
 
 
@@ -85,7 +88,7 @@ def test_versions_without_the_metric_are_evaluated_first(tmp_path):
     evaluated = []
 
     fake_evaluate = _evaluator({v2: 0.7}, "d1", evaluated)
-    assert promote(NAME, evaluate=fake_evaluate, current_digest=_today()).champion == v2
+    assert promote(NAME, rule="best", evaluate=fake_evaluate, current_digest=_today()).champion == v2
     assert evaluated == [f"models:/{NAME}/{v2}"]
     assert "below the best candidate" in _tags(v1)["promotion.decision"]
 
@@ -93,25 +96,25 @@ def test_versions_without_the_metric_are_evaluated_first(tmp_path):
 def test_without_a_champion_only_versions_evaluated_on_todays_data_compete(tmp_path):
     v1 = _add_version(tmp_path, 0.90, digest="A")
     v2 = _add_version(tmp_path, 0.95, digest="B")  # better, but on other data than today's
-    assert promote(NAME, evaluate=_no_evaluation, current_digest=_today("A")).champion == v1
+    assert promote(NAME, rule="best", evaluate=_no_evaluation, current_digest=_today("A")).champion == v1
     assert "not compared: evaluated on other data (digest B, now A)" in _tags(v2)["promotion.decision"]
 
 
 def test_a_champion_evaluated_on_other_data_is_evaluated_again_first(tmp_path):
     v1 = _add_version(tmp_path, 0.90, digest="old")
-    assert promote(NAME, evaluate=_no_evaluation, current_digest=_today("old")).champion == v1
+    assert promote(NAME, rule="best", evaluate=_no_evaluation, current_digest=_today("old")).champion == v1
     v2 = _add_version(tmp_path, 0.80, digest="new")  # the data changed: v2 was evaluated on it
     calls: list = []
     # on today's data the champion scores 0.70: v2 (0.80) is better on the same clips
-    decision = promote(NAME, evaluate=_evaluator({v1: 0.70}, "new", calls), current_digest=_today("new"))
+    decision = promote(NAME, rule="best", evaluate=_evaluator({v1: 0.70}, "new", calls), current_digest=_today("new"))
     assert calls == [f"models:/{NAME}/{v1}"]  # only the champion; v2 is already on today's data
     assert decision.champion == v2 and decision.digest == "new"
     assert _tags(v1)["test_data_digest"] == "new" and _tags(v1)["promotion.decision"] == f"replaced by v{v2}"
 
     v3 = _add_version(tmp_path, 0.99, digest="old")  # stale and not champion: sits out unless --reevaluate
-    assert promote(NAME, evaluate=_no_evaluation, current_digest=_today("new")).champion == v2
+    assert promote(NAME, rule="best", evaluate=_no_evaluation, current_digest=_today("new")).champion == v2
     calls.clear()
-    decision = promote(NAME, evaluate=_evaluator({v3: 0.85}, "new", calls), current_digest=_today("new"),
+    decision = promote(NAME, rule="best", evaluate=_evaluator({v3: 0.85}, "new", calls), current_digest=_today("new"),
                        reevaluate=True)
     assert calls == [f"models:/{NAME}/{v3}"] and decision.champion == v3
 
@@ -123,8 +126,8 @@ def test_decide_rule_without_registry():
 
 
 def test_promote_without_versions_is_an_error():
-    with pytest.raises(ValueError, match="has no versions"):
-        promote("nothing-here", evaluate=_no_evaluation)
+    with pytest.raises(ModelError, match="has no versions"):
+        promote("nothing-here", rule="best", evaluate=_no_evaluation)
 
 
 def test_promote_command_shows_each_versions_scores(tmp_path, capsys, monkeypatch):
@@ -139,3 +142,107 @@ def test_promote_command_shows_each_versions_scores(tmp_path, capsys, monkeypatc
     out = capsys.readouterr().out
     assert f"version {v1}: " in out and "[test: accuracy 0.850, top3_accuracy 0.970, mean_class_accuracy 0.800]" in out
     assert f"champion of {NAME}: version {v1}" in out
+
+
+def _predictions(accuracy_by_subject: list[float], per_subject: int = 30, seed: int = 0) -> pd.DataFrame:
+    """An evaluation's predictions.csv: right with the subject's accuracy (the same clips and
+    labels for every seed)."""
+    rng = np.random.default_rng(seed)
+    n = len(accuracy_by_subject)
+    subject = np.repeat([f"s{i}" for i in range(n)], per_subject)
+    true = np.tile(np.arange(per_subject) % 3, n)
+    right = rng.random(len(true)) < np.repeat(accuracy_by_subject, per_subject)
+    return pd.DataFrame({"subject": subject, "start_frame": np.tile(np.arange(per_subject) * 16, n), "true": true,
+                         "predicted": np.where(right, true, (true + 1) % 3)})
+
+
+def _add_evaluated_version(tmp_path, accuracy_by_subject: list[float], seed: int) -> str:
+    """A version with an evaluation run holding its per-clip predictions, as evaluate leaves it."""
+    from exptrack.stats import mean_class_accuracy
+
+    table = _predictions(accuracy_by_subject, seed=seed)
+    version = _add_version(tmp_path, mean_class_accuracy(table["true"].to_numpy(), table["predicted"].to_numpy()))
+    folder = tmp_path / f"eval-{version}"
+    folder.mkdir()
+    table.to_csv(folder / "predictions.csv", index=False)
+    with mlflow.start_run() as run:
+        mlflow.log_artifacts(str(folder), "results")
+    tracking.set_model_version_tags(NAME, version, {"test_evaluation_run": run.info.run_id})
+    return version
+
+
+def test_the_interval_rule_promotes_a_clearly_better_version(tmp_path):
+    champion = _add_evaluated_version(tmp_path, [0.5] * 8, seed=1)
+    assert promote(NAME, evaluate=_no_evaluation, current_digest=_today()).champion == champion
+    better = _add_evaluated_version(tmp_path, [0.9] * 8, seed=2)
+    decision = promote(NAME, evaluate=_no_evaluation, current_digest=_today())
+    assert decision.champion == better and decision.evidence.low > 0 and decision.evidence.n_subjects == 8
+    assert "promoted: beats champion" in _tags(better)["promotion.decision"]
+    assert _tags(better)["promotion.rule"] == "interval"
+
+
+def test_the_interval_rule_keeps_the_champion_against_a_higher_but_indistinguishable_version(tmp_path):
+    """Higher on the pooled figure by luck on 3 subjects: strictly-higher would promote it, the
+    interval rule does not, and says why."""
+    champion = _add_evaluated_version(tmp_path, [0.7, 0.7, 0.7], seed=1)
+    promote(NAME, evaluate=_no_evaluation, current_digest=_today())
+    lucky = _add_evaluated_version(tmp_path, [0.95, 0.6, 0.7], seed=3)
+    assert float(_tags(lucky)["test_mean_class_accuracy"]) > float(_tags(champion)["test_mean_class_accuracy"])
+    decision = promote(NAME, evaluate=_no_evaluation, current_digest=_today())
+    assert decision.champion == champion and decision.evidence.low < 0
+    assert "kept out: not shown better than champion" in _tags(lucky)["promotion.decision"]
+    assert promote(NAME, rule="best", evaluate=_no_evaluation, current_digest=_today()).champion == lucky
+
+
+def test_the_interval_rule_keeps_the_champion_against_a_worse_or_tied_version(tmp_path):
+    champion = _add_evaluated_version(tmp_path, [0.8] * 5, seed=1)
+    promote(NAME, evaluate=_no_evaluation, current_digest=_today())
+    _add_evaluated_version(tmp_path, [0.5] * 5, seed=2)  # worse
+    tied = _add_evaluated_version(tmp_path, [0.8] * 5, seed=1)  # the very same predictions
+    assert promote(NAME, evaluate=_no_evaluation, current_digest=_today()).champion == champion
+    assert "does not beat champion" in _tags(tied)["promotion.decision"]
+
+
+def test_the_interval_rule_with_one_subject_gives_no_interval_and_keeps_the_champion(tmp_path):
+    champion = _add_evaluated_version(tmp_path, [0.5], seed=1)
+    promote(NAME, evaluate=_no_evaluation, current_digest=_today())
+    better = _add_evaluated_version(tmp_path, [0.9], seed=2)
+    assert promote(NAME, evaluate=_no_evaluation, current_digest=_today()).champion == champion
+    assert "on 1 subject: no interval can say it is better" in _tags(better)["promotion.decision"]
+
+
+def test_the_min_improvement_is_what_the_interval_must_clear(tmp_path):
+    _add_evaluated_version(tmp_path, [0.6] * 8, seed=1)
+    promote(NAME, evaluate=_no_evaluation, current_digest=_today())
+    better = _add_evaluated_version(tmp_path, [0.75] * 8, seed=2)
+    decision = promote(NAME, evaluate=_no_evaluation, current_digest=_today(), min_improvement=0.5)
+    assert decision.champion != better and "by more than 0.5" in _tags(better)["promotion.decision"]
+
+
+def test_the_interval_rule_refuses_a_metric_it_cannot_pair(tmp_path):
+    _add_version(tmp_path, 0.8)
+    with pytest.raises(ModelError, match="not test_macro_f1"):
+        promote(NAME, metric="test_macro_f1", evaluate=_no_evaluation, current_digest=_today())
+
+
+@pytest.mark.slow
+def test_promotion_on_evidence_end_to_end(tiny_demo, make_config):
+    """Two trained versions, really evaluated: the challenger is tested against the champion on
+    the same clips' predictions, paired over the test subjects; `--split val` works too."""
+    from exptrack.training.run import train
+
+    fast = ("model.width=0.125", "train.batch_size=8", "train.num_workers=0", "train.epochs=2",
+            "mlflow.experiment=promote-e2e", "mlflow.log_system_metrics=false", f"mlflow.registered_model={NAME}")
+    first = train(make_config(tiny_demo, *fast), progress=False)
+    decision = promote(NAME)
+    assert decision.champion == first.model_version and decision.evidence is None  # no champion before
+    second = train(make_config(tiny_demo, *fast, "train.seed=7", "train.epochs=3"), progress=False)
+    decision = promote(NAME)
+    assert decision.compared == 2 and _tags(decision.champion)["promotion.versions_compared"] == "2"
+    versions = {v["version"]: v for v in tracking.model_versions(NAME)}
+    evidence = _paired_on_predictions(versions, "test_mean_class_accuracy", "test", "t")(
+        first.model_version, second.model_version)
+    assert evidence.n_subjects == 2 and evidence.low is not None  # the two evaluations' clips, paired
+    on_val = promote(NAME, split="val", metric="val_mean_class_accuracy")
+    assert on_val.champion in (first.model_version, second.model_version)
+    assert "val_data_digest" in _tags(first.model_version)

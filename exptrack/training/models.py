@@ -140,10 +140,10 @@ HEADLINE = "val_mean_class_acc"  # the validation score a version's tags carry (
 def version_tags(model: dict[str, Any]) -> dict[str, Any]:
     """What a registered version says about itself in tags, from its logged model: its run, the
     data it was trained on (the training digest; promotion compares evaluation digests,
-    registry.py), its epoch and headline validation score. The rest is on its model card."""
+    registry.py) and its headline validation score. The rest (its epoch, every figure) is on its
+    model card."""
     tags = model["tags"]
     return {"run_id": model["run_id"], "training_data_digest": tags.get("exptrack.data_digest", ""),
-            "best_epoch": tags.get(EPOCH_TAG, ""),
             **({HEADLINE: tags[f"exptrack.{HEADLINE}"]} if f"exptrack.{HEADLINE}" in tags else {})}
 
 
