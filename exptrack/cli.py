@@ -7,7 +7,6 @@ import logging
 import os
 import sys
 import traceback
-from pathlib import Path
 
 from .config import Config, ConfigError, load_config
 from .data.errors import DataError, DataWarnings

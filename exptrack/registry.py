@@ -196,7 +196,6 @@ def promote(name: str, metric: str = "test_mean_class_accuracy", split: str = "t
             tracking.set_alias(name, PREVIOUS, decision.previous)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     for version, reason in decision.reasons.items():
-        c = by_version[version]
         tracking.set_model_version_tags(name, version, {  # the values are in the decision and on the card
             "promotion.decision": reason, "promotion.metric": f"{metric}", "promotion.rule": rule,
             "promotion.compared_on_digest": decision.digest, "promotion.time": stamp,
