@@ -165,6 +165,22 @@ def cmd_promote(args: argparse.Namespace) -> None:
     print(f"MLflow model: {model_url(args.name, decision.champion)}")
 
 
+def cmd_compare(args: argparse.Namespace) -> None:
+    from .compare import run_compare
+
+    result = run_compare(args.a, args.b, split=args.split, metric=args.metric, method=args.method,
+                         gradcam=args.gradcam, data_root=args.data_root, device_name=args.device,
+                         save_dir=args.save_dir, overwrite=args.overwrite, progress=not args.no_progress)
+    print(f"{'metric':<22}{'A':>8}{'B':>8}{'B - A':>9}  95% interval       P(B better)  subjects")
+    for name, c in result.comparisons.items():
+        interval = f"[{c.low:+.3f}, {c.high:+.3f}]" if c.low is not None else "none"
+        better = f"{c.p_better:.2f}" if c.p_better is not None else "-"
+        print(f"{name:<22}{c.a:>8.3f}{c.b:>8.3f}{c.diff:>+9.3f}  {interval:<18} {better:>11}  {c.n_subjects:>8}")
+    print(result.verdict)
+    print(f"report: {result.out_dir / 'report.html'}")
+    _print_run_link(result.run_id)
+
+
 def cmd_visualize(args: argparse.Namespace) -> None:
     from .explain.visualize import VisualizeOptions, run_visualize
 
@@ -301,6 +317,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "the champion is; the others sit out)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars while versions are evaluated")
     p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser("compare", help="is model B better than model A? paired, with intervals over subjects; "
+                                       "an MLflow run with report.html")
+    p.add_argument("a", help="model A (the reference): any model reference evaluate takes")
+    p.add_argument("b", help="model B (the challenger)")
+    p.add_argument("--split", default="test", choices=["test", "val", "train"], help="split both are evaluated on" + _DEFAULT)
+    p.add_argument("--metric", default="mean_class_accuracy", choices=["mean_class_accuracy", "accuracy"],
+                   help="the metric of the verdict" + _DEFAULT)
+    p.add_argument("--method", default="t", choices=["t", "bootstrap"], help="interval over subjects" + _DEFAULT)
+    p.add_argument("--gradcam", type=int, default=2, help="GradCAM overlays of this many fixed and broken clips"
+                   + _DEFAULT)
+    p.add_argument("--data-root", help="evaluate on this dataset (default: the one A was trained on)")
+    p.add_argument("--device", default="auto", help="cuda, mps, cpu or auto" + _DEFAULT)
+    p.add_argument("--save-dir", help="output folder (default: a fresh outputs/compare/<run id>/)")
+    p.add_argument("--overwrite", action="store_true", help="replace the contents of a --save-dir that holds files")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("visualize", help="GradCAM videos of a model, logged as an MLflow run")
     p.add_argument("--model", default="models:/c3d-exercise@champion", help="model reference, as for evaluate" + _DEFAULT)

@@ -229,7 +229,8 @@ def write_report(report: ClipReport, predictions: pd.DataFrame, timelines: dict[
 
 
 def _model_tags(source: dict[str, str], split: str) -> dict[str, str]:
-    tags = {"model_uri": source.get("uri", ""), "model_run_id": source.get("run_id", ""), "split": split}
+    tags = {"model_uri": source.get("uri", ""), "model_run_id": source.get("run_id", ""), "split": split,
+            "model_id": source.get("model_id", "")}  # compare finds an evaluation by it
     if "version" in source:
         tags.update({"model_name": source["name"], "model_version": source["version"]})
     return tags

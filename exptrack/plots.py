@@ -54,6 +54,31 @@ def confusion_heatmap(table: pd.DataFrame, title: str, path: Path, fmt: str = "d
     return _save(fig, path)
 
 
+def difference_heatmap(table: pd.DataFrame, title: str, path: Path) -> Path:
+    """A signed table (e.g. B's row-normalised confusion minus A's): red where it grew, blue
+    where it shrank, white at 0."""
+    n = len(table)
+    fig, ax = plt.subplots(figsize=(max(5, 0.55 * n + 2), max(4, 0.5 * n + 1.5)))
+    limit = max(float(abs(table.to_numpy()).max()), 1e-9)
+    sns.heatmap(table, annot=n <= 20, fmt="+.2f", cmap="RdBu_r", vmin=-limit, vmax=limit, center=0, ax=ax, square=True)
+    ax.set_title(title)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    return _save(fig, path)
+
+
+def overlaid_curves(histories: dict[str, pd.DataFrame], path: Path) -> Path:
+    """Training curves of several runs on shared axes: loss (train, validation) and validation
+    mean class accuracy, per epoch."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for label, h in histories.items():
+        h = h.reindex(columns=[*h.columns, *(c for c in VAL_COLUMNS if c not in h.columns)])
+        _line(axes[0], h["epoch"], {f"{label} train": h["train_loss"], f"{label} validation": h["val_loss"]},
+              "loss", "loss")
+        _line(axes[1], h["epoch"], {label: h["val_mean_class_acc"]}, "validation mean class accuracy", "accuracy")
+    return _save(fig, path)
+
+
 def timeline(true, raw, smoothed, title: str, path: Path, class_names: list[str] | None = None) -> Path:
     """Frame-level labels over a whole video: true (None: no ground truth, no line), predicted
     per clip, and smoothed (-1 = none); the y axis names the classes when names are given."""

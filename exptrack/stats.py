@@ -27,8 +27,19 @@ from scipy import stats as scipy_stats
 Metric = Callable[[np.ndarray, np.ndarray], float]  # (y_true, y_pred) -> value
 
 
+def _from_counts(metric: str, n: np.ndarray, correct: np.ndarray) -> np.ndarray:
+    """The metric from per-class clip counts and correct counts (..., C) -> (...): how every
+    metric here is computed, so that a resample is a weighted sum of subjects' counts."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if metric == "accuracy":
+            return correct.sum(-1) / n.sum(-1)
+        if metric == "mean_class_accuracy":  # over the classes present
+            return np.nanmean(np.where(n > 0, correct / n, np.nan), axis=-1)
+    raise ValueError(f"unknown metric {metric!r} (one of {', '.join(METRICS)})")
+
+
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    return float((y_true == y_pred).mean()) if len(y_true) else float("nan")
+    return float((np.asarray(y_true) == np.asarray(y_pred)).mean()) if len(y_true) else float("nan")
 
 
 def mean_class_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -40,6 +51,17 @@ def mean_class_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 
 METRICS: dict[str, Metric] = {"accuracy": accuracy, "mean_class_accuracy": mean_class_accuracy}
+
+
+def subject_counts(subject: np.ndarray, y_true: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(subjects (S,), n (S, C) clips per subject and class, correct (S, C) of them predicted right)."""
+    subjects, s_idx = np.unique(subject, return_inverse=True)
+    classes, c_idx = np.unique(y_true, return_inverse=True)
+    n = np.zeros((len(subjects), len(classes)))
+    correct = np.zeros_like(n)
+    np.add.at(n, (s_idx, c_idx), 1)
+    np.add.at(correct, (s_idx, c_idx), (pred == y_true).astype(float))
+    return subjects, n, correct
 
 
 @dataclass(frozen=True)
@@ -77,11 +99,6 @@ class Comparison:
                 "subjects, not their recipes)")
 
 
-def per_subject(metric: Metric, subject: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray) -> dict:
-    """subject -> the metric on that subject's clips."""
-    return {s: metric(y_true[subject == s], y_pred[subject == s]) for s in np.unique(subject)}
-
-
 def compare(subject: np.ndarray, y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray,
             metric: str = "mean_class_accuracy", method: str = "t", confidence: float = 0.95,
             resamples: int = 2000, seed: int = 0) -> Comparison:
@@ -90,30 +107,37 @@ def compare(subject: np.ndarray, y_true: np.ndarray, pred_a: np.ndarray, pred_b:
     pred_a, pred_b = np.asarray(pred_a), np.asarray(pred_b)
     if not (len(subject) == len(y_true) == len(pred_a) == len(pred_b)):
         raise ValueError("subject, y_true, pred_a and pred_b must have one entry per clip")
-    fn = METRICS[metric]
-    a, b = fn(y_true, pred_a), fn(y_true, pred_b)
-    subjects = np.unique(subject)
-    n = len(subjects)
-    if n < 2:
-        return Comparison(metric, a, b, n, method, b - a, None, None, None)
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r} (one of {', '.join(METRICS)})")
+    subjects, n, correct_a = subject_counts(subject, y_true, pred_a)
+    _, _, correct_b = subject_counts(subject, y_true, pred_b)
+    return compare_counts(n, correct_a, correct_b, metric, method, confidence, resamples, seed)
+
+
+def compare_counts(n: np.ndarray, correct_a: np.ndarray, correct_b: np.ndarray, metric: str = "mean_class_accuracy",
+                   method: str = "t", confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> Comparison:
+    """`compare` on per-subject counts (subject_counts): n, correct_a, correct_b are (S, C)."""
+    a = float(_from_counts(metric, n.sum(0), correct_a.sum(0)))
+    b = float(_from_counts(metric, n.sum(0), correct_b.sum(0)))
+    k = len(n)
+    if k < 2:
+        return Comparison(metric, a, b, k, method, b - a, None, None, None)
     if method == "t":
-        da, db = per_subject(fn, subject, y_true, pred_a), per_subject(fn, subject, y_true, pred_b)
-        d = np.array([db[s] - da[s] for s in subjects])
+        d = _from_counts(metric, n, correct_b) - _from_counts(metric, n, correct_a)  # (S,) per subject
         d = d[np.isfinite(d)]
         mean, se = float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
         if se == 0:  # every subject moved by the same amount: no spread to put an interval on
-            return Comparison(metric, a, b, n, method, mean, mean, mean, float(mean > 0) if mean != 0 else 0.5)
+            return Comparison(metric, a, b, k, method, mean, mean, mean, 0.5 if mean == 0 else float(mean > 0))
         q = float(scipy_stats.t.ppf(0.5 + confidence / 2, len(d) - 1))
         p = float(scipy_stats.t.cdf(mean / se, len(d) - 1))
-        return Comparison(metric, a, b, n, method, mean, mean - q * se, mean + q * se, p)
+        # a difference of two shares lies in [-1, 1]: a t interval on few subjects can overshoot
+        return Comparison(metric, a, b, k, method, mean, max(mean - q * se, -1.0), min(mean + q * se, 1.0), p)
     if method == "bootstrap":
         rng = np.random.default_rng(seed)
-        rows = {s: np.flatnonzero(subject == s) for s in subjects}
-        diffs = np.empty(resamples)
-        for i in range(resamples):
-            picked = np.concatenate([rows[s] for s in rng.choice(subjects, size=n, replace=True)])
-            diffs[i] = fn(y_true[picked], pred_b[picked]) - fn(y_true[picked], pred_a[picked])
+        weights = rng.multinomial(k, np.full(k, 1.0 / k), size=resamples).astype(float)  # (R, S) draws per subject
+        diffs = (_from_counts(metric, weights @ n, weights @ correct_b)
+                 - _from_counts(metric, weights @ n, weights @ correct_a))  # (R,)
         low, high = np.percentile(diffs, [50 * (1 - confidence), 50 * (1 + confidence)])
-        return Comparison(metric, a, b, n, method, b - a, float(low), float(high),
+        return Comparison(metric, a, b, k, method, b - a, float(low), float(high),
                           float((diffs > 0).mean() + 0.5 * (diffs == 0).mean()))
     raise ValueError(f"unknown interval method {method!r} (t or bootstrap)")

@@ -481,6 +481,18 @@ def _model_record(model: Any) -> dict[str, Any]:
             "metrics": {m.key: m.value for m in (model.metrics or [])}, "params": dict(model.params or {})}
 
 
+def find_evaluation(model_id: str, split: str, digest: str) -> str | None:
+    """The newest FINISHED evaluate run of logged model `model_id` on `split` whose clips had
+    `digest`, in any experiment; None when there is none."""
+    client = _client()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, max_results=1, order_by=["attributes.start_time DESC"],
+                              filter_string=(f"tags.`exptrack.command` = 'evaluate' and tags.model_id = '{model_id}' "
+                                             f"and tags.split = '{split}' and tags.data_digest = '{digest}' "
+                                             "and attributes.status = 'FINISHED'"))
+    return runs[0].info.run_id if runs else None
+
+
 def run_record(run_id: str) -> dict[str, Any]:
     """A run's latest metrics, tags and params."""
     data = _client().get_run(run_id).data

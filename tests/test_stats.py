@@ -74,3 +74,15 @@ def test_one_subject_gives_no_interval_and_says_so():
 def test_clips_of_different_lengths_are_refused():
     with pytest.raises(ValueError, match="one entry per clip"):
         compare(np.zeros(3), np.zeros(3), np.zeros(3), np.zeros(2))
+
+
+def test_the_pooled_figures_are_the_plain_metrics():
+    """The comparison's A and B are the ordinary metrics over every clip (computed from counts)."""
+    from exptrack.stats import accuracy
+
+    rng, subject, y_true = _clips(4)
+    a = _predict(rng, y_true, np.array([0.3, 0.5, 0.7, 0.9]), subject)
+    b = _predict(rng, y_true, np.array([0.6, 0.6, 0.6, 0.6]), subject)
+    for name, fn in (("mean_class_accuracy", mean_class_accuracy), ("accuracy", accuracy)):
+        result = compare(subject, y_true, a, b, metric=name)
+        assert result.a == pytest.approx(fn(y_true, a)) and result.b == pytest.approx(fn(y_true, b))

@@ -1,0 +1,309 @@
+"""`exptrack compare A B`: is model B really better than model A, and where?
+
+Both models are evaluated on the same split (an evaluation of the same model on the same clips,
+by digest, is reused, not recomputed), their per-clip predictions are paired, and one MLflow
+run (`compare`, taking both logged models as inputs) holds:
+
+- each headline metric for A, B and B - A, with a 95% interval over subjects and P(B better)
+  (exptrack/stats.py; the subject is the unit, and the scope is these two models on this
+  population of subjects, not their recipes);
+- per-class accuracy (recall) and precision of both and the difference, sorted by it;
+- the row-normalised confusion matrix of B minus A's, as a heatmap;
+- the clips B fixed and the clips B broke, counted per class, the first few with GradCAM
+  overlays of A and of B side by side;
+- the config keys that differ, and both training curves overlaid when both come from train runs;
+- a one-line verdict;
+
+as a self-contained `report.html` (images embedded: it renders in MLflow's artifact viewer), CSV
+files, MLflow tables, metrics and tags. Models with different clip settings are evaluated on
+their own clips: the report says the comparison is not paired, and gives no interval.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import plots, tracking
+from .config import to_flat_dict
+from .errors import ModelError
+from .evaluation import evaluation_config, evaluation_digest, run_evaluate
+from .inference import LoadedModel, load_model
+from .outputs import DEFAULT_OUTPUTS, check_save_dir, invocation_dir
+from .stats import METRICS, Comparison, compare
+from .training.loop import resolve_device
+
+log = logging.getLogger("exptrack.compare")
+
+PREDICTIONS = "results/predictions.csv"  # in an evaluate run's artifacts
+
+
+@dataclass(frozen=True)
+class Side:
+    """One model's evaluation on the split."""
+
+    label: str  # "A" or "B"
+    ref: str
+    loaded: LoadedModel
+    digest: str
+    evaluation_run: str
+    reused: bool
+    predictions: pd.DataFrame  # subject, start_frame, true, predicted, ...
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    comparisons: dict[str, Comparison]  # metric -> B against A
+    verdict: str
+    paired: bool
+    out_dir: Path
+    run_id: str
+
+
+def evaluated(label: str, ref: str, loaded: LoadedModel, split: str, data_root: str | None, progress: bool) -> Side:
+    """The model's predictions on `split`: its existing evaluation on today's clips, else a new one."""
+    digest = evaluation_digest(ref, split, data_root)
+    model_id = loaded.source.get("model_id")
+    run_id = tracking.find_evaluation(model_id, split, digest) if model_id else None
+    if run_id:
+        with tempfile.TemporaryDirectory(prefix="exptrack-compare-") as tmp:
+            table = pd.read_csv(tracking.download_run_artifact(run_id, PREDICTIONS, tmp))
+        log.info("%s (%s): reusing evaluation run %s of the same clips", label, ref, run_id)
+        return Side(label, ref, loaded, digest, run_id, True, table)
+    result = run_evaluate(ref, split=split, data_root=data_root, progress=progress)
+    table = pd.read_csv(result.out_dir / "predictions.csv")
+    return Side(label, ref, loaded, digest, result.run_id, False, table)
+
+
+def check_comparable(a: LoadedModel, b: LoadedModel, refs: tuple[str, str]) -> None:
+    if a.config.model.num_classes != b.config.model.num_classes or list(a.class_names) != list(b.class_names):
+        raise ModelError(f"{refs[0]} and {refs[1]} predict different classes ({a.config.model.num_classes}: "
+                         f"{', '.join(a.class_names)} vs {b.config.model.num_classes}: {', '.join(b.class_names)}): "
+                         "they cannot be compared clip by clip")
+
+
+def pair(a: Side, b: Side) -> pd.DataFrame | None:
+    """Both predictions on the same clips, one row per clip; None when the clips differ."""
+    if a.digest != b.digest:
+        return None
+    joined = a.predictions.merge(b.predictions, on=["subject", "start_frame", "true"], suffixes=("_a", "_b"))
+    return joined if len(joined) == len(a.predictions) == len(b.predictions) else None
+
+
+def headline(joined: pd.DataFrame | None, a: Side, b: Side, method: str) -> dict[str, Comparison]:
+    out = {}
+    for metric, fn in METRICS.items():
+        if joined is None:  # not paired: each on its own clips, no interval
+            va = fn(a.predictions["true"].to_numpy(), a.predictions["predicted"].to_numpy())
+            vb = fn(b.predictions["true"].to_numpy(), b.predictions["predicted"].to_numpy())
+            out[metric] = Comparison(metric, va, vb, a.predictions["subject"].nunique(), "unpaired", vb - va,
+                                     None, None, None)
+        else:
+            out[metric] = compare(joined["subject"].to_numpy(), joined["true"].to_numpy(),
+                                  joined["predicted_a"].to_numpy(), joined["predicted_b"].to_numpy(), metric, method)
+    return out
+
+
+def per_class(joined: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """Accuracy (recall) and precision per class for A and B, and B - A, by the accuracy change."""
+    rows = []
+    for c, name in enumerate(names):
+        true_c = joined["true"] == c
+        row = {"class": c, "name": name, "clips": int(true_c.sum())}
+        for side in ("a", "b"):
+            pred_c = joined[f"predicted_{side}"] == c
+            row[f"accuracy_{side}"] = float((pred_c & true_c).sum() / true_c.sum()) if true_c.any() else np.nan
+            row[f"precision_{side}"] = float((pred_c & true_c).sum() / pred_c.sum()) if pred_c.any() else np.nan
+        row["accuracy_diff"] = row["accuracy_b"] - row["accuracy_a"]
+        row["precision_diff"] = row["precision_b"] - row["precision_a"]
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values("accuracy_diff", ascending=False, na_position="last")
+
+
+def confusion_difference(joined: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """Row-normalised confusion of B minus A's (rows: true classes present)."""
+    from sklearn.metrics import confusion_matrix
+
+    k = len(names)
+    tables = []
+    for side in ("a", "b"):
+        m = confusion_matrix(joined["true"], joined[f"predicted_{side}"], labels=list(range(k))).astype(float)
+        with np.errstate(invalid="ignore"):
+            tables.append(m / m.sum(1, keepdims=True))
+    present = [c for c in range(k) if (joined["true"] == c).any()]
+    diff = (tables[1] - tables[0])[present]
+    return pd.DataFrame(diff, index=[names[c] for c in present], columns=names)
+
+
+def changed_clips(joined: pd.DataFrame, names: list[str], clip_len: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(fixed, broken): the clips A got wrong and B right, and the other way round."""
+    right_a, right_b = joined["predicted_a"] == joined["true"], joined["predicted_b"] == joined["true"]
+    name = np.asarray(names)
+    table = pd.DataFrame({"subject": joined["subject"], "start_frame": joined["start_frame"],
+                          "end_frame": joined["start_frame"] + clip_len - 1, "true": joined["true"],
+                          "true_name": name[joined["true"]], "predicted_a": name[joined["predicted_a"]],
+                          "predicted_b": name[joined["predicted_b"]]})
+    return table[~right_a & right_b].reset_index(drop=True), table[right_a & ~right_b].reset_index(drop=True)
+
+
+def config_difference(a: LoadedModel, b: LoadedModel) -> pd.DataFrame:
+    fa, fb = to_flat_dict(a.config), to_flat_dict(b.config)
+    keys = [k for k in fa if fa[k] != fb.get(k)]
+    return pd.DataFrame({"key": keys, "A": [fa[k] for k in keys], "B": [fb[k] for k in keys]})
+
+
+def training_histories(a: Side, b: Side) -> dict[str, pd.DataFrame]:
+    """Both train runs' per-epoch metrics, when both models come from train runs."""
+    out = {}
+    for side in (a, b):
+        run_id = side.loaded.source.get("run_id")
+        if not run_id or tracking.run_tags(run_id).get("exptrack.command") != "train":
+            return {}
+        with tempfile.TemporaryDirectory(prefix="exptrack-compare-") as tmp:
+            try:
+                out[side.label] = pd.read_csv(tracking.download_run_artifact(run_id, "metrics/training_metrics.csv", tmp))
+            except Exception:  # noqa: BLE001 - a run stopped before its first epoch
+                return {}
+    return out
+
+
+def gradcam_strips(a: Side, b: Side, clips: pd.DataFrame, count: int, split: str, data_root: str | None,
+                   device: torch.device, out: Path) -> list[Path]:
+    """For the first `count` clips: A's and B's GradCAM overlays side by side, as GIFs."""
+    if count <= 0 or clips.empty:
+        return []
+    from .data.dataset import ClipDataset
+    from .data.prepare import prepare_data
+    from .explain import render
+    from .explain.visualize import model_probs_and_heat
+
+    data = prepare_data(evaluation_config(a.loaded.config, data_root, {}), splits=(split,), progress=False)
+    ds = ClipDataset(data, split, train=False)
+    paths = []
+    for i, row in clips.head(count).iterrows():
+        subj = data.subjects[row["subject"]]
+        view = ds.clip_at(subj, int(row["start_frame"]))[None]  # (1, T, S, S, 3) as the model sees it
+        frames = np.asarray(subj.video.frames[int(row["start_frame"]):int(row["start_frame"]) + ds.clip_len])
+        overlays = []
+        for side in (a, b):
+            _, heat = model_probs_and_heat(side.loaded, view, "block4", device)
+            overlays.append(render.upscale(render.overlay(frames, heat[0], 0.5), 4))
+        strip = np.stack([render.hstack(x, y) for x, y in zip(*overlays)])  # (T, S*4, 2*S*4, 3)
+        paths.append(render.save_gif(out / f"{row['subject']}_{int(row['start_frame'])}.gif", strip, 8))
+    return paths
+
+
+def _image(path: Path) -> str:
+    kind = "gif" if path.suffix == ".gif" else "png"
+    return f'<img src="data:image/{kind};base64,{base64.b64encode(path.read_bytes()).decode()}">'
+
+
+def write_report(out: Path, a: Side, b: Side, comparisons: dict[str, Comparison], verdict: str, paired: bool,
+                 classes: pd.DataFrame | None, fixed: pd.DataFrame, broken: pd.DataFrame, config_diff: pd.DataFrame,
+                 images: dict[str, list[Path]]) -> Path:
+    """report.html, self-contained (images as data URIs)."""
+    def table(df: pd.DataFrame) -> str:
+        return df.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="", border=0)
+
+    summary = pd.DataFrame([{"metric": m, "A": c.a, "B": c.b, "B - A": c.diff, "95% low": c.low, "95% high": c.high,
+                             "P(B better)": c.p_better, "subjects": c.n_subjects, "method": c.method}
+                            for m, c in comparisons.items()])
+    parts = [f"<h1>B against A</h1><p><b>{html.escape(verdict)}</b></p>",
+             f"<p>A: <code>{html.escape(a.ref)}</code> (evaluation run <code>{a.evaluation_run}</code>"
+             f"{', reused' if a.reused else ''})<br>B: <code>{html.escape(b.ref)}</code> (evaluation run "
+             f"<code>{b.evaluation_run}</code>{', reused' if b.reused else ''})</p>",
+             "<p>" + ("Paired: the same clips (digest <code>" + a.digest + "</code>); intervals over subjects."
+                      if paired else "<b>Not paired</b>: the models were evaluated on different clips (other clip "
+                      "settings); the figures are each model's own, without an interval.") + "</p>",
+             "<h2>Headline metrics</h2>", table(summary)]
+    if classes is not None:
+        parts += ["<h2>Per class (sorted by the accuracy change)</h2>", table(classes)]
+    for title, key in (("Confusion, B minus A (row-normalised)", "confusion"), ("Training curves", "curves")):
+        if images.get(key):
+            parts += [f"<h2>{title}</h2>", *(_image(p) for p in images[key])]
+    for title, clips, key in (("Clips B fixed", fixed, "fixed"), ("Clips B broke", broken, "broken")):
+        counts = clips.groupby("true_name").size().rename("clips").reset_index() if len(clips) else clips
+        parts += [f"<h2>{title}: {len(clips)}</h2>", table(counts) if len(clips) else "",
+                  "<p>GradCAM (block4), A left, B right:</p>" if images.get(key) else "",
+                  *(_image(p) for p in images.get(key, [])), table(clips.head(50))]
+    parts += ["<h2>Config keys that differ</h2>", table(config_diff) if len(config_diff) else "<p>none</p>"]
+    style = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
+             "td,th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}img{max-width:100%;margin:4px}")
+    path = out / "report.html"
+    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>compare</title><style>{style}</style>"
+                    f"</head><body>{''.join(parts)}</body></html>")
+    return path
+
+
+def verdict_line(c: Comparison, paired: bool) -> str:
+    if not paired:
+        return (f"B vs A on {c.metric}: {c.b:.3f} vs {c.a:.3f} ({c.b - c.a:+.3f}), not paired (different clips): "
+                "no interval, no verdict")
+    return c.sentence()
+
+
+def run_compare(ref_a: str, ref_b: str, split: str = "test", metric: str = "mean_class_accuracy", method: str = "t",
+                gradcam: int = 2, data_root: str | None = None, device_name: str = "auto",
+                save_dir: str | Path | None = None, overwrite: bool = False, progress: bool = True) -> CompareResult:
+    if metric not in METRICS:
+        raise ModelError(f"--metric {metric}: compare takes {', '.join(METRICS)}")
+    check_save_dir(save_dir, overwrite)
+    device = resolve_device(device_name)
+    loaded_a, loaded_b = load_model(ref_a, device), load_model(ref_b, device)
+    check_comparable(loaded_a, loaded_b, (ref_a, ref_b))  # before any evaluation
+    a = evaluated("A", ref_a, loaded_a, split, data_root, progress)
+    b = evaluated("B", ref_b, loaded_b, split, data_root, progress)
+    joined = pair(a, b)
+    comparisons = headline(joined, a, b, method)
+    verdict = verdict_line(comparisons[metric], joined is not None)
+    names = list(a.loaded.class_names)
+    config = evaluation_config(a.loaded.config, data_root, {})
+    with tracking.start_run(config, run_name="compare", command="compare",
+                            tags={"compare.a": ref_a, "compare.b": ref_b, "split": split,
+                                  "compare.paired": joined is not None}) as run:
+        for side in (a, b):
+            if side.loaded.source.get("model_id"):
+                run.log_model_input(side.loaded.source["model_id"])
+        out = invocation_dir(save_dir, DEFAULT_OUTPUTS / "compare" / run.id, overwrite)
+        images: dict[str, list[Path]] = {}
+        classes, fixed, broken = None, pd.DataFrame(), pd.DataFrame()
+        if joined is not None:
+            classes = per_class(joined, names)
+            fixed, broken = changed_clips(joined, names, a.loaded.config.data.clip_len)
+            images["confusion"] = [plots.difference_heatmap(confusion_difference(joined, names),
+                                                            "confusion: B minus A (row-normalised)",
+                                                            out / "confusion_difference.png")]
+            images["fixed"] = gradcam_strips(a, b, fixed, gradcam, split, data_root, device, out / "fixed")
+            images["broken"] = gradcam_strips(a, b, broken, gradcam, split, data_root, device, out / "broken")
+            classes.to_csv(out / "per_class.csv", index=False)
+            fixed.to_csv(out / "fixed_clips.csv", index=False)
+            broken.to_csv(out / "broken_clips.csv", index=False)
+            run.log_table(classes, "compare/per_class.json")
+            run.log_table(pd.concat([fixed.assign(change="fixed"), broken.assign(change="broken")]),
+                          "compare/changed_clips.json")
+        histories = training_histories(a, b)
+        if histories:
+            images["curves"] = [plots.overlaid_curves(histories, out / "training_curves.png")]
+        config_diff = config_difference(a.loaded, b.loaded)
+        config_diff.to_csv(out / "config_difference.csv", index=False)
+        summary = pd.DataFrame([vars(c) for c in comparisons.values()])
+        summary.to_csv(out / "headline.csv", index=False)
+        run.log_table(summary, "compare/headline.json")
+        write_report(out, a, b, comparisons, verdict, joined is not None, classes, fixed, broken, config_diff, images)
+        run.log_artifacts(out, "compare")
+        run.log_metrics({f"{k}_{m}": v for m, c in comparisons.items()
+                         for k, v in (("a", c.a), ("b", c.b), ("diff", c.diff), ("low", c.low), ("high", c.high),
+                                      ("p_better", c.p_better)) if v is not None})
+        run.log_metrics({"clips_fixed": len(fixed), "clips_broken": len(broken)})
+        run.set_tags({"compare.verdict": comparisons[metric].verdict if joined is not None else "not paired",
+                      "compare.sentence": verdict[:500], "compare.time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    return CompareResult(comparisons, verdict, joined is not None, out, run.id)

@@ -1,0 +1,70 @@
+"""`exptrack compare A B` end to end on tiny trained models, in a real MLflow store."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+
+from exptrack.cli import main
+from exptrack.compare import run_compare
+from exptrack.training.run import train
+
+FAST = ("model.width=0.125", "train.batch_size=8", "train.num_workers=0", "mlflow.experiment=compare-test",
+        "mlflow.log_system_metrics=false", "mlflow.registered_model=compare-test")
+
+
+@pytest.fixture
+def two_models(tiny_demo, make_config):
+    a = train(make_config(tiny_demo, *FAST, "train.epochs=2"), progress=False)
+    b = train(make_config(tiny_demo, *FAST, "train.epochs=3", "train.seed=5"), progress=False)
+    return f"models:/compare-test/{a.model_version}", f"models:/compare-test/{b.model_version}"
+
+
+def _evaluate_runs() -> int:
+    client = mlflow.MlflowClient()
+    return len(client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                  filter_string="tags.`exptrack.command` = 'evaluate'"))
+
+
+@pytest.mark.slow
+def test_compare_pairs_two_models_and_writes_one_run_with_its_report(two_models):
+    result = run_compare(*two_models, progress=False, gradcam=1)
+    assert result.paired and result.comparisons["mean_class_accuracy"].n_subjects == 2
+    report = (result.out_dir / "report.html").read_text()
+    assert result.verdict.split(" (")[0] in report and "data:image/png;base64," in report  # self-contained
+    run = mlflow.MlflowClient().get_run(result.run_id)
+    assert len(run.inputs.model_inputs) == 2  # both logged models are the run's inputs
+    assert {"diff_mean_class_accuracy", "low_mean_class_accuracy", "p_better_mean_class_accuracy"} <= set(run.data.metrics)
+    assert run.data.tags["compare.verdict"] in ("better", "worse", "not distinguishable")
+    artifacts = {f.path for f in mlflow.MlflowClient().list_artifacts(result.run_id, "compare")}
+    assert {"compare/report.html", "compare/per_class.csv", "compare/fixed_clips.csv"} <= artifacts
+
+
+@pytest.mark.slow
+def test_compare_reuses_evaluations_of_the_same_clips(two_models):
+    run_compare(*two_models, progress=False, gradcam=0)
+    before = _evaluate_runs()
+    run_compare(*two_models, progress=False, gradcam=0)
+    assert _evaluate_runs() == before
+
+
+@pytest.mark.slow
+def test_compare_on_one_subject_gives_no_interval_and_says_so(two_models):
+    result = run_compare(*two_models, split="val", progress=False, gradcam=0)  # the tiny data: 1 val subject
+    assert result.comparisons["mean_class_accuracy"].low is None
+    assert "no interval with 1 subject" in result.verdict
+
+
+def test_compare_of_an_unknown_model_is_one_line(capsys):
+    assert main(["compare", "models:/nothing/1", "models:/nothing/2"]) == 2
+    err = capsys.readouterr().err
+    assert "exptrack compare: error:" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_compare_refuses_models_with_different_classes(tiny_demo, make_config, capsys):
+    a = train(make_config(tiny_demo, *FAST, "train.epochs=1"), progress=False)
+    b = train(make_config(tiny_demo, *FAST, "train.epochs=1", "model.num_classes=4"), progress=False)
+    assert main(["compare", f"models:/compare-test/{a.model_version}", f"models:/compare-test/{b.model_version}",
+                 "--no-progress"]) == 2
+    assert "predict different classes" in capsys.readouterr().err
