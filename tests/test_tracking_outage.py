@@ -1,5 +1,5 @@
 """Training never waits on tracking (issue 11): a real `mlflow server` is killed during training
-for 30 s and started again; epochs keep advancing, and every epoch arrives exactly once."""
+and started again once several epochs have ended without it; every epoch arrives exactly once."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import mlflow
@@ -18,7 +17,8 @@ from exptrack.training import run as train_run
 
 from .postgres import free_port, wait_until_healthy
 
-OUTAGE_S = 30.0
+EPOCHS_DOWN = 5  # epochs that must end while the server is down
+OVERALL_TIMEOUT_S = 600.0  # the server comes back then at the latest (the test then fails)
 
 
 class Server:
@@ -45,8 +45,13 @@ class Server:
 
 
 @pytest.mark.slow
-def test_a_tracking_server_outage_never_stops_training(tiny_demo, make_config, tmp_path, monkeypatch):
+def test_a_tracking_server_outage_never_stops_training(tiny_demo, make_config, tmp_path, monkeypatch, request):
+    """The server dies after epoch 2 and stays down until EPOCHS_DOWN more epochs have ended:
+    if training waited on tracking, no epoch would end and the server would come back only at
+    the overall timeout, failing the count. Events and order are asserted, not seconds (the
+    machine may be loaded)."""
     server = Server(tmp_path)
+    request.addfinalizer(server.kill)  # also when the test fails: no server is left behind
     server.start()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
     # MLflow's own retries (7, doubling from 2 s) would keep one call waiting for minutes after
@@ -54,39 +59,31 @@ def test_a_tracking_server_outage_never_stops_training(tiny_demo, make_config, t
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     mlflow.set_tracking_uri(server.url)
-    ends: dict[int, float] = {}
-    outage: dict[str, float] = {}
+    ended_while_down: list[int] = []
+    enough = threading.Event()
+    outage: dict[str, bool] = {}
+
+    def restart_when_enough() -> None:
+        enough.wait(timeout=OVERALL_TIMEOUT_S)
+        server.start()
+        outage["over"] = True
 
     def clock(metrics, per_class, saved, state) -> None:
-        ends[state.epoch] = time.monotonic()
-        if state.epoch == 2:  # the server dies after epoch 2 and is back OUTAGE_S later
+        if state.epoch == 2:
             server.kill()
-            outage["start"] = time.monotonic()
-
-            def restart() -> None:
-                time.sleep(OUTAGE_S)
-                server.start()
-                outage["end"] = time.monotonic()
-
-            threading.Thread(target=restart, daemon=True).start()
-
-    def slow_enough(metrics, per_class, saved, state) -> None:
-        time.sleep(1.0)  # tiny epochs take ~1 s here: make the run outlast the outage
+            outage["down"] = True
+            threading.Thread(target=restart_when_enough, daemon=True).start()
+        elif outage.get("down") and not outage.get("over") and not enough.is_set():
+            ended_while_down.append(state.epoch)
+            if len(ended_while_down) >= EPOCHS_DOWN:
+                enough.set()
 
     cfg = make_config(tiny_demo, "model.width=0.125", "train.batch_size=8", "train.num_workers=0",
-                      "train.checkpoint_every=2", "train.epochs=40", "train.early_stop_patience=0",
+                      "train.checkpoint_every=2", "train.epochs=20", "train.early_stop_patience=0",
                       "mlflow.experiment=outage-test", "mlflow.log_system_metrics=false")
-    try:
-        result = train_run.train(cfg, progress=False, callbacks=[clock, slow_enough])
-    finally:
-        server.kill()
-        server.start()  # for the checks below, whatever happened
+    result = train_run.train(cfg, progress=False, callbacks=[clock])
 
-    during = [e for e, t in ends.items() if outage["start"] < t < outage.get("end", float("inf"))]
-    assert len(during) >= 5, f"epochs kept advancing during the outage: {sorted(during)}"
-    gaps = [ends[e + 1] - ends[e] for e in range(1, max(ends)) if e + 1 in ends]
-    assert max(gaps) < 15, f"an epoch waited on tracking: gaps {gaps}"
-
+    assert ended_while_down == list(range(3, 3 + EPOCHS_DOWN)), "epochs kept ending while the server was down"
     client = mlflow.MlflowClient()
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
