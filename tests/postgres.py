@@ -1,5 +1,5 @@
-"""A throwaway PostgreSQL server for the tests that need one (tune with many workers, an MLflow
-tracking server with a database backend).
+"""Throwaway servers for the tests that need one: PostgreSQL (tune with many workers, an MLflow
+tracking server with a database backend) and a plain `mlflow server` on SQLite (MlflowServer).
 
 `EXPTRACK_TEST_POSTGRES_URL` (e.g. postgresql://user:pw@host:5432/postgres) points the tests at
 an existing server; otherwise the Debian server binaries (`apt-get install postgresql`, which
@@ -13,8 +13,10 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import uuid
 from dataclasses import dataclass, field
@@ -131,3 +133,26 @@ def postgres_server() -> PostgresServer:
     if url:
         return PostgresServer(url, lambda: None)
     return start_private_server()
+
+
+class MlflowServer:
+    """`mlflow server` on 127.0.0.1 with a SQLite store; can be killed and started again."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.port = folder, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        log = open(self.folder / "server.log", "a")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}",
+             "--artifacts-destination", str(self.folder / "artifacts")],
+            stdout=log, stderr=subprocess.STDOUT, cwd=self.folder, start_new_session=True)
+        wait_until_healthy(self.url, self.proc, self.folder / "server.log")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)

@@ -68,3 +68,26 @@ def test_compare_refuses_models_with_different_classes(tiny_demo, make_config, c
     assert main(["compare", f"models:/compare-test/{a.model_version}", f"models:/compare-test/{b.model_version}",
                  "--no-progress"]) == 2
     assert "predict different classes" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_compare_and_promote_through_a_remote_tracking_server(tiny_demo, make_config, tmp_path, monkeypatch, request):
+    """Everything through an `mlflow server` whose artifacts are proxied: evaluations'
+    predictions come back through it, for promotion's evidence and for the report."""
+    from exptrack.registry import promote
+
+    from .postgres import MlflowServer
+
+    server = MlflowServer(tmp_path)
+    request.addfinalizer(server.kill)
+    server.start()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+    mlflow.set_tracking_uri(server.url)
+    a = train(make_config(tiny_demo, *FAST, "train.epochs=2"), progress=False)
+    b = train(make_config(tiny_demo, *FAST, "train.epochs=3", "train.seed=5"), progress=False)
+    promote("compare-test")  # v_a alone: champion, evaluated through the server
+    result = run_compare(f"models:/compare-test/{a.model_version}", f"models:/compare-test/{b.model_version}",
+                         progress=False, gradcam=0)
+    assert result.paired and result.comparisons["mean_class_accuracy"].low is not None
+    assert "compare/report.html" in {f.path for f in mlflow.MlflowClient().list_artifacts(result.run_id, "compare")}
+    assert not (tmp_path / "mlruns").exists()  # nothing was written around the server

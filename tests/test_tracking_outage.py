@@ -3,45 +3,17 @@ and started again once several epochs have ended without it; every epoch arrives
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
-from pathlib import Path
 
 import mlflow
 import pytest
 
 from exptrack.training import run as train_run
 
-from .postgres import free_port, wait_until_healthy
+from .postgres import MlflowServer
 
 EPOCHS_DOWN = 5  # epochs that must end while the server is down
 OVERALL_TIMEOUT_S = 600.0  # the server comes back then at the latest (the test then fails)
-
-
-class Server:
-    """`mlflow server` on 127.0.0.1 with a SQLite store; can be killed and started again."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder, self.port = folder, free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        log = open(self.folder / "server.log", "a")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}",
-             "--artifacts-destination", str(self.folder / "artifacts")],
-            stdout=log, stderr=subprocess.STDOUT, cwd=self.folder, start_new_session=True)
-        wait_until_healthy(self.url, self.proc, self.folder / "server.log")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
 
 
 @pytest.mark.slow
@@ -50,7 +22,7 @@ def test_a_tracking_server_outage_never_stops_training(tiny_demo, make_config, t
     if training waited on tracking, no epoch would end and the server would come back only at
     the overall timeout, failing the count. Events and order are asserted, not seconds (the
     machine may be loaded)."""
-    server = Server(tmp_path)
+    server = MlflowServer(tmp_path)
     request.addfinalizer(server.kill)  # also when the test fails: no server is left behind
     server.start()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
