@@ -69,8 +69,10 @@ class CompareResult:
     run_id: str
 
 
-def evaluated(label: str, ref: str, loaded: LoadedModel, split: str, data_root: str | None, progress: bool) -> Side:
-    """The model's predictions on `split`: its existing evaluation on today's clips, else a new one."""
+def evaluated(label: str, ref: str, loaded: LoadedModel, split: str, data_root: str | None, progress: bool,
+              parent_run_id: str) -> Side:
+    """The model's predictions on `split`: its existing evaluation on today's clips, else a new
+    one (a child run of the compare run)."""
     digest = evaluation_digest(ref, split, data_root)
     model_id = loaded.source.get("model_id")
     run_id = tracking.find_evaluation(model_id, split, digest) if model_id else None
@@ -79,7 +81,7 @@ def evaluated(label: str, ref: str, loaded: LoadedModel, split: str, data_root: 
             table = pd.read_csv(tracking.download_run_artifact(run_id, PREDICTIONS, tmp))
         log.info("%s (%s): reusing evaluation run %s of the same clips", label, ref, run_id)
         return Side(label, ref, loaded, digest, run_id, True, table)
-    result = run_evaluate(ref, split=split, data_root=data_root, progress=progress)
+    result = run_evaluate(ref, split=split, data_root=data_root, progress=progress, parent_run_id=parent_run_id)
     table = pd.read_csv(result.out_dir / "predictions.csv")
     return Side(label, ref, loaded, digest, result.run_id, False, table)
 
@@ -260,16 +262,18 @@ def run_compare(ref_a: str, ref_b: str, split: str = "test", metric: str = "mean
     device = resolve_device(device_name)
     loaded_a, loaded_b = load_model(ref_a, device), load_model(ref_b, device)
     check_comparable(loaded_a, loaded_b, (ref_a, ref_b))  # before any evaluation
-    a = evaluated("A", ref_a, loaded_a, split, data_root, progress)
-    b = evaluated("B", ref_b, loaded_b, split, data_root, progress)
-    joined = pair(a, b)
-    comparisons = headline(joined, a, b, method)
-    verdict = verdict_line(comparisons[metric], joined is not None)
-    names = list(a.loaded.class_names)
-    config = evaluation_config(a.loaded.config, data_root, {})
+    config = evaluation_config(loaded_a.config, data_root, {})
+    # The compare run first (under `mlflow run` it is the project's run); evaluations it needs
+    # are its children.
     with tracking.start_run(config, run_name="compare", command="compare",
-                            tags={"compare.a": ref_a, "compare.b": ref_b, "split": split,
-                                  "compare.paired": joined is not None}) as run:
+                            tags={"compare.a": ref_a, "compare.b": ref_b, "split": split}) as run:
+        a = evaluated("A", ref_a, loaded_a, split, data_root, progress, run.id)
+        b = evaluated("B", ref_b, loaded_b, split, data_root, progress, run.id)
+        joined = pair(a, b)
+        comparisons = headline(joined, a, b, method)
+        verdict = verdict_line(comparisons[metric], joined is not None)
+        names = list(a.loaded.class_names)
+        run.set_tags({"compare.paired": joined is not None})
         for side in (a, b):
             if side.loaded.source.get("model_id"):
                 run.log_model_input(side.loaded.source["model_id"])

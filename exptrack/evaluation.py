@@ -146,7 +146,8 @@ def evaluation_config(trained: Config, data_root: str | None, overrides: dict[st
 def run_evaluate(model_ref: str, split: str = "test", batch_size: int = 16, device_name: str = "auto",
                  save_dir: str | Path | None = None, data_root: str | None = None,
                  overrides: dict[str, dict] | None = None, smooth_window: int = 31, progress: bool = True,
-                 base_config: Config | None = None, overwrite: bool = False) -> "Evaluation":
+                 base_config: Config | None = None, overwrite: bool = False,
+                 parent_run_id: str | None = None) -> "Evaluation":
     """Evaluate a model on a split, as an MLflow run that takes the model as an input; the files
     go to `save_dir`, by default a fresh outputs/evaluate/<run id>/."""
     check_save_dir(save_dir, overwrite)
@@ -157,7 +158,7 @@ def run_evaluate(model_ref: str, split: str = "test", batch_size: int = 16, devi
         config = replace(config, mlflow=vars(base_config.mlflow), paths=vars(base_config.paths))
     # The run spans the work (data, inference, report), so its duration in the UI is the command's.
     with tracking.start_run(config, run_name=f"evaluate-{split}", command="evaluate",
-                            tags=_model_tags(loaded.source, split)) as run:
+                            tags=_model_tags(loaded.source, split), parent_run_id=parent_run_id) as run:
         data = prepare_data(config, splits=(split,), progress=progress)
         if len(data.splits[split]) == 0:
             why = (" (the model was trained on the validation subjects, data.train_on_val: evaluate it on test)"

@@ -399,6 +399,7 @@ def start_run(config: Config, run_name: str, command: str, tags: dict[str, Any] 
     with mlflow.start_run(run_id=run_id, run_name=None if (attached or run_id) else run_name,
                           experiment_id=None if (attached or run_id) else experiment_id,
                           parent_run_id=parent_run_id if not run_id else None,
+                          nested=bool(parent_run_id) and mlflow.active_run() is not None,  # a child of this process's run
                           log_system_metrics=system_metrics and config.mlflow.log_system_metrics) as active, \
             _failure_tag():
         run = Run(active)

@@ -102,6 +102,9 @@ def walk(tiny_demo, tmp_path_factory) -> Walk:
         ("mlflow-analyze-default", _mlflow_run("analyze", None, config=str(config))),
         ("mlflow-cache", _mlflow_run("cache", "walk", config=str(config))),
         ("mlflow-cache-default", _mlflow_run("cache", None, config=str(config))),
+        ("mlflow-compare", _mlflow_run("compare", "walk", a="models:/c3d-exercise/1", b="models:/c3d-exercise/2")),
+        ("mlflow-compare-default", _mlflow_run("compare", None, a="models:/c3d-exercise/1",
+                                               b="models:/c3d-exercise/3")),
         ("mlflow-tune", _mlflow_run("tune", "walk-tune", study_file=str(study), n_trials="2", study="named",
                                     storage=optuna_db, retrain_best="true")),
         ("mlflow-tune-default", _mlflow_run("tune", None, study_file=str(study), n_trials="2", study="default",
@@ -151,7 +154,7 @@ def test_mlflow_run_train_carries_what_exptrack_train_carries(walk):
         k: direct.data.tags[k] for k in ("data_digest", "clips_train", "exptrack.command")}
 
 
-@pytest.mark.parametrize("entry", ["train", "evaluate", "visualize", "analyze", "cache", "tune"])
+@pytest.mark.parametrize("entry", ["train", "evaluate", "visualize", "analyze", "cache", "compare", "tune"])
 @pytest.mark.parametrize("named", [True, False], ids=["with-experiment-name", "without"])
 def test_every_run_of_one_invocation_lands_in_its_experiment(walk, entry, named):
     """The run `mlflow run` made, and every run under it (trials, refits), in the experiment
