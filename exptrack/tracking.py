@@ -113,8 +113,10 @@ def configure(config: Config, run_id: str | None = None, parent_run_id: str | No
             experiment = _set_experiment(config.mlflow.experiment)
     client = _client()
     if EXPERIMENT_KIND not in experiment.tags:
-        # MLflow 3's UI opens an experiment without this tag in its GenAI view (traces);
-        # tagged, it opens on the runs table ("Machine learning" / model training)
+        # MLflow 3's UI treats an experiment without this tag as GenAI (traces). With it, the UI
+        # redirects the experiment to its runs table, unless the browser already shows the GenAI
+        # view (its default on a first visit, MLflow 3.17): hence the URLs exptrack prints carry
+        # workflowType=machine_learning (run_url; bench/ui_check.py shows both cases)
         client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING_KIND)
     return experiment.experiment_id
 
