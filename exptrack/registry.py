@@ -48,6 +48,7 @@ class Decision:
     digest: str = ""  # the evaluation data the decision compared on
     evidence: Comparison | None = None  # the challenger against the champion (rule "interval")
     compared: int = 0  # versions that competed on that digest (the champion's figure is their best)
+    challenger: str | None = None  # the version `evidence` is about
 
 
 RULES = ("interval", "best")
@@ -133,9 +134,9 @@ def decide(current: Candidate | None, candidates: list[Candidate], rule: str = "
         promoted, reasons[best.version] = _interval_verdict(best, current, evidence, min_improvement)
     if not promoted:
         reasons[current.version] = kept
-        return Decision(current.version, None, reasons, digest, evidence, compared)
+        return Decision(current.version, None, reasons, digest, evidence, compared, best.version)
     reasons[current.version] = f"replaced by v{best.version}"
-    return Decision(best.version, current.version, reasons, digest, evidence, compared)
+    return Decision(best.version, current.version, reasons, digest, evidence, compared, best.version)
 
 
 def promote(name: str, metric: str = "test_mean_class_accuracy", split: str = "test", evaluate=None,
@@ -201,6 +202,8 @@ def promote(name: str, metric: str = "test_mean_class_accuracy", split: str = "t
             "promotion.compared_on_digest": decision.digest, "promotion.time": stamp,
             # the champion's figure is the best of this many versions on that test set (biased upwards)
             "promotion.versions_compared": decision.compared,
+            **({"promotion.evidence": _evidence_tag(decision.evidence)}
+               if decision.evidence is not None and version == decision.challenger else {}),
         })
         model_card.refresh(name, version)
     log.info("champion of %s: version %s", name, decision.champion)
@@ -226,6 +229,14 @@ def _paired_on_predictions(versions: dict[str, dict], metric: str, split: str, m
         return compare(joined["subject"].to_numpy(), joined["true_a"].to_numpy(), joined["predicted_a"].to_numpy(),
                        joined["predicted_b"].to_numpy(), metric=base, method=method)
     return paired
+
+
+def _evidence_tag(e: Comparison) -> str:
+    """The challenger's interval against the champion, as one tag value."""
+    if e.low is None:
+        return f"no interval ({e.n_subjects} subject)"
+    return (f"{e.method} 95% [{e.low:+.4f}, {e.high:+.4f}], difference {e.diff:+.4f}, P(better) {e.p_better:.3f}, "
+            f"{e.n_subjects} subjects")
 
 
 def paired_metric(metric: str, split: str) -> str:

@@ -91,3 +91,14 @@ def test_compare_and_promote_through_a_remote_tracking_server(tiny_demo, make_co
     assert result.paired and result.comparisons["mean_class_accuracy"].low is not None
     assert "compare/report.html" in {f.path for f in mlflow.MlflowClient().list_artifacts(result.run_id, "compare")}
     assert not (tmp_path / "mlruns").exists()  # nothing was written around the server
+
+
+@pytest.mark.slow
+def test_models_with_other_clip_settings_are_compared_unpaired_and_say_so(tiny_demo, make_config):
+    a = train(make_config(tiny_demo, *FAST, "train.epochs=1"), progress=False)
+    b = train(make_config(tiny_demo, *FAST, "train.epochs=1", "data.eval_stride=4"), progress=False)  # other clips
+    result = run_compare(f"models:/compare-test/{a.model_version}", f"models:/compare-test/{b.model_version}",
+                         progress=False, gradcam=0)
+    assert not result.paired and result.comparisons["mean_class_accuracy"].low is None
+    assert "not paired" in result.verdict
+    assert "Not paired" in (result.out_dir / "report.html").read_text()

@@ -179,6 +179,7 @@ def test_the_interval_rule_promotes_a_clearly_better_version(tmp_path):
     assert decision.champion == better and decision.evidence.low > 0 and decision.evidence.n_subjects == 8
     assert "promoted: beats champion" in _tags(better)["promotion.decision"]
     assert _tags(better)["promotion.rule"] == "interval"
+    assert _tags(better)["promotion.evidence"].startswith("t 95% [+") and "8 subjects" in _tags(better)["promotion.evidence"]
 
 
 def test_the_interval_rule_keeps_the_champion_against_a_higher_but_indistinguishable_version(tmp_path):
