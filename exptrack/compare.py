@@ -36,15 +36,13 @@ import torch
 from . import plots, tracking
 from .config import to_flat_dict
 from .errors import ModelError
-from .evaluation import evaluation_config, evaluation_digest, run_evaluate
+from .evaluation import evaluation_config, evaluation_digest, evaluation_predictions, run_evaluate
 from .inference import LoadedModel, load_model
 from .outputs import DEFAULT_OUTPUTS, check_save_dir, invocation_dir
 from .stats import METRICS, Comparison, compare
 from .training.loop import resolve_device
 
 log = logging.getLogger("exptrack.compare")
-
-PREDICTIONS = "results/predictions.csv"  # in an evaluate run's artifacts
 
 
 @dataclass(frozen=True)
@@ -76,9 +74,8 @@ def evaluated(label: str, ref: str, loaded: LoadedModel, split: str, data_root: 
     digest = evaluation_digest(ref, split, data_root)
     model_id = loaded.source.get("model_id")
     run_id = tracking.find_evaluation(model_id, split, digest) if model_id else None
-    if run_id:
-        with tempfile.TemporaryDirectory(prefix="exptrack-compare-") as tmp:
-            table = pd.read_csv(tracking.download_run_artifact(run_id, PREDICTIONS, tmp))
+    table = evaluation_predictions(run_id) if run_id else None
+    if table is not None:
         log.info("%s (%s): reusing evaluation run %s of the same clips", label, ref, run_id)
         return Side(label, ref, loaded, digest, run_id, True, table)
     result = run_evaluate(ref, split=split, data_root=data_root, progress=progress, parent_run_id=parent_run_id)

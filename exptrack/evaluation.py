@@ -214,6 +214,21 @@ def evaluation_digest(model_ref: str, split: str = "test", data_root: str | None
     return memo[key]
 
 
+PREDICTIONS_ARTIFACT = "results/predictions.csv"  # what write_report writes, as log_evaluation logs it
+
+
+def evaluation_predictions(run_id: str) -> pd.DataFrame | None:
+    """The per-clip predictions an evaluate run logged (subject, start_frame, true, predicted,
+    ...), or None when it has none (an older evaluation, a run that is gone)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="exptrack-predictions-") as tmp:
+        try:
+            return pd.read_csv(tracking.download_run_artifact(run_id, PREDICTIONS_ARTIFACT, tmp))
+        except Exception:  # noqa: BLE001 - not logged, or no such run
+            return None
+
+
 def write_report(report: ClipReport, predictions: pd.DataFrame, timelines: dict[str, dict], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     pd.Series(report.summary).to_csv(out / "metrics.csv", header=["value"])

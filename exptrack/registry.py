@@ -249,24 +249,12 @@ def paired_metric(metric: str, split: str) -> str:
     return base
 
 
-PREDICTIONS = "results/predictions.csv"  # in an evaluate run's artifacts (evaluation.write_report)
-
-
 def version_predictions(version: dict, split: str):
     """The per-clip predictions of a version's last evaluation on `split` (a DataFrame), or None."""
-    import tempfile
-
-    import pandas as pd
+    from .evaluation import evaluation_predictions
 
     run_id = version["tags"].get(f"{split}_evaluation_run")
-    if not run_id:
-        return None
-    with tempfile.TemporaryDirectory(prefix="exptrack-promote-") as tmp:
-        try:
-            path = tracking.download_run_artifact(run_id, PREDICTIONS, tmp)
-        except Exception:  # noqa: BLE001 - an evaluation logged before predictions were kept, or gone
-            return None
-        return pd.read_csv(path)
+    return evaluation_predictions(run_id) if run_id else None
 
 
 def metric_value(version: dict, metric: str, split: str) -> float:
