@@ -77,9 +77,10 @@ def _train_overrides(args: argparse.Namespace) -> list[str]:
     """The original train.py flags, as config overrides (applied after --set)."""
     out = []
     for flag, key in (("epochs", "train.epochs"), ("batch_size", "train.batch_size"), ("device", "train.device"),
-                      ("seed", "train.seed"), ("skeleton_sigma", "data.skeleton_sigma")):
+                      ("seed", "train.seed"), ("skeleton_sigma", "data.skeleton_sigma"), ("seeds", "train.seeds"),
+                      ("folds", "data.folds"), ("group_model", "train.group_model")):
         value = getattr(args, flag)
-        if value is not None:
+        if value is not None and value != "":  # "" from an MLproject parameter left at its default
             out.append(f"{key}={value}")
     for flag, key in (("downsample_class1", "data.downsample_class1"), ("use_masks", "data.use_masks"),
                       ("use_skeleton_attention", "data.use_skeleton_attention")):
@@ -97,8 +98,17 @@ def cmd_train(args: argparse.Namespace) -> None:
                    options=RunOptions(invocation=invocation))
     if not result.run_id:  # a non-zero torchrun rank: rank 0 reports
         return
-    print(end_of_run_line(result))
+    print(group_line(result) if hasattr(result, "members") else end_of_run_line(result))
     _print_run_link(result.run_id)
+
+
+def group_line(result) -> str:
+    """What a seed or fold group ends with: each member's kept-model score, their summary, and
+    what was registered."""
+    members = ", ".join(f"{m.key} {m.value():.3f}" for m in result.members)
+    registered = f"; registered version {result.model_version}: {result.registered}" if result.model_version else ""
+    return (f"group {result.run_id}: {len(result.members)} {result.kind} ({members}); val mean class accuracy of "
+            f"the kept models {result.interval.text()}{registered}")
 
 
 def end_of_run_line(result) -> str:
@@ -267,7 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--use-skeleton-attention", action="store_true", help="weight frames by skeleton attention")
     p.add_argument("--skeleton-sigma", type=float, help="attention blob std in pixels at the clip size "
                    "(default: the config's data.skeleton_sigma)")
-    p.add_argument("--resume", help="a checkpoint file, or the run id of a run to continue (default: a new run)")
+    p.add_argument("--seeds", help="train.seeds: train once per seed (e.g. 0,1,2) as child runs of one group run")
+    p.add_argument("--folds", help="data.folds: K subject folds of the train and val subjects, one run each")
+    p.add_argument("--group-model", choices=["best", "ensemble"],
+                   help="train.group_model: what a group registers (default: the config's, best)")
+    p.add_argument("--resume", help="a checkpoint file, or the run id of a run (or group) to continue "
+                                    "(default: a new run)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     p.set_defaults(func=cmd_train)
 

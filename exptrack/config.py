@@ -62,6 +62,13 @@ class DataConfig:
     # Frame numbering of label and keypoint CSVs: "auto" = 0-based if frame 0 occurs in the
     # file, else 1-based. Set "0" or "1" when a file may lack its first frame.
     frame_base: Literal["auto", "0", "1"] = "auto"
+    # Subject folds (training/groups.py): K >= 2 splits every non-test subject (split.csv's train
+    # and val) into K subject-disjoint folds; `exptrack train` then trains K models, each
+    # validating on one fold. 0 = off (one validation carve-out, data.val_fraction).
+    folds: int = 0
+    fold_seed: int = 0
+    # The fold a run validates on (0..folds-1): set by the fold group for each of its runs.
+    fold: int | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,9 @@ class ModelConfig:
     # at most 5% of the frame): a shaking camera otherwise leaves every background edge in what
     # static removal keeps (models/stabilize.py). No effect when static_removal is 0.
     stabilize: bool = True
+    # Members whose class probabilities the model averages: 1 is one C3D; more only in a model
+    # registered by a seed or fold group with train.group_model=ensemble (training/groups.py).
+    ensemble: int = 1
 
 
 @dataclass(frozen=True)
@@ -91,6 +101,13 @@ class TrainConfig:
     eval_batch_size: int = 16
     num_workers: int = 4
     seed: int = 42
+    # A seed group (training/groups.py): train the config once per seed, as child runs of one
+    # parent run that logs their mean, spread and interval. Empty: one run with train.seed.
+    seeds: tuple[int, ...] = ()
+    # What a seed or fold group registers: "best" = the member whose kept model scored best on
+    # validation (tagged with the group's figures); "ensemble" = one model averaging every
+    # member's probabilities.
+    group_model: Literal["best", "ensemble"] = "best"
     device: str = "auto"
     weighted_sampler: bool = True
     grad_clip: float = 1.0
@@ -99,6 +116,9 @@ class TrainConfig:
     # Model choice and early stopping follow the mean validation mean class accuracy of the last
     # this-many epochs (1 = the single best epoch, the original's rule); training/loop.py.
     selection_window: int = 3
+    # Windows with the same score (e.g. validation saturated at 1.000): "val_loss" keeps the one
+    # with the lower mean validation loss (a later, more confident model); "first" keeps the first.
+    selection_tiebreak: Literal["val_loss", "first"] = "val_loss"
     # Early stopping never stops before this epoch.
     min_epochs: int = 0
     checkpoint_every: int = 10
@@ -232,6 +252,8 @@ def check_value(key: str, tp: Any, value: Any) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return check_value(key, inner[0], value)
+    if origin is tuple:  # tuple[int, ...]: a YAML list, or "0,1,2" from --set / an MLproject param
+        return _check_int_tuple(key, value)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -252,6 +274,28 @@ def check_value(key: str, tp: Any, value: Any) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
     raise ConfigError(f"{key}: expected {_describe(tp)}, got {type(value).__name__} {value!r}")
+
+
+def _check_int_tuple(key: str, value: Any) -> tuple[int, ...]:
+    """A list of distinct integers, from a YAML list or a comma-separated string ("" = none)."""
+    items = value
+    if isinstance(value, str):
+        items = [part.strip() for part in value.strip().strip("[]()").split(",") if part.strip()]
+    elif isinstance(value, int) and not isinstance(value, bool):
+        items = [value]
+    if not isinstance(items, (list, tuple)):
+        raise ConfigError(f"{key}: expected a list of integers (e.g. 0,1,2), got {type(value).__name__} {value!r}")
+    out = []
+    for item in items:
+        if isinstance(item, str) and item.lstrip("-").isdigit():
+            item = int(item)
+        if not isinstance(item, int) or isinstance(item, bool):
+            raise ConfigError(f"{key}: {item!r} is not an integer (expected a list of integers, e.g. 0,1,2)")
+        out.append(item)
+    repeated = sorted({i for i in out if out.count(i) > 1})
+    if repeated:
+        raise ConfigError(f"{key}: {', '.join(map(str, repeated))} given more than once (each seed trains one run)")
+    return tuple(out)
 
 
 def _section_fields(section: str) -> dict[str, Any]:
@@ -476,8 +520,25 @@ def validate(config: Config) -> None:
         problems.append("augment.scale must be in [0, 1) and augment.translate in [0, 0.5]")
     if config.optim.lr <= 0:
         problems.append("optim.lr must be > 0")
+    problems += _group_problems(config)
     if problems:
         raise ConfigError("; ".join(problems))
+
+
+def _group_problems(config: Config) -> list[str]:
+    """Seed groups, subject folds and ensembles: what a config may combine."""
+    d, t, problems = config.data, config.train, []
+    if d.folds == 1 or d.folds < 0:
+        problems.append(f"data.folds must be 0 (off) or >= 2, got {d.folds}")
+    if d.fold is not None and not 0 <= d.fold < max(d.folds, 1):
+        problems.append(f"data.fold must be in 0..data.folds-1 (data.folds {d.folds}), got {d.fold}")
+    if d.folds and t.seeds:
+        problems.append("data.folds and train.seeds cannot be combined: a group is either seeds or folds")
+    if d.folds and d.train_on_val:
+        problems.append("data.folds and data.train_on_val cannot be combined (folds need held-out subjects)")
+    if config.model.ensemble < 1:
+        problems.append("model.ensemble must be >= 1")
+    return problems
 
 
 # ---------------------------------------------------------------------------------------------
@@ -498,7 +559,9 @@ def to_flat_dict(config: Config) -> dict[str, Any]:
 
 
 def to_yaml(config: Config) -> str:
-    return yaml.safe_dump(to_nested_dict(config), sort_keys=False)
+    nested = {section: {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+              for section, values in to_nested_dict(config).items()}  # YAML has lists, not tuples
+    return yaml.safe_dump(nested, sort_keys=False)
 
 
 def save_config(config: Config, path: str | Path) -> Path:

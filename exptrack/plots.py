@@ -180,3 +180,22 @@ def training_plots(history: pd.DataFrame, per_class: pd.DataFrame, out: Path, to
     ax.set_ylabel("accuracy")
     paths.append(_save(fig, out / "final_class_comparison.png"))
     return paths
+
+
+def group_curves(curves: pd.DataFrame, members: dict[str, pd.DataFrame], path: Path) -> Path:
+    """A seed or fold group's validation curves: each member thin, the mean bold with a band of
+    +-1 standard deviation over the members that reached the epoch. `curves` has epoch and
+    <metric>_mean / <metric>_std columns; `members` maps a member (e.g. "seed=1") to its history."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for ax, metric in zip(axes, ("val_mean_class_acc", "val_loss")):
+        for label, history in members.items():
+            if metric in history:
+                ax.plot(history["epoch"], history[metric], lw=0.8, alpha=0.5, label=label)
+        if f"{metric}_mean" in curves:
+            mean, std = curves[f"{metric}_mean"], curves[f"{metric}_std"].fillna(0)
+            ax.plot(curves["epoch"], mean, color="black", lw=2, label="mean")
+            ax.fill_between(curves["epoch"], mean - std, mean + std, color="black", alpha=0.15, label="+-1 sd")
+        ax.set_title(f"{metric} over the group's members")
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=7)
+    return _save(fig, path)

@@ -77,6 +77,7 @@ class Comparison:
     low: float | None  # 95% interval of B - A; None with one subject
     high: float | None
     p_better: float | None  # probability that B is better; None with one subject
+    unit: str = "subjects"  # what n_subjects counts: subjects (two models), or seeds / folds (two groups)
 
     @property
     def verdict(self) -> str:
@@ -92,11 +93,12 @@ class Comparison:
     def sentence(self) -> str:
         interval = (f"difference {self.diff:+.3f}, 95% interval [{self.low:+.3f}, {self.high:+.3f}], "
                     f"P(B better) {self.p_better:.2f}" if self.low is not None else
-                    f"difference {self.b - self.a:+.3f}, no interval with {self.n_subjects} subject")
+                    f"difference {self.b - self.a:+.3f}, no interval with {self.n_subjects} {self.unit}")
+        scope = ("these two models on this population of subjects, not their recipes" if self.unit == "subjects" else
+                 f"the two recipes over {self.n_subjects} {self.unit} each, on their validation subjects")
         return (f"B is {self.verdict if self.verdict != 'not distinguishable' else 'not distinguishable from'}"
                 f"{' than' if self.verdict in ('better', 'worse') else ''} A on {self.metric} ({interval}; "
-                f"{self.n_subjects} subjects, method {self.method}; these two models on this population of "
-                "subjects, not their recipes)")
+                f"{self.n_subjects} {self.unit}, method {self.method}; {scope})")
 
 
 def compare(subject: np.ndarray, y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray,
@@ -141,3 +143,59 @@ def compare_counts(n: np.ndarray, correct_a: np.ndarray, correct_b: np.ndarray, 
         return Comparison(metric, a, b, k, method, b - a, float(low), float(high),
                           float((diffs > 0).mean() + 0.5 * (diffs == 0).mean()))
     raise ValueError(f"unknown interval method {method!r} (t or bootstrap)")
+
+
+@dataclass(frozen=True)
+class Interval:
+    """The mean of n values (a group's per-seed or per-fold figures) with a Student t interval."""
+
+    mean: float
+    std: float  # sample standard deviation (ddof 1); 0 for one value
+    low: float | None  # None for fewer than 2 values
+    high: float | None
+    n: int
+
+    def text(self) -> str:
+        spread = f" +- {self.std:.3f} (sd)" if self.n > 1 else ""
+        interval = f", 95% interval [{self.low:.3f}, {self.high:.3f}]" if self.low is not None else ""
+        return f"{self.mean:.3f}{spread}{interval}, n {self.n}"
+
+
+def mean_interval(values, confidence: float = 0.95) -> Interval:
+    """Mean, spread and t interval of the finite `values` (of shares: clipped to [0, 1])."""
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
+    if len(v) == 0:
+        return Interval(float("nan"), float("nan"), None, None, 0)
+    mean = float(v.mean())
+    if len(v) < 2:
+        return Interval(mean, 0.0, None, None, 1)
+    sd = float(v.std(ddof=1))
+    half = float(scipy_stats.t.ppf(0.5 + confidence / 2, len(v) - 1)) * sd / np.sqrt(len(v))
+    return Interval(mean, sd, max(mean - half, 0.0), min(mean + half, 1.0), len(v))
+
+
+def compare_groups(a_values, b_values, paired: bool, metric: str, unit: str, confidence: float = 0.95) -> Comparison:
+    """Group B against group A from their members' figures (one per seed or fold). `paired`:
+    member i of both saw the same data (folds of one fold_seed on one dataset): a t interval on
+    the differences. Else (seeds) Welch's interval on the two means."""
+    a, b = np.asarray(a_values, dtype=float), np.asarray(b_values, dtype=float)
+    diff = float(b.mean() - a.mean())
+    n = min(len(a), len(b))
+    if paired:
+        if len(a) != len(b):
+            raise ValueError("paired groups need the same members")
+        d = b - a
+        se, dof = (float(d.std(ddof=1) / np.sqrt(len(d))), len(d) - 1) if len(d) > 1 else (0.0, 0)
+    else:
+        va, vb = (a.var(ddof=1) / len(a) if len(a) > 1 else np.nan), (b.var(ddof=1) / len(b) if len(b) > 1 else np.nan)
+        se = float(np.sqrt(va + vb))
+        dof = float((va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))) if se > 0 else 0
+    method = "paired t" if paired else "Welch t"
+    if n < 2 or not np.isfinite(se):
+        return Comparison(metric, float(a.mean()), float(b.mean()), n, method, diff, None, None, None, unit)
+    if se == 0:
+        return Comparison(metric, float(a.mean()), float(b.mean()), n, method, diff, diff, diff,
+                          0.5 if diff == 0 else float(diff > 0), unit)
+    q = float(scipy_stats.t.ppf(0.5 + confidence / 2, dof))
+    return Comparison(metric, float(a.mean()), float(b.mean()), n, method, diff, max(diff - q * se, -1.0),
+                      min(diff + q * se, 1.0), float(scipy_stats.t.cdf(diff / se, dof)), unit)

@@ -247,14 +247,15 @@ class Run:
         _client().log_inputs(self.id, models=[LoggedModelInput(model_id)])
 
     def log_clip_model(self, weights: Path, clip_len: int, class_names: list[str], epoch: int,
-                       tags: dict[str, Any]) -> str:
+                       tags: dict[str, Any], label: str | None = None) -> str:
         """Log a weights file as an MLflow LoggedModel of this run at `step=epoch` (pyfunc,
         exptrack/serving.py); returns its model id.
 
         Made in steps rather than with `mlflow.pyfunc.log_model`, which links every metric the run
         has at that step to the model (system metrics, training loss): the model's page then
         lists those first. Here only the metrics exptrack links (validation, evaluation) are
-        the model's. The name is unique in the experiment: `<run name>-<run id[:8]>-epoch-NNNN`."""
+        the model's. The name is unique in the experiment: `<run name>-<run id[:8]>-epoch-NNNN`
+        (or `-<label>`, e.g. a group's ensemble)."""
         import tempfile
 
         import mlflow.pyfunc
@@ -263,7 +264,7 @@ class Run:
 
         client = _client()
         run = client.get_run(self.id)
-        name = f"{run.info.run_name or 'run'}-{self.id[:8]}-epoch-{epoch:04d}"
+        name = f"{run.info.run_name or 'run'}-{self.id[:8]}-{label or f'epoch-{epoch:04d}'}"
         model = mlflow.initialize_logged_model(name=name, source_run_id=self.id, experiment_id=run.info.experiment_id,
                                                tags={k: str(v) for k, v in tags.items()},
                                                params={k: str(v) for k, v in run.data.params.items()})
@@ -500,6 +501,21 @@ def run_record(run_id: str) -> dict[str, Any]:
     """A run's latest metrics, tags and params."""
     data = _client().get_run(run_id).data
     return {"metrics": dict(data.metrics), "tags": dict(data.tags), "params": dict(data.params)}
+
+
+def child_runs(parent_run_id: str) -> list[dict[str, Any]]:
+    """The runs whose parent is `parent_run_id` (in its experiment): run_id, status, tags, oldest first."""
+    client = _client()
+    parent = client.get_run(parent_run_id)
+    runs = client.search_runs([parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+                              order_by=["attributes.start_time ASC"], max_results=1000)
+    return [{"run_id": r.info.run_id, "status": r.info.status, "tags": dict(r.data.tags),
+             "metrics": dict(r.data.metrics)} for r in runs]
+
+
+def metric_history(run_id: str, key: str) -> dict[int, float]:
+    """step -> value of a run's metric (the last value logged at each step)."""
+    return {m.step: m.value for m in sorted(_client().get_metric_history(run_id, key), key=lambda m: m.timestamp)}
 
 
 def run_logged_models(run_id: str) -> list[dict[str, Any]]:

@@ -91,6 +91,14 @@ def carve_validation(train_subjects: list[str], fraction: float, seed: int) -> t
     return [s for s in names if s not in val], val
 
 
+def subject_folds(subjects: list[str], k: int, seed: int) -> list[list[str]]:
+    """K subject-disjoint folds of near-equal size covering every subject; which subject goes
+    where depends only on the sorted names and the seed."""
+    names = sorted(subjects)
+    order = np.random.default_rng(seed).permutation(len(names))
+    return [sorted(names[i] for i in part) for part in np.array_split(order, k)]
+
+
 def downsample_class(index: ClipIndex, cls: int, num_classes: int, seed: int) -> ClipIndex:
     """Keep a random subset of class `cls` clips, as many as the median count of the other
     classes that occur; the other classes are untouched."""

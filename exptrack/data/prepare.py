@@ -118,15 +118,32 @@ def ensure_data_root(config: Config) -> Path:
     return root
 
 
+def fold_pool(data_layout: DatasetLayout, folds: int, fold_seed: int) -> list[list[str]]:
+    """The subject folds of data.folds: every non-test subject (split.csv's train and val) in one
+    of `folds` subject-disjoint folds; the test split is never touched. DataError when the
+    subjects cannot fill that many folds."""
+    pool = [s.subject for s in data_layout.by_split("train") + data_layout.by_split("val")]
+    if folds > len(pool):
+        raise DataError(f"{data_layout.root / 'split.csv'}: data.folds={folds} needs at least {folds} train and val "
+                        f"subjects (one per fold), there are {len(pool)}")
+    return clips.subject_folds(pool, folds, fold_seed)
+
+
 def assign_splits(data_layout: DatasetLayout, val_fraction: float, val_seed: int,
-                  train_on_val: bool = False) -> dict[str, list[str]]:
+                  train_on_val: bool = False, folds: int = 0, fold: int | None = None,
+                  fold_seed: int = 0) -> dict[str, list[str]]:
     """train / val / test subject lists; validation comes from split.csv if it names any, else it
     is carved out of the train subjects, subject-disjoint. `train_on_val` moves the validation
-    subjects into train."""
+    subjects into train. With `folds` (and the `fold` this run validates on), validation is that
+    fold and train the other folds."""
     train = [s.subject for s in data_layout.by_split("train")]
     val = [s.subject for s in data_layout.by_split("val")]
     test = [s.subject for s in data_layout.by_split("test")]
-    if not val:
+    if folds and fold is not None:
+        parts = fold_pool(data_layout, folds, fold_seed)
+        val = parts[fold]
+        train = [s for i, part in enumerate(parts) if i != fold for s in part]
+    elif not val:
         train, val = clips.carve_validation(train, val_fraction, val_seed)
     if train_on_val:
         train, val = train + val, []
@@ -188,13 +205,26 @@ def warn_absent_classes(train: clips.ClipIndex, num_classes: int, warnings: Data
     return absent
 
 
+def warn_fold_classes(train: clips.ClipIndex, val: clips.ClipIndex, fold: int, num_classes: int,
+                      warnings: DataWarnings) -> list[int]:
+    """Classes the other folds train on that this validation fold never shows: its score says
+    nothing about them (a counted warning naming them)."""
+    missing = np.flatnonzero((train.class_counts(num_classes) > 0) & (val.class_counts(num_classes) == 0)).tolist()
+    if missing:
+        warnings.warn("fold_missing_classes", f"validation fold {fold} has no clip of class"
+                      f"{'es' if len(missing) > 1 else ''} {', '.join(map(str, missing))}, which the other folds "
+                      "train on: its score leaves them out", count=len(missing))
+    return missing
+
+
 def prepare_data(config: Config, splits: tuple[str, ...] = ("train", "val", "test"), progress: bool = True,
                  warnings: DataWarnings | None = None) -> PreparedData:
     warnings = warnings if warnings is not None else DataWarnings()
     d = config.data
     root = ensure_data_root(config)
     data_layout = layout.discover(root, warnings)
-    split_subjects = assign_splits(data_layout, d.val_fraction, d.val_seed, d.train_on_val)
+    split_subjects = assign_splits(data_layout, d.val_fraction, d.val_seed, d.train_on_val, d.folds, d.fold,
+                                   d.fold_seed)
     needed = [s for name in splits for s in split_subjects[name]]
     files = [data_layout.subject(name) for name in needed]
     layout.check_class_ids([f.labels for f in files if f.labels is not None], config.model.num_classes)
@@ -218,6 +248,8 @@ def prepare_data(config: Config, splits: tuple[str, ...] = ("train", "val", "tes
         indexes["train"] = clips.downsample_class(before, d.dominant_class, config.model.num_classes, d.val_seed)
     if "train" in indexes:
         warn_absent_classes(before, config.model.num_classes, warnings)
+    if d.fold is not None and "val" in indexes:
+        warn_fold_classes(before, indexes["val"], d.fold, config.model.num_classes, warnings)
     if warnings:
         log.info("%s", warnings.summary())
     return PreparedData(config=config, layout=data_layout, subjects=subjects, split_subjects=split_subjects,

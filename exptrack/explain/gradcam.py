@@ -19,10 +19,11 @@ from ..models.c3d import C3D
 LAYERS = ("block3", "block4", "block5")
 
 
-def target_layer(model: C3D, name: str) -> torch.nn.Module:
+def target_layers(model: C3D, name: str) -> list[torch.nn.Module]:
+    """The block `name` of the model (of every member of an ensemble: GradCAM averages their maps)."""
     if name not in LAYERS:
         raise ConfigError(f"GradCAM layer must be one of {', '.join(LAYERS)}, got {name!r}")
-    return getattr(model, name)
+    return [getattr(m, name) for m in getattr(model, "members", [model])]
 
 
 def gradcam(model: C3D, clips: torch.Tensor, layer: str = "block4",
@@ -31,7 +32,7 @@ def gradcam(model: C3D, clips: torch.Tensor, layer: str = "block4",
     (default: each clip's predicted class)."""
     model.eval()
     targets = [ClassifierOutputTarget(int(c)) for c in classes] if classes is not None else None
-    with GradCAM(model=model, target_layers=[target_layer(model, layer)]) as cam:  # hooks removed on exit
+    with GradCAM(model=model, target_layers=target_layers(model, layer)) as cam:  # hooks removed on exit
         heat = cam(input_tensor=clips.float(), targets=targets)  # (B, T, H, W)
     heat = np.nan_to_num(np.asarray(heat, dtype=np.float32))
     return np.clip(heat, 0.0, 1.0)

@@ -93,11 +93,37 @@ class C3D(nn.Module):
         return self.classifier(x)  # (B, num_classes)
 
 
-def build_model(model_config) -> C3D:
-    """C3D from a ModelConfig."""
-    return C3D(num_classes=model_config.num_classes, width=model_config.width, dropout=model_config.dropout,
-               dropout_fc=model_config.dropout_fc, static_removal=model_config.static_removal,
-               stabilize=model_config.stabilize)
+class C3DEnsemble(nn.Module):
+    """Several C3Ds of one config (a seed or fold group's members) as one model: the output is
+    the log of their mean class probabilities, so that softmax and argmax of it are the
+    ensemble's, as for a single C3D's logits. Its state dict holds every member
+    (`members.<i>.<C3D key>`), so it is stored, logged and loaded like any model."""
+
+    def __init__(self, members: list[C3D]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.num_classes, self.width = members[0].num_classes, members[0].width
+        self.static_removal, self.stabilize = members[0].static_removal, members[0].stabilize
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.stack([torch.softmax(m(x).float(), dim=1) for m in self.members])  # (M, B, num_classes)
+        return probs.mean(0).clamp_min(1e-12).log()  # (B, num_classes)
+
+
+def build_model(model_config) -> C3D | C3DEnsemble:
+    """C3D from a ModelConfig (an ensemble of model.ensemble of them when that is above 1)."""
+    def one() -> C3D:
+        return C3D(num_classes=model_config.num_classes, width=model_config.width, dropout=model_config.dropout,
+                   dropout_fc=model_config.dropout_fc, static_removal=model_config.static_removal,
+                   stabilize=model_config.stabilize)
+
+    members = getattr(model_config, "ensemble", 1)
+    return one() if members == 1 else C3DEnsemble([one() for _ in range(members)])
+
+
+def ensemble_state_dict(members: list[dict]) -> dict:
+    """The state dict of a C3DEnsemble holding these C3D state dicts, in order."""
+    return {f"members.{i}.{key}": value for i, state in enumerate(members) for key, value in state.items()}
 
 
 def count_parameters(model: nn.Module) -> int:

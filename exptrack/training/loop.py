@@ -279,31 +279,50 @@ def selection_score(history: list[dict[str, float]], window: int) -> float:
     return float(np.mean(recent)) if len(recent) >= window else -math.inf
 
 
-def _improvements(metrics: dict[str, float], score: float, state: TrainState) -> dict[str, bool]:
+def window_loss(history: list[dict[str, float]], window: int) -> float:
+    """Mean validation loss of the epochs selection_score averages (the tie-break between
+    windows of equal score)."""
+    recent = [row["val_loss"] for row in history if "val_loss" in row][-window:]
+    return float(np.mean(recent)) if recent else math.inf
+
+
+def _improvements(metrics: dict[str, float], score: float, loss: float, state: TrainState,
+                  tiebreak: str) -> dict[str, bool]:
+    best_score = state.best.get("selection_score", -math.inf)
+    # Saturated validation (every window at 1.000) ties: the first tied window would keep an
+    # early, barely-fitted model and let early stopping end the run; the lower loss is the model
+    # that is right with more confidence.
+    tied_but_surer = (tiebreak == "val_loss" and math.isfinite(score) and score == best_score
+                      and loss < state.best.get("selection_loss", math.inf))
     return {
         "val_loss": metrics["val_loss"] < state.best["val_loss"],
         "val_acc": metrics["val_acc"] > state.best["val_acc"],
         # the model (best_model.pt, registered): chosen by the smoothed score, not one epoch's
-        "val_mean_class_acc": score > state.best.get("selection_score", -math.inf),
+        "val_mean_class_acc": score > best_score or tied_but_surer,
     }
 
 
-def _record_bests(metrics: dict[str, float], score: float, improved: dict[str, bool], state: TrainState,
-                  epoch: int) -> None:
+def _record_bests(metrics: dict[str, float], score: float, loss: float, improved: dict[str, bool],
+                  state: TrainState, epoch: int) -> None:
     """best[val_loss|val_acc] are the best single epochs; best[val_mean_class_acc] is the score
-    of the model kept (the epoch that ended the best window), best[selection_score] its window's."""
+    of the model kept (the epoch that ended the best window), best[selection_score] its window's
+    (and best[selection_loss] that window's mean validation loss)."""
     for key, better in improved.items():
         if better:
             state.best[key] = metrics[key]
             state.best_epoch[key] = epoch
     if improved["val_mean_class_acc"]:
-        state.best["selection_score"] = score
+        state.best["selection_score"], state.best["selection_loss"] = score, loss
 
 
-def _update_patience(score: float, state: TrainState, min_delta: float) -> None:
-    """Early stopping counts epochs since the smoothed score last rose by `min_delta`."""
+def _update_patience(score: float, tied_but_surer: bool, state: TrainState, min_delta: float) -> None:
+    """Early stopping counts epochs since the smoothed score last rose by `min_delta`, or since a
+    window tied with the best one became the kept model by its lower loss (validation is
+    saturated but the model still gets surer: stopping there keeps an early model)."""
     if score > state.best.get("early_stop_ref", -math.inf) + min_delta:
         state.best["early_stop_ref"] = score
+        state.stale_epochs = 0
+    elif tied_but_surer:
         state.stale_epochs = 0
     else:
         state.stale_epochs += 1
@@ -393,11 +412,14 @@ def record_epoch(state: TrainState, metrics: dict[str, float], per_class: np.nda
     epoch = int(metrics["epoch"])
     if "val_loss" in metrics:
         # (a run shorter than the window is judged on all of its epochs)
-        score = selection_score([*state.history, metrics], min(cfg.selection_window, cfg.epochs))
-        improved = _improvements(metrics, score, state)
-        _record_bests(metrics, score, improved, state, epoch)
+        window = min(cfg.selection_window, cfg.epochs)
+        score = selection_score([*state.history, metrics], window)
+        loss = window_loss([*state.history, metrics], window)
+        improved = _improvements(metrics, score, loss, state, cfg.selection_tiebreak)
+        tied_but_surer = improved["val_mean_class_acc"] and score == state.best.get("selection_score")
+        _record_bests(metrics, score, loss, improved, state, epoch)
         if epoch >= cfg.min_epochs and math.isfinite(score):  # patience counts from the first full window
-            _update_patience(score, state, cfg.early_stop_min_delta)
+            _update_patience(score, tied_but_surer, state, cfg.early_stop_min_delta)
     else:  # the latest model is the model: it is saved as BEST_MODEL and registered
         improved = {"val_mean_class_acc": True}
         state.best_epoch["val_mean_class_acc"] = epoch

@@ -147,10 +147,11 @@ def version_tags(model: dict[str, Any]) -> dict[str, Any]:
             **({HEADLINE: tags[f"exptrack.{HEADLINE}"]} if f"exptrack.{HEADLINE}" in tags else {})}
 
 
-def register(model_id: str, name: str) -> str:
-    """A new version of `name` pinned to the logged model `model_id`. Its tags are set in the
-    same call that creates it, so a kill leaves a complete version or none; its model card
-    follows."""
-    version = tracking.register_logged_model(model_id, name, version_tags(tracking.logged_model(model_id)))
+def register(model_id: str, name: str, extra_tags: dict[str, Any] | None = None) -> str:
+    """A new version of `name` pinned to the logged model `model_id`. Its tags (and `extra_tags`,
+    e.g. a seed group's figures) are set in the same call that creates it, so a kill leaves a
+    complete version or none; its model card follows."""
+    tags = {**version_tags(tracking.logged_model(model_id)), **(extra_tags or {})}
+    version = tracking.register_logged_model(model_id, name, tags)
     model_card.refresh(name, version)
     return version

@@ -22,7 +22,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import plots, tracking
-from ..config import Config, config_from_dict
+from ..config import Config, ConfigError, config_from_dict
 from ..data import clips
 from ..data.dataset import make_loader
 from ..data.errors import DataError
@@ -248,12 +248,27 @@ class RunOptions:
 
 def train(config: Config, resume: str | None = None, progress: bool = True,
           callbacks: Iterable[EpochCallback] = (), options: RunOptions = RunOptions()) -> TrainResult:
-    """Train; under torchrun every rank calls this, rank 0 alone tracks and checkpoints."""
+    """Train; under torchrun every rank calls this, rank 0 alone tracks and checkpoints. A config
+    with train.seeds or data.folds (or `resume` of such a group's run) trains the group
+    (groups.py) and returns its GroupResult."""
+    from . import groups  # it builds on this module
+
+    if resume and tracking.is_run_id(resume):
+        tracking.use_tracking_uri(config)
+    if groups.is_group(config) or (resume and groups.is_group_run(resume)):
+        return groups.train_group(config, resume, progress, options)  # type: ignore[return-value]
+    refuse_ensemble_training(config)
     env = distributed.init_distributed(config.train.device)
     try:
         return _train(config, env, resume, progress, callbacks, options)
     finally:
         distributed.cleanup()
+
+
+def refuse_ensemble_training(config: Config) -> None:
+    if config.model.ensemble > 1:
+        raise ConfigError("model.ensemble is set on the model a group registers (train.group_model=ensemble); "
+                          "a training run trains one C3D")
 
 
 def _resume_point(resume: str, outputs: Path, config: Config) -> tuple[dict[str, Any], Config]:
