@@ -9,6 +9,7 @@ machines; RDB storages get a heartbeat and retry a dead worker's trial once.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -28,8 +29,10 @@ import yaml
 from . import tracking
 from ._proc import process_alive
 from .config import ConfigError, load_config, read_yaml_file
+from .stats import mean_interval
 from .training import models as run_models
-from .training.run import (RunOptions, TrainState, best_logged_model, discard_run_models, registered_version,
+from .training.groups import GroupHooks, GroupResult, train_group
+from .training.run import (RunOptions, TrainState, best_logged_model, discard_run_models,
                             train)
 
 log = logging.getLogger("exptrack.tune")
@@ -72,7 +75,14 @@ class StudySpec:
     seed: int = 42
     metric: str = "val_mean_class_acc"
     direction: str = "maximize"
-    pruner: str = "median"  # median | hyperband | none
+    # median | hyperband | wilcoxon | none; unset: wilcoxon for a study on folds or seeds (a trial
+    # stops when its members so far are significantly worse than the best trial's same members),
+    # else median (per epoch).
+    pruner: str | None = None
+    # Each trial's value is the mean over K subject folds (data.folds) or over these seeds
+    # (train.seeds) of its members' kept-model `metric`; every member is a child run of the trial.
+    folds: int = 0
+    seeds: tuple[int, ...] = ()
     # RDB storages (SQLite, PostgreSQL): a worker records a heartbeat every `heartbeat_interval`
     # seconds; a RUNNING trial silent for `grace_period` seconds belongs to a dead worker, ends as
     # FAIL and is retried once with the same params.
@@ -101,7 +111,15 @@ def load_study_spec(path: str | Path, **changes: Any) -> StudySpec:
         raise ConfigError(f"{path}: unknown study keys {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
     raw["config"] = str((path.parent / raw["config"]).resolve()) if "config" in raw else None
     raw["overrides"] = tuple(raw.get("overrides", ()))
+    check_study_group(path, raw)
     spec = StudySpec(**{**raw, **{k: v for k, v in changes.items() if v is not None}, "space": tuple(space)})
+    if spec.pruner is None:
+        spec = dataclasses.replace(spec, pruner="wilcoxon" if spec.folds or spec.seeds else "median")
+    if spec.pruner not in PRUNERS:
+        raise ConfigError(f"{path}: pruner {spec.pruner!r} is not one of {', '.join(PRUNERS)}")
+    if spec.pruner == "wilcoxon" and len(spec.seeds) + spec.folds < 4:
+        log.warning("%s: the Wilcoxon pruner cannot stop a trial with fewer than 4 members (the smallest one-sided "
+                    "p-value of 3 is 0.125, above its 0.1 threshold): every trial runs all its members", path)
     load_config(spec.config, spec.overrides)
     for p in space:  # every key of the space must exist and take its type
         load_config(spec.config, [*spec.overrides, f"{p.key}={p.low if p.low is not None else p.choices[0]}"])
@@ -111,6 +129,28 @@ def load_study_spec(path: str | Path, **changes: Any) -> StudySpec:
         raise ConfigError(f"{path}: need heartbeat_interval > 0 and grace_period >= 3 x heartbeat_interval "
                           "(a live but slow worker must not look dead)")
     return spec
+
+
+def check_study_group(path: Path, raw: dict[str, Any]) -> None:
+    """`folds` or `seeds` of a study file: their types, and never both (converted in place)."""
+    from .config import check_value
+
+    if raw.get("folds") and raw.get("seeds"):
+        raise ConfigError(f"{path}: folds and seeds cannot both be set: a trial's members are folds or seeds")
+    if "seeds" in raw:
+        raw["seeds"] = check_value(f"{path}: seeds", tuple[int, ...], raw["seeds"])
+    if "folds" in raw:
+        folds = check_value(f"{path}: folds", int, raw["folds"])
+        if folds == 1 or folds < 0:
+            raise ConfigError(f"{path}: folds must be 0 (off) or >= 2, got {folds}")
+        raw["folds"] = folds
+
+
+def group_overrides(spec: StudySpec) -> list[str]:
+    """The config keys that make a trial's training a fold or seed group."""
+    if spec.folds:
+        return [f"data.folds={spec.folds}"]
+    return [f"train.seeds={','.join(map(str, spec.seeds))}"] if spec.seeds else []
 
 
 def is_journal(url: str) -> bool:
@@ -168,11 +208,16 @@ def on_dead_worker_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -
                 " and queued for one retry" if retried else " (a retry already; not retried again)")
 
 
+PRUNERS = ("median", "hyperband", "wilcoxon", "none")
+
+
 def make_pruner(name: str) -> optuna.pruners.BasePruner:
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner()
+    if name == "wilcoxon":  # steps are members (folds, seeds), not epochs
+        return optuna.pruners.WilcoxonPruner(p_threshold=0.1, n_startup_steps=2)
     return optuna.pruners.NopPruner()
 
 
@@ -190,16 +235,32 @@ def suggest(trial: optuna.Trial, space: tuple[Param, ...]) -> list[str]:
 
 
 class PruneOnPlateau:
-    """Reports the objective metric after every epoch; raises TrialPruned when Optuna says so."""
+    """Reports the objective metric after every epoch; raises TrialPruned when Optuna says so.
+    A group member's epochs come after those of the members before it (`step_offset`), so that
+    every (member, epoch) is one step of the trial."""
+
+    def __init__(self, trial: optuna.Trial, metric: str, step_offset: int = 0) -> None:
+        self.trial, self.metric, self.step_offset = trial, metric, step_offset
+
+    def __call__(self, metrics: dict[str, float], per_class, saved, state: TrainState) -> None:
+        value = metrics[self.metric]
+        self.trial.report(value, step=self.step_offset + state.epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {state.epoch} ({self.metric} {value:.4f})")
+
+
+class PruneAcrossMembers:
+    """Group trials with the Wilcoxon pruner: each finished member (fold or seed) is one step;
+    the trial stops when its members so far are significantly worse than the best trial's."""
 
     def __init__(self, trial: optuna.Trial, metric: str) -> None:
         self.trial, self.metric = trial, metric
 
-    def __call__(self, metrics: dict[str, float], per_class, saved, state: TrainState) -> None:
-        value = metrics[self.metric]
-        self.trial.report(value, step=state.epoch)
+    def __call__(self, index: int, member) -> None:
+        value = member.value(self.metric)
+        self.trial.report(value, step=index)
         if self.trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at epoch {state.epoch} ({self.metric} {value:.4f})")
+            raise optuna.TrialPruned(f"pruned after member {member.key} ({self.metric} {value:.4f})")
 
 
 def frozen(study: optuna.Study, trial: optuna.Trial) -> optuna.trial.FrozenTrial:
@@ -245,7 +306,7 @@ def objective_for(spec: StudySpec, study: optuna.Study, progress: bool):
         parent_run_id = parent_run_for(study, trial, spec)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         overrides = [*spec.overrides, *suggest(trial, spec.space)]
-        config = load_config(spec.config, overrides)
+        config = load_config(spec.config, [*overrides, *group_overrides(spec)])
         run_ids: list[str] = []
 
         def started(run_id: str) -> None:  # recorded at once, so that a dead worker's run can be closed
@@ -260,22 +321,53 @@ def objective_for(spec: StudySpec, study: optuna.Study, progress: bool):
                              tags=tags, on_start=started,
                              invocation={"config": str(spec.config), "overrides": " ".join(overrides)})
         state = "FAIL"
+        hooks = None
         try:
-            result = train(config, progress=progress, callbacks=[PruneOnPlateau(trial, spec.metric)], options=options)
+            if spec.folds or spec.seeds:
+                hooks = trial_group_hooks(trial, spec, config.train.epochs)
+                value = group_trial_value(trial, spec, train_group(config, progress=progress, options=options,
+                                                                   hooks=hooks))
+            else:
+                result = train(config, progress=progress, callbacks=[PruneOnPlateau(trial, spec.metric)],
+                               options=options)
+                trial.set_user_attr("checkpoint_dir", str(result.checkpoint_dir))
+                trial.set_user_attr("best_epoch", result.state.best_epoch.get(spec.metric))
+                best = result.state.best.get(spec.metric)
+                value = best if best is not None else result.state.history[-1][spec.metric]
             state = "COMPLETE"
-            trial.set_user_attr("checkpoint_dir", str(result.checkpoint_dir))
-            trial.set_user_attr("best_epoch", result.state.best_epoch.get(spec.metric))
-            best = result.state.best.get(spec.metric)
-            return best if best is not None else result.state.history[-1][spec.metric]
+            return value
         except optuna.TrialPruned as exc:
             state = "PRUNED"
             log.info("trial %d %s: its run ends KILLED", trial.number, exc)
             raise
         finally:
-            if run_ids:
-                mark_trial_run(run_ids[0], state, Path(config.paths.outputs))
+            for run_id in [*run_ids[:1], *(hooks.members if hooks else [])]:
+                mark_trial_run(run_id, state, Path(config.paths.outputs))
 
     return objective
+
+
+def trial_group_hooks(trial: optuna.Trial, spec: StudySpec, epochs: int) -> GroupHooks:
+    """Pruning of a fold or seed trial: across members (wilcoxon) or per epoch of each member."""
+    if spec.pruner == "wilcoxon":
+        return GroupHooks(after_member=PruneAcrossMembers(trial, spec.metric))
+    if spec.pruner == "none":
+        return GroupHooks()
+    return GroupHooks(callbacks=lambda i, member: [PruneOnPlateau(trial, spec.metric, step_offset=i * epochs)])
+
+
+def group_trial_value(trial: optuna.Trial, spec: StudySpec, result: GroupResult) -> float:
+    """A fold or seed trial's value: the mean of its members' `metric`; their spread and values
+    go to the trial's user attributes (the study report's columns)."""
+    values = [m.value(spec.metric) for m in result.members]
+    summary = mean_interval(values)
+    trial.set_user_attr("members", {m.key: round(v, 6) for m, v in zip(result.members, values)})
+    trial.set_user_attr("member_mean", summary.mean)
+    trial.set_user_attr("member_std", summary.std)
+    epochs = [m.kept_epoch for m in result.members if m.kept_epoch]
+    if epochs:
+        trial.set_user_attr("best_epoch", int(np.median(epochs)))  # for --retrain-best
+    return summary.mean
 
 
 def mark_trial_run(run_id: str, state: str, outputs: Path) -> None:
@@ -372,21 +464,27 @@ def run_tune(spec: StudySpec, progress: bool = False, retrain_best: bool = False
 
 
 def register_best_once(run_id: str, config) -> str | None:
-    """Register the best trial's best logged model unless it is already (a rerun of a finished
-    study). Nothing reopens the trial's run: the version points at the logged model. Two workers
-    finishing together may both register it; the registry has no compare-and-set, so afterwards
-    every worker keeps the lowest version of that run and deletes its own if it is not that one.
-    Whoever registers second sees the first version, so one version survives."""
+    """Register the best trial's model (its best logged model; a fold or seed trial's group
+    model) unless a version already points at it (a rerun of a finished study). Nothing reopens
+    the trial's run: the version points at the logged model. Two workers finishing together may
+    both register it; the registry has no compare-and-set, so afterwards every worker keeps the
+    lowest version of that model and deletes its own if it is not that one. Whoever registers
+    second sees the first version, so one version survives."""
     name = config.mlflow.registered_model
-    version = registered_version(run_id, config)
-    if version is not None or not name:
-        return version
+    if not name:
+        return None
     model_id = best_logged_model(run_id)
     if model_id is None:
         log.warning("trial run %s has no logged model to register", run_id)
         return None
+
+    def versions() -> list[str]:
+        return [v["version"] for v in tracking.model_versions(name) if v["model_id"] == model_id]
+
+    if versions():
+        return min(versions(), key=int)
     version = run_models.register(model_id, name)
-    first = min((v["version"] for v in tracking.model_versions(name) if v["run_id"] == run_id), key=int)
+    first = min(versions(), key=int)
     if first != version:
         log.info("trial run %s was registered twice (versions %s and %s); keeping %s", run_id, first, version, first)
         tracking.delete_model_version(name, version)

@@ -252,7 +252,13 @@ def test_best_model_registered_once_even_when_two_workers_race(tiny_demo, tmp_pa
 
     # a second worker, on a machine without the trial's checkpoint, checked before version 1 existed
     shutil.rmtree(best["checkpoint_dir"])
-    monkeypatch.setattr(tune, "registered_version", lambda *args: None)
+    real, calls = tune.tracking.model_versions, []
+
+    def first_look_sees_none(name):  # the second worker's check, made before version 1 existed
+        calls.append(name)
+        return [] if len(calls) == 1 else real(name)
+
+    monkeypatch.setattr(tune.tracking, "model_versions", first_look_sees_none)
     with caplog.at_level("INFO", logger="exptrack.tune"):
         kept = tune.register_best_once(best["run_id"], tune.best_trial_config(study, spec))
     assert kept == "1" and "registered twice (versions 1 and 2)" in caplog.text  # v2 from the logged model

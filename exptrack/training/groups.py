@@ -48,6 +48,7 @@ log = logging.getLogger("exptrack.train")
 GROUP_TAG, MEMBER_TAG, GROUP_RUN_TAG = "exptrack.group", "exptrack.group_member", "exptrack.group_run_id"
 CURVE_KEYS = ("val_mean_class_acc", "val_acc", "val_top3_acc", "val_loss", "train_loss")
 HEADLINE = "val_mean_class_acc"
+ENSEMBLE_TAG = "exptrack.ensemble_members"
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class MemberResult:
     history: pd.DataFrame  # epoch and the CURVE_KEYS it logged
     best: dict[str, float]  # best_<metric> figures of its kept model (from the run)
     model_id: str | None  # its kept (best) logged model
+    kept_epoch: int | None = None  # the epoch of that model
 
     def value(self, metric: str = HEADLINE) -> float:
         """The member's figure for `metric`: its kept model's, else its last epoch's."""
@@ -156,8 +158,9 @@ def train_group(config: Config, resume: str | None = None, progress: bool = True
         interval = stats.mean_interval([r.value() for r in results])
         result = GroupResult(run.id, kind, results, interval)
         _log_group(run, result, Path(config.paths.outputs) / "runs" / run.id / "group")
+        choose_model(run, result, config)
         if options.register and config.mlflow.registered_model:
-            _register(run, result, config)
+            register(run, result, config.mlflow.registered_model)
     return result
 
 
@@ -194,7 +197,9 @@ def member_result(key: str, run_id: str) -> MemberResult:
     history = pd.DataFrame({"epoch": epochs, **{k: [h.get(e, np.nan) for e in epochs] for k, h in histories.items()}})
     metrics = tracking.run_record(run_id)["metrics"]
     best = {k[len("best_"):]: v for k, v in metrics.items() if k.startswith("best_")}
-    return MemberResult(key, run_id, history, best, best_logged_model(run_id))
+    model_id = best_logged_model(run_id)
+    epoch = tracking.logged_model(model_id)["tags"].get(run_models.EPOCH_TAG, "") if model_id else ""
+    return MemberResult(key, run_id, history, best, model_id, int(epoch) if epoch.isdigit() else None)
 
 
 def group_curves(members: list[MemberResult]) -> pd.DataFrame:
@@ -235,6 +240,7 @@ def _log_group(run: tracking.Run, result: GroupResult, out: Path) -> None:
             run.log_metrics({k: v for k, v in row.items() if k != "epoch" and np.isfinite(v)}, step=int(row["epoch"]))
     run.log_metrics(group_figures(result))
     table = pd.DataFrame([{"member": m.key, "run_id": m.run_id, "epochs": int(m.history["epoch"].max()),
+                           "kept_epoch": m.kept_epoch,
                            **{f"kept_{k}": v for k, v in m.best.items()}, "model_id": m.model_id}
                           for m in result.members])
     out.mkdir(parents=True, exist_ok=True)
@@ -251,27 +257,37 @@ def _log_group(run: tracking.Run, result: GroupResult, out: Path) -> None:
              result.interval.text())
 
 
-def _register(run: tracking.Run, result: GroupResult, config: Config) -> None:
-    """Register what train.group_model says, once per group (a resumed group registers nothing new)."""
-    name = config.mlflow.registered_model
-    done = [v for v in tracking.model_versions(name) if v["tags"].get("group_run_id") == result.run_id]
-    if done:
-        result.model_version, result.model_id = done[0]["version"], done[0]["model_id"]
-        result.registered = done[0]["tags"].get("group_model", "")
+GROUP_MODEL_TAG = "group_model_id"  # the parent's tag: the model the group stands for (best member or ensemble)
+
+
+def choose_model(run: tracking.Run, result: GroupResult, config: Config) -> None:
+    """The group's model, by train.group_model: the best member's kept model, or the ensemble of
+    every member's (logged on the group's run, once: a resumed group reuses it)."""
+    have = [m for m in result.members if m.model_id]
+    if not have:
+        log.warning("group %s: no member has a logged model", result.run_id)
         return
     if config.train.group_model == "ensemble":
-        ready = [m for m in result.members if m.model_id]
-        result.model_id = log_ensemble(run, ready)
-        result.registered = f"ensemble of {len(ready)}"
+        logged = [m["model_id"] for m in run.logged_models()
+                  if m["status"] == "READY" and m["tags"].get(ENSEMBLE_TAG) == str(len(have))]
+        result.model_id = logged[0] if logged else log_ensemble(run, have)
+        result.registered = f"ensemble of {len(have)}"
     else:
-        best = max((m for m in result.members if m.model_id), key=lambda m: m.value(), default=None)
-        if best is None:
-            log.warning("group %s: no member has a logged model to register", result.run_id)
-            return
+        best = max(have, key=lambda m: m.value())
         result.model_id, result.registered = best.model_id, f"{best.key}'s model (best on validation)"
-    tags = {**group_tags(result), "group_model": result.registered}
-    result.model_version = run_models.register(result.model_id, name, tags)
-    run.set_tags({"group_model_version": result.model_version, "group_model": result.registered})
+    run.set_tags({GROUP_MODEL_TAG: result.model_id, "group_model": result.registered})
+
+
+def register(run: tracking.Run, result: GroupResult, name: str) -> None:
+    """Register the group's model with the group's figures as tags, once per group."""
+    done = [v for v in tracking.model_versions(name) if v["tags"].get("group_run_id") == result.run_id]
+    if done:
+        result.model_version = done[0]["version"]
+    elif result.model_id:
+        result.model_version = run_models.register(result.model_id, name,
+                                                   {**group_tags(result), "group_model": result.registered})
+    if result.model_version:
+        run.set_tags({"group_model_version": result.model_version})
 
 
 def log_ensemble(run: tracking.Run, members: list[MemberResult]) -> str:
@@ -290,5 +306,5 @@ def log_ensemble(run: tracking.Run, members: list[MemberResult]) -> str:
         weights = ckpt.save_atomic(payload, Path(tmp) / serving.WEIGHTS_FILE)
         model_id = run.log_clip_model(weights, config.data.clip_len, payload["class_names"], 0,
                                       {run_models.BEST_TAG: "true", "exptrack.data_digest": payload["data_digest"],
-                                       "exptrack.ensemble_members": len(members)}, label="ensemble")
+                                       ENSEMBLE_TAG: len(members)}, label="ensemble")
     return model_id

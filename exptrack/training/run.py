@@ -170,14 +170,6 @@ def resume_config(saved: Config, given: Config) -> Config:
     return replace(saved, **changes) if changes else saved
 
 
-def registered_version(run_id: str, config: Config) -> str | None:
-    """The version already registered from this run (a resumed run registers once)."""
-    for v in tracking.model_versions(config.mlflow.registered_model) if config.mlflow.registered_model else []:
-        if v["run_id"] == run_id:
-            return v["version"]
-    return None
-
-
 def find_checkpoint(resume: str, outputs: Path) -> Path:
     """A checkpoint path, or a run id whose last.pt lies under <outputs>/runs/<run id>/ (or, with
     mlflow.upload_resume_checkpoint, in the run's artifacts: it is downloaded there)."""
@@ -454,9 +446,14 @@ def plot_run(run_id: str, save_dir: str | Path, top_classes: int = 10) -> Path:
 
 
 def best_logged_model(run_id: str) -> str | None:
-    """The model id of a run's best logged model (the one tagged best, else the best-scoring)."""
+    """The model id of a run's best logged model (the one tagged best, else the best-scoring); of
+    a seed or fold group's run, the model the group stands for (groups.choose_model)."""
+    from .groups import GROUP_MODEL_TAG
     from .models import BEST_TAG
 
+    group_model = tracking.run_tags(run_id).get(GROUP_MODEL_TAG)
+    if group_model:
+        return group_model
     ready = [m for m in tracking.run_logged_models(run_id) if m["status"] == "READY"]
     best = [m for m in ready if m["tags"].get(BEST_TAG) == "true"]
     if not best:
