@@ -181,7 +181,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
     result = run_compare(args.a, args.b, split=args.split, metric=args.metric, method=args.method,
                          gradcam=args.gradcam, data_root=args.data_root, device_name=args.device,
                          save_dir=args.save_dir, overwrite=args.overwrite, progress=not args.no_progress)
-    print(f"{'metric':<22}{'A':>8}{'B':>8}{'B - A':>9}  95% interval       P(B better)  subjects")
+    unit = next(iter(result.comparisons.values())).unit
+    print(f"{'metric':<22}{'A':>8}{'B':>8}{'B - A':>9}  95% interval       P(B better)  {unit:>8}")
     for name, c in result.comparisons.items():
         interval = f"[{c.low:+.3f}, {c.high:+.3f}]" if c.low is not None else "none"
         better = f"{c.p_better:.2f}" if c.p_better is not None else "-"
@@ -335,8 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="is model B better than model A? paired, with intervals over subjects; "
                                        "an MLflow run with report.html")
-    p.add_argument("a", help="model A (the reference): any model reference evaluate takes")
-    p.add_argument("b", help="model B (the challenger)")
+    p.add_argument("a", help="model A (the reference): any model reference evaluate takes, or a seed or fold "
+                             "group's run id (then B is one too: compared over their members)")
+    p.add_argument("b", help="model B (the challenger), or a group's run id")
     p.add_argument("--split", default="test", choices=["test", "val", "train"], help="split both are evaluated on" + _DEFAULT)
     p.add_argument("--metric", default="mean_class_accuracy", choices=["mean_class_accuracy", "accuracy"],
                    help="the metric of the verdict" + _DEFAULT)

@@ -250,9 +250,74 @@ def verdict_line(c: Comparison, paired: bool) -> str:
     return c.sentence()
 
 
+def group_members(run_id: str) -> tuple[str, list]:
+    """A group run's kind and finished members (groups.member_result), in member order."""
+    from .training.groups import GROUP_TAG, MEMBER_TAG, member_result
+
+    tags = tracking.run_tags(run_id)
+    children = [c for c in tracking.child_runs(run_id) if c["tags"].get(MEMBER_TAG) and c["status"] == "FINISHED"]
+    members = sorted((member_result(c["tags"][MEMBER_TAG], c["run_id"]) for c in children),
+                     key=lambda m: (m.key.split("=")[0], int(m.key.split("=")[1])))
+    if len(members) < 2:
+        raise ModelError(f"group run {run_id}: {len(members)} finished member(s); a group comparison needs 2 or more "
+                         f"(resume it: exptrack train --resume {run_id})")
+    return tags[GROUP_TAG], members
+
+
+def run_compare_groups(ref_a: str, ref_b: str, save_dir: str | Path | None = None,
+                       overwrite: bool = False) -> CompareResult:
+    """Two seed or fold groups (their parent runs), compared on their members' kept-model
+    validation mean class accuracy: folds of the same subjects are paired fold by fold, seeds
+    are two independent samples (Welch). The interval is over seeds or folds: it is about the
+    recipes, as far as those members sample them."""
+    from .config import config_from_dict
+    from .stats import compare_groups
+    from .training.groups import HEADLINE
+
+    check_save_dir(save_dir, overwrite)
+    (kind_a, a), (kind_b, b) = group_members(ref_a), group_members(ref_b)
+    folds = {r: tracking.run_tags(r).get("group_folds") for r in (ref_a, ref_b)}
+    paired = kind_a == kind_b == "folds" and folds[ref_a] == folds[ref_b] and [m.key for m in a] == [m.key for m in b]
+    unit = kind_a if kind_a == kind_b else "members"
+    c = compare_groups([m.value() for m in a], [m.value() for m in b], paired, HEADLINE, unit)
+    verdict = c.sentence() + ("" if paired or kind_a == kind_b == "seeds" else
+                              " (folds of different subjects, or a fold and a seed group: compared unpaired)")
+    config = config_from_dict(tracking.train_run_config(ref_a) or {}, f"run {ref_a} config.yaml")
+    with tracking.start_run(config, run_name="compare-groups", command="compare",
+                            tags={"compare.a": ref_a, "compare.b": ref_b, "compare.kind": "groups",
+                                  "compare.paired": paired}) as run:
+        out = invocation_dir(save_dir, DEFAULT_OUTPUTS / "compare" / run.id, overwrite)
+        table = pd.DataFrame([{"group": label, "member": m.key, "run_id": m.run_id, HEADLINE: m.value()}
+                              for label, members in (("A", a), ("B", b)) for m in members])
+        table.to_csv(out / "members.csv", index=False)
+        summary = pd.DataFrame([vars(c)])
+        summary.to_csv(out / "headline.csv", index=False)
+        html_table = table.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0)
+        (out / "report.html").write_text(
+            f"<!doctype html><html><head><meta charset='utf-8'><title>compare groups</title></head><body>"
+            f"<h1>Group B against group A</h1><p><b>{html.escape(verdict)}</b></p><p>A: <code>{html.escape(ref_a)}"
+            f"</code> ({kind_a})<br>B: <code>{html.escape(ref_b)}</code> ({kind_b})</p>{html_table}</body></html>")
+        run.log_artifacts(out, "compare")
+        run.log_metrics({f"{k}_{HEADLINE}": v for k, v in (("a", c.a), ("b", c.b), ("diff", c.diff), ("low", c.low),
+                                                           ("high", c.high), ("p_better", c.p_better)) if v is not None})
+        run.set_tags({"compare.verdict": c.verdict, "compare.sentence": verdict[:500],
+                      "compare.time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    return CompareResult({HEADLINE: c}, verdict, paired, out, run.id)
+
+
 def run_compare(ref_a: str, ref_b: str, split: str = "test", metric: str = "mean_class_accuracy", method: str = "t",
                 gradcam: int = 2, data_root: str | None = None, device_name: str = "auto",
                 save_dir: str | Path | None = None, overwrite: bool = False, progress: bool = True) -> CompareResult:
+    """Two models, or two seed or fold groups (their parent run ids: run_compare_groups)."""
+    from .training.groups import is_group_run
+
+    groups = [is_group_run(ref) for ref in (ref_a, ref_b)]
+    if all(groups):
+        return run_compare_groups(ref_a, ref_b, save_dir, overwrite)
+    if any(groups):
+        group = ref_a if groups[0] else ref_b
+        raise ModelError(f"{group} is a seed or fold group: compare two groups, or two models (the group's "
+                         "registered version, models:/<name>/<version>, is a model)")
     if metric not in METRICS:
         raise ModelError(f"--metric {metric}: compare takes {', '.join(METRICS)}")
     check_save_dir(save_dir, overwrite)

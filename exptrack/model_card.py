@@ -58,6 +58,8 @@ def render(name: str, version: dict[str, Any], model: dict[str, Any] | None, tra
     lines += _table([(f"`{k}`", params.get(k, "?")) for k in CONFIG_BRIEF], ("key", "value"))
     lines += ["", "The full resolved config is the run's `config.yaml` and its parameters.", ""]
 
+    if "group_run_id" in tags:
+        lines += group_section(tags)
     val = {k: v for k, v in (model or {}).get("metrics", {}).items() if k.startswith("val_") and "_acc_class_" not in k}
     lines += ["## Validation (the kept epoch)", ""]
     lines += _table([(k, _figure(v)) for k, v in sorted(val.items())], ("metric", "value")) if val else ["none logged"]
@@ -78,6 +80,17 @@ def render(name: str, version: dict[str, Any], model: dict[str, Any] | None, tra
         if version.get("aliases"):
             lines += ["", "Aliases: " + ", ".join(f"`{a}`" for a in sorted(version["aliases"])) + "."]
     return "\n".join(lines) + "\n"
+
+
+def group_section(tags: dict[str, str]) -> list[str]:
+    """What a version from a seed or fold group says about the recipe: the spread of its members."""
+    head = "val_mean_class_acc"
+    return ["## Group", "",
+            f"This version is {tags.get('group_model', 'the model')} of the {tags.get('group_kind', '')} group run "
+            f"`{tags['group_run_id']}` ({tags.get('group_members', '?')} members). Over its members, the kept models' "
+            f"validation mean class accuracy is {tags.get(f'group_{head}_mean', '?')} +- "
+            f"{tags.get(f'group_{head}_std', '?')} (sd), 95% interval {tags.get(f'group_{head}_ci', '?')}: what the "
+            "recipe gives, where the figures below are one draw of it.", ""]
 
 
 def refresh(name: str, version: str) -> None:
