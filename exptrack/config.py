@@ -279,6 +279,8 @@ def check_value(key: str, tp: Any, value: Any) -> Any:
 def _check_int_tuple(key: str, value: Any) -> tuple[int, ...]:
     """A list of distinct integers, from a YAML list or a comma-separated string ("" = none)."""
     items = value
+    if value is None:  # `--set train.seeds=` (nothing): no group
+        return ()
     if isinstance(value, str):
         items = [part.strip() for part in value.strip().strip("[]()").split(",") if part.strip()]
     elif isinstance(value, int) and not isinstance(value, bool):

@@ -216,8 +216,9 @@ def make_pruner(name: str) -> optuna.pruners.BasePruner:
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner()
-    if name == "wilcoxon":  # steps are members (folds, seeds), not epochs
-        return optuna.pruners.WilcoxonPruner(p_threshold=0.1, n_startup_steps=2)
+    if name == "wilcoxon":  # steps are members (folds, seeds), not epochs; "experimental" in Optuna
+        with optuna_experimental():
+            return optuna.pruners.WilcoxonPruner(p_threshold=0.1, n_startup_steps=2)
     return optuna.pruners.NopPruner()
 
 
@@ -483,7 +484,9 @@ def register_best_once(run_id: str, config) -> str | None:
 
     if versions():
         return min(versions(), key=int)
-    version = run_models.register(model_id, name)
+    group = {k: v for k, v in tracking.run_tags(run_id).items()  # a fold or seed trial: its figures
+             if k.startswith("group_") and k not in ("group_member_runs", "group_folds")}
+    version = run_models.register(model_id, name, {**group, "group_run_id": run_id} if group else None)
     first = min(versions(), key=int)
     if first != version:
         log.info("trial run %s was registered twice (versions %s and %s); keeping %s", run_id, first, version, first)

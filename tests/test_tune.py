@@ -9,9 +9,12 @@ import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import optuna
+import pandas as pd
 import pytest
 
+from exptrack import tune
 from exptrack.config import ConfigError
 from exptrack.tune import load_study_spec, retried_from, run_tune
 
@@ -19,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _study_file(tmp_path, tiny_demo, storage: str, n_trials: int, name: str = "t", epochs: int = 2,
-                extra: str = "") -> Path:
+                extra: str = "", pruner: str = "median") -> Path:
     path = tmp_path / f"{name}.yaml"
     path.write_text(f"""
 config: {ROOT / 'experiments' / 'demo.yaml'}
@@ -30,7 +33,7 @@ overrides: [train.epochs={epochs}, mlflow.log_system_metrics=false, "data.root={
 study: {name}
 storage: "{storage}"
 n_trials: {n_trials}
-pruner: median
+pruner: {pruner}
 {extra}
 space:
   loss.focal_gamma: {{type: float, low: 0.0, high: 5.0}}
@@ -116,10 +119,59 @@ def test_study_file_errors_name_the_key(tmp_path):
         load_study_spec(bad)
 
 
-def test_shipped_study_file_loads():
-    spec = load_study_spec(ROOT / "experiments" / "tune" / "demo.yaml")
+@pytest.mark.parametrize("lines, says", [
+    ("folds: 3\nseeds: [0, 1]", "folds and seeds cannot both be set"),
+    ("seeds: [0, x]", "seeds: 'x' is not an integer"),
+    ("seeds: [1, 1]", "seeds: 1 given more than once"),
+    ("folds: 1", "folds must be 0 \\(off\\) or >= 2"),
+    ("pruner: medain", "pruner 'medain' is not one of median, hyperband, wilcoxon, none"),
+])
+def test_study_group_and_pruner_errors_name_the_key(tmp_path, lines, says):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"config: {ROOT / 'experiments' / 'demo.yaml'}\n{lines}\n")
+    with pytest.raises(ConfigError, match=f"bad.yaml: {says}"):
+        load_study_spec(bad)
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "folds.yaml"])
+def test_shipped_study_files_load(name):
+    spec = load_study_spec(ROOT / "experiments" / "tune" / name)
     assert {p.key for p in spec.space} == {"loss.focal_gamma", "data.skeleton_sigma", "optim.lr"}
     assert spec.metric == "val_mean_class_acc" and spec.direction == "maximize"
+    assert (spec.folds, spec.pruner) == ((4, "wilcoxon") if name == "folds.yaml" else (0, "median"))
+
+
+@pytest.mark.slow
+def test_a_study_on_folds_scores_each_trial_by_its_folds_mean(tiny_demo, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = run_tune(load_study_spec(_study_file(tmp_path, tiny_demo, storage, 1, epochs=1, extra="folds: 2",
+                                                 pruner="wilcoxon")))
+    trial = study.best_trial
+    folds = {r.data.tags["exptrack.group_member"]: r for r in _children(trial.user_attrs["run_id"])}
+    assert set(folds) == {"fold=0", "fold=1"}  # every fold a grandchild of the study's parent run
+    values = [r.data.metrics["best_val_mean_class_acc"] for r in folds.values()]
+    assert trial.value == pytest.approx(np.mean(values)) and trial.user_attrs["member_std"] >= 0
+    version = mlflow.MlflowClient().get_model_version("tuned", "1")
+    assert version.run_id in {r.info.run_id for r in folds.values()}  # the best fold's model of the best trial
+    assert version.tags["group_run_id"] == trial.user_attrs["run_id"] and version.tags["group_members"] == "2"
+
+
+def test_the_wilcoxon_pruner_stops_a_trial_worse_on_every_member_so_far():
+    """The pruner tune uses for fold and seed studies, through the hook tune gives each member."""
+    from exptrack.training.groups import MemberResult
+
+    study = optuna.create_study(direction="maximize", pruner=tune.make_pruner("wilcoxon"))
+    members = [MemberResult(f"fold={i}", "", pd.DataFrame({"epoch": [1]}), {"val_mean_class_acc": v}, None)
+               for i, v in enumerate([0.9, 0.8, 0.85, 0.95, 0.7])]
+    good = study.ask()
+    for i, m in enumerate(members):
+        tune.PruneAcrossMembers(good, "val_mean_class_acc")(i, m)
+    study.tell(good, 0.84)
+    bad = study.ask()
+    with pytest.raises(optuna.TrialPruned, match="pruned after member fold=3"):
+        for i, m in enumerate(members):
+            worse = MemberResult(m.key, "", m.history, {"val_mean_class_acc": m.best["val_mean_class_acc"] - 0.3}, None)
+            tune.PruneAcrossMembers(bad, "val_mean_class_acc")(i, worse)
 
 
 def _worker(study_file: Path, cwd: Path) -> subprocess.Popen:

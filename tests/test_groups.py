@@ -1,0 +1,278 @@
+"""Seed groups and subject folds (training/groups.py), their bad input, ties in model selection,
+and tune, compare and the registry on groups; against a real MLflow store."""
+
+from __future__ import annotations
+
+import math
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+
+from exptrack import stats
+from exptrack.config import Config, ConfigError, load_config, replace
+from exptrack.data import clips
+from exptrack.data.errors import DataError, DataWarnings
+from exptrack.data.layout import discover
+from exptrack.data.prepare import assign_splits, warn_fold_classes
+from exptrack.inference import load_model
+from exptrack.models.c3d import C3D, C3DEnsemble
+from exptrack.training import groups
+from exptrack.training.loop import TrainState, record_epoch
+
+FAST = ("model.width=0.125", "train.batch_size=8", "train.eval_batch_size=16", "train.num_workers=0",
+        "train.epochs=2", "optim.lr=0.001", "mlflow.log_system_metrics=false", "mlflow.registered_model=grouped")
+
+
+class _KillAfter:
+    """Fault injection: stop the process (as Ctrl-C would) after epoch `n`."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __call__(self, metrics, per_class, saved, state) -> None:
+        if state.epoch == self.n:
+            raise KeyboardInterrupt
+
+
+def _children(run_id: str) -> dict[str, mlflow.entities.Run]:
+    client = mlflow.MlflowClient()
+    experiment = client.get_run(run_id).info.experiment_id
+    runs = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{run_id}'")
+    return {r.data.tags[groups.MEMBER_TAG]: r for r in runs}
+
+
+def _steps(run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in mlflow.MlflowClient().get_metric_history(run_id, key))
+
+
+# --- config and data: what a group may be -------------------------------------------------
+
+
+@pytest.mark.parametrize("text, seeds", [("0,1,2", (0, 1, 2)), ("[3, 4]", (3, 4)), ("", ()), ("7", (7,))])
+def test_seeds_are_read_from_a_list_or_commas(text, seeds):
+    assert load_config(None, [f"train.seeds={text}"]).train.seeds == seeds
+
+
+@pytest.mark.parametrize("text, says", [("0,1,1", "1 given more than once"), ("0,x", "'x' is not an integer"),
+                                        ("0.5", "expected a list of integers")])
+def test_bad_seeds_name_the_key(text, says):
+    with pytest.raises(ConfigError, match=f"train.seeds.*{says}"):
+        load_config(None, [f"train.seeds={text}"])
+
+
+@pytest.mark.parametrize("overrides, says", [
+    (["data.folds=1"], "data.folds must be 0 \\(off\\) or >= 2"),
+    (["data.folds=3", "train.seeds=0,1"], "data.folds and train.seeds cannot be combined"),
+    (["data.folds=3", "data.fold=3"], "data.fold must be in 0..data.folds-1"),
+    (["data.folds=3", "data.train_on_val=true"], "data.folds and data.train_on_val"),
+])
+def test_group_keys_that_do_not_fit_are_refused(overrides, says):
+    with pytest.raises(ConfigError, match=says):
+        load_config(None, overrides)
+
+
+def test_a_seed_group_config_saves_as_yaml_and_loads_back():
+    from exptrack.config import config_from_dict, to_yaml
+    import yaml
+
+    config = load_config(None, ["train.seeds=0,1,2"])
+    assert config_from_dict(yaml.safe_load(to_yaml(config))).train.seeds == (0, 1, 2)
+
+
+def test_folds_split_every_non_test_subject_once_and_never_touch_test(tiny_demo):
+    layout = discover(tiny_demo, DataWarnings())
+    test = sorted(s.subject for s in layout.by_split("test"))
+    pool = sorted(s.subject for s in layout.by_split("train") + layout.by_split("val"))
+    splits = [assign_splits(layout, 0.2, 42, folds=2, fold=i, fold_seed=0) for i in range(2)]
+    assert sorted(s for sp in splits for s in sp["val"]) == pool  # each subject validates exactly once
+    for sp in splits:
+        assert sorted(sp["train"] + sp["val"]) == pool and not set(sp["train"]) & set(sp["val"])
+        assert sp["test"] == test
+    other_seed = [assign_splits(layout, 0.2, 42, folds=2, fold=i, fold_seed=1)["val"] for i in range(2)]
+    assert sorted(map(tuple, other_seed)) != sorted(tuple(sp["val"]) for sp in splits) or len(pool) <= 2
+
+
+def test_more_folds_than_subjects_is_a_clear_error(tiny_demo):
+    layout = discover(tiny_demo, DataWarnings())
+    with pytest.raises(DataError, match="split.csv: data.folds=9 needs at least 9 train and val subjects \\(one per fold\\), there are 4"):
+        assign_splits(layout, 0.2, 42, folds=9, fold=0)
+
+
+def test_a_fold_without_a_class_the_others_train_on_is_warned_by_name():
+    train = clips.build_clip_index({"a": np.repeat([0, 1, 2], 16).astype(np.int16)}, 8, 8)
+    val = clips.build_clip_index({"b": np.repeat([0, 1], 16).astype(np.int16)}, 8, 8)
+    warnings = DataWarnings()
+    assert warn_fold_classes(train, val, 1, 3, warnings) == [2]
+    assert warnings.counts["fold_missing_classes"] == 1
+    assert "validation fold 1 has no clip of class 2" in warnings.examples["fold_missing_classes"][0]
+
+
+# --- ties in the selection score ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("tiebreak, kept", [("val_loss", 8), ("first", 3)])
+def test_saturated_validation_keeps_the_surer_model_unless_told_first(tiebreak, kept):
+    cfg = replace(Config(), train={"selection_window": 3, "early_stop_patience": 3,
+                                   "selection_tiebreak": tiebreak}).train
+    state = TrainState()
+    for epoch in range(1, 9):  # validation at 1.000 from epoch 1; the loss keeps falling
+        metrics = {"epoch": float(epoch), "val_loss": 1.0 / epoch, "val_acc": 1.0, "val_mean_class_acc": 1.0}
+        record_epoch(state, metrics, np.ones(3), cfg)
+    assert state.best_epoch["val_mean_class_acc"] == kept
+    # with the tie-break the run is still getting better: early stopping does not count it stale
+    assert (state.stale_epochs == 0) == (tiebreak == "val_loss")
+
+
+# --- statistics of groups ----------------------------------------------------------------
+
+
+def test_a_group_interval_is_the_t_interval_of_its_members():
+    i = stats.mean_interval([0.6, 0.7, 0.8])
+    assert math.isclose(i.mean, 0.7) and math.isclose(i.std, 0.1)
+    half = 4.302652729911275 * 0.1 / math.sqrt(3)  # t(0.975, 2)
+    assert math.isclose(i.low, 0.7 - half) and math.isclose(i.high, min(1.0, 0.7 + half))
+    assert stats.mean_interval([0.5]).low is None  # one member: no interval, never a fake one
+
+
+def test_paired_folds_see_a_consistent_gain_that_unpaired_seeds_cannot():
+    a, b = [0.50, 0.70, 0.90], [0.55, 0.75, 0.95]  # B is 0.05 better on every fold
+    paired = stats.compare_groups(a, b, paired=True, metric="m", unit="folds")
+    welch = stats.compare_groups(a, b, paired=False, metric="m", unit="seeds")
+    assert paired.low == pytest.approx(0.05) and paired.high == pytest.approx(0.05) and paired.verdict == "better"
+    assert welch.verdict == "not distinguishable" and welch.low < 0 < welch.high
+    assert "3 seeds" in welch.sentence() and "recipes" in welch.sentence()
+
+
+def test_an_ensemble_outputs_the_mean_of_its_members_probabilities():
+    torch.manual_seed(0)
+    members = [C3D(num_classes=3, width=0.125).eval() for _ in range(2)]
+    ensemble = C3DEnsemble(members).eval()
+    x = torch.rand(2, 3, 8, 32, 32)
+    with torch.no_grad():
+        expected = torch.stack([torch.softmax(m(x), 1) for m in members]).mean(0)
+        assert torch.allclose(torch.softmax(ensemble(x), 1), expected, atol=1e-6)
+
+
+def test_training_a_config_that_is_an_ensemble_is_refused(tiny_demo, make_config):
+    from exptrack.training.run import train
+
+    with pytest.raises(ConfigError, match="model.ensemble is set on the model a group registers"):
+        train(make_config(tiny_demo, *FAST, "model.ensemble=2"), progress=False)
+
+
+# --- groups end to end -------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_seed_group_logs_its_spread_and_registers_its_best_member(tiny_demo, make_config):
+    from exptrack.training.run import train
+
+    result = train(make_config(tiny_demo, *FAST, "train.seeds=0,1", "mlflow.experiment=seeds"), progress=False)
+    client = mlflow.MlflowClient()
+    parent = client.get_run(result.run_id)
+    children = _children(result.run_id)
+    assert set(children) == {"seed=0", "seed=1"} and parent.info.status == "FINISHED"
+    assert {r.data.params["train.seed"] for r in children.values()} == {"0", "1"}
+    assert {r.info.experiment_id for r in children.values()} == {parent.info.experiment_id}
+    # per epoch: the mean over seeds, logged on the parent
+    values = {s: {m.step: m.value for m in client.get_metric_history(r.info.run_id, "val_mean_class_acc")}
+              for s, r in children.items()}
+    mean = {m.step: m.value for m in client.get_metric_history(result.run_id, "val_mean_class_acc_mean")}
+    assert sorted(mean) == [1, 2] and mean[2] == pytest.approx((values["seed=0"][2] + values["seed=1"][2]) / 2)
+    kept = {s: r.data.metrics["best_val_mean_class_acc"] for s, r in children.items()}
+    assert parent.data.metrics["group_val_mean_class_acc_mean"] == pytest.approx(np.mean(list(kept.values())))
+    assert "group_val_mean_class_acc_ci_low" in parent.data.metrics
+    assert {"group/members.csv", "group/curves.png"} <= {a.path for a in client.list_artifacts(result.run_id, "group")}
+    # registered: the best member's kept model, with the group's figures
+    version = client.get_model_version("grouped", result.model_version)
+    best = max(kept, key=kept.get)
+    assert version.run_id == children[best].info.run_id
+    assert version.tags["group_run_id"] == result.run_id and version.tags["group_members"] == "2"
+    assert "## Group" in version.description
+
+
+@pytest.mark.slow
+def test_a_killed_group_resumes_only_what_did_not_finish(tiny_demo, make_config):
+    from exptrack.training.run import train
+
+    config = make_config(tiny_demo, *FAST, "train.seeds=0,1", "mlflow.experiment=resume-group")
+    hooks = groups.GroupHooks(callbacks=lambda i, member: [_KillAfter(1)] if i == 1 else [])
+    with pytest.raises(KeyboardInterrupt):  # killed in seed 1's run, after its epoch 1
+        groups.train_group(config, progress=False, hooks=hooks)
+    parent = mlflow.MlflowClient().get_run(hooks.members[0]).data.tags[groups.GROUP_RUN_TAG]
+    before = {k: r.info.run_id for k, r in _children(parent).items()}
+    assert mlflow.MlflowClient().get_run(parent).info.status == "FAILED"
+
+    result = train(config, resume=parent, progress=False)
+    after = _children(parent)
+    assert result.run_id == parent and {k: r.info.run_id for k, r in after.items()} == before  # no new member run
+    assert all(r.info.status == "FINISHED" for r in after.values())
+    assert _steps(before["seed=0"], "train_loss") == [1, 2]  # the finished member was not trained again
+    assert _steps(before["seed=1"], "train_loss") == [1, 2]  # the killed one continued: every epoch once
+    assert mlflow.MlflowClient().get_run(parent).info.status == "FINISHED"
+    assert len(mlflow.MlflowClient().search_model_versions("name='grouped'")) == 1
+
+
+@pytest.fixture(scope="module")
+def two_fold_groups(tmp_path_factory, tiny_demo):
+    """Two 2-fold groups on the same subjects (A an ensemble, B with another learning rate), in a
+    store of their own: (tracking uri, run id of A, run id of B)."""
+    import os
+
+    from exptrack.training.run import train
+
+    tmp = tmp_path_factory.mktemp("folds")
+    uri, old = f"sqlite:///{tmp / 'mlflow.db'}", os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+    try:
+        base = [f"data.root={tiny_demo}", f"paths.cache={tmp / 'cache'}", f"paths.outputs={tmp / 'out'}",
+                "model.num_classes=3", "data.frame_size=32", "data.clip_len=8", "data.train_stride=4",
+                "data.eval_stride=8", *FAST, "data.folds=2", "mlflow.experiment=folds"]
+        a = train(load_config(None, [*base, "train.group_model=ensemble"]), progress=False)
+        b = train(load_config(None, [*base, "optim.lr=0.0001"]), progress=False)
+    finally:
+        if old is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old
+    return uri, a, b
+
+
+@pytest.mark.slow
+def test_a_fold_ensemble_is_one_model_that_every_loader_takes(two_fold_groups, monkeypatch):
+    uri, a, _ = two_fold_groups
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    assert a.registered == "ensemble of 2"
+    loaded = load_model(f"models:/grouped/{a.model_version}")
+    assert isinstance(loaded.model, C3DEnsemble) and loaded.config.model.ensemble == 2
+    members = [load_model(f"models:/{m.model_id}").model for m in a.members]
+    x = torch.rand(2, 3, 8, 32, 32)
+    with torch.no_grad():
+        expected = torch.stack([torch.softmax(m(x), 1) for m in members]).mean(0)
+        assert torch.allclose(torch.softmax(loaded.model(x), 1), expected, atol=1e-5)
+    served = mlflow.pyfunc.load_model(f"models:/grouped/{a.model_version}")
+    assert len(served.predict(np.zeros((2, 8, 32, 32, 3), np.uint8))) == 2
+    # each fold validated on its own subjects, and no member saw a test subject
+    children = _children(a.run_id)
+    assert set(children) == {"fold=0", "fold=1"}
+    assert {r.data.params["data.fold"] for r in children.values()} == {"0", "1"}
+
+
+@pytest.mark.slow
+def test_two_fold_groups_are_compared_fold_by_fold(two_fold_groups, tmp_path, monkeypatch):
+    from exptrack.compare import run_compare
+
+    uri, a, b = two_fold_groups
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    result = run_compare(a.run_id, b.run_id, save_dir=tmp_path / "cmp")
+    c = result.comparisons["val_mean_class_acc"]
+    assert result.paired and c.unit == "folds" and c.n_subjects == 2
+    assert c.a == pytest.approx(a.interval.mean) and c.b == pytest.approx(b.interval.mean)
+    assert (tmp_path / "cmp" / "report.html").exists()
+    with pytest.raises(Exception, match="is a seed or fold group: compare two groups"):
+        run_compare(a.run_id, f"models:/grouped/{a.model_version}")
