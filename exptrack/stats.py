@@ -161,8 +161,9 @@ class Interval:
         return f"{self.mean:.3f}{spread}{interval}, n {self.n}"
 
 
-def mean_interval(values, confidence: float = 0.95) -> Interval:
-    """Mean, spread and t interval of the finite `values` (of shares: clipped to [0, 1])."""
+def mean_interval(values, confidence: float = 0.95, bounds: tuple[float, float] = (0.0, 1.0)) -> Interval:
+    """Mean, spread and t interval of the finite `values`, clipped to `bounds` (shares by
+    default; (-1, 1) for differences of shares)."""
     v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float)
     if len(v) == 0:
         return Interval(float("nan"), float("nan"), None, None, 0)
@@ -171,7 +172,7 @@ def mean_interval(values, confidence: float = 0.95) -> Interval:
         return Interval(mean, 0.0, None, None, 1)
     sd = float(v.std(ddof=1))
     half = float(scipy_stats.t.ppf(0.5 + confidence / 2, len(v) - 1)) * sd / np.sqrt(len(v))
-    return Interval(mean, sd, max(mean - half, 0.0), min(mean + half, 1.0), len(v))
+    return Interval(mean, sd, max(mean - half, bounds[0]), min(mean + half, bounds[1]), len(v))
 
 
 def compare_groups(a_values, b_values, paired: bool, metric: str, unit: str, confidence: float = 0.95) -> Comparison:

@@ -109,6 +109,8 @@ def walk(tiny_demo, tmp_path_factory) -> Walk:
                                     storage=optuna_db, retrain_best="true")),
         ("mlflow-tune-default", _mlflow_run("tune", None, study_file=str(study), n_trials="2", study="default",
                                             storage=optuna_db)),
+        ("mlflow-train-seeds", _mlflow_run("train", "walk", config=str(config), seeds="0,1",
+                                           overrides="train.epochs=1")),
     ]
     ran: dict[str, Ran] = {}
     for name, args in steps:
@@ -174,6 +176,20 @@ def test_every_run_of_one_invocation_lands_in_its_experiment(walk, entry, named)
         assert run.data.params["optim.lr"] == "float [0.0001, 0.001] log"  # a searched key: its range
     assert "config.yaml" in _artifacts(client, run.info.run_id)
     assert len(run.data.params) > 70  # the resolved config (a tune parent: its trials' starting config)
+
+
+def test_mlflow_run_train_with_seeds_makes_its_run_the_group(walk):
+    """`-P seeds=0,1`: the run `mlflow run` made is the group's parent; each seed a child of it,
+    in the same experiment, and the group's best member registered with the group's figures."""
+    client = walk.client()
+    parent = client.get_run(walk.run_id("mlflow-train-seeds"))
+    assert parent.data.tags["exptrack.group"] == "seeds" and parent.data.params["seeds"] == "0,1"
+    assert parent.info.status == "FINISHED" and "group_val_mean_class_acc_mean" in parent.data.metrics
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(c.data.params["train.seed"] for c in children) == ["0", "1"]
+    version = client.get_model_version("c3d-exercise", parent.data.tags["group_model_version"])
+    assert version.tags["group_run_id"] == parent.info.run_id
+    assert "group " + parent.info.run_id in walk.ran["mlflow-train-seeds"].stdout
 
 
 def test_no_third_party_warning_or_progress_bar_reaches_a_log(walk):
