@@ -276,3 +276,26 @@ def test_two_fold_groups_are_compared_fold_by_fold(two_fold_groups, tmp_path, mo
     assert (tmp_path / "cmp" / "report.html").exists()
     with pytest.raises(Exception, match="is a seed or fold group: compare two groups"):
         run_compare(a.run_id, f"models:/grouped/{a.model_version}")
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--seeds", "0,0"], "train.seeds: 0 given more than once"),
+    (["--seeds", "1,b"], "train.seeds: 'b' is not an integer"),
+    (["--folds", "1"], "data.folds must be 0 (off) or >= 2"),
+    (["--folds", "2", "--seeds", "0,1"], "data.folds and train.seeds cannot be combined"),
+])
+def test_bad_group_flags_are_one_line_errors_before_any_work(args, says, capsys, tmp_path):
+    from exptrack.cli import main
+
+    assert main(["train", "--set", f"data.root={tmp_path / 'none'}", "data.demo=false", *args]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err and not (tmp_path / "mlflow.db").exists()
+
+
+def test_more_folds_than_subjects_stops_before_the_group_run_starts(tiny_demo, make_config, capsys):
+    from exptrack.cli import main
+
+    assert main(["train", "--set", f"data.root={tiny_demo}", "data.demo=false", "model.num_classes=3",
+                 "--folds", "5"]) == 2
+    assert "data.folds=5 needs at least 5 train and val subjects" in capsys.readouterr().err
+    assert not mlflow.search_runs(search_all_experiments=True, output_format="list")  # no run was made
