@@ -21,19 +21,10 @@ from exptrack.models.c3d import C3D, C3DEnsemble
 from exptrack.training import groups
 from exptrack.training.loop import TrainState, record_epoch
 
+from .faults import KillAfter
+
 FAST = ("model.width=0.125", "train.batch_size=8", "train.eval_batch_size=16", "train.num_workers=0",
         "train.epochs=2", "optim.lr=0.001", "mlflow.log_system_metrics=false", "mlflow.registered_model=grouped")
-
-
-class _KillAfter:
-    """Fault injection: stop the process (as Ctrl-C would) after epoch `n`."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __call__(self, metrics, per_class, saved, state) -> None:
-        if state.epoch == self.n:
-            raise KeyboardInterrupt
 
 
 def _children(run_id: str) -> dict[str, mlflow.entities.Run]:
@@ -198,7 +189,7 @@ def test_a_killed_group_resumes_only_what_did_not_finish(tiny_demo, make_config)
     from exptrack.training.run import train
 
     config = make_config(tiny_demo, *FAST, "train.seeds=0,1", "mlflow.experiment=resume-group")
-    hooks = groups.GroupHooks(callbacks=lambda i, member: [_KillAfter(1)] if i == 1 else [])
+    hooks = groups.GroupHooks(callbacks=lambda i, member: [KillAfter(1)] if i == 1 else [])
     with pytest.raises(KeyboardInterrupt):  # killed in seed 1's run, after its epoch 1
         groups.train_group(config, progress=False, hooks=hooks)
     parent = mlflow.MlflowClient().get_run(hooks.members[0]).data.tags[groups.GROUP_RUN_TAG]

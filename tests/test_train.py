@@ -21,6 +21,8 @@ from exptrack.training import run as train_run
 from exptrack.data.dataset import prepare_batch
 from exptrack.training.loop import NonFiniteLossError, train_one_epoch
 
+from .faults import KillAfter
+
 FAST = ("model.width=0.125", "train.batch_size=8", "train.eval_batch_size=16", "train.num_workers=0",
         "train.checkpoint_every=2", "optim.lr=0.001", "mlflow.experiment=train-test", "mlflow.log_system_metrics=false")
 
@@ -106,17 +108,6 @@ def test_train_logs_a_complete_run_and_registers_the_model(tiny_demo, make_confi
     assert loaded.class_names == read_class_names(tiny_demo, 3)  # the model carries its class names
 
 
-class _KillAfter:
-    """Fault injection: stop the process (as Ctrl-C would) after epoch `n`."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __call__(self, metrics, per_class, saved, state) -> None:
-        if state.epoch == self.n:
-            raise KeyboardInterrupt
-
-
 @pytest.mark.slow
 def test_resume_continues_the_same_run_without_gaps_or_duplicates(tiny_demo, make_config, monkeypatch):
     cfg = _config(make_config, tiny_demo, "train.epochs=4", "train.early_stop_patience=10")
@@ -130,7 +121,7 @@ def test_resume_continues_the_same_run_without_gaps_or_duplicates(tiny_demo, mak
 
     monkeypatch.setattr(tracking.Run, "log_metrics", flaky)
     with pytest.raises(KeyboardInterrupt):
-        train_run.train(cfg, progress=False, callbacks=[_KillAfter(3)])
+        train_run.train(cfg, progress=False, callbacks=[KillAfter(3)])
     monkeypatch.setattr(tracking.Run, "log_metrics", real_log)
     run_id = mlflow.search_runs(experiment_names=["train-test"], output_format="list")[0].info.run_id
     assert _steps(run_id, "val_loss") == [1, 2]
@@ -154,7 +145,7 @@ def test_a_resumed_run_continues_exactly_as_the_uninterrupted_one(tiny_demo, mak
     def history(cfg, kill_after=None, resume=None):
         if kill_after:
             with pytest.raises(KeyboardInterrupt):
-                train_run.train(cfg, progress=False, callbacks=[_KillAfter(kill_after)])
+                train_run.train(cfg, progress=False, callbacks=[KillAfter(kill_after)])
             resume = mlflow.search_runs(experiment_names=[cfg.mlflow.experiment], output_format="list")[0].info.run_id
         return train_run.train(cfg, resume=resume, progress=False).state.history
 
@@ -238,7 +229,7 @@ def test_a_checkpoint_error_is_one_line_in_the_cli(tiny_demo, make_config, monke
 def test_resume_from_a_checkpoint_file(tiny_demo, make_config):
     cfg = _config(make_config, tiny_demo, "train.epochs=2")
     with pytest.raises(KeyboardInterrupt):
-        train_run.train(cfg, progress=False, callbacks=[_KillAfter(1)])
+        train_run.train(cfg, progress=False, callbacks=[KillAfter(1)])
     run_id = mlflow.search_runs(experiment_names=["train-test"], output_format="list")[0].info.run_id
     last = train_run.find_checkpoint(run_id, Path(cfg.paths.outputs))
     assert last.name == "last.pt"
