@@ -159,17 +159,18 @@ def cmd_plots(args: argparse.Namespace) -> None:
 
 
 def cmd_promote(args: argparse.Namespace) -> None:
-    from .registry import promote, version_scores
+    from .registry import promote, version_groups, version_scores
     from .tracking import model_url
 
     decision = promote(args.name, metric=args.metric or f"{args.split}_mean_class_accuracy", split=args.split,
                        data_root=args.data_root,
                        progress=not args.no_progress, reevaluate=args.reevaluate, rule=args.rule,
                        min_improvement=args.min_improvement)
-    scores = version_scores(args.name, args.split)
+    scores, groups = version_scores(args.name, args.split), version_groups(args.name)
     for version, reason in sorted(decision.reasons.items(), key=lambda kv: int(kv[0])):
         shown = ", ".join(f"{m} {v:.3f}" for m, v in scores.get(version, {}).items())
-        print(f"version {version}: {reason}" + (f"  [{args.split}: {shown}]" if shown else ""))
+        print(f"version {version}: {reason}" + (f"  [{args.split}: {shown}]" if shown else "")
+              + (f"  [{groups[version]}]" if version in groups else ""))
     print(f"champion of {args.name}: version {decision.champion}"
           + (f", the best of {decision.compared} versions on this {args.split} set" if decision.compared > 1 else ""))
     print(f"MLflow model: {model_url(args.name, decision.champion)}")

@@ -82,15 +82,25 @@ def render(name: str, version: dict[str, Any], model: dict[str, Any] | None, tra
     return "\n".join(lines) + "\n"
 
 
+GROUP_HEADLINE = "val_mean_class_acc"
+
+
+def group_brief(tags: dict[str, str]) -> str | None:
+    """A version's group in one phrase (None when it is not from a seed or fold group)."""
+    if "group_run_id" not in tags:
+        return None
+    head = GROUP_HEADLINE
+    return (f"group of {tags.get('group_members', '?')} {tags.get('group_kind', '')}: validation mean class accuracy "
+            f"{tags.get(f'group_{head}_mean', '?')} +- {tags.get(f'group_{head}_std', '?')} (sd), 95% interval "
+            f"{tags.get(f'group_{head}_ci', '?')}")
+
+
 def group_section(tags: dict[str, str]) -> list[str]:
     """What a version from a seed or fold group says about the recipe: the spread of its members."""
-    head = "val_mean_class_acc"
     return ["## Group", "",
-            f"This version is {tags.get('group_model', 'the model')} of the {tags.get('group_kind', '')} group run "
-            f"`{tags['group_run_id']}` ({tags.get('group_members', '?')} members). Over its members, the kept models' "
-            f"validation mean class accuracy is {tags.get(f'group_{head}_mean', '?')} +- "
-            f"{tags.get(f'group_{head}_std', '?')} (sd), 95% interval {tags.get(f'group_{head}_ci', '?')}: what the "
-            "recipe gives, where the figures below are one draw of it.", ""]
+            f"This version is {tags.get('group_model', 'the model')} of the group run `{tags['group_run_id']}`, a "
+            f"{group_brief(tags)} over its members' kept models: what the recipe gives, where the figures below are "
+            "one draw of it.", ""]
 
 
 def refresh(name: str, version: str) -> None:

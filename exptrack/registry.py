@@ -270,3 +270,9 @@ def version_scores(name: str, split: str = "test") -> dict[str, dict[str, float]
     """version -> the `<split>_*` headline metrics evaluate tagged it with."""
     return {v["version"]: {m: float(v["tags"][f"{split}_{m}"]) for m in HEADLINE_METRICS if f"{split}_{m}" in v["tags"]}
             for v in tracking.model_versions(name)}
+
+
+def version_groups(name: str) -> dict[str, str]:
+    """version -> its seed or fold group in one phrase, for the versions that come from one."""
+    briefs = {v["version"]: model_card.group_brief(v["tags"]) for v in tracking.model_versions(name)}
+    return {v: b for v, b in briefs.items() if b}

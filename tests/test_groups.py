@@ -182,6 +182,9 @@ def test_a_seed_group_logs_its_spread_and_registers_its_best_member(tiny_demo, m
     assert version.run_id == children[best].info.run_id
     assert version.tags["group_run_id"] == result.run_id and version.tags["group_members"] == "2"
     assert "## Group" in version.description
+    from exptrack.registry import version_groups  # what promote prints beside the version
+
+    assert version_groups("grouped")[result.model_version].startswith("group of 2 seeds: validation mean class")
 
 
 @pytest.mark.slow
