@@ -8,6 +8,7 @@ import os
 import sys
 import traceback
 
+from . import preemption
 from .config import Config, ConfigError, load_config
 from .data.errors import DataError, DataWarnings
 from .errors import CheckpointError, ModelError, OutputError, TrackingUnavailable, TuneFailed
@@ -410,8 +411,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    preemption.install()  # SIGTERM / SIGINT: the run ends KILLED, resumable; exit 128 + signal
     try:
         args.func(args)
+    except preemption.Preempted as exc:
+        print(f"exptrack {args.command}: {exc}; its run ended KILLED (tag {preemption.PREEMPTED_TAG})", file=sys.stderr)
+        return exc.exit_code
     except (CheckpointError, ConfigError, DataError, ModelError, NonFiniteLossError, OutputError, TrackingUnavailable,
             TuneFailed) as exc:
         # exptrack's own errors say what is wrong and what to do: one line, no traceback

@@ -134,6 +134,9 @@ class TrainConfig:
     # Read the loss, accuracy and NaN check from the device every this many batches (and at the
     # end of each epoch): one host-device synchronisation per check, none per step. 0 = epoch end only.
     sync_every: int = 50
+    # After a SIGTERM or SIGINT, wait at most this many seconds for the tracking calls already
+    # queued (epochs that finished) before the run ends KILLED; what is left, a resume delivers.
+    shutdown_timeout: float = 60.0
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ import mlflow.artifacts
 import numpy as np
 
 from .config import Config, to_flat_dict, to_yaml
+from .preemption import PREEMPTED_TAG, Preempted
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -598,9 +599,18 @@ def _version_model_id(mv: Any) -> str | None:
 
 @contextmanager
 def _failure_tag():
-    """A run that ends FAILED says why, in its tag `exptrack.failure` (first line, 500 characters)."""
+    """A run that ends FAILED says why, in its tag `exptrack.failure` (first line, 500 characters).
+    A run stopped by SIGTERM or SIGINT (preemption.Preempted) ends KILLED instead, with the tag
+    `exptrack.preempted=<signal>`: it can be resumed, nothing in it failed."""
     try:
         yield
+    except Preempted as exc:
+        try:
+            mlflow.set_tag(PREEMPTED_TAG, exc.name)
+            mlflow.end_run("KILLED")
+        except Exception:  # noqa: BLE001 - the tracker may be what is gone
+            pass
+        raise
     except BaseException as exc:
         try:
             message = (str(exc).strip().splitlines() or [""])[0]

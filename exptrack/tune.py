@@ -29,6 +29,7 @@ import yaml
 from . import tracking
 from ._proc import process_alive
 from .config import ConfigError, load_config, read_yaml_file
+from .preemption import PREEMPTED_TAG, Preempted
 from .stats import mean_interval
 from .training import models as run_models
 from .training.groups import GroupHooks, GroupResult, train_group
@@ -341,6 +342,9 @@ def objective_for(spec: StudySpec, study: optuna.Study, progress: bool):
             state = "PRUNED"
             log.info("trial %d %s: its run ends KILLED", trial.number, exc)
             raise
+        except Preempted:
+            state = "PREEMPTED"  # run_tune queues its retry
+            raise
         finally:
             for run_id in [*run_ids[:1], *(hooks.members if hooks else [])]:
                 mark_trial_run(run_id, state, Path(config.paths.outputs))
@@ -454,14 +458,34 @@ def run_tune(spec: StudySpec, progress: bool = False, retrain_best: bool = False
     study = open_study(spec)
     n = trials_to_run(study, spec)
     if n > 0:
-        study.optimize(objective_for(spec, study, progress), n_trials=n, catch=(Exception,),
-                       callbacks=[StopWhenDone(spec.n_trials)])
+        try:
+            study.optimize(objective_for(spec, study, progress), n_trials=n, catch=(Exception,),
+                           callbacks=[StopWhenDone(spec.n_trials)])
+        except Preempted as exc:
+            requeue_preempted(study, exc)
+            raise
     if PARENT_ATTR not in study.user_attrs:
         raise RuntimeError(f"study {spec.study}: no trial has started its MLflow parent run")
     summarize(study, spec, study.user_attrs[PARENT_ATTR])
     if retrain_best:
         retrain_best_trial(study, spec, study.user_attrs[PARENT_ATTR], progress)
     return study
+
+
+def requeue_preempted(study: optuna.Study, exc: Preempted) -> None:
+    """After a SIGTERM or SIGINT: this worker's running trial ends FAIL and is queued for one retry
+    (the next run of the command, or another worker, runs it); the study's parent run ends KILLED
+    unless other workers' trials still run in it."""
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if trial.user_attrs.get("worker") == worker and (failed := fail_trial(study, trial.number)) is not None:
+            with optuna_experimental():
+                _retry_once(study, failed)
+            log.warning("trial %d stopped by %s: marked FAIL and queued for one retry", trial.number, exc.name)
+    parent = study.user_attrs.get(PARENT_ATTR)
+    if parent and not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        tracking.set_run_tags(parent, {PREEMPTED_TAG: exc.name})
+        tracking.finish_run(parent, "KILLED")
 
 
 def register_best_once(run_id: str, config) -> str | None:

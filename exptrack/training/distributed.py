@@ -63,6 +63,10 @@ def device_for(env: DistEnv, device: torch.device) -> torch.device:
     return device
 
 
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     if not (dist.is_available() and dist.is_initialized()):
         return values
@@ -78,6 +82,13 @@ def broadcast_flag(flag: bool, device: torch.device) -> bool:
     t = torch.tensor([int(flag)], device=device)
     dist.broadcast(t, src=0)
     return bool(t.item())
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether `flag` is set on any rank (a collective, as all_reduce_min)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    return all_reduce_sum([float(flag)], device)[0] > 0
 
 
 def all_reduce_min(t: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import preemption
 from ..data.dataset import prepare_batch
 from ..metrics import validation_metrics
 from ..progress import progress_bar
@@ -155,6 +157,17 @@ class _DeviceTotals:
         return loss_sum, int(correct)
 
 
+def stop_if_signalled(device: torch.device, at_check: bool = True) -> None:
+    """Raise Preempted after a SIGTERM or SIGINT (preemption.py): in one process at every batch
+    boundary; under DDP at the `sync_every` checks and epoch ends, all ranks together, when any
+    rank got one (torchrun forwards the signal to every rank; a rank that stopped alone would
+    leave the others waiting in a collective)."""
+    if not distributed.is_initialized():
+        preemption.check()
+    elif at_check and distributed.any_rank(preemption.requested() is not None, device):
+        raise preemption.Preempted(preemption.requested() or signal.SIGTERM)
+
+
 def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, optimizer: torch.optim.Optimizer,
                     device: torch.device, *, amp: bool = True, grad_clip: float = 1.0, epoch: int = 1,
                     progress: bool = True, channels_last: bool = False, sync_every: int = 50) -> dict[str, float]:
@@ -183,6 +196,7 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, op
         optimizer.step()
         totals.add(loss, logits, y, batch_no)
         seen += len(y)  # a shape, known on the host
+        stop_if_signalled(device, at_check=sync_every > 0 and batch_no % sync_every == 0)
         if sync_every > 0 and batch_no % sync_every == 0:
             loss_sum, correct = totals.check(epoch, batch_no, last_check)
             last_check = batch_no
@@ -437,13 +451,23 @@ def fit(setup: FitSetup, checkpoints: ckpt.CheckpointManager | None, state: Trai
     epochs, never before `min_epochs`. `stamp` adds run information to
     every checkpoint. The checkpoint of an epoch is written before the callbacks run, so a kill
     in between loses no epoch (the resume path logs what the tracker missed). Under DDP only
-    rank 0 passes a checkpoint manager and callbacks; rank 0 also decides when to stop."""
+    rank 0 passes a checkpoint manager and callbacks; rank 0 also decides when to stop.
+    A SIGTERM or SIGINT stops it at the next batch boundary with Preempted: the resume point is
+    the last finished epoch's checkpoint (last.pt), so the resumed run stays exact."""
     cfg = setup.config.train
     state = state or TrainState()
-    channels_last = use_channels_last(cfg.channels_last, setup.device)
     patience = cfg.early_stop_patience or math.inf  # 0: no early stopping
     if state.stale_epochs >= patience:  # resumed after it had already stopped early
         return state
+    with preemption.deferred():  # a signal stops at the next batch boundary (stop_if_signalled)
+        return _fit_epochs(setup, checkpoints, state, callbacks, progress, stamp, patience)
+
+
+def _fit_epochs(setup: FitSetup, checkpoints: ckpt.CheckpointManager | None, state: TrainState,
+                callbacks: Iterable[EpochCallback], progress: bool, stamp: Callable[[dict[str, Any]], dict[str, Any]],
+                patience: float) -> TrainState:
+    cfg = setup.config.train
+    channels_last = use_channels_last(cfg.channels_last, setup.device)
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         metrics, per_class = run_epoch(setup, epoch, channels_last, progress)
         improved = record_epoch(state, metrics, per_class, cfg)
@@ -456,6 +480,7 @@ def fit(setup: FitSetup, checkpoints: ckpt.CheckpointManager | None, state: Trai
         for callback in callbacks:
             callback(metrics, per_class, saved, state)
         ckpt.restore_rng_state(rng)
+        stop_if_signalled(setup.device)  # a signal during validation: stop after this epoch's checkpoint
         if distributed.broadcast_flag(state.stale_epochs >= patience, setup.device) and epoch < cfg.epochs:
             log.info("early stopping: validation mean class accuracy (mean of the last %d epochs) has not "
                      "improved by %.4f for %d epochs", cfg.selection_window, cfg.early_stop_min_delta,

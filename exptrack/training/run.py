@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from .. import plots, tracking
+from .. import plots, preemption, tracking
 from ..config import Config, ConfigError, config_from_dict
 from ..data import clips
 from ..data.dataset import make_loader
@@ -366,6 +366,13 @@ def _train(config: Config, env: DistEnv, resume: str | None, progress: bool,
         try:
             state = fit(setup, manager, state=state, callbacks=[logger, *callbacks], progress=progress,
                         stamp=_RunStamp(run.id, digest, tuple(class_names)))
+        except preemption.Preempted as exc:
+            left = tracker.drain(config.train.shutdown_timeout)  # what finished epochs queued
+            log.warning("%s: run %s ends KILLED%s; `exptrack train --resume %s` continues after its last "
+                        "finished epoch (its checkpoint)", exc, run.id,
+                        f" ({len(left)} tracking calls undelivered, the resume delivers them)" if left else "",
+                        run.id)
+            raise
         except BaseException:
             tracker.drain(INTERRUPTED_DRAIN_S)  # what finished epochs queued; resume delivers the rest
             raise

@@ -1,0 +1,83 @@
+"""SIGTERM and SIGINT: stop cleanly, say so, and leave nothing RUNNING.
+
+Cloud and cluster jobs end with SIGTERM (spot instances, SLURM time limits, Kubernetes
+evictions), a user with Ctrl-C. `install()` (the CLI does it) turns the first such signal into
+`Preempted`, raised where it is safe:
+
+- inside `deferred()` (the training loop) the signal only sets a flag; the loop raises at its
+  next batch boundary (`check()`), so a step, a checkpoint write or a tracking hand-over is never
+  cut in half;
+- anywhere else it is raised at once, as Python raises KeyboardInterrupt.
+
+`Preempted` is a BaseException: no `except Exception` swallows it. The run it stops ends KILLED
+with the tag `exptrack.preempted=<signal>` (tracking.start_run), and the command exits 128 +
+the signal number (143 for SIGTERM, 130 for SIGINT). A second signal while the first is being
+handled exits at once: every file exptrack writes is written atomically, so nothing is corrupted.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+PREEMPTED_TAG = "exptrack.preempted"  # on a run a signal stopped: the signal's name
+_state = {"requested": None, "deferred": 0}  # the first signal's number; depth of deferred()
+
+
+class Preempted(BaseException):
+    """The process was asked to stop (SIGTERM or SIGINT)."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+        super().__init__(f"stopped by {self.name}")
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def _handler(signum: int, frame) -> None:
+    if _state["requested"] is not None:  # the second signal: the user insists
+        os._exit(128 + signum)
+    _state["requested"] = signum
+    if not _state["deferred"]:
+        raise Preempted(signum)
+
+
+def install() -> None:
+    """Handle SIGTERM and SIGINT as above (in the main thread; a no-op elsewhere)."""
+    if threading.current_thread() is threading.main_thread():
+        for s in SIGNALS:
+            signal.signal(s, _handler)
+
+
+def reset() -> None:
+    """Forget a handled signal (a test that sends several in one process)."""
+    _state["requested"] = None
+
+
+def requested() -> int | None:
+    return _state["requested"]
+
+
+def check() -> None:
+    """Raise Preempted if a signal came (the loop's batch boundaries)."""
+    if _state["requested"] is not None:
+        raise Preempted(_state["requested"])
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """Signals only set the flag within; `check()` raises at the caller's safe points, and
+    leaving the block with a signal pending raises too."""
+    _state["deferred"] += 1
+    try:
+        yield
+    finally:
+        _state["deferred"] -= 1
+    check()

@@ -1,0 +1,171 @@
+"""SIGTERM and SIGINT (exptrack/preemption.py), with real signals sent to real `exptrack`
+processes: the run ends KILLED with its tag, the exit code says which signal, the resume
+continues exactly, a tune trial is retried once, and no run is left RUNNING."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+
+from exptrack import preemption, tracking
+from exptrack.config import load_config
+from exptrack.preemption import PREEMPTED_TAG
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["model.width=0.125", "train.batch_size=4", "train.eval_batch_size=16", "train.num_workers=0",
+        "optim.lr=0.001", "mlflow.log_system_metrics=false", "train.early_stop_patience=0",
+        "train.checkpoint_every=0", "train.precise_bn_batches=0"]
+
+
+def _overrides(tiny_demo: Path, tmp_path: Path, *extra: str) -> list[str]:
+    return [f"data.root={tiny_demo}", "data.demo=false", f"paths.cache={tmp_path / 'cache'}",
+            f"paths.outputs={tmp_path / 'out'}", "model.num_classes=3", "data.frame_size=32", "data.clip_len=8",
+            "data.train_stride=2", "data.eval_stride=8", *FAST, *extra]
+
+
+class Command:
+    """An exptrack subprocess whose log is read as it comes, to signal it at a given line."""
+
+    def __init__(self, args: list[str], cwd: Path) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "exptrack", *args], cwd=cwd, env=env, text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.lines: list[str] = []
+        self.seen = threading.Condition()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            with self.seen:
+                self.lines.append(line)
+                self.seen.notify_all()
+
+    def wait_for(self, text: str, timeout: float = 600) -> None:
+        with self.seen:
+            found = self.seen.wait_for(lambda: any(text in l for l in self.lines) or self.proc.poll() is not None,
+                                       timeout)
+        assert found and any(text in l for l in self.lines), f"never logged {text!r}:\n{''.join(self.lines)[-3000:]}"
+
+    def finish(self, timeout: float = 600) -> int:
+        try:
+            code = self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+        self.reader.join(10)
+        return code
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+
+def _steps(run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in mlflow.MlflowClient().get_metric_history(run_id, key))
+
+
+def _only_run(experiment: str) -> mlflow.entities.Run:
+    runs = mlflow.search_runs(experiment_names=[experiment], output_format="list")
+    assert len(runs) == 1, [r.info.run_name for r in runs]
+    return runs[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_ends_the_run_killed_and_the_resume_continues_exactly(tiny_demo, tmp_path, sig, code):
+    overrides = _overrides(tiny_demo, tmp_path, "train.epochs=4", "mlflow.experiment=preempt")
+    command = Command(["train", "--no-progress", "--set", *overrides], tmp_path)
+    command.wait_for("epoch 2/4")
+    command.proc.send_signal(sig)
+    assert command.finish() == code, command.log[-3000:]
+    assert f"stopped by {signal.Signals(sig).name}" in command.log and "Traceback" not in command.log
+    run = _only_run("preempt")
+    assert run.info.status == "KILLED" and run.data.tags[PREEMPTED_TAG] == signal.Signals(sig).name
+    done = _steps(run.info.run_id, "train_loss")
+    assert done[:2] == [1, 2] and len(done) <= 3  # stopped in epoch 3 (or right after it)
+
+    resumed = Command(["train", "--no-progress", "--resume", run.info.run_id, "--set", *overrides], tmp_path)
+    assert resumed.finish() == 0, resumed.log[-3000:]
+    run = mlflow.MlflowClient().get_run(run.info.run_id)
+    assert run.info.status == "FINISHED"
+    assert _steps(run.info.run_id, "train_loss") == [1, 2, 3, 4]  # every epoch once
+    assert _steps(run.info.run_id, "val_loss") == [1, 2, 3, 4]
+
+
+@pytest.mark.slow
+def test_a_second_signal_exits_at_once_and_corrupts_nothing(tiny_demo, tmp_path):
+    overrides = _overrides(tiny_demo, tmp_path, "train.epochs=3", "mlflow.experiment=twice")
+    command = Command(["train", "--no-progress", "--set", *overrides], tmp_path)
+    command.wait_for("epoch 1/3")
+    command.proc.send_signal(signal.SIGTERM)
+    command.proc.send_signal(signal.SIGTERM)
+    assert command.finish() == 143
+    run_id = _only_run("twice").info.run_id
+    resumed = Command(["train", "--no-progress", "--resume", run_id, "--set", *overrides], tmp_path)
+    assert resumed.finish() == 0, resumed.log[-3000:]
+    assert _steps(run_id, "train_loss") == [1, 2, 3]
+    assert mlflow.MlflowClient().get_run(run_id).info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_a_signalled_tune_retries_its_trial_once_and_leaves_nothing_running(tiny_demo, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study_file = tmp_path / "study.yaml"
+    study_file.write_text(
+        f"config: {ROOT / 'experiments' / 'demo.yaml'}\n"
+        f"overrides: {_overrides(tiny_demo, tmp_path, 'train.epochs=3', 'mlflow.experiment=tune-preempt')}\n"
+        f"study: p\nstorage: \"{storage}\"\nn_trials: 1\npruner: none\n"
+        "space:\n  optim.lr: {type: float, low: 1.0e-4, high: 1.0e-3, log: true}\n")
+    command = Command(["tune", "--study-file", str(study_file), "--no-progress"], tmp_path)
+    command.wait_for("epoch 1/3")
+    command.proc.send_signal(signal.SIGTERM)
+    assert command.finish() == 143, command.log[-3000:]
+    study = optuna.load_study(study_name="p", storage=storage)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]
+    client = mlflow.MlflowClient()
+    runs = mlflow.search_runs(experiment_names=["tune-preempt"], output_format="list")
+    assert {r.info.status for r in runs} == {"KILLED"}  # the trial's run and the study's parent
+    assert all(r.data.tags.get(PREEMPTED_TAG) == "SIGTERM" for r in runs)
+
+    again = Command(["tune", "--study-file", str(study_file), "--no-progress"], tmp_path)
+    assert again.finish() == 0, again.log[-3000:]
+    study = optuna.load_study(study_name="p", storage=storage)
+    assert [t.state for t in study.trials][-1] == optuna.trial.TrialState.COMPLETE  # the retry, once
+    assert len(study.trials) == 2
+    parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
+    assert parent.info.status == "FINISHED"
+
+
+def test_a_run_stopped_by_a_signal_ends_killed_with_its_tag(tmp_path):
+    config = load_config(None, ["mlflow.experiment=killed", "mlflow.log_system_metrics=false"])
+    with pytest.raises(preemption.Preempted):
+        with tracking.start_run(config, run_name="evaluate", command="evaluate") as run:
+            raise preemption.Preempted(signal.SIGTERM)
+    ended = mlflow.MlflowClient().get_run(run.id)
+    assert ended.info.status == "KILLED" and ended.data.tags[PREEMPTED_TAG] == "SIGTERM"
+    assert "exptrack.failure" not in ended.data.tags
+    assert mlflow.active_run() is None
+
+
+def test_inside_the_loop_a_signal_waits_for_the_batch_boundary():
+    preemption.install()
+    try:
+        with pytest.raises(preemption.Preempted) as stopped:
+            with preemption.deferred():
+                os.kill(os.getpid(), signal.SIGTERM)  # handled at once, but only noted
+                reached = True  # the step in progress completes
+                preemption.check()  # the batch boundary
+        assert reached and stopped.value.exit_code == 143
+    finally:
+        preemption.reset()
+        for s in preemption.SIGNALS:
+            signal.signal(s, signal.SIG_DFL if s == signal.SIGTERM else signal.default_int_handler)
