@@ -1,24 +1,25 @@
 """How much does one recipe move between seeds and between folds, and what do groups buy? (issue 20)
 
-On the `hard` demo preset (9 subjects: 6 train and val, 3 test; 10 classes), with exptrack's
-defaults and masks on, each part trains one group (training/groups.py) and scores every
-member's kept model on the test subjects (mean class accuracy), so that the spread a single
-run hides is printed next to the group's own figures:
+On a demo preset (`--preset`: hard, 9 subjects: 6 train and val, 3 test, 10 classes; or easy,
+12 subjects, 6 classes), with exptrack's defaults and masks on, each part trains one group
+(training/groups.py) and scores every member's kept model on the test subjects (mean class
+accuracy), so that the spread a single run hides is printed next to the group's own figures:
 
 - seeds:    train.seeds=0,1,2, train.group_model=ensemble: the members' test figures (mean, sd,
             range) against the ensemble's (one model averaging their probabilities);
-- folds:    data.folds=3: each fold validates on 2 of the 6 subjects; per-fold validation and
-            test figures, their mean and 95% interval over folds;
+- folds:    data.folds=3: each fold validates on a third of the train and val subjects;
+            per-fold validation and test figures, their mean and 95% interval over folds;
 - sampler:  the same folds with train.weighted_sampler=false (a recipe decision of issue 9,
-            "the balanced sampler is worth 16 points", measured on one seed), compared with
-            `folds` fold by fold (paired t over folds, exptrack compare on two groups);
+            "the balanced sampler is worth 16 points", measured on one seed of the hard
+            preset), compared with `folds` fold by fold (paired t over folds, as `exptrack
+            compare` does for two groups);
 - tiebreak: the easy preset (validation saturates), seeds 0,1,2, with
             train.selection_tiebreak=first (the kept model is the first of tied windows, the old
             rule) against the default val_loss: members' test figures and kept epochs.
 
 Usage:
   python bench/groups.py [--parts seeds,folds,sampler,tiebreak] [--frame-size 32] [--epochs 15]
-                         [--width 0.25] [--data DIR] [--easy-data DIR] [--out DIR]
+                         [--width 0.25] [--preset hard] [--data DIR] [--easy-data DIR] [--out DIR]
 Prints one line per member and a table per part; the rows go to <out>/groups.csv.
 """
 
@@ -41,7 +42,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--frame-size", type=int, default=32)
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--width", type=float, default=0.25)
-    p.add_argument("--data", type=Path, help="hard preset root (generated there when missing)")
+    p.add_argument("--preset", default="hard", choices=["hard", "easy"],
+                   help="the demo preset of the seeds, folds and sampler parts (default: hard)")
+    p.add_argument("--data", type=Path, help="that preset's root (generated there when missing)")
     p.add_argument("--easy-data", type=Path, help="easy preset root (generated there when missing)")
     p.add_argument("--out", type=Path, default=OUT_DEFAULT)
     return p.parse_args()
@@ -120,17 +123,17 @@ def summary(rows: pd.DataFrame) -> pd.DataFrame:
 def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     parts = ARGS.parts.split(",")
-    hard, hard_classes = dataset(ARGS.data, "hard")
+    root, classes = dataset(ARGS.data, ARGS.preset)
     rows, groups = [], {}
     if "seeds" in parts:
-        groups["seeds"], r = run_group("seeds", settings(hard, hard_classes, "train.seeds=0,1,2",
+        groups["seeds"], r = run_group("seeds", settings(root, classes, "train.seeds=0,1,2",
                                                          "train.group_model=ensemble"))
         rows += r
     if "folds" in parts or "sampler" in parts:
-        groups["folds"], r = run_group("folds", settings(hard, hard_classes, "data.folds=3"))
+        groups["folds"], r = run_group("folds", settings(root, classes, "data.folds=3"))
         rows += r
     if "sampler" in parts:
-        groups["sampler"], r = run_group("sampler", settings(hard, hard_classes, "data.folds=3",
+        groups["sampler"], r = run_group("sampler", settings(root, classes, "data.folds=3",
                                                              "train.weighted_sampler=false"))
         rows += r
     if "tiebreak" in parts:
