@@ -10,6 +10,8 @@ import pytest
 from exptrack.config import load_config
 from exptrack.data.demo import DemoSpec, write_demo_dataset
 
+pytest_plugins = ["tests.leftovers"]  # the session fails if a test leaves a process running
+
 # Small enough that a dataset is written in about a second.
 TINY = DemoSpec(subjects=6, classes=3, seed=7, width=64, height=80, segment_frames=(24, 30),
                 background_frames=(6, 10), dominant_factor=2.0)

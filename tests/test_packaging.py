@@ -52,3 +52,16 @@ def test_the_config_reference_lists_every_key_once():
 def test_the_readme_links_only_to_files_that_exist():
     for link in re.findall(r"\]\(((?:docs|bench)/[^)#]+)", (ROOT / "README.md").read_text()):
         assert (ROOT / link).is_file(), link
+
+
+def test_a_process_left_running_by_a_test_fails_the_session(tmp_path):
+    """tests/leftovers.py: run pytest on a test that starts `sleep` and never stops it."""
+    import subprocess
+    import sys
+
+    test = tmp_path / "test_leaks.py"
+    test.write_text("import subprocess\n\ndef test_leaks():\n    subprocess.Popen(['sleep', '120'])\n")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "tests.leftovers", "-p", "no:cacheprovider",
+                           str(test)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout[-2000:]
+    assert "1 passed" in proc.stdout and "outlived the session (now killed)" in proc.stdout and "sleep 120" in proc.stdout
