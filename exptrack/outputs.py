@@ -10,29 +10,54 @@ from pathlib import Path
 from .errors import OutputError
 
 DEFAULT_OUTPUTS = Path("outputs")  # relative to the working folder, never to a model's saved config
+# In every folder a command writes its files to: what --overwrite may empty is only a folder
+# that exptrack wrote, never a folder of the user's (the working folder, a dataset, a store).
+MARKER = ".exptrack-output"
 
 
 def check_save_dir(save_dir: str | Path | None, overwrite: bool) -> None:
-    """Refuse, before any work, an explicit folder that already holds files (unless `overwrite`)."""
-    if save_dir is None or overwrite:
+    """Refuse, before any work, an explicit folder that already holds files (unless `overwrite`,
+    and then only one exptrack wrote)."""
+    if save_dir is None:
         return
     folder = Path(save_dir)
     if folder.is_dir() and any(folder.iterdir()):
+        if overwrite:
+            check_overwritable(folder)
+            return
         raise OutputError(f"--save-dir {folder}: the folder is not empty; choose a new one, or pass --overwrite to "
                           "replace its contents (by default each call writes to a fresh folder)")
 
 
+def check_overwritable(folder: Path) -> None:
+    """Refuse to empty a folder exptrack did not write: the working folder or one above it, or a
+    folder without the marker every command's output folder has (a dataset, an MLflow store,
+    the user's own files)."""
+    resolved, here = folder.resolve(), Path.cwd().resolve()
+    if resolved == here or resolved in here.parents:
+        raise OutputError(f"--save-dir {folder} --overwrite: that is the working folder (or holds it), with its MLflow "
+                          "store and outputs; exptrack empties only a folder it wrote: choose a new one")
+    if not (folder / MARKER).exists():
+        shown = ", ".join(sorted(p.name for p in folder.iterdir())[:5])
+        raise OutputError(f"--save-dir {folder} --overwrite: the folder holds files exptrack did not write ({shown}); "
+                          "it empties only a folder an earlier command wrote: choose a new or empty one")
+
+
 def invocation_dir(save_dir: str | Path | None, default: Path, overwrite: bool) -> Path:
     """The folder this call writes to: `default` (made fresh: a suffix when it exists), or the
-    explicit `save_dir`, emptied first when `overwrite`."""
+    explicit `save_dir`, emptied first when `overwrite` (only a folder exptrack wrote). Either
+    gets the marker that makes it exptrack's."""
     if save_dir is None:
-        return fresh_dir(default)
-    folder = Path(save_dir)
-    check_save_dir(folder, overwrite)
-    if folder.is_dir():
-        for entry in folder.iterdir():
-            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-    folder.mkdir(parents=True, exist_ok=True)
+        folder = fresh_dir(default)
+    else:
+        folder = Path(save_dir)
+        check_save_dir(folder, overwrite)
+        if folder.is_dir() and any(folder.iterdir()):
+            check_overwritable(folder)
+            for entry in folder.iterdir():
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        folder.mkdir(parents=True, exist_ok=True)
+    (folder / MARKER).write_text("written by exptrack; `--save-dir <this folder> --overwrite` may empty it\n")
     return folder
 
 

@@ -624,3 +624,22 @@ def test_a_model_kept_from_early_in_a_long_run_is_said():
     assert "epoch 1 of 40" in train_run.early_best(state)
     assert train_run.early_best(TrainState(epoch=40, best_epoch={"val_mean_class_acc": 12}, history=rows)) is None
     assert train_run.early_best(TrainState(epoch=5, best_epoch={"val_mean_class_acc": 1}, history=rows[:5])) is None
+
+
+def test_a_resume_logs_every_metric_an_epoch_missed_not_only_the_training_loss(tmp_path):
+    """A kill between an epoch's training and validation metric calls: the resume completes
+    that epoch's validation metrics, and logs nothing twice."""
+    from exptrack.config import load_config
+    from exptrack.training.loop import TrainState
+
+    config = load_config(None, ["mlflow.experiment=reconcile", "mlflow.log_system_metrics=false"])
+    rows = [{"epoch": float(e), "train_loss": 1.0 / e, "val_loss": 2.0 / e, "val_mean_class_acc": 0.1 * e} for e in (1, 2)]
+    state = TrainState(epoch=2, history=rows, per_class_history=[[0.5, 0.5], [0.6, 0.6]])
+    with tracking.start_run(config, run_name="train", command="train") as run:
+        run.log_metrics({"train_loss": 1.0, "val_loss": 2.0, "val_mean_class_acc": 0.1, "val_acc_class_0": 0.5,
+                         "val_acc_class_1": 0.5}, step=1)
+        run.log_metrics({"train_loss": 0.5}, step=2)  # killed before epoch 2's validation metrics
+        assert train_run.reconcile_history(run, state) == 1
+        assert train_run.reconcile_history(run, state) == 0  # nothing left to complete
+    for key in ("train_loss", "val_loss", "val_mean_class_acc", "val_acc_class_1"):
+        assert _steps(run.id, key) == [1, 2], key  # each once

@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 
 from ..config import ConfigError
+from ..errors import OutputError
 from .layout import BACKGROUND, KEYPOINT_NAMES, NUM_KEYPOINTS, write_class_names
 from .video import write_video
 
@@ -406,6 +407,9 @@ def write_demo_dataset(root: str | Path, spec: DemoSpec = DemoSpec(), progress: 
     if spec.subjects < 3:
         raise ConfigError(f"demo needs at least 3 subjects (train, validation, test), got {spec.subjects}")
     root = Path(root)
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise OutputError(f"{root}: not an empty folder; the demo data is written only to a new or empty folder "
+                          "(it would overwrite split.csv, classes.csv and videos of a dataset there)")
     rng = np.random.default_rng(spec.seed)
     names = subject_ids(rng, spec.subjects)
     n_test = min(max(1, round(spec.test_fraction * spec.subjects)), spec.subjects - 2)

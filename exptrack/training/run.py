@@ -133,16 +133,20 @@ RESUME_ARTIFACT_DIR = "resume"  # mlflow.upload_resume_checkpoint: last.pt, for 
 
 
 def reconcile_history(run: tracking.Run, state: TrainState) -> int:
-    """After a resume, log the epochs that the checkpoint has but MLflow missed (a run killed
-    between writing its checkpoint and logging). Returns how many were logged."""
-    logged = run.logged_steps("train_loss")  # every epoch has it, with or without validation
-    missing = 0
-    for row, per_class in zip(state.history, state.per_class_history):
-        epoch = int(row["epoch"])
-        if epoch not in logged:
-            run.log_metrics(EpochLogger.epoch_metrics(row, per_class), step=epoch)
-            missing += 1
-    return missing
+    """After a resume (and at the end of a run), log what the checkpoint's history has but MLflow
+    missed, metric by metric: a run killed between writing its checkpoint and logging, or
+    between an epoch's training and validation metric calls. Returns how many epochs were
+    completed."""
+    rows = {int(row["epoch"]): EpochLogger.epoch_metrics(row, per_class)
+            for row, per_class in zip(state.history, state.per_class_history)}
+    logged = {key: run.logged_steps(key) for key in {k for metrics in rows.values() for k in metrics}}
+    completed = 0
+    for epoch, metrics in rows.items():
+        missing = {k: v for k, v in metrics.items() if epoch not in logged[k]}
+        if missing:
+            run.log_metrics(missing, step=epoch)
+            completed += 1
+    return completed
 
 
 # What a resumed run may change: how and where it runs, and how long. The rest (data,

@@ -106,6 +106,15 @@ def test_demo_data_command_and_auto_generation(tmp_path, capsys):
     assert (tmp_path / "auto" / "split.csv").exists() and len(data.subjects) == 3
 
 
+def test_demo_data_never_writes_over_a_folder_that_holds_files(tmp_path, capsys):
+    dataset = tmp_path / "mine"
+    dataset.mkdir()
+    (dataset / "split.csv").write_text("id,split\nalice,train\n")
+    assert main(["demo-data", "--out", str(dataset), "--subjects", "3", "--classes", "2"]) == 2
+    assert "not an empty folder; the demo data is written only to a new or empty folder" in capsys.readouterr().err
+    assert (dataset / "split.csv").read_text() == "id,split\nalice,train\n" and len(list(dataset.iterdir())) == 1
+
+
 def _generate(root: str) -> str:
     from exptrack.data.prepare import ensure_data_root
 
