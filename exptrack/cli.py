@@ -238,6 +238,17 @@ def cmd_tune(args: argparse.Namespace) -> None:
     _print_run_link(study.user_attrs[PARENT_ATTR])
 
 
+def _positive(text: str) -> int:
+    """An argparse type: an integer >= 1 (a batch size, stride, frame rate, count)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
 def _flag_value(text: str) -> bool:
     if text.lower() in ("true", "1", "yes"):
         return True
@@ -259,8 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=["easy", "hard"], default="easy",
                    help="easy: large people, plain backgrounds; hard: small people, cluttered shaking scenes "
                         "(default: %(default)s)")
-    p.add_argument("--subjects", type=int, default=None, help="default: the preset's (easy 12, hard 9)")
-    p.add_argument("--classes", type=int, default=None, help="default: the preset's (easy 6, hard 10)")
+    p.add_argument("--subjects", type=_positive, default=None, help="default: the preset's (easy 12, hard 9)")
+    p.add_argument("--classes", type=_positive, default=None, help="default: the preset's (easy 6, hard 10)")
     p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     p.set_defaults(func=cmd_demo_data)
 
@@ -271,8 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train C3D; one MLflow run, best model registered")
     _config_options(p)
-    p.add_argument("--epochs", type=int, help="train.epochs (default: the config's)")
-    p.add_argument("--batch-size", type=int, help="train.batch_size (default: the config's)")
+    p.add_argument("--epochs", type=_positive, help="train.epochs (default: the config's)")
+    p.add_argument("--batch-size", type=_positive, help="train.batch_size (default: the config's)")
     p.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: the config's train.device; auto: cuda > mps > cpu)")
     p.add_argument("--seed", type=int, help="train.seed (default: the config's)")
     p.add_argument("--downsample-class1", action="store_true", help="downsample class 1 to the median class")
@@ -302,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="models:/name@alias, models:/name/version, runs:/id, a run id or a checkpoint file"
                         + _DEFAULT)
     p.add_argument("--split", default="test", choices=["test", "val", "train"], help="split to evaluate on" + _DEFAULT)
-    p.add_argument("--batch-size", type=int, default=16, help="clips per batch" + _DEFAULT)
+    p.add_argument("--batch-size", type=_positive, default=16, help="clips per batch" + _DEFAULT)
     p.add_argument("--device", default="auto", help="cuda, cuda:1, mps, cpu or auto (cuda > mps > cpu)" + _DEFAULT)
     p.add_argument("--save-dir", help="folder for the report files (default: a fresh outputs/evaluate/<run id>/)")
     p.add_argument("--overwrite", action="store_true", help="replace the contents of a --save-dir that holds files")
@@ -315,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plots", help="training curves of a run (also made at the end of every train run)")
     p.add_argument("--run", required=True, help="MLflow run id of a train run")
-    p.add_argument("--top-classes", type=int, default=10, help="classes in the top-classes figure" + _DEFAULT)
+    p.add_argument("--top-classes", type=_positive, default=10, help="classes in the top-classes figure" + _DEFAULT)
     p.add_argument("--save-dir", default="outputs/plots", help="folder for the figures" + _DEFAULT)
     p.set_defaults(func=cmd_plots)
 
@@ -357,14 +368,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("visualize", help="GradCAM videos of a model, logged as an MLflow run")
     p.add_argument("--model", default="models:/c3d-exercise@champion", help="model reference, as for evaluate" + _DEFAULT)
     p.add_argument("--split", default="test", choices=["test", "val", "train"], help="split the clips come from" + _DEFAULT)
-    p.add_argument("--num-samples", type=int, default=20, help="clips to render" + _DEFAULT)
+    p.add_argument("--num-samples", type=_positive, default=20, help="clips to render" + _DEFAULT)
     p.add_argument("--layer", default="block4", choices=["block3", "block4", "block5"], help="GradCAM layer" + _DEFAULT)
     p.add_argument("--alpha", type=float, default=0.5, help="heatmap weight in the overlay" + _DEFAULT)
-    p.add_argument("--fps", type=int, default=10, help="frame rate of the videos" + _DEFAULT)
+    p.add_argument("--fps", type=_positive, default=10, help="frame rate of the videos" + _DEFAULT)
     p.add_argument("--misclassified-only", action="store_true", help="sample among the misclassified clips only")
-    p.add_argument("--scale-factor", type=int, default=3, help="upscaling of overlay_with_probs.mp4" + _DEFAULT)
+    p.add_argument("--scale-factor", type=_positive, default=3, help="upscaling of overlay_with_probs.mp4" + _DEFAULT)
     p.add_argument("--long-sample", action="store_true", help="one long sample of a subject's video")
-    p.add_argument("--sample-duration", type=int, default=300, help="frames of the long sample" + _DEFAULT)
+    p.add_argument("--sample-duration", type=_positive, default=300, help="frames of the long sample" + _DEFAULT)
     p.add_argument("--start-frame", type=int, default=0, help="first frame of the long sample" + _DEFAULT)
     p.add_argument("--subject-id", help="subject of the long sample (default: the first of the split)")
     p.add_argument("--save-dir", help="output folder (default: a fresh outputs/visualize/<run id>/)")
@@ -384,8 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-dir", help="output folder (default: a fresh outputs/predict/<video name>-<time>/)")
     p.add_argument("--overwrite", action="store_true", help="replace the contents of a --save-dir that holds files")
     p.add_argument("--device", default="auto", help="cuda, mps, cpu or auto" + _DEFAULT)
-    p.add_argument("--stride", type=int, help="window stride in frames (default: half a clip)")
-    p.add_argument("--smooth", type=int, default=31, help="majority window (frames) for the segments" + _DEFAULT)
+    p.add_argument("--stride", type=_positive, help="window stride in frames (default: half a clip)")
+    p.add_argument("--smooth", type=_positive, default=31, help="majority window (frames) for the segments" + _DEFAULT)
     p.add_argument("--overlay", action="store_true", help="also write overlay.mp4 with the predicted labels")
     p.set_defaults(func=cmd_predict)
 
@@ -394,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", help="study name (default: the study file's)")
     p.add_argument("--storage", help="sqlite:///file.db, a journal file (*.log) or postgresql://... "
                    "(default: the study file's)")
-    p.add_argument("--n-trials", type=int, help="total trials of the study, a rerun continues it (default: the study file's)")
+    p.add_argument("--n-trials", type=_positive, help="total trials of the study, a rerun continues it (default: the study file's)")
     p.add_argument("--retrain-best", nargs="?", const=True, default=False, type=_flag_value,
                    help="afterwards, fit the best params on train+val subjects and register that model too "
                         "(also --retrain-best true|false, for MLproject)")

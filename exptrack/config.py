@@ -9,6 +9,7 @@ that name the key, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -490,7 +491,8 @@ def replace(config: Config, **changes: dict[str, Any]) -> Config:
 def validate(config: Config) -> None:
     """Cross-field and range checks that a type alone cannot express."""
     d = config.data
-    problems = []
+    problems = [f"{key} must be a finite number, got {value}" for key, value in to_flat_dict(config).items()
+                if isinstance(value, float) and not math.isfinite(value)]  # nan passes every range check
     if d.clip_len < 1:
         problems.append("data.clip_len must be >= 1")
     if d.train_stride < 1 or d.eval_stride < 1:
@@ -511,6 +513,18 @@ def validate(config: Config) -> None:
         problems.append("model.num_classes must be >= 2")
     if config.model.width <= 0:
         problems.append("model.width must be > 0")
+    if not (0.0 <= config.model.dropout < 1.0 and 0.0 <= config.model.dropout_fc < 1.0):
+        problems.append("model.dropout and model.dropout_fc must be in [0, 1)")
+    if not 0.0 <= d.keypoint_min_conf <= 1.0:
+        problems.append("data.keypoint_min_conf must be in [0, 1]")
+    if not 0 <= d.dominant_class < config.model.num_classes:
+        problems.append(f"data.dominant_class must be a class id, 0..{config.model.num_classes - 1}")
+    if config.train.eval_batch_size < 1 or config.train.num_workers < 0:
+        problems.append("train.eval_batch_size must be >= 1 and train.num_workers >= 0")
+    if config.optim.weight_decay < 0 or config.optim.min_lr < 0 or not 0.0 < config.optim.plateau_factor < 1.0:
+        problems.append("optim.weight_decay and optim.min_lr must be >= 0, optim.plateau_factor in (0, 1)")
+    if config.train.grad_clip < 0 or config.train.shutdown_timeout < 0:
+        problems.append("train.grad_clip (0 = off) and train.shutdown_timeout must be >= 0")
     if not 0.0 <= config.model.static_removal <= 1.0:
         problems.append("model.static_removal must be in [0, 1]")
     if config.train.batch_size < 1 or config.train.epochs < 1:

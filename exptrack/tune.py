@@ -104,8 +104,8 @@ def load_study_spec(path: str | Path, **changes: Any) -> StudySpec:
     for key, p in (raw.pop("space", None) or {}).items():
         if not isinstance(p, dict) or p.get("type") not in ("float", "int", "categorical"):
             raise ConfigError(f"{path}: space.{key} needs type float, int or categorical")
-        space.append(Param(key, p["type"], p.get("low"), p.get("high"), bool(p.get("log", False)),
-                           tuple(p.get("choices", ()))))
+        space.append(Param(key, p["type"], _number(p.get("low")), _number(p.get("high")), bool(p.get("log", False)),
+                           tuple(p.get("choices") or ())))
     known = set(StudySpec.__dataclass_fields__) - {"space"}
     unknown = set(raw) - known
     if unknown:
@@ -122,14 +122,39 @@ def load_study_spec(path: str | Path, **changes: Any) -> StudySpec:
         log.warning("%s: the Wilcoxon pruner cannot stop a trial with fewer than 4 members (the smallest one-sided "
                     "p-value of 3 is 0.125, above its 0.1 threshold): every trial runs all its members", path)
     load_config(spec.config, spec.overrides)
-    for p in space:  # every key of the space must exist and take its type
-        load_config(spec.config, [*spec.overrides, f"{p.key}={p.low if p.low is not None else p.choices[0]}"])
+    for p in space:  # every key of the space must exist and take its type, at both ends of its range
+        check_space_entry(path, p)
+        for value in ((p.low, p.high) if p.kind != "categorical" else p.choices):
+            load_config(spec.config, [*spec.overrides, f"{p.key}={value}"])
     if spec.direction not in ("maximize", "minimize"):
         raise ConfigError(f"{path}: direction must be maximize or minimize")
     if not (spec.heartbeat_interval > 0 and spec.grace_period >= 3 * spec.heartbeat_interval):
         raise ConfigError(f"{path}: need heartbeat_interval > 0 and grace_period >= 3 x heartbeat_interval "
                           "(a live but slow worker must not look dead)")
     return spec
+
+
+def _number(value: Any) -> Any:
+    """YAML 1.1 reads 1e-4 (no dot) as a string: the number it means, as config values do."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def check_space_entry(path: Path, p: Param) -> None:
+    """A space entry's shape: low < high (numbers) for float and int, choices for categorical."""
+    if p.kind == "categorical":
+        if not p.choices:
+            raise ConfigError(f"{path}: space.{p.key} is categorical but has no choices")
+        return
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (p.low, p.high))
+    if not numbers or not p.low < p.high:
+        raise ConfigError(f"{path}: space.{p.key} needs numbers low < high, got low {p.low!r}, high {p.high!r}")
+    if p.log and p.low <= 0:
+        raise ConfigError(f"{path}: space.{p.key} is log-scaled: low must be > 0, got {p.low}")
 
 
 def check_study_group(path: Path, raw: dict[str, Any]) -> None:

@@ -130,3 +130,11 @@ def test_tune_exits_non_zero_when_no_trial_completed(monkeypatch, capsys):
     study_file = Path(__file__).resolve().parents[1] / "experiments" / "tune" / "demo.yaml"
     assert main(["tune", "--study-file", str(study_file), "--n-trials", "1"]) == 2
     assert "no trial completed (1 failed, 0 pruned)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [["predict", "v.mp4", "--stride", "-4"], ["predict", "v.mp4", "--smooth", "-5"],
+                                  ["evaluate", "--batch-size", "0"], ["visualize", "--fps", "0"]])
+def test_counts_and_sizes_below_one_are_refused_by_the_parser(args, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2 and "expected an integer >= 1" in capsys.readouterr().err

@@ -188,3 +188,19 @@ def test_static_removal_auto_follows_the_mask_switch(tmp_path):
     assert load_config(None, ["data.use_masks=true", "model.static_removal=0.5"]).model.static_removal == 0.5
     saved = to_flat_dict(load_config(None, ["data.use_masks=true"]))
     assert saved["model.static_removal"] == 0.0  # logged as params and in every checkpoint
+
+
+@pytest.mark.parametrize("override, says", [
+    ("data.skeleton_sigma=nan", "data.skeleton_sigma must be a finite number"),
+    ("optim.lr=nan", "optim.lr must be a finite number"),
+    ("train.grad_clip=nan", "train.grad_clip must be a finite number"),
+    ("augment.rotation_deg=inf", "augment.rotation_deg must be a finite number"),
+    ("model.dropout=1.5", "model.dropout and model.dropout_fc must be in"),
+    ("optim.weight_decay=-1", "optim.weight_decay and optim.min_lr must be >= 0"),
+    ("optim.plateau_factor=2", "optim.plateau_factor in \\(0, 1\\)"),
+    ("data.dominant_class=99", "data.dominant_class must be a class id, 0..16"),
+    ("train.eval_batch_size=0", "train.eval_batch_size must be >= 1"),
+])
+def test_values_out_of_range_are_refused_naming_the_key(override, says):
+    with pytest.raises(ConfigError, match=says):
+        load_config(None, [override])

@@ -429,3 +429,17 @@ def test_pruned_trials_leave_no_checkpoints_or_logged_models(tiny_demo, tmp_path
         assert not (tmp_path / "out" / "runs" / run_id / "checkpoints").exists()
         assert tracking.run_logged_models(run_id) == []
     assert not list((tmp_path / "mlruns").rglob("weights.pt"))
+
+
+@pytest.mark.parametrize("entry, says", [
+    ("{type: float, high: 1.0}", "space.optim.lr needs numbers low < high, got low None, high 1.0"),
+    ("{type: float, low: 0.1, high: 0.01}", "space.optim.lr needs numbers low < high"),
+    ("{type: float, low: 0, high: 0.1, log: true}", "space.optim.lr is log-scaled: low must be > 0"),
+    ("{type: categorical}", "space.optim.lr is categorical but has no choices"),
+    ("{type: float, low: 1e-5, high: nan}", "space.optim.lr needs numbers low < high"),
+])
+def test_a_space_entry_of_the_wrong_shape_names_the_key(tmp_path, entry, says):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"config: {ROOT / 'experiments' / 'demo.yaml'}\nspace:\n  optim.lr: {entry}\n")
+    with pytest.raises(ConfigError, match=f"bad.yaml: {says}"):
+        load_study_spec(bad)
