@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -345,8 +346,24 @@ def _check_mapping(raw: dict[str, Any], where: str) -> dict[str, dict[str, Any]]
 # Loading
 
 
+MAX_YAML_BYTES = 1 << 20  # a config or study file is a few KB; anything this large is not one
+MAX_YAML_ALIASES = 100  # `*alias` references: a few are a convenience, nested thousands a bomb
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last)."""
+    """SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last), and
+    more than MAX_YAML_ALIASES aliases (a "billion laughs" file expands them into memory)."""
+
+    aliases = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_YAML_ALIASES:
+                mark = self.peek_event().start_mark
+                raise ConfigError(f"{self.name}:{mark.line + 1}: more than {MAX_YAML_ALIASES} YAML aliases (*name); "
+                                  "a config has no use for that many (nested aliases expand without bound)")
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
@@ -370,7 +387,12 @@ def read_yaml_file(path: Path) -> Any:
     a folder, bytes that are not UTF-8, invalid YAML or a key given twice in one mapping."""
     if path.is_dir():
         raise ConfigError(f"{path}: is a folder, not a YAML config file")
+    if path.exists() and not path.is_file():  # a FIFO would block, /dev/zero never end
+        raise ConfigError(f"{path}: not a regular file (a device, pipe or socket), not a YAML config file")
     try:
+        if path.stat().st_size > MAX_YAML_BYTES:
+            raise ConfigError(f"{path}: {path.stat().st_size} bytes, larger than a config file can be "
+                              f"({MAX_YAML_BYTES} bytes)")
         raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
@@ -539,9 +561,25 @@ def validate(config: Config) -> None:
         problems.append("augment.scale must be in [0, 1) and augment.translate in [0, 0.5]")
     if config.optim.lr <= 0:
         problems.append("optim.lr must be > 0")
-    problems += _group_problems(config)
+    problems += _group_problems(config) + _name_problems(config)
     if problems:
         raise ConfigError("; ".join(problems))
+
+
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def _name_problems(config: Config) -> list[str]:
+    """Names MLflow and torch would refuse later, with a worse message, after the work began."""
+    problems = []
+    if not DEVICE.fullmatch(config.train.device):
+        problems.append(f"train.device must be auto, cpu, cuda, cuda:N or mps, got {config.train.device!r}")
+    if not config.mlflow.experiment.strip():
+        problems.append("mlflow.experiment must not be empty")
+    if "/" in config.mlflow.registered_model or ":" in config.mlflow.registered_model:
+        problems.append(f"mlflow.registered_model must not contain '/' or ':' (it is part of models:/NAME/VERSION), "
+                        f"got {config.mlflow.registered_model!r}")
+    return problems
 
 
 def _group_problems(config: Config) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import typing
 import os
 import random
 import socket
@@ -110,10 +111,23 @@ def load_study_spec(path: str | Path, **changes: Any) -> StudySpec:
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{path}: unknown study keys {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
-    raw["config"] = str((path.parent / raw["config"]).resolve()) if "config" in raw else None
-    raw["overrides"] = tuple(raw.get("overrides", ()))
+    if not isinstance(raw.get("config"), str):
+        raise ConfigError(f"{path}: config: the experiment YAML the trials start from (a path), got {raw.get('config')!r}")
+    raw["config"] = str((path.parent / raw["config"]).resolve())
+    overrides = raw.get("overrides") or ()
+    if not isinstance(overrides, (list, tuple)) or not all(isinstance(o, str) for o in overrides):
+        raise ConfigError(f"{path}: overrides: a list of section.key=value strings, got {overrides!r}")
+    raw["overrides"] = tuple(overrides)
     check_study_group(path, raw)
+    check_study_values(path, raw)
     spec = StudySpec(**{**raw, **{k: v for k, v in changes.items() if v is not None}, "space": tuple(space)})
+    if spec.n_trials < 1:
+        raise ConfigError(f"{path}: n_trials must be >= 1, got {spec.n_trials}")
+    if spec.metric not in EPOCH_METRICS:
+        raise ConfigError(f"{path}: metric {spec.metric!r} is not logged every epoch (one of {', '.join(EPOCH_METRICS)})")
+    if not (is_journal(spec.storage) or spec.storage.split(":", 1)[0].split("+")[0] in RDB_DIALECTS):
+        raise ConfigError(f"{path}: storage {spec.storage!r}: a journal file (*.log or journal:PATH), sqlite:///FILE "
+                          "or postgresql://... (also mysql://...)")
     if spec.pruner is None:
         spec = dataclasses.replace(spec, pruner="wilcoxon" if spec.folds or spec.seeds else "median")
     if spec.pruner not in PRUNERS:
@@ -155,6 +169,20 @@ def check_space_entry(path: Path, p: Param) -> None:
         raise ConfigError(f"{path}: space.{p.key} needs numbers low < high, got low {p.low!r}, high {p.high!r}")
     if p.log and p.low <= 0:
         raise ConfigError(f"{path}: space.{p.key} is log-scaled: low must be > 0, got {p.low}")
+
+
+# What every epoch of a run with validation logs: what a trial may be scored on.
+EPOCH_METRICS = ("val_mean_class_acc", "val_acc", "val_top3_acc", "val_loss", "train_loss", "train_acc")
+RDB_DIALECTS = ("sqlite", "postgresql", "mysql")
+
+
+def check_study_values(path: Path, raw: dict[str, Any]) -> None:
+    """The plain study keys (n_trials, seed, metric, ...) have their types (converted in place)."""
+    from .config import check_value
+
+    hints = typing.get_type_hints(StudySpec)
+    for key in set(raw) - {"config", "overrides", "folds", "seeds", "space"}:
+        raw[key] = check_value(f"{path}: {key}", hints[key], raw[key])
 
 
 def check_study_group(path: Path, raw: dict[str, Any]) -> None:

@@ -204,3 +204,51 @@ def test_static_removal_auto_follows_the_mask_switch(tmp_path):
 def test_values_out_of_range_are_refused_naming_the_key(override, says):
     with pytest.raises(ConfigError, match=says):
         load_config(None, [override])
+
+
+@pytest.mark.parametrize("override, says", [
+    ("train.device=garbage", "train.device must be auto, cpu, cuda, cuda:N or mps"),
+    ("mlflow.experiment=", "mlflow.experiment must not be empty"),
+    ("mlflow.registered_model=team/c3d", "mlflow.registered_model must not contain '/'"),
+])
+def test_names_mlflow_or_torch_would_refuse_later_are_refused_now(override, says):
+    with pytest.raises(ConfigError, match=says):
+        load_config(None, [override])
+
+
+def test_a_cuda_device_on_a_machine_without_one_is_a_config_error(monkeypatch):
+    import torch
+
+    from exptrack.training.loop import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="device 'cuda': this machine has no CUDA device"):
+        resolve_device("cuda")
+
+
+def test_a_billion_laughs_yaml_is_refused_before_it_expands(tmp_path):
+    levels = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 12):
+        levels.append(f"{chr(97 + i)}: &{chr(97 + i)} [" + ", ".join([f"*{chr(96 + i)}"] * 10) + "]")
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(levels) + "\n")
+    with pytest.raises(ConfigError, match="bomb.yaml:12: more than 100 YAML aliases"):
+        load_config(bomb)
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "fifo"])
+def test_a_device_or_a_pipe_as_config_is_refused_without_reading_it(tmp_path, special):
+    import os
+
+    path = tmp_path / "fifo" if special == "fifo" else Path(special)
+    if special == "fifo":
+        os.mkfifo(path)  # reading would block until a writer came
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_config(path)
+
+
+def test_a_config_file_larger_than_any_config_is_refused(tmp_path):
+    big = tmp_path / "big.yaml"
+    big.write_text("# " + "x" * (2 << 20) + "\n")
+    with pytest.raises(ConfigError, match="larger than a config file can be"):
+        load_config(big)

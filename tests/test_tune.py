@@ -125,6 +125,12 @@ def test_study_file_errors_name_the_key(tmp_path):
     ("seeds: [1, 1]", "seeds: 1 given more than once"),
     ("folds: 1", "folds must be 0 \\(off\\) or >= 2"),
     ("pruner: medain", "pruner 'medain' is not one of median, hyperband, wilcoxon, none"),
+    ("n_trials: x", "n_trials: expected int, got str 'x'"),
+    ("n_trials: 0", "n_trials must be >= 1, got 0"),
+    ("heartbeat_interval: 30s", "heartbeat_interval: expected int"),
+    ("metric: val_mean_class_accuracy", "metric 'val_mean_class_accuracy' is not logged every epoch"),
+    ("storage: oracle://db", "storage 'oracle://db': a journal file"),
+    ("overrides: train.epochs=2", "overrides: a list of section.key=value strings"),
 ])
 def test_study_group_and_pruner_errors_name_the_key(tmp_path, lines, says):
     bad = tmp_path / "bad.yaml"

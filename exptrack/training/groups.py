@@ -40,7 +40,7 @@ from ..data.prepare import ensure_data_root, fold_pool
 from ..models.c3d import ensemble_state_dict
 from . import checkpoint as ckpt
 from . import models as run_models
-from .loop import EpochCallback
+from .loop import EpochCallback, resolve_device
 from .run import RunOptions, best_logged_model, refuse_ensemble_training, resume_config, train
 
 log = logging.getLogger("exptrack.train")
@@ -140,6 +140,7 @@ def train_group(config: Config, resume: str | None = None, progress: bool = True
         saved = tracking.train_run_config(resume)
         config = resume_config(config_from_dict(saved, f"run {resume} config.yaml"), config) if saved else config
     refuse_ensemble_training(config)
+    resolve_device(config.train.device)  # a device this machine lacks: before the group's run starts
     kind = group_kind(config)
     folds = check_folds(config) if kind == "folds" else None
     members = members_of(config)

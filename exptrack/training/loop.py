@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .. import preemption
+from ..config import DEVICE, ConfigError
 from ..data.dataset import prepare_batch
 from ..metrics import validation_metrics
 from ..progress import progress_bar
@@ -65,7 +66,16 @@ class TrainState:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' picks cuda > mps > cpu; anything else is passed to torch.device."""
+    """'auto' picks cuda > mps > cpu; anything else is passed to torch.device, after checking
+    that this machine has it."""
+    if not DEVICE.fullmatch(name):
+        raise ConfigError(f"device {name!r}: expected auto, cpu, cuda, cuda:N or mps")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r}: this machine has no CUDA device (torch {torch.__version__}); use cpu or auto")
+    if name.startswith("cuda:") and int(name.split(":")[1]) >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise ConfigError("device 'mps': this machine has no MPS device; use cpu or auto")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
