@@ -7,7 +7,6 @@ folder shows every run. ``mlflow.tracking_uri`` in the config points elsewhere.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import platform
@@ -274,10 +273,10 @@ class Run:
         example = np.zeros((1, clip_len, 8, 8, 3), dtype=np.uint8)  # (N, T, H, W, 3)
         try:
             with tempfile.TemporaryDirectory(prefix="exptrack-model-") as tmp, _quiet_model_logging():
-                local = Path(tmp) / "model"
+                local, code = Path(tmp) / "model", _package_copy(Path(tmp) / "code")
                 mlflow.pyfunc.save_model(
                     str(local), python_model=str(MODEL_CODE), artifacts={"weights": str(weights)},
-                    code_paths=[str(_package_copy())], signature=clip_model_signature(clip_len, class_names),
+                    code_paths=[str(code)], signature=clip_model_signature(clip_len, class_names),
                     input_example=example, pip_requirements=model_requirements(),
                     mlflow_model=Model(model_id=model.model_id, run_id=self.id))
                 client.log_model_artifacts(model.model_id, str(local))
@@ -435,16 +434,13 @@ def _quiet_model_logging():
             os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
 
 
-@functools.lru_cache(maxsize=1)
-def _package_copy() -> Path:
-    """The exptrack package without bytecode caches, for a model's code/ folder (made once)."""
-    import atexit
+def _package_copy(folder: Path) -> Path:
+    """The exptrack package without bytecode caches, for a model's code/ folder, copied into
+    `folder` (the caller's temporary folder: nothing is left in the temp directory, also when
+    the process is stopped)."""
     import shutil
-    import tempfile
 
-    tmp = Path(tempfile.mkdtemp(prefix="exptrack-code-"))
-    atexit.register(shutil.rmtree, tmp, True)
-    return Path(shutil.copytree(PACKAGE_DIR, tmp / PACKAGE_DIR.name,
+    return Path(shutil.copytree(PACKAGE_DIR, folder / PACKAGE_DIR.name,
                                 ignore=shutil.ignore_patterns("__pycache__", "*.pyc")))
 
 

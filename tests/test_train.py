@@ -643,3 +643,15 @@ def test_a_resume_logs_every_metric_an_epoch_missed_not_only_the_training_loss(t
         assert train_run.reconcile_history(run, state) == 0  # nothing left to complete
     for key in ("train_loss", "val_loss", "val_mean_class_acc", "val_acc_class_1"):
         assert _steps(run.id, key) == [1, 2], key  # each once
+
+
+@pytest.mark.slow
+def test_a_run_leaves_nothing_in_the_temp_directory(tiny_demo, make_config, tmp_path, monkeypatch):
+    import tempfile
+
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    train_run.train(_config(make_config, tiny_demo, "train.epochs=1", "mlflow.experiment=temp"), progress=False)
+    # no exptrack-code-*, -model-*, -resume-* folder (torch keeps its own compile cache there)
+    assert sorted(p.name for p in temp.iterdir() if p.name.startswith("exptrack")) == []
