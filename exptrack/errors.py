@@ -23,5 +23,6 @@ class CheckpointError(RuntimeError):
 
 
 class TrackingUnavailable(RuntimeError):
-    """The tracking server did not take a finished run's queued updates in time; the run's
-    checkpoints hold them, and `train --resume` delivers them later."""
+    """The tracking store cannot be used (not reachable, not MLflow, not a database, read-only:
+    found before any work), or the server did not take a finished run's queued updates in time
+    (the run's checkpoints hold them, and `train --resume` delivers them later)."""

@@ -152,6 +152,7 @@ def run_evaluate(model_ref: str, split: str = "test", batch_size: int = 16, devi
     go to `save_dir`, by default a fresh outputs/evaluate/<run id>/."""
     check_save_dir(save_dir, overwrite)
     device = resolve_device(device_name)
+    tracking.check_store(base_config or Config())  # before the model is looked up in it
     loaded = load_model(model_ref, device)
     config = evaluation_config(loaded.config, data_root, overrides or {})
     if base_config is not None:  # tracking and paths come from the caller's config

@@ -21,7 +21,8 @@ import mlflow
 import mlflow.artifacts
 import numpy as np
 
-from .config import Config, to_flat_dict, to_yaml
+from .config import Config, ConfigError, to_flat_dict, to_yaml
+from .errors import TrackingUnavailable
 from .preemption import PREEMPTED_TAG, Preempted
 
 if TYPE_CHECKING:
@@ -44,6 +45,75 @@ def use_tracking_uri(config: Config) -> None:
     (workers starting together on a fresh SQLite file must not all create its tables)."""
     if config.mlflow.tracking_uri:
         mlflow.set_tracking_uri(config.mlflow.tracking_uri)
+
+
+STORE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "file", "http", "https", "databricks")
+_CHECKED_STORES: set[str] = set()
+
+
+def check_store(config: Config) -> str:
+    """The configured tracking store, checked before any work (decoding, training) so that a
+    store that is not there or not writable is named in one line, not found by MLflow's retries
+    minutes later: an unknown scheme, an SQLite file that is a folder, not a database or not
+    writable, an HTTP address where nothing answers or something other than MLflow does.
+    Once per store and process. Returns the tracking URI."""
+    use_tracking_uri(config)
+    uri = mlflow.get_tracking_uri()
+    if uri in _CHECKED_STORES:
+        return uri
+    scheme = uri.split(":", 1)[0].split("+")[0] if ":" in uri else "file"
+    if scheme not in STORE_SCHEMES:
+        raise ConfigError(f"tracking store {uri!r}: unknown scheme {scheme!r} (sqlite:///FILE, postgresql://..., "
+                          "http(s)://HOST:PORT of an MLflow server, ...; MLFLOW_TRACKING_URI or mlflow.tracking_uri)")
+    db = _sqlite_file(uri)
+    if db is not None:
+        _check_sqlite_file(uri, db)
+    elif scheme in ("http", "https"):
+        _check_server(uri)
+    _CHECKED_STORES.add(uri)
+    return uri
+
+
+def _check_sqlite_file(uri: str, db: Path) -> None:
+    if db.is_dir():
+        raise TrackingUnavailable(f"tracking store {uri}: {db} is a folder, not an SQLite database file")
+    if db.exists():
+        with db.open("rb") as fh:
+            header = fh.read(16)
+        if header and header != b"SQLite format 3\x00":
+            raise TrackingUnavailable(f"tracking store {uri}: {db} is not an SQLite database (damaged, or another "
+                                      "kind of file); move it away or point MLFLOW_TRACKING_URI elsewhere")
+        if not os.access(db, os.W_OK) or not os.access(db.parent, os.W_OK):
+            raise TrackingUnavailable(f"tracking store {uri}: {db} (or its folder) is read-only; runs cannot be "
+                                      "recorded there")
+    elif db.parent.exists() and not os.access(db.parent, os.W_OK):
+        raise TrackingUnavailable(f"tracking store {uri}: cannot create {db}: its folder is read-only")
+
+
+def _check_server(uri: str, timeout_s: float = 10.0) -> None:
+    """One bounded request to the MLflow REST API: refused, silent, or not MLflow's answer."""
+    import requests
+
+    url = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name"
+    try:
+        response = requests.get(url, params={"experiment_name": "Default"}, timeout=timeout_s)
+    except requests.exceptions.Timeout:
+        raise TrackingUnavailable(f"tracking server {uri} accepted the connection but did not answer in "
+                                  f"{timeout_s:.0f} s") from None
+    except requests.exceptions.RequestException as exc:
+        reason = type(exc).__name__ if not str(exc) else str(exc).splitlines()[0][:160]
+        raise TrackingUnavailable(f"tracking server {uri} is not reachable ({reason}); start it, or point "
+                                  "MLFLOW_TRACKING_URI at a running one") from None
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if response.status_code in (401, 403):
+        raise TrackingUnavailable(f"tracking server {uri} refused the request (HTTP {response.status_code}): set "
+                                  "MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN")
+    if not isinstance(body, dict) or not ("experiment" in body or "error_code" in body):
+        raise TrackingUnavailable(f"{uri} answers, but not as an MLflow tracking server (HTTP {response.status_code} "
+                                  f"from {url}); check the address and port")
 
 
 def _sqlite_file(uri: str) -> Path | None:
@@ -97,8 +167,7 @@ def configure(config: Config, run_id: str | None = None, parent_run_id: str | No
     run being resumed (`run_id`), of the parent run (`parent_run_id`), of the run `mlflow run`
     made (and of the runs after it in this process), else `mlflow.experiment` (created once,
     even when several processes start together on a fresh local SQLite store)."""
-    use_tracking_uri(config)
-    uri = mlflow.get_tracking_uri()
+    uri = check_store(config)
     # An existing run means an existing store; a fresh one is first touched under the lock (even
     # making a client may create its tables).
     project_run = os.environ.get("MLFLOW_RUN_ID")

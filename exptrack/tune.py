@@ -507,7 +507,7 @@ def run_tune(spec: StudySpec, progress: bool = False, retrain_best: bool = False
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # MLflow must point at the configured store before a dead trial's run is closed or a
     # finished study is summarised, not only once a trial starts training
-    tracking.use_tracking_uri(load_config(spec.config, spec.overrides))
+    tracking.check_store(load_config(spec.config, spec.overrides))
     study = open_study(spec)
     n = trials_to_run(study, spec)
     if n > 0:

@@ -56,3 +56,56 @@ def test_three_processes_starting_together_on_a_fresh_store_all_succeed(tmp_path
     runs = client.search_runs([experiment.experiment_id])
     assert sorted(r.info.run_name for r in runs) == ["worker-0", "worker-1", "worker-2"]
     assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def _store_error(uri: str, monkeypatch, capsys, tmp_path) -> str:
+    """`exptrack train` against `uri`: its one-line error, before any data is decoded."""
+    from exptrack.cli import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)  # as in a new process: the store is MLFLOW_TRACKING_URI's
+    tracking._CHECKED_STORES.clear()
+    assert main(["train", "--set", f"data.root={tmp_path / 'data'}", f"paths.cache={tmp_path / 'cache'}",
+                 "data.demo_subjects=3", "data.demo_classes=2", "model.num_classes=2", "train.epochs=1",
+                 "data.frame_size=16", "model.width=0.125"]) == 2  # tiny, should the check ever miss
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and not (tmp_path / "cache").exists()  # nothing decoded
+    return err
+
+
+def test_an_sqlite_store_that_is_a_folder_or_not_a_database_is_named(tmp_path, monkeypatch, capsys):
+    (tmp_path / "folder.db").mkdir()
+    assert "folder.db is a folder, not an SQLite database file" in _store_error(
+        f"sqlite:///{tmp_path / 'folder.db'}", monkeypatch, capsys, tmp_path)
+    (tmp_path / "broken.db").write_bytes(b"\x00garbage, not sqlite" * 10)
+    assert "broken.db is not an SQLite database" in _store_error(
+        f"sqlite:///{tmp_path / 'broken.db'}", monkeypatch, capsys, tmp_path)
+
+
+def test_a_store_uri_with_an_unknown_scheme_is_named(tmp_path, monkeypatch, capsys):
+    assert "unknown scheme 'garbage'" in _store_error("garbage://x", monkeypatch, capsys, tmp_path)
+
+
+def test_a_tracking_server_that_is_not_there_is_named_at_once(tmp_path, monkeypatch, capsys):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    err = _store_error(f"http://127.0.0.1:{port}", monkeypatch, capsys, tmp_path)
+    assert f"tracking server http://127.0.0.1:{port} is not reachable" in err
+
+
+def test_an_http_server_that_is_not_mlflow_is_named(tmp_path, monkeypatch, capsys):
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        err = _store_error(f"http://127.0.0.1:{server.server_port}", monkeypatch, capsys, tmp_path)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "answers, but not as an MLflow tracking server (HTTP 404" in err

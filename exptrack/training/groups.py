@@ -135,7 +135,7 @@ def train_group(config: Config, resume: str | None = None, progress: bool = True
     if "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("seed groups and folds run their members one after another in one process; under "
                           "torchrun, train each member as its own run (train.seed=..., data.fold=...)")
-    tracking.use_tracking_uri(config)
+    tracking.check_store(config)
     if resume:
         saved = tracking.train_run_config(resume)
         config = resume_config(config_from_dict(saved, f"run {resume} config.yaml"), config) if saved else config

@@ -327,6 +327,8 @@ def _log_run_summary(run: tracking.Run, state: TrainState, data: PreparedData, l
 def _train(config: Config, env: DistEnv, resume: str | None, progress: bool,
            callbacks: Iterable[EpochCallback], options: RunOptions) -> TrainResult:
     outputs = Path(config.paths.outputs)
+    if env.is_main:
+        tracking.check_store(config)  # a store that cannot record the run: said before any decoding or training
     payload, config = _resume_point(resume, outputs, config) if resume else (None, config)
     run_id = payload["run_id"] if payload else None
     seed_everything(config.train.seed)
