@@ -42,3 +42,39 @@ def test_a_checkpoint_with_objects_is_refused_without_torchs_advice(tmp_path, wr
 def test_a_real_checkpoint_loads(tmp_path):
     path = checkpoint.save_atomic({"model": {"w": torch.ones(2)}, "config": {}, "epoch": 3}, tmp_path / "ok.pt")
     assert checkpoint.load(path)["epoch"] == 3
+
+
+def test_a_real_full_disk_is_a_checkpoint_error_naming_the_folder(tmp_path):
+    """A 256 KiB tmpfs: torch's writer fails with "unexpected pos"; the run gets exptrack's line."""
+    import subprocess
+
+    import torch
+
+    from exptrack.errors import CheckpointError
+    from exptrack.training.checkpoint import CheckpointManager
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root and mount permission)")
+    try:
+        manager = CheckpointManager(disk / "checkpoints", every=0, keep=1)
+        payload = {"model": {"w": torch.zeros(200_000)}, "config": {}, "epoch": 3, "run_id": "abc"}
+        with pytest.raises(CheckpointError, match=r"checkpoints: cannot write the checkpoint of epoch 3 \(the write "
+                                                  r"failed with \d+ bytes free on its disk"):
+            manager.save(payload, {"val_loss": True, "val_acc": True, "val_mean_class_acc": True})
+        assert not [p for p in (disk / "checkpoints").iterdir() if p.name.startswith(".")]  # no temp file left
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_a_checkpoint_whose_model_entry_is_not_a_state_dict_is_refused(tmp_path):
+    import torch
+
+    from exptrack.errors import ModelError
+    from exptrack.training.checkpoint import load
+
+    path = tmp_path / "list.pt"
+    torch.save({"model": [1, 2], "config": {}, "epoch": 1}, path)
+    with pytest.raises(ModelError, match="its 'model' entry is a list, not a state dict of tensors"):
+        load(path)

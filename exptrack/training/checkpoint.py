@@ -8,12 +8,14 @@ early-stopping counter, history) and the RNG states.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import pickle
 import random
 import re
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,13 @@ def save_atomic(obj: dict[str, Any], path: Path) -> Path:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with tmp.open("wb") as fh:
-            torch.save(obj, fh)
+            try:
+                torch.save(obj, fh)
+            except RuntimeError as exc:  # torch's writer on a full disk: "unexpected pos 576 vs 534"
+                free = shutil.disk_usage(path.parent).free
+                raise OSError(errno.ENOSPC if free < (64 << 20) else errno.EIO,
+                              f"the write failed with {free} bytes free on its disk ({str(exc).splitlines()[0][:120]})"
+                              ) from None
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -70,6 +78,9 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     missing = {"model", "config", "epoch"} - set(payload) if isinstance(payload, dict) else {"model"}
     if missing:
         raise ModelError(f"{path}: not an exptrack checkpoint (missing {', '.join(sorted(missing))})")
+    if not isinstance(payload["model"], dict) or not all(isinstance(v, torch.Tensor) for v in payload["model"].values()):
+        raise ModelError(f"{path}: not an exptrack checkpoint (its 'model' entry is a {type(payload['model']).__name__}, "
+                         "not a state dict of tensors)")
     return payload
 
 
