@@ -131,8 +131,13 @@ def test_study_file_errors_name_the_key(tmp_path):
     ("metric: val_mean_class_accuracy", "metric 'val_mean_class_accuracy' is not logged every epoch"),
     ("storage: oracle://db", "storage 'oracle://db': a journal file"),
     ("overrides: train.epochs=2", "overrides: a list of section.key=value strings"),
+    ("space:\n  optim.lr: {type: float, high: 1.0}", "space.optim.lr needs numbers low < high, got low None, high 1.0"),
+    ("space:\n  optim.lr: {type: float, low: 0.1, high: 0.01}", "space.optim.lr needs numbers low < high"),
+    ("space:\n  optim.lr: {type: float, low: 0, high: 0.1, log: true}", "space.optim.lr is log-scaled: low must be > 0"),
+    ("space:\n  optim.lr: {type: categorical}", "space.optim.lr is categorical but has no choices"),
+    ("space:\n  optim.lr: {type: float, low: 1e-5, high: nan}", "space.optim.lr needs numbers low < high"),
 ])
-def test_study_group_and_pruner_errors_name_the_key(tmp_path, lines, says):
+def test_study_file_values_of_the_wrong_type_or_shape_name_the_key(tmp_path, lines, says):
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"config: {ROOT / 'experiments' / 'demo.yaml'}\n{lines}\n")
     with pytest.raises(ConfigError, match=f"bad.yaml: {says}"):
@@ -435,17 +440,3 @@ def test_pruned_trials_leave_no_checkpoints_or_logged_models(tiny_demo, tmp_path
         assert not (tmp_path / "out" / "runs" / run_id / "checkpoints").exists()
         assert tracking.run_logged_models(run_id) == []
     assert not list((tmp_path / "mlruns").rglob("weights.pt"))
-
-
-@pytest.mark.parametrize("entry, says", [
-    ("{type: float, high: 1.0}", "space.optim.lr needs numbers low < high, got low None, high 1.0"),
-    ("{type: float, low: 0.1, high: 0.01}", "space.optim.lr needs numbers low < high"),
-    ("{type: float, low: 0, high: 0.1, log: true}", "space.optim.lr is log-scaled: low must be > 0"),
-    ("{type: categorical}", "space.optim.lr is categorical but has no choices"),
-    ("{type: float, low: 1e-5, high: nan}", "space.optim.lr needs numbers low < high"),
-])
-def test_a_space_entry_of_the_wrong_shape_names_the_key(tmp_path, entry, says):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(f"config: {ROOT / 'experiments' / 'demo.yaml'}\nspace:\n  optim.lr: {entry}\n")
-    with pytest.raises(ConfigError, match=f"bad.yaml: {says}"):
-        load_study_spec(bad)
