@@ -422,9 +422,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    preemption.install()  # SIGTERM / SIGINT: the run ends KILLED, resumable; exit 128 + signal
     try:
-        args.func(args)
+        with preemption.installed():  # SIGTERM / SIGINT: the run ends KILLED, resumable; exit 128 + signal
+            args.func(args)
     except preemption.Preempted as exc:
         print(f"exptrack {args.command}: {exc}; its run ended KILLED (tag {preemption.PREEMPTED_TAG})", file=sys.stderr)
         return exc.exit_code

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -278,7 +279,7 @@ def check_value(key: str, tp: Any, value: Any) -> Any:
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
-    raise ConfigError(f"{key}: expected {_describe(tp)}, got {type(value).__name__} {value!r}")
+    raise ConfigError(f"{key}: expected {_describe(tp)}, got {type(value).__name__} {reprlib.repr(value)}")
 
 
 def _check_int_tuple(key: str, value: Any) -> tuple[int, ...]:
@@ -291,13 +292,14 @@ def _check_int_tuple(key: str, value: Any) -> tuple[int, ...]:
     elif isinstance(value, int) and not isinstance(value, bool):
         items = [value]
     if not isinstance(items, (list, tuple)):
-        raise ConfigError(f"{key}: expected a list of integers (e.g. 0,1,2), got {type(value).__name__} {value!r}")
+        raise ConfigError(f"{key}: expected a list of integers (e.g. 0,1,2), got {type(value).__name__} "
+                          f"{reprlib.repr(value)}")
     out = []
     for item in items:
         if isinstance(item, str) and item.lstrip("-").isdigit():
             item = int(item)
         if not isinstance(item, int) or isinstance(item, bool):
-            raise ConfigError(f"{key}: {item!r} is not an integer (expected a list of integers, e.g. 0,1,2)")
+            raise ConfigError(f"{key}: {reprlib.repr(item)} is not an integer (expected a list of integers, e.g. 0,1,2)")
         out.append(item)
     repeated = sorted({i for i in out if out.count(i) > 1})
     if repeated:
@@ -406,11 +408,32 @@ def read_yaml_file(path: Path) -> Any:
     loader = _UniqueKeyLoader(text)
     loader.name = str(path)  # marks in YAML errors name the file
     try:
-        return loader.get_single_data()
+        data = loader.get_single_data()
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     finally:
         loader.dispose()
+    _check_expanded_size(data, path)
+    return data
+
+
+MAX_YAML_VALUES = 100_000  # values in a file once its aliases are expanded (a config has a few hundred)
+
+
+def _check_expanded_size(data: Any, path: Path) -> None:
+    """A few aliases can still nest into billions of values (9 levels of 9: 72 aliases), which
+    anything that walks or prints the data would expand; count them, with a budget."""
+    seen, stack = 0, [data]
+    while stack:
+        item = stack.pop()
+        seen += 1
+        if seen > MAX_YAML_VALUES:
+            raise ConfigError(f"{path}: more than {MAX_YAML_VALUES} values once its YAML aliases are expanded; a "
+                              "config has no use for that many")
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -587,8 +610,9 @@ def _group_problems(config: Config) -> list[str]:
     d, t, problems = config.data, config.train, []
     if d.folds == 1 or d.folds < 0:
         problems.append(f"data.folds must be 0 (off) or >= 2, got {d.folds}")
-    if d.fold is not None and not 0 <= d.fold < max(d.folds, 1):
-        problems.append(f"data.fold must be in 0..data.folds-1 (data.folds {d.folds}), got {d.fold}")
+    if d.fold is not None and not (d.folds >= 2 and 0 <= d.fold < d.folds):
+        problems.append(f"data.fold must be in 0..data.folds-1 with data.folds >= 2 (data.folds {d.folds}), "
+                        f"got {d.fold}")
     if d.folds and t.seeds:
         problems.append("data.folds and train.seeds cannot be combined: a group is either seeds or folds")
     if d.folds and d.train_on_val:

@@ -17,6 +17,7 @@ from .config import Config, ConfigError, replace
 from .data.clips import ClipIndex
 from .data.dataset import make_loader
 from .data.errors import DataError
+from .errors import ModelError
 from .data.layout import read_class_names
 from .data.prepare import PreparedData, prepare_data
 from .inference import load_model
@@ -136,8 +137,10 @@ def evaluation_config(trained: Config, data_root: str | None, overrides: dict[st
                 log.warning("%s.%s=%s differs from the model's training (%s): results may not be comparable",
                             section, key, value, was)
     data = changes.setdefault("data", {})
-    if data_root:
+    if data_root:  # another dataset: its own split.csv, not the folds of the one the model was trained on
         data["root"] = data_root
+        data.setdefault("folds", 0)
+        data.setdefault("fold", None)
     data.setdefault("demo", False)
     changes["paths"] = {**vars(Config().paths), **changes.get("paths", {})}
     return replace(trained, **changes)
@@ -154,6 +157,9 @@ def run_evaluate(model_ref: str, split: str = "test", batch_size: int = 16, devi
     device = resolve_device(device_name)
     tracking.check_store(base_config or Config())  # before the model is looked up in it
     loaded = load_model(model_ref, device)
+    if loaded.config.model.ensemble > 1 and loaded.config.data.folds and split != "test":
+        raise ModelError(f"model {model_ref}: an ensemble of fold models trained on every non-test subject; its {split} "
+                         "split is some member's training data: evaluate it on test")
     config = evaluation_config(loaded.config, data_root, overrides or {})
     if base_config is not None:  # tracking and paths come from the caller's config
         config = replace(config, mlflow=vars(base_config.mlflow), paths=vars(base_config.paths))

@@ -1,7 +1,7 @@
 """SIGTERM and SIGINT: stop cleanly, say so, and leave nothing RUNNING.
 
 Cloud and cluster jobs end with SIGTERM (spot instances, SLURM time limits, Kubernetes
-evictions), a user with Ctrl-C. `install()` (the CLI does it) turns the first such signal into
+evictions), a user with Ctrl-C. `installed()` (the CLI runs every command in it) turns the first such signal into
 `Preempted`, raised where it is safe:
 
 - inside `deferred()` (the training loop) the signal only sets a flag; the loop raises at its
@@ -49,11 +49,21 @@ def _handler(signum: int, frame) -> None:
         raise Preempted(signum)
 
 
-def install() -> None:
-    """Handle SIGTERM and SIGINT as above (in the main thread; a no-op elsewhere)."""
-    if threading.current_thread() is threading.main_thread():
-        for s in SIGNALS:
-            signal.signal(s, _handler)
+@contextmanager
+def installed() -> Iterator[None]:
+    """Handle SIGTERM and SIGINT as above within (in the main thread; a no-op elsewhere); the
+    previous handlers, and no pending signal, afterwards (a process that calls the CLI in-process,
+    such as a test session, gets its own handling back)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, _handler) for s in SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        reset()
 
 
 def reset() -> None:

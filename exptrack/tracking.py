@@ -47,8 +47,17 @@ def use_tracking_uri(config: Config) -> None:
         mlflow.set_tracking_uri(config.mlflow.tracking_uri)
 
 
-STORE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "file", "http", "https", "databricks")
 _CHECKED_STORES: set[str] = set()
+
+
+def _known_schemes() -> set[str]:
+    """The URI schemes MLflow has a tracking store for (its own and installed plugins')."""
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+    try:
+        return set(_tracking_store_registry._registry) | {"file"}
+    except AttributeError:  # its private registry moved: the stores MLflow 3.17 has
+        return {"sqlite", "postgresql", "mysql", "mssql", "file", "http", "https", "databricks"}
 
 
 def check_store(config: Config) -> str:
@@ -62,7 +71,7 @@ def check_store(config: Config) -> str:
     if uri in _CHECKED_STORES:
         return uri
     scheme = uri.split(":", 1)[0].split("+")[0] if ":" in uri else "file"
-    if scheme not in STORE_SCHEMES:
+    if scheme not in _known_schemes():
         raise ConfigError(f"tracking store {uri!r}: unknown scheme {scheme!r} (sqlite:///FILE, postgresql://..., "
                           "http(s)://HOST:PORT of an MLflow server, ...; MLFLOW_TRACKING_URI or mlflow.tracking_uri)")
     db = _sqlite_file(uri)
@@ -91,16 +100,21 @@ def _check_sqlite_file(uri: str, db: Path) -> None:
 
 
 def _check_server(uri: str, timeout_s: float = 10.0) -> None:
-    """One bounded request to the MLflow REST API: refused, silent, or not MLflow's answer."""
+    """One bounded request to the MLflow REST API, made as MLflow makes them (its credentials and
+    TLS settings: MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN, MLFLOW_TRACKING_INSECURE_TLS, ...),
+    without its retries: refused, silent, or not MLflow's answer."""
     import requests
+    from mlflow.tracking._tracking_service.utils import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
 
-    url = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name"
+    endpoint = "/api/2.0/mlflow/experiments/get-by-name"
     try:
-        response = requests.get(url, params={"experiment_name": "Default"}, timeout=timeout_s)
+        response = http_request(get_default_host_creds(uri), endpoint, "GET", max_retries=0, timeout=timeout_s,
+                                raise_on_status=False, params={"experiment_name": "Default"})
     except requests.exceptions.Timeout:
         raise TrackingUnavailable(f"tracking server {uri} accepted the connection but did not answer in "
                                   f"{timeout_s:.0f} s") from None
-    except requests.exceptions.RequestException as exc:
+    except (requests.exceptions.RequestException, mlflow.exceptions.MlflowException) as exc:
         reason = type(exc).__name__ if not str(exc) else str(exc).splitlines()[0][:160]
         raise TrackingUnavailable(f"tracking server {uri} is not reachable ({reason}); start it, or point "
                                   "MLFLOW_TRACKING_URI at a running one") from None
@@ -109,11 +123,11 @@ def _check_server(uri: str, timeout_s: float = 10.0) -> None:
     except ValueError:
         body = None
     if response.status_code in (401, 403):
-        raise TrackingUnavailable(f"tracking server {uri} refused the request (HTTP {response.status_code}): set "
-                                  "MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN")
+        raise TrackingUnavailable(f"tracking server {uri} refused exptrack's credentials (HTTP {response.status_code}): "
+                                  "check MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN")
     if not isinstance(body, dict) or not ("experiment" in body or "error_code" in body):
         raise TrackingUnavailable(f"{uri} answers, but not as an MLflow tracking server (HTTP {response.status_code} "
-                                  f"from {url}); check the address and port")
+                                  f"from {endpoint}); check the address and port")
 
 
 def _sqlite_file(uri: str) -> Path | None:
@@ -411,8 +425,8 @@ class BackgroundTracker:
             with self._cv:
                 while not self._items and not self._closing:
                     self._cv.wait()
-                if not self._items:
-                    return
+                if not self._items or (self._closing and self._deadline_passed()):
+                    return  # a drain that timed out: what is left stays undelivered (a resume delivers it)
                 what, call = self._items[0]
             try:
                 self._attach()

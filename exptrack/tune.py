@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import typing
 import os
 import random
+import reprlib
 import socket
 import tempfile
 import time
+import typing
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from .config import ConfigError, load_config, read_yaml_file
 from .preemption import PREEMPTED_TAG, Preempted
 from .stats import mean_interval
 from .training import models as run_models
-from .training.groups import GroupHooks, GroupResult, train_group
+from .training.groups import GROUP_TAG, GroupHooks, GroupResult, tags_from_group_run, train_group
 from .training.run import (RunOptions, TrainState, best_logged_model, discard_run_models,
                             train)
 
@@ -112,11 +113,12 @@ def load_study_spec(path: str | Path, **changes: Any) -> StudySpec:
     if unknown:
         raise ConfigError(f"{path}: unknown study keys {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
     if not isinstance(raw.get("config"), str):
-        raise ConfigError(f"{path}: config: the experiment YAML the trials start from (a path), got {raw.get('config')!r}")
+        raise ConfigError(f"{path}: config: the experiment YAML the trials start from (a path), got "
+                          f"{reprlib.repr(raw.get('config'))}")
     raw["config"] = str((path.parent / raw["config"]).resolve())
     overrides = raw.get("overrides") or ()
     if not isinstance(overrides, (list, tuple)) or not all(isinstance(o, str) for o in overrides):
-        raise ConfigError(f"{path}: overrides: a list of section.key=value strings, got {overrides!r}")
+        raise ConfigError(f"{path}: overrides: a list of section.key=value strings, got {reprlib.repr(overrides)}")
     raw["overrides"] = tuple(overrides)
     check_study_group(path, raw)
     check_study_values(path, raw)
@@ -132,6 +134,9 @@ def load_study_spec(path: str | Path, **changes: Any) -> StudySpec:
         spec = dataclasses.replace(spec, pruner="wilcoxon" if spec.folds or spec.seeds else "median")
     if spec.pruner not in PRUNERS:
         raise ConfigError(f"{path}: pruner {spec.pruner!r} is not one of {', '.join(PRUNERS)}")
+    if spec.pruner == "wilcoxon" and not (spec.folds or spec.seeds):
+        raise ConfigError(f"{path}: pruner wilcoxon compares trials member by member: it needs folds or seeds "
+                          "(per-epoch pruning of single runs: median or hyperband)")
     if spec.pruner == "wilcoxon" and len(spec.seeds) + spec.folds < 4:
         log.warning("%s: the Wilcoxon pruner cannot stop a trial with fewer than 4 members (the smallest one-sided "
                     "p-value of 3 is 0.125, above its 0.1 threshold): every trial runs all its members", path)
@@ -358,8 +363,8 @@ def parent_run_for(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, ti
 
 def objective_for(spec: StudySpec, study: optuna.Study, progress: bool):
     def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # first: requeue_preempted finds it
         parent_run_id = parent_run_for(study, trial, spec)
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         overrides = [*spec.overrides, *suggest(trial, spec.space)]
         config = load_config(spec.config, [*overrides, *group_overrides(spec)])
         run_ids: list[str] = []
@@ -561,9 +566,8 @@ def register_best_once(run_id: str, config) -> str | None:
 
     if versions():
         return min(versions(), key=int)
-    group = {k: v for k, v in tracking.run_tags(run_id).items()  # a fold or seed trial: its figures
-             if k.startswith("group_") and k not in ("group_member_runs", "group_folds")}
-    version = run_models.register(model_id, name, {**group, "group_run_id": run_id} if group else None)
+    group = tags_from_group_run(run_id) if GROUP_TAG in tracking.run_tags(run_id) else None  # a fold or seed trial
+    version = run_models.register(model_id, name, group)
     first = min(versions(), key=int)
     if first != version:
         log.info("trial run %s was registered twice (versions %s and %s); keeping %s", run_id, first, version, first)

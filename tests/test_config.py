@@ -252,3 +252,14 @@ def test_a_config_file_larger_than_any_config_is_refused(tmp_path):
     big.write_text("# " + "x" * (2 << 20) + "\n")
     with pytest.raises(ConfigError, match="larger than a config file can be"):
         load_config(big)
+
+
+def test_a_nine_by_nine_billion_laughs_with_few_aliases_is_refused(tmp_path):
+    """72 aliases (under the alias budget) that expand to 9**9 values."""
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 9):
+        lines.append(f"{chr(97 + i)}: &{chr(97 + i)} [" + ", ".join([f"*{chr(96 + i)}"] * 9) + "]")
+    bomb = tmp_path / "laughs.yaml"
+    bomb.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match="laughs.yaml: more than 100000 values once its YAML aliases are expanded"):
+        load_config(bomb)

@@ -178,8 +178,8 @@ def test_a_seed_group_logs_its_spread_and_registers_its_best_member(tiny_demo, m
     assert {"group/members.csv", "group/curves.png"} <= {a.path for a in client.list_artifacts(result.run_id, "group")}
     # registered: the best member's kept model, with the group's figures
     version = client.get_model_version("grouped", result.model_version)
-    best = max(kept, key=kept.get)
-    assert version.run_id == children[best].info.run_id
+    best = max(result.members, key=groups.MemberResult.rank)  # the kept score, ties by the lower val loss
+    assert version.run_id == best.run_id and best.value() == max(kept.values())
     assert version.tags["group_run_id"] == result.run_id and version.tags["group_members"] == "2"
     assert "## Group" in version.description
     from exptrack.registry import version_groups  # what promote prints beside the version

@@ -157,15 +157,12 @@ def test_a_run_stopped_by_a_signal_ends_killed_with_its_tag(tmp_path):
 
 
 def test_inside_the_loop_a_signal_waits_for_the_batch_boundary():
-    preemption.install()
-    try:
+    before = signal.getsignal(signal.SIGTERM)
+    with preemption.installed():
         with pytest.raises(preemption.Preempted) as stopped:
             with preemption.deferred():
                 os.kill(os.getpid(), signal.SIGTERM)  # handled at once, but only noted
                 reached = True  # the step in progress completes
                 preemption.check()  # the batch boundary
         assert reached and stopped.value.exit_code == 143
-    finally:
-        preemption.reset()
-        for s in preemption.SIGNALS:
-            signal.signal(s, signal.SIG_DFL if s == signal.SIGTERM else signal.default_int_handler)
+    assert signal.getsignal(signal.SIGTERM) is before and preemption.requested() is None  # handlers given back

@@ -172,8 +172,10 @@ def test_the_wilcoxon_pruner_stops_a_trial_worse_on_every_member_so_far():
     from exptrack.training.groups import MemberResult
 
     study = optuna.create_study(direction="maximize", pruner=tune.make_pruner("wilcoxon"))
-    members = [MemberResult(f"fold={i}", "", pd.DataFrame({"epoch": [1]}), {"val_mean_class_acc": v}, None)
-               for i, v in enumerate([0.9, 0.8, 0.85, 0.95, 0.7])]
+    def member(i: int, value: float) -> MemberResult:
+        return MemberResult(f"fold={i}", "", pd.DataFrame({"epoch": [1], "val_mean_class_acc": [value]}), None, 1)
+
+    members = [member(i, v) for i, v in enumerate([0.9, 0.8, 0.85, 0.95, 0.7])]
     good = study.ask()
     for i, m in enumerate(members):
         tune.PruneAcrossMembers(good, "val_mean_class_acc")(i, m)
@@ -181,8 +183,7 @@ def test_the_wilcoxon_pruner_stops_a_trial_worse_on_every_member_so_far():
     bad = study.ask()
     with pytest.raises(optuna.TrialPruned, match="pruned after member fold=3"):
         for i, m in enumerate(members):
-            worse = MemberResult(m.key, "", m.history, {"val_mean_class_acc": m.best["val_mean_class_acc"] - 0.3}, None)
-            tune.PruneAcrossMembers(bad, "val_mean_class_acc")(i, worse)
+            tune.PruneAcrossMembers(bad, "val_mean_class_acc")(i, member(i, m.value() - 0.3))
 
 
 def _worker(study_file: Path, cwd: Path) -> subprocess.Popen:

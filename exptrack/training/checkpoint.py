@@ -40,11 +40,13 @@ def save_atomic(obj: dict[str, Any], path: Path) -> Path:
         with tmp.open("wb") as fh:
             try:
                 torch.save(obj, fh)
-            except RuntimeError as exc:  # torch's writer on a full disk: "unexpected pos 576 vs 534"
+            except RuntimeError as exc:  # torch's stream writer on a full disk: "unexpected pos 576 vs 534"
+                if "unexpected pos" not in str(exc) and "PytorchStreamWriter" not in str(exc):
+                    raise  # not a failed write (e.g. a CUDA error): as it is
                 free = shutil.disk_usage(path.parent).free
                 raise OSError(errno.ENOSPC if free < (64 << 20) else errno.EIO,
                               f"the write failed with {free} bytes free on its disk ({str(exc).splitlines()[0][:120]})"
-                              ) from None
+                              ) from exc
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -23,6 +23,7 @@ unfinished ones resume from their checkpoints, missing ones start.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from .. import plots, serving, stats, tracking
+from .. import plots, preemption, serving, stats, tracking
 from ..config import Config, ConfigError, config_from_dict, replace, to_nested_dict
 from ..data.layout import discover
 from ..data.errors import DataWarnings
@@ -46,7 +47,7 @@ from .run import RunOptions, best_logged_model, refuse_ensemble_training, resume
 log = logging.getLogger("exptrack.train")
 
 GROUP_TAG, MEMBER_TAG, GROUP_RUN_TAG = "exptrack.group", "exptrack.group_member", "exptrack.group_run_id"
-CURVE_KEYS = ("val_mean_class_acc", "val_acc", "val_top3_acc", "val_loss", "train_loss")
+CURVE_KEYS = ("val_mean_class_acc", "val_acc", "val_top3_acc", "val_loss", "train_loss", "train_acc")
 HEADLINE = "val_mean_class_acc"
 ENSEMBLE_TAG = "exptrack.ensemble_members"
 
@@ -62,16 +63,23 @@ class MemberResult:
     key: str
     run_id: str
     history: pd.DataFrame  # epoch and the CURVE_KEYS it logged
-    best: dict[str, float]  # best_<metric> figures of its kept model (from the run)
     model_id: str | None  # its kept (best) logged model
     kept_epoch: int | None = None  # the epoch of that model
 
     def value(self, metric: str = HEADLINE) -> float:
-        """The member's figure for `metric`: its kept model's, else its last epoch's."""
-        if metric in self.best:
-            return self.best[metric]
+        """The member's figure for `metric` at its kept model's epoch (the last epoch's when it
+        kept none); nan when it never logged the metric."""
         column = self.history.get(metric)
-        return float(column.dropna().iloc[-1]) if column is not None and column.notna().any() else float("nan")
+        if column is None or not column.notna().any():
+            return float("nan")
+        at_kept = column[self.history["epoch"] == self.kept_epoch].dropna() if self.kept_epoch else column[:0]
+        return float(at_kept.iloc[0]) if len(at_kept) else float(column.dropna().iloc[-1])
+
+    def rank(self) -> tuple[float, float]:
+        """How members are ranked for train.group_model=best: the kept model's validation mean
+        class accuracy, ties broken by its lower validation loss (as the selection score is)."""
+        score, loss = self.value(), self.value("val_loss")
+        return (score if score == score else -math.inf, -loss if loss == loss else -math.inf)
 
 
 @dataclass
@@ -137,6 +145,9 @@ def train_group(config: Config, resume: str | None = None, progress: bool = True
                           "torchrun, train each member as its own run (train.seed=..., data.fold=...)")
     tracking.check_store(config)
     if resume:
+        if not is_group_run(resume):
+            raise ConfigError(f"--resume {resume}: not a seed or fold group's run; --seeds and --folds start a new "
+                              "group (resume one with the group run's id)")
         saved = tracking.train_run_config(resume)
         config = resume_config(config_from_dict(saved, f"run {resume} config.yaml"), config) if saved else config
     refuse_ensemble_training(config)
@@ -153,9 +164,14 @@ def train_group(config: Config, resume: str | None = None, progress: bool = True
             options.on_start(run.id)
         done = {c["tags"].get(MEMBER_TAG): c for c in tracking.child_runs(run.id) if c["tags"].get(MEMBER_TAG)}
         results = []
-        for i, member in enumerate(members):
-            results.append(_train_member(run.id, member, done.get(member.key), progress, options, hooks, i))
-            hooks.after_member(i, results[-1])
+        try:
+            for i, member in enumerate(members):
+                results.append(_train_member(run.id, member, done.get(member.key), progress, options, hooks, i))
+                hooks.after_member(i, results[-1])
+        except preemption.Preempted as exc:
+            log.warning("%s: group %s ends KILLED after %d of %d members; `exptrack train --resume %s` resumes the "
+                        "group (not the member alone)", exc, run.id, len(results), len(members), run.id)
+            raise
         interval = stats.mean_interval([r.value() for r in results])
         result = GroupResult(run.id, kind, results, interval)
         _log_group(run, result, Path(config.paths.outputs) / "runs" / run.id / "group")
@@ -173,8 +189,8 @@ def _train_member(parent: str, member: Member, existing: dict | None, progress: 
         hooks.members.append(existing["run_id"])
         return member_result(member.key, existing["run_id"])
     invocation = dict(options.invocation or {})
-    overrides = f"train.seed={member.config.train.seed}" if member.key.startswith("seed") else \
-        f"data.fold={member.config.data.fold}"
+    overrides = f"train.seeds= train.seed={member.config.train.seed}" if member.key.startswith("seed") else \
+        f"data.fold={member.config.data.fold}"  # replayed, these make the member's run, not the group again
     invocation["overrides"] = f"{invocation.get('overrides', '')} {overrides}".strip()
 
     def started(run_id: str) -> None:
@@ -196,11 +212,9 @@ def member_result(key: str, run_id: str) -> MemberResult:
     histories = {k: tracking.metric_history(run_id, k) for k in CURVE_KEYS}
     epochs = sorted({step for h in histories.values() for step in h})
     history = pd.DataFrame({"epoch": epochs, **{k: [h.get(e, np.nan) for e in epochs] for k, h in histories.items()}})
-    metrics = tracking.run_record(run_id)["metrics"]
-    best = {k[len("best_"):]: v for k, v in metrics.items() if k.startswith("best_")}
     model_id = best_logged_model(run_id)
     epoch = tracking.logged_model(model_id)["tags"].get(run_models.EPOCH_TAG, "") if model_id else ""
-    return MemberResult(key, run_id, history, best, model_id, int(epoch) if epoch.isdigit() else None)
+    return MemberResult(key, run_id, history, model_id, int(epoch) if epoch.isdigit() else None)
 
 
 def group_curves(members: list[MemberResult]) -> pd.DataFrame:
@@ -225,12 +239,23 @@ def group_figures(result: GroupResult) -> dict[str, float]:
     return out
 
 
+GROUP_VERSION_TAGS = ("group_kind", "group_members", f"group_{HEADLINE}_mean", f"group_{HEADLINE}_std",
+                      f"group_{HEADLINE}_ci", "group_model")  # besides group_run_id: group_tags, choose_model
+
+
 def group_tags(result: GroupResult) -> dict[str, Any]:
     """What a version registered from the group says of it (promote and the model card read these)."""
     i = result.interval
     return {"group_run_id": result.run_id, "group_kind": result.kind, "group_members": i.n,
             f"group_{HEADLINE}_mean": round(i.mean, 4), f"group_{HEADLINE}_std": round(i.std, 4),
             f"group_{HEADLINE}_ci": f"[{i.low:.4f}, {i.high:.4f}]" if i.low is not None else "none (1 member)"}
+
+
+def tags_from_group_run(run_id: str) -> dict[str, str]:
+    """The version tags of `group_tags` (and what the model is), read back from a group's run:
+    for a model registered later (tune registers the best trial's)."""
+    tags = tracking.run_tags(run_id)
+    return {"group_run_id": run_id, **{k: tags[k] for k in GROUP_VERSION_TAGS if k in tags}}
 
 
 def _log_group(run: tracking.Run, result: GroupResult, out: Path) -> None:
@@ -242,7 +267,7 @@ def _log_group(run: tracking.Run, result: GroupResult, out: Path) -> None:
     run.log_metrics(group_figures(result))
     table = pd.DataFrame([{"member": m.key, "run_id": m.run_id, "epochs": int(m.history["epoch"].max()),
                            "kept_epoch": m.kept_epoch,
-                           **{f"kept_{k}": v for k, v in m.best.items()}, "model_id": m.model_id}
+                           **{f"kept_{k}": m.value(k) for k in CURVE_KEYS}, "model_id": m.model_id}
                           for m in result.members])
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "members.csv", index=False)
@@ -274,7 +299,7 @@ def choose_model(run: tracking.Run, result: GroupResult, config: Config) -> None
         result.model_id = logged[0] if logged else log_ensemble(run, have)
         result.registered = f"ensemble of {len(have)}"
     else:
-        best = max(have, key=lambda m: m.value())
+        best = max(have, key=MemberResult.rank)
         result.model_id, result.registered = best.model_id, f"{best.key}'s model (best on validation)"
     run.set_tags({GROUP_MODEL_TAG: result.model_id, "group_model": result.registered})
 

@@ -311,7 +311,7 @@ def window_loss(history: list[dict[str, float]], window: int) -> float:
 
 
 def _improvements(metrics: dict[str, float], score: float, loss: float, state: TrainState,
-                  tiebreak: str) -> dict[str, bool]:
+                  tiebreak: str) -> tuple[dict[str, bool], bool]:
     best_score = state.best.get("selection_score", -math.inf)
     # Saturated validation (every window at 1.000) ties: the first tied window would keep an
     # early, barely-fitted model and let early stopping end the run; the lower loss is the model
@@ -323,7 +323,7 @@ def _improvements(metrics: dict[str, float], score: float, loss: float, state: T
         "val_acc": metrics["val_acc"] > state.best["val_acc"],
         # the model (best_model.pt, registered): chosen by the smoothed score, not one epoch's
         "val_mean_class_acc": score > best_score or tied_but_surer,
-    }
+    }, tied_but_surer
 
 
 def _record_bests(metrics: dict[str, float], score: float, loss: float, improved: dict[str, bool],
@@ -439,8 +439,7 @@ def record_epoch(state: TrainState, metrics: dict[str, float], per_class: np.nda
         window = min(cfg.selection_window, cfg.epochs)
         score = selection_score([*state.history, metrics], window)
         loss = window_loss([*state.history, metrics], window)
-        improved = _improvements(metrics, score, loss, state, cfg.selection_tiebreak)
-        tied_but_surer = improved["val_mean_class_acc"] and score == state.best.get("selection_score")
+        improved, tied_but_surer = _improvements(metrics, score, loss, state, cfg.selection_tiebreak)
         _record_bests(metrics, score, loss, improved, state, epoch)
         if epoch >= cfg.min_epochs and math.isfinite(score):  # patience counts from the first full window
             _update_patience(score, tied_but_surer, state, cfg.early_stop_min_delta)
