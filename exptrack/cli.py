@@ -74,6 +74,9 @@ def cmd_cache(args: argparse.Namespace) -> None:
     _print_run_link(result.run_id)
 
 
+NOT_GIVEN = ("", "none")  # --seeds / --folds values meaning "the config's" (the MLproject's defaults)
+
+
 def _train_overrides(args: argparse.Namespace) -> list[str]:
     """The original train.py flags, as config overrides (applied after --set)."""
     out = []
@@ -81,7 +84,7 @@ def _train_overrides(args: argparse.Namespace) -> list[str]:
                       ("seed", "train.seed"), ("skeleton_sigma", "data.skeleton_sigma"), ("seeds", "train.seeds"),
                       ("folds", "data.folds"), ("group_model", "train.group_model")):
         value = getattr(args, flag)
-        if value is not None and value != "":  # "" from an MLproject parameter left at its default
+        if value is not None and value not in NOT_GIVEN:
             out.append(f"{key}={value}")
     for flag, key in (("downsample_class1", "data.downsample_class1"), ("use_masks", "data.use_masks"),
                       ("use_skeleton_attention", "data.use_skeleton_attention")):
@@ -94,7 +97,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .training.run import RunOptions, train
 
     overrides = [*_overrides(args), *_train_overrides(args)]
-    invocation = {"config": args.config or "", "overrides": " ".join(overrides)}  # as `mlflow run` logs them
+    # the MLproject's parameters, as `mlflow run` logs them ("none" when not given, as its defaults)
+    invocation = {"config": args.config or "", "overrides": " ".join(overrides), "seeds": args.seeds or "none",
+                  "folds": args.folds or "none"}
     result = train(load_config(args.config, overrides), resume=args.resume, progress=not args.no_progress,
                    options=RunOptions(invocation=invocation))
     if not result.run_id:  # a non-zero torchrun rank: rank 0 reports
@@ -291,8 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--use-skeleton-attention", action="store_true", help="weight frames by skeleton attention")
     p.add_argument("--skeleton-sigma", type=float, help="attention blob std in pixels at the clip size "
                    "(default: the config's data.skeleton_sigma)")
-    p.add_argument("--seeds", help="train.seeds: train once per seed (e.g. 0,1,2) as child runs of one group run")
-    p.add_argument("--folds", help="data.folds: K subject folds of the train and val subjects, one run each")
+    p.add_argument("--seeds", help="train.seeds: train once per seed (e.g. 0,1,2) as child runs of one group run "
+                                   "(none: the config's)")
+    p.add_argument("--folds", help="data.folds: K subject folds of the train and val subjects, one run each "
+                                   "(none: the config's)")
     p.add_argument("--group-model", choices=["best", "ensemble"],
                    help="train.group_model: what a group registers (default: the config's, best)")
     p.add_argument("--resume", help="a checkpoint file, or the run id of a run (or group) to continue "

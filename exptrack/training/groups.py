@@ -189,6 +189,7 @@ def _train_member(parent: str, member: Member, existing: dict | None, progress: 
         hooks.members.append(existing["run_id"])
         return member_result(member.key, existing["run_id"])
     invocation = dict(options.invocation or {})
+    invocation.update({k: "none" for k in ("seeds", "folds") if k in invocation})  # a member is one run, not a group
     overrides = f"train.seeds= train.seed={member.config.train.seed}" if member.key.startswith("seed") else \
         f"data.fold={member.config.data.fold}"  # replayed, these make the member's run, not the group again
     invocation["overrides"] = f"{invocation.get('overrides', '')} {overrides}".strip()
