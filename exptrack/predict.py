@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from . import plots
-from .data.errors import DataError, DataWarnings
+from .data.errors import DataWarnings, require_file
 from .config import Config, PathsConfig
 from .data.cache import FrameCache
 from .data.dataset import weighted_frames
@@ -111,8 +111,7 @@ def predict_video(video: str | Path, model_ref: str, out_dir: str | Path | None 
     """The timeline of a video; files go to `out_dir`, by default a fresh
     outputs/predict/<video name>-<time>/."""
     video = Path(video)
-    if not video.is_file():  # before the model is loaded (a download can take a while)
-        raise DataError(f"{video}: video file not found")
+    require_file(video, "video file")  # before the model is loaded (a download can take a while)
     check_save_dir(out_dir, overwrite)
     device = resolve_device(device_name)
     loaded = load_model(model_ref, device)

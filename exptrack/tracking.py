@@ -578,9 +578,10 @@ def find_evaluation(model_id: str, split: str, digest: str) -> str | None:
 
 
 def run_record(run_id: str) -> dict[str, Any]:
-    """A run's latest metrics, tags and params."""
-    data = _client().get_run(run_id).data
-    return {"metrics": dict(data.metrics), "tags": dict(data.tags), "params": dict(data.params)}
+    """A run's status and latest metrics, tags and params."""
+    run = _client().get_run(run_id)
+    return {"status": run.info.status, "metrics": dict(run.data.metrics), "tags": dict(run.data.tags),
+            "params": dict(run.data.params)}
 
 
 def child_runs(parent_run_id: str) -> list[dict[str, Any]]:

@@ -54,7 +54,7 @@ def test_cache_prune_keeps_only_what_the_config_uses(tiny_demo, tmp_path, capsys
     assert main(["cache", *common, "--set", "data.frame_size=32"]) == 0
     assert main(["cache", *common, "--set", "data.frame_size=48"]) == 0
     assert len([p for p in (cache / "video").iterdir() if p.is_dir()]) == 12  # both sizes
-    dead_build = cache / "video" / ".x-123.tmp-999999999"  # a build whose process is gone
+    dead_build = cache / "video" / ".s01-0123456789abcdef.tmp-999999999"  # a build whose process is gone
     dead_build.mkdir()
     kept_before = {p: (p / "done").stat().st_mtime_ns for p in (cache / "video").iterdir()
                    if p.is_dir() and p != dead_build}
@@ -67,3 +67,18 @@ def test_cache_prune_keeps_only_what_the_config_uses(tiny_demo, tmp_path, capsys
     assert len(left) == 6 and not dead_build.exists()
     assert all(kept_before[p] == (p / "done").stat().st_mtime_ns for p in left)  # the 48 px entries untouched
     assert all(len([p for p in (cache / kind).iterdir() if p.is_dir()]) == 6 for kind in ("mask", "keypoints"))
+
+
+def test_cache_prune_deletes_only_cache_entries_when_the_cache_shares_the_outputs_folder(tiny_demo, tmp_path):
+    outputs = tmp_path / "outputs"  # paths.cache=outputs: runs and evaluations beside the entries
+    checkpoint = outputs / "runs" / "abc" / "checkpoints" / "best_model.pt"
+    report = outputs / "evaluate" / "report.json"
+    lookalike = outputs / "video" / "notes" / "todo.txt"  # a user's folder inside a kind folder
+    for f in (checkpoint, report, lookalike):
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text("keep me")
+    common = ["--set", f"data.root={tiny_demo}", "--set", f"paths.cache={outputs}", "--set", "model.num_classes=3"]
+    assert main(["cache", *common, "--set", "data.frame_size=32"]) == 0
+    assert main(["cache", *common, "--set", "data.frame_size=48", "--prune"]) == 0
+    assert all(f.read_text() == "keep me" for f in (checkpoint, report, lookalike))
+    assert len([p for p in (outputs / "video").iterdir() if (p / "done").exists()]) == 6  # the 32 px ones went

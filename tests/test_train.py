@@ -238,6 +238,25 @@ def test_resume_from_a_checkpoint_file(tiny_demo, make_config):
     assert _steps(run_id, "val_loss") == [1, 2]
 
 
+def test_a_received_checkpoint_resumes_with_this_folders_paths_not_its_own(tmp_path, monkeypatch):
+    """A checkpoint from another machine names its data root and folders there: nothing is
+    written to them (demo data was once generated at the checkpoint's data.root)."""
+    from exptrack.config import load_config
+    from exptrack.data.errors import DataError
+
+    monkeypatch.chdir(tmp_path)
+    theirs = tmp_path / "alice"
+    saved = load_config(None, [f"data.root={theirs / 'data'}", f"paths.outputs={theirs / 'outputs'}",
+                               f"paths.cache={theirs / 'cache'}", "data.demo=true", "train.epochs=5"])
+    with pytest.raises(DataError, match=f"data.root {theirs / 'data'} \\(from the checkpoint's config\\) does not exist here"):
+        train_run.resume_config(saved, load_config(None, []))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    resumed = train_run.resume_config(saved, load_config(None, [f"data.root={mine}"]))
+    assert (resumed.data.root, resumed.paths.outputs, resumed.paths.cache) == (str(mine), "outputs", "outputs/cache")
+    assert resumed.train.epochs == 5 and not theirs.exists()
+
+
 def test_nan_loss_stops_with_a_clear_error_and_a_failed_run(tiny_demo, make_config, monkeypatch, capsys):
     class NanLoss(train_run.FocalLoss):
         def forward(self, logits, target):
@@ -432,6 +451,22 @@ def test_resume_with_more_epochs_extends_the_run(tiny_demo, make_config):
     more = _config(make_config, tiny_demo, "train.epochs=2")
     result = train_run.train(more, resume=first.run_id, progress=False)
     assert result.state.epoch == 2 and _steps(first.run_id, "val_loss") == [1, 2]
+
+
+@pytest.mark.slow
+def test_resume_from_a_folder_without_the_checkpoints_is_refused_saying_where_they_are(tiny_demo, make_config, tmp_path):
+    """The store is shared (MLFLOW_TRACKING_URI), the outputs folder is not: starting the finished
+    run again from epoch 1 would log every epoch twice and register a second version."""
+    from exptrack.errors import ModelError
+
+    cfg = _config(make_config, tiny_demo, "train.epochs=1")
+    first = train_run.train(cfg, progress=False)
+    elsewhere = _config(make_config, tiny_demo, "train.epochs=1", f"paths.outputs={tmp_path / 'other-folder'}")
+    with pytest.raises(ModelError, match=f"the run finished but its checkpoints .* they are in "
+                                         f"{first.checkpoint_dir.resolve()}"):
+        train_run.train(elsewhere, resume=first.run_id, progress=False)
+    assert _steps(first.run_id, "train_loss") == [1]
+    assert len(mlflow.MlflowClient().search_model_versions(f"name='{cfg.mlflow.registered_model}'")) == 1
 
 
 @pytest.mark.slow

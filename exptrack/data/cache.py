@@ -14,11 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -26,17 +27,20 @@ from filelock import FileLock
 
 from .._proc import process_alive
 from . import layout, transforms
-from .errors import DataError, DataWarnings
+from .errors import DataError, DataWarnings, require_file
 from .layout import SubjectFiles
 from .video import VideoInfo, decode_video
 
 FORMAT_VERSION = 1
 _HASH_BYTES = 1 << 20
+ENTRY_KINDS = ("video", "mask", "keypoints", "attention")  # one folder under paths.cache each
+_ENTRY_NAME = re.compile(r".+-[0-9a-f]{16}")  # <subject>-<key>, see _digest
+_BUILD_NAME = re.compile(r"\..+-[0-9a-f]{16}\.tmp-[0-9]+")  # see _build
 
 
 def file_key(path: Path) -> str:
     """Identity of a file's content: size, mtime and a hash of its first and last MiB."""
-    st = path.stat()
+    st = require_file(path, "video file").stat()
     h = hashlib.sha1(f"{st.st_size}:{st.st_mtime_ns}".encode())
     with path.open("rb") as fh:
         h.update(fh.read(_HASH_BYTES))
@@ -117,6 +121,7 @@ class FrameCache:
         Warnings raised while building are stored with the entry and replayed on every open,
         so a truncated video is reported by every run that uses it, not only the first.
         """
+        assert kind in ENTRY_KINDS, kind  # prune only looks under these
         final = self.root / kind / f"{subject}-{key}"
         if not (final / "done").exists():
             self._check_writable(final.parent)
@@ -161,24 +166,37 @@ class FrameCache:
     def prune(self) -> tuple[int, int]:
         """Delete every entry this object has not opened (other frame sizes, changed or removed
         videos, other sigmas) and the leftovers of builds whose process died. Returns (entries
-        removed, bytes freed). An entry being built by a live process is left alone; one that a
-        run with another config is reading is not protected (readers take no lock): prune when
-        no other run is preparing data."""
+        removed, bytes freed). Only what is provably a cache entry is touched: a folder named
+        `<subject>-<key>` under one of the entry kinds, holding the `done` mark, or a dead
+        build's `.<name>.tmp-<pid>` folder. Anything else under `paths.cache` (a user's files,
+        outputs when the cache shares their folder) stays. An entry being built by a live process
+        is left alone; one that a run with another config is reading is not protected (readers
+        take no lock): prune when no other run is preparing data."""
         removed = freed = 0
-        for kind_dir in (p for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else ():
-            for entry in kind_dir.iterdir():
-                if not entry.is_dir() or entry in self.used or _build_in_progress(entry):
-                    continue
-                size = sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())
-                lock = FileLock(str(entry) + ".lock")
-                try:
-                    with lock.acquire(timeout=0):
-                        shutil.rmtree(entry, ignore_errors=True)
-                except TimeoutError:  # filelock.Timeout: someone is building or checking it now
-                    continue
-                # the .lock file stays: deleting it would let two processes hold "the same" lock
-                removed, freed = removed + 1, freed + size
+        for entry in self._prunable():
+            size = sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())
+            lock = FileLock(str(entry) + ".lock")
+            try:
+                with lock.acquire(timeout=0):
+                    shutil.rmtree(entry, ignore_errors=True)
+            except TimeoutError:  # filelock.Timeout: someone is building or checking it now
+                continue
+            # the .lock file stays: deleting it would let two processes hold "the same" lock
+            removed, freed = removed + 1, freed + size
         return removed, freed
+
+    def _prunable(self) -> Iterator[Path]:
+        for kind in ENTRY_KINDS:
+            kind_dir = self.root / kind
+            if not kind_dir.is_dir() or kind_dir.is_symlink():
+                continue
+            for entry in kind_dir.iterdir():
+                if entry in self.used or entry.is_symlink() or not entry.is_dir():
+                    continue
+                if _ENTRY_NAME.fullmatch(entry.name) and (entry / "done").is_file():
+                    yield entry
+                elif _BUILD_NAME.fullmatch(entry.name) and not _build_in_progress(entry):
+                    yield entry
 
     # -- frames ----------------------------------------------------------------------------------
 
@@ -210,6 +228,9 @@ class FrameCache:
             mismatched: Counter[tuple[int, int]] = Counter()  # (width, height) -> masks of that size
             for frame, path in files.items():
                 if frame >= num_frames:
+                    continue
+                if not path.is_file():  # a FIFO would block imread for ever
+                    w.warn("unreadable_mask", f"{path}: not a regular file; frame used unmasked")
                     continue
                 img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
                 if img is None:

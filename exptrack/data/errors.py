@@ -3,13 +3,31 @@
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from collections import Counter, defaultdict
+from pathlib import Path
 
 log = logging.getLogger("exptrack.data")
 
 
 class DataError(ValueError):
     """Input that cannot be used; the message names the file (and line where it applies)."""
+
+
+def require_file(path: Path, what: str) -> Path:
+    """`path`, or DataError unless it is a regular file. A FIFO or device named like a video or
+    a CSV would block the first read for ever; a folder would fail deep inside a decoder."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise DataError(f"{path}: {what} not found") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+        raise DataError(f"{path}: {what} is {kind}, not a regular file")
+    return path
 
 
 class DataWarnings:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError, DataWarnings
+from .errors import DataError, DataWarnings, require_file
 
 BACKGROUND = -1
 SPLITS = ("train", "val", "test")
@@ -106,8 +106,7 @@ def _csv_rows(path: Path) -> list[list[str]]:
 
 def read_split(path: Path) -> dict[str, tuple[str, int]]:
     """split.csv -> {subject: (split, line number)}."""
-    if not path.is_file():
-        raise DataError(f"{path}: split file not found (expected columns id,split)")
+    require_file(path, "split file (columns id,split)")
     rows = _csv_rows(path)
     if not rows:
         raise DataError(f"{path}: empty split file (expected a header id,split)")
@@ -196,8 +195,9 @@ def discover(root: str | Path, warnings: DataWarnings) -> DatasetLayout:
         labels = root / "label" / f"{subject}.csv"
         mask_dir = root / "dataset" / "mask" / subject
         keypoints = root / "dataset" / "skeleton" / "yolo_pose_csv" / f"{subject}.csv"
-        if not labels.is_file():
-            raise DataError(f"{labels}: label file for subject {subject!r} not found")
+        require_file(labels, f"label file of subject {subject!r}")
+        if keypoints.exists():
+            require_file(keypoints, f"keypoint CSV of subject {subject!r}")
         subjects.append(SubjectFiles(
             subject=subject,
             split=which,

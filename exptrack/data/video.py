@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import DataError, DataWarnings
+from .errors import DataError, DataWarnings, require_file
 
 
 @dataclass(frozen=True)
@@ -22,8 +22,7 @@ class VideoInfo:
 
 
 def _open(path: Path) -> cv2.VideoCapture:
-    if not path.is_file():
-        raise DataError(f"{path}: video file not found")
+    require_file(path, "video file")
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise DataError(f"{path}: cannot open video (truncated or corrupt file, not a video, or a codec OpenCV cannot read)")

@@ -151,13 +151,14 @@ def reconcile_history(run: tracking.Run, state: TrainState) -> int:
 
 # What a resumed run may change: how and where it runs, and how long. The rest (data,
 # model, loss, optimiser) is the run's own and comes from its checkpoint.
+CHECKPOINT_DIR_TAG = "checkpoint_dir"
 RESUMABLE = {"train": ("epochs", "device", "num_workers", "eval_batch_size"), "paths": ("outputs", "cache"),
              "data": ("root",), "mlflow": ("tracking_uri",)}
 
 
 def resume_config(saved: Config, given: Config) -> Config:
-    """The checkpoint's config with the RESUMABLE keys taken from `given` (e.g. more epochs);
-    other differences are ignored with a warning."""
+    """The checkpoint's config with the RESUMABLE keys the user set taken from `given` (e.g. more
+    epochs) and `given`'s paths; other differences are ignored with a warning."""
     from ..config import replace, to_flat_dict
 
     given_flat, saved_flat, default_flat = to_flat_dict(given), to_flat_dict(saved), to_flat_dict(Config())
@@ -171,7 +172,15 @@ def resume_config(saved: Config, given: Config) -> Config:
     ignored = [k for k in explicit - allowed if given_flat[k] != saved_flat[k]]
     if ignored:
         log.warning("resume keeps the run's own settings; ignoring %s", ", ".join(sorted(ignored)))
-    return replace(saved, **changes) if changes else saved
+    # Paths belong to where this command runs, not to where the run was trained: a checkpoint
+    # file may come from another machine, and its folders must not be written to (or, with
+    # data.demo, filled with generated data) here.
+    changes["paths"] = {k: given_flat[f"paths.{k}"] for k in RESUMABLE["paths"]}
+    root = given.data.root if "data.root" in explicit else saved.data.root
+    if root != given.data.root and not Path(root).exists():
+        raise DataError(f"data.root {root} (from the checkpoint's config) does not exist here: pass --set "
+                        f"data.root=<the folder that holds the run's dataset>")
+    return replace(saved, **changes)
 
 
 def find_checkpoint(resume: str, outputs: Path) -> Path:
@@ -277,6 +286,7 @@ def _resume_point(resume: str, outputs: Path, config: Config) -> tuple[dict[str,
         saved = tracking.train_run_config(resume) if tracking.is_run_id(resume) else None
         if saved is None:
             raise
+        refuse_restart_of_trained_run(resume, outputs)
         log.warning("run %s has no checkpoint (it was stopped before its first epoch ended): it starts again from "
                     "epoch 1, in the same MLflow run", resume)
         own = config_from_dict(saved, f"run {resume} config.yaml") if saved else config
@@ -286,6 +296,21 @@ def _resume_point(resume: str, outputs: Path, config: Config) -> tuple[dict[str,
         raise ModelError(f"{path}: checkpoint has no run id (not written by exptrack train)")
     log.info("resuming run %s after epoch %d", payload["run_id"], payload["epoch"])
     return payload, resume_config(config_from_dict(payload["config"], str(path)), config)
+
+
+def refuse_restart_of_trained_run(run_id: str, outputs: Path) -> None:
+    """A run that finished an epoch wrote checkpoints, only not here (resumed from another folder
+    over a shared store, or they were deleted). Starting it again from epoch 1 would log every
+    epoch twice in one run and, for a finished run, register a second version: refused, saying
+    where the checkpoints are."""
+    record = tracking.run_record(run_id)
+    if record["status"] != "FINISHED" and "train_loss" not in record["metrics"]:
+        return  # stopped before its first epoch ended: nothing to lose by starting over
+    state = "finished" if record["status"] == "FINISHED" else "has finished epochs"
+    where = record["tags"].get(CHECKPOINT_DIR_TAG) or f"outputs/runs/{run_id}/checkpoints of the folder it was trained in"
+    raise ModelError(f"--resume {run_id}: the run {state} but its checkpoints are not in "
+                     f"{outputs / 'runs' / run_id / 'checkpoints'}; they are in {where}: resume from the folder that "
+                     f"holds them (or set paths.outputs to its outputs folder)")
 
 
 def _run_tags(data: PreparedData, setup: FitSetup, env: DistEnv) -> dict[str, Any]:
@@ -353,6 +378,7 @@ def _train(config: Config, env: DistEnv, resume: str | None, progress: bool,
         if options.on_start:
             options.on_start(run.id)
         ckpt_dir = outputs / "runs" / run.id / "checkpoints"
+        run.set_tags({CHECKPOINT_DIR_TAG: ckpt_dir.resolve()})  # where a resume from elsewhere must look
         manager = ckpt.CheckpointManager(ckpt_dir, config.train.checkpoint_every, config.train.keep_checkpoints)
         models = ModelLog(run, manager, class_names, config.mlflow.registered_model if options.register else None)
         datasets = split_datasets(run, data)

@@ -249,6 +249,34 @@ def test_missing_label_file(tiny_copy, make_config):
         _prepare(tiny_copy, make_config)
 
 
+@pytest.mark.timeout(120)  # the bug this guards against is a read that never returns
+@pytest.mark.parametrize("which", ["video", "labels", "keypoints", "split"])
+def test_a_fifo_named_like_a_data_file_is_an_error_not_a_hang(tiny_copy, make_config, which):
+    import os
+
+    subject = _first_subject(tiny_copy)
+    path = {"video": tiny_copy / "dataset" / "anon" / f"{subject}.mp4",
+            "labels": tiny_copy / "label" / f"{subject}.csv",
+            "keypoints": tiny_copy / "dataset" / "skeleton" / "yolo_pose_csv" / f"{subject}.csv",
+            "split": tiny_copy / "split.csv"}[which]
+    path.unlink()
+    os.mkfifo(path)  # opening it for reading blocks until a writer comes: none will
+    with pytest.raises(DataError, match=rf"{path.name}: .* is a FIFO, not a regular file"):
+        _prepare(tiny_copy, make_config)
+
+
+@pytest.mark.timeout(120)
+def test_a_fifo_among_the_mask_files_is_a_counted_warning(tiny_copy, make_config):
+    import os
+
+    subject = _first_subject(tiny_copy)
+    mask = sorted((tiny_copy / "dataset" / "mask" / subject).glob("*_mask.png"))[0]
+    mask.unlink()
+    os.mkfifo(mask)
+    data = _prepare(tiny_copy, make_config, "data.use_masks=true")
+    assert data.warnings["unreadable_mask"] == 1 and not data.subjects[subject].mask_present[0]
+
+
 def _keypoint_file(root: Path) -> Path:
     return root / "dataset" / "skeleton" / "yolo_pose_csv" / f"{_first_subject(root)}.csv"
 
