@@ -214,7 +214,8 @@ class Config:
         # Settings that default to "auto" get their concrete value here, so that every saved
         # config (params, checkpoints, logged models) says what the model really did.
         if self.model.static_removal is None:
-            auto = 0.0 if self.data.use_masks else 1.0
+            # a one-frame clip minus its own mean is all zeros: nothing to remove there
+            auto = 0.0 if self.data.use_masks or self.data.clip_len < 2 else 1.0
             object.__setattr__(self, "model", dataclasses.replace(self.model, static_removal=auto))
 
 
@@ -572,6 +573,9 @@ def validate(config: Config) -> None:
         problems.append("train.grad_clip (0 = off) and train.shutdown_timeout must be >= 0")
     if not 0.0 <= config.model.static_removal <= 1.0:
         problems.append("model.static_removal must be in [0, 1]")
+    elif config.model.static_removal > 0 and d.clip_len < 2:
+        problems.append(f"model.static_removal={config.model.static_removal} needs data.clip_len >= 2: a one-frame "
+                        "clip minus its mean over the clip is all zeros (set model.static_removal=0)")
     if config.train.batch_size < 1 or config.train.epochs < 1:
         problems.append("train.batch_size and train.epochs must be >= 1")
     if config.train.selection_window < 1 or config.train.min_epochs < 0:

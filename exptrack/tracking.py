@@ -104,6 +104,7 @@ def _check_server(uri: str, timeout_s: float = 10.0) -> None:
     TLS settings: MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN, MLFLOW_TRACKING_INSECURE_TLS, ...),
     without its retries: refused, silent, or not MLflow's answer."""
     import requests
+    import urllib3
     from mlflow.tracking._tracking_service.utils import get_default_host_creds
     from mlflow.utils.rest_utils import http_request
 
@@ -111,10 +112,11 @@ def _check_server(uri: str, timeout_s: float = 10.0) -> None:
     try:
         response = http_request(get_default_host_creds(uri), endpoint, "GET", max_retries=0, timeout=timeout_s,
                                 raise_on_status=False, params={"experiment_name": "Default"})
-    except requests.exceptions.Timeout:
-        raise TrackingUnavailable(f"tracking server {uri} accepted the connection but did not answer in "
-                                  f"{timeout_s:.0f} s") from None
     except (requests.exceptions.RequestException, mlflow.exceptions.MlflowException) as exc:
+        # MLflow wraps it: MlflowException <- ConnectionError <- MaxRetryError <- ReadTimeoutError
+        if _caused_by(exc, (requests.exceptions.ReadTimeout, urllib3.exceptions.ReadTimeoutError)):
+            raise TrackingUnavailable(f"tracking server {uri} accepted the connection but did not answer in "
+                                      f"{timeout_s:.0f} s") from None
         reason = type(exc).__name__ if not str(exc) else str(exc).splitlines()[0][:160]
         raise TrackingUnavailable(f"tracking server {uri} is not reachable ({reason}); start it, or point "
                                   "MLFLOW_TRACKING_URI at a running one") from None
@@ -128,6 +130,14 @@ def _check_server(uri: str, timeout_s: float = 10.0) -> None:
     if not isinstance(body, dict) or not ("experiment" in body or "error_code" in body):
         raise TrackingUnavailable(f"{uri} answers, but not as an MLflow tracking server (HTTP {response.status_code} "
                                   f"from {endpoint}); check the address and port")
+
+
+def _caused_by(exc: BaseException | None, kind: type[BaseException] | tuple[type[BaseException], ...]) -> bool:
+    while exc is not None:
+        if isinstance(exc, kind):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _sqlite_file(uri: str) -> Path | None:

@@ -180,6 +180,13 @@ def test_a_bad_saved_config_says_it_came_from_the_checkpoint(saved, problem):
         config_from_dict(saved, "ckpt/best_model.pt")
 
 
+def test_static_removal_with_one_frame_clips_is_off_by_default_and_refused_when_set():
+    """One frame minus its mean over a one-frame clip is zero: the model would see nothing."""
+    assert load_config(None, ["data.clip_len=1"]).model.static_removal == 0.0
+    with pytest.raises(ConfigError, match=r"model.static_removal=0.5 needs data.clip_len >= 2"):
+        load_config(None, ["data.clip_len=1", "model.static_removal=0.5"])
+
+
 def test_static_removal_auto_follows_the_mask_switch(tmp_path):
     """Auto (the default) is resolved when the config is made, so a saved config holds what the
     model really did: the room removed without masks, plain frames with them."""

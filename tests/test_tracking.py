@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import mlflow
+import pytest
 
 from exptrack import tracking
 from exptrack.config import load_config
@@ -94,6 +95,20 @@ def test_a_tracking_server_that_is_not_there_is_named_at_once(tmp_path, monkeypa
         port = s.getsockname()[1]
     err = _store_error(f"http://127.0.0.1:{port}", monkeypatch, capsys, tmp_path)
     assert f"tracking server http://127.0.0.1:{port} is not reachable" in err
+
+
+def test_a_tracking_server_that_accepts_and_never_answers_fails_in_one_bounded_call():
+    import socket
+
+    from exptrack.errors import TrackingUnavailable
+
+    with socket.socket() as silent:  # the kernel completes the handshake; nobody ever reads or answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        with pytest.raises(TrackingUnavailable, match=f"tracking server {uri} accepted the connection but did not "
+                                                      "answer in 1 s"):
+            tracking._check_server(uri, timeout_s=1.0)
 
 
 def test_an_http_server_that_is_not_mlflow_is_named(tmp_path, monkeypatch, capsys):

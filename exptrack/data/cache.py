@@ -33,6 +33,7 @@ from .video import VideoInfo, decode_video
 
 FORMAT_VERSION = 1
 _HASH_BYTES = 1 << 20
+MASK_READER = 2  # layout.read_mask's rules; masks cached by older rules are read again
 ENTRY_KINDS = ("video", "mask", "keypoints", "attention")  # one folder under paths.cache each
 _ENTRY_NAME = re.compile(r".+-[0-9a-f]{16}")  # <subject>-<key>, see _digest
 _BUILD_NAME = re.compile(r"\..+-[0-9a-f]{16}\.tmp-[0-9]+")  # see _build
@@ -218,7 +219,7 @@ class FrameCache:
               video_size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(T, S, S) uint8 person masks (0/255 at the edges blended) and (T,) bool present.
         `video_size` (width, height): masks of another size are still resized, but counted."""
-        key = _digest("mask", folder_key(subject.mask_dir), self.size, num_frames, video_size)
+        key = _digest("mask", MASK_READER, folder_key(subject.mask_dir), self.size, num_frames, video_size)
 
         def build(tmp: Path, w: DataWarnings) -> None:
             files = layout.mask_files(subject.mask_dir)
@@ -232,9 +233,10 @@ class FrameCache:
                 if not path.is_file():  # a FIFO would block imread for ever
                     w.warn("unreadable_mask", f"{path}: not a regular file; frame used unmasked")
                     continue
-                img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+                img = layout.read_mask(path)
                 if img is None:
-                    w.warn("unreadable_mask", f"{path}: cannot read mask image; frame used unmasked")
+                    w.warn("unreadable_mask", f"{path}: cannot read mask image (an 8- or 16-bit PNG); frame used "
+                           "unmasked")
                     continue
                 if video_size is not None and (img.shape[1], img.shape[0]) != tuple(video_size):
                     mismatched[(img.shape[1], img.shape[0])] += 1

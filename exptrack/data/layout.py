@@ -405,10 +405,15 @@ def read_keypoints(path: Path, num_frames: int, warnings: DataWarnings, frame_ba
         frames = raw.astype(np.int64)
         frames = frames - _frame_offset(frames, frame_base)
     joints = table[:, cols]  # (rows, 17, 3)
+    infinite = np.isinf(joints).any(axis=2)  # (rows, 17): a joint "at infinity" would darken the whole frame
+    if infinite.any():
+        bad = int(np.flatnonzero(infinite.any(axis=1))[0])
+        warnings.warn("keypoint_not_finite", f"{path}: {int(infinite.sum())} joints have an infinite coordinate or "
+                      f"confidence (first at line {bad + 2}); read as undetected", count=int(infinite.sum()))
     conf = np.nan_to_num(joints[..., 2], nan=0.0)
-    undetected = np.isnan(joints[..., 0]) | np.isnan(joints[..., 1]) | (conf <= 0)
+    undetected = ~np.isfinite(joints[..., 0]) | ~np.isfinite(joints[..., 1]) | ~np.isfinite(conf) | (conf <= 0)
     conf[undetected] = 0.0
-    joints = np.nan_to_num(joints, nan=0.0)
+    joints = np.nan_to_num(joints, nan=0.0, posinf=0.0, neginf=0.0)
     joints[..., 2] = conf
 
     out = np.zeros((num_frames, NUM_KEYPOINTS, 3), dtype=np.float32)
@@ -441,3 +446,22 @@ def mask_files(mask_dir: Path | None) -> dict[int, Path]:
         if m and int(m.group(1)) >= 1:
             out[int(m.group(1)) - 1] = p
     return out
+
+
+def read_mask(path: Path) -> np.ndarray | None:
+    """A mask image as (H, W) uint8 with the person at 255; None when it cannot be read.
+
+    Masks come in several encodings, all read the same: 8-bit 0/255, 16-bit 0/65535 (OpenCV's
+    grayscale mode would scale them down), and 0/1 label images of either depth (read as "no
+    person" by a >127 threshold). Colour masks count any channel.
+    """
+    import cv2
+
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None or img.dtype not in (np.uint8, np.uint16):
+        return None
+    if img.ndim == 3:
+        img = img.max(axis=2)  # (H, W, C) -> (H, W): a person drawn in any colour
+    if img.max() == 1:  # a 0/1 label image
+        return (img * 255).astype(np.uint8)
+    return (img >> 8).astype(np.uint8) if img.dtype == np.uint16 else img

@@ -155,6 +155,9 @@ def load_subject(cache: FrameCache, files: SubjectFiles, video: VideoEntry, conf
     d = config.data
     labels = layout.read_labels(files.labels, video.info.num_frames, config.model.num_classes, warnings,
                                 d.frame_base)
+    if len(labels) and (labels == layout.BACKGROUND).all():  # else it silently adds nothing to its split
+        warnings.warn("subject_only_background", f"{files.labels}: every frame of subject {files.subject} is "
+                      "background (-1 or unlabelled); it contributes no clips")
     if video.info.num_frames < d.clip_len:  # else the subject silently adds nothing to its split
         warnings.warn("video_shorter_than_clip",
                       f"{files.video}: subject {files.subject} has {video.info.num_frames} frames, fewer than one "

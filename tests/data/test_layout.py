@@ -107,6 +107,37 @@ def test_most_confident_person_is_kept(tmp_path):
     assert conf[conf > 0].min() >= 0.6
 
 
+def test_a_joint_at_infinity_is_a_counted_warning_and_undetected(tmp_path):
+    import math
+
+    path = tmp_path / "kp.csv"
+    header = ",".join(f"kp{j}_{c}" for j in range(17) for c in ("x", "y", "conf"))
+    cells = ["10", "20", "0.9"] * 17
+    cells[0] = "inf"  # joint 0 "at infinity", confident
+    path.write_text(f"frame,{header}\n0,{','.join(cells)}\n")
+    warnings = DataWarnings()
+    kps = layout.read_keypoints(path, 1, warnings)
+    assert warnings["keypoint_not_finite"] == 1
+    assert kps[0, 0, 2] == 0.0 and kps[0, 1].tolist() == [10.0, 20.0, pytest.approx(0.9)]
+    assert all(math.isfinite(v) for v in kps.ravel())
+
+
+@pytest.mark.parametrize("dtype, person", [(np.uint8, 255), (np.uint8, 1), (np.uint16, 65535), (np.uint16, 1),
+                                           (np.uint16, 255 * 257)])
+def test_masks_of_every_common_encoding_read_the_same(tmp_path, dtype, person):
+    """0/255, 0/1 label images and 16-bit masks: the person is at 255 in each (a 0/1 mask was
+    once read as no person at all)."""
+    import cv2
+
+    img = np.zeros((12, 16), dtype=dtype)
+    img[2:8, 4:10] = person
+    path = tmp_path / "000001_mask.png"
+    assert cv2.imwrite(str(path), img)
+    read = layout.read_mask(path)
+    assert read.dtype == np.uint8 and set(np.unique(read)) == {0, 255}
+    assert (read == 255).sum() == 36 and (read[2:8, 4:10] == 255).all()
+
+
 def test_split_csv_accepts_subject_column(tiny_copy):
     text = (tiny_copy / "split.csv").read_text().replace("id,split", "subject_id,split")
     (tiny_copy / "split.csv").write_text(text)
@@ -240,6 +271,15 @@ def test_label_file_longer_than_video_is_reported(tiny_copy, make_config):
     data = _prepare(tiny_copy, make_config)
     assert data.warnings["label_length_mismatch"] == 1
     assert len(data.subjects[subject].labels) == n  # the overlap is used
+
+
+def test_a_subject_labelled_only_background_is_a_counted_warning(tiny_copy, make_config):
+    subject = _first_subject(tiny_copy)
+    path = tiny_copy / "label" / f"{subject}.csv"
+    path.write_text("".join(f"{line.rsplit(',', 1)[0]},-001\n" for line in path.read_text().splitlines()))
+    data = _prepare(tiny_copy, make_config)
+    assert data.warnings["subject_only_background"] == 1
+    assert "every frame of subject" in data.warnings.examples["subject_only_background"][0]
 
 
 def test_missing_label_file(tiny_copy, make_config):
