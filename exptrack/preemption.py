@@ -13,6 +13,8 @@ evictions), a user with Ctrl-C. `installed()` (the CLI runs every command in it)
 with the tag `exptrack.preempted=<signal>` (tracking.start_run), and the command exits 128 +
 the signal number (143 for SIGTERM, 130 for SIGINT). A second signal while the first is being
 handled exits at once: every file exptrack writes is written atomically, so nothing is corrupted.
+Under torchrun a Ctrl-C reaches the ranks once: they run in sessions of their own, so only
+torchrun's forwarded signal reaches them (tests/test_preemption.py checks it).
 """
 
 from __future__ import annotations

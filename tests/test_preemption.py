@@ -34,10 +34,12 @@ def _overrides(tiny_demo: Path, tmp_path: Path, *extra: str) -> list[str]:
 class Command:
     """An exptrack subprocess whose log is read as it comes, to signal it at a given line."""
 
-    def __init__(self, args: list[str], cwd: Path) -> None:
+    def __init__(self, args: list[str], cwd: Path, launcher: tuple[str, ...] = ()) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "exptrack", *args], cwd=cwd, env=env, text=True,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        # its own session: a signal to its process group (a Ctrl-C) reaches it and its children only
+        self.proc = subprocess.Popen([sys.executable, *launcher, "-m", "exptrack", *args], cwd=cwd, env=env,
+                                     text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
         self.lines: list[str] = []
         self.seen = threading.Condition()
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -94,6 +96,37 @@ def test_a_signal_ends_the_run_killed_and_the_resume_continues_exactly(tiny_demo
     assert done[:2] == [1, 2] and len(done) <= 3  # stopped in epoch 3 (or right after it)
 
     resumed = Command(["train", "--no-progress", "--resume", run.info.run_id, "--set", *overrides], tmp_path)
+    assert resumed.finish() == 0, resumed.log[-3000:]
+    run = mlflow.MlflowClient().get_run(run.info.run_id)
+    assert run.info.status == "FINISHED"
+    assert _steps(run.info.run_id, "train_loss") == [1, 2, 3, 4]  # every epoch once
+    assert _steps(run.info.run_id, "val_loss") == [1, 2, 3, 4]
+
+
+TORCHRUN = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGTERM to torchrun", "Ctrl-C to the process group"])
+def test_every_ddp_rank_stops_on_a_signal_and_the_run_resumes_exactly(tiny_demo, tmp_path, how):
+    """torchrun forwards the signal to every rank. A Ctrl-C goes to the whole process group: the
+    ranks run in sessions of their own, so it reaches them once, forwarded (a second delivery
+    would be taken as "exit now" and leave the run RUNNING)."""
+    overrides = _overrides(tiny_demo, tmp_path, "train.epochs=4", "mlflow.experiment=ddp-preempt")
+    command = Command(["train", "--no-progress", "--set", *overrides], tmp_path, TORCHRUN)
+    command.wait_for("epoch 2/4")
+    if how == "SIGTERM to torchrun":
+        command.proc.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(command.proc.pid, signal.SIGINT)
+    command.finish()  # torchrun's own exit code says it was signalled; the run says how it ended
+    sig = "SIGTERM" if how == "SIGTERM to torchrun" else "SIGINT"
+    run = _only_run("ddp-preempt")
+    assert run.info.status == "KILLED" and run.data.tags[PREEMPTED_TAG] == sig, command.log[-3000:]
+    assert run.data.tags["world_size"] == "2"
+
+    resumed = Command(["train", "--no-progress", "--resume", run.info.run_id, "--set", *overrides], tmp_path,
+                      TORCHRUN)
     assert resumed.finish() == 0, resumed.log[-3000:]
     run = mlflow.MlflowClient().get_run(run.info.run_id)
     assert run.info.status == "FINISHED"
@@ -166,3 +199,18 @@ def test_inside_the_loop_a_signal_waits_for_the_batch_boundary():
                 preemption.check()  # the batch boundary
         assert reached and stopped.value.exit_code == 143
     assert signal.getsignal(signal.SIGTERM) is before and preemption.requested() is None  # handlers given back
+
+
+def test_under_torchrun_the_drain_ends_before_torchrun_kills_the_ranks(monkeypatch):
+    """torchrun SIGKILLs its workers its shutdown timeout after forwarding a signal: rank 0 must
+    end its run (KILLED) before that, so its drain keeps a margin."""
+    from exptrack.training.distributed import LAUNCHER_MARGIN_S, shutdown_budget
+
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    assert shutdown_budget(60.0) == 60.0  # no launcher: the configured wait
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "x")
+    monkeypatch.delenv("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", raising=False)
+    monkeypatch.delenv("PET_SHUTDOWN_TIMEOUT", raising=False)
+    assert shutdown_budget(60.0) == 30.0 - LAUNCHER_MARGIN_S  # torchrun's default 30 s
+    monkeypatch.setenv("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "120")
+    assert shutdown_budget(60.0) == 60.0

@@ -110,3 +110,22 @@ def broadcast_buffers(model: torch.nn.Module) -> None:
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+LAUNCHER_MARGIN_S = 10.0  # of torchrun's shutdown timeout, left for ending the run after the drain
+
+
+def shutdown_budget(seconds: float) -> float:
+    """How long a stopped rank may spend delivering tracking calls. torchrun SIGKILLs its workers
+    `--shutdown-timeout` after it forwarded a signal (TORCH_ELASTIC_SHUTDOWN_TIMEOUT or
+    PET_SHUTDOWN_TIMEOUT; 30 s by default, and a flag given on its command line is not visible
+    here): a killed rank 0 would leave its run RUNNING, so it keeps LAUNCHER_MARGIN_S of that
+    for ending the run. What the drain leaves is delivered by the resume."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return seconds
+    raw = os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT") or os.environ.get("PET_SHUTDOWN_TIMEOUT") or "30"
+    try:
+        launcher = float(raw)
+    except ValueError:
+        launcher = 30.0
+    return max(0.0, min(seconds, launcher - LAUNCHER_MARGIN_S))

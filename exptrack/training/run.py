@@ -399,7 +399,7 @@ def _train(config: Config, env: DistEnv, resume: str | None, progress: bool,
             state = fit(setup, manager, state=state, callbacks=[logger, *callbacks], progress=progress,
                         stamp=_RunStamp(run.id, digest, tuple(class_names)))
         except preemption.Preempted as exc:
-            left = tracker.drain(config.train.shutdown_timeout)  # what finished epochs queued
+            left = tracker.drain(distributed.shutdown_budget(config.train.shutdown_timeout))  # what finished epochs queued
             log.warning("%s: run %s ends KILLED%s; `exptrack train --resume %s` continues after its last "
                         "finished epoch (its checkpoint)", exc, run.id,
                         f" ({len(left)} tracking calls undelivered, the resume delivers them)" if left else "",
