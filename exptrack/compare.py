@@ -38,7 +38,7 @@ from .config import to_flat_dict
 from .errors import ModelError
 from .evaluation import evaluation_config, evaluation_digest, evaluation_predictions, run_evaluate
 from .inference import LoadedModel, load_model
-from .outputs import DEFAULT_OUTPUTS, check_save_dir, invocation_dir
+from .outputs import DEFAULT_OUTPUTS, check_save_dir, invocation_folder
 from .stats import METRICS, Comparison, compare
 from .training.loop import resolve_device
 
@@ -286,22 +286,22 @@ def run_compare_groups(ref_a: str, ref_b: str, save_dir: str | Path | None = Non
     with tracking.start_run(config, run_name="compare-groups", command="compare",
                             tags={"compare.a": ref_a, "compare.b": ref_b, "compare.kind": "groups",
                                   "compare.paired": paired}) as run:
-        out = invocation_dir(save_dir, DEFAULT_OUTPUTS / "compare" / run.id, overwrite)
-        table = pd.DataFrame([{"group": label, "member": m.key, "run_id": m.run_id, HEADLINE: m.value()}
-                              for label, members in (("A", a), ("B", b)) for m in members])
-        table.to_csv(out / "members.csv", index=False)
-        summary = pd.DataFrame([vars(c)])
-        summary.to_csv(out / "headline.csv", index=False)
-        html_table = table.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0)
-        (out / "report.html").write_text(
-            f"<!doctype html><html><head><meta charset='utf-8'><title>compare groups</title></head><body>"
-            f"<h1>Group B against group A</h1><p><b>{html.escape(verdict)}</b></p><p>A: <code>{html.escape(ref_a)}"
-            f"</code> ({kind_a})<br>B: <code>{html.escape(ref_b)}</code> ({kind_b})</p>{html_table}</body></html>")
-        run.log_artifacts(out, "compare")
-        run.log_metrics({f"{k}_{HEADLINE}": v for k, v in (("a", c.a), ("b", c.b), ("diff", c.diff), ("low", c.low),
-                                                           ("high", c.high), ("p_better", c.p_better)) if v is not None})
-        run.set_tags({"compare.verdict": c.verdict, "compare.sentence": verdict[:500],
-                      "compare.time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        with invocation_folder(save_dir, DEFAULT_OUTPUTS / "compare" / run.id, overwrite) as out:
+            table = pd.DataFrame([{"group": label, "member": m.key, "run_id": m.run_id, HEADLINE: m.value()}
+                                  for label, members in (("A", a), ("B", b)) for m in members])
+            table.to_csv(out / "members.csv", index=False)
+            summary = pd.DataFrame([vars(c)])
+            summary.to_csv(out / "headline.csv", index=False)
+            html_table = table.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0)
+            (out / "report.html").write_text(
+                f"<!doctype html><html><head><meta charset='utf-8'><title>compare groups</title></head><body>"
+                f"<h1>Group B against group A</h1><p><b>{html.escape(verdict)}</b></p><p>A: <code>{html.escape(ref_a)}"
+                f"</code> ({kind_a})<br>B: <code>{html.escape(ref_b)}</code> ({kind_b})</p>{html_table}</body></html>")
+            run.log_artifacts(out, "compare")
+            run.log_metrics({f"{k}_{HEADLINE}": v for k, v in (("a", c.a), ("b", c.b), ("diff", c.diff), ("low", c.low),
+                                                               ("high", c.high), ("p_better", c.p_better)) if v is not None})
+            run.set_tags({"compare.verdict": c.verdict, "compare.sentence": verdict[:500],
+                          "compare.time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return CompareResult({HEADLINE: c}, verdict, paired, out, run.id)
 
 
@@ -339,37 +339,37 @@ def run_compare(ref_a: str, ref_b: str, split: str = "test", metric: str = "mean
         for side in (a, b):
             if side.loaded.source.get("model_id"):
                 run.log_model_input(side.loaded.source["model_id"])
-        out = invocation_dir(save_dir, DEFAULT_OUTPUTS / "compare" / run.id, overwrite)
-        images: dict[str, list[Path]] = {}
-        classes, fixed, broken = None, pd.DataFrame(), pd.DataFrame()
-        if joined is not None:
-            classes = per_class(joined, names)
-            fixed, broken = changed_clips(joined, names, a.loaded.config.data.clip_len)
-            images["confusion"] = [plots.difference_heatmap(confusion_difference(joined, names),
-                                                            "confusion: B minus A (row-normalised)",
-                                                            out / "confusion_difference.png")]
-            images["fixed"] = gradcam_strips(a, b, fixed, gradcam, split, data_root, device, out / "fixed")
-            images["broken"] = gradcam_strips(a, b, broken, gradcam, split, data_root, device, out / "broken")
-            classes.to_csv(out / "per_class.csv", index=False)
-            fixed.to_csv(out / "fixed_clips.csv", index=False)
-            broken.to_csv(out / "broken_clips.csv", index=False)
-            run.log_table(classes, "compare/per_class.json")
-            run.log_table(pd.concat([fixed.assign(change="fixed"), broken.assign(change="broken")]),
-                          "compare/changed_clips.json")
-        histories = training_histories(a, b)
-        if histories:
-            images["curves"] = [plots.overlaid_curves(histories, out / "training_curves.png")]
-        config_diff = config_difference(a.loaded, b.loaded)
-        config_diff.to_csv(out / "config_difference.csv", index=False)
-        summary = pd.DataFrame([vars(c) for c in comparisons.values()])
-        summary.to_csv(out / "headline.csv", index=False)
-        run.log_table(summary, "compare/headline.json")
-        write_report(out, a, b, comparisons, verdict, joined is not None, classes, fixed, broken, config_diff, images)
-        run.log_artifacts(out, "compare")
-        run.log_metrics({f"{k}_{m}": v for m, c in comparisons.items()
-                         for k, v in (("a", c.a), ("b", c.b), ("diff", c.diff), ("low", c.low), ("high", c.high),
-                                      ("p_better", c.p_better)) if v is not None})
-        run.log_metrics({"clips_fixed": len(fixed), "clips_broken": len(broken)})
-        run.set_tags({"compare.verdict": comparisons[metric].verdict if joined is not None else "not paired",
-                      "compare.sentence": verdict[:500], "compare.time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        with invocation_folder(save_dir, DEFAULT_OUTPUTS / "compare" / run.id, overwrite) as out:
+            images: dict[str, list[Path]] = {}
+            classes, fixed, broken = None, pd.DataFrame(), pd.DataFrame()
+            if joined is not None:
+                classes = per_class(joined, names)
+                fixed, broken = changed_clips(joined, names, a.loaded.config.data.clip_len)
+                images["confusion"] = [plots.difference_heatmap(confusion_difference(joined, names),
+                                                                "confusion: B minus A (row-normalised)",
+                                                                out / "confusion_difference.png")]
+                images["fixed"] = gradcam_strips(a, b, fixed, gradcam, split, data_root, device, out / "fixed")
+                images["broken"] = gradcam_strips(a, b, broken, gradcam, split, data_root, device, out / "broken")
+                classes.to_csv(out / "per_class.csv", index=False)
+                fixed.to_csv(out / "fixed_clips.csv", index=False)
+                broken.to_csv(out / "broken_clips.csv", index=False)
+                run.log_table(classes, "compare/per_class.json")
+                run.log_table(pd.concat([fixed.assign(change="fixed"), broken.assign(change="broken")]),
+                              "compare/changed_clips.json")
+            histories = training_histories(a, b)
+            if histories:
+                images["curves"] = [plots.overlaid_curves(histories, out / "training_curves.png")]
+            config_diff = config_difference(a.loaded, b.loaded)
+            config_diff.to_csv(out / "config_difference.csv", index=False)
+            summary = pd.DataFrame([vars(c) for c in comparisons.values()])
+            summary.to_csv(out / "headline.csv", index=False)
+            run.log_table(summary, "compare/headline.json")
+            write_report(out, a, b, comparisons, verdict, joined is not None, classes, fixed, broken, config_diff, images)
+            run.log_artifacts(out, "compare")
+            run.log_metrics({f"{k}_{m}": v for m, c in comparisons.items()
+                             for k, v in (("a", c.a), ("b", c.b), ("diff", c.diff), ("low", c.low), ("high", c.high),
+                                          ("p_better", c.p_better)) if v is not None})
+            run.log_metrics({"clips_fixed": len(fixed), "clips_broken": len(broken)})
+            run.set_tags({"compare.verdict": comparisons[metric].verdict if joined is not None else "not paired",
+                          "compare.sentence": verdict[:500], "compare.time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     return CompareResult(comparisons, verdict, joined is not None, out, run.id)

@@ -21,7 +21,7 @@ from .errors import ModelError
 from .data.layout import read_class_names
 from .data.prepare import PreparedData, prepare_data
 from .inference import load_model
-from .outputs import DEFAULT_OUTPUTS, check_save_dir, invocation_dir
+from .outputs import DEFAULT_OUTPUTS, check_save_dir, invocation_folder
 from .metrics import (HEADLINE_METRICS, classification_metrics, confusion_tables, frame_accuracy, frame_labels, frame_probabilities,
                       smooth_labels)
 from .training.loop import predict, resolve_device, use_channels_last
@@ -191,9 +191,9 @@ def run_evaluate(model_ref: str, split: str = "test", batch_size: int = 16, devi
         }
         log.info("%d clips in %.1f s (%.0f clips/s on %s)", len(y_true), seconds, frame["clips_per_s"], device)
         outputs = Path(base_config.paths.outputs) if base_config is not None else DEFAULT_OUTPUTS
-        out = invocation_dir(save_dir, outputs / "evaluate" / run.id, overwrite)
-        write_report(report, predictions_table(data.splits[split], probs, names), timelines, out)
-        log_evaluation(run, loaded.source, split, data, report, frame, out)
+        with invocation_folder(save_dir, outputs / "evaluate" / run.id, overwrite) as out:
+            write_report(report, predictions_table(data.splits[split], probs, names), timelines, out)
+            log_evaluation(run, loaded.source, split, data, report, frame, out)
     return Evaluation(report, frame, out, run.id)
 
 

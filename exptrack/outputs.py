@@ -5,7 +5,9 @@ a shared folder)."""
 from __future__ import annotations
 
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from .errors import OutputError
 
@@ -43,6 +45,28 @@ def check_overwritable(folder: Path) -> None:
                           "it empties only a folder an earlier command wrote: choose a new or empty one")
 
 
+@contextmanager
+def invocation_folder(save_dir: str | Path | None, default: Path, overwrite: bool) -> Iterator[Path]:
+    """The folder this call writes to (invocation_dir), kept only when the body completes: a
+    command stopped part way (a signal, an error) leaves no half-written folder behind. A fresh
+    folder is removed; an explicit `--save-dir` that existed is left empty."""
+    existed = save_dir is not None and Path(save_dir).is_dir()
+    folder = invocation_dir(save_dir, default, overwrite)
+    try:
+        yield folder
+    except BaseException:
+        try:
+            _empty(folder) if existed else shutil.rmtree(folder)
+        except OSError:  # the cause being raised matters more than a file that would not go
+            pass
+        raise
+
+
+def _empty(folder: Path) -> None:
+    for entry in folder.iterdir():
+        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+
+
 def invocation_dir(save_dir: str | Path | None, default: Path, overwrite: bool) -> Path:
     """The folder this call writes to: `default` (made fresh: a suffix when it exists), or the
     explicit `save_dir`, emptied first when `overwrite` (only a folder exptrack wrote). Either
@@ -54,8 +78,7 @@ def invocation_dir(save_dir: str | Path | None, default: Path, overwrite: bool) 
         check_save_dir(folder, overwrite)
         if folder.is_dir() and any(folder.iterdir()):
             check_overwritable(folder)
-            for entry in folder.iterdir():
-                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            _empty(folder)
         folder.mkdir(parents=True, exist_ok=True)
     (folder / MARKER).write_text("written by exptrack; `--save-dir <this folder> --overwrite` may empty it\n")
     return folder

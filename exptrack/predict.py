@@ -29,7 +29,7 @@ from .data.prepare import SubjectData, load_guides
 from .data.transforms import to_model_input
 from .data.video import decode_video, write_video
 from .inference import load_model
-from .outputs import DEFAULT_OUTPUTS, check_save_dir, invocation_dir
+from .outputs import DEFAULT_OUTPUTS, check_save_dir, invocation_folder
 from .metrics import frame_confidence, frame_labels, frame_probabilities, smooth_labels, window_starts
 from .training.loop import resolve_device
 
@@ -132,16 +132,16 @@ def predict_video(video: str | Path, model_ref: str, out_dir: str | Path | None 
     segs = segments(smoothed, frame_confidence(probs, smoothed))
     segs.insert(3, "name", name_of[segs["class"].to_numpy(dtype=np.int64)])
     segs["start_s"], segs["end_s"] = segs["start"] / info.fps, (segs["end"] + 1) / info.fps
-    out = invocation_dir(out_dir, DEFAULT_OUTPUTS / "predict" / f"{video.stem}-{time.strftime('%Y%m%d-%H%M%S')}",
-                         overwrite)
-    table.to_csv(out / "frames.csv", index=False)
-    segs.to_csv(out / "segments.csv", index=False)
-    (out / "timeline.json").write_text(json.dumps({"video": str(video), "model": model_ref, "fps": info.fps,
-                                                   "class_names": names,
-                                                   "segments": segs.to_dict(orient="records")}, indent=2))
-    plots.timeline(None, predicted, smoothed, f"{video.name}: predicted exercises", out / "timeline.png", names)
-    if overlay:
-        write_video(out / "overlay.mp4", label_overlay(frames, smoothed, confidence, names), info.fps)
+    with invocation_folder(out_dir, DEFAULT_OUTPUTS / "predict" / f"{video.stem}-{time.strftime('%Y%m%d-%H%M%S')}",
+                           overwrite) as out:
+        table.to_csv(out / "frames.csv", index=False)
+        segs.to_csv(out / "segments.csv", index=False)
+        (out / "timeline.json").write_text(json.dumps({"video": str(video), "model": model_ref, "fps": info.fps,
+                                                       "class_names": names,
+                                                       "segments": segs.to_dict(orient="records")}, indent=2))
+        plots.timeline(None, predicted, smoothed, f"{video.name}: predicted exercises", out / "timeline.png", names)
+        if overlay:
+            write_video(out / "overlay.mp4", label_overlay(frames, smoothed, confidence, names), info.fps)
     return Timeline(table, segs, info.fps, out, names)
 
 

@@ -214,3 +214,35 @@ def test_under_torchrun_the_drain_ends_before_torchrun_kills_the_ranks(monkeypat
     assert shutdown_budget(60.0) == 30.0 - LAUNCHER_MARGIN_S  # torchrun's default 30 s
     monkeypatch.setenv("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "120")
     assert shutdown_budget(60.0) == 60.0
+
+
+@pytest.mark.parametrize("command", ["evaluate", "visualize"])
+def test_a_signal_while_a_command_writes_its_outputs_leaves_no_folder_and_a_killed_run(
+        tiny_trained, tmp_path, monkeypatch, command):
+    """A real SIGTERM to this process (the CLI's handler raises at once outside training) after
+    the first output file is written: the half-written folder goes, the run ends KILLED."""
+    from exptrack import evaluation
+    from exptrack.cli import main
+    from exptrack.explain import render
+
+    uri, cfg, result = tiny_trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    monkeypatch.chdir(tmp_path)
+    module, name = (evaluation, "write_report") if command == "evaluate" else (render, "save_video")
+    real = getattr(module, name)
+
+    def written_then_signalled(*args, **kwargs):
+        real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(module, name, written_then_signalled)
+    out = tmp_path / "report"
+    extra = ["--num-samples", "2"] if command == "visualize" else []
+    code = main([command, "--model", f"models:/{cfg.mlflow.registered_model}/{result.model_version}",
+                 "--save-dir", str(out), "--no-progress", *extra])
+    assert code == 143 and not out.exists()
+    run = mlflow.search_runs(experiment_names=[cfg.mlflow.experiment], output_format="list",
+                             filter_string=f"tags.`exptrack.command` = '{command}'",
+                             order_by=["attributes.start_time DESC"], max_results=1)[0]
+    assert run.info.status == "KILLED" and run.data.tags[PREEMPTED_TAG] == "SIGTERM"
