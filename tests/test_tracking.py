@@ -83,6 +83,29 @@ def test_an_sqlite_store_that_is_a_folder_or_not_a_database_is_named(tmp_path, m
         f"sqlite:///{tmp_path / 'broken.db'}", monkeypatch, capsys, tmp_path)
 
 
+def test_a_store_on_a_read_only_disk_is_named_by_train_and_evaluate(tiny_trained, tmp_path, monkeypatch, capsys):
+    """A real read-only filesystem (a tmpfs remounted ro): root may write anywhere else, so
+    a chmod would not do."""
+    from exptrack.cli import main
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root and mount permission)")
+    try:
+        uri = f"sqlite:///{disk / 'mlflow.db'}"
+        # a real store, made by a process that then ends (an open database keeps the mount busy)
+        subprocess.run([sys.executable, "-c", f"import mlflow; mlflow.set_tracking_uri({uri!r}); "
+                        "mlflow.MlflowClient().create_experiment('made-before')"], check=True, capture_output=True)
+        assert subprocess.run(["mount", "-o", "remount,ro", str(disk)], capture_output=True).returncode == 0
+        assert "mlflow.db (or its folder) is read-only" in _store_error(uri, monkeypatch, capsys, tmp_path)
+        checkpoint = tiny_trained[2].checkpoint_dir / "best_model.pt"
+        assert main(["evaluate", "--model", str(checkpoint), "--save-dir", str(tmp_path / "r"), "--no-progress"]) == 2
+        assert "mlflow.db (or its folder) is read-only" in capsys.readouterr().err
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
 def test_a_store_uri_with_an_unknown_scheme_is_named(tmp_path, monkeypatch, capsys):
     assert "unknown scheme 'garbage'" in _store_error("garbage://x", monkeypatch, capsys, tmp_path)
 
