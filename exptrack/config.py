@@ -606,7 +606,30 @@ def _name_problems(config: Config) -> list[str]:
     if "/" in config.mlflow.registered_model or ":" in config.mlflow.registered_model:
         problems.append(f"mlflow.registered_model must not contain '/' or ':' (it is part of models:/NAME/VERSION), "
                         f"got {config.mlflow.registered_model!r}")
+    for key, value, limit in (("mlflow.experiment", config.mlflow.experiment, MAX_EXPERIMENT_NAME),
+                              ("mlflow.registered_model", config.mlflow.registered_model, MAX_MODEL_NAME)):
+        if len(value) > limit:
+            problems.append(f"{key} is {len(value)} characters long; MLflow takes at most {limit}")
+    for key, value in (("data.root", config.data.root), ("paths.outputs", config.paths.outputs),
+                       ("paths.cache", config.paths.cache)):
+        problems.extend(_path_length_problems(key, value))
     return problems
+
+
+MAX_EXPERIMENT_NAME, MAX_MODEL_NAME = 500, 256  # MLflow's limits (its validation and its registry's columns)
+MAX_NAME_BYTES, MAX_PATH_BYTES = 255, 4095  # Linux, macOS and Windows file systems: a name, a whole path
+
+
+def _path_length_problems(key: str, value: str) -> list[str]:
+    """A path no file system takes (the OS would fail its first use with ENAMETOOLONG, after
+    the work began); measured in UTF-8 bytes, as the file systems do."""
+    if len(value.encode()) > MAX_PATH_BYTES:
+        return [f"{key} is {len(value.encode())} bytes long; a path may have at most {MAX_PATH_BYTES}"]
+    longest = max(value.replace("\\", "/").split("/"), key=lambda part: len(part.encode()))
+    if len(longest.encode()) > MAX_NAME_BYTES:
+        return [f"{key} has a folder or file name of {len(longest.encode())} bytes ({longest[:20]}...); a name may "
+                f"have at most {MAX_NAME_BYTES}"]
+    return []
 
 
 def _group_problems(config: Config) -> list[str]:

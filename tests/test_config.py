@@ -207,6 +207,10 @@ def test_static_removal_auto_follows_the_mask_switch(tmp_path):
     ("optim.plateau_factor=2", "optim.plateau_factor in \\(0, 1\\)"),
     ("data.dominant_class=99", "data.dominant_class must be a class id, 0..16"),
     ("train.eval_batch_size=0", "train.eval_batch_size must be >= 1"),
+    (f"data.root=/data/{'a' * 300}", "data.root has a folder or file name of 300 bytes"),
+    (f"paths.cache={'/abc' * 1100}", "paths.cache is 4400 bytes long; a path may have at most 4095"),
+    (f"mlflow.experiment={'e' * 501}", "mlflow.experiment is 501 characters long; MLflow takes at most 500"),
+    (f"mlflow.registered_model={'m' * 257}", "mlflow.registered_model is 257 characters long"),
 ])
 def test_values_out_of_range_are_refused_naming_the_key(override, says):
     with pytest.raises(ConfigError, match=says):
