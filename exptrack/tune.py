@@ -260,6 +260,9 @@ def on_dead_worker_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -
     run_id = trial.user_attrs.get("run_id")
     if run_id:
         try:
+            # a fold or seed trial's run is a group run: its members died with it
+            for member in [r["run_id"] for r in tracking.child_runs(run_id) if r["status"] == "RUNNING"]:
+                tracking.fail_run_if_running(member, {"optuna.state": "FAIL", "optuna.fail_reason": "worker died"})
             tracking.fail_run_if_running(run_id, {"optuna.state": "FAIL", "optuna.fail_reason": "worker died"})
         except Exception as exc:  # noqa: BLE001 - a tracking hiccup must not stop the study
             log.warning("could not close the run %s of dead trial %d: %s", run_id, trial.number, exc)

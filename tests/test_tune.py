@@ -404,6 +404,31 @@ def test_a_dead_local_worker_trial_is_failed_and_retried_through_public_optuna_a
     assert fail_trial(study, trial.number) is None  # already finished: nothing to do
 
 
+def test_a_dead_workers_fold_trial_leaves_no_member_run_running(tmp_path):
+    """A fold or seed trial's run is a group run with a member run per fold: when its worker dies,
+    the member being trained dies too, and is closed with the group run."""
+    import socket
+
+    from exptrack.tune import fail_dead_local_trials
+
+    client = mlflow.MlflowClient()
+    experiment = client.create_experiment("dead-group")
+    group = client.create_run(experiment).info.run_id
+    finished = client.create_run(experiment, tags={"mlflow.parentRunId": group}).info.run_id
+    client.set_terminated(finished, "FINISHED")
+    training = client.create_run(experiment, tags={"mlflow.parentRunId": group}).info.run_id
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'o.db'}", study_name="dead-group")
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{gone.pid}")
+    trial.set_user_attr("run_id", group)
+    fail_dead_local_trials(study)
+    status = {run_id: client.get_run(run_id).info.status for run_id in (group, finished, training)}
+    assert status == {group: "FAILED", finished: "FINISHED", training: "FAILED"}
+    assert client.get_run(training).data.tags["optuna.fail_reason"] == "worker died"
+
+
 def test_optuna_experimental_warnings_are_silenced_in_one_place():
     import warnings
 
