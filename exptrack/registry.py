@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from typing import Callable
 
-from . import model_card, tracking
+from . import model_card, preemption, tracking
 from .errors import ModelError
 from .metrics import HEADLINE_METRICS
 from .stats import METRICS as PAIRED_METRICS
@@ -191,21 +191,24 @@ def promote(name: str, metric: str = "test_mean_class_accuracy", split: str = "t
     by_number = {v["version"]: v for v in versions}
     decision = decide(current, candidates, rule, _paired_on_predictions(by_number, metric, split, method),
                       min_improvement)
-    if decision.champion and decision.champion != champion_version:
-        tracking.set_alias(name, CHAMPION, decision.champion)
-        if decision.previous:
-            tracking.set_alias(name, PREVIOUS, decision.previous)
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    for version, reason in decision.reasons.items():
-        tracking.set_model_version_tags(name, version, {  # the values are in the decision and on the card
-            "promotion.decision": reason, "promotion.metric": f"{metric}", "promotion.rule": rule,
-            "promotion.compared_on_digest": decision.digest, "promotion.time": stamp,
-            # the champion's figure is the best of this many versions on that test set (biased upwards)
-            "promotion.versions_compared": decision.compared,
-            **({"promotion.evidence": _evidence_tag(decision.evidence)}
-               if decision.evidence is not None and version == decision.challenger else {}),
-        })
-        model_card.refresh(name, version)
+    # One unit: a signal here waits until the aliases and tags agree (no champion moved without
+    # its previous, no version without its decision).
+    with preemption.deferred():
+        if decision.champion and decision.champion != champion_version:
+            tracking.set_alias(name, CHAMPION, decision.champion)
+            if decision.previous:
+                tracking.set_alias(name, PREVIOUS, decision.previous)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        for version, reason in decision.reasons.items():
+            tracking.set_model_version_tags(name, version, {  # the values are in the decision and on the card
+                "promotion.decision": reason, "promotion.metric": f"{metric}", "promotion.rule": rule,
+                "promotion.compared_on_digest": decision.digest, "promotion.time": stamp,
+                # the champion's figure is the best of this many versions on that test set (biased upwards)
+                "promotion.versions_compared": decision.compared,
+                **({"promotion.evidence": _evidence_tag(decision.evidence)}
+                   if decision.evidence is not None and version == decision.challenger else {}),
+            })
+            model_card.refresh(name, version)
     log.info("champion of %s: version %s", name, decision.champion)
     return decision
 

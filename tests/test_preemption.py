@@ -246,3 +246,35 @@ def test_a_signal_while_a_command_writes_its_outputs_leaves_no_folder_and_a_kill
                              filter_string=f"tags.`exptrack.command` = '{command}'",
                              order_by=["attributes.start_time DESC"], max_results=1)[0]
     assert run.info.status == "KILLED" and run.data.tags[PREEMPTED_TAG] == "SIGTERM"
+
+
+def test_a_signal_while_promote_moves_the_aliases_waits_until_they_agree(tmp_path, monkeypatch):
+    """A real SIGTERM right after the champion alias moved: the previous alias and every
+    version's decision are still written, then the command stops."""
+    from exptrack import registry
+
+    client = mlflow.MlflowClient()
+    client.create_registered_model("signalled")
+    mlflow.set_experiment("promote-signal")
+    versions = []
+    for value in (0.80, 0.90):
+        with mlflow.start_run() as run:
+            mlflow.log_text("weights", "model/placeholder.txt")
+        mv = client.create_model_version("signalled", source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
+        tracking.set_model_version_tags("signalled", mv.version, {"test_mean_class_accuracy": value,
+                                                                  "test_data_digest": "d1"})
+        versions.append(str(mv.version))
+    client.set_registered_model_alias("signalled", "champion", versions[0])
+    real = tracking.set_alias
+
+    def moved_then_signalled(name, alias, version):
+        real(name, alias, version)
+        if alias == registry.CHAMPION:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(tracking, "set_alias", moved_then_signalled)
+    with preemption.installed(), pytest.raises(preemption.Preempted):
+        registry.promote("signalled", rule="best", evaluate=lambda *a: None, current_digest=lambda *a: "d1")
+    assert tracking.alias_version("signalled", "champion") == versions[1]
+    assert tracking.alias_version("signalled", "previous") == versions[0]
+    assert all("promotion.decision" in client.get_model_version("signalled", v).tags for v in versions)
