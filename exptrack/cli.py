@@ -9,7 +9,7 @@ import sys
 import traceback
 
 from . import preemption
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, given_keys, load_config
 from .data.errors import DataError, DataWarnings
 from .errors import CheckpointError, ModelError, OutputError, TrackingUnavailable, TuneFailed
 from .training.loop import NonFiniteLossError
@@ -100,8 +100,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     # the MLproject's parameters, as `mlflow run` logs them ("none" when not given, as its defaults)
     invocation = {"config": args.config or "", "overrides": " ".join(overrides), "seeds": args.seeds or "none",
                   "folds": args.folds or "none"}
+    explicit = given_keys(args.config, overrides) if args.resume else None  # what the resume takes
     result = train(load_config(args.config, overrides), resume=args.resume, progress=not args.no_progress,
-                   options=RunOptions(invocation=invocation))
+                   options=RunOptions(invocation=invocation, explicit=explicit))
     if not result.run_id:  # a non-zero torchrun rank: rank 0 reports
         return
     print(group_line(result) if hasattr(result, "members") else end_of_run_line(result))

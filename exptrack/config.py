@@ -527,6 +527,15 @@ def load_config(path: str | Path | None = None, overrides: typing.Iterable[str] 
     return build_config(layers)
 
 
+def given_keys(path: str | Path | None = None, overrides: typing.Iterable[str] = ()) -> frozenset[str]:
+    """The `section.key`s that a config file (with its base) and the overrides set, whatever
+    their values: what a user chose. A resume takes these, also when one equals the default
+    (`--epochs 100` is a choice even where 100 is the default)."""
+    layers = load_yaml_layers(path) if path else {}
+    keys = {f"{section}.{key}" for section, values in layers.items() for key in values}
+    return frozenset(keys | {".".join(parse_override(text)[:2]) for text in overrides})
+
+
 def replace(config: Config, **changes: dict[str, Any]) -> Config:
     """Return a copy with some keys changed, e.g. replace(cfg, train={"epochs": 2})."""
     layers = to_nested_dict(config)

@@ -189,7 +189,7 @@ def test_a_seed_group_logs_its_spread_and_registers_its_best_member(tiny_demo, m
 
 @pytest.mark.slow
 def test_a_killed_group_resumes_only_what_did_not_finish(tiny_demo, make_config):
-    from exptrack.training.run import train
+    from exptrack.training.run import RunOptions, train
 
     config = make_config(tiny_demo, *FAST, "train.seeds=0,1", "mlflow.experiment=resume-group")
     hooks = groups.GroupHooks(callbacks=lambda i, member: [KillAfter(1)] if i == 1 else [])
@@ -207,6 +207,12 @@ def test_a_killed_group_resumes_only_what_did_not_finish(tiny_demo, make_config)
     assert _steps(before["seed=1"], "train_loss") == [1, 2]  # the killed one continued: every epoch once
     assert mlflow.MlflowClient().get_run(parent).info.status == "FINISHED"
     assert len(mlflow.MlflowClient().search_model_versions("name='grouped'")) == 1
+
+    # resumed for more epochs: every member trains on, finished or not, each in its own run
+    more = make_config(tiny_demo, *FAST, "train.seeds=0,1", "mlflow.experiment=resume-group", "train.epochs=3")
+    train(more, resume=parent, progress=False, options=RunOptions(explicit=frozenset({"train.epochs"})))
+    assert {k: r.info.run_id for k, r in _children(parent).items()} == before
+    assert all(_steps(run_id, "train_loss") == [1, 2, 3] for run_id in before.values())
 
 
 @pytest.fixture(scope="module")

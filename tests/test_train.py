@@ -257,6 +257,22 @@ def test_a_received_checkpoint_resumes_with_this_folders_paths_not_its_own(tmp_p
     assert resumed.train.epochs == 5 and not theirs.exists()
 
 
+def test_a_resume_takes_what_the_user_set_even_when_it_equals_the_default(tmp_path):
+    """`--resume RUN --epochs 100` where 100 is the default: the user chose it (it was once
+    ignored, being indistinguishable from not given)."""
+    from exptrack.config import Config, given_keys, load_config
+
+    saved = load_config(None, ["train.epochs=5"])
+    default_epochs = Config().train.epochs
+    given = load_config(None, [f"train.epochs={default_epochs}"])
+    explicit = given_keys(None, [f"train.epochs={default_epochs}"])
+    assert train_run.resume_config(saved, given, explicit).train.epochs == default_epochs
+    assert train_run.resume_config(saved, load_config(None, []), given_keys(None, [])).train.epochs == 5
+    yaml = tmp_path / "more.yaml"
+    yaml.write_text("train:\n  epochs: 100\n")
+    assert given_keys(yaml, ["train.device=cpu"]) == {"train.epochs", "train.device"}
+
+
 def test_nan_loss_stops_with_a_clear_error_and_a_failed_run(tiny_demo, make_config, monkeypatch, capsys):
     class NanLoss(train_run.FocalLoss):
         def forward(self, logits, target):

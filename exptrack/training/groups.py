@@ -42,7 +42,7 @@ from ..models.c3d import ensemble_state_dict
 from . import checkpoint as ckpt
 from . import models as run_models
 from .loop import EpochCallback, resolve_device
-from .run import RunOptions, best_logged_model, refuse_ensemble_training, resume_config, train
+from .run import RESUMABLE, RunOptions, best_logged_model, refuse_ensemble_training, resume_config, train
 
 log = logging.getLogger("exptrack.train")
 
@@ -149,7 +149,8 @@ def train_group(config: Config, resume: str | None = None, progress: bool = True
             raise ConfigError(f"--resume {resume}: not a seed or fold group's run; --seeds and --folds start a new "
                               "group (resume one with the group run's id)")
         saved = tracking.train_run_config(resume)
-        config = resume_config(config_from_dict(saved, f"run {resume} config.yaml"), config) if saved else config
+        config = resume_config(config_from_dict(saved, f"run {resume} config.yaml"), config,
+                               options.explicit) if saved else config
     refuse_ensemble_training(config)
     resolve_device(config.train.device)  # a device this machine lacks: before the group's run starts
     kind = group_kind(config)
@@ -183,8 +184,9 @@ def train_group(config: Config, resume: str | None = None, progress: bool = True
 
 def _train_member(parent: str, member: Member, existing: dict | None, progress: bool, options: RunOptions,
                   hooks: GroupHooks, index: int) -> MemberResult:
-    """One member: kept when it already FINISHED (a resumed group), else trained or resumed."""
-    if existing is not None and existing["status"] == "FINISHED":
+    """One member: kept when it already FINISHED (a resumed group) its epochs, else trained or
+    resumed (also a finished one, when the resume asks for more epochs than it was given)."""
+    if existing is not None and existing["status"] == "FINISHED" and not _wants_more_epochs(existing, member):
         log.info("group member %s: run %s already finished, kept", member.key, existing["run_id"])
         hooks.members.append(existing["run_id"])
         return member_result(member.key, existing["run_id"])
@@ -200,11 +202,22 @@ def _train_member(parent: str, member: Member, existing: dict | None, progress: 
 
     member_options = RunOptions(parent_run_id=parent, run_name=member.key.replace("=", "-"), register=False,
                                 tags={MEMBER_TAG: member.key, GROUP_RUN_TAG: parent}, on_start=started,
-                                invocation=invocation)
+                                invocation=invocation, explicit=MEMBER_TAKES)
     log.info("group member %s%s", member.key, f": resuming run {existing['run_id']}" if existing else "")
     result = train(member.config, resume=existing["run_id"] if existing else None, progress=progress,
                    callbacks=hooks.callbacks(index, member), options=member_options)
     return member_result(member.key, result.run_id)
+
+
+# A member resumed with its group takes every resumable key from the group's (resumed) config,
+# which already holds what the user set.
+MEMBER_TAKES = frozenset(f"{section}.{key}" for section, keys in RESUMABLE.items() for key in keys)
+
+
+def _wants_more_epochs(existing: dict, member: Member) -> bool:
+    """A finished member trained for fewer epochs than the (resumed) group now asks."""
+    own = (tracking.train_run_config(existing["run_id"]) or {}).get("train", {}).get("epochs")
+    return isinstance(own, int) and member.config.train.epochs > own
 
 
 def member_result(key: str, run_id: str) -> MemberResult:
@@ -306,8 +319,10 @@ def choose_model(run: tracking.Run, result: GroupResult, config: Config) -> None
 
 
 def register(run: tracking.Run, result: GroupResult, name: str) -> None:
-    """Register the group's model with the group's figures as tags, once per group."""
-    done = [v for v in tracking.model_versions(name) if v["tags"].get("group_run_id") == result.run_id]
+    """Register the group's model with the group's figures as tags, once per model: a resumed
+    group whose model did not change registers nothing new (one resumed for more epochs may)."""
+    done = [v for v in tracking.model_versions(name)
+            if v["tags"].get("group_run_id") == result.run_id and v["model_id"] == result.model_id]
     if done:
         result.model_version = done[0]["version"]
     elif result.model_id:

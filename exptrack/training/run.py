@@ -156,13 +156,15 @@ RESUMABLE = {"train": ("epochs", "device", "num_workers", "eval_batch_size"), "p
              "data": ("root",), "mlflow": ("tracking_uri",)}
 
 
-def resume_config(saved: Config, given: Config) -> Config:
-    """The checkpoint's config with the RESUMABLE keys the user set taken from `given` (e.g. more
-    epochs) and `given`'s paths; other differences are ignored with a warning."""
+def resume_config(saved: Config, given: Config, explicit: frozenset[str] | None = None) -> Config:
+    """The checkpoint's config with the RESUMABLE keys the user set (`explicit`, config.given_keys;
+    without it, those that differ from the defaults) taken from `given` (e.g. more epochs), and
+    `given`'s paths; other differences are ignored with a warning."""
     from ..config import replace, to_flat_dict
 
     given_flat, saved_flat, default_flat = to_flat_dict(given), to_flat_dict(saved), to_flat_dict(Config())
-    explicit = {k for k, v in given_flat.items() if v != default_flat[k]}  # what the user set
+    if explicit is None:
+        explicit = frozenset(k for k, v in given_flat.items() if v != default_flat[k])
     changes: dict[str, dict] = {}
     for section, keys in RESUMABLE.items():
         for key in keys:
@@ -249,6 +251,9 @@ class RunOptions:
     register: bool = True
     on_start: Callable[[str], None] | None = None
     invocation: dict[str, str] | None = None  # the `config` and `overrides` typed (params, as the MLproject's)
+    # the config keys the user set (config.given_keys): what a resume takes from the given config;
+    # None: those that differ from the defaults (callers that only have a Config)
+    explicit: frozenset[str] | None = None
 
 
 def train(config: Config, resume: str | None = None, progress: bool = True,
@@ -276,7 +281,8 @@ def refuse_ensemble_training(config: Config) -> None:
                           "a training run trains one C3D")
 
 
-def _resume_point(resume: str, outputs: Path, config: Config) -> tuple[dict[str, Any], Config]:
+def _resume_point(resume: str, outputs: Path, config: Config,
+                  explicit: frozenset[str] | None = None) -> tuple[dict[str, Any], Config]:
     """The checkpoint to resume from and the run's own config (with what a resume may change).
     A run killed before its first checkpoint has none: it starts again from epoch 1, in the same
     MLflow run, with the config it logged (or, killed before even that, the given one)."""
@@ -290,12 +296,12 @@ def _resume_point(resume: str, outputs: Path, config: Config) -> tuple[dict[str,
         log.warning("run %s has no checkpoint (it was stopped before its first epoch ended): it starts again from "
                     "epoch 1, in the same MLflow run", resume)
         own = config_from_dict(saved, f"run {resume} config.yaml") if saved else config
-        return {"run_id": resume}, resume_config(own, config)
+        return {"run_id": resume}, resume_config(own, config, explicit)
     path, payload = ckpt.load_for_resume(path) if path.name == ckpt.LAST else (path, ckpt.load(path))
     if "run_id" not in payload:
         raise ModelError(f"{path}: checkpoint has no run id (not written by exptrack train)")
     log.info("resuming run %s after epoch %d", payload["run_id"], payload["epoch"])
-    return payload, resume_config(config_from_dict(payload["config"], str(path)), config)
+    return payload, resume_config(config_from_dict(payload["config"], str(path)), config, explicit)
 
 
 def refuse_restart_of_trained_run(run_id: str, outputs: Path) -> None:
@@ -354,7 +360,7 @@ def _train(config: Config, env: DistEnv, resume: str | None, progress: bool,
     outputs = Path(config.paths.outputs)
     if env.is_main:
         tracking.check_store(config)  # a store that cannot record the run: said before any decoding or training
-    payload, config = _resume_point(resume, outputs, config) if resume else (None, config)
+    payload, config = _resume_point(resume, outputs, config, options.explicit) if resume else (None, config)
     run_id = payload["run_id"] if payload else None
     seed_everything(config.train.seed)
     device = distributed.device_for(env, resolve_device(config.train.device))
