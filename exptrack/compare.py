@@ -255,12 +255,18 @@ def group_members(run_id: str) -> tuple[str, list]:
     from .training.groups import GROUP_TAG, MEMBER_TAG, member_result
 
     tags = tracking.run_tags(run_id)
-    children = [c for c in tracking.child_runs(run_id) if c["tags"].get(MEMBER_TAG) and c["status"] == "FINISHED"]
-    members = sorted((member_result(c["tags"][MEMBER_TAG], c["run_id"]) for c in children),
+    children = [c for c in tracking.child_runs(run_id) if c["tags"].get(MEMBER_TAG)]
+    finished = [c for c in children if c["status"] == "FINISHED"]
+    size = int(tags.get("group_size", len(children)))
+    if len(finished) < size:  # a part of the recipe's members would be compared as if it were all
+        missing = sorted(c["tags"][MEMBER_TAG] for c in children if c["status"] != "FINISHED")
+        raise ModelError(f"group run {run_id}: {len(finished)} of its {size} members finished"
+                         f"{' (not: ' + ', '.join(missing) + ')' if missing else ''}; finish it first: "
+                         f"exptrack train --resume {run_id}")
+    members = sorted((member_result(c["tags"][MEMBER_TAG], c["run_id"]) for c in finished),
                      key=lambda m: (m.key.split("=")[0], int(m.key.split("=")[1])))
     if len(members) < 2:
-        raise ModelError(f"group run {run_id}: {len(members)} finished member(s); a group comparison needs 2 or more "
-                         f"(resume it: exptrack train --resume {run_id})")
+        raise ModelError(f"group run {run_id}: {len(members)} member; a group comparison needs 2 or more")
     return tags[GROUP_TAG], members
 
 
@@ -313,6 +319,13 @@ def run_compare(ref_a: str, ref_b: str, split: str = "test", metric: str = "mean
 
     groups = [is_group_run(ref) for ref in (ref_a, ref_b)]
     if all(groups):
+        model_only = [f"--{name} {value}" for name, value, default in
+                      (("split", split, "test"), ("metric", metric, "mean_class_accuracy"), ("method", method, "t"),
+                       ("data-root", data_root, None)) if value != default]
+        if model_only:
+            raise ModelError(f"{', '.join(model_only)}: a group comparison is on its members' kept-model validation "
+                             "mean class accuracy (t interval over seeds or folds); those options compare two models "
+                             "(e.g. the groups' registered versions) on a split")
         return run_compare_groups(ref_a, ref_b, save_dir, overwrite)
     if any(groups):
         group = ref_a if groups[0] else ref_b

@@ -278,6 +278,34 @@ def test_two_fold_groups_are_compared_fold_by_fold(two_fold_groups, tmp_path, mo
         run_compare(a.run_id, f"models:/grouped/{a.model_version}")
 
 
+def _group_run(client, experiment: str, statuses: list[str]) -> str:
+    """A group's parent run with a member run per status (as train_group tags them)."""
+    group = client.create_run(experiment, tags={groups.GROUP_TAG: "seeds", "group_size": str(len(statuses))})
+    for i, status in enumerate(statuses):
+        member = client.create_run(experiment, tags={"mlflow.parentRunId": group.info.run_id,
+                                                     groups.MEMBER_TAG: f"seed={i}"})
+        client.set_terminated(member.info.run_id, status)
+    return group.info.run_id
+
+
+def test_a_group_comparison_refuses_a_group_with_unfinished_members_and_model_only_options():
+    """Comparing the two finished seeds of a three-seed recipe would pass off a part as the whole;
+    --split, --metric, --method and --data-root compare models, not groups."""
+    from exptrack.compare import run_compare
+    from exptrack.errors import ModelError
+
+    client = mlflow.MlflowClient()
+    experiment = client.create_experiment("partial-groups")
+    whole, partial = _group_run(client, experiment, ["FINISHED"] * 2), _group_run(client, experiment,
+                                                                                  ["FINISHED", "FINISHED", "KILLED"])
+    with pytest.raises(ModelError, match=rf"group run {partial}: 2 of its 3 members finished \(not: seed=2\); "
+                                         rf"finish it first: exptrack train --resume {partial}"):
+        run_compare(whole, partial)
+    with pytest.raises(ModelError, match="--split val, --metric accuracy: a group comparison is on its members' "
+                                         "kept-model validation"):
+        run_compare(whole, whole, metric="accuracy", split="val")
+
+
 @pytest.mark.parametrize("args, says", [
     (["--seeds", "0,0"], "train.seeds: 0 given more than once"),
     (["--seeds", "1,b"], "train.seeds: 'b' is not an integer"),
