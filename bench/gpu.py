@@ -50,7 +50,7 @@ from exptrack.data.demo import DemoSpec, write_demo_dataset
 from exptrack.data.prepare import prepare_data
 from exptrack.losses import FocalLoss
 from exptrack.models.c3d import C3D, count_parameters
-from exptrack.training.hostsync import check_syncs
+from hostsync import check_syncs  # bench/hostsync.py, beside this script
 from exptrack.training.loop import autocast, memory_format, resolve_device, train_one_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -495,7 +495,7 @@ def defaults_line(rows: list[Row], device: torch.device) -> str:
     from exptrack.training.loop import use_channels_last
 
     d = TrainConfig()
-    default = (f"bf16" if d.amp and device.type == "cuda" else "fp32") + \
+    default = ("bf16" if d.amp and device.type == "cuda" else "fp32") + \
         ("+channels_last" if use_channels_last(d.channels_last, device) else "") + ("+compile" if d.compile else "")
     same = best.variant == default
     return (f"fastest train step: {best.variant} at batch {best.batch} ({best.clips_s:.1f} clips/s); "

@@ -21,7 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -29,7 +28,7 @@ from exptrack.config import load_config
 from exptrack.data.dataset import make_loader, prepare_batch
 from exptrack.data.demo import DemoSpec, write_demo_dataset
 from exptrack.data.prepare import prepare_data
-from exptrack.data.video import read_clip_by_seeking
+from seeking import read_clip_by_seeking  # bench/seeking.py, beside this script
 
 
 class PerClipDecoding(Dataset):

@@ -17,7 +17,6 @@ Versions and runs from before logged models (whose weights were the run's
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,12 +112,3 @@ def load_model(reference: str, device: torch.device | str = "cpu") -> LoadedMode
     source.setdefault("run_id", payload.get("run_id", ""))
     names = list(payload.get("class_names") or [])
     return LoadedModel(model.to(device).eval(), config, source, names)
-
-
-def state_dict_hash(model: torch.nn.Module) -> str:
-    """A hash of a model's weights: two loads with the same hash hold the same model."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]

@@ -4,6 +4,7 @@ logging leaves nothing PENDING (the MLproject entry points: test_mlproject.py)."
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -22,7 +23,7 @@ import torch
 
 from exptrack import tracking
 from exptrack.data.layout import read_class_names
-from exptrack.inference import load_model, state_dict_hash
+from exptrack.inference import load_model
 from exptrack.training import checkpoint as ckpt
 from exptrack.training import run as train_run
 
@@ -30,6 +31,15 @@ REPO = Path(__file__).resolve().parents[1]
 FAST = ("model.width=0.125", "train.batch_size=8", "train.eval_batch_size=16", "train.num_workers=0",
         "train.checkpoint_every=2", "optim.lr=0.001", "mlflow.experiment=models-test", "mlflow.log_system_metrics=false",
         "train.early_stop_patience=0")
+
+
+def state_dict_hash(model: torch.nn.Module) -> str:
+    """A hash of a model's weights: two loads with the same hash hold the same model."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 @pytest.mark.slow

@@ -298,7 +298,7 @@ def _tiny_model() -> C3D:
 
 
 def test_train_one_epoch_reads_the_device_only_at_its_checks():
-    from exptrack.training.hostsync import check_syncs
+    from bench.hostsync import check_syncs
 
     model, batches = _tiny_model(), _batches(7)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.0, weight_decay=0.0)  # weights stay put
@@ -327,7 +327,7 @@ def test_a_nan_loss_is_caught_at_the_next_check_naming_its_batch():
             self.calls += 1
             return super().forward(logits, target) * (float("nan") if self.calls == 5 else 1.0)
 
-    from exptrack.training.hostsync import StepCounter
+    from bench.hostsync import StepCounter
 
     model = _tiny_model()
     loader = StepCounter(_batches(10))

@@ -69,29 +69,6 @@ def decode_video(path: Path, size: int, warnings: DataWarnings | None = None) ->
     return out[:n], VideoInfo(fps=fps or 30.0, width=width, height=height, num_frames=n)
 
 
-def read_clip_by_seeking(path: Path, start: int, length: int, size: int) -> np.ndarray:
-    """The original per-clip approach: open, seek, decode `length` frames, resize.
-
-    Kept only as the baseline that bench/loader.py measures the cache against.
-    """
-    cap = _open(path)
-    try:
-        cap.set(cv2.CAP_PROP_POS_FRAMES, start)
-        frames = []
-        for _ in range(length):
-            ok, frame = cap.read()
-            if not ok:
-                break
-            frames.append(resize_frame(frame, size))
-    finally:
-        cap.release()
-    if not frames:
-        raise DataError(f"{path}: no frame at {start}")
-    while len(frames) < length:  # pad a short tail by repeating the last frame
-        frames.append(frames[-1])
-    return np.stack(frames)
-
-
 def write_video(path: Path, frames_rgb: np.ndarray, fps: float, crf: int = 20) -> None:
     """Write (T, H, W, 3) uint8 RGB frames as H.264 (yuv420p) MP4 with PyAV's libx264.
 

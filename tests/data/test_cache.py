@@ -15,7 +15,8 @@ from exptrack.data import layout
 from exptrack.data.cache import FrameCache
 from exptrack.data.demo import DemoSpec, write_demo_dataset
 from exptrack.data.errors import DataWarnings
-from exptrack.data.video import decode_video, read_clip_by_seeking
+from bench.seeking import read_clip_by_seeking
+from exptrack.data.video import decode_video
 
 from ..conftest import TINY
 

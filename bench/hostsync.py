@@ -1,4 +1,5 @@
-"""Which batches of a training loop made the host wait for the device.
+"""Which batches of a training loop made the host wait for the device (for bench/gpu.py and the
+tests; not part of the package).
 
 A step that reads a device tensor on the host (`.item()`, `bool(t)`, `.tolist()`, `.cpu()`...)
 waits for every kernel queued before it, so the GPU idles while Python prepares the next step.
@@ -26,7 +27,9 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
-PACKAGE_DIR = str(Path(__file__).resolve().parents[1])  # exptrack/
+import exptrack
+
+PACKAGE_DIR = str(Path(exptrack.__file__).resolve().parent)  # the calls counted are those made in exptrack/
 _CONVERSIONS = ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__")
 _CUDA_SYNC_MESSAGE = "called a synchronizing CUDA operation"
 
@@ -73,7 +76,7 @@ def _host_reads(on_read: Callable[[], None]) -> Iterator[None]:
     def counted(original: Callable) -> Callable:
         def wrapper(self, *args, **kwargs):  # noqa: ANN001, ANN202
             caller = sys._getframe(1).f_code.co_filename
-            if caller.startswith(PACKAGE_DIR) and caller != __file__:
+            if caller.startswith(PACKAGE_DIR):
                 on_read()
             return original(self, *args, **kwargs)
         return wrapper
