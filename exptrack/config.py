@@ -76,7 +76,6 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: Literal["c3d"] = "c3d"
     num_classes: int = 17
     # Channel multiplier: 1.0 is the paper's C3D; the demo uses a narrower one.
     width: float = 1.0
@@ -318,6 +317,8 @@ RENAMED = {"data.label_frame_base": "frame_base"}
 # Keys added since a config was saved whose default changed how a model computes: a saved config
 # that lacks one was made before it existed, so it gets the value that reproduces that model.
 ADDED_LATER = {"model": {"static_removal": 0.0, "stabilize": False}}
+# Keys older versions saved that nothing reads any more: dropped when a saved config is loaded.
+REMOVED_LATER = {"model": ("name",)}  # model.name: always "c3d", the only network
 
 
 def _check_mapping(raw: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
@@ -503,6 +504,10 @@ def config_from_dict(saved: dict[str, Any], where: str = "saved config") -> Conf
         if isinstance(saved.get(section), dict):
             for key, value in keys.items():
                 saved[section].setdefault(key, value)
+    for section, gone in REMOVED_LATER.items():
+        if isinstance(saved.get(section), dict):
+            for key in gone:
+                saved[section].pop(key, None)
     layers = _check_mapping(saved, where)
     try:
         return build_config(layers)

@@ -204,9 +204,6 @@ class Evaluation:
     out_dir: Path
     run_id: str
 
-    def __iter__(self):  # report, frame = run_evaluate(...)
-        return iter((self.report, self.frame))
-
 
 def evaluation_digest(model_ref: str, split: str = "test", data_root: str | None = None,
                       memo: dict | None = None) -> str:

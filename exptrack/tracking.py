@@ -876,13 +876,11 @@ def set_run_tags(run_id: str, tags: dict[str, Any]) -> None:
         client.set_tag(run_id, key, str(value))
 
 
-def log_to_run(run_id: str, metrics: dict[str, float] | None = None, params: dict[str, Any] | None = None,
-               folder: str | Path | None = None, artifact_path: str | None = None) -> None:
+def log_to_run(run_id: str, metrics: dict[str, float] | None = None, folder: str | Path | None = None,
+               artifact_path: str | None = None) -> None:
     client = mlflow.MlflowClient()
     for key, value in (metrics or {}).items():
         client.log_metric(run_id, key, float(value))
-    for key, value in (params or {}).items():
-        client.log_param(run_id, key, value)
     if folder is not None:
         client.log_artifacts(run_id, str(folder), artifact_path)
 

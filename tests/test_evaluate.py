@@ -64,7 +64,8 @@ def test_every_model_reference_gives_the_same_numbers(tiny_trained, tmp_path, mo
             f"runs:/{result.run_id}", result.run_id, str(result.checkpoint_dir / "best_model.pt")]
     summaries = []
     for i, ref in enumerate(refs):
-        report, frame = run_evaluate(ref, split="test", save_dir=tmp_path / f"r{i}", progress=False)
+        evaluation = run_evaluate(ref, split="test", save_dir=tmp_path / f"r{i}", progress=False)
+        report = evaluation.report
         summaries.append(report.summary)
         assert (tmp_path / f"r{i}" / "predictions.csv").exists()
     for s in summaries[1:]:
@@ -90,7 +91,7 @@ def test_every_model_reference_gives_the_same_numbers(tiny_trained, tmp_path, mo
     from exptrack.registry import promote
 
     assert promote(name).champion == result.model_version
-    report, _ = run_evaluate(f"models:/{name}@champion", split="test", save_dir=tmp_path / "alias", progress=False)
+    report = run_evaluate(f"models:/{name}@champion", split="test", save_dir=tmp_path / "alias", progress=False).report
     assert report.summary == pytest.approx(summaries[0])
 
     predictions = pd.read_csv(tmp_path / "r0" / "predictions.csv")

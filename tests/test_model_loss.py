@@ -140,3 +140,12 @@ def test_stabilize_runs_only_with_static_removal():
         steady = C3D(num_classes=4, width=0.125, static_removal=1.0, stabilize=True).eval()
         shaky = C3D(num_classes=4, width=0.125, static_removal=1.0, stabilize=False).eval()
         assert steady.remove_static(clip).abs().mean() < 0.5 * shaky.remove_static(clip).abs().mean()
+
+
+def test_saved_configs_with_keys_since_removed_still_load():
+    """Every model logged before model.name was removed saved it ("c3d"); they still load."""
+    from exptrack.config import Config, config_from_dict, to_nested_dict
+
+    saved = to_nested_dict(Config())
+    saved["model"]["name"] = "c3d"
+    assert config_from_dict(saved) == Config()

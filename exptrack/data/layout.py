@@ -1,4 +1,4 @@
-"""Reads the dataset layout of ../shared/DATASET.md and validates every input file.
+"""Reads the dataset layout (docs/data.md) and validates every input file.
 
     <root>/dataset/anon/<subject>.mp4
     <root>/dataset/mask/<subject>/<NNNNN>_mask.png     (1-based frame numbers)

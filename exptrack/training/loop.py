@@ -483,8 +483,9 @@ def _fit_epochs(setup: FitSetup, checkpoints: ckpt.CheckpointManager | None, sta
         saved = checkpoints.save(stamp(checkpoint_payload(setup, state, metrics)), improved) if checkpoints else []
         log.info("epoch %d/%d  %s", epoch, cfg.epochs, epoch_summary(metrics))
         # The checkpoint holds the RNG state of this moment: callbacks (tracking, pruning) must not
-        # move it, or a resumed run would draw other dropout masks than the uninterrupted one
-        # (logging a model builds a C3D to check its input example: random initialisation).
+        # move it, or a resumed run would draw other dropout masks than the uninterrupted one.
+        # None of exptrack's draws today (a logged model's C3D is rebuilt on the meta device);
+        # restoring the state keeps a callback that does (a user's, a library's) harmless.
         rng = ckpt.rng_state()
         for callback in callbacks:
             callback(metrics, per_class, saved, state)
