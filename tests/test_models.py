@@ -60,12 +60,12 @@ def test_a_version_keeps_its_weights_when_the_run_goes_on(tiny_demo, make_config
     resumed = train_run.train(make_config(tiny_demo, *FAST, "train.epochs=5"), resume=first.run_id, progress=False)
     assert resumed.run_id == first.run_id and resumed.state.epoch == 5
     assert state_dict_hash(load_model(f"models:/{name}/{first.model_version}").model) == h1
-    if resumed.model_id != first.model_id:  # a new best: a new version pinned to its own weights
-        assert resumed.model_version != first.model_version
-        assert state_dict_hash(load_model(f"models:/{name}/{resumed.model_version}").model) == state_dict_hash(
-            load_model(f"models:/{resumed.model_id}").model)
-    else:  # the same best: nothing new registered
-        assert resumed.model_version == first.model_version
+    # one version per kept model: a new one exactly when epochs 3-5 kept a better model, pinned to
+    # its own weights (the run is deterministic on the CPU, so which case this is never varies)
+    new_best = resumed.state.best_epoch["val_mean_class_acc"] > first.state.best_epoch["val_mean_class_acc"]
+    assert (resumed.model_version != first.model_version) is new_best
+    assert state_dict_hash(load_model(f"models:/{name}/{resumed.model_version}").model) == state_dict_hash(
+        load_model(f"models:/{resumed.model_id}").model)
 
     # lean: never more than keep_checkpoints + 1 logged models; superseded ones are gone with their files
     models = tracking.run_logged_models(first.run_id)
