@@ -9,10 +9,13 @@ import sys
 import traceback
 
 from . import preemption
-from .config import Config, ConfigError, given_keys, load_config
+from .config import TRAIN_FLAGS, TRAIN_SWITCHES, Config, ConfigError, MlflowConfig, given_keys, load_config
 from .data.errors import DataError, DataWarnings
 from .errors import CheckpointError, ModelError, OutputError, TrackingUnavailable, TuneFailed
 from .training.loop import NonFiniteLossError
+
+REGISTERED_MODEL = MlflowConfig().registered_model  # the one definition: the config's default
+DEFAULT_MODEL = f"models:/{REGISTERED_MODEL}@champion"
 
 
 def _config_options(parser: argparse.ArgumentParser) -> None:
@@ -80,16 +83,11 @@ NOT_GIVEN = ("", "none")  # --seeds / --folds values meaning "the config's" (the
 def _train_overrides(args: argparse.Namespace) -> list[str]:
     """The original train.py flags, as config overrides (applied after --set)."""
     out = []
-    for flag, key in (("epochs", "train.epochs"), ("batch_size", "train.batch_size"), ("device", "train.device"),
-                      ("seed", "train.seed"), ("skeleton_sigma", "data.skeleton_sigma"), ("seeds", "train.seeds"),
-                      ("folds", "data.folds"), ("group_model", "train.group_model")):
+    for flag, key in TRAIN_FLAGS.items():
         value = getattr(args, flag)
         if value is not None and value not in NOT_GIVEN:
             out.append(f"{key}={value}")
-    for flag, key in (("downsample_class1", "data.downsample_class1"), ("use_masks", "data.use_masks"),
-                      ("use_skeleton_attention", "data.use_skeleton_attention")):
-        if getattr(args, flag):
-            out.append(f"{key}=true")
+    out.extend(f"{key}=true" for flag, key in TRAIN_SWITCHES.items() if getattr(args, flag))
     return out
 
 
@@ -317,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="metrics of a model on a split, logged as an MLflow run")
     _config_options(p)
-    p.add_argument("--model", default="models:/c3d-exercise@champion",
+    p.add_argument("--model", default=DEFAULT_MODEL,
                    help="models:/name@alias, models:/name/version, runs:/id, a run id or a checkpoint file"
                         + _DEFAULT)
     p.add_argument("--split", default="test", choices=["test", "val", "train"], help="split to evaluate on" + _DEFAULT)
@@ -339,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plots)
 
     p = sub.add_parser("promote", help="move the alias 'champion' to the best version (fair comparison)")
-    p.add_argument("--name", default="c3d-exercise", help="registered model name" + _DEFAULT)
+    p.add_argument("--name", default=REGISTERED_MODEL, help="registered model name" + _DEFAULT)
     p.add_argument("--metric", help="the metric compared, higher wins (default: <split>_mean_class_accuracy)")
     p.add_argument("--split", default="test", choices=["test", "val"], help="split the versions are evaluated on" + _DEFAULT)
     p.add_argument("--data-root", help="evaluate on this dataset (default: each model's own)")
@@ -374,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("visualize", help="GradCAM videos of a model, logged as an MLflow run")
-    p.add_argument("--model", default="models:/c3d-exercise@champion", help="model reference, as for evaluate" + _DEFAULT)
+    p.add_argument("--model", default=DEFAULT_MODEL, help="model reference, as for evaluate" + _DEFAULT)
     p.add_argument("--split", default="test", choices=["test", "val", "train"], help="split the clips come from" + _DEFAULT)
     p.add_argument("--num-samples", type=_positive, default=20, help="clips to render" + _DEFAULT)
     p.add_argument("--layer", default="block4", choices=["block3", "block4", "block5"], help="GradCAM layer" + _DEFAULT)
@@ -399,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "masks (default: the mask folder beside it in a dataset layout, if any)")
     p.add_argument("--keypoints", help="the video's pose keypoint CSV, for a model trained with skeleton attention "
                    "(default: the one beside it in a dataset layout, if any)")
-    p.add_argument("--model", default="models:/c3d-exercise@champion", help="model reference, as for evaluate" + _DEFAULT)
+    p.add_argument("--model", default=DEFAULT_MODEL, help="model reference, as for evaluate" + _DEFAULT)
     p.add_argument("--save-dir", help="output folder (default: a fresh outputs/predict/<video name>-<time>/)")
     p.add_argument("--overwrite", action="store_true", help="replace the contents of a --save-dir that holds files")
     p.add_argument("--device", default="auto", help="cuda, mps, cpu or auto" + _DEFAULT)

@@ -317,6 +317,25 @@ RENAMED = {"data.label_frame_base": "frame_base"}
 # Keys added since a config was saved whose default changed how a model computes: a saved config
 # that lacks one was made before it existed, so it gets the value that reproduces that model.
 ADDED_LATER = {"model": {"static_removal": 0.0, "stabilize": False}}
+# Which keys each command may take from the user when the rest is a run's or a model's own:
+#
+# What a resumed run may change: how and where it runs, and how long. The rest (data,
+# model, loss, optimiser) is the run's own and comes from its checkpoint.
+RESUMABLE = {"train": ("epochs", "device", "num_workers", "eval_batch_size"), "paths": ("outputs", "cache"),
+             "data": ("root",), "mlflow": ("tracking_uri",)}
+# What `evaluate --set` may change: where the data and outputs are, and the input weighting
+# (warned when it differs from the model's training). The rest of data.* and model.* is the
+# model's own (clip length, frame size, classes): changing it would not evaluate that model.
+EVALUATE_DATA_KEYS = ("root", "use_masks", "use_skeleton_attention", "skeleton_sigma", "mask_alpha",
+                      "skeleton_floor", "keypoint_min_conf", "frame_base", "eval_stride", "min_purity", "demo")
+EVALUATE_SECTIONS = ("mlflow", "paths")
+# The original train.py flags `exptrack train` keeps, and the keys they set (cli.py).
+TRAIN_FLAGS = {"epochs": "train.epochs", "batch_size": "train.batch_size", "device": "train.device",
+               "seed": "train.seed", "skeleton_sigma": "data.skeleton_sigma", "seeds": "train.seeds",
+               "folds": "data.folds", "group_model": "train.group_model"}
+TRAIN_SWITCHES = {"downsample_class1": "data.downsample_class1", "use_masks": "data.use_masks",
+                  "use_skeleton_attention": "data.use_skeleton_attention"}
+
 # Keys older versions saved that nothing reads any more: dropped when a saved config is loaded.
 REMOVED_LATER = {"model": ("name",)}  # model.name: always "c3d", the only network
 

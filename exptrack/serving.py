@@ -31,7 +31,7 @@ from .data.transforms import to_model_input
 from .models.c3d import model_with_weights
 from .training import checkpoint as ckpt
 
-WEIGHTS_FILE = "weights.pt"
+WEIGHTS_FILE = ckpt.WEIGHTS_FILE
 VIDEO_PARAM = "video"
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from .config import Config, ConfigError, to_flat_dict, to_yaml
 from .errors import TrackingUnavailable
 from .preemption import PREEMPTED_TAG, Preempted
+from .training.checkpoint import WEIGHTS_FILE
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -37,7 +38,6 @@ warnings.filterwarnings("ignore", message="Hint: Inferred schema contains intege
 EXPERIMENT_KIND = "mlflow.experimentKind"
 PACKAGE_DIR = Path(__file__).resolve().parent
 MODEL_CODE = PACKAGE_DIR / "mlflow_model.py"  # what mlflow.pyfunc.load_model runs (models from code)
-MODEL_WEIGHTS = "weights.pt"  # the one file of a logged model that exptrack itself reads
 
 
 def use_tracking_uri(config: Config) -> None:
@@ -741,7 +741,7 @@ def download_model_weights(model_id: str, dst: str | Path) -> Path:
     """The weights file of a logged model."""
     location = _client().get_logged_model(model_id).artifact_location
     with _quiet_model_logging():
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{location}/artifacts/{MODEL_WEIGHTS}",
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{location}/artifacts/{WEIGHTS_FILE}",
                                                         dst_path=str(dst)))
 
 

@@ -65,6 +65,7 @@ def test_champion_moves_only_to_a_better_version_on_the_same_data(tmp_path):
 
     v4 = _add_version(tmp_path, 0.90)  # a tie keeps the champion
     assert promote(NAME, rule="best", evaluate=_no_evaluation, current_digest=_today()).champion == v2
+    assert "does not beat champion" in _tags(v4)["promotion.decision"]
 
     v5 = _add_version(tmp_path, 0.95)  # better: promoted, the old champion becomes 'previous'
     decision = promote(NAME, rule="best", evaluate=_no_evaluation, current_digest=_today())

@@ -29,6 +29,7 @@ LAST = "last.pt"
 BEST_LOSS = "best_val_loss.pt"
 BEST_ACC = "best_val_acc.pt"
 BEST_MODEL = "best_model.pt"  # best validation mean class accuracy: the model that is registered
+WEIGHTS_FILE = "weights.pt"  # a logged model's weights (an artifact): the one file of it exptrack reads
 
 
 def save_atomic(obj: dict[str, Any], path: Path) -> Path:

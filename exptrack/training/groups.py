@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from .. import plots, preemption, serving, stats, tracking
-from ..config import Config, ConfigError, config_from_dict, replace, to_nested_dict
+from ..config import RESUMABLE, Config, ConfigError, config_from_dict, replace, to_nested_dict
 from ..data.layout import discover
 from ..data.errors import DataWarnings
 from ..data.prepare import ensure_data_root, fold_pool
@@ -42,7 +42,7 @@ from ..models.c3d import ensemble_state_dict
 from . import checkpoint as ckpt
 from . import models as run_models
 from .loop import EpochCallback, resolve_device
-from .run import RESUMABLE, RunOptions, best_logged_model, refuse_ensemble_training, resume_config, train
+from .run import RunOptions, best_logged_model, refuse_ensemble_training, resume_config, train
 
 log = logging.getLogger("exptrack.train")
 

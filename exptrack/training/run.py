@@ -22,7 +22,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import plots, preemption, tracking
-from ..config import Config, ConfigError, config_from_dict
+from ..config import RESUMABLE, Config, ConfigError, config_from_dict
 from ..data import clips
 from ..data.dataset import make_loader
 from ..data.errors import DataError
@@ -149,11 +149,7 @@ def reconcile_history(run: tracking.Run, state: TrainState) -> int:
     return completed
 
 
-# What a resumed run may change: how and where it runs, and how long. The rest (data,
-# model, loss, optimiser) is the run's own and comes from its checkpoint.
 CHECKPOINT_DIR_TAG = "checkpoint_dir"
-RESUMABLE = {"train": ("epochs", "device", "num_workers", "eval_batch_size"), "paths": ("outputs", "cache"),
-             "data": ("root",), "mlflow": ("tracking_uri",)}
 
 
 def resume_config(saved: Config, given: Config, explicit: frozenset[str] | None = None) -> Config:
