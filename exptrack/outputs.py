@@ -9,9 +9,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from .config import PathsConfig
 from .errors import OutputError
 
-DEFAULT_OUTPUTS = Path("outputs")  # relative to the working folder, never to a model's saved config
+# paths.outputs' default, for commands without a config of their own (predict, compare): relative
+# to the working folder, never to a model's saved config
+DEFAULT_OUTPUTS = Path(PathsConfig().outputs)
 # In every folder a command writes its files to: what --overwrite may empty is only a folder
 # that exptrack wrote, never a folder of the user's (the working folder, a dataset, a store).
 MARKER = ".exptrack-output"

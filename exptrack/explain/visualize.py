@@ -22,7 +22,7 @@ from ..data.transforms import to_model_input
 from ..evaluation import evaluation_config
 from ..inference import LoadedModel, load_model
 from ..metrics import frame_accuracy, frame_labels, frame_probabilities, window_average, window_starts
-from ..outputs import DEFAULT_OUTPUTS, check_save_dir, invocation_folder
+from ..outputs import check_save_dir, invocation_folder
 from ..training.loop import predict, resolve_device
 from . import render
 from .gradcam import gradcam
@@ -218,7 +218,8 @@ def run_visualize(model_ref: str, options: VisualizeOptions, device_name: str = 
         run.log_params({f"visualize.{k}": v for k, v in vars(options).items()})
         data = prepare_data(config, splits=(options.split,), progress=progress)
         run.set_tags({"data_digest": data.digest()})
-        with invocation_folder(options.save_dir, DEFAULT_OUTPUTS / "visualize" / run.id, options.overwrite) as out:
+        with invocation_folder(options.save_dir, Path(config.paths.outputs) / "visualize" / run.id,
+                               options.overwrite) as out:
             if options.long_sample:
                 table = render_long_sample(loaded, data, options, device, out)
             else:
