@@ -18,7 +18,6 @@ from .data.clips import ClipIndex
 from .data.dataset import make_loader
 from .data.errors import DataError
 from .errors import ModelError
-from .data.layout import read_class_names
 from .data.prepare import PreparedData, prepare_data
 from .inference import load_model
 from .outputs import DEFAULT_OUTPUTS, check_save_dir, invocation_folder
@@ -175,7 +174,7 @@ def run_evaluate(model_ref: str, split: str = "test", batch_size: int = 16, devi
         probs = torch.softmax(logits, dim=1).numpy()
         y_true = labels.numpy()
         report = clip_metrics(y_true, probs)
-        names = read_class_names(data.layout.root, probs.shape[1])
+        names = loaded.class_names
         report.per_class.insert(0, "name", [names[c] for c in report.per_class.index])
         timelines = subject_timelines(data, split, probs, smooth_window)
         frame = {
@@ -186,7 +185,7 @@ def run_evaluate(model_ref: str, split: str = "test", batch_size: int = 16, devi
         log.info("%d clips in %.1f s (%.0f clips/s on %s)", len(y_true), seconds, frame["clips_per_s"], device)
         outputs = Path(base_config.paths.outputs) if base_config is not None else DEFAULT_OUTPUTS
         with invocation_folder(save_dir, outputs / "evaluate" / run.id, overwrite) as out:
-            write_report(report, predictions_table(data.splits[split], probs, names), timelines, out)
+            write_report(report, predictions_table(data.splits[split], probs, names), timelines, out, names)
             log_evaluation(run, loaded.source, split, data, report, frame, out)
     return Evaluation(report, frame, out, run.id)
 
@@ -227,7 +226,9 @@ def evaluation_predictions(run_id: str) -> pd.DataFrame | None:
             return None
 
 
-def write_report(report: ClipReport, predictions: pd.DataFrame, timelines: dict[str, dict], out: Path) -> None:
+def write_report(report: ClipReport, predictions: pd.DataFrame, timelines: dict[str, dict], out: Path,
+                 names: list[str]) -> None:
+    """The evaluation's files: tables by class id (CSV), figures by class name."""
     out.mkdir(parents=True, exist_ok=True)
     pd.Series(report.summary).to_csv(out / "metrics.csv", header=["value"])
     report.per_class.to_csv(out / "per_class_metrics.csv")
@@ -235,11 +236,17 @@ def write_report(report: ClipReport, predictions: pd.DataFrame, timelines: dict[
     report.confusion_normalized.to_csv(out / "confusion_matrix_normalized.csv")
     report.errors.to_csv(out / "error_analysis.csv", index=False)
     predictions.to_csv(out / "predictions.csv", index=False)
-    plots.confusion_heatmap(report.confusion, "confusion matrix (clips)", out / "confusion_matrix.png", fmt="d")
-    plots.confusion_heatmap(report.confusion_normalized, "confusion matrix (row-normalised)",
+    plots.confusion_heatmap(_named(report.confusion, names), "confusion matrix (clips)", out / "confusion_matrix.png",
+                            fmt="d")
+    plots.confusion_heatmap(_named(report.confusion_normalized, names), "confusion matrix (row-normalised)",
                             out / "confusion_matrix_normalized.png", fmt=".2f")
     for name, t in timelines.items():
-        plots.timeline(t["true"], t["raw"], t["smoothed"], f"subject {name}", out / "timelines" / f"{name}.png")
+        plots.timeline(t["true"], t["raw"], t["smoothed"], f"subject {name}", out / "timelines" / f"{name}.png", names)
+
+
+def _named(table: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """A class-by-class table with names instead of ids on both axes."""
+    return table.rename(index=lambda c: names[int(c)], columns=lambda c: names[int(c)])
 
 
 def _model_tags(source: dict[str, str], split: str) -> dict[str, str]:

@@ -25,6 +25,7 @@ import torch
 
 from . import tracking
 from .config import Config, config_from_dict
+from .data.layout import read_class_names
 from .errors import ModelError
 from .models.c3d import C3D, model_with_weights
 from .training import checkpoint as ckpt
@@ -110,5 +111,7 @@ def load_model(reference: str, device: torch.device | str = "cpu") -> LoadedMode
                          f"(model.num_classes {config.model.num_classes}, model.width {config.model.width}): "
                          f"{detail[:200]}") from None
     source.setdefault("run_id", payload.get("run_id", ""))
-    names = list(payload.get("class_names") or [])
+    # The one class-names rule: the model's own names; a model saved before it kept them: the
+    # classes.csv of the data it was trained on; else the ids.
+    names = list(payload.get("class_names") or read_class_names(config.data.root, config.model.num_classes))
     return LoadedModel(model.to(device).eval(), config, source, names)

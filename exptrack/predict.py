@@ -24,7 +24,7 @@ from .data.errors import DataWarnings, require_file
 from .config import Config, PathsConfig
 from .data.cache import FrameCache
 from .data.dataset import weighted_frames
-from .data.layout import BACKGROUND, class_label, read_class_names, video_companions
+from .data.layout import BACKGROUND, class_label, video_companions
 from .data.prepare import SubjectData, load_guides
 from .data.transforms import to_model_input
 from .data.video import decode_video, write_video
@@ -116,8 +116,7 @@ def predict_video(video: str | Path, model_ref: str, out_dir: str | Path | None 
     device = resolve_device(device_name)
     loaded = load_model(model_ref, device)
     d = loaded.config.data
-    # the model's own names; older checkpoints without them: the training data's classes.csv
-    names = loaded.class_names or read_class_names(d.root, loaded.config.model.num_classes)
+    names = loaded.class_names
     name_of = np.array([*names, "background"])  # index -1: background
     warnings = DataWarnings()
     frames, info = model_frames(video, loaded.config, masks, keypoints, warnings)

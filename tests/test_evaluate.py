@@ -181,3 +181,22 @@ def test_evaluate_never_writes_where_the_models_config_points(tiny_trained, tmp_
     evaluation = run_evaluate(edited, data_root=cfg.data.root, progress=False)  # real data: works, files stay here
     assert not elsewhere.exists()
     assert evaluation.out_dir.resolve().is_relative_to(Path.cwd().resolve()) and Path("outputs/cache").is_dir()
+
+
+@pytest.mark.slow
+def test_evaluate_labels_classes_by_the_models_own_names_not_the_data_roots(tiny_trained, tiny_copy, tmp_path,
+                                                                            monkeypatch):
+    """One rule for class names (the model's own), in evaluate as in predict and visualize: a data
+    root whose classes.csv names the classes otherwise does not relabel them."""
+    from exptrack.data.layout import read_class_names, write_class_names
+
+    uri, cfg, result = tiny_trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    own = read_class_names(cfg.data.root, 3)
+    write_class_names(tiny_copy, ["x", "y", "z"])
+    evaluation = run_evaluate(str(result.checkpoint_dir / "best_model.pt"), data_root=str(tiny_copy),
+                              save_dir=tmp_path / "r", progress=False)
+    predictions = pd.read_csv(tmp_path / "r" / "predictions.csv")
+    assert set(predictions["true_name"]) <= set(own) and list(evaluation.report.per_class["name"]) == [
+        own[c] for c in evaluation.report.per_class.index]

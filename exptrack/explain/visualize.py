@@ -16,7 +16,7 @@ import torch
 from .. import tracking
 from ..data.dataset import ClipDataset, make_loader
 from ..data.errors import DataError
-from ..data.layout import class_label, read_class_names
+from ..data.layout import class_label
 from ..data.prepare import PreparedData, prepare_data
 from ..data.transforms import to_model_input
 from ..evaluation import evaluation_config
@@ -103,7 +103,7 @@ def render_clip(sample_dir: Path, frames: np.ndarray, heat: np.ndarray, probs: n
 def render_samples(loaded: LoadedModel, data: PreparedData, options: VisualizeOptions, device: torch.device,
                    out: Path) -> pd.DataFrame:
     ds = ClipDataset(data, options.split, train=False)
-    names = read_class_names(data.layout.root, loaded.config.model.num_classes)
+    names = loaded.class_names
     rows = []
     for n, i in enumerate(choose_clips(loaded, data, options, device)):
         sample = ds[int(i)]
@@ -137,7 +137,7 @@ def render_long_sample(loaded: LoadedModel, data: PreparedData, options: Visuali
     stride = max(1, clip_len // 2)
     starts = (start + window_starts(end - start, clip_len, stride)).tolist()
     k = loaded.config.model.num_classes
-    class_names = read_class_names(data.layout.root, k)
+    class_names = loaded.class_names
     window_probs, window_heat = [], []
     for b in range(0, len(starts), 8):
         batch = starts[b:b + 8]
