@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from . import plots
 from .data.errors import DataWarnings, require_file
@@ -26,11 +25,10 @@ from .data.cache import FrameCache
 from .data.dataset import weighted_frames
 from .data.layout import BACKGROUND, class_label, video_companions
 from .data.prepare import SubjectData, load_guides
-from .data.transforms import to_model_input
 from .data.video import decode_video, write_video
-from .inference import load_model
+from .inference import load_model, window_probabilities
 from .outputs import DEFAULT_OUTPUTS, check_save_dir, invocation_folder
-from .metrics import frame_confidence, frame_labels, frame_probabilities, smooth_labels, window_starts
+from .metrics import frame_confidence, frame_labels, frame_probabilities, smooth_labels
 from .training.loop import resolve_device
 
 log = logging.getLogger("exptrack.predict")
@@ -43,25 +41,6 @@ class Timeline:
     fps: float
     out_dir: Path
     class_names: list[str]
-
-
-def window_probabilities(model: torch.nn.Module, frames: np.ndarray, clip_len: int, stride: int,
-                         device: torch.device, batch_size: int = 16) -> np.ndarray:
-    """(T, S, S, 3) uint8 frames -> (T, K) class probabilities, each frame the mean over the
-    windows that cover it (metrics.frame_probabilities; a last window ends at the last frame,
-    so every frame is covered)."""
-    n = len(frames)
-    if n < clip_len:  # pad a short video by repeating its last frame
-        frames = np.concatenate([frames, np.repeat(frames[-1:], clip_len - n, axis=0)])
-    starts = window_starts(len(frames), clip_len, stride)
-    window_probs = []
-    model.eval()
-    with torch.no_grad():
-        for b in range(0, len(starts), batch_size):
-            batch = starts[b:b + batch_size]
-            clips = torch.from_numpy(np.stack([frames[s:s + clip_len] for s in batch])).to(device)  # (B, T, S, S, 3)
-            window_probs.append(torch.softmax(model(to_model_input(clips).contiguous()).float(), dim=1).cpu().numpy())
-    return frame_probabilities(starts, np.concatenate(window_probs), n, clip_len)
 
 
 def model_frames(video: Path, config: Config, masks: str | Path | None, keypoints: str | Path | None,
@@ -120,7 +99,9 @@ def predict_video(video: str | Path, model_ref: str, out_dir: str | Path | None 
     name_of = np.array([*names, "background"])  # index -1: background
     warnings = DataWarnings()
     frames, info = model_frames(video, loaded.config, masks, keypoints, warnings)
-    probs = window_probabilities(loaded.model, frames, d.clip_len, stride or max(1, d.clip_len // 2), device)
+    starts, window_probs = window_probabilities(loaded.model, frames, loaded.config, stride or max(1, d.clip_len // 2),
+                                                device)
+    probs = frame_probabilities(starts, window_probs, len(frames), d.clip_len)  # (T, K): each frame's windows averaged
     predicted = frame_labels(probs)
     smoothed = smooth_labels(predicted, smooth_window)
     confidence = frame_confidence(probs, predicted)

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from .config import Config, config_from_dict
-from .data.transforms import to_model_input
+from .inference import clip_batches, clip_probabilities, window_probabilities
 from .models.c3d import model_with_weights
 from .training import checkpoint as ckpt
 
@@ -64,19 +64,17 @@ class ClipClassifierCore:
     def __init__(self, payload: dict[str, Any], source: str = WEIGHTS_FILE) -> None:
         self.config = config_from_dict(payload["config"], source)
         self.model = model_with_weights(self.config.model, payload["model"]).eval()
+        self.device = torch.device("cpu")  # where `mlflow models serve` and pyfunc.load_model run it
         self.class_names = class_names_of(payload, self.config)
 
-    def probabilities(self, clips: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    def probabilities(self, clips: np.ndarray) -> np.ndarray:
         d = self.config.data
         clips = np.asarray(clips)
         if clips.dtype != np.uint8 or clips.ndim != 5 or clips.shape[-1] != 3 or clips.shape[1] != d.clip_len:
             raise ValueError(f"expected uint8 clips of shape (N, {d.clip_len}, H, W, 3), got {clips.dtype} {clips.shape}")
-        out = []
-        with torch.no_grad():
-            for b in range(0, len(clips), batch_size):
-                batch = torch.from_numpy(resize_clips(clips[b:b + batch_size], d.frame_size))  # (B, T, S, S, 3)
-                out.append(torch.softmax(self.model(to_model_input(batch).contiguous()).float(), dim=1).numpy())
-        return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
+        batches = clip_batches(range(len(clips)), lambda i: resize_clips(clips[i:i + 1], d.frame_size)[0],
+                               self.config.train.eval_batch_size)
+        return clip_probabilities(self.model, batches, self.config, self.device)
 
     def table(self, probs: np.ndarray) -> pd.DataFrame:
         table = pd.DataFrame(probs.astype(np.float64), columns=self.class_names)
@@ -89,14 +87,11 @@ class ClipClassifierCore:
     def predict_video(self, path: str | Path) -> pd.DataFrame:
         from .data.errors import DataWarnings
         from .data.video import decode_video
-        from .metrics import window_starts
 
         d = self.config.data
         frames, _ = decode_video(Path(path), d.frame_size, DataWarnings())  # (T, S, S, 3)
-        if len(frames) < d.clip_len:  # one window, the last frame repeated
-            frames = np.concatenate([frames, np.repeat(frames[-1:], d.clip_len - len(frames), axis=0)])
-        starts = window_starts(len(frames), d.clip_len, max(1, d.clip_len // 2))
-        table = self.table(self.probabilities(np.stack([frames[s:s + d.clip_len] for s in starts])))
+        starts, probs = window_probabilities(self.model, frames, self.config, max(1, d.clip_len // 2), self.device)
+        table = self.table(probs)
         table.insert(0, "start_frame", starts)
         return table
 

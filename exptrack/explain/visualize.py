@@ -20,7 +20,7 @@ from ..data.layout import class_label
 from ..data.prepare import PreparedData, prepare_data
 from ..data.transforms import to_model_input
 from ..evaluation import evaluation_config
-from ..inference import LoadedModel, load_model
+from ..inference import LoadedModel, clip_batches, clip_probabilities, load_model
 from ..metrics import frame_accuracy, frame_labels, frame_probabilities, window_average, window_starts
 from ..outputs import check_save_dir, invocation_folder
 from ..training.loop import predict, resolve_device
@@ -51,9 +51,8 @@ class VisualizeOptions:
 def model_probs_and_heat(loaded: LoadedModel, videos: np.ndarray, layer: str, device: torch.device,
                          classes: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """uint8 (B, T, H, W, 3) clips (as the model sees them) -> softmax (B, K), heat (B, T, H, W)."""
-    x = to_model_input(torch.from_numpy(videos).to(device)).contiguous()  # (B, 3, T, H, W)
-    with torch.no_grad():
-        probs = torch.softmax(loaded.model(x).float(), dim=1).cpu().numpy()
+    probs = clip_probabilities(loaded.model, [videos], loaded.config, device)  # as predict and serving score them
+    x = to_model_input(torch.from_numpy(videos).to(device)).contiguous()  # (B, 3, T, H, W), for the gradients
     targets = classes if classes is not None else probs.argmax(1).tolist()
     heat = gradcam(loaded.model, x, layer, targets)
     return probs, heat
@@ -139,9 +138,7 @@ def render_long_sample(loaded: LoadedModel, data: PreparedData, options: Visuali
     k = loaded.config.model.num_classes
     class_names = loaded.class_names
     window_probs, window_heat = [], []
-    for b in range(0, len(starts), 8):
-        batch = starts[b:b + 8]
-        videos = np.stack([ds.clip_at(subj, s) for s in batch])
+    for videos in clip_batches(starts, lambda s: ds.clip_at(subj, s), loaded.config.train.eval_batch_size):
         probs, heat = model_probs_and_heat(loaded, videos, options.layer, device)
         window_probs.append(probs)
         window_heat.append(heat)
