@@ -33,7 +33,7 @@ from ._proc import process_alive
 from .config import ConfigError, load_config, read_yaml_file
 from .preemption import PREEMPTED_TAG, Preempted
 from .stats import mean_interval
-from .training import models as run_models
+from .training import logged_models
 from .training.groups import GROUP_TAG, GroupHooks, GroupResult, tags_from_group_run, train_group
 from .training.run import (RunOptions, TrainState, best_logged_model, discard_run_models,
                             train)
@@ -297,8 +297,9 @@ def suggest(trial: optuna.Trial, space: tuple[Param, ...]) -> list[str]:
     return out
 
 
-class PruneOnPlateau:
-    """Reports the objective metric after every epoch; raises TrialPruned when Optuna says so.
+class ReportEachEpoch:
+    """Reports the objective metric after every epoch to whichever pruner the study has (median,
+    hyperband, ...); raises TrialPruned when it says so.
     A group member's epochs come after those of the members before it (`step_offset`), so that
     every (member, epoch) is one step of the trial."""
 
@@ -391,7 +392,7 @@ def objective_for(spec: StudySpec, study: optuna.Study, progress: bool):
                 value = group_trial_value(trial, spec, train_group(config, progress=progress, options=options,
                                                                    hooks=hooks))
             else:
-                result = train(config, progress=progress, callbacks=[PruneOnPlateau(trial, spec.metric)],
+                result = train(config, progress=progress, callbacks=[ReportEachEpoch(trial, spec.metric)],
                                options=options)
                 trial.set_user_attr("checkpoint_dir", str(result.checkpoint_dir))
                 trial.set_user_attr("best_epoch", result.state.best_epoch.get(spec.metric))
@@ -419,7 +420,7 @@ def trial_group_hooks(trial: optuna.Trial, spec: StudySpec, epochs: int) -> Grou
         return GroupHooks(after_member=PruneAcrossMembers(trial, spec.metric))
     if spec.pruner == "none":
         return GroupHooks()
-    return GroupHooks(callbacks=lambda i, member: [PruneOnPlateau(trial, spec.metric, step_offset=i * epochs)])
+    return GroupHooks(callbacks=lambda i, member: [ReportEachEpoch(trial, spec.metric, step_offset=i * epochs)])
 
 
 def group_trial_value(trial: optuna.Trial, spec: StudySpec, result: GroupResult) -> float:
@@ -570,7 +571,7 @@ def register_best_once(run_id: str, config) -> str | None:
     if versions():
         return min(versions(), key=int)
     group = tags_from_group_run(run_id) if GROUP_TAG in tracking.run_tags(run_id) else None  # a fold or seed trial
-    version = run_models.register(model_id, name, group)
+    version = logged_models.register(model_id, name, group)
     first = min(versions(), key=int)
     if first != version:
         log.info("trial run %s was registered twice (versions %s and %s); keeping %s", run_id, first, version, first)
@@ -625,7 +626,7 @@ def summarize(study: optuna.Study, spec: StudySpec, parent: str) -> None:
     log.info("study %s: writing the trial table and plots to the parent run, registering the best model", spec.study)
     with tempfile.TemporaryDirectory(prefix="exptrack-tune-") as tmp:
         write_study_report(study, complete, Path(tmp))
-        log_study_result(study, complete, spec, parent, Path(tmp))
+        conclude_study(study, complete, spec, parent, Path(tmp))
 
 
 def write_study_report(study: optuna.Study, complete: list, out: Path) -> None:
@@ -653,7 +654,9 @@ def write_study_report(study: optuna.Study, complete: list, out: Path) -> None:
                 log.info("no %s plot: %s", name, exc)
 
 
-def log_study_result(study: optuna.Study, complete: list, spec: StudySpec, parent: str, report: Path) -> None:
+def conclude_study(study: optuna.Study, complete: list, spec: StudySpec, parent: str, report: Path) -> None:
+    """The study's end on its parent run: its figures and report, the best trial's model
+    registered (once), and the parent finished when every trial is."""
     metrics, params = {}, {}
     if complete:
         best = study.best_trial

@@ -445,11 +445,11 @@ def test_optuna_experimental_warnings_are_silenced_in_one_place():
 def test_a_pruned_trial_says_when_and_at_what_value():
     from types import SimpleNamespace
 
-    from exptrack.tune import PruneOnPlateau
+    from exptrack.tune import ReportEachEpoch
 
     trial = SimpleNamespace(report=lambda value, step: None, should_prune=lambda: True)
     with pytest.raises(optuna.TrialPruned, match=r"pruned at epoch 3 \(val_mean_class_acc 0\.2500\)"):
-        PruneOnPlateau(trial, "val_mean_class_acc")({"val_mean_class_acc": 0.25}, None, None, SimpleNamespace(epoch=3))
+        ReportEachEpoch(trial, "val_mean_class_acc")({"val_mean_class_acc": 0.25}, None, None, SimpleNamespace(epoch=3))
 
 
 @pytest.mark.slow

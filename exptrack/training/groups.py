@@ -40,7 +40,7 @@ from ..data.errors import DataWarnings
 from ..data.prepare import ensure_data_root, fold_pool
 from ..models.c3d import ensemble_state_dict
 from . import checkpoint as ckpt
-from . import models as run_models
+from . import logged_models
 from .loop import EpochCallback, resolve_device
 from .run import RunOptions, best_logged_model, refuse_ensemble_training, resume_config, train
 
@@ -227,7 +227,7 @@ def member_result(key: str, run_id: str) -> MemberResult:
     epochs = sorted({step for h in histories.values() for step in h})
     history = pd.DataFrame({"epoch": epochs, **{k: [h.get(e, np.nan) for e in epochs] for k, h in histories.items()}})
     model_id = best_logged_model(run_id)
-    epoch = tracking.logged_model(model_id)["tags"].get(run_models.EPOCH_TAG, "") if model_id else ""
+    epoch = tracking.logged_model(model_id)["tags"].get(logged_models.EPOCH_TAG, "") if model_id else ""
     return MemberResult(key, run_id, history, model_id, int(epoch) if epoch.isdigit() else None)
 
 
@@ -326,7 +326,7 @@ def register(run: tracking.Run, result: GroupResult, name: str) -> None:
     if done:
         result.model_version = done[0]["version"]
     elif result.model_id:
-        result.model_version = run_models.register(result.model_id, name,
+        result.model_version = logged_models.register(result.model_id, name,
                                                    {**group_tags(result), "group_model": result.registered})
     if result.model_version:
         run.set_tags({"group_model_version": result.model_version})
@@ -347,6 +347,6 @@ def log_ensemble(run: tracking.Run, members: list[MemberResult]) -> str:
                    "members": [m.run_id for m in members]}
         weights = ckpt.save_atomic(payload, Path(tmp) / serving.WEIGHTS_FILE)
         model_id = run.log_clip_model(weights, config.data.clip_len, payload["class_names"], 0,
-                                      {run_models.BEST_TAG: "true", "exptrack.data_digest": payload["data_digest"],
+                                      {logged_models.BEST_TAG: "true", "exptrack.data_digest": payload["data_digest"],
                                        ENSEMBLE_TAG: len(members)}, label="ensemble")
     return model_id

@@ -34,7 +34,7 @@ from ..models.c3d import build_model, count_parameters
 from . import checkpoint as ckpt
 from . import distributed
 from .distributed import DistEnv
-from .models import ModelLog
+from .logged_models import ModelLog
 from .loop import EpochCallback, FitSetup, TrainState, fit, model_memory_format, resolve_device, restore
 
 log = logging.getLogger("exptrack.train")
@@ -490,7 +490,7 @@ def best_logged_model(run_id: str) -> str | None:
     """The model id of a run's best logged model (the one tagged best, else the best-scoring); of
     a seed or fold group's run, the model the group stands for (groups.choose_model)."""
     from .groups import GROUP_MODEL_TAG
-    from .models import BEST_TAG
+    from .logged_models import BEST_TAG
 
     group_model = tracking.run_tags(run_id).get(GROUP_MODEL_TAG)
     if group_model:
