@@ -20,20 +20,15 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
 
-import numpy as np
 import torch
 
 from . import tracking
 from .config import Config, config_from_dict
 from .data.layout import read_class_names
-from .data.transforms import to_model_input
 from .errors import ModelError
-from .metrics import window_starts
 from .models.c3d import C3D, model_with_weights
 from .training import checkpoint as ckpt
-from .training.loop import autocast, to_layout, use_channels_last
 
 LEGACY_CHECKPOINT = f"checkpoints/{ckpt.BEST_MODEL}"
 
@@ -120,44 +115,3 @@ def load_model(reference: str, device: torch.device | str = "cpu") -> LoadedMode
     # classes.csv of the data it was trained on; else the ids.
     names = list(payload.get("class_names") or read_class_names(config.data.root, config.model.num_classes))
     return LoadedModel(model.to(device).eval(), config, source, names)
-
-
-# ---------------------------------------------------------------------------------------------
-# windowed inference: one implementation for predict, serving and visualize (evaluate and
-# validation go through loop.predict, the loader path)
-
-
-def clip_batches(starts: Sequence[int], clip_at: Callable[[int], np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
-    """The clips at `starts`, stacked into (B, T, S, S, 3) uint8 batches; one batch in memory at a time."""
-    for b in range(0, len(starts), batch_size):
-        yield np.stack([clip_at(int(s)) for s in starts[b:b + batch_size]])
-
-
-def clip_probabilities(model: torch.nn.Module, batches: Iterable[np.ndarray], config: Config,
-                       device: torch.device) -> np.ndarray:
-    """Softmax probabilities (N, K) of uint8 clip batches as training validates them: bf16
-    autocast on CUDA when `train.amp`, the `train.channels_last` layout."""
-    channels_last = use_channels_last(config.train.channels_last, device)
-    model.eval()
-    out = []
-    with torch.no_grad():
-        for clips in batches:
-            x = to_model_input(torch.from_numpy(clips).to(device))  # (B, T, S, S, 3) -> (B, 3, T, S, S)
-            with autocast(device, config.train.amp):
-                logits = model(to_layout(x, channels_last))
-            out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, config.model.num_classes), np.float32)
-
-
-def window_probabilities(model: torch.nn.Module, frames: np.ndarray, config: Config, stride: int,
-                         device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """(T, S, S, 3) uint8 frames -> (window starts, their (W, K) probabilities): windows of
-    `data.clip_len` every `stride` frames, the last ending at the last frame (metrics.window_starts),
-    in batches of `train.eval_batch_size`. A video shorter than a clip is one window, its last
-    frame repeated."""
-    clip_len = config.data.clip_len
-    if len(frames) < clip_len:
-        frames = np.concatenate([frames, np.repeat(frames[-1:], clip_len - len(frames), axis=0)])
-    starts = window_starts(len(frames), clip_len, stride)
-    batches = clip_batches(starts, lambda s: frames[s:s + clip_len], config.train.eval_batch_size)
-    return starts, clip_probabilities(model, batches, config, device)

@@ -26,7 +26,8 @@ from .data.dataset import weighted_frames
 from .data.layout import BACKGROUND, class_label, video_companions
 from .data.prepare import SubjectData, load_guides
 from .data.video import decode_video, write_video
-from .inference import load_model, window_probabilities
+from .inference import load_model
+from .windows import window_probabilities
 from .outputs import DEFAULT_OUTPUTS, check_save_dir, invocation_folder
 from .metrics import frame_confidence, frame_labels, frame_probabilities, smooth_labels
 from .training.loop import resolve_device

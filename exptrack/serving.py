@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from .config import Config, config_from_dict
-from .inference import clip_batches, clip_probabilities, window_probabilities
+from .windows import clip_batches, clip_probabilities, window_probabilities
 from .models.c3d import model_with_weights
 from .training import checkpoint as ckpt
 

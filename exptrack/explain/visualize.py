@@ -20,7 +20,8 @@ from ..data.layout import class_label
 from ..data.prepare import PreparedData, prepare_data
 from ..data.transforms import to_model_input
 from ..evaluation import evaluation_config
-from ..inference import LoadedModel, clip_batches, clip_probabilities, load_model
+from ..inference import LoadedModel, load_model
+from ..windows import clip_batches, clip_probabilities
 from ..metrics import frame_accuracy, frame_labels, frame_probabilities, window_average, window_starts
 from ..outputs import check_save_dir, invocation_folder
 from ..training.loop import predict, resolve_device

@@ -1,0 +1,51 @@
+"""Sliding-window inference: a model applied to the windows of a video, in batches, with the
+training path's precision and memory layout. One implementation for predict, serving and
+visualize; evaluate and validation run the loader path (training/loop.py's predict)."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .config import Config
+from .data.transforms import to_model_input
+from .metrics import window_starts
+from .training.loop import autocast, to_layout, use_channels_last
+
+
+def clip_batches(starts: Sequence[int], clip_at: Callable[[int], np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
+    """The clips at `starts`, stacked into (B, T, S, S, 3) uint8 batches; one batch in memory at a time."""
+    for b in range(0, len(starts), batch_size):
+        yield np.stack([clip_at(int(s)) for s in starts[b:b + batch_size]])
+
+
+def clip_probabilities(model: torch.nn.Module, batches: Iterable[np.ndarray], config: Config,
+                       device: torch.device) -> np.ndarray:
+    """Softmax probabilities (N, K) of uint8 clip batches as training validates them: bf16
+    autocast on CUDA when `train.amp`, the `train.channels_last` layout."""
+    channels_last = use_channels_last(config.train.channels_last, device)
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for clips in batches:
+            x = to_model_input(torch.from_numpy(clips).to(device))  # (B, T, S, S, 3) -> (B, 3, T, S, S)
+            with autocast(device, config.train.amp):
+                logits = model(to_layout(x, channels_last))
+            out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, config.model.num_classes), np.float32)
+
+
+def window_probabilities(model: torch.nn.Module, frames: np.ndarray, config: Config, stride: int,
+                         device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """(T, S, S, 3) uint8 frames -> (window starts, their (W, K) probabilities): windows of
+    `data.clip_len` every `stride` frames, the last ending at the last frame (metrics.window_starts),
+    in batches of `train.eval_batch_size`. A video shorter than a clip is one window, its last
+    frame repeated."""
+    clip_len = config.data.clip_len
+    if len(frames) < clip_len:
+        frames = np.concatenate([frames, np.repeat(frames[-1:], clip_len - len(frames), axis=0)])
+    starts = window_starts(len(frames), clip_len, stride)
+    batches = clip_batches(starts, lambda s: frames[s:s + clip_len], config.train.eval_batch_size)
+    return starts, clip_probabilities(model, batches, config, device)
