@@ -188,7 +188,7 @@ def gradcam_strips(a: Side, b: Side, clips: pd.DataFrame, count: int, split: str
     data = prepare_data(evaluation_config(a.loaded.config, data_root, {}), splits=(split,), progress=False)
     ds = ClipDataset(data, split, train=False)
     paths = []
-    for i, row in clips.head(count).iterrows():
+    for _, row in clips.head(count).iterrows():
         subj = data.subjects[row["subject"]]
         view = ds.clip_at(subj, int(row["start_frame"]))[None]  # (1, T, S, S, 3) as the model sees it
         frames = np.asarray(subj.video.frames[int(row["start_frame"]):int(row["start_frame"]) + ds.clip_len])

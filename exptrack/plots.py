@@ -8,9 +8,9 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
 
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402 - after matplotlib.use, before pyplot picks a backend
+import pandas as pd  # noqa: E402 - (kept with the imports above)
+import seaborn as sns  # noqa: E402 - imports pyplot
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:

@@ -133,7 +133,7 @@ def test_mlflow_models_serve_answers_a_rest_request(tiny_trained, tmp_path):
                     break
             except OSError:
                 if server.poll() is not None or time.time() > deadline:
-                    raise AssertionError(f"server did not start: {server.stdout.read().decode()[-2000:]}")
+                    raise AssertionError(f"server did not start: {server.stdout.read().decode()[-2000:]}") from None
                 time.sleep(1)
         clips = np.random.default_rng(1).integers(0, 256, (2, cfg.data.clip_len, 32, 32, 3), dtype=np.uint8)
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",

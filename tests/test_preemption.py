@@ -53,9 +53,9 @@ class Command:
 
     def wait_for(self, text: str, timeout: float = 600) -> None:
         with self.seen:
-            found = self.seen.wait_for(lambda: any(text in l for l in self.lines) or self.proc.poll() is not None,
+            found = self.seen.wait_for(lambda: any(text in line for line in self.lines) or self.proc.poll() is not None,
                                        timeout)
-        assert found and any(text in l for l in self.lines), f"never logged {text!r}:\n{''.join(self.lines)[-3000:]}"
+        assert found and any(text in line for line in self.lines), f"never logged {text!r}:\n{''.join(self.lines)[-3000:]}"
 
     def finish(self, timeout: float = 600) -> int:
         try:

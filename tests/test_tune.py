@@ -437,8 +437,8 @@ def test_optuna_experimental_warnings_are_silenced_in_one_place():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with optuna_experimental():
-            warnings.warn("x", optuna.exceptions.ExperimentalWarning)
-        warnings.warn("y", UserWarning)
+            warnings.warn("x", optuna.exceptions.ExperimentalWarning, stacklevel=1)
+        warnings.warn("y", UserWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["y"]
 
 

@@ -479,7 +479,7 @@ def plot_run(run_id: str, save_dir: str | Path, top_classes: int = 10) -> Path:
         try:
             history = pd.read_csv(tracking.download_run_artifact(run_id, "metrics/training_metrics.csv", Path(tmp)))
             per_class = pd.read_csv(tracking.download_run_artifact(run_id, "metrics/per_class_accuracy.csv", Path(tmp)))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - MLflow raises several kinds for a missing artifact
             raise ModelError(f"run {run_id}: no metrics/training_metrics.csv to plot ({exc})") from exc
     plots.training_plots(history, per_class, out, top_classes)
     tracking.log_artifacts_to_run(run_id, out, "plots")
