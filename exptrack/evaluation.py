@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import model_card, plots, tracking
+from . import model_card, model_store, plots, tracking
 from .config import EVALUATE_DATA_KEYS, EVALUATE_SECTIONS, Config, ConfigError, replace
 from .data.clips import ClipIndex
 from .data.dataset import make_loader
@@ -274,6 +274,6 @@ def log_evaluation(run: tracking.Run, source: dict[str, str], split: str, data: 
     run.log_artifacts(out, "results")
     if "version" in source:  # the headline scores as tags (promotion compares them); the rest on the card
         headline = {prefix + k: round(v, 6) for k, v in report.summary.items() if k in HEADLINE_METRICS}
-        tracking.set_model_version_tags(source["name"], source["version"],
+        model_store.set_model_version_tags(source["name"], source["version"],
                                         {**headline, f"{prefix}data_digest": digest, f"{prefix}evaluation_run": run.id})
         model_card.refresh(source["name"], source["version"])

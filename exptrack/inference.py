@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from . import tracking
+from . import model_store, tracking
 from .config import Config, config_from_dict
 from .data.layout import read_class_names
 from .errors import ModelError
@@ -53,7 +53,7 @@ def _weights(source: dict[str, str], dst: Path) -> Path:
     """The weights file of a resolved reference: its logged model's, else (older versions and
     runs) the run's checkpoint artifact."""
     if source.get("model_id"):
-        return tracking.download_model_weights(source["model_id"], dst)
+        return model_store.download_model_weights(source["model_id"], dst)
     return _run_artifact(source["run_id"], LEGACY_CHECKPOINT, dst)
 
 
@@ -62,7 +62,7 @@ def _resolve_run(run_id: str) -> dict[str, str]:
     from .training.run import best_logged_model
 
     source = {"run_id": run_id}
-    versions = [v for v in tracking.run_model_versions(run_id) if v["model_id"]]
+    versions = [v for v in model_store.run_model_versions(run_id) if v["model_id"]]
     if versions:
         source.update({k: versions[0][k] for k in ("name", "version", "model_id")})
     elif (model_id := best_logged_model(run_id)) is not None:
@@ -76,7 +76,7 @@ def resolve_weights(reference: str, download_dir: Path) -> tuple[Path, dict[str,
     source = {"uri": reference}
     try:
         if reference.startswith("models:/"):
-            source.update(tracking.resolve_model_uri(reference))
+            source.update(model_store.resolve_model_uri(reference))
             return _weights(source, download_dir), source
         run_id, _, path = reference[len("runs:/"):].partition("/") if reference.startswith("runs:/") else ("", "", "")
         if run_id and path.endswith(".pt"):

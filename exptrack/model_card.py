@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import tracking
+from . import model_store, tracking
 
 # The config keys a reader needs to know what was trained (the rest is on the run's page).
 CONFIG_BRIEF = ("data.frame_size", "data.clip_len", "data.use_masks", "data.use_skeleton_attention",
@@ -105,8 +105,8 @@ def group_section(tags: dict[str, str]) -> list[str]:
 
 def refresh(name: str, version: str) -> None:
     """Rebuild and store the card of `name` version `version` from what the registry holds now."""
-    record = tracking.model_version(name, version)
-    model = tracking.logged_model(record["model_id"]) if record.get("model_id") else None
+    record = model_store.model_version(name, version)
+    model = model_store.logged_model(record["model_id"]) if record.get("model_id") else None
     run_id = record.get("run_id") or ""
     train_run = tracking.run_record(run_id) if run_id else None
     evaluations = {}
@@ -114,4 +114,4 @@ def refresh(name: str, version: str) -> None:
         eval_run = record["tags"].get(f"{split}_evaluation_run")
         if eval_run:
             evaluations[split] = {"run_id": eval_run, **tracking.run_record(eval_run)}
-    tracking.set_model_version_description(name, version, render(name, record, model, train_run, evaluations))
+    model_store.set_model_version_description(name, version, render(name, record, model, train_run, evaluations))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from typing import Callable
 
-from . import model_card, preemption, tracking
+from . import model_card, model_store, preemption, tracking
 from .errors import ModelError
 from .metrics import HEADLINE_METRICS
 from .stats import METRICS as PAIRED_METRICS
@@ -169,11 +169,11 @@ def promote(name: str, metric: str = "test_mean_class_accuracy", split: str = "t
         raise ModelError(f"unknown promotion rule {rule!r} (one of {', '.join(RULES)})")
     if rule == "interval":
         paired_metric(metric, split)  # before anything is evaluated
-    versions = tracking.model_versions(name)
+    versions = model_store.model_versions(name)
     if not versions:
         raise ModelError(f"registered model {name!r} has no versions")
     digest_tag = f"{split}_data_digest"
-    champion_version = tracking.alias_version(name, CHAMPION)
+    champion_version = model_store.alias_version(name, CHAMPION)
     today = {v["version"]: current_digest(f"models:/{name}/{v['version']}", split, data_root) for v in versions}
     for v in versions:
         tags, version = v["tags"], v["version"]
@@ -183,7 +183,7 @@ def promote(name: str, metric: str = "test_mean_class_accuracy", split: str = "t
             log.info("evaluating %s version %s on %s%s", name, version, split,
                      " (its last evaluation was on other data)" if stale else "")
             evaluate(f"models:/{name}/{version}", split, data_root)
-    versions = tracking.model_versions(name)
+    versions = model_store.model_versions(name)
     candidates = [Candidate(v["version"], metric_value(v, metric, split), v["tags"].get(digest_tag, ""),
                             today[v["version"]]) for v in versions]
     by_version = {c.version: c for c in candidates}
@@ -195,12 +195,12 @@ def promote(name: str, metric: str = "test_mean_class_accuracy", split: str = "t
     # its previous, no version without its decision).
     with preemption.deferred():
         if decision.champion and decision.champion != champion_version:
-            tracking.set_alias(name, CHAMPION, decision.champion)
+            model_store.set_alias(name, CHAMPION, decision.champion)
             if decision.previous:
-                tracking.set_alias(name, PREVIOUS, decision.previous)
+                model_store.set_alias(name, PREVIOUS, decision.previous)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         for version, reason in decision.reasons.items():
-            tracking.set_model_version_tags(name, version, {  # the values are in the decision and on the card
+            model_store.set_model_version_tags(name, version, {  # the values are in the decision and on the card
                 "promotion.decision": reason, "promotion.metric": f"{metric}", "promotion.rule": rule,
                 "promotion.compared_on_digest": decision.digest, "promotion.time": stamp,
                 # the champion's figure is the best of this many versions on that test set (biased upwards)
@@ -272,10 +272,10 @@ def metric_value(version: dict, metric: str, split: str) -> float:
 def version_scores(name: str, split: str = "test") -> dict[str, dict[str, float]]:
     """version -> the `<split>_*` headline metrics evaluate tagged it with."""
     return {v["version"]: {m: float(v["tags"][f"{split}_{m}"]) for m in HEADLINE_METRICS if f"{split}_{m}" in v["tags"]}
-            for v in tracking.model_versions(name)}
+            for v in model_store.model_versions(name)}
 
 
 def version_groups(name: str) -> dict[str, str]:
     """version -> its seed or fold group in one phrase, for the versions that come from one."""
-    briefs = {v["version"]: model_card.group_brief(v["tags"]) for v in tracking.model_versions(name)}
+    briefs = {v["version"]: model_card.group_brief(v["tags"]) for v in model_store.model_versions(name)}
     return {v: b for v, b in briefs.items() if b}

@@ -28,7 +28,7 @@ import numpy as np
 import optuna
 import yaml
 
-from . import tracking
+from . import model_store, tracking
 from ._proc import process_alive
 from .config import ConfigError, load_config, read_yaml_file
 from .preemption import PREEMPTED_TAG, Preempted
@@ -566,7 +566,7 @@ def register_best_once(run_id: str, config) -> str | None:
         return None
 
     def versions() -> list[str]:
-        return [v["version"] for v in tracking.model_versions(name) if v["model_id"] == model_id]
+        return [v["version"] for v in model_store.model_versions(name) if v["model_id"] == model_id]
 
     if versions():
         return min(versions(), key=int)
@@ -575,7 +575,7 @@ def register_best_once(run_id: str, config) -> str | None:
     first = min(versions(), key=int)
     if first != version:
         log.info("trial run %s was registered twice (versions %s and %s); keeping %s", run_id, first, version, first)
-        tracking.delete_model_version(name, version)
+        model_store.delete_model_version(name, version)
     return first
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from exptrack import tracking
+from exptrack import model_store
 from exptrack.errors import ModelError
 from exptrack.registry import Candidate, _paired_on_predictions, decide, promote
 
@@ -26,7 +26,7 @@ def _add_version(tmp_path, value: float | None, digest: str = "d1") -> str:
         mlflow.log_text("weights", "model/placeholder.txt")
     mv = client.create_model_version(NAME, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
     if value is not None:
-        tracking.set_model_version_tags(NAME, mv.version, {"test_mean_class_accuracy": value, "test_data_digest": digest})
+        model_store.set_model_version_tags(NAME, mv.version, {"test_mean_class_accuracy": value, "test_data_digest": digest})
     return str(mv.version)
 
 
@@ -44,7 +44,7 @@ def _evaluator(values: dict[str, float], digest: str, calls: list):
     def evaluate(uri: str, split: str, data_root):
         calls.append(uri)
         version = uri.rsplit("/", 1)[1]
-        tracking.set_model_version_tags(NAME, version, {"test_mean_class_accuracy": values[version],
+        model_store.set_model_version_tags(NAME, version, {"test_mean_class_accuracy": values[version],
                                                         "test_data_digest": digest})
     return evaluate
 
@@ -56,7 +56,7 @@ def _tags(version: str) -> dict:
 def test_champion_moves_only_to_a_better_version_on_the_same_data(tmp_path):
     v1, v2 = _add_version(tmp_path, 0.80), _add_version(tmp_path, 0.90)
     assert promote(NAME, rule="best", evaluate=_no_evaluation, current_digest=_today()).champion == v2
-    assert tracking.alias_version(NAME, "champion") == v2
+    assert model_store.alias_version(NAME, "champion") == v2
     assert "no champion before" in _tags(v2)["promotion.decision"]
 
     v3 = _add_version(tmp_path, 0.85)  # worse: the champion stays
@@ -70,7 +70,7 @@ def test_champion_moves_only_to_a_better_version_on_the_same_data(tmp_path):
     v5 = _add_version(tmp_path, 0.95)  # better: promoted, the old champion becomes 'previous'
     decision = promote(NAME, rule="best", evaluate=_no_evaluation, current_digest=_today())
     assert decision.champion == v5 and decision.previous == v2
-    assert tracking.alias_version(NAME, "champion") == v5 and tracking.alias_version(NAME, "previous") == v2
+    assert model_store.alias_version(NAME, "champion") == v5 and model_store.alias_version(NAME, "previous") == v2
     tags = _tags(v5)
     assert tags["promotion.metric"] == "test_mean_class_accuracy" and tags["promotion.compared_on_digest"] == "d1"
     assert tags["promotion.rule"] == "best" and "promotion.time" in tags and tags["promotion.versions_compared"] == "5"
@@ -80,7 +80,7 @@ def test_champion_moves_only_to_a_better_version_on_the_same_data(tmp_path):
     assert "not compared: evaluated on other data (digest other, now d1)" in _tags(v6)["promotion.decision"]
     assert _tags(v6)["promotion.compared_on_digest"] == "d1"
     assert "below the best candidate" in _tags(v1)["promotion.decision"]
-    assert tracking.alias_version(NAME, "champion") == v5
+    assert model_store.alias_version(NAME, "champion") == v5
 
 
 def test_versions_without_the_metric_are_evaluated_first(tmp_path):
@@ -138,7 +138,7 @@ def test_promote_command_shows_each_versions_scores(tmp_path, capsys, monkeypatc
     monkeypatch.setattr(evaluation, "evaluation_digest", lambda uri, split, data_root, memo=None: "d1")
 
     v1 = _add_version(tmp_path, 0.8)
-    tracking.set_model_version_tags(NAME, v1, {"test_accuracy": 0.85, "test_top3_accuracy": 0.97})
+    model_store.set_model_version_tags(NAME, v1, {"test_accuracy": 0.85, "test_top3_accuracy": 0.97})
     assert main(["promote", "--name", NAME]) == 0
     out = capsys.readouterr().out
     assert f"version {v1}: " in out and "[test: accuracy 0.850, top3_accuracy 0.970, mean_class_accuracy 0.800]" in out
@@ -168,7 +168,7 @@ def _add_evaluated_version(tmp_path, accuracy_by_subject: list[float], seed: int
     table.to_csv(folder / "predictions.csv", index=False)
     with mlflow.start_run() as run:
         mlflow.log_artifacts(str(folder), "results")
-    tracking.set_model_version_tags(NAME, version, {"test_evaluation_run": run.info.run_id})
+    model_store.set_model_version_tags(NAME, version, {"test_evaluation_run": run.info.run_id})
     return version
 
 
@@ -241,7 +241,7 @@ def test_promotion_on_evidence_end_to_end(tiny_demo, make_config):
     second = train(make_config(tiny_demo, *fast, "train.seed=7", "train.epochs=3"), progress=False)
     decision = promote(NAME)
     assert decision.compared == 2 and _tags(decision.champion)["promotion.versions_compared"] == "2"
-    versions = {v["version"]: v for v in tracking.model_versions(NAME)}
+    versions = {v["version"]: v for v in model_store.model_versions(NAME)}
     evidence = _paired_on_predictions(versions, "test_mean_class_accuracy", "test", "t")(
         first.model_version, second.model_version)
     assert evidence.n_subjects == 2 and evidence.low is not None  # the two evaluations' clips, paired

@@ -14,7 +14,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from exptrack import tune
+from exptrack import model_store, tune
 from exptrack.config import ConfigError
 from exptrack.tune import load_study_spec, retried_from, run_tune
 
@@ -316,13 +316,13 @@ def test_best_model_registered_once_even_when_two_workers_race(tiny_demo, tmp_pa
 
     # a second worker, on a machine without the trial's checkpoint, checked before version 1 existed
     shutil.rmtree(best["checkpoint_dir"])
-    real, calls = tune.tracking.model_versions, []
+    real, calls = tune.model_store.model_versions, []
 
     def first_look_sees_none(name):  # the second worker's check, made before version 1 existed
         calls.append(name)
         return [] if len(calls) == 1 else real(name)
 
-    monkeypatch.setattr(tune.tracking, "model_versions", first_look_sees_none)
+    monkeypatch.setattr(tune.model_store, "model_versions", first_look_sees_none)
     with caplog.at_level("INFO", logger="exptrack.tune"):
         kept = tune.register_best_once(best["run_id"], tune.best_trial_config(study, spec))
     assert kept == "1" and "registered twice (versions 1 and 2)" in caplog.text  # v2 from the logged model
@@ -454,7 +454,7 @@ def test_a_pruned_trial_says_when_and_at_what_value():
 
 @pytest.mark.slow
 def test_pruned_trials_leave_no_checkpoints_or_logged_models(tiny_demo, tmp_path, monkeypatch):
-    from exptrack import tracking, tune
+    from exptrack import tune
 
     # a real Optuna pruner that prunes every trial at its first report (epoch 1)
     monkeypatch.setattr(tune, "make_pruner", lambda name: optuna.pruners.ThresholdPruner(lower=2.0))
@@ -464,5 +464,5 @@ def test_pruned_trials_leave_no_checkpoints_or_logged_models(tiny_demo, tmp_path
     for trial in study.trials:
         run_id = trial.user_attrs["run_id"]
         assert not (tmp_path / "out" / "runs" / run_id / "checkpoints").exists()
-        assert tracking.run_logged_models(run_id) == []
+        assert model_store.run_logged_models(run_id) == []
     assert not list((tmp_path / "mlruns").rglob("weights.pt"))

@@ -33,7 +33,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from .. import plots, preemption, serving, stats, tracking
+from .. import model_store, plots, preemption, serving, stats, tracking
 from ..config import RESUMABLE, Config, ConfigError, config_from_dict, replace, to_nested_dict
 from ..data.layout import discover
 from ..data.errors import DataWarnings
@@ -227,7 +227,7 @@ def member_result(key: str, run_id: str) -> MemberResult:
     epochs = sorted({step for h in histories.values() for step in h})
     history = pd.DataFrame({"epoch": epochs, **{k: [h.get(e, np.nan) for e in epochs] for k, h in histories.items()}})
     model_id = best_logged_model(run_id)
-    epoch = tracking.logged_model(model_id)["tags"].get(logged_models.EPOCH_TAG, "") if model_id else ""
+    epoch = model_store.logged_model(model_id)["tags"].get(logged_models.EPOCH_TAG, "") if model_id else ""
     return MemberResult(key, run_id, history, model_id, int(epoch) if epoch.isdigit() else None)
 
 
@@ -321,7 +321,7 @@ def choose_model(run: tracking.Run, result: GroupResult, config: Config) -> None
 def register(run: tracking.Run, result: GroupResult, name: str) -> None:
     """Register the group's model with the group's figures as tags, once per model: a resumed
     group whose model did not change registers nothing new (one resumed for more epochs may)."""
-    done = [v for v in tracking.model_versions(name)
+    done = [v for v in model_store.model_versions(name)
             if v["tags"].get("group_run_id") == result.run_id and v["model_id"] == result.model_id]
     if done:
         result.model_version = done[0]["version"]
@@ -336,7 +336,7 @@ def log_ensemble(run: tracking.Run, members: list[MemberResult]) -> str:
     """One logged model on the group's run holding every member's kept weights (C3DEnsemble):
     evaluate, predict, visualize, compare and serving load it like any model."""
     with tempfile.TemporaryDirectory(prefix="exptrack-ensemble-") as tmp:
-        payloads = [ckpt.load(tracking.download_model_weights(m.model_id, Path(tmp) / str(i)))
+        payloads = [ckpt.load(model_store.download_model_weights(m.model_id, Path(tmp) / str(i)))
                     for i, m in enumerate(members)]
         first = config_from_dict(payloads[0]["config"], f"model {members[0].model_id}")
         config = replace(first, model={"ensemble": len(members)})

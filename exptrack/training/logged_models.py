@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .. import model_card, serving, tracking
+from .. import model_card, model_store, serving, tracking
 from . import checkpoint as ckpt
 
 log = logging.getLogger("exptrack.train")
@@ -36,7 +36,7 @@ class ModelLog:
 
     def clean_pending(self) -> None:
         """Models whose upload was cut off (a killed process, a failed upload) are failed and deleted."""
-        for model_id in tracking.fail_pending_models(self.run.id):
+        for model_id in model_store.fail_pending_models(self.run.id):
             log.info("logged model %s was left unfinished (upload cut off): deleted", model_id)
 
     def recover(self) -> None:
@@ -95,15 +95,15 @@ class ModelLog:
         if best_epoch == self.best_epoch or best_epoch not in self.by_epoch:
             return
         if self.best_epoch in self.by_epoch:
-            tracking.set_logged_model_tags(self.by_epoch[self.best_epoch], {BEST_TAG: "false"})
-        tracking.set_logged_model_tags(self.by_epoch[best_epoch], {BEST_TAG: "true"})
+            model_store.set_logged_model_tags(self.by_epoch[self.best_epoch], {BEST_TAG: "false"})
+        model_store.set_logged_model_tags(self.by_epoch[best_epoch], {BEST_TAG: "true"})
         self.best_epoch = best_epoch
 
     def registered(self) -> dict[str, str]:
         """model id -> the lowest version of `registered_model` that points at it (this run's)."""
         out: dict[str, str] = {}
         if self.registered_model:
-            for v in tracking.model_versions(self.registered_model):
+            for v in model_store.model_versions(self.registered_model):
                 if v["run_id"] == self.run.id and v["model_id"] and v["model_id"] not in out:
                     out[v["model_id"]] = v["version"]
         return out
@@ -113,7 +113,7 @@ class ModelLog:
         registered = self.registered() if any(e not in needed for e in self.by_epoch) else {}
         for epoch in [e for e in self.by_epoch if e not in needed]:
             if self.by_epoch[epoch] not in registered:  # a version keeps its weights
-                tracking.delete_logged_model(self.by_epoch[epoch])
+                model_store.delete_logged_model(self.by_epoch[epoch])
             del self.by_epoch[epoch]
 
     def ensure_best(self, best_epoch: int | None) -> str | None:
@@ -151,7 +151,7 @@ def register(model_id: str, name: str, extra_tags: dict[str, Any] | None = None)
     """A new version of `name` pinned to the logged model `model_id`. Its tags (and `extra_tags`,
     e.g. a seed group's figures) are set in the same call that creates it, so a kill leaves a
     complete version or none; its model card follows."""
-    tags = {**version_tags(tracking.logged_model(model_id)), **(extra_tags or {})}
-    version = tracking.register_logged_model(model_id, name, tags)
+    tags = {**version_tags(model_store.logged_model(model_id)), **(extra_tags or {})}
+    version = model_store.register_logged_model(model_id, name, tags)
     model_card.refresh(name, version)
     return version

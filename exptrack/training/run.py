@@ -1,7 +1,8 @@
 """`exptrack train`: one MLflow run from data to a registered model.
 
 This module wires the pieces together; the loop (loop.py) and checkpoints (checkpoint.py) know
-nothing about MLflow, and MLflow is only reached through the tracking.Run handle.
+nothing about MLflow. MLflow is reached only through tracking.py (the run: its handle and a few
+run queries) and model_store.py (logged models and the registry), never imported here.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pandas as pd
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from .. import plots, preemption, tracking
+from .. import model_store, plots, preemption, tracking
 from ..config import RESUMABLE, Config, ConfigError, config_from_dict
 from ..data import clips
 from ..data.dataset import make_loader
@@ -495,7 +496,7 @@ def best_logged_model(run_id: str) -> str | None:
     group_model = tracking.run_tags(run_id).get(GROUP_MODEL_TAG)
     if group_model:
         return group_model
-    ready = [m for m in tracking.run_logged_models(run_id) if m["status"] == "READY"]
+    ready = [m for m in model_store.run_logged_models(run_id) if m["status"] == "READY"]
     best = [m for m in ready if m["tags"].get(BEST_TAG) == "true"]
     if not best:
         best = sorted(ready, key=lambda m: m["metrics"].get("val_mean_class_acc", -1.0), reverse=True)
@@ -504,6 +505,6 @@ def best_logged_model(run_id: str) -> str | None:
 
 def discard_run_models(run_id: str, outputs: Path) -> None:
     """Delete a run's checkpoints and logged models (a pruned or failed tune trial)."""
-    for m in tracking.run_logged_models(run_id):
-        tracking.delete_logged_model(m["model_id"])
+    for m in model_store.run_logged_models(run_id):
+        model_store.delete_logged_model(m["model_id"])
     shutil.rmtree(outputs / "runs" / run_id / "checkpoints", ignore_errors=True)
