@@ -20,6 +20,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -111,7 +112,12 @@ def load_model(reference: str, device: torch.device | str = "cpu") -> LoadedMode
                          f"(model.num_classes {config.model.num_classes}, model.width {config.model.width}): "
                          f"{detail[:200]}") from None
     source.setdefault("run_id", payload.get("run_id", ""))
-    # The one class-names rule: the model's own names; a model saved before it kept them: the
-    # classes.csv of the data it was trained on; else the ids.
-    names = list(payload.get("class_names") or read_class_names(config.data.root, config.model.num_classes))
-    return LoadedModel(model.to(device).eval(), config, source, names)
+    return LoadedModel(model.to(device).eval(), config, source, class_names_of(payload, config))
+
+
+def class_names_of(payload: dict[str, Any], config: Config) -> list[str]:
+    """The one class-names rule (every command and the served model): the model's own names; a
+    model saved before it kept them: the classes.csv of the data it was trained on; else ids."""
+    names = list(payload.get("class_names") or [])
+    k = config.model.num_classes
+    return names if len(names) == k else read_class_names(config.data.root, k)

@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import Config, config_from_dict
+from .config import config_from_dict
+from .inference import class_names_of
 from .windows import clip_batches, clip_probabilities, window_probabilities
 from .models.c3d import model_with_weights
 from .training import checkpoint as ckpt
@@ -39,11 +40,6 @@ def weights_payload(checkpoint: dict[str, Any], class_names: list[str]) -> dict[
     """What a logged model keeps of a checkpoint: the weights and what rebuilds and explains them."""
     keep = ("model", "config", "epoch", "metrics", "run_id", "data_digest")
     return {**{k: checkpoint[k] for k in keep if k in checkpoint}, "class_names": list(class_names)}
-
-
-def class_names_of(payload: dict[str, Any], config: Config) -> list[str]:
-    names = payload.get("class_names") or []
-    return list(names) if len(names) == config.model.num_classes else [str(c) for c in range(config.model.num_classes)]
 
 
 def resize_clips(clips: np.ndarray, size: int) -> np.ndarray:

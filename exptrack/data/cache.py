@@ -230,9 +230,6 @@ class FrameCache:
             for frame, path in files.items():
                 if frame >= num_frames:
                     continue
-                if not path.is_file():  # a FIFO would block imread for ever
-                    w.warn("unreadable_mask", f"{path}: not a regular file; frame used unmasked")
-                    continue
                 img = layout.read_mask(path)
                 if img is None:
                     w.warn("unreadable_mask", f"{path}: cannot read mask image (an 8- or 16-bit PNG); frame used "

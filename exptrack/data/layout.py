@@ -449,7 +449,8 @@ def mask_files(mask_dir: Path | None) -> dict[int, Path]:
 
 
 def read_mask(path: Path) -> np.ndarray | None:
-    """A mask image as (H, W) uint8 with the person at 255; None when it cannot be read.
+    """A mask image as (H, W) uint8 with the person at 255; None when it cannot be read (or is
+    not a regular file).
 
     Masks come in several encodings, all read the same: 8-bit 0/255, 16-bit 0/65535 (OpenCV's
     grayscale mode would scale them down), and 0/1 label images of either depth (read as "no
@@ -457,6 +458,8 @@ def read_mask(path: Path) -> np.ndarray | None:
     """
     import cv2
 
+    if not path.is_file():  # a FIFO named like a mask would block imread for ever
+        return None
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None or img.dtype not in (np.uint8, np.uint16):
         return None
