@@ -121,7 +121,7 @@ def end_of_run_line(result) -> str:
     validation metrics, all from one epoch; a train+val fit says it had no validation."""
     state = result.state
     epoch = state.best_epoch.get("val_mean_class_acc")
-    row = next((r for r in state.history if int(r["epoch"]) == epoch), {})
+    row: dict[str, float] = next((r for r in state.history if int(r["epoch"]) == epoch), {})
     registered = f"; registered as version {result.model_version}" if result.model_version else ""
     if "val_mean_class_acc" not in row:
         return (f"run {result.run_id}: {state.epoch} epochs on train+val (no validation): model of epoch {epoch}, "

@@ -27,6 +27,7 @@ import logging
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +76,7 @@ def evaluated(label: str, ref: str, loaded: LoadedModel, split: str, data_root: 
     model_id = loaded.source.get("model_id")
     run_id = tracking.find_evaluation(model_id, split, digest) if model_id else None
     table = evaluation_predictions(run_id) if run_id else None
-    if table is not None:
+    if run_id and table is not None:
         log.info("%s (%s): reusing evaluation run %s of the same clips", label, ref, run_id)
         return Side(label, ref, loaded, digest, run_id, True, table)
     result = run_evaluate(ref, split=split, data_root=data_root, progress=progress, parent_run_id=parent_run_id)
@@ -117,7 +118,7 @@ def per_class(joined: pd.DataFrame, names: list[str]) -> pd.DataFrame:
     rows = []
     for c, name in enumerate(names):
         true_c = joined["true"] == c
-        row = {"class": c, "name": name, "clips": int(true_c.sum())}
+        row: dict[str, Any] = {"class": c, "name": name, "clips": int(true_c.sum())}
         for side in ("a", "b"):
             pred_c = joined[f"predicted_{side}"] == c
             row[f"accuracy_{side}"] = float((pred_c & true_c).sum() / true_c.sum()) if true_c.any() else np.nan

@@ -604,10 +604,11 @@ def validate(config: Config) -> None:
         problems.append("optim.weight_decay and optim.min_lr must be >= 0, optim.plateau_factor in (0, 1)")
     if config.train.grad_clip < 0 or config.train.shutdown_timeout < 0:
         problems.append("train.grad_clip (0 = off) and train.shutdown_timeout must be >= 0")
-    if not 0.0 <= config.model.static_removal <= 1.0:
+    static_removal = config.model.static_removal or 0.0  # None (auto) is resolved by Config itself
+    if not 0.0 <= static_removal <= 1.0:
         problems.append("model.static_removal must be in [0, 1]")
-    elif config.model.static_removal > 0 and d.clip_len < 2:
-        problems.append(f"model.static_removal={config.model.static_removal} needs data.clip_len >= 2: a one-frame "
+    elif static_removal > 0 and d.clip_len < 2:
+        problems.append(f"model.static_removal={static_removal} needs data.clip_len >= 2: a one-frame "
                         "clip minus its mean over the clip is all zeros (set model.static_removal=0)")
     if config.train.batch_size < 1 or config.train.epochs < 1:
         problems.append("train.batch_size and train.epochs must be >= 1")

@@ -59,14 +59,14 @@ def error_analysis(confusion: pd.DataFrame, top: int = 10) -> pd.DataFrame:
 
 def predictions_table(index: ClipIndex, probs: np.ndarray, names: list[str] | None = None) -> pd.DataFrame:
     top3 = np.argsort(-probs, axis=1)[:, :3]
-    names = np.asarray(names or [str(c) for c in range(probs.shape[1])])
+    name_of = np.asarray(names or [str(c) for c in range(probs.shape[1])])
     table = pd.DataFrame({
         "subject": np.asarray(index.subjects)[index.subject_idx],
         "start_frame": index.start,
         "true": index.label,
         "predicted": probs.argmax(1),
-        "true_name": names[index.label],
-        "predicted_name": names[probs.argmax(1)],
+        "true_name": name_of[index.label],
+        "predicted_name": name_of[probs.argmax(1)],
         "top3": [" ".join(map(str, row)) for row in top3],
     })
     for c in range(probs.shape[1]):

@@ -28,7 +28,7 @@ from . import model_store, tracking
 from .config import Config, config_from_dict
 from .data.layout import read_class_names
 from .errors import ModelError
-from .models.c3d import C3D, model_with_weights
+from .models.c3d import C3D, C3DEnsemble, model_with_weights
 from .training import checkpoint as ckpt
 
 LEGACY_CHECKPOINT = f"checkpoints/{ckpt.BEST_MODEL}"
@@ -36,7 +36,7 @@ LEGACY_CHECKPOINT = f"checkpoints/{ckpt.BEST_MODEL}"
 
 @dataclass
 class LoadedModel:
-    model: C3D
+    model: C3D | C3DEnsemble
     config: Config
     # uri, and name/version/alias/run_id/model_id where known
     source: dict[str, str] = field(default_factory=dict)

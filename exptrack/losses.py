@@ -24,5 +24,5 @@ class FocalLoss(nn.Module):
         loss = -log_p if self.gamma == 0 else -((1.0 - log_p.exp()).clamp_min(0.0) ** self.gamma) * log_p
         if self.alpha is None:
             return loss.mean()
-        a = self.alpha[target]
+        a = self.alpha[target]  # type: ignore[index]  # a buffer: a Tensor once it is not None
         return (a * loss).sum() / a.sum().clamp_min(1e-12)

@@ -185,7 +185,7 @@ def model_versions(name: str) -> list[dict[str, Any]]:
     """Every version of a registered model: version, run_id, model_id, tags, aliases (oldest first)."""
     client = mlflow.MlflowClient()
     try:
-        found = client.search_model_versions(f"name='{name}'")
+        found = list(client.search_model_versions(f"name='{name}'"))
     except mlflow.exceptions.MlflowException:
         found = []
     out = [_version_record(mv) for mv in found]

@@ -27,7 +27,7 @@ def grouped_bars(table: pd.DataFrame, title: str, ylabel: str, path: Path) -> Pa
     fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(table) * max(1, table.shape[1] / 2)), 4))
     sns.barplot(data=long, x="x", y="value", hue="group", ax=ax)
     ax.set_title(title)
-    ax.set_xlabel(table.index.name or "")
+    ax.set_xlabel(str(table.index.name or ""))
     ax.set_ylabel(ylabel)
     return _save(fig, path)
 

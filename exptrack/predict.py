@@ -25,7 +25,7 @@ from .data.cache import FrameCache
 from .data.dataset import weighted_frames
 from .data.layout import BACKGROUND, class_label, video_companions
 from .data.prepare import SubjectData, load_guides
-from .data.video import decode_video, write_video
+from .data.video import VideoInfo, decode_video, write_video
 from .inference import load_model
 from .windows import window_probabilities
 from .outputs import DEFAULT_OUTPUTS, check_save_dir, invocation_folder
@@ -45,7 +45,7 @@ class Timeline:
 
 
 def model_frames(video: Path, config: Config, masks: str | Path | None, keypoints: str | Path | None,
-                 warnings: DataWarnings) -> tuple[np.ndarray, object]:
+                 warnings: DataWarnings) -> tuple[np.ndarray, VideoInfo]:
     """(T, S, S, 3) uint8 frames of `video` as the model saw its training clips, and the video's
     info: weighted by the person masks and skeleton attention the model was trained with, when
     the video has them (given, or beside it in a dataset layout; decoded once into the cache)."""

@@ -27,7 +27,12 @@ from typing import Iterator
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 PREEMPTED_TAG = "exptrack.preempted"  # on a run a signal stopped: the signal's name
-_state = {"requested": None, "deferred": 0}  # the first signal's number; depth of deferred()
+class _Signals:
+    requested: int | None = None  # the first signal's number
+    deferred: int = 0  # depth of deferred()
+
+
+_state = _Signals()
 
 
 class Preempted(BaseException):
@@ -44,10 +49,10 @@ class Preempted(BaseException):
 
 
 def _handler(signum: int, frame) -> None:
-    if _state["requested"] is not None:  # the second signal: the user insists
+    if _state.requested is not None:  # the second signal: the user insists
         os._exit(128 + signum)
-    _state["requested"] = signum
-    if not _state["deferred"]:
+    _state.requested = signum
+    if not _state.deferred:
         raise Preempted(signum)
 
 
@@ -70,26 +75,26 @@ def installed() -> Iterator[None]:
 
 def reset() -> None:
     """Forget a handled signal (a test that sends several in one process)."""
-    _state["requested"] = None
+    _state.requested = None
 
 
 def requested() -> int | None:
-    return _state["requested"]
+    return _state.requested
 
 
 def check() -> None:
     """Raise Preempted if a signal came (the loop's batch boundaries)."""
-    if _state["requested"] is not None:
-        raise Preempted(_state["requested"])
+    if _state.requested is not None:
+        raise Preempted(_state.requested)
 
 
 @contextmanager
 def deferred() -> Iterator[None]:
     """Signals only set the flag within; `check()` raises at the caller's safe points, and
     leaving the block with a signal pending raises too."""
-    _state["deferred"] += 1
+    _state.deferred += 1
     try:
         yield
     finally:
-        _state["deferred"] -= 1
+        _state.deferred -= 1
     check()

@@ -21,7 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import mlflow.pyfunc
+from mlflow.pyfunc.model import PythonModel
 import numpy as np
 import pandas as pd
 import torch
@@ -96,7 +96,7 @@ def _load_core(path: str | Path) -> ClipClassifierCore:
     return ClipClassifierCore(ckpt.load(path), str(path))
 
 
-class ClipClassifier(mlflow.pyfunc.PythonModel):
+class ClipClassifier(PythonModel):
     """What `mlflow.pyfunc.load_model` returns for an exptrack model (see the module docstring)."""
 
     def load_context(self, context) -> None:

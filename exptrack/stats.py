@@ -186,11 +186,11 @@ def compare_groups(a_values, b_values, paired: bool, metric: str, unit: str, con
         if len(a) != len(b):
             raise ValueError("paired groups need the same members")
         d = b - a
-        se, dof = (float(d.std(ddof=1) / np.sqrt(len(d))), len(d) - 1) if len(d) > 1 else (0.0, 0)
+        se, dof = (float(d.std(ddof=1) / np.sqrt(len(d))), float(len(d) - 1)) if len(d) > 1 else (0.0, 0.0)
     else:
         va, vb = (a.var(ddof=1) / len(a) if len(a) > 1 else np.nan), (b.var(ddof=1) / len(b) if len(b) > 1 else np.nan)
         se = float(np.sqrt(va + vb))
-        dof = float((va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))) if se > 0 else 0
+        dof = float((va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))) if se > 0 else 0.0
     method = "paired t" if paired else "Welch t"
     if n < 2 or not np.isfinite(se):
         return Comparison(metric, float(a.mean()), float(b.mean()), n, method, diff, None, None, None, unit)

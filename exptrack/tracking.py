@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import mlflow
 import mlflow.artifacts
+from mlflow.data.pandas_dataset import from_pandas
 import numpy as np
 
 from . import model_store
@@ -325,11 +326,9 @@ class Run:
     @staticmethod
     def dataset(table: "pd.DataFrame", name: str, source: str, digest: str) -> Any:
         """An MLflow dataset for a clip manifest (to log as an input, or to link metrics to)."""
-        import mlflow.data
-
         with warnings.catch_warnings():  # a local path "can be interpreted in multiple ways": it is local
             warnings.simplefilter("ignore", UserWarning)
-            return mlflow.data.from_pandas(table, source=source, name=name, targets="label", digest=digest)
+            return from_pandas(table, source=source, name=name, targets="label", digest=digest)
 
     def log_dataset(self, dataset: Any, context: str) -> None:
         """Shown under the run's Datasets."""

@@ -22,7 +22,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import optuna
@@ -60,6 +60,10 @@ class Param:
     log: bool = False
     choices: tuple = ()
 
+    def bounds(self) -> tuple[float, float]:
+        """(low, high) of a float or int entry (check_space_entry has checked they are numbers)."""
+        assert self.low is not None and self.high is not None, f"space.{self.key} is {self.kind}"
+        return self.low, self.high
 
     def describe(self) -> str:
         """The searched range, as the parent run's param value of the key (e.g. `float [1e-05, 0.001] log`)."""
@@ -77,7 +81,7 @@ class StudySpec:
     n_trials: int = 6
     seed: int = 42
     metric: str = "val_mean_class_acc"
-    direction: str = "maximize"
+    direction: Literal["maximize", "minimize"] = "maximize"
     # median | hyperband | wilcoxon | none; unset: wilcoxon for a study on folds or seeds (a trial
     # stops when its members so far are significantly worse than the best trial's same members),
     # else median (per epoch).
@@ -169,10 +173,11 @@ def check_space_entry(path: Path, p: Param) -> None:
         if not p.choices:
             raise ConfigError(f"{path}: space.{p.key} is categorical but has no choices")
         return
-    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (p.low, p.high))
-    if not numbers or not p.low < p.high:
+    low, high = p.low, p.high
+    if (not isinstance(low, (int, float)) or not isinstance(high, (int, float)) or isinstance(low, bool)
+            or isinstance(high, bool) or not low < high):
         raise ConfigError(f"{path}: space.{p.key} needs numbers low < high, got low {p.low!r}, high {p.high!r}")
-    if p.log and p.low <= 0:
+    if p.log and low <= 0:
         raise ConfigError(f"{path}: space.{p.key} is log-scaled: low must be > 0, got {p.low}")
 
 
@@ -288,9 +293,10 @@ def suggest(trial: optuna.Trial, space: tuple[Param, ...]) -> list[str]:
     out = []
     for p in space:
         if p.kind == "float":
-            value = trial.suggest_float(p.key, p.low, p.high, log=p.log)
+            value = trial.suggest_float(p.key, *p.bounds(), log=p.log)
         elif p.kind == "int":
-            value = trial.suggest_int(p.key, int(p.low), int(p.high), log=p.log)
+            low, high = p.bounds()
+            value = trial.suggest_int(p.key, int(low), int(high), log=p.log)
         else:
             value = trial.suggest_categorical(p.key, list(p.choices))
         out.append(f"{p.key}={value}")
@@ -306,7 +312,7 @@ class ReportEachEpoch:
     def __init__(self, trial: optuna.Trial, metric: str, step_offset: int = 0) -> None:
         self.trial, self.metric, self.step_offset = trial, metric, step_offset
 
-    def __call__(self, metrics: dict[str, float], per_class, saved, state: TrainState) -> None:
+    def __call__(self, metrics: dict[str, float], per_class: np.ndarray, saved: list, state: TrainState) -> None:
         value = metrics[self.metric]
         self.trial.report(value, step=self.step_offset + state.epoch)
         if self.trial.should_prune():
@@ -493,6 +499,7 @@ def fail_trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial | N
 
 
 def open_study(spec: StudySpec) -> optuna.Study:
+    assert spec.pruner is not None, "read_study resolves the pruner"
     return optuna.create_study(study_name=spec.study, storage=make_storage(spec), load_if_exists=True,
                                direction=spec.direction, sampler=optuna.samplers.TPESampler(seed=spec.seed),
                                pruner=make_pruner(spec.pruner))
@@ -647,7 +654,8 @@ def write_study_report(study: optuna.Study, complete: list, out: Path) -> None:
                 with optuna_experimental(), warnings.catch_warnings():  # degenerate axes of a small study
                     warnings.simplefilter("ignore", UserWarning)
                     ax = plot(study)
-                fig = (ax.flat[0] if isinstance(ax, np.ndarray) else ax).get_figure()
+                fig = (ax.flat[0] if isinstance(ax, np.ndarray) else ax).get_figure(root=True)
+                assert fig is not None, "optuna's plot draws on a figure"
                 fig.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
                 plt.close("all")
             except Exception as exc:  # noqa: BLE001 - e.g. importances need 2+ complete trials
@@ -657,9 +665,11 @@ def write_study_report(study: optuna.Study, complete: list, out: Path) -> None:
 def conclude_study(study: optuna.Study, complete: list, spec: StudySpec, parent: str, report: Path) -> None:
     """The study's end on its parent run: its figures and report, the best trial's model
     registered (once), and the parent finished when every trial is."""
-    metrics, params = {}, {}
+    metrics: dict[str, float] = {}
+    params: dict[str, Any] = {}
     if complete:
         best = study.best_trial
+        assert best.value is not None  # a complete trial has its value
         metrics = {f"best_{spec.metric}": best.value, "best_trial": best.number}
         params = {f"best.{k}": v for k, v in best.params.items()}
     metrics.update({"trials_complete": len(complete),

@@ -15,7 +15,7 @@ from .metrics import window_starts
 from .training.loop import autocast, to_layout, use_channels_last
 
 
-def clip_batches(starts: Sequence[int], clip_at: Callable[[int], np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
+def clip_batches(starts: Sequence[int] | np.ndarray, clip_at: Callable[[int], np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
     """The clips at `starts`, stacked into (B, T, S, S, 3) uint8 batches; one batch in memory at a time."""
     for b in range(0, len(starts), batch_size):
         yield np.stack([clip_at(int(s)) for s in starts[b:b + batch_size]])

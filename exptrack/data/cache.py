@@ -241,6 +241,7 @@ class FrameCache:
                 masks[frame] = np.where(small > 127, 255, 0)
                 present[frame] = True
             for (mw, mh), n in mismatched.items():  # stretched masks no longer cover the person
+                assert video_size is not None  # only then is a size mismatched
                 w.warn("mask_size_mismatch", f"{subject.mask_dir}: {n} masks of subject {subject.subject} are "
                        f"{mw}x{mh} but its video is {video_size[0]}x{video_size[1]}; stretched to fit", count=n)
             masks.flush()
@@ -264,11 +265,12 @@ class FrameCache:
         if subject.keypoints is None:
             warnings.warn("missing_keypoints", f"no keypoint CSV for subject {subject.subject}; attention is uniform")
             return None
-        key = _digest("kp", file_key(subject.keypoints), self.size, info.width, info.height, info.num_frames,
+        keypoints = subject.keypoints
+        key = _digest("kp", file_key(keypoints), self.size, info.width, info.height, info.num_frames,
                       frame_base)
 
         def build(tmp: Path, w: DataWarnings) -> None:
-            kps = layout.read_keypoints(subject.keypoints, info.num_frames, w, frame_base)
+            kps = layout.read_keypoints(keypoints, info.num_frames, w, frame_base)
             kps[..., 0] *= self.size / max(info.width, 1)
             kps[..., 1] *= self.size / max(info.height, 1)
             np.save(tmp / "keypoints.npy", kps)

@@ -72,8 +72,8 @@ def build_clip_index(frame_labels: dict[str, np.ndarray], clip_len: int, stride:
     if not parts:
         return ClipIndex(subjects, np.empty(0, np.int32), np.empty(0, np.int64), np.empty(0, np.int64),
                          np.empty(0, np.float32), clip_len)
-    cols = [np.concatenate(c) for c in zip(*parts)]
-    return ClipIndex(subjects, *cols, clip_len=clip_len)
+    subject_idx, start, label, purity = (np.concatenate(c) for c in zip(*parts))
+    return ClipIndex(subjects, subject_idx, start, label, purity, clip_len)
 
 
 def carve_validation(train_subjects: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:

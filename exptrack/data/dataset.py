@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from typing import Any
 
 import cv2
 import numpy as np
@@ -99,7 +100,7 @@ def frame_weight(subj: SubjectData, sl: slice, use_masks: bool, use_attention: b
     """(T, S, S) uint8 mask x attention weight for frames `sl`, or None when both are off (or
     the subject has neither)."""
     weight = None
-    if use_masks and subj.masks is not None:
+    if use_masks and subj.masks is not None and subj.mask_present is not None:
         weight = transforms.mask_weight(subj.masks[sl], subj.mask_present[sl], mask_alpha)
     if use_attention and subj.attention is not None:
         att = np.asarray(subj.attention[sl])
@@ -130,8 +131,9 @@ def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     return torch.empty(0, dtype=dtype).new(storage).view(shape)
 
 
-def collate_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """ClipDataset.__getitems__ already returns a collated batch."""
+def collate_batch(batch: Any) -> dict[str, torch.Tensor]:
+    """ClipDataset.__getitems__ already returns a collated batch (a dict, where DataLoader's
+    contract says list)."""
     return batch
 
 
@@ -154,7 +156,7 @@ def make_loader(data: PreparedData, split: str, train: bool, batch_size: int, nu
     from .sampling import DistributedWeightedSampler
 
     dataset = ClipDataset(data, split, train=train, seed=seed)
-    sampler = None
+    sampler: DistributedWeightedSampler | DistributedSampler | None = None
     if train and weighted_sampler:
         # Drawn from (seed, epoch) alone, so a resumed run sees the same epochs it would have.
         weights = torch.from_numpy(clips.sampler_weights(dataset.index, data.config.model.num_classes))

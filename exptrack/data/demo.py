@@ -130,7 +130,8 @@ class Style:
 
 
 def _random_color(rng: np.random.Generator, lo: int = 30, hi: int = 230) -> tuple[int, int, int]:
-    return tuple(int(v) for v in rng.integers(lo, hi, size=3))
+    r, g, b = (int(v) for v in rng.integers(lo, hi, size=3))
+    return r, g, b
 
 
 def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
@@ -390,7 +391,7 @@ def write_subject(root: Path, subject: str, index: int, spec: DemoSpec, rng: np.
     # The camera moves, so the person moves the other way in the picture (and in the keypoints).
     joints -= (views - margin)[:, None, :]
     for t, pose_joints in enumerate(joints):
-        frames[t], mask = render(pose_joints, style, noise, rng, tuple(int(v) for v in views[t]))
+        frames[t], mask = render(pose_joints, style, noise, rng, (int(views[t, 0]), int(views[t, 1])))
         cv2.imwrite(str(mask_dir / f"{t + 1:05d}_mask.png"), mask)
     write_video(root / "dataset" / "anon" / f"{subject}.mp4", frames, spec.fps)
     header_style = spec.keypoint_header

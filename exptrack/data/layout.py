@@ -48,7 +48,7 @@ class SubjectFiles:
     subject: str
     split: str
     video: Path
-    labels: Path | None
+    labels: Path | None  # None only for a video given to predict on its own
     mask_dir: Path | None
     keypoints: Path | None
 
@@ -467,4 +467,4 @@ def read_mask(path: Path) -> np.ndarray | None:
         img = img.max(axis=2)  # (H, W, C) -> (H, W): a person drawn in any colour
     if img.max() == 1:  # a 0/1 label image
         return (img * 255).astype(np.uint8)
-    return (img >> 8).astype(np.uint8) if img.dtype == np.uint16 else img
+    return (img // 256).astype(np.uint8) if img.dtype == np.uint16 else img

@@ -153,6 +153,8 @@ def assign_splits(data_layout: DatasetLayout, val_fraction: float, val_seed: int
 def load_subject(cache: FrameCache, files: SubjectFiles, video: VideoEntry, config: Config,
                  warnings: DataWarnings) -> SubjectData:
     d = config.data
+    if files.labels is None:
+        raise DataError(f"subject {files.subject}: no label file; a dataset subject needs one ({files.video})")
     labels = layout.read_labels(files.labels, video.info.num_frames, config.model.num_classes, warnings,
                                 d.frame_base)
     if len(labels) and (labels == layout.BACKGROUND).all():  # else it silently adds nothing to its split

@@ -96,11 +96,15 @@ def sample_augment(rng: np.random.Generator, cfg) -> AugmentParams:
     def around_one(amount: float) -> float:
         return float(rng.uniform(max(0.0, 1.0 - amount), 1.0 + amount)) if amount > 0 else 1.0
 
+    flip = bool(rng.random() < cfg.hflip_p)
+    angle = float(rng.uniform(-cfg.rotation_deg, cfg.rotation_deg)) if cfg.rotation_deg > 0 else 0.0
+    scale = around_one(cfg.scale)
+    dx, dy = rng.uniform(-cfg.translate, cfg.translate, size=2) if cfg.translate > 0 else (0.0, 0.0)
     return AugmentParams(
-        flip=bool(rng.random() < cfg.hflip_p),
-        angle=float(rng.uniform(-cfg.rotation_deg, cfg.rotation_deg)) if cfg.rotation_deg > 0 else 0.0,
-        scale=around_one(cfg.scale),
-        shift=tuple(float(v) for v in rng.uniform(-cfg.translate, cfg.translate, size=2)) if cfg.translate > 0 else (0.0, 0.0),
+        flip=flip,
+        angle=angle,
+        scale=scale,
+        shift=(float(dx), float(dy)),
         brightness=around_one(cfg.brightness),
         contrast=around_one(cfg.contrast),
         saturation=around_one(cfg.saturation),

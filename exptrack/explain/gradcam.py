@@ -14,19 +14,19 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from ..config import ConfigError
-from ..models.c3d import C3D
+from ..models.c3d import C3D, C3DEnsemble
 
 LAYERS = ("block3", "block4", "block5")
 
 
-def target_layers(model: C3D, name: str) -> list[torch.nn.Module]:
+def target_layers(model: C3D | C3DEnsemble, name: str) -> list[torch.nn.Module]:
     """The block `name` of the model (of every member of an ensemble: GradCAM averages their maps)."""
     if name not in LAYERS:
         raise ConfigError(f"GradCAM layer must be one of {', '.join(LAYERS)}, got {name!r}")
     return [getattr(m, name) for m in getattr(model, "members", [model])]
 
 
-def gradcam(model: C3D, clips: torch.Tensor, layer: str = "block4",
+def gradcam(model: C3D | C3DEnsemble, clips: torch.Tensor, layer: str = "block4",
             classes: list[int] | None = None) -> np.ndarray:
     """(B, 3, T, H, W) model input -> (B, T, H, W) float32 heatmaps in [0, 1] for `classes`
     (default: each clip's predicted class)."""

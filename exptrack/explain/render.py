@@ -14,7 +14,7 @@ def colorize(heat: np.ndarray) -> np.ndarray:
     """(T, H, W) heat in [0, 1] -> (T, H, W, 3) uint8 RGB (jet colour map)."""
     out = np.empty((*heat.shape, 3), dtype=np.uint8)
     for t, frame in enumerate(heat):
-        bgr = cv2.applyColorMap(np.uint8(np.clip(frame, 0, 1) * 255), cv2.COLORMAP_JET)
+        bgr = cv2.applyColorMap((np.clip(frame, 0, 1) * 255).astype(np.uint8), cv2.COLORMAP_JET)
         out[t] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     return out
 
@@ -66,7 +66,7 @@ def label_timeline_strip(true: np.ndarray, pred: np.ndarray, current: int, width
     cursor at the current frame."""
     height = 24
     strip = np.full((height, width, 3), 255, dtype=np.uint8)
-    palette = (np.array([cv2.applyColorMap(np.uint8([[int(255 * c / max(num_classes - 1, 1))]]), cv2.COLORMAP_TURBO)[0, 0]
+    palette = (np.array([cv2.applyColorMap(np.array([[255 * c // max(num_classes - 1, 1)]], np.uint8), cv2.COLORMAP_TURBO)[0, 0]
                          for c in range(num_classes)])[:, ::-1])
     n = len(true)
     xs = (np.arange(width) * n // width).clip(0, n - 1)

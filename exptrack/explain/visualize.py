@@ -151,15 +151,15 @@ def render_long_sample(loaded: LoadedModel, data: PreparedData, options: Visuali
     true = subj.labels[start:end].astype(np.int64)
     pred = frame_labels(probs)
     big = render.upscale(render.overlay(frames, heat, options.alpha), display_scale(options, frames.shape[1]))
-    video = []
+    rows = []
     for t in range(end - start):
         chart = render.probability_chart(probs[t], int(true[t]) if true[t] >= 0 else None, int(pred[t]),
                                          height=big.shape[1], names=class_names)
         row = render.hstack(big[t], chart)
         strip = render.label_timeline_strip(true, pred, t, row.shape[1], k)
-        video.append(np.concatenate([row, strip], axis=0))
-    video = np.stack(video)
-    video = video[:, : video.shape[1] // 2 * 2, : video.shape[2] // 2 * 2]
+        rows.append(np.concatenate([row, strip], axis=0))
+    video = np.stack(rows)
+    video = video[:, : video.shape[1] // 2 * 2, : video.shape[2] // 2 * 2]  # even sides for the video codec
     sample_dir = out / f"long_{subject}_{start}"
     render.save_video(sample_dir / "long_sample.mp4", video, options.fps)
     render.save_gif(sample_dir / PREVIEW, video, options.fps)

@@ -130,7 +130,7 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def model_with_weights(model_config, state_dict: dict) -> C3D:
+def model_with_weights(model_config, state_dict: dict) -> C3D | C3DEnsemble:
     """A C3D holding `state_dict`, built on the meta device: no random initialisation, so loading
     a model never draws from torch's global RNG (a model logged by the tracking thread while the
     training thread trains would otherwise change its dropout masks) and wastes no time.

@@ -112,7 +112,7 @@ def load_for_resume(path: Path) -> tuple[Path, dict[str, Any]]:
 
 
 def rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()  # ("MT19937", keys, pos, has_gauss, gauss)
     state = {
         "python": list(random.getstate()[1]),
         "python_version": random.getstate()[0],

@@ -248,7 +248,7 @@ def group_figures(result: GroupResult) -> dict[str, float]:
     """The group's headline: its members' kept-model validation mean class accuracy, summarised."""
     i = result.interval
     out = {f"group_{HEADLINE}_mean": i.mean, f"group_{HEADLINE}_std": i.std, "group_members": float(i.n)}
-    if i.low is not None:
+    if i.low is not None and i.high is not None:
         out.update({f"group_{HEADLINE}_ci_low": i.low, f"group_{HEADLINE}_ci_high": i.high})
     return out
 
@@ -277,7 +277,7 @@ def _log_group(run: tracking.Run, result: GroupResult, out: Path) -> None:
     logged = run.logged_steps(f"{HEADLINE}_mean")  # a resumed group logs only what it lacks
     for row in curves.to_dict("records"):
         if int(row["epoch"]) not in logged:
-            run.log_metrics({k: v for k, v in row.items() if k != "epoch" and np.isfinite(v)}, step=int(row["epoch"]))
+            run.log_metrics({str(k): v for k, v in row.items() if k != "epoch" and np.isfinite(v)}, step=int(row["epoch"]))
     run.log_metrics(group_figures(result))
     table = pd.DataFrame([{"member": m.key, "run_id": m.run_id, "epochs": int(m.history["epoch"].max()),
                            "kept_epoch": m.kept_epoch,
@@ -334,19 +334,22 @@ def register(run: tracking.Run, result: GroupResult, name: str) -> None:
 
 def log_ensemble(run: tracking.Run, members: list[MemberResult]) -> str:
     """One logged model on the group's run holding every member's kept weights (C3DEnsemble):
-    evaluate, predict, visualize, compare and serving load it like any model."""
+    evaluate, predict, visualize, compare and serving load it like any model. `members`: those
+    with a kept model."""
+    model_ids = [m.model_id for m in members if m.model_id]
     with tempfile.TemporaryDirectory(prefix="exptrack-ensemble-") as tmp:
-        payloads = [ckpt.load(model_store.download_model_weights(m.model_id, Path(tmp) / str(i)))
-                    for i, m in enumerate(members)]
-        first = config_from_dict(payloads[0]["config"], f"model {members[0].model_id}")
+        payloads = [ckpt.load(model_store.download_model_weights(model_id, Path(tmp) / str(i)))
+                    for i, model_id in enumerate(model_ids)]
+        first = config_from_dict(payloads[0]["config"], f"model {model_ids[0]}")
         config = replace(first, model={"ensemble": len(members)})
         digests = sorted({str(p.get("data_digest", "")) for p in payloads})
+        class_names = [str(n) for n in payloads[0].get("class_names") or []]
         payload = {"model": ensemble_state_dict([p["model"] for p in payloads]), "config": to_nested_dict(config),
                    "epoch": 0, "metrics": {}, "run_id": run.id, "data_digest": "+".join(digests),
-                   "class_names": list(payloads[0].get("class_names") or []),
+                   "class_names": class_names,
                    "members": [m.run_id for m in members]}
         weights = ckpt.save_atomic(payload, Path(tmp) / serving.WEIGHTS_FILE)
-        model_id = run.log_clip_model(weights, config.data.clip_len, payload["class_names"], 0,
+        model_id = run.log_clip_model(weights, config.data.clip_len, class_names, 0,
                                       {logged_models.BEST_TAG: "true", "exptrack.data_digest": payload["data_digest"],
                                        ENSEMBLE_TAG: len(members)}, label="ensemble")
     return model_id

@@ -12,7 +12,7 @@ import signal
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol, cast
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ class NonFiniteLossError(RuntimeError):
 
 
 class EpochCallback(Protocol):
-    def __call__(self, metrics: dict[str, float], per_class_acc: np.ndarray, saved: list, state: "TrainState") -> None: ...
+    def __call__(self, metrics: dict[str, float], per_class: np.ndarray, saved: list, state: "TrainState") -> None: ...
 
 
 @dataclass
@@ -359,7 +359,7 @@ def unwrap_model(model: nn.Module) -> nn.Module:
         if isinstance(model, nn.parallel.DistributedDataParallel):
             model = model.module
         elif hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
-            model = model._orig_mod
+            model = cast(nn.Module, model._orig_mod)
         else:
             return model
 
@@ -420,7 +420,8 @@ def run_epoch(setup: FitSetup, epoch: int, channels_last: bool, progress: bool) 
     recompute_bn_stats(setup.model, loader, setup.device, cfg.precise_bn_batches, amp=cfg.amp,
                        channels_last=channels_last)
     if setup.val_loader is None:  # train + val fit: nothing held out
-        val_metrics, per_class = {}, np.full(setup.num_classes, np.nan)
+        val_metrics: dict[str, float] = {}
+        per_class = np.full(setup.num_classes, np.nan)
         step_scheduler(setup.scheduler, train_metrics["train_loss"])
     else:
         val_metrics, per_class = validate(setup.model, setup.val_loader, setup.criterion, setup.device,

@@ -15,11 +15,12 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, cast
 
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import model_store, plots, preemption, tracking
@@ -82,7 +83,7 @@ class EpochLogger:
         metrics = pd.DataFrame(state.history)
         metrics["epoch"] = metrics["epoch"].astype(int)
         per_class = pd.DataFrame(state.per_class_history, columns=[f"class_{c}" for c in range(self.num_classes)])
-        per_class.insert(0, "epoch", metrics["epoch"].values)
+        per_class.insert(0, "epoch", metrics["epoch"].to_numpy())
         paths = [self.out_dir / "training_metrics.csv", self.out_dir / "per_class_accuracy.csv"]
         metrics.to_csv(paths[0], index=False)
         per_class.to_csv(paths[1], index=False)
@@ -215,11 +216,11 @@ def build_setup(config: Config, data: PreparedData, device: torch.device, env: D
     if len(data.splits["val"]):
         val_loader = make_loader(data, "val", train=False, batch_size=config.train.eval_batch_size,
                                  num_workers=config.train.num_workers, pin_memory=device.type == "cuda")
-    model = build_model(config.model).to(device, memory_format=model_memory_format(config.train.channels_last, device))
+    model: nn.Module = build_model(config.model).to(device).to(memory_format=model_memory_format(config.train.channels_last, device))
     if env.enabled:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if config.train.compile:
-        model = torch.compile(model)
+        model = cast(nn.Module, torch.compile(model))  # an OptimizedModule; typed as any callable
     alpha = None
     if config.loss.auto_class_weights:
         alpha = torch.from_numpy(clips.class_weights(data.splits["train"].class_counts(num_classes))).to(device)
@@ -390,6 +391,7 @@ def _train(config: Config, env: DistEnv, resume: str | None, progress: bool,
             for context, dataset in datasets.items():
                 run.log_dataset(dataset, context)
         else:
+            assert payload is not None  # the state came from it
             if payload.get("data_digest") not in (None, digest):
                 log.warning("the data changed since the checkpoint (digest %s, now %s)", payload.get("data_digest"), digest)
             models.recover()
