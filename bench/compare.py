@@ -55,7 +55,7 @@ from exptrack.evaluation import run_evaluate  # noqa: E402
 from exptrack.stats import _from_counts, compare_counts, subject_counts  # noqa: E402
 from exptrack.training.run import train  # noqa: E402
 
-METRIC = "mean_class_accuracy"
+METRIC = "mean_class_acc"
 
 
 def models_to_train(seeds: list[int]) -> dict[str, list[str]]:

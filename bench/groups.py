@@ -85,7 +85,7 @@ def settings(root: Path, classes: int, *extra: str) -> list[str]:
 
 def test_score(model_id: str, config) -> float:
     result = run_evaluate(f"models:/{model_id}", split="test", progress=False, base_config=config)
-    return float(result.report.summary["mean_class_accuracy"])
+    return float(result.report.summary["mean_class_acc"])
 
 
 def run_group(part: str, overrides: list[str]) -> tuple[object, list[dict]]:

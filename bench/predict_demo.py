@@ -71,8 +71,8 @@ def main() -> None:
     print(f"{'mean':<14} {mean['layout_raw']:>10.3f} {mean['layout_smoothed']:>9.3f} {'':>5} "
           f"{mean['bare_raw']:>9.3f} {mean['bare_smoothed']:>9.3f}")
     f = evaluation.frame
-    print(f"evaluate (same model, test split): frame accuracy {f['frame_accuracy']:.3f}, smoothed "
-          f"{f['frame_accuracy_smoothed']:.3f}; target for predict: >= evaluate - 0.1 = {f['frame_accuracy'] - 0.1:.3f}")
+    print(f"evaluate (same model, test split): frame accuracy {f['frame_acc']:.3f}, smoothed "
+          f"{f['frame_acc_smoothed']:.3f}; target for predict: >= evaluate - 0.1 = {f['frame_acc'] - 0.1:.3f}")
 
 
 if __name__ == "__main__":

@@ -149,9 +149,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                                  base_config=given, overwrite=args.overwrite)
     report, frame = result.report, result.frame
     s = report.summary
-    print(f"{args.split}: accuracy {s['accuracy']:.3f}, top-3 {s['top3_accuracy']:.3f}, mean class accuracy "
-          f"{s['mean_class_accuracy']:.3f}, macro F1 {s['macro_f1']:.3f}; frame accuracy {frame['frame_accuracy']:.3f} "
-          f"(smoothed {frame['frame_accuracy_smoothed']:.3f}); results in {result.out_dir}")
+    print(f"{args.split}: accuracy {s['acc']:.3f}, top-3 {s['top3_acc']:.3f}, mean class accuracy "
+          f"{s['mean_class_acc']:.3f}, macro F1 {s['macro_f1']:.3f}; frame accuracy {frame['frame_acc']:.3f} "
+          f"(smoothed {frame['frame_acc_smoothed']:.3f}); results in {result.out_dir}")
     _print_run_link(result.run_id)
 
 
@@ -167,7 +167,7 @@ def cmd_promote(args: argparse.Namespace) -> None:
     from .registry import promote, version_groups, version_scores
     from .tracking import model_url
 
-    decision = promote(args.name, metric=args.metric or f"{args.split}_mean_class_accuracy", split=args.split,
+    decision = promote(args.name, metric=args.metric or f"{args.split}_mean_class_acc", split=args.split,
                        data_root=args.data_root,
                        progress=not args.no_progress, reevaluate=args.reevaluate, rule=args.rule,
                        min_improvement=args.min_improvement)
@@ -338,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("promote", help="move the alias 'champion' to the best version (fair comparison)")
     p.add_argument("--name", default=REGISTERED_MODEL, help="registered model name" + _DEFAULT)
-    p.add_argument("--metric", help="the metric compared, higher wins (default: <split>_mean_class_accuracy)")
+    p.add_argument("--metric", help="the metric compared, higher wins (default: <split>_mean_class_acc)")
     p.add_argument("--split", default="test", choices=["test", "val"], help="split the versions are evaluated on" + _DEFAULT)
     p.add_argument("--data-root", help="evaluate on this dataset (default: each model's own)")
     p.add_argument("--rule", choices=["interval", "best"], default="interval",
@@ -359,8 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "group's run id (then B is one too: compared over their members)")
     p.add_argument("b", help="model B (the challenger), or a group's run id")
     p.add_argument("--split", default="test", choices=["test", "val", "train"], help="split both are evaluated on" + _DEFAULT)
-    p.add_argument("--metric", default="mean_class_accuracy", choices=["mean_class_accuracy", "accuracy"],
-                   help="the metric of the verdict" + _DEFAULT)
+    p.add_argument("--metric", default="mean_class_acc", help="the metric of the verdict: mean_class_acc or acc"
+                   + _DEFAULT)
     p.add_argument("--method", default="t", choices=["t", "bootstrap"], help="interval over subjects" + _DEFAULT)
     p.add_argument("--gradcam", type=int, default=2, help="GradCAM overlays of this many fixed and broken clips"
                    + _DEFAULT)

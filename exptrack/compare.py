@@ -27,20 +27,27 @@ import logging
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.metrics import confusion_matrix
 
 from . import plots, tracking
-from .config import to_flat_dict
+from .config import config_from_dict, to_flat_dict
+from .data.dataset import ClipDataset
+from .data.prepare import prepare_data
 from .errors import ModelError
 from .evaluation import evaluation_config, evaluation_digest, evaluation_predictions, run_evaluate
+from .explain import render
+from .explain.visualize import model_probs_and_heat
 from .inference import LoadedModel, load_model
+from .metrics import canonical_metric
 from .outputs import DEFAULT_OUTPUTS, check_save_dir, invocation_folder
-from .stats import METRICS, Comparison, compare
+from .stats import METRICS, Comparison, compare, compare_groups
+from .training.groups import GROUP_TAG, HEADLINE, MEMBER_TAG, is_group_run, member_result
 from .training.loop import resolve_device
 
 log = logging.getLogger("exptrack.compare")
@@ -131,8 +138,6 @@ def per_class(joined: pd.DataFrame, names: list[str]) -> pd.DataFrame:
 
 def confusion_difference(joined: pd.DataFrame, names: list[str]) -> pd.DataFrame:
     """Row-normalised confusion of B minus A's (rows: true classes present)."""
-    from sklearn.metrics import confusion_matrix
-
     k = len(names)
     tables = []
     for side in ("a", "b"):
@@ -181,11 +186,6 @@ def gradcam_strips(a: Side, b: Side, clips: pd.DataFrame, count: int, split: str
     """For the first `count` clips: A's and B's GradCAM overlays side by side, as GIFs."""
     if count <= 0 or clips.empty:
         return []
-    from .data.dataset import ClipDataset
-    from .data.prepare import prepare_data
-    from .explain import render
-    from .explain.visualize import model_probs_and_heat
-
     data = prepare_data(evaluation_config(a.loaded.config, data_root, {}), splits=(split,), progress=False)
     ds = ClipDataset(data, split, train=False)
     paths = []
@@ -253,8 +253,6 @@ def verdict_line(c: Comparison, paired: bool) -> str:
 
 def group_members(run_id: str) -> tuple[str, list]:
     """A group run's kind and finished members (groups.member_result), in member order."""
-    from .training.groups import GROUP_TAG, MEMBER_TAG, member_result
-
     tags = tracking.run_tags(run_id)
     children = [c for c in tracking.child_runs(run_id) if c["tags"].get(MEMBER_TAG)]
     finished = [c for c in children if c["status"] == "FINISHED"]
@@ -277,10 +275,6 @@ def run_compare_groups(ref_a: str, ref_b: str, save_dir: str | Path | None = Non
     validation mean class accuracy: folds of the same subjects are paired fold by fold, seeds
     are two independent samples (Welch). The interval is over seeds or folds: it is about the
     recipes, as far as those members sample them."""
-    from .config import config_from_dict
-    from .stats import compare_groups
-    from .training.groups import HEADLINE
-
     check_save_dir(save_dir, overwrite)
     (kind_a, a), (kind_b, b) = group_members(ref_a), group_members(ref_b)
     folds = {r: tracking.run_tags(r).get("group_folds") for r in (ref_a, ref_b)}
@@ -312,16 +306,14 @@ def run_compare_groups(ref_a: str, ref_b: str, save_dir: str | Path | None = Non
     return CompareResult({HEADLINE: c}, verdict, paired, out, run.id)
 
 
-def run_compare(ref_a: str, ref_b: str, split: str = "test", metric: str = "mean_class_accuracy", method: str = "t",
+def run_compare(ref_a: str, ref_b: str, split: str = "test", metric: str = "mean_class_acc", method: str = "t",
                 gradcam: int = 2, data_root: str | None = None, device_name: str = "auto",
                 save_dir: str | Path | None = None, overwrite: bool = False, progress: bool = True) -> CompareResult:
     """Two models, or two seed or fold groups (their parent run ids: run_compare_groups)."""
-    from .training.groups import is_group_run
-
     groups = [is_group_run(ref) for ref in (ref_a, ref_b)]
     if all(groups):
         model_only = [f"--{name} {value}" for name, value, default in
-                      (("split", split, "test"), ("metric", metric, "mean_class_accuracy"), ("method", method, "t"),
+                      (("split", split, "test"), ("metric", metric, "mean_class_acc"), ("method", method, "t"),
                        ("data-root", data_root, None)) if value != default]
         if model_only:
             raise ModelError(f"{', '.join(model_only)}: a group comparison is on its members' kept-model validation "
@@ -332,6 +324,7 @@ def run_compare(ref_a: str, ref_b: str, split: str = "test", metric: str = "mean
         group = ref_a if groups[0] else ref_b
         raise ModelError(f"{group} is a seed or fold group: compare two groups, or two models (the group's "
                          "registered version, models:/<name>/<version>, is a model)")
+    metric = canonical_metric(metric)  # mean_class_accuracy, its spelling before, still works
     if metric not in METRICS:
         raise ModelError(f"--metric {metric}: compare takes {', '.join(METRICS)}")
     check_save_dir(save_dir, overwrite)

@@ -4,6 +4,7 @@ and the frame-level view over whole videos (timeline, temporal smoothing)."""
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,12 +18,19 @@ from .config import EVALUATE_DATA_KEYS, EVALUATE_SECTIONS, Config, ConfigError, 
 from .data.clips import ClipIndex
 from .data.dataset import make_loader
 from .data.errors import DataError
-from .errors import ModelError
 from .data.prepare import PreparedData, prepare_data
+from .errors import ModelError
 from .inference import load_model
+from .metrics import (
+    HEADLINE_METRICS,
+    classification_metrics,
+    confusion_tables,
+    frame_accuracy,
+    frame_labels,
+    frame_probabilities,
+    smooth_labels,
+)
 from .outputs import DEFAULT_OUTPUTS, check_save_dir, invocation_folder
-from .metrics import (HEADLINE_METRICS, classification_metrics, confusion_tables, frame_accuracy, frame_labels, frame_probabilities,
-                      smooth_labels)
 from .training.loop import predict, resolve_device, use_channels_last
 
 log = logging.getLogger("exptrack.evaluate")
@@ -178,8 +186,8 @@ def run_evaluate(model_ref: str, split: str = "test", batch_size: int = 16, devi
         report.per_class.insert(0, "name", [names[c] for c in report.per_class.index])
         timelines = subject_timelines(data, split, probs, smooth_window)
         frame = {
-            "frame_accuracy": float(np.nanmean([frame_accuracy(t["raw"], t["true"]) for t in timelines.values()])),
-            "frame_accuracy_smoothed": float(np.nanmean([frame_accuracy(t["smoothed"], t["true"]) for t in timelines.values()])),
+            "frame_acc": float(np.nanmean([frame_accuracy(t["raw"], t["true"]) for t in timelines.values()])),
+            "frame_acc_smoothed": float(np.nanmean([frame_accuracy(t["smoothed"], t["true"]) for t in timelines.values()])),
             "clips_per_s": len(y_true) / max(seconds, 1e-9),
         }
         log.info("%d clips in %.1f s (%.0f clips/s on %s)", len(y_true), seconds, frame["clips_per_s"], device)
@@ -217,8 +225,6 @@ PREDICTIONS_ARTIFACT = "results/predictions.csv"  # what write_report writes, as
 def evaluation_predictions(run_id: str) -> pd.DataFrame | None:
     """The per-clip predictions an evaluate run logged (subject, start_frame, true, predicted,
     ...), or None when it has none (an older evaluation, a run that is gone)."""
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="exptrack-predictions-") as tmp:
         try:
             return pd.read_csv(tracking.download_run_artifact(run_id, PREDICTIONS_ARTIFACT, tmp))

@@ -31,6 +31,7 @@ from .errors import ModelError
 from .models.c3d import C3D, C3DEnsemble, model_with_weights
 from .training import checkpoint as ckpt
 
+
 LEGACY_CHECKPOINT = f"checkpoints/{ckpt.BEST_MODEL}"
 
 
@@ -60,13 +61,11 @@ def _weights(source: dict[str, str], dst: Path) -> Path:
 
 def _resolve_run(run_id: str) -> dict[str, str]:
     """A run's model: its newest registered version, else its best logged model."""
-    from .training.run import best_logged_model
-
     source = {"run_id": run_id}
     versions = [v for v in model_store.run_model_versions(run_id) if v["model_id"]]
     if versions:
         source.update({k: versions[0][k] for k in ("name", "version", "model_id")})
-    elif (model_id := best_logged_model(run_id)) is not None:
+    elif (model_id := model_store.best_logged_model(run_id)) is not None:
         source["model_id"] = model_id
     return source
 

@@ -16,9 +16,31 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from .data.layout import BACKGROUND
 
+# One vocabulary for every logged figure, training's and evaluate's alike: <split>_acc,
+# <split>_mean_class_acc, <split>_top3_acc, <split>_macro_f1, <split>_frame_acc, ... Runs and
+# versions from before it carry the long spellings on the left; they are still read.
+LEGACY_SUFFIXES = {"mean_class_acc": "mean_class_accuracy", "top3_acc": "top3_accuracy",
+                   "frame_acc_smoothed": "frame_accuracy_smoothed", "frame_acc": "frame_accuracy", "acc": "accuracy"}
+
 # The clip metrics a registered version carries as tags per split (promotion compares them);
 # every other figure is on the evaluation run and the version's model card.
-HEADLINE_METRICS = ("accuracy", "top3_accuracy", "mean_class_accuracy", "macro_f1")
+HEADLINE_METRICS = ("acc", "top3_acc", "mean_class_acc", "macro_f1")
+
+
+def canonical_metric(name: str) -> str:
+    """`name` in today's vocabulary (test_mean_class_accuracy -> test_mean_class_acc)."""
+    for new, old in LEGACY_SUFFIXES.items():  # longest first: frame_acc before acc
+        if name == old or name.endswith("_" + old):
+            return name[: len(name) - len(old)] + new
+    return name
+
+
+def legacy_metric(name: str) -> str | None:
+    """The spelling that `name` (today's vocabulary) had in earlier runs and tags, if it changed."""
+    for new, old in LEGACY_SUFFIXES.items():
+        if name == new or name.endswith("_" + new):
+            return name[: len(name) - len(new)] + old
+    return None
 
 # ---------------------------------------------------------------------------------------------
 # clip metrics
@@ -26,7 +48,7 @@ HEADLINE_METRICS = ("accuracy", "top3_accuracy", "mean_class_accuracy", "macro_f
 
 @dataclass(frozen=True)
 class ClassificationMetrics:
-    summary: dict[str, float]  # accuracy, top3_accuracy, mean_class_accuracy, macro_*, clips
+    summary: dict[str, float]  # acc, top3_acc, mean_class_acc, macro_*, clips
     per_class_accuracy: np.ndarray  # (K,) recall of each class; NaN for a class with no clip
     per_class: pd.DataFrame  # classes present: precision, recall, f1, support
 
@@ -65,9 +87,9 @@ def classification_metrics(y_true: np.ndarray, scores: np.ndarray, num_classes: 
                              index=pd.Index(present, name="class"))
     nan = float("nan")
     summary = {
-        "accuracy": float((y_pred == y_true).mean()) if len(y_true) else nan,
-        "top3_accuracy": top_k_accuracy(y_true, scores, 3),
-        "mean_class_accuracy": float(np.nanmean(per_class_acc)) if present else nan,
+        "acc": float((y_pred == y_true).mean()) if len(y_true) else nan,
+        "top3_acc": top_k_accuracy(y_true, scores, 3),
+        "mean_class_acc": float(np.nanmean(per_class_acc)) if present else nan,
         "macro_precision": float(np.mean(p)) if present else nan,
         "macro_recall": float(np.mean(r)) if present else nan,
         "macro_f1": float(np.mean(f)) if present else nan,
@@ -82,8 +104,7 @@ def validation_metrics(logits, labels, num_classes: int) -> tuple[dict[str, floa
     scores = logits.detach().float().cpu().numpy() if hasattr(logits, "detach") else np.asarray(logits)
     y = labels.detach().cpu().numpy() if hasattr(labels, "detach") else np.asarray(labels)
     m = classification_metrics(y, scores, num_classes)
-    return ({"acc": m.summary["accuracy"], "mean_class_acc": m.summary["mean_class_accuracy"],
-             "top3_acc": m.summary["top3_accuracy"]}, m.per_class_accuracy)
+    return {k: m.summary[k] for k in ("acc", "mean_class_acc", "top3_acc")}, m.per_class_accuracy
 
 
 def confusion_tables(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:

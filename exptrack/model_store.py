@@ -10,13 +10,20 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import mlflow
 import mlflow.artifacts
+from mlflow.entities import LoggedModelStatus
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
 from .training.checkpoint import WEIGHTS_FILE
 
 log = logging.getLogger("exptrack.tracking")
+
+# A logged model's tags: its epoch, and "true" on the kept (best) one of its run.
+EPOCH_TAG, BEST_TAG = "exptrack.epoch", "exptrack.best"
+GROUP_MODEL_TAG = "group_model_id"  # a group run's tag: the model the group stands for (best member or ensemble)
 
 
 def _client() -> "mlflow.MlflowClient":
@@ -56,6 +63,19 @@ def run_logged_models(run_id: str) -> list[dict[str, Any]]:
     return [_model_record(m) for m in models]
 
 
+def best_logged_model(run_id: str) -> str | None:
+    """The model id of a run's best logged model (the one tagged best, else the best-scoring); of
+    a seed or fold group's run, the model the group stands for (groups.choose_model)."""
+    group_model = _client().get_run(run_id).data.tags.get(GROUP_MODEL_TAG)
+    if group_model:
+        return group_model
+    ready = [m for m in run_logged_models(run_id) if m["status"] == "READY"]
+    best = [m for m in ready if m["tags"].get(BEST_TAG) == "true"]
+    if not best:
+        best = sorted(ready, key=lambda m: m["metrics"].get("val_mean_class_acc", -1.0), reverse=True)
+    return best[0]["model_id"] if best else None
+
+
 def logged_model(model_id: str) -> dict[str, Any]:
     return _model_record(_client().get_logged_model(model_id))
 
@@ -67,8 +87,6 @@ def set_logged_model_tags(model_id: str, tags: dict[str, Any]) -> None:
 def delete_logged_model(model_id: str) -> None:
     """Delete a logged model and its files (MLflow only marks it deleted; its weights would stay
     in the artifact store until `mlflow gc`)."""
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
     client = _client()
     location = client.get_logged_model(model_id).artifact_location
     client.delete_logged_model(model_id)
@@ -83,8 +101,6 @@ def delete_logged_model(model_id: str) -> None:
 def _remove_empty_local_folders(location: str, levels: int) -> None:
     """A local artifact folder and up to `levels` - 1 parents, as far as they are empty (what
     deleting a model's files leaves behind)."""
-    from urllib.parse import urlparse
-
     parsed = urlparse(location)
     if parsed.scheme not in ("", "file"):
         return
@@ -101,8 +117,6 @@ def _remove_empty_local_folders(location: str, levels: int) -> None:
 def fail_pending_models(run_id: str) -> list[str]:
     """Logged models of `run_id` left PENDING by a process killed while uploading: marked FAILED
     and deleted. Returns their ids."""
-    from mlflow.entities import LoggedModelStatus
-
     pending = [m["model_id"] for m in run_logged_models(run_id) if m["status"] == "PENDING"]
     for model_id in pending:
         _client().finalize_logged_model(model_id, LoggedModelStatus.FAILED)

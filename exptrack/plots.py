@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never needs a display
 
 import matplotlib.pyplot as plt  # noqa: E402 - after matplotlib.use, before pyplot picks a backend
+import numpy as np
 import pandas as pd  # noqa: E402 - (kept with the imports above)
 import seaborn as sns  # noqa: E402 - imports pyplot
 
@@ -82,8 +83,6 @@ def overlaid_curves(histories: dict[str, pd.DataFrame], path: Path) -> Path:
 def timeline(true, raw, smoothed, title: str, path: Path, class_names: list[str] | None = None) -> Path:
     """Frame-level labels over a whole video: true (None: no ground truth, no line), predicted
     per clip, and smoothed (-1 = none); the y axis names the classes when names are given."""
-    import numpy as np
-
     fig, ax = plt.subplots(figsize=(12, 2.8 if not class_names else max(2.8, 0.3 * len(class_names) + 1)))
     frames = np.arange(len(raw))
     series = [(0.0, true, "true"), (0.15, raw, "predicted"), (0.3, smoothed, "smoothed")]

@@ -15,22 +15,23 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 
 from . import plots
-from .data.errors import DataWarnings, require_file
 from .config import Config, PathsConfig
 from .data.cache import FrameCache
 from .data.dataset import weighted_frames
+from .data.errors import DataWarnings, require_file
 from .data.layout import BACKGROUND, class_label, video_companions
 from .data.prepare import SubjectData, load_guides
 from .data.video import VideoInfo, decode_video, write_video
 from .inference import load_model
-from .windows import window_probabilities
-from .outputs import DEFAULT_OUTPUTS, check_save_dir, invocation_folder
 from .metrics import frame_confidence, frame_labels, frame_probabilities, smooth_labels
+from .outputs import DEFAULT_OUTPUTS, check_save_dir, invocation_folder
 from .training.loop import resolve_device
+from .windows import window_probabilities
 
 log = logging.getLogger("exptrack.predict")
 
@@ -129,8 +130,6 @@ def predict_video(video: str | Path, model_ref: str, out_dir: str | Path | None 
 def label_overlay(frames: np.ndarray, labels: np.ndarray, confidence: np.ndarray, names: list[str] | None = None,
                   scale: int = 4) -> np.ndarray:
     """The video with the predicted class and confidence written on each frame."""
-    import cv2
-
     out = []
     for frame, label, conf in zip(frames, labels, confidence):
         text = f"{class_label(int(label), names)} ({conf:.2f})" if label != BACKGROUND else "background"

@@ -14,14 +14,15 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-
-from typing import Callable
+from functools import partial
+from typing import Any, Callable
 
 from . import model_card, model_store, preemption, tracking
 from .errors import ModelError
-from .metrics import HEADLINE_METRICS
+from .evaluation import evaluation_digest, evaluation_predictions, run_evaluate
+from .metrics import HEADLINE_METRICS, canonical_metric, legacy_metric
 from .stats import METRICS as PAIRED_METRICS
-from .stats import Comparison
+from .stats import Comparison, compare
 
 log = logging.getLogger("exptrack.registry")
 
@@ -139,7 +140,7 @@ def decide(current: Candidate | None, candidates: list[Candidate], rule: str = "
     return Decision(best.version, current.version, reasons, digest, evidence, compared, best.version)
 
 
-def promote(name: str, metric: str = "test_mean_class_accuracy", split: str = "test", evaluate=None,
+def promote(name: str, metric: str = "test_mean_class_acc", split: str = "test", evaluate=None,
             data_root: str | None = None, progress: bool = False, current_digest=None,
             reevaluate: bool = False, rule: str = "interval", min_improvement: float = 0.0,
             method: str = "t") -> Decision:
@@ -154,19 +155,14 @@ def promote(name: str, metric: str = "test_mean_class_accuracy", split: str = "t
     data_root)` is the digest of the split's clips today for that model (its clip settings).
     """
     if evaluate is None:
-        from .evaluation import run_evaluate
-
         def evaluate(uri: str, split: str, data_root: str | None) -> None:
             run_evaluate(uri, split=split, data_root=data_root, progress=progress)
     if current_digest is None:
-        from functools import partial
-
-        from .evaluation import evaluation_digest
-
         current_digest = partial(evaluation_digest, memo={})  # one data preparation per clip setting
 
     if rule not in RULES:
         raise ModelError(f"unknown promotion rule {rule!r} (one of {', '.join(RULES)})")
+    metric = canonical_metric(metric)  # test_mean_class_accuracy, its spelling before, still works
     if rule == "interval":
         paired_metric(metric, split)  # before anything is evaluated
     versions = model_store.model_versions(name)
@@ -219,8 +215,6 @@ def _paired_on_predictions(versions: dict[str, dict], metric: str, split: str, m
     base = paired_metric(metric, split)
 
     def paired(champion: str, challenger: str) -> Comparison | None:
-        from .stats import compare
-
         tables = [version_predictions(versions[v], split) for v in (champion, challenger)]
         if any(t is None for t in tables):
             return None
@@ -254,8 +248,6 @@ def paired_metric(metric: str, split: str) -> str:
 
 def version_predictions(version: dict, split: str):
     """The per-clip predictions of a version's last evaluation on `split` (a DataFrame), or None."""
-    from .evaluation import evaluation_predictions
-
     run_id = version["tags"].get(f"{split}_evaluation_run")
     return evaluation_predictions(run_id) if run_id else None
 
@@ -263,15 +255,26 @@ def version_predictions(version: dict, split: str):
 def metric_value(version: dict, metric: str, split: str) -> float:
     """A version's `metric` on `split`: its tag (the headline metrics), else the metric of its
     last evaluation run on that split (any other `<split>_*` figure); nan when never evaluated."""
-    if metric in version["tags"]:
-        return float(version["tags"][metric])
+    tag = _known_as(metric, version["tags"])
+    if tag is not None:
+        return float(tag)
     eval_run = version["tags"].get(f"{split}_evaluation_run")
-    return float(tracking.run_record(eval_run)["metrics"].get(metric, "nan")) if eval_run else float("nan")
+    value = _known_as(metric, tracking.run_record(eval_run)["metrics"]) if eval_run else None
+    return float("nan") if value is None else float(value)
+
+
+def _known_as(metric: str, figures: dict[str, Any]) -> Any:
+    """figures[metric], or its spelling before the one vocabulary (runs and versions of then)."""
+    for name in (metric, legacy_metric(metric)):
+        if name in figures:
+            return figures[name]
+    return None
 
 
 def version_scores(name: str, split: str = "test") -> dict[str, dict[str, float]]:
     """version -> the `<split>_*` headline metrics evaluate tagged it with."""
-    return {v["version"]: {m: float(v["tags"][f"{split}_{m}"]) for m in HEADLINE_METRICS if f"{split}_{m}" in v["tags"]}
+    return {v["version"]: {m: float(tag) for m in HEADLINE_METRICS
+                           if (tag := _known_as(f"{split}_{m}", v["tags"])) is not None}
             for v in model_store.model_versions(name)}
 
 

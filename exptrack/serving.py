@@ -21,16 +21,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mlflow.pyfunc.model import PythonModel
+import cv2
 import numpy as np
 import pandas as pd
 import torch
+from mlflow.pyfunc.model import PythonModel
 
 from .config import config_from_dict
+from .data.errors import DataWarnings
+from .data.video import decode_video
 from .inference import class_names_of
-from .windows import clip_batches, clip_probabilities, window_probabilities
 from .models.c3d import model_with_weights
 from .training import checkpoint as ckpt
+from .windows import clip_batches, clip_probabilities, window_probabilities
 
 WEIGHTS_FILE = ckpt.WEIGHTS_FILE
 VIDEO_PARAM = "video"
@@ -46,8 +49,6 @@ def resize_clips(clips: np.ndarray, size: int) -> np.ndarray:
     """uint8 (N, T, H, W, 3) -> (N, T, size, size, 3), as the cache resizes training frames."""
     if clips.shape[2:4] == (size, size):
         return clips
-    import cv2
-
     n, t = clips.shape[:2]
     flat = clips.reshape(n * t, *clips.shape[2:])  # (N*T, H, W, 3)
     out = np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in flat])
@@ -81,9 +82,6 @@ class ClipClassifierCore:
         return self.table(self.probabilities(clips))
 
     def predict_video(self, path: str | Path) -> pd.DataFrame:
-        from .data.errors import DataWarnings
-        from .data.video import decode_video
-
         d = self.config.data
         frames, _ = decode_video(Path(path), d.frame_size, DataWarnings())  # (T, S, S, 3)
         starts, probs = window_probabilities(self.model, frames, self.config, max(1, d.clip_len // 2), self.device)

@@ -31,9 +31,9 @@ def _from_counts(metric: str, n: np.ndarray, correct: np.ndarray) -> np.ndarray:
     """The metric from per-class clip counts and correct counts (..., C) -> (...): how every
     metric here is computed, so that a resample is a weighted sum of subjects' counts."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        if metric == "accuracy":
+        if metric == "acc":
             return correct.sum(-1) / n.sum(-1)
-        if metric == "mean_class_accuracy":  # over the classes present
+        if metric == "mean_class_acc":  # over the classes present
             return np.nanmean(np.where(n > 0, correct / n, np.nan), axis=-1)
     raise ValueError(f"unknown metric {metric!r} (one of {', '.join(METRICS)})")
 
@@ -50,7 +50,7 @@ def mean_class_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(np.mean([(y_pred[y_true == c] == c).mean() for c in classes]))
 
 
-METRICS: dict[str, Metric] = {"accuracy": accuracy, "mean_class_accuracy": mean_class_accuracy}
+METRICS: dict[str, Metric] = {"acc": accuracy, "mean_class_acc": mean_class_accuracy}  # metrics.HEADLINE_METRICS' names
 
 
 def subject_counts(subject: np.ndarray, y_true: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -102,7 +102,7 @@ class Comparison:
 
 
 def compare(subject: np.ndarray, y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray,
-            metric: str = "mean_class_accuracy", method: str = "t", confidence: float = 0.95,
+            metric: str = "mean_class_acc", method: str = "t", confidence: float = 0.95,
             resamples: int = 2000, seed: int = 0) -> Comparison:
     """B against A on the same clips, paired by subject (see the module docstring)."""
     subject, y_true = np.asarray(subject), np.asarray(y_true)
@@ -116,7 +116,7 @@ def compare(subject: np.ndarray, y_true: np.ndarray, pred_a: np.ndarray, pred_b:
     return compare_counts(n, correct_a, correct_b, metric, method, confidence, resamples, seed)
 
 
-def compare_counts(n: np.ndarray, correct_a: np.ndarray, correct_b: np.ndarray, metric: str = "mean_class_accuracy",
+def compare_counts(n: np.ndarray, correct_a: np.ndarray, correct_b: np.ndarray, metric: str = "mean_class_acc",
                    method: str = "t", confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> Comparison:
     """`compare` on per-subject counts (subject_counts): n, correct_a, correct_b are (S, C)."""
     a = float(_from_counts(metric, n.sum(0), correct_a.sum(0)))

@@ -13,21 +13,39 @@ import logging
 import os
 import platform
 import re
+import shutil
 import subprocess
+import tempfile
+import threading
+import time
 import warnings
+from collections import deque
 from contextlib import contextmanager, nullcontext
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 import mlflow
 import mlflow.artifacts
-from mlflow.data.pandas_dataset import from_pandas
+import mlflow.pyfunc
 import numpy as np
+import requests
+import torch
+import urllib3
+import yaml
+from filelock import FileLock
+from mlflow.data.pandas_dataset import from_pandas
+from mlflow.entities import LoggedModelInput, LoggedModelOutput, LoggedModelStatus, Param
+from mlflow.models import Model, ModelSignature
+from mlflow.tracking._tracking_service.utils import _tracking_store_registry, get_default_host_creds
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
+from mlflow.utils.rest_utils import http_request
+from sqlalchemy.engine import make_url
 
 from . import model_store
 from .config import Config, ConfigError, to_flat_dict, to_yaml
-from .model_store import quiet_model_logging
 from .errors import TrackingUnavailable
+from .model_store import quiet_model_logging
 from .preemption import PREEMPTED_TAG, Preempted
 
 if TYPE_CHECKING:
@@ -56,8 +74,6 @@ _CHECKED_STORES: set[str] = set()
 
 def _known_schemes() -> set[str]:
     """The URI schemes MLflow has a tracking store for (its own and installed plugins')."""
-    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
-
     try:
         return set(_tracking_store_registry._registry) | {"file"}
     except AttributeError:  # its private registry moved: the stores MLflow 3.17 has
@@ -107,11 +123,6 @@ def _check_server(uri: str, timeout_s: float = 10.0) -> None:
     """One bounded request to the MLflow REST API, made as MLflow makes them (its credentials and
     TLS settings: MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN, MLFLOW_TRACKING_INSECURE_TLS, ...),
     without its retries: refused, silent, or not MLflow's answer."""
-    import requests
-    import urllib3
-    from mlflow.tracking._tracking_service.utils import get_default_host_creds
-    from mlflow.utils.rest_utils import http_request
-
     endpoint = "/api/2.0/mlflow/experiments/get-by-name"
     try:
         response = http_request(get_default_host_creds(uri), endpoint, "GET", max_retries=0, timeout=timeout_s,
@@ -148,8 +159,6 @@ def _sqlite_file(uri: str) -> Path | None:
     """The database file of a local ``sqlite:///`` store, or None for any other store."""
     if not uri.startswith("sqlite:"):
         return None
-    from sqlalchemy.engine import make_url
-
     database = make_url(uri).database
     return Path(database) if database and database != ":memory:" else None
 
@@ -165,8 +174,6 @@ def _store_lock(uri: str):
     db = _sqlite_file(uri)
     if db is None:
         return nullcontext()
-    from filelock import FileLock
-
     db.parent.mkdir(parents=True, exist_ok=True)
     return FileLock(str(db) + ".lock")
 
@@ -258,8 +265,6 @@ def _git(*args: str) -> str | None:
 
 def source_tags() -> dict[str, str]:
     """Git commit and dirty state of the exptrack checkout, and library versions."""
-    import torch
-
     tags = {"torch_version": torch.__version__, "mlflow_version": mlflow.__version__,
             "python_version": platform.python_version()}
     commit = _git("rev-parse", "HEAD")
@@ -336,8 +341,6 @@ class Run:
 
     def log_model_input(self, model_id: str) -> None:
         """The run used this logged model (an evaluation): listed on the model's page."""
-        from mlflow.entities import LoggedModelInput
-
         # the client call: mlflow.log_inputs(models=) refuses non-Databricks stores, which do store it
         _client().log_inputs(self.id, models=[LoggedModelInput(model_id)])
 
@@ -351,12 +354,6 @@ class Run:
         lists those first. Here only the metrics exptrack links (validation, evaluation) are
         the model's. The name is unique in the experiment: `<run name>-<run id[:8]>-epoch-NNNN`
         (or `-<label>`, e.g. a group's ensemble)."""
-        import tempfile
-
-        import mlflow.pyfunc
-        from mlflow.entities import LoggedModelOutput, LoggedModelStatus
-        from mlflow.models import Model
-
         client = _client()
         run = client.get_run(self.id)
         name = f"{run.info.run_name or 'run'}-{self.id[:8]}-{label or f'epoch-{epoch:04d}'}"
@@ -403,9 +400,6 @@ class BackgroundTracker:
     """
 
     def __init__(self, run_id: str, max_wait_s: float = 10.0) -> None:
-        import threading
-        from collections import deque
-
         self.run_id, self.max_wait_s = run_id, max_wait_s
         self.failures = 0  # failed attempts (an outage of N retries counts N)
         self._items: deque[tuple[str, Any]] = deque()
@@ -463,15 +457,11 @@ class BackgroundTracker:
                 self._cv.notify_all()
 
     def _deadline_passed(self) -> bool:
-        import time
-
         return time.monotonic() > self._deadline
 
     def drain(self, timeout_s: float) -> list[str]:
         """Wait until every call is delivered or `timeout_s` has passed; returns what was not
         delivered (the worker stops either way)."""
-        import time
-
         self._deadline = time.monotonic() + timeout_s
         with self._cv:
             self._closing = True
@@ -514,8 +504,6 @@ def _package_copy(folder: Path) -> Path:
     """The exptrack package without bytecode caches, for a model's code/ folder, copied into
     `folder` (the caller's temporary folder: nothing is left in the temp directory, also when
     the process is stopped)."""
-    import shutil
-
     return Path(shutil.copytree(PACKAGE_DIR, folder / PACKAGE_DIR.name,
                                 ignore=shutil.ignore_patterns("__pycache__", "*.pyc")))
 
@@ -523,10 +511,7 @@ def _package_copy(folder: Path) -> Path:
 def clip_model_signature(clip_len: int, class_names: list[str]):
     """uint8 clips (N, T, H, W, 3) in; a probability per class name and the predicted name out;
     the `video` parameter takes a video path instead (serving.py)."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
-
-    from .serving import VIDEO_PARAM
+    from .serving import VIDEO_PARAM  # here: serving imports inference, which imports this module
 
     inputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, clip_len, -1, -1, 3))])
     outputs = Schema([*(ColSpec("double", name) for name in class_names), ColSpec("string", "predicted")])
@@ -537,13 +522,11 @@ def model_requirements() -> list[str]:
     """The model's Python requirements, pinned to what trained it (given, not inferred: MLflow's
     inference imports the model in a subprocess, seconds per logged model). exptrack itself
     travels in the model (code_paths)."""
-    from importlib.metadata import PackageNotFoundError, version
-
     out = []
     for dist in ("mlflow", "torch", "numpy", "pandas", "pyyaml", "opencv-python-headless", "av"):
         try:
-            out.append(f"{dist}=={version(dist)}")
-        except PackageNotFoundError:
+            out.append(f"{dist}=={metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
             out.append(dist)
     return out
 
@@ -639,8 +622,6 @@ def create_parent_run(config: Config, run_name: str, tags: dict[str, Any], searc
 
 
 def _log_params_to_run(run_id: str, params: dict[str, str]) -> None:
-    from mlflow.entities import Param
-
     items = [Param(k, v) for k, v in params.items()]
     for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
         mlflow.MlflowClient().log_batch(run_id, params=items[start:start + 100])
@@ -663,8 +644,6 @@ def fail_run_if_running(run_id: str, tags: dict[str, Any]) -> bool:
 def train_run_config(run_id: str) -> dict[str, Any] | None:
     """For an existing train run: its logged config.yaml as a dict ({} when it was stopped before
     logging it); None when there is no such train run."""
-    import yaml
-
     try:
         run = _client().get_run(run_id)
     except mlflow.exceptions.MlflowException:

@@ -26,17 +26,18 @@ from typing import Any, Literal
 
 import numpy as np
 import optuna
+import sqlalchemy.exc
 import yaml
+from optuna.storages.journal import JournalFileBackend
 
 from . import model_store, tracking
 from ._proc import process_alive
-from .config import ConfigError, load_config, read_yaml_file
+from .config import ConfigError, check_value, load_config, read_yaml_file
 from .preemption import PREEMPTED_TAG, Preempted
 from .stats import mean_interval
 from .training import logged_models
 from .training.groups import GROUP_TAG, GroupHooks, GroupResult, tags_from_group_run, train_group
-from .training.run import (RunOptions, TrainState, best_logged_model, discard_run_models,
-                            train)
+from .training.run import RunOptions, TrainState, discard_run_models, train
 
 log = logging.getLogger("exptrack.tune")
 PARENT_ATTR = "mlflow_parent_run_id"
@@ -188,8 +189,6 @@ RDB_DIALECTS = ("sqlite", "postgresql", "mysql")
 
 def check_study_values(path: Path, raw: dict[str, Any]) -> None:
     """The plain study keys (n_trials, seed, metric, ...) have their types (converted in place)."""
-    from .config import check_value
-
     hints = typing.get_type_hints(StudySpec)
     for key in set(raw) - {"config", "overrides", "folds", "seeds", "space"}:
         raw[key] = check_value(f"{path}: {key}", hints[key], raw[key])
@@ -197,8 +196,6 @@ def check_study_values(path: Path, raw: dict[str, Any]) -> None:
 
 def check_study_group(path: Path, raw: dict[str, Any]) -> None:
     """`folds` or `seeds` of a study file: their types, and never both (converted in place)."""
-    from .config import check_value
-
     if raw.get("folds") and raw.get("seeds"):
         raise ConfigError(f"{path}: folds and seeds cannot both be set: a trial's members are folds or seeds")
     if "seeds" in raw:
@@ -223,11 +220,7 @@ def is_journal(url: str) -> bool:
 
 def make_storage(spec: StudySpec) -> optuna.storages.BaseStorage:
     if is_journal(spec.storage):
-        from optuna.storages.journal import JournalFileBackend
-
         return optuna.storages.JournalStorage(JournalFileBackend(spec.storage.removeprefix("journal:")))
-    import sqlalchemy.exc
-
     for attempt in range(1, 6):
         try:
             with optuna_experimental():  # the heartbeat is "experimental" in Optuna, and its documented way
@@ -567,7 +560,7 @@ def register_best_once(run_id: str, config) -> str | None:
     name = config.mlflow.registered_model
     if not name:
         return None
-    model_id = best_logged_model(run_id)
+    model_id = model_store.best_logged_model(run_id)
     if model_id is None:
         log.warning("trial run %s has no logged model to register", run_id)
         return None

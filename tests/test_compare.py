@@ -29,12 +29,12 @@ def _evaluate_runs() -> int:
 @pytest.mark.slow
 def test_compare_pairs_two_models_and_writes_one_run_with_its_report(two_models):
     result = run_compare(*two_models, progress=False, gradcam=1)
-    assert result.paired and result.comparisons["mean_class_accuracy"].n_subjects == 2
+    assert result.paired and result.comparisons["mean_class_acc"].n_subjects == 2
     report = (result.out_dir / "report.html").read_text()
     assert result.verdict.split(" (")[0] in report and "data:image/png;base64," in report  # self-contained
     run = mlflow.MlflowClient().get_run(result.run_id)
     assert len(run.inputs.model_inputs) == 2  # both logged models are the run's inputs
-    assert {"diff_mean_class_accuracy", "low_mean_class_accuracy", "p_better_mean_class_accuracy"} <= set(run.data.metrics)
+    assert {"diff_mean_class_acc", "low_mean_class_acc", "p_better_mean_class_acc"} <= set(run.data.metrics)
     assert run.data.tags["compare.verdict"] in ("better", "worse", "not distinguishable")
     artifacts = {f.path for f in mlflow.MlflowClient().list_artifacts(result.run_id, "compare")}
     assert {"compare/report.html", "compare/per_class.csv", "compare/fixed_clips.csv"} <= artifacts
@@ -51,7 +51,7 @@ def test_compare_reuses_evaluations_of_the_same_clips(two_models):
 @pytest.mark.slow
 def test_compare_on_one_subject_gives_no_interval_and_says_so(two_models):
     result = run_compare(*two_models, split="val", progress=False, gradcam=0)  # the tiny data: 1 val subject
-    assert result.comparisons["mean_class_accuracy"].low is None
+    assert result.comparisons["mean_class_acc"].low is None
     assert "no interval with 1 subject" in result.verdict
 
 
@@ -88,7 +88,7 @@ def test_compare_and_promote_through_a_remote_tracking_server(tiny_demo, make_co
     promote("compare-test")  # v_a alone: champion, evaluated through the server
     result = run_compare(f"models:/compare-test/{a.model_version}", f"models:/compare-test/{b.model_version}",
                          progress=False, gradcam=0)
-    assert result.paired and result.comparisons["mean_class_accuracy"].low is not None
+    assert result.paired and result.comparisons["mean_class_acc"].low is not None
     assert "compare/report.html" in {f.path for f in mlflow.MlflowClient().list_artifacts(result.run_id, "compare")}
     assert not (tmp_path / "mlruns").exists()  # nothing was written around the server
 
@@ -99,6 +99,6 @@ def test_models_with_other_clip_settings_are_compared_unpaired_and_say_so(tiny_d
     b = train(make_config(tiny_demo, *FAST, "train.epochs=1", "data.eval_stride=4"), progress=False)  # other clips
     result = run_compare(f"models:/compare-test/{a.model_version}", f"models:/compare-test/{b.model_version}",
                          progress=False, gradcam=0)
-    assert not result.paired and result.comparisons["mean_class_accuracy"].low is None
+    assert not result.paired and result.comparisons["mean_class_acc"].low is None
     assert "not paired" in result.verdict
     assert "Not paired" in (result.out_dir / "report.html").read_text()

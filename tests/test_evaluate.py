@@ -23,9 +23,9 @@ def test_clip_metrics_hand_checked():
         [0.1, 0.2, 0.7],  # 2 -> 2
     ])
     r = clip_metrics(y_true, probs)
-    assert r.summary["accuracy"] == pytest.approx(4 / 6)
-    assert r.summary["mean_class_accuracy"] == pytest.approx((1 / 2 + 2 / 3 + 1) / 3)
-    assert r.summary["top3_accuracy"] == 1.0  # three classes: the true one is always in the top 3
+    assert r.summary["acc"] == pytest.approx(4 / 6)
+    assert r.summary["mean_class_acc"] == pytest.approx((1 / 2 + 2 / 3 + 1) / 3)
+    assert r.summary["top3_acc"] == 1.0  # three classes: the true one is always in the top 3
     # class 0: predicted for clips 0 and 4 -> precision 1/2; recall 1/2
     assert r.per_class.loc[0, "precision"] == pytest.approx(0.5) and r.per_class.loc[0, "recall"] == pytest.approx(0.5)
     assert r.per_class.loc[1, "precision"] == pytest.approx(2 / 3) and r.per_class.loc[1, "support"] == 3
@@ -73,7 +73,7 @@ def test_every_model_reference_gives_the_same_numbers(tiny_trained, tmp_path, mo
 
     client = mlflow.MlflowClient()
     version = client.get_model_version(name, result.model_version)
-    assert float(version.tags["test_accuracy"]) == pytest.approx(summaries[0]["accuracy"], abs=1e-6)
+    assert float(version.tags["test_acc"]) == pytest.approx(summaries[0]["acc"], abs=1e-6)
     runs = mlflow.search_runs(experiment_names=["eval-test"], filter_string="tags.`exptrack.command` = 'evaluate'",
                               output_format="list")
     assert len(runs) == len(refs) and {r.data.tags["split"] for r in runs} == {"test"}
@@ -82,10 +82,10 @@ def test_every_model_reference_gives_the_same_numbers(tiny_trained, tmp_path, mo
     inputs = mlflow.get_run(by_version.info.run_id).inputs
     assert [m.model_id for m in inputs.model_inputs] == [result.model_id]
     linked = {m.key: m for m in mlflow.get_logged_model(result.model_id).metrics}
-    assert linked["test_accuracy"].value == pytest.approx(summaries[0]["accuracy"])
-    assert linked["test_accuracy"].dataset_name == "clips-test"
-    assert by_version.data.tags["data_digest"] and by_version.data.metrics["test_accuracy"] == pytest.approx(
-        summaries[0]["accuracy"])
+    assert linked["test_acc"].value == pytest.approx(summaries[0]["acc"])
+    assert linked["test_acc"].dataset_name == "clips-test"
+    assert by_version.data.tags["data_digest"] and by_version.data.metrics["test_acc"] == pytest.approx(
+        summaries[0]["acc"])
     # promotion evaluates nothing new (the version has its test metrics) and names a champion;
     # evaluating by alias gives the same numbers again
     from exptrack.registry import promote

@@ -303,7 +303,7 @@ def test_a_group_comparison_refuses_a_group_with_unfinished_members_and_model_on
         run_compare(whole, partial)
     with pytest.raises(ModelError, match="--split val, --metric accuracy: a group comparison is on its members' "
                                          "kept-model validation"):
-        run_compare(whole, whole, metric="accuracy", split="val")
+        run_compare(whole, whole, metric="acc", split="val")
 
 
 @pytest.mark.parametrize("args, says", [

@@ -26,11 +26,11 @@ def test_top3_with_five_classes_is_hand_computed():
     assert top_k_accuracy(Y5, P5, 3) == pytest.approx(4 / 6)  # rows 0, 2, 3 and 5 (not 1 and 4)
     assert top_k_accuracy(Y5, P5, 4) == pytest.approx(5 / 6)  # row 1 ranks 4th (tie with 4: lower id first)
     m = classification_metrics(Y5, P5, 5)
-    assert m.summary["top3_accuracy"] == pytest.approx(4 / 6)
-    assert m.summary["accuracy"] == pytest.approx(2 / 6)  # rows 0 and 5
+    assert m.summary["top3_acc"] == pytest.approx(4 / 6)
+    assert m.summary["acc"] == pytest.approx(2 / 6)  # rows 0 and 5
     # recall per class: 0 -> 1, 1 -> 0, 2 -> 0, 3 -> 0, 4 -> 1/2
     np.testing.assert_allclose(m.per_class_accuracy, [1, 0, 0, 0, 0.5])
-    assert m.summary["mean_class_accuracy"] == pytest.approx(1.5 / 5)
+    assert m.summary["mean_class_acc"] == pytest.approx(1.5 / 5)
     # precision: class 0 predicted 5 times, right once; class 4 once, right once; others never
     assert m.per_class.loc[0, "precision"] == pytest.approx(1 / 5) and m.per_class.loc[4, "precision"] == 1.0
     assert m.summary["macro_precision"] == pytest.approx((1 / 5 + 1) / 5)
@@ -47,7 +47,7 @@ def test_absent_classes_are_nan_and_not_averaged():
     m = classification_metrics(y, probs, 4)
     assert np.isnan(m.per_class_accuracy[[0, 3]]).all()
     np.testing.assert_allclose(m.per_class_accuracy[[1, 2]], [0.5, 1.0])
-    assert m.summary["mean_class_accuracy"] == pytest.approx(0.75)
+    assert m.summary["mean_class_acc"] == pytest.approx(0.75)
     assert list(m.per_class.index) == [1, 2]
 
 
@@ -92,3 +92,12 @@ def test_smoothing_and_frame_accuracy():
     # a tie in a window of 4 (two 1s, two 2s): the lower id
     np.testing.assert_array_equal(smooth_labels(np.array([1, 1, 2, 2]), 4)[1:3], [1, 1])
     assert frame_accuracy(np.array([3, 4, 0, 4]), np.array([3, 3, -1, 4])) == pytest.approx(2 / 3)
+
+
+def test_metric_names_have_one_spelling_and_the_old_one_is_known():
+    from exptrack.metrics import canonical_metric, legacy_metric
+
+    assert canonical_metric("test_mean_class_accuracy") == "test_mean_class_acc"
+    assert canonical_metric("test_frame_accuracy_smoothed") == "test_frame_acc_smoothed"
+    assert canonical_metric("val_mean_class_acc") == "val_mean_class_acc"
+    assert legacy_metric("test_top3_acc") == "test_top3_accuracy" and legacy_metric("test_macro_f1") is None

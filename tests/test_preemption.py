@@ -261,7 +261,7 @@ def test_a_signal_while_promote_moves_the_aliases_waits_until_they_agree(tmp_pat
         with mlflow.start_run() as run:
             mlflow.log_text("weights", "model/placeholder.txt")
         mv = client.create_model_version("signalled", source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
-        model_store.set_model_version_tags("signalled", mv.version, {"test_mean_class_accuracy": value,
+        model_store.set_model_version_tags("signalled", mv.version, {"test_mean_class_acc": value,
                                                                   "test_data_digest": "d1"})
         versions.append(str(mv.version))
     client.set_registered_model_alias("signalled", "champion", versions[0])

@@ -26,7 +26,7 @@ def _add_version(tmp_path, value: float | None, digest: str = "d1") -> str:
         mlflow.log_text("weights", "model/placeholder.txt")
     mv = client.create_model_version(NAME, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
     if value is not None:
-        model_store.set_model_version_tags(NAME, mv.version, {"test_mean_class_accuracy": value, "test_data_digest": digest})
+        model_store.set_model_version_tags(NAME, mv.version, {"test_mean_class_acc": value, "test_data_digest": digest})
     return str(mv.version)
 
 
@@ -44,7 +44,7 @@ def _evaluator(values: dict[str, float], digest: str, calls: list):
     def evaluate(uri: str, split: str, data_root):
         calls.append(uri)
         version = uri.rsplit("/", 1)[1]
-        model_store.set_model_version_tags(NAME, version, {"test_mean_class_accuracy": values[version],
+        model_store.set_model_version_tags(NAME, version, {"test_mean_class_acc": values[version],
                                                         "test_data_digest": digest})
     return evaluate
 
@@ -72,7 +72,7 @@ def test_champion_moves_only_to_a_better_version_on_the_same_data(tmp_path):
     assert decision.champion == v5 and decision.previous == v2
     assert model_store.alias_version(NAME, "champion") == v5 and model_store.alias_version(NAME, "previous") == v2
     tags = _tags(v5)
-    assert tags["promotion.metric"] == "test_mean_class_accuracy" and tags["promotion.compared_on_digest"] == "d1"
+    assert tags["promotion.metric"] == "test_mean_class_acc" and tags["promotion.compared_on_digest"] == "d1"
     assert tags["promotion.rule"] == "best" and "promotion.time" in tags and tags["promotion.versions_compared"] == "5"
 
     v6 = _add_version(tmp_path, 0.99, digest="other")  # evaluated on other test data: never compared
@@ -138,11 +138,22 @@ def test_promote_command_shows_each_versions_scores(tmp_path, capsys, monkeypatc
     monkeypatch.setattr(evaluation, "evaluation_digest", lambda uri, split, data_root, memo=None: "d1")
 
     v1 = _add_version(tmp_path, 0.8)
-    model_store.set_model_version_tags(NAME, v1, {"test_accuracy": 0.85, "test_top3_accuracy": 0.97})
+    model_store.set_model_version_tags(NAME, v1, {"test_acc": 0.85, "test_top3_acc": 0.97})
     assert main(["promote", "--name", NAME]) == 0
     out = capsys.readouterr().out
-    assert f"version {v1}: " in out and "[test: accuracy 0.850, top3_accuracy 0.970, mean_class_accuracy 0.800]" in out
+    assert f"version {v1}: " in out and "[test: acc 0.850, top3_acc 0.970, mean_class_acc 0.800]" in out
     assert f"champion of {NAME}: version {v1}" in out
+
+
+def test_versions_tagged_in_the_old_vocabulary_are_still_compared(tmp_path):
+    """Versions evaluated before the one metric vocabulary carry test_mean_class_accuracy; the
+    promotion reads it, under either spelling of --metric."""
+    old = _add_version(tmp_path, None)
+    model_store.set_model_version_tags(NAME, old, {"test_mean_class_accuracy": 0.9, "test_data_digest": "d1"})
+    new = _add_version(tmp_path, 0.8)
+    for metric in ("test_mean_class_acc", "test_mean_class_accuracy"):
+        decision = promote(NAME, metric=metric, rule="best", evaluate=_no_evaluation, current_digest=_today())
+        assert decision.champion == old and _tags(new)["promotion.metric"] == "test_mean_class_acc"
 
 
 def _predictions(accuracy_by_subject: list[float], per_subject: int = 30, seed: int = 0) -> pd.DataFrame:
@@ -189,7 +200,7 @@ def test_the_interval_rule_keeps_the_champion_against_a_higher_but_indistinguish
     champion = _add_evaluated_version(tmp_path, [0.7, 0.7, 0.7], seed=1)
     promote(NAME, evaluate=_no_evaluation, current_digest=_today())
     lucky = _add_evaluated_version(tmp_path, [0.95, 0.6, 0.7], seed=3)
-    assert float(_tags(lucky)["test_mean_class_accuracy"]) > float(_tags(champion)["test_mean_class_accuracy"])
+    assert float(_tags(lucky)["test_mean_class_acc"]) > float(_tags(champion)["test_mean_class_acc"])
     decision = promote(NAME, evaluate=_no_evaluation, current_digest=_today())
     assert decision.champion == champion and decision.evidence.low < 0
     assert "kept out: not shown better than champion" in _tags(lucky)["promotion.decision"]
@@ -242,9 +253,9 @@ def test_promotion_on_evidence_end_to_end(tiny_demo, make_config):
     decision = promote(NAME)
     assert decision.compared == 2 and _tags(decision.champion)["promotion.versions_compared"] == "2"
     versions = {v["version"]: v for v in model_store.model_versions(NAME)}
-    evidence = _paired_on_predictions(versions, "test_mean_class_accuracy", "test", "t")(
+    evidence = _paired_on_predictions(versions, "test_mean_class_acc", "test", "t")(
         first.model_version, second.model_version)
     assert evidence.n_subjects == 2 and evidence.low is not None  # the two evaluations' clips, paired
-    on_val = promote(NAME, split="val", metric="val_mean_class_accuracy")
+    on_val = promote(NAME, split="val", metric="val_mean_class_acc")
     assert on_val.champion in (first.model_version, second.model_version)
     assert "val_data_digest" in _tags(first.model_version)

@@ -83,6 +83,6 @@ def test_the_pooled_figures_are_the_plain_metrics():
     rng, subject, y_true = _clips(4)
     a = _predict(rng, y_true, np.array([0.3, 0.5, 0.7, 0.9]), subject)
     b = _predict(rng, y_true, np.array([0.6, 0.6, 0.6, 0.6]), subject)
-    for name, fn in (("mean_class_accuracy", mean_class_accuracy), ("accuracy", accuracy)):
+    for name, fn in (("mean_class_acc", mean_class_accuracy), ("acc", accuracy)):
         result = compare(subject, y_true, a, b, metric=name)
         assert result.a == pytest.approx(fn(y_true, a)) and result.b == pytest.approx(fn(y_true, b))

@@ -26,6 +26,7 @@ import numpy as np
 from filelock import FileLock
 
 from .._proc import process_alive
+from ..progress import progress_bar
 from . import layout, transforms
 from .errors import DataError, DataWarnings, require_file
 from .layout import SubjectFiles
@@ -300,8 +301,6 @@ class FrameCache:
 def ensure_cached(cache: FrameCache, subjects: list[SubjectFiles], warnings: DataWarnings,
                   progress: bool = True) -> dict[str, VideoEntry]:
     """Decode (or open) every subject's video once, with a progress bar."""
-    from ..progress import progress_bar
-
     entries = {}
     for subject in progress_bar(subjects, "frame cache", "video", progress):
         try:

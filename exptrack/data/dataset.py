@@ -15,6 +15,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker
 from . import clips, transforms
 from .errors import DataError
 from .prepare import PreparedData, SubjectData
+from .sampling import DistributedWeightedSampler
+
 
 class ClipDataset(Dataset):
     """Samples are dicts with fixed keys:
@@ -153,8 +155,6 @@ def make_loader(data: PreparedData, split: str, train: bool, batch_size: int, nu
                 rank: int = 0, world_size: int = 1) -> DataLoader:
     """Training loaders draw with class-balancing weights (with replacement) when asked, each
     rank its share under DDP; evaluation loaders go through all clips in order."""
-    from .sampling import DistributedWeightedSampler
-
     dataset = ClipDataset(data, split, train=train, seed=seed)
     sampler: DistributedWeightedSampler | DistributedSampler | None = None
     if train and weighted_sampler:

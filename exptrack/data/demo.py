@@ -31,6 +31,7 @@ import numpy as np
 
 from ..config import ConfigError
 from ..errors import OutputError
+from ..progress import progress_bar
 from .layout import BACKGROUND, KEYPOINT_NAMES, NUM_KEYPOINTS, write_class_names
 from .video import write_video
 
@@ -417,8 +418,6 @@ def write_demo_dataset(root: str | Path, spec: DemoSpec = DemoSpec(), progress: 
     test = set(rng.choice(names, size=n_test, replace=False).tolist())
     # One child generator per subject: a subject's content does not depend on how many others exist.
     children = np.random.SeedSequence(spec.seed).spawn(spec.subjects)
-    from ..progress import progress_bar
-
     for i, subject in enumerate(progress_bar(names, "demo data", "subject", progress)):
         write_subject(root, subject, i, spec, np.random.default_rng(children[i]))
     with (root / "split.csv").open("w", newline="") as fh:

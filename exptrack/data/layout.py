@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from .errors import DataError, DataWarnings, require_file
@@ -456,8 +457,6 @@ def read_mask(path: Path) -> np.ndarray | None:
     grayscale mode would scale them down), and 0/1 label images of either depth (read as "no
     person" by a >127 threshold). Colour masks count any channel.
     """
-    import cv2
-
     if not path.is_file():  # a FIFO named like a mask would block imread for ever
         return None
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from filelock import FileLock
 
 from ..config import Config
 from . import clips, layout
 from .cache import FrameCache, VideoEntry, ensure_cached
+from .demo import preset_spec, write_demo_dataset
 from .errors import DataError, DataWarnings
 from .layout import DatasetLayout, SubjectFiles
 
@@ -93,10 +95,6 @@ def ensure_data_root(config: Config) -> Path:
         return root
     if not d.demo:
         raise DataError(f"{root}: data root not found (set data.root, or data.demo=true to generate demo data)")
-    from filelock import FileLock
-
-    from .demo import preset_spec, write_demo_dataset
-
     root.parent.mkdir(parents=True, exist_ok=True)
     # Several workers (tune) may start on the same folder at once: one generates, the others wait
     # and then read the finished dataset. It is written beside the root and renamed into place,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from ..data.video import write_video
 
@@ -96,8 +97,6 @@ def save_gif(path: Path, frames: np.ndarray, fps: float, max_width: int = 320, m
     """An animated GIF preview of (T, H, W, 3) uint8 frames: at most `max_width` px wide and
     `max_frames` frames (evenly subsampled, the frame rate lowered to keep the duration).
     Browsers show it anywhere, also inside MLflow's sandboxed HTML artifact view."""
-    from PIL import Image
-
     step = max(1, -(-len(frames) // max_frames))
     frames = frames[::step]
     scale = min(1.0, max_width / frames.shape[2])

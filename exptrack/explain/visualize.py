@@ -168,7 +168,7 @@ def render_long_sample(loaded: LoadedModel, data: PreparedData, options: Visuali
         f"subject: {subject}\nframes: {start}-{end - 1}\nlayer: {options.layer}\nwindow stride: {stride}\n"
         f"frame accuracy (labelled frames): {acc:.4f}\n")
     return pd.DataFrame([{"sample": sample_dir.name, "subject": subject, "start_frame": start,
-                          "frames": end - start, "frame_accuracy": acc}])
+                          "frames": end - start, "frame_acc": acc}])
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import CheckpointError, ModelError
+
 log = logging.getLogger("exptrack.train")
 
 LAST = "last.pt"
@@ -64,8 +66,6 @@ def _disallowed(torch_message: str) -> str:
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """A checkpoint, or ModelError naming the file if it is not one of exptrack's."""
-    from ..errors import ModelError
-
     try:
         with warnings.catch_warnings():  # torch's protocol warning on a foreign pickle: the error below says it
             warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
@@ -90,8 +90,6 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
 def load_for_resume(path: Path) -> tuple[Path, dict[str, Any]]:
     """The checkpoint at `path`, or, when it cannot be read (a torn or damaged file), the newest
     complete one beside it (best_*.pt and epoch_*.pt carry the same resume state)."""
-    from ..errors import ModelError
-
     try:
         return path, load(path)
     except ModelError as first:
@@ -151,8 +149,6 @@ class CheckpointManager:
         """Write this epoch's checkpoints; `improved` says which bests it beat. Returns the
         files written. A write that fails (full disk, read-only folder) leaves every earlier
         file whole (save_atomic) and raises CheckpointError saying how to go on."""
-        from ..errors import CheckpointError
-
         try:
             return self._save(payload, improved)
         except OSError as exc:

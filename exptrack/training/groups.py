@@ -42,7 +42,7 @@ from ..models.c3d import ensemble_state_dict
 from . import checkpoint as ckpt
 from . import logged_models
 from .loop import EpochCallback, resolve_device
-from .run import RunOptions, best_logged_model, refuse_ensemble_training, resume_config, train
+from .run import RunOptions, refuse_ensemble_training, resume_config, train
 
 log = logging.getLogger("exptrack.train")
 
@@ -226,8 +226,8 @@ def member_result(key: str, run_id: str) -> MemberResult:
     histories = {k: tracking.metric_history(run_id, k) for k in CURVE_KEYS}
     epochs = sorted({step for h in histories.values() for step in h})
     history = pd.DataFrame({"epoch": epochs, **{k: [h.get(e, np.nan) for e in epochs] for k, h in histories.items()}})
-    model_id = best_logged_model(run_id)
-    epoch = model_store.logged_model(model_id)["tags"].get(logged_models.EPOCH_TAG, "") if model_id else ""
+    model_id = model_store.best_logged_model(run_id)
+    epoch = model_store.logged_model(model_id)["tags"].get(model_store.EPOCH_TAG, "") if model_id else ""
     return MemberResult(key, run_id, history, model_id, int(epoch) if epoch.isdigit() else None)
 
 
@@ -297,7 +297,6 @@ def _log_group(run: tracking.Run, result: GroupResult, out: Path) -> None:
              result.interval.text())
 
 
-GROUP_MODEL_TAG = "group_model_id"  # the parent's tag: the model the group stands for (best member or ensemble)
 
 
 def choose_model(run: tracking.Run, result: GroupResult, config: Config) -> None:
@@ -315,7 +314,7 @@ def choose_model(run: tracking.Run, result: GroupResult, config: Config) -> None
     else:
         best = max(have, key=MemberResult.rank)
         result.model_id, result.registered = best.model_id, f"{best.key}'s model (best on validation)"
-    run.set_tags({GROUP_MODEL_TAG: result.model_id, "group_model": result.registered})
+    run.set_tags({model_store.GROUP_MODEL_TAG: result.model_id, "group_model": result.registered})
 
 
 def register(run: tracking.Run, result: GroupResult, name: str) -> None:
@@ -350,6 +349,6 @@ def log_ensemble(run: tracking.Run, members: list[MemberResult]) -> str:
                    "members": [m.run_id for m in members]}
         weights = ckpt.save_atomic(payload, Path(tmp) / serving.WEIGHTS_FILE)
         model_id = run.log_clip_model(weights, config.data.clip_len, class_names, 0,
-                                      {logged_models.BEST_TAG: "true", "exptrack.data_digest": payload["data_digest"],
+                                      {model_store.BEST_TAG: "true", "exptrack.data_digest": payload["data_digest"],
                                        ENSEMBLE_TAG: len(members)}, label="ensemble")
     return model_id

@@ -21,7 +21,6 @@ from . import checkpoint as ckpt
 
 log = logging.getLogger("exptrack.train")
 
-EPOCH_TAG, BEST_TAG = "exptrack.epoch", "exptrack.best"
 
 
 class ModelLog:
@@ -43,10 +42,10 @@ class ModelLog:
         """After a resume: unfinished models are deleted; the READY ones are this run's models again."""
         self.clean_pending()
         for m in self.run.logged_models():
-            if m["status"] == "READY" and m["tags"].get(EPOCH_TAG, "").isdigit():
-                self.by_epoch[int(m["tags"][EPOCH_TAG])] = m["model_id"]
-                if m["tags"].get(BEST_TAG) == "true":
-                    self.best_epoch = int(m["tags"][EPOCH_TAG])
+            if m["status"] == "READY" and m["tags"].get(model_store.EPOCH_TAG, "").isdigit():
+                self.by_epoch[int(m["tags"][model_store.EPOCH_TAG])] = m["model_id"]
+                if m["tags"].get(model_store.BEST_TAG) == "true":
+                    self.best_epoch = int(m["tags"][model_store.EPOCH_TAG])
 
     def snapshot(self, epoch: int, saved: list[Path]) -> Path | None:
         """This epoch's weights, copied now if one of the files it `saved` is kept (best or
@@ -83,7 +82,7 @@ class ModelLog:
         payload = serving.weights_payload(ckpt.load(path), self.class_names)
         d = payload["config"]["data"]
         metrics = payload.get("metrics", {})
-        tags = {EPOCH_TAG: epoch, BEST_TAG: "false", "exptrack.data_digest": payload.get("data_digest", ""),
+        tags = {model_store.EPOCH_TAG: epoch, model_store.BEST_TAG: "false", "exptrack.data_digest": payload.get("data_digest", ""),
                 **{f"exptrack.{k}": round(v, 6) for k, v in metrics.items() if k.startswith("val_")}}
         with tempfile.TemporaryDirectory(prefix="exptrack-model-") as tmp:
             weights = path if path.name == serving.WEIGHTS_FILE else ckpt.save_atomic(payload, Path(tmp) / serving.WEIGHTS_FILE)
@@ -95,8 +94,8 @@ class ModelLog:
         if best_epoch == self.best_epoch or best_epoch not in self.by_epoch:
             return
         if self.best_epoch in self.by_epoch:
-            model_store.set_logged_model_tags(self.by_epoch[self.best_epoch], {BEST_TAG: "false"})
-        model_store.set_logged_model_tags(self.by_epoch[best_epoch], {BEST_TAG: "true"})
+            model_store.set_logged_model_tags(self.by_epoch[self.best_epoch], {model_store.BEST_TAG: "false"})
+        model_store.set_logged_model_tags(self.by_epoch[best_epoch], {model_store.BEST_TAG: "true"})
         self.best_epoch = best_epoch
 
     def registered(self) -> dict[str, str]:

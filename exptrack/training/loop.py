@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .. import preemption
-from ..config import DEVICE, ConfigError
+from ..config import DEVICE, ConfigError, to_nested_dict
 from ..data.dataset import prepare_batch
 from ..metrics import validation_metrics
 from ..progress import progress_bar
@@ -365,8 +365,6 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 def checkpoint_payload(setup: FitSetup, state: TrainState, metrics: dict[str, float]) -> dict[str, Any]:
-    from ..config import to_nested_dict
-
     return {
         "model": unwrap_model(setup.model).state_dict(),
         "optimizer": setup.optimizer.state_dict(),

@@ -24,13 +24,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import model_store, plots, preemption, tracking
-from ..config import RESUMABLE, Config, ConfigError, config_from_dict
+from ..config import RESUMABLE, Config, ConfigError, config_from_dict, replace, to_flat_dict
 from ..data import clips
 from ..data.dataset import make_loader
 from ..data.errors import DataError
 from ..data.layout import read_class_names
-from ..errors import ModelError, TrackingUnavailable
 from ..data.prepare import PreparedData, prepare_data
+from ..errors import ModelError, TrackingUnavailable
 from ..losses import FocalLoss
 from ..models.c3d import build_model, count_parameters
 from . import checkpoint as ckpt
@@ -158,8 +158,6 @@ def resume_config(saved: Config, given: Config, explicit: frozenset[str] | None 
     """The checkpoint's config with the RESUMABLE keys the user set (`explicit`, config.given_keys;
     without it, those that differ from the defaults) taken from `given` (e.g. more epochs), and
     `given`'s paths; other differences are ignored with a warning."""
-    from ..config import replace, to_flat_dict
-
     given_flat, saved_flat, default_flat = to_flat_dict(given), to_flat_dict(saved), to_flat_dict(Config())
     if explicit is None:
         explicit = frozenset(k for k, v in given_flat.items() if v != default_flat[k])
@@ -487,22 +485,6 @@ def plot_run(run_id: str, save_dir: str | Path, top_classes: int = 10) -> Path:
     plots.training_plots(history, per_class, out, top_classes)
     tracking.log_artifacts_to_run(run_id, out, "plots")
     return out
-
-
-def best_logged_model(run_id: str) -> str | None:
-    """The model id of a run's best logged model (the one tagged best, else the best-scoring); of
-    a seed or fold group's run, the model the group stands for (groups.choose_model)."""
-    from .groups import GROUP_MODEL_TAG
-    from .logged_models import BEST_TAG
-
-    group_model = tracking.run_tags(run_id).get(GROUP_MODEL_TAG)
-    if group_model:
-        return group_model
-    ready = [m for m in model_store.run_logged_models(run_id) if m["status"] == "READY"]
-    best = [m for m in ready if m["tags"].get(BEST_TAG) == "true"]
-    if not best:
-        best = sorted(ready, key=lambda m: m["metrics"].get("val_mean_class_acc", -1.0), reverse=True)
-    return best[0]["model_id"] if best else None
 
 
 def discard_run_models(run_id: str, outputs: Path) -> None:
