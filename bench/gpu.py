@@ -462,8 +462,8 @@ def render(rows: list[Row]) -> str:
     table = [HEADER] + [r.cells() for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(HEADER) - 1)]
     lines = []
-    for i, line in enumerate(table):
-        lines.append("  ".join(c.ljust(w) for c, w in zip(line, widths)) + "  " + line[-1])
+    for i, line in enumerate(table):  # a row has one cell more than widths: the last
+        lines.append("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=False)) + "  " + line[-1])
         if i == 0:
             lines.append("  ".join("-" * w for w in widths) + "  " + "-" * 4)
     return "\n".join(lines)

@@ -197,7 +197,7 @@ def gradcam_strips(a: Side, b: Side, clips: pd.DataFrame, count: int, split: str
         for side in (a, b):
             _, heat = model_probs_and_heat(side.loaded, view, "block4", device)
             overlays.append(render.upscale(render.overlay(frames, heat[0], 0.5), 4))
-        strip = np.stack([render.hstack(x, y) for x, y in zip(*overlays)])  # (T, S*4, 2*S*4, 3)
+        strip = np.stack([render.hstack(x, y) for x, y in zip(*overlays, strict=True)])  # (T, S*4, 2*S*4, 3)
         paths.append(render.save_gif(out / f"{row['subject']}_{int(row['start_frame'])}.gif", strip, 8))
     return paths
 
@@ -306,24 +306,52 @@ def run_compare_groups(ref_a: str, ref_b: str, save_dir: str | Path | None = Non
     return CompareResult({HEADLINE: c}, verdict, paired, out, run.id)
 
 
+def refuse_model_options_for_groups(groups: list[bool], refs: tuple[str, str], split: str, metric: str,
+                                    method: str, data_root: str | None) -> None:
+    """A group compares only with a group, and only on its members' validation figures."""
+    if not all(groups):
+        group = refs[0] if groups[0] else refs[1]
+        raise ModelError(f"{group} is a seed or fold group: compare two groups, or two models (the group's "
+                         "registered version, models:/<name>/<version>, is a model)")
+    model_only = [f"--{name} {value}" for name, value, default in
+                  (("split", split, "test"), ("metric", metric, "mean_class_acc"), ("method", method, "t"),
+                   ("data-root", data_root, None)) if value != default]
+    if model_only:
+        raise ModelError(f"{', '.join(model_only)}: a group comparison is on its members' kept-model validation "
+                         "mean class accuracy (t interval over seeds or folds); those options compare two models "
+                         "(e.g. the groups' registered versions) on a split")
+
+
+def clip_differences(run: tracking.Run, out: Path, a: Side, b: Side, joined: pd.DataFrame, gradcam: int, split: str,
+                     data_root: str | None, device: torch.device,
+                     images: dict[str, list[Path]]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """What only paired predictions show: per class, the clips B fixed and broke (with GradCAM
+    strips), the confusion difference; written to `out`, logged as tables, the images added."""
+    names = list(a.loaded.class_names)
+    classes = per_class(joined, names)
+    fixed, broken = changed_clips(joined, names, a.loaded.config.data.clip_len)
+    images["confusion"] = [plots.difference_heatmap(confusion_difference(joined, names),
+                                                    "confusion: B minus A (row-normalised)",
+                                                    out / "confusion_difference.png")]
+    images["fixed"] = gradcam_strips(a, b, fixed, gradcam, split, data_root, device, out / "fixed")
+    images["broken"] = gradcam_strips(a, b, broken, gradcam, split, data_root, device, out / "broken")
+    classes.to_csv(out / "per_class.csv", index=False)
+    fixed.to_csv(out / "fixed_clips.csv", index=False)
+    broken.to_csv(out / "broken_clips.csv", index=False)
+    run.log_table(classes, "compare/per_class.json")
+    run.log_table(pd.concat([fixed.assign(change="fixed"), broken.assign(change="broken")]),
+                  "compare/changed_clips.json")
+    return classes, fixed, broken
+
+
 def run_compare(ref_a: str, ref_b: str, split: str = "test", metric: str = "mean_class_acc", method: str = "t",
                 gradcam: int = 2, data_root: str | None = None, device_name: str = "auto",
                 save_dir: str | Path | None = None, overwrite: bool = False, progress: bool = True) -> CompareResult:
     """Two models, or two seed or fold groups (their parent run ids: run_compare_groups)."""
     groups = [is_group_run(ref) for ref in (ref_a, ref_b)]
-    if all(groups):
-        model_only = [f"--{name} {value}" for name, value, default in
-                      (("split", split, "test"), ("metric", metric, "mean_class_acc"), ("method", method, "t"),
-                       ("data-root", data_root, None)) if value != default]
-        if model_only:
-            raise ModelError(f"{', '.join(model_only)}: a group comparison is on its members' kept-model validation "
-                             "mean class accuracy (t interval over seeds or folds); those options compare two models "
-                             "(e.g. the groups' registered versions) on a split")
-        return run_compare_groups(ref_a, ref_b, save_dir, overwrite)
     if any(groups):
-        group = ref_a if groups[0] else ref_b
-        raise ModelError(f"{group} is a seed or fold group: compare two groups, or two models (the group's "
-                         "registered version, models:/<name>/<version>, is a model)")
+        refuse_model_options_for_groups(groups, (ref_a, ref_b), split, metric, method, data_root)
+        return run_compare_groups(ref_a, ref_b, save_dir, overwrite)
     metric = canonical_metric(metric)  # mean_class_accuracy, its spelling before, still works
     if metric not in METRICS:
         raise ModelError(f"--metric {metric}: compare takes {', '.join(METRICS)}")
@@ -341,7 +369,6 @@ def run_compare(ref_a: str, ref_b: str, split: str = "test", metric: str = "mean
         joined = pair(a, b)
         comparisons = headline(joined, a, b, method)
         verdict = verdict_line(comparisons[metric], joined is not None)
-        names = list(a.loaded.class_names)
         run.set_tags({"compare.paired": joined is not None})
         for side in (a, b):
             if side.loaded.source.get("model_id"):
@@ -350,19 +377,8 @@ def run_compare(ref_a: str, ref_b: str, split: str = "test", metric: str = "mean
             images: dict[str, list[Path]] = {}
             classes, fixed, broken = None, pd.DataFrame(), pd.DataFrame()
             if joined is not None:
-                classes = per_class(joined, names)
-                fixed, broken = changed_clips(joined, names, a.loaded.config.data.clip_len)
-                images["confusion"] = [plots.difference_heatmap(confusion_difference(joined, names),
-                                                                "confusion: B minus A (row-normalised)",
-                                                                out / "confusion_difference.png")]
-                images["fixed"] = gradcam_strips(a, b, fixed, gradcam, split, data_root, device, out / "fixed")
-                images["broken"] = gradcam_strips(a, b, broken, gradcam, split, data_root, device, out / "broken")
-                classes.to_csv(out / "per_class.csv", index=False)
-                fixed.to_csv(out / "fixed_clips.csv", index=False)
-                broken.to_csv(out / "broken_clips.csv", index=False)
-                run.log_table(classes, "compare/per_class.json")
-                run.log_table(pd.concat([fixed.assign(change="fixed"), broken.assign(change="broken")]),
-                              "compare/changed_clips.json")
+                classes, fixed, broken = clip_differences(run, out, a, b, joined, gradcam, split, data_root, device,
+                                                          images)
             histories = training_histories(a, b)
             if histories:
                 images["curves"] = [plots.overlaid_curves(histories, out / "training_curves.png")]

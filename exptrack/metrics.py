@@ -141,7 +141,7 @@ def window_average(starts: np.ndarray, values: np.ndarray, num_frames: int, clip
     tail = values.shape[2:] if per_frame else values.shape[1:]
     sums = np.zeros((num_frames, *tail), dtype=np.float32)
     cover = np.zeros(num_frames, dtype=np.float32)
-    for s, v in zip(np.asarray(starts, dtype=np.int64), values):
+    for s, v in zip(np.asarray(starts, dtype=np.int64), values, strict=True):
         lo, hi = max(int(s), 0), min(int(s) + clip_len, num_frames)
         if hi <= lo:
             continue

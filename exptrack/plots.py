@@ -186,7 +186,7 @@ def group_curves(curves: pd.DataFrame, members: dict[str, pd.DataFrame], path: P
     +-1 standard deviation over the members that reached the epoch. `curves` has epoch and
     <metric>_mean / <metric>_std columns; `members` maps a member (e.g. "seed=1") to its history."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-    for ax, metric in zip(axes, ("val_mean_class_acc", "val_loss")):
+    for ax, metric in zip(axes, ("val_mean_class_acc", "val_loss"), strict=True):
         for label, history in members.items():
             if metric in history:
                 ax.plot(history["epoch"], history[metric], lw=0.8, alpha=0.5, label=label)

@@ -131,7 +131,7 @@ def label_overlay(frames: np.ndarray, labels: np.ndarray, confidence: np.ndarray
                   scale: int = 4) -> np.ndarray:
     """The video with the predicted class and confidence written on each frame."""
     out = []
-    for frame, label, conf in zip(frames, labels, confidence):
+    for frame, label, conf in zip(frames, labels, confidence, strict=True):
         text = f"{class_label(int(label), names)} ({conf:.2f})" if label != BACKGROUND else "background"
         big = cv2.resize(frame, (frame.shape[1] * scale, frame.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
         cv2.putText(big, text, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 2,

@@ -140,6 +140,42 @@ def decide(current: Candidate | None, candidates: list[Candidate], rule: str = "
     return Decision(best.version, current.version, reasons, digest, evidence, compared, best.version)
 
 
+def needs_evaluation(name: str, version: dict, metric: str, split: str, today: str, even_if_stale: bool) -> bool:
+    """A version never evaluated on `split` is; one evaluated on other data than today's
+    (`today`: the split's digest now) is when `even_if_stale` (the champion, or --reevaluate)."""
+    tags = version["tags"]
+    digest_tag = f"{split}_data_digest"
+    never = math.isnan(metric_value(version, metric, split)) or digest_tag not in tags
+    stale = not never and tags[digest_tag] != today
+    if never or (stale and even_if_stale):
+        log.info("evaluating %s version %s on %s%s", name, version["version"], split,
+                 " (its last evaluation was on other data)" if stale else "")
+        return True
+    return False
+
+
+def record_decision(name: str, decision: Decision, champion_before: str | None, metric: str, rule: str) -> None:
+    """The aliases moved and every compared version tagged with its decision, as one unit: a
+    signal here waits until the aliases and tags agree (no champion moved without its previous,
+    no version without its decision)."""
+    with preemption.deferred():
+        if decision.champion and decision.champion != champion_before:
+            model_store.set_alias(name, CHAMPION, decision.champion)
+            if decision.previous:
+                model_store.set_alias(name, PREVIOUS, decision.previous)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        for version, reason in decision.reasons.items():
+            model_store.set_model_version_tags(name, version, {  # the values are in the decision and on the card
+                "promotion.decision": reason, "promotion.metric": metric, "promotion.rule": rule,
+                "promotion.compared_on_digest": decision.digest, "promotion.time": stamp,
+                # the champion's figure is the best of this many versions on that test set (biased upwards)
+                "promotion.versions_compared": decision.compared,
+                **({"promotion.evidence": _evidence_tag(decision.evidence)}
+                   if decision.evidence is not None and version == decision.challenger else {}),
+            })
+            model_card.refresh(name, version)
+
+
 def promote(name: str, metric: str = "test_mean_class_acc", split: str = "test", evaluate=None,
             data_root: str | None = None, progress: bool = False, current_digest=None,
             reevaluate: bool = False, rule: str = "interval", min_improvement: float = 0.0,
@@ -172,13 +208,8 @@ def promote(name: str, metric: str = "test_mean_class_acc", split: str = "test",
     champion_version = model_store.alias_version(name, CHAMPION)
     today = {v["version"]: current_digest(f"models:/{name}/{v['version']}", split, data_root) for v in versions}
     for v in versions:
-        tags, version = v["tags"], v["version"]
-        never = math.isnan(metric_value(v, metric, split)) or digest_tag not in tags
-        stale = not never and tags[digest_tag] != today[version]
-        if never or (stale and (version == champion_version or reevaluate)):
-            log.info("evaluating %s version %s on %s%s", name, version, split,
-                     " (its last evaluation was on other data)" if stale else "")
-            evaluate(f"models:/{name}/{version}", split, data_root)
+        if needs_evaluation(name, v, metric, split, today[v["version"]], v["version"] == champion_version or reevaluate):
+            evaluate(f"models:/{name}/{v['version']}", split, data_root)
     versions = model_store.model_versions(name)
     candidates = [Candidate(v["version"], metric_value(v, metric, split), v["tags"].get(digest_tag, ""),
                             today[v["version"]]) for v in versions]
@@ -187,24 +218,7 @@ def promote(name: str, metric: str = "test_mean_class_acc", split: str = "test",
     by_number = {v["version"]: v for v in versions}
     decision = decide(current, candidates, rule, _paired_on_predictions(by_number, metric, split, method),
                       min_improvement)
-    # One unit: a signal here waits until the aliases and tags agree (no champion moved without
-    # its previous, no version without its decision).
-    with preemption.deferred():
-        if decision.champion and decision.champion != champion_version:
-            model_store.set_alias(name, CHAMPION, decision.champion)
-            if decision.previous:
-                model_store.set_alias(name, PREVIOUS, decision.previous)
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        for version, reason in decision.reasons.items():
-            model_store.set_model_version_tags(name, version, {  # the values are in the decision and on the card
-                "promotion.decision": reason, "promotion.metric": f"{metric}", "promotion.rule": rule,
-                "promotion.compared_on_digest": decision.digest, "promotion.time": stamp,
-                # the champion's figure is the best of this many versions on that test set (biased upwards)
-                "promotion.versions_compared": decision.compared,
-                **({"promotion.evidence": _evidence_tag(decision.evidence)}
-                   if decision.evidence is not None and version == decision.challenger else {}),
-            })
-            model_card.refresh(name, version)
+    record_decision(name, decision, champion_version, metric, rule)
     log.info("champion of %s: version %s", name, decision.champion)
     return decision
 

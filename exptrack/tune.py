@@ -427,7 +427,7 @@ def group_trial_value(trial: optuna.Trial, spec: StudySpec, result: GroupResult)
     go to the trial's user attributes (the study report's columns)."""
     values = [m.value(spec.metric) for m in result.members]
     summary = mean_interval(values)
-    trial.set_user_attr("members", {m.key: round(v, 6) for m, v in zip(result.members, values)})
+    trial.set_user_attr("members", {m.key: round(v, 6) for m, v in zip(result.members, values, strict=True)})
     trial.set_user_attr("member_mean", summary.mean)
     trial.set_user_attr("member_std", summary.std)
     epochs = [m.kept_epoch for m in result.members if m.kept_epoch]

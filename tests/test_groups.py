@@ -301,7 +301,7 @@ def test_a_group_comparison_refuses_a_group_with_unfinished_members_and_model_on
     with pytest.raises(ModelError, match=rf"group run {partial}: 2 of its 3 members finished \(not: seed=2\); "
                                          rf"finish it first: exptrack train --resume {partial}"):
         run_compare(whole, partial)
-    with pytest.raises(ModelError, match="--split val, --metric accuracy: a group comparison is on its members' "
+    with pytest.raises(ModelError, match="--split val, --metric acc: a group comparison is on its members' "
                                          "kept-model validation"):
         run_compare(whole, whole, metric="acc", split="val")
 

@@ -132,10 +132,10 @@ def test_promote_without_versions_is_an_error():
 
 
 def test_promote_command_shows_each_versions_scores(tmp_path, capsys, monkeypatch):
-    from exptrack import evaluation
+    from exptrack import registry
     from exptrack.cli import main
 
-    monkeypatch.setattr(evaluation, "evaluation_digest", lambda uri, split, data_root, memo=None: "d1")
+    monkeypatch.setattr(registry, "evaluation_digest", lambda uri, split, data_root, memo=None: "d1")
 
     v1 = _add_version(tmp_path, 0.8)
     model_store.set_model_version_tags(NAME, v1, {"test_acc": 0.85, "test_top3_acc": 0.97})

@@ -50,7 +50,7 @@ def test_three_processes_starting_together_on_a_fresh_store_all_succeed(tmp_path
     procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(barrier), str(i), "3", uri], cwd=store, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(3)]
     outputs = [p.communicate(timeout=120)[0] for p in procs]
-    for p, out in zip(procs, outputs):
+    for p, out in zip(procs, outputs, strict=True):
         assert p.returncode == 0, out[-3000:]
     client = mlflow.MlflowClient(uri)
     experiment = client.get_experiment_by_name("race")

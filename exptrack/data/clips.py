@@ -72,7 +72,7 @@ def build_clip_index(frame_labels: dict[str, np.ndarray], clip_len: int, stride:
     if not parts:
         return ClipIndex(subjects, np.empty(0, np.int32), np.empty(0, np.int64), np.empty(0, np.int64),
                          np.empty(0, np.float32), clip_len)
-    subject_idx, start, label, purity = (np.concatenate(c) for c in zip(*parts))
+    subject_idx, start, label, purity = (np.concatenate(c) for c in zip(*parts, strict=True))
     return ClipIndex(subjects, subject_idx, start, label, purity, clip_len)
 
 

@@ -351,7 +351,7 @@ def write_keypoints(path: Path, joints: np.ndarray, spec: DemoSpec, header_style
                 noisy = pj + rng.normal(0.0, spec.keypoint_noise_px, size=pj.shape)
                 conf = rng.uniform(lo, hi, size=NUM_KEYPOINTS)
                 cells = []
-                for (x, y), c in zip(noisy, conf):
+                for (x, y), c in zip(noisy, conf, strict=True):
                     if rng.random() < spec.keypoint_dropout:
                         cells += ["", "", "0"]
                     else:
@@ -366,7 +366,7 @@ def write_labels(path: Path, labels: np.ndarray, segment_ids: np.ndarray, header
     with path.open("w", newline="") as fh:
         if header:
             fh.write("frame_number,column1,column2\n")
-        for t, (label, seg) in enumerate(zip(labels, segment_ids)):
+        for t, (label, seg) in enumerate(zip(labels, segment_ids, strict=True)):
             fh.write(f"{t + base:04d},{seg:04d},{label:04d}\n")
 
 

@@ -35,7 +35,7 @@ class Pool(nn.Module):
         self.kernel = kernel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k = tuple(min(k, s) for k, s in zip(self.kernel, x.shape[2:]))  # x: (B, C, T, H, W)
+        k = tuple(min(k, s) for k, s in zip(self.kernel, x.shape[2:], strict=True))  # x: (B, C, T, H, W)
         return F.max_pool3d(x, kernel_size=k, stride=k)
 
     def extra_repr(self) -> str:

@@ -241,7 +241,7 @@ def recompute_bn_stats(model: nn.Module, loader: Iterable, device: torch.device,
         x, _ = prepare_batch(batch, device)
         with autocast(device, amp):
             model(to_layout(x, channels_last))
-    for m, momentum in zip(norms, momenta):
+    for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
     distributed.broadcast_buffers(model)  # every rank validates with rank 0's statistics
 

@@ -13,9 +13,10 @@ import random
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, cast
+from typing import Any, Callable, Iterable, Iterator, cast
 
 import numpy as np
 import pandas as pd
@@ -140,7 +141,7 @@ def reconcile_history(run: tracking.Run, state: TrainState) -> int:
     between an epoch's training and validation metric calls. Returns how many epochs were
     completed."""
     rows = {int(row["epoch"]): EpochLogger.epoch_metrics(row, per_class)
-            for row, per_class in zip(state.history, state.per_class_history)}
+            for row, per_class in zip(state.history, state.per_class_history, strict=True)}
     logged = {key: run.logged_steps(key) for key in {k for metrics in rows.values() for k in metrics}}
     completed = 0
     for epoch, metrics in rows.items():
@@ -351,6 +352,33 @@ def _log_run_summary(run: tracking.Run, state: TrainState, data: PreparedData, l
         log.warning("training plots failed: %s", exc)
 
 
+def resume_record(run: tracking.Run, state: TrainState, payload: dict[str, Any], digest: str,
+                  models: ModelLog) -> None:
+    """A resumed run's record made whole: its logged models found again, and the metrics of
+    finished epochs that a kill kept from MLflow logged from the checkpoint's history."""
+    if payload.get("data_digest") not in (None, digest):
+        log.warning("the data changed since the checkpoint (digest %s, now %s)", payload.get("data_digest"), digest)
+    models.recover()
+    reconcile_history(run, state)
+
+
+@contextmanager
+def draining_when_stopped(tracker: tracking.BackgroundTracker, run_id: str, shutdown_timeout: float) -> Iterator[None]:
+    """Training stopped by a signal or an error still delivers what finished epochs queued
+    (within the shutdown budget); the resume delivers the rest."""
+    try:
+        yield
+    except preemption.Preempted as exc:
+        left = tracker.drain(distributed.shutdown_budget(shutdown_timeout))
+        log.warning("%s: run %s ends KILLED%s; `exptrack train --resume %s` continues after its last "
+                    "finished epoch (its checkpoint)", exc, run_id,
+                    f" ({len(left)} tracking calls undelivered, the resume delivers them)" if left else "", run_id)
+        raise
+    except BaseException:
+        tracker.drain(INTERRUPTED_DRAIN_S)
+        raise
+
+
 def _train(config: Config, env: DistEnv, resume: str | None, progress: bool,
            callbacks: Iterable[EpochCallback], options: RunOptions) -> TrainResult:
     outputs = Path(config.paths.outputs)
@@ -390,27 +418,14 @@ def _train(config: Config, env: DistEnv, resume: str | None, progress: bool,
                 run.log_dataset(dataset, context)
         else:
             assert payload is not None  # the state came from it
-            if payload.get("data_digest") not in (None, digest):
-                log.warning("the data changed since the checkpoint (digest %s, now %s)", payload.get("data_digest"), digest)
-            models.recover()
-            reconcile_history(run, state)
+            resume_record(run, state, payload, digest, models)
         tracker = tracking.BackgroundTracker(run.id)
         logger = EpochLogger(run, outputs / "runs" / run.id / "metrics", config.model.num_classes, tracker, models,
                              datasets.get("validation"),
                              ckpt_dir / ckpt.LAST if config.mlflow.upload_resume_checkpoint else None)
-        try:
+        with draining_when_stopped(tracker, run.id, config.train.shutdown_timeout):
             state = fit(setup, manager, state=state, callbacks=[logger, *callbacks], progress=progress,
                         stamp=_RunStamp(run.id, digest, tuple(class_names)))
-        except preemption.Preempted as exc:
-            left = tracker.drain(distributed.shutdown_budget(config.train.shutdown_timeout))  # what finished epochs queued
-            log.warning("%s: run %s ends KILLED%s; `exptrack train --resume %s` continues after its last "
-                        "finished epoch (its checkpoint)", exc, run.id,
-                        f" ({len(left)} tracking calls undelivered, the resume delivers them)" if left else "",
-                        run.id)
-            raise
-        except BaseException:
-            tracker.drain(INTERRUPTED_DRAIN_S)  # what finished epochs queued; resume delivers the rest
-            raise
         deliver_queued(tracker, run.id, ckpt_dir)
         early = early_best(state)
         if early:
