@@ -29,17 +29,20 @@ HEADLINE_METRICS = ("acc", "top3_acc", "mean_class_acc", "macro_f1")
 
 def canonical_metric(name: str) -> str:
     """`name` in today's vocabulary (test_mean_class_accuracy -> test_mean_class_acc)."""
-    for new, old in LEGACY_SUFFIXES.items():  # longest first: frame_acc before acc
-        if name == old or name.endswith("_" + old):
-            return name[: len(name) - len(old)] + new
-    return name
+    return _respelled(name, [(old, new) for new, old in LEGACY_SUFFIXES.items()]) or name
 
 
 def legacy_metric(name: str) -> str | None:
     """The spelling that `name` (today's vocabulary) had in earlier runs and tags, if it changed."""
-    for new, old in LEGACY_SUFFIXES.items():
-        if name == new or name.endswith("_" + new):
-            return name[: len(name) - len(new)] + old
+    return _respelled(name, list(LEGACY_SUFFIXES.items()))
+
+
+def _respelled(name: str, suffixes: list[tuple[str, str]]) -> str | None:
+    """`name` with the first matching (from, to) suffix replaced; longest first, so frame_acc
+    is tried before acc. None when none matches."""
+    for before, after in suffixes:
+        if name == before or name.endswith("_" + before):
+            return name[: len(name) - len(before)] + after
     return None
 
 # ---------------------------------------------------------------------------------------------
