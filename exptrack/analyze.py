@@ -67,6 +67,7 @@ def clips_per_class(data: PreparedData) -> pd.DataFrame:
 
 
 def video_table(data: PreparedData) -> pd.DataFrame:
+    cached = data.cache.bytes_by_subject() if data.cache is not None else {}
     rows = []
     for split in SPLITS:
         for name in data.split_subjects[split]:
@@ -77,6 +78,7 @@ def video_table(data: PreparedData) -> pd.DataFrame:
                 "frames": info.num_frames, "duration_s": info.num_frames / info.fps,
                 "labelled_frames": int((subj.labels != BACKGROUND).sum()),
                 "has_masks": subj.files.mask_dir is not None, "has_keypoints": subj.files.keypoints is not None,
+                "cache_bytes": cached.get(name, 0),  # frames and the guides this config uses
             })
     return pd.DataFrame(rows)
 
@@ -88,7 +90,8 @@ def analyze(data: PreparedData) -> Analysis:
     for split in SPLITS:
         v = videos[videos.split == split]
         split_rows.append({"split": split, "subjects": len(v), "frames": int(v.frames.sum()),
-                           "labelled_frames": int(v.labelled_frames.sum()), "clips": len(data.splits[split])})
+                           "labelled_frames": int(v.labelled_frames.sum()), "clips": len(data.splits[split]),
+                           "cache_mib": round(float(v.cache_bytes.sum()) / 2**20, 1)})
     splits = pd.DataFrame(split_rows).set_index("split")
     summary = {
         "data_root": str(data.layout.root),

@@ -6,9 +6,12 @@ import json
 
 import mlflow
 import pandas as pd
+import pytest
 
 from exptrack.analyze import run_analyze
 from exptrack.cli import main
+from exptrack.data import cache as cache_module
+from exptrack.data.prepare import config_cache_need
 
 
 def test_analyze_writes_tables_plots_and_an_mlflow_run(tiny_demo, make_config, tmp_path):
@@ -26,6 +29,11 @@ def test_analyze_writes_tables_plots_and_an_mlflow_run(tiny_demo, make_config, t
     assert len(videos) == 6 and (videos.fps == 15).all() and (videos.width == 64).all()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["data_digest"] == result.summary["data_digest"]
+
+    splits = pd.read_csv(out / "split_statistics.csv", index_col="split")
+    cached = sum(f.stat().st_size for f in (tmp_path / "cache").rglob("*.npy"))
+    assert (splits.cache_mib > 0).all()  # every split's share of the cache, which is all of it
+    assert splits.cache_mib.sum() == pytest.approx(cached / 2**20, abs=0.2)
 
     runs = mlflow.search_runs(experiment_names=["analysis-test"], output_format="list")
     assert len(runs) == 1
@@ -45,6 +53,36 @@ def test_cache_command_builds_masks_and_attention(tiny_demo, tmp_path, capsys):
     assert "cache ready" in capsys.readouterr().out
     for kind in ("video", "mask", "keypoints", "attention"):
         assert len([p for p in (tmp_path / "c" / kind).iterdir() if p.is_dir()]) == 6, kind
+
+
+def test_the_cache_size_is_known_before_it_is_built(tiny_demo, make_config, tmp_path, capsys):
+    cfg = make_config(tiny_demo, "data.use_masks=true", "data.use_skeleton_attention=true",
+                      f"paths.cache={tmp_path / 'c'}")
+    before = config_cache_need(cfg)
+    assert before.to_write == before.total and before.entries_to_build == 24  # 6 subjects x 4 kinds
+    args = ["cache", "--set", f"data.root={tiny_demo}", "--set", f"paths.cache={tmp_path / 'c'}",
+            "--set", "model.num_classes=3", "--set", "data.frame_size=32", "--set", "data.use_masks=true",
+            "--set", "data.use_skeleton_attention=true"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[0].startswith(f"frame cache {tmp_path / 'c'}: {before.describe()}")
+    written = sum(f.stat().st_size for f in (tmp_path / "c").rglob("*.npy"))
+    assert written == before.to_write  # the headers' frame counts, exactly
+    after = config_cache_need(cfg)
+    assert after.to_write == 0 and after.total == before.total
+
+
+def test_cache_refuses_a_disk_too_small_and_writes_nothing(tiny_demo, tmp_path, monkeypatch, capsys):
+    # the fault: a disk with 1 MiB free, less than any need plus the 64 MiB kept in reserve
+    monkeypatch.setattr(cache_module, "free_bytes", lambda folder: 2**20)
+    code = main(["cache", "--set", f"data.root={tiny_demo}", "--set", f"paths.cache={tmp_path / 'c'}",
+                 "--set", "model.num_classes=3", "--set", "mlflow.experiment=cache-full"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'c'}: the frame cache needs" in err and "only 1.0 MiB are free" in err
+    assert not [f for f in (tmp_path / "c").rglob("*") if f.is_file()]  # nothing half-written
+    runs = mlflow.search_runs(experiment_names=["cache-full"], output_format="list")
+    assert [r.info.status for r in runs] == ["FAILED"]
 
 
 def test_cache_prune_keeps_only_what_the_config_uses(tiny_demo, tmp_path, capsys):

@@ -3,7 +3,9 @@ registered model, resume after a kill, a failing tracker, NaN loss."""
 
 from __future__ import annotations
 
+import logging
 import textwrap
+import time
 from pathlib import Path
 
 import mlflow
@@ -57,7 +59,7 @@ def test_train_logs_a_complete_run_and_registers_the_model(tiny_demo, make_confi
     assert run.data.params["data.clip_len"] == "8" and run.data.params["loss.focal_gamma"] == "2.0"
     assert run.data.params["data.use_masks"] == "True"
     for key in ("train_loss", "train_acc", "val_loss", "val_acc", "val_mean_class_acc", "val_top3_acc", "lr",
-                "val_acc_class_0"):
+                "val_acc_class_0", "data_wait_fraction", "loader_clips_per_s", "step_clips_per_s"):
         assert _steps(result.run_id, key) == [1, 2, 3], key
     tags = run.data.tags
     assert tags["exptrack.command"] == "train" and tags["device"] == "cpu"
@@ -317,6 +319,45 @@ def test_train_one_epoch_reads_the_device_only_at_its_checks():
         losses = [criterion(model(prepare_batch(b, cpu)[0]), b["label"]).item() for b in batches]
     assert result["train_loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-5)
     assert 0.0 <= result["train_acc"] <= 1.0
+
+
+class SlowLoader:
+    """Batches that each arrive `delay` seconds late, as from a loader with too few workers;
+    every clip says it took a worker 2 * delay / batch seconds to make (2 workers)."""
+
+    num_workers = 2
+
+    def __init__(self, batches: list[dict[str, torch.Tensor]], delay: float) -> None:
+        self.batches, self.delay = batches, delay
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        for batch in self.batches:
+            time.sleep(self.delay)
+            n = len(batch["label"])
+            yield {**batch, "load_seconds": torch.full((n,), 2 * self.delay / n, dtype=torch.float64)}
+
+
+def test_a_starved_step_is_reported_once_naming_num_workers(caplog):
+    from exptrack.training.data_wait import StarvationAlarm
+
+    model, cpu = _tiny_model(), torch.device("cpu")
+    optimizer, criterion = torch.optim.SGD(model.parameters(), lr=0.01), torch.nn.CrossEntropyLoss()
+    caplog.set_level(logging.WARNING, logger="exptrack.train")
+    fed = train_one_epoch(model, _batches(4), criterion, optimizer, cpu, progress=False, sync_every=2)
+    assert not [r for r in caplog.records if "waited for data" in r.message]  # batches already in memory
+
+    alarm = StarvationAlarm(workers=SlowLoader.num_workers)  # one per run, as fit() keeps it
+    starved = [train_one_epoch(model, SlowLoader(_batches(4), delay=0.3), criterion, optimizer, cpu, epoch=epoch,
+                               progress=False, sync_every=2, alarm=alarm) for epoch in (1, 2)]
+    warnings = [r.message for r in caplog.records if "waited for data" in r.message]
+    assert len(warnings) == 1 and "train.num_workers (now 2)" in warnings[0], warnings
+    assert warnings[0].startswith("epoch 1:")
+    assert all(m["data_wait_fraction"] > fed["data_wait_fraction"] for m in starved)
+    assert starved[0]["loader_clips_per_s"] == pytest.approx(4 / 0.3)  # 4 clips per 0.3 s, from load_seconds
+    assert "loader_clips_per_s" not in fed  # not measured: those batches carry no making time
 
 
 def test_a_nan_loss_is_caught_at_the_next_check_naming_its_batch():

@@ -30,7 +30,7 @@ from ..progress import progress_bar
 from . import layout, transforms
 from .errors import DataError, DataWarnings, require_file
 from .layout import SubjectFiles
-from .video import VideoInfo, decode_video
+from .video import VideoInfo, decode_video, probe_video
 
 FORMAT_VERSION = 1
 _HASH_BYTES = 1 << 20
@@ -187,6 +187,14 @@ class FrameCache:
             removed, freed = removed + 1, freed + size
         return removed, freed
 
+    def bytes_by_subject(self) -> dict[str, int]:
+        """Disk bytes of the entries opened through this object, per subject (an entry's folder
+        is `<subject>-<16 hex key>`)."""
+        sizes: Counter[str] = Counter()
+        for entry in self.used:
+            sizes[entry.name[:-17]] += sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())
+        return dict(sizes)
+
     def _prunable(self) -> Iterator[Path]:
         for kind in ENTRY_KINDS:
             kind_dir = self.root / kind
@@ -202,8 +210,27 @@ class FrameCache:
 
     # -- frames ----------------------------------------------------------------------------------
 
+    def video_key(self, subject: SubjectFiles) -> str:
+        return _digest("video", file_key(subject.video), self.size)
+
+    def mask_key(self, subject: SubjectFiles, num_frames: int, video_size: tuple[int, int] | None) -> str:
+        return _digest("mask", MASK_READER, folder_key(subject.mask_dir), self.size, num_frames, video_size)
+
+    def keypoints_key(self, keypoints: Path, info: VideoInfo, frame_base: str) -> str:
+        return _digest("kp", file_key(keypoints), self.size, info.width, info.height, info.num_frames, frame_base)
+
+    def attention_key(self, kps: np.ndarray, sigma: float, floor: float, min_conf: float) -> str:
+        # keyed by the keypoint values themselves: they already fold in the video size and base
+        return _digest("att", hashlib.sha1(np.ascontiguousarray(kps).tobytes()).hexdigest(), self.size, sigma,
+                       floor, min_conf)
+
+    def built(self, kind: str, subject: str, key: str) -> Path | None:
+        """The folder of a finished entry, or None."""
+        final = self.root / kind / f"{subject}-{key}"
+        return final if (final / "done").exists() else None
+
     def video(self, subject: SubjectFiles, warnings: DataWarnings) -> VideoEntry:
-        key = _digest("video", file_key(subject.video), self.size)
+        key = self.video_key(subject)
 
         def build(tmp: Path, w: DataWarnings) -> None:
             frames, info = decode_video(subject.video, self.size, w)
@@ -220,7 +247,7 @@ class FrameCache:
               video_size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(T, S, S) uint8 person masks (0/255 at the edges blended) and (T,) bool present.
         `video_size` (width, height): masks of another size are still resized, but counted."""
-        key = _digest("mask", MASK_READER, folder_key(subject.mask_dir), self.size, num_frames, video_size)
+        key = self.mask_key(subject, num_frames, video_size)
 
         def build(tmp: Path, w: DataWarnings) -> None:
             files = layout.mask_files(subject.mask_dir)
@@ -267,8 +294,7 @@ class FrameCache:
             warnings.warn("missing_keypoints", f"no keypoint CSV for subject {subject.subject}; attention is uniform")
             return None
         keypoints = subject.keypoints
-        key = _digest("kp", file_key(keypoints), self.size, info.width, info.height, info.num_frames,
-                      frame_base)
+        key = self.keypoints_key(keypoints, info, frame_base)
 
         def build(tmp: Path, w: DataWarnings) -> None:
             kps = layout.read_keypoints(keypoints, info.num_frames, w, frame_base)
@@ -282,9 +308,7 @@ class FrameCache:
     def attention(self, subject: SubjectFiles, kps: np.ndarray, sigma: float, floor: float,
                   min_conf: float, warnings: DataWarnings) -> np.ndarray:
         """(T, S, S) uint8 skeleton attention maps (255 = weight 1) from cached keypoints."""
-        # keyed by the keypoint values themselves: they already fold in the video size and base
-        key = _digest("att", hashlib.sha1(np.ascontiguousarray(kps).tobytes()).hexdigest(), self.size, sigma,
-                      floor, min_conf)
+        key = self.attention_key(kps, sigma, floor, min_conf)
 
         def build(tmp: Path, w: DataWarnings) -> None:
             maps = np.lib.format.open_memmap(tmp / "attention.npy", mode="w+", dtype=np.uint8,
@@ -296,6 +320,123 @@ class FrameCache:
 
         folder = self._entry("attention", subject.subject, key, build, warnings)
         return open_map(folder / "attention.npy")
+
+
+# ---------------------------------------------------------------------------------------------
+# size: what a config's entries take on disk, before any is built
+
+_NPY_HEADER = 128  # bytes in front of an .npy array (format 1.0, small shapes)
+
+
+@dataclass(frozen=True)
+class Guides:
+    """Which per-frame guides a config caches beside the frames (config.data's switches)."""
+
+    masks: bool = False
+    attention: tuple[float, float, float] | None = None  # (sigma, floor, min_conf) when used
+    frame_base: str = "auto"
+
+
+@dataclass(frozen=True)
+class CacheNeed:
+    """Disk space of a config's cache entries. `to_write` is what is not built yet; videos whose
+    header gives no frame count are in `unsized` and not in the figures."""
+
+    total: int  # bytes of every entry the config uses, built or not
+    to_write: int  # of those, bytes still to be built
+    entries_to_build: int
+    frames: int  # video frames the entries cover
+    unsized: tuple[Path, ...] = ()
+
+    def describe(self) -> str:
+        text = (f"{_gib(self.to_write)} to write for {self.entries_to_build} cache entries "
+                f"({_gib(self.total)} for this config in all, {self.frames} frames)")
+        if self.unsized:
+            text += f"; {len(self.unsized)} videos without a frame count in their header are not included"
+        return text
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
+
+
+def entry_bytes(kind: str, frames: int, size: int) -> int:
+    """Bytes of one entry of `kind` over `frames` frames at `size` px (what _build writes)."""
+    per_frame = {"video": size * size * 3, "mask": size * size + 1, "keypoints": 17 * 3 * 4,
+                 "attention": size * size}[kind]
+    arrays = 2 if kind == "mask" else 1  # masks.npy and present.npy
+    return frames * per_frame + arrays * _NPY_HEADER
+
+
+def _cached_info(folder: Path) -> VideoInfo:
+    return VideoInfo(**json.loads((folder / "info.json").read_text()))
+
+
+def cache_need(cache: FrameCache, subjects: list[SubjectFiles], guides: Guides) -> CacheNeed:
+    """What building `subjects`' entries will write, from the built entries and the headers of
+    the videos not decoded yet (their frame count; a truncated file decodes fewer, so this is an
+    upper bound). Reads no frame."""
+    total = to_write = entries = frames_all = 0
+    unsized: list[Path] = []
+    for subject in subjects:
+        wanted = _wanted_entries(cache, subject, guides)
+        if wanted is None:
+            unsized.append(subject.video)
+            continue
+        frames, kinds = wanted
+        frames_all += frames
+        for kind, present in kinds:
+            size = entry_bytes(kind, frames, cache.size)
+            total += size
+            if not present:
+                to_write, entries = to_write + size, entries + 1
+    return CacheNeed(total, to_write, entries, frames_all, tuple(unsized))
+
+
+def _wanted_entries(cache: FrameCache, subject: SubjectFiles,
+                    guides: Guides) -> tuple[int, list[tuple[str, bool]]] | None:
+    """(frames, [(kind, already built)]) of one subject's entries; None when the video is not
+    cached and its header has no frame count."""
+    folder = cache.built("video", subject.subject, cache.video_key(subject))
+    info = _cached_info(folder) if folder is not None else probe_video(subject.video)
+    if info.num_frames <= 0:
+        return None
+    kinds = [("video", folder is not None)]
+    if guides.masks:
+        kinds.append(("mask", folder is not None and cache.built(
+            "mask", subject.subject, cache.mask_key(subject, info.num_frames, (info.width, info.height))) is not None))
+    if subject.keypoints is not None:
+        kp_folder = cache.built("keypoints", subject.subject, cache.keypoints_key(subject.keypoints, info,
+                                                                                   guides.frame_base))
+        kinds.append(("keypoints", kp_folder is not None))
+        if guides.attention is not None:
+            att = kp_folder is not None and cache.built("attention", subject.subject, cache.attention_key(
+                np.load(kp_folder / "keypoints.npy"), *guides.attention)) is not None
+            kinds.append(("attention", att))
+    return info.num_frames, kinds
+
+
+def free_bytes(folder: Path) -> int:
+    """Free space on the file system that holds `folder` (or would, once created)."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return shutil.disk_usage(existing).free
+
+
+# Kept free beyond the estimate: the file system's own use, an estimate off by a few frames.
+DISK_RESERVE = 64 * 2**20
+
+
+def check_space(cache: FrameCache, need: CacheNeed) -> None:
+    """DataError before anything is built when the cache's disk cannot hold what is to be written."""
+    if need.to_write == 0:
+        return
+    free = free_bytes(cache.root)
+    if need.to_write + DISK_RESERVE > free:
+        raise DataError(f"{cache.root}: the frame cache needs {need.describe()}, but only {_gib(free)} are free "
+                        f"on its disk; free space there, set paths.cache to a larger disk, or lower "
+                        f"data.frame_size (the cache grows with its square)")
 
 
 def ensure_cached(cache: FrameCache, subjects: list[SubjectFiles], warnings: DataWarnings,

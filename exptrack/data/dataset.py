@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import time
 from typing import Any
 
 import cv2
@@ -25,6 +26,8 @@ class ClipDataset(Dataset):
     label     int64                clip class
     subject   int64                index into `subjects`
     start     int64                first frame of the clip in the subject's video
+    load_seconds float64           wall time this process spent making the clip (the loader's own
+                                   cost, read by the training loop's data-wait report)
     """
 
     def __init__(self, data: PreparedData, split: str, train: bool, seed: int = 0) -> None:
@@ -84,13 +87,18 @@ class ClipDataset(Dataset):
         n, size = len(indices), self.subjects[0].video.frames.shape[1]
         video = _batch_tensor((n, self.clip_len, size, size, 3), torch.uint8)
         video_np = video.numpy()
-        starts = [self._fill(int(i), video_np[j]) for j, i in enumerate(indices)]
+        starts, seconds = [], []
+        for j, i in enumerate(indices):
+            began = time.perf_counter()
+            starts.append(self._fill(int(i), video_np[j]))
+            seconds.append(time.perf_counter() - began)
         rows = np.asarray(indices, dtype=np.int64)
         return {
             "video": video,
             "label": torch.from_numpy(self.index.label[rows].astype(np.int64)),
             "subject": torch.from_numpy(self.index.subject_idx[rows].astype(np.int64)),
             "start": torch.tensor(starts, dtype=torch.int64),
+            "load_seconds": torch.tensor(seconds, dtype=torch.float64),
         }
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:

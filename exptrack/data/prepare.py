@@ -14,7 +14,7 @@ from filelock import FileLock
 
 from ..config import Config
 from . import clips, layout
-from .cache import FrameCache, VideoEntry, ensure_cached
+from .cache import CacheNeed, FrameCache, Guides, VideoEntry, cache_need, check_space, ensure_cached
 from .demo import preset_spec, write_demo_dataset
 from .errors import DataError, DataWarnings
 from .layout import DatasetLayout, SubjectFiles
@@ -220,18 +220,41 @@ def warn_fold_classes(train: clips.ClipIndex, val: clips.ClipIndex, fold: int, n
     return missing
 
 
+def plan_subjects(config: Config, splits: tuple[str, ...] = ("train", "val", "test"),
+                  warnings: DataWarnings | None = None) -> tuple[DatasetLayout, dict[str, list[str]], list[SubjectFiles]]:
+    """The data root's layout, the subjects of every split, and the files of those in `splits`."""
+    d = config.data
+    data_layout = layout.discover(ensure_data_root(config), warnings if warnings is not None else DataWarnings())
+    split_subjects = assign_splits(data_layout, d.val_fraction, d.val_seed, d.train_on_val, d.folds, d.fold,
+                                   d.fold_seed)
+    return data_layout, split_subjects, [data_layout.subject(s) for name in splits for s in split_subjects[name]]
+
+
+def guides(config: Config) -> Guides:
+    """The guides config.data caches beside the frames."""
+    d = config.data
+    attention = (d.skeleton_sigma, d.skeleton_floor, d.keypoint_min_conf) if d.use_skeleton_attention else None
+    return Guides(masks=d.use_masks, attention=attention, frame_base=d.frame_base)
+
+
+def config_cache_need(config: Config) -> CacheNeed:
+    """What preparing every split of `config` will write into its frame cache (cache_need)."""
+    _, _, files = plan_subjects(config)
+    return cache_need(FrameCache(config.paths.cache, config.data.frame_size), files, guides(config))
+
+
 def prepare_data(config: Config, splits: tuple[str, ...] = ("train", "val", "test"), progress: bool = True,
                  warnings: DataWarnings | None = None) -> PreparedData:
     warnings = warnings if warnings is not None else DataWarnings()
     d = config.data
-    root = ensure_data_root(config)
-    data_layout = layout.discover(root, warnings)
-    split_subjects = assign_splits(data_layout, d.val_fraction, d.val_seed, d.train_on_val, d.folds, d.fold,
-                                   d.fold_seed)
-    needed = [s for name in splits for s in split_subjects[name]]
-    files = [data_layout.subject(name) for name in needed]
+    data_layout, split_subjects, files = plan_subjects(config, splits, warnings)
+    root = data_layout.root
     layout.check_class_ids([f.labels for f in files if f.labels is not None], config.model.num_classes)
     cache = FrameCache(config.paths.cache, d.frame_size)
+    need = cache_need(cache, files, guides(config))
+    if need.to_write:
+        log.info("frame cache %s: %s", cache.root, need.describe())
+    check_space(cache, need)  # refused before anything is written
     videos = ensure_cached(cache, files, warnings, progress=progress)
     subjects = {f.subject: _load_subject_or_fail(cache, f, videos[f.subject], config, warnings) for f in files}
 

@@ -35,6 +35,17 @@ def resize_frame(frame_bgr: np.ndarray, size: int) -> np.ndarray:
     return cv2.cvtColor(small, cv2.COLOR_BGR2RGB)
 
 
+def probe_video(path: Path) -> VideoInfo:
+    """The header's frame rate, size and frame count (0 when the header has none), decoding nothing."""
+    cap = _open(path)
+    try:
+        return VideoInfo(fps=float(cap.get(cv2.CAP_PROP_FPS)) or 30.0, width=int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
+                         height=int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+                         num_frames=max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), 0))
+    finally:
+        cap.release()
+
+
 def decode_video(path: Path, size: int, warnings: DataWarnings | None = None) -> tuple[np.ndarray, VideoInfo]:
     """Decode every frame once, resized to (size, size): (T, size, size, 3) uint8 RGB."""
     cap = _open(path)

@@ -25,6 +25,7 @@ from ..metrics import validation_metrics
 from ..progress import progress_bar
 from . import checkpoint as ckpt
 from . import distributed
+from .data_wait import DataClock, StarvationAlarm
 
 log = logging.getLogger("exptrack.train")
 
@@ -180,10 +181,13 @@ def stop_if_signalled(device: torch.device, at_check: bool = True) -> None:
 
 def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, optimizer: torch.optim.Optimizer,
                     device: torch.device, *, amp: bool = True, grad_clip: float = 1.0, epoch: int = 1,
-                    progress: bool = True, channels_last: bool = False, sync_every: int = 50) -> dict[str, float]:
+                    progress: bool = True, channels_last: bool = False, sync_every: int = 50,
+                    alarm: StarvationAlarm | None = None) -> dict[str, float]:
     """One pass over `loader`. The step never reads a tensor on the host: the loss, accuracy and
     non-finite-loss flag accumulate on the device and are read every `sync_every` batches and
     at the end (0: at the end only). A non-finite loss raises NonFiniteLossError at that check.
+    How long the step waited for data (data_wait.py) is host time only; `alarm` looks at it at
+    the same checks.
 
     The optimizer still steps on a non-finite loss: skipping it would need the host to look at
     the loss first (the sync this avoids). The poisoned weights live at most until the check,
@@ -193,7 +197,9 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, op
     seen, batch_no, last_check = 0, 0, 0
     loss_sum, correct = 0.0, 0
     start = time.perf_counter()
-    bar = _progress(loader, f"epoch {epoch} train", progress)
+    clock = DataClock(loader)
+    alarm = alarm or StarvationAlarm(workers=loader_workers(loader))
+    bar = _progress(clock, f"epoch {epoch} train", progress)
     for batch_no, batch in enumerate(bar, start=1):
         x, y = prepare_batch(batch, device)
         with autocast(device, amp):
@@ -210,14 +216,24 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, op
         if sync_every > 0 and batch_no % sync_every == 0:
             loss_sum, correct = totals.check(epoch, batch_no, last_check)
             last_check = batch_no
+            elapsed = time.perf_counter() - start
+            alarm.check(clock, elapsed, epoch)
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}",
-                            clips_s=f"{seen / (time.perf_counter() - start):.0f}")
+                            clips_s=f"{seen / elapsed:.0f}", data_wait=f"{clock.wait / elapsed:.0%}")
     if batch_no != last_check:  # also with sync_every 0 (every rank has the same number of batches)
         loss_sum, correct = totals.check(epoch, batch_no, last_check)
     seconds = time.perf_counter() - start
+    alarm.check(clock, seconds, epoch)
     loss_sum, correct_f, seen_f = distributed.all_reduce_sum([loss_sum, float(correct), float(seen)], device)
+    # (the data-wait figures are this rank's: every rank has its own loader)
     return {"train_loss": loss_sum / max(seen_f, 1), "train_acc": correct_f / max(seen_f, 1),
-            "train_clips_per_s": seen_f / max(seconds, 1e-9), "train_seconds": seconds}
+            "train_clips_per_s": seen_f / max(seconds, 1e-9), "train_seconds": seconds,
+            **clock.figures(seconds, alarm.workers)}
+
+
+def loader_workers(loader: Iterable) -> int:
+    """A DataLoader's worker processes (0: it loads in this process); 0 for any other iterable."""
+    return int(getattr(loader, "num_workers", 0))
 
 
 @torch.no_grad()
@@ -392,6 +408,8 @@ def epoch_summary(metrics: dict[str, float]) -> str:
                      f"mca {metrics['val_mean_class_acc']:.3f} top3 {metrics['val_top3_acc']:.3f}")
     parts.append(f"lr {metrics['lr']:.2e}")
     parts.append(f"{metrics['train_clips_per_s']:.0f} clips/s")
+    if "data_wait_fraction" in metrics:
+        parts.append(f"data wait {metrics['data_wait_fraction']:.0%}")
     return " | ".join(parts)
 
 
@@ -402,7 +420,8 @@ def step_scheduler(scheduler: Any, loss: float) -> None:
         scheduler.step()
 
 
-def run_epoch(setup: FitSetup, epoch: int, channels_last: bool, progress: bool) -> tuple[dict[str, float], np.ndarray]:
+def run_epoch(setup: FitSetup, epoch: int, channels_last: bool, progress: bool,
+              alarm: StarvationAlarm | None = None) -> tuple[dict[str, float], np.ndarray]:
     """Train one epoch, refresh BatchNorm statistics, validate, step the scheduler; returns the
     epoch's metrics and per-class validation accuracy (NaN without validation)."""
     cfg = setup.config.train
@@ -414,7 +433,7 @@ def run_epoch(setup: FitSetup, epoch: int, channels_last: bool, progress: bool) 
     lr = setup.optimizer.param_groups[0]["lr"]
     train_metrics = train_one_epoch(setup.model, loader, setup.criterion, setup.optimizer, setup.device, amp=cfg.amp,
                                     grad_clip=cfg.grad_clip, epoch=epoch, progress=progress,
-                                    channels_last=channels_last, sync_every=cfg.sync_every)
+                                    channels_last=channels_last, sync_every=cfg.sync_every, alarm=alarm)
     recompute_bn_stats(setup.model, loader, setup.device, cfg.precise_bn_batches, amp=cfg.amp,
                        channels_last=channels_last)
     if setup.val_loader is None:  # train + val fit: nothing held out
@@ -476,8 +495,9 @@ def _fit_epochs(setup: FitSetup, checkpoints: ckpt.CheckpointManager | None, sta
                 patience: float) -> TrainState:
     cfg = setup.config.train
     channels_last = use_channels_last(cfg.channels_last, setup.device)
+    alarm = StarvationAlarm(workers=loader_workers(setup.train_loader))  # warns once per run
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
-        metrics, per_class = run_epoch(setup, epoch, channels_last, progress)
+        metrics, per_class = run_epoch(setup, epoch, channels_last, progress, alarm)
         improved = record_epoch(state, metrics, per_class, cfg)
         saved = checkpoints.save(stamp(checkpoint_payload(setup, state, metrics)), improved) if checkpoints else []
         log.info("epoch %d/%d  %s", epoch, cfg.epochs, epoch_summary(metrics))
