@@ -1,4 +1,4 @@
-"""bench/gpu.py runs (in its CPU mode, as CI can) and prints the table it promises."""
+"""bench/gpu.py (in its CPU mode, as CI can) and bench/scale.py (tiny) run and print the tables they promise."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,3 +45,20 @@ def test_gpu_bench_runs_on_cpu_and_prints_its_table(tmp_path):
     assert "top 10 CPU ops" in out.with_suffix(".profile.txt").read_text()
     assert out.with_suffix(".trace.json").stat().st_size > 0
     assert set(Path(tempfile.gettempdir()).glob("exptrack-gpu-bench-*")) <= leftovers  # demo data removed
+
+
+@pytest.mark.slow
+def test_scale_bench_runs_small_and_prints_its_table_growth_and_extrapolation(tmp_path):
+    leftovers = set(Path(tempfile.gettempdir()).glob("exptrack-scale-*"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "scale.py"), "--subjects", "3,4", "--size", "96x128",
+                           "--segment-frames", "8,10", "--frame-size", "32", "--workers", "1", "--loader-clips", "32",
+                           "--no-step"], capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith(("| 3 |", "| 4 |"))]
+    assert len(rows) == 2  # one per N
+    for decoder in ("| exptrack cache build |", "| opencv |", "| pyav |", "| torchcodec |"):
+        assert decoder in proc.stdout  # measured, or said to be unavailable
+    assert "| cache build s |" in proc.stdout and "extrapolated to the original (60 subjects)" in proc.stdout
+    assert set(Path(tempfile.gettempdir()).glob("exptrack-scale-*")) <= leftovers  # data and caches removed
