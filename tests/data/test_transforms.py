@@ -139,8 +139,9 @@ def test_to_model_input_normalises_and_permutes():
 def test_sample_keys_shapes_and_types(tiny_demo, make_config):
     data = prepare_data(make_config(tiny_demo), progress=False)
     sample = ClipDataset(data, "train", train=True)[0]
-    assert set(sample) == {"video", "label", "subject", "start"}
+    assert set(sample) == {"video", "label", "subject", "start", "load_seconds"}
     assert sample["video"].shape == (8, 32, 32, 3) and sample["video"].dtype == torch.uint8
+    assert sample["load_seconds"].dtype == torch.float64 and sample["load_seconds"] > 0  # the loader's own cost
     x, y = prepare_batch({k: v[None] for k, v in sample.items()}, torch.device("cpu"))
     assert x.shape == (1, 3, 8, 32, 32) and y.shape == (1,)
 
