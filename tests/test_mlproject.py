@@ -147,6 +147,8 @@ def test_mlflow_run_train_carries_what_exptrack_train_carries(walk):
     project, direct = (client.get_run(walk.run_id(name)) for name in ("mlflow-train", "exptrack-train"))
     assert project.data.params == direct.data.params
     assert len(project.data.params) > 70 and project.data.params["train.seed"] == "1"
+    assert set(project.data.metrics) == set(direct.data.metrics)
+    assert {"data_wait_fraction", "loader_clips_per_s", "step_clips_per_s"} <= set(project.data.metrics)
     checkout = {"git_diff.patch"}  # logged when the checkout is dirty at that moment
     assert _artifacts(client, project.info.run_id) - checkout == _artifacts(client, direct.info.run_id) - checkout
     assert "config.yaml" in _artifacts(client, project.info.run_id)
@@ -176,6 +178,13 @@ def test_every_run_of_one_invocation_lands_in_its_experiment(walk, entry, named)
         assert run.data.params["optim.lr"] == "float [0.0001, 0.001] log"  # a searched key: its range
     assert "config.yaml" in _artifacts(client, run.info.run_id)
     assert len(run.data.params) > 70  # the resolved config (a tune parent: its trials' starting config)
+
+
+@pytest.mark.parametrize("name", ["cache", "mlflow-cache"])
+def test_cache_says_what_it_will_write_before_it_builds(walk, name):
+    first = walk.ran[name].stdout.splitlines()[0]
+    # the train runs before it built every entry this config uses
+    assert first.startswith("frame cache ") and ": 0.0 MiB to write for 0 cache entries (" in first, first
 
 
 def test_mlflow_run_train_with_seeds_makes_its_run_the_group(walk):
