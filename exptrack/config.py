@@ -41,6 +41,9 @@ class DataConfig:
     train_stride: int = 8
     eval_stride: int = 16
     frame_size: int = 112
+    # Processes that decode videos into the cache at once: 0 = one per core when there are at
+    # least PARALLEL_MIN_FRAMES frames to decode (else in this process), 1 = in this process.
+    cache_workers: int = 0
     # Random shift of training clip starts (frames), as the original did.
     start_jitter: int = 4
     # Minimum share of a clip's frames that carry its (majority) label; 0 keeps every clip
@@ -322,12 +325,13 @@ ADDED_LATER = {"model": {"static_removal": 0.0, "stabilize": False}}
 # What a resumed run may change: how and where it runs, and how long. The rest (data,
 # model, loss, optimiser) is the run's own and comes from its checkpoint.
 RESUMABLE = {"train": ("epochs", "device", "num_workers", "eval_batch_size"), "paths": ("outputs", "cache"),
-             "data": ("root",), "mlflow": ("tracking_uri",)}
+             "data": ("root", "cache_workers"), "mlflow": ("tracking_uri",)}
 # What `evaluate --set` may change: where the data and outputs are, and the input weighting
 # (warned when it differs from the model's training). The rest of data.* and model.* is the
 # model's own (clip length, frame size, classes): changing it would not evaluate that model.
 EVALUATE_DATA_KEYS = ("root", "use_masks", "use_skeleton_attention", "skeleton_sigma", "mask_alpha",
-                      "skeleton_floor", "keypoint_min_conf", "frame_base", "eval_stride", "min_purity", "demo")
+                      "skeleton_floor", "keypoint_min_conf", "frame_base", "eval_stride", "min_purity", "demo",
+                      "cache_workers")
 EVALUATE_SECTIONS = ("mlflow", "paths")
 # The original train.py flags `exptrack train` keeps, and the keys they set (cli.py).
 TRAIN_FLAGS = {"epochs": "train.epochs", "batch_size": "train.batch_size", "device": "train.device",
@@ -578,6 +582,8 @@ def validate(config: Config) -> None:
         problems.append("data.train_stride and data.eval_stride must be >= 1")
     if d.frame_size < 8:
         problems.append("data.frame_size must be >= 8 pixels")
+    if d.cache_workers < 0:
+        problems.append("data.cache_workers must be >= 0 (0: one per core for large builds)")
     if not 0.0 <= d.min_purity <= 1.0:
         problems.append("data.min_purity must be in [0, 1]")
     if not 0.0 <= d.val_fraction < 1.0:

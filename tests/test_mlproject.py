@@ -147,7 +147,8 @@ def test_mlflow_run_train_carries_what_exptrack_train_carries(walk):
     project, direct = (client.get_run(walk.run_id(name)) for name in ("mlflow-train", "exptrack-train"))
     assert project.data.params == direct.data.params
     assert len(project.data.params) > 70 and project.data.params["train.seed"] == "1"
-    assert set(project.data.metrics) == set(direct.data.metrics)
+    logged = lambda run: {k for k in run.data.metrics if not k.startswith("system/")}  # noqa: E731 (sampled every 10 s)
+    assert logged(project) == logged(direct)
     assert {"data_wait_fraction", "loader_clips_per_s", "step_clips_per_s"} <= set(project.data.metrics)
     checkout = {"git_diff.patch"}  # logged when the checkout is dirty at that moment
     assert _artifacts(client, project.info.run_id) - checkout == _artifacts(client, direct.info.run_id) - checkout

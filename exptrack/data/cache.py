@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import multiprocessing
 import os
 import re
 import shutil
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -31,6 +34,8 @@ from . import layout, transforms
 from .errors import DataError, DataWarnings, require_file
 from .layout import SubjectFiles
 from .video import VideoInfo, decode_video, probe_video
+
+log = logging.getLogger("exptrack.data")
 
 FORMAT_VERSION = 1
 _HASH_BYTES = 1 << 20
@@ -346,6 +351,8 @@ class CacheNeed:
     to_write: int  # of those, bytes still to be built
     entries_to_build: int
     frames: int  # video frames the entries cover
+    frames_to_decode: int = 0  # of those, in videos not cached yet
+    videos_to_decode: int = 0
     unsized: tuple[Path, ...] = ()
 
     def describe(self) -> str:
@@ -376,7 +383,7 @@ def cache_need(cache: FrameCache, subjects: list[SubjectFiles], guides: Guides) 
     """What building `subjects`' entries will write, from the built entries and the headers of
     the videos not decoded yet (their frame count; a truncated file decodes fewer, so this is an
     upper bound). Reads no frame."""
-    total = to_write = entries = frames_all = 0
+    total = to_write = entries = frames_all = to_decode = videos = 0
     unsized: list[Path] = []
     for subject in subjects:
         wanted = _wanted_entries(cache, subject, guides)
@@ -390,7 +397,9 @@ def cache_need(cache: FrameCache, subjects: list[SubjectFiles], guides: Guides) 
             total += size
             if not present:
                 to_write, entries = to_write + size, entries + 1
-    return CacheNeed(total, to_write, entries, frames_all, tuple(unsized))
+                if kind == "video":
+                    to_decode, videos = to_decode + frames, videos + 1
+    return CacheNeed(total, to_write, entries, frames_all, to_decode, videos, tuple(unsized))
 
 
 def _wanted_entries(cache: FrameCache, subject: SubjectFiles,
@@ -439,15 +448,65 @@ def check_space(cache: FrameCache, need: CacheNeed) -> None:
                         f"data.frame_size (the cache grows with its square)")
 
 
-def ensure_cached(cache: FrameCache, subjects: list[SubjectFiles], warnings: DataWarnings,
-                  progress: bool = True) -> dict[str, VideoEntry]:
-    """Decode (or open) every subject's video once, with a progress bar."""
-    entries = {}
-    for subject in progress_bar(subjects, "frame cache", "video", progress):
+# ---------------------------------------------------------------------------------------------
+# building
+
+
+# Below this many frames to decode, starting the processes of a parallel build (a fresh
+# interpreter each, about 3 s) costs about what it saves; above it, data.cache_workers=0 decodes
+# with one process per core. (400x550 H.264 decodes and resizes at about 200 frames/s per core:
+# bench/scale.py, RESULTS.md.)
+PARALLEL_MIN_FRAMES = 10_000
+
+
+def build_processes(requested: int, videos: int, frames_to_decode: int) -> int:
+    """Processes for decoding `videos` videos: data.cache_workers resolved (0: auto)."""
+    if videos < 2:
+        return 1
+    if requested == 0:
+        return min(os.cpu_count() or 1, videos) if frames_to_decode >= PARALLEL_MIN_FRAMES else 1
+    return min(requested, videos)
+
+
+def _decode_into(root: str, size: int, subject: SubjectFiles) -> None:
+    """A build process's work: one video's entry (its warnings are stored with it)."""
+    cv2.setNumThreads(1)  # the processes already fill the cores
+    FrameCache(root, size).video(subject, DataWarnings(log_first=0))
+
+
+def _decode_error(subject: SubjectFiles, exc: BaseException) -> DataError:
+    return exc if isinstance(exc, DataError) else DataError(f"{subject.video}: failed to decode: {exc}")
+
+
+def build_videos(cache: FrameCache, subjects: list[SubjectFiles], processes: int, progress: bool = True) -> None:
+    """Decode `subjects`' videos into the cache with `processes` processes at once. Spawned, not
+    forked: this process may be running threads (MLflow's tracker), which a fork copies
+    mid-lock. Each entry is built under its lock and renamed into place as in one process, so a
+    failure or a kill leaves only whole entries."""
+    log.info("frame cache %s: decoding %d videos with %d processes", cache.root, len(subjects), processes)
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_decode_into, str(cache.root), cache.size, s): s for s in subjects}
         try:
-            entries[subject.subject] = cache.video(subject, warnings)
-        except DataError:
+            for future in progress_bar(as_completed(futures), f"frame cache ({processes} processes)", "video",
+                                       progress, total=len(futures)):
+                if future.exception() is not None:
+                    raise _decode_error(futures[future], future.exception())  # type: ignore[arg-type]
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # the running builds finish or clean up; none starts
             raise
+
+
+def ensure_cached(cache: FrameCache, subjects: list[SubjectFiles], warnings: DataWarnings,
+                  progress: bool = True, processes: int = 1) -> dict[str, VideoEntry]:
+    """Decode (or open) every subject's video once, with a progress bar; with `processes` > 1
+    the videos not cached yet are decoded by that many processes first."""
+    if processes > 1:
+        missing = [s for s in subjects if cache.built("video", s.subject, cache.video_key(s)) is None]
+        build_videos(cache, missing, processes, progress)
+    entries = {}
+    for subject in progress_bar(subjects, "frame cache", "video", progress and processes <= 1):
+        try:
+            entries[subject.subject] = cache.video(subject, warnings)  # replays each entry's warnings
         except Exception as exc:  # a decoder crash still names the file
-            raise DataError(f"{subject.video}: failed to decode: {exc}") from exc
+            raise _decode_error(subject, exc) from exc
     return entries

@@ -14,7 +14,8 @@ from filelock import FileLock
 
 from ..config import Config
 from . import clips, layout
-from .cache import CacheNeed, FrameCache, Guides, VideoEntry, cache_need, check_space, ensure_cached
+from .cache import (CacheNeed, FrameCache, Guides, VideoEntry, build_processes, cache_need, check_space,
+                    ensure_cached)
 from .demo import preset_spec, write_demo_dataset
 from .errors import DataError, DataWarnings
 from .layout import DatasetLayout, SubjectFiles
@@ -255,7 +256,8 @@ def prepare_data(config: Config, splits: tuple[str, ...] = ("train", "val", "tes
     if need.to_write:
         log.info("frame cache %s: %s", cache.root, need.describe())
     check_space(cache, need)  # refused before anything is written
-    videos = ensure_cached(cache, files, warnings, progress=progress)
+    processes = build_processes(d.cache_workers, need.videos_to_decode + len(need.unsized), need.frames_to_decode)
+    videos = ensure_cached(cache, files, warnings, progress=progress, processes=processes)
     subjects = {f.subject: _load_subject_or_fail(cache, f, videos[f.subject], config, warnings) for f in files}
 
     indexes: dict[str, clips.ClipIndex] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import os
 import time
@@ -151,6 +152,46 @@ def test_interrupted_build_leaves_no_entry(tiny_demo, tmp_path, monkeypatch):
     assert [p for p in (tmp_path / "c" / "video").iterdir() if p.is_dir()] == []
     monkeypatch.undo()
     assert cache.video(subject, DataWarnings()).frames.shape[1:] == (32, 32, 3)
+
+
+def test_cache_workers_decode_in_parallel_only_where_it_pays():
+    from exptrack.data.cache import PARALLEL_MIN_FRAMES, build_processes
+
+    cores = os.cpu_count() or 1
+    assert build_processes(0, 60, PARALLEL_MIN_FRAMES) == min(cores, 60)  # auto, a large build
+    assert build_processes(0, 60, PARALLEL_MIN_FRAMES - 1) == 1  # auto, small: start-up would cost more
+    assert build_processes(3, 2, 100) == 2 and build_processes(3, 1, 10**6) == 1  # never more than videos
+    assert build_processes(1, 60, 10**6) == 1
+
+
+def test_a_parallel_build_equals_the_serial_one(tiny_demo, make_config, tmp_path, caplog):
+    from exptrack.data.prepare import prepare_data
+
+    caplog.set_level(logging.INFO, logger="exptrack.data")
+    serial = prepare_data(make_config(tiny_demo, f"paths.cache={tmp_path / 'serial'}", "data.cache_workers=1",
+                                      "data.use_masks=true"), progress=False)
+    parallel = prepare_data(make_config(tiny_demo, f"paths.cache={tmp_path / 'parallel'}", "data.cache_workers=2",
+                                        "data.use_masks=true"), progress=False)
+    assert [r.message for r in caplog.records if "processes" in r.message] == [
+        f"frame cache {tmp_path / 'parallel'}: decoding 6 videos with 2 processes"]
+    for name, subject in serial.subjects.items():
+        np.testing.assert_array_equal(np.asarray(parallel.subjects[name].video.frames), np.asarray(subject.video.frames))
+        assert parallel.subjects[name].video.info == subject.video.info
+    assert parallel.warnings.counts == serial.warnings.counts
+    assert not list((tmp_path / "parallel" / "video").glob(".*.tmp-*"))  # only whole entries
+
+
+def test_a_broken_video_in_a_parallel_build_is_named_and_leaves_only_whole_entries(tiny_copy, tmp_path):
+    from exptrack.data.cache import build_videos
+    from exptrack.data.errors import DataError
+
+    subjects = layout.discover(tiny_copy, DataWarnings()).subjects
+    broken = subjects[0].video
+    broken.write_bytes(b"\x00" * 4096)  # not a video (prepare_data's size estimate would refuse it first)
+    with pytest.raises(DataError, match=str(broken)):
+        build_videos(FrameCache(tmp_path / "c", 32), subjects[:3], processes=2, progress=False)
+    for entry in (tmp_path / "c" / "video").iterdir():
+        assert entry.suffix == ".lock" or (entry / "done").exists(), entry  # no half-built entry
 
 
 # ---------------------------------------------------------------------------------------------
