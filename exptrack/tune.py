@@ -33,6 +33,8 @@ from optuna.storages.journal import JournalFileBackend
 from . import model_store, tracking
 from ._proc import process_alive
 from .config import ConfigError, check_value, load_config, read_yaml_file
+from .data.cache import entry_bytes, size_text
+from .data.prepare import config_cache_need
 from .preemption import PREEMPTED_TAG, Preempted
 from .stats import mean_interval
 from .training import logged_models
@@ -512,11 +514,33 @@ class StopWhenDone:
             study.stop()
 
 
+# Config keys every value of which is a skeleton-attention cache entry per subject (data/cache.py).
+ATTENTION_KEYS = ("data.skeleton_sigma", "data.skeleton_floor", "data.keypoint_min_conf")
+
+
+def warn_cache_growth(spec: StudySpec, config) -> None:
+    """Searching skeleton attention's parameters writes new attention maps for every training
+    subject in each trial that draws a new value: one byte per pixel per frame, which at the
+    original's size (112 px, 5.5 h of video) is several GiB a trial. Say how much, once."""
+    searched = [p.key for p in spec.space if p.key in ATTENTION_KEYS]
+    if not searched or not config.data.use_skeleton_attention:
+        return
+    need = config_cache_need(config, splits=("train", "val"))  # what a trial prepares
+    per_trial = entry_bytes("attention", need.frames, config.data.frame_size)
+    log.warning("study %s searches %s: each trial with a new value writes %s of skeleton attention into %s "
+                "(%d frames at %d px), up to %s over %d trials; `exptrack cache --prune` with the chosen config "
+                "removes the others afterwards", spec.study, ", ".join(searched), size_text(per_trial),
+                config.paths.cache, need.frames, config.data.frame_size, size_text(per_trial * spec.n_trials),
+                spec.n_trials)
+
+
 def run_tune(spec: StudySpec, progress: bool = False, retrain_best: bool = False) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # MLflow must point at the configured store before a dead trial's run is closed or a
     # finished study is summarised, not only once a trial starts training
-    tracking.check_store(load_config(spec.config, spec.overrides))
+    config = load_config(spec.config, spec.overrides)
+    tracking.check_store(config)
+    warn_cache_growth(spec, config)
     study = open_study(spec)
     n = trials_to_run(study, spec)
     if n > 0:

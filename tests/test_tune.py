@@ -466,3 +466,25 @@ def test_pruned_trials_leave_no_checkpoints_or_logged_models(tiny_demo, tmp_path
         assert not (tmp_path / "out" / "runs" / run_id / "checkpoints").exists()
         assert model_store.run_logged_models(run_id) == []
     assert not list((tmp_path / "mlruns").rglob("weights.pt"))
+
+
+@pytest.mark.parametrize("attention", [True, False])
+def test_a_search_over_skeleton_sigma_says_what_each_trial_adds_to_the_cache(tiny_demo, tmp_path, caplog, attention):
+    import logging
+
+    from exptrack.config import load_config
+    from exptrack.data.cache import entry_bytes, size_text
+    from exptrack.data.prepare import config_cache_need
+
+    spec = load_study_spec(_study_file(tmp_path, tiny_demo, f"sqlite:///{tmp_path / 'o.db'}", 4))
+    config = load_config(spec.config, [*spec.overrides, f"data.use_skeleton_attention={str(attention).lower()}"])
+    caplog.set_level(logging.WARNING, logger="exptrack.tune")
+    tune.warn_cache_growth(spec, config)
+    said = [r.message for r in caplog.records if "of skeleton attention" in r.message]
+    if not attention:  # nothing is cached per sigma then
+        assert said == []
+        return
+    frames = config_cache_need(config, splits=("train", "val")).frames
+    per_trial = size_text(entry_bytes("attention", frames, config.data.frame_size))
+    assert len(said) == 1 and "searches data.skeleton_sigma" in said[0]
+    assert f"writes {per_trial} of skeleton attention" in said[0] and "over 4 trials" in said[0]

@@ -356,14 +356,15 @@ class CacheNeed:
     unsized: tuple[Path, ...] = ()
 
     def describe(self) -> str:
-        text = (f"{_gib(self.to_write)} to write for {self.entries_to_build} cache entries "
-                f"({_gib(self.total)} for this config in all, {self.frames} frames)")
+        text = (f"{size_text(self.to_write)} to write for {self.entries_to_build} cache entries "
+                f"({size_text(self.total)} for this config in all, {self.frames} frames)")
         if self.unsized:
             text += f"; {len(self.unsized)} videos without a frame count in their header are not included"
         return text
 
 
-def _gib(n: int) -> str:
+def size_text(n: float) -> str:
+    """Bytes as GiB, or MiB below a quarter GiB."""
     return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
 
 
@@ -443,7 +444,7 @@ def check_space(cache: FrameCache, need: CacheNeed) -> None:
         return
     free = free_bytes(cache.root)
     if need.to_write + DISK_RESERVE > free:
-        raise DataError(f"{cache.root}: the frame cache needs {need.describe()}, but only {_gib(free)} are free "
+        raise DataError(f"{cache.root}: the frame cache needs {need.describe()}, but only {size_text(free)} are free "
                         f"on its disk; free space there, set paths.cache to a larger disk, or lower "
                         f"data.frame_size (the cache grows with its square)")
 

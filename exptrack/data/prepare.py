@@ -238,9 +238,9 @@ def guides(config: Config) -> Guides:
     return Guides(masks=d.use_masks, attention=attention, frame_base=d.frame_base)
 
 
-def config_cache_need(config: Config) -> CacheNeed:
-    """What preparing every split of `config` will write into its frame cache (cache_need)."""
-    _, _, files = plan_subjects(config)
+def config_cache_need(config: Config, splits: tuple[str, ...] = ("train", "val", "test")) -> CacheNeed:
+    """What preparing `splits` of `config` will write into its frame cache (cache_need)."""
+    _, _, files = plan_subjects(config, splits)
     return cache_need(FrameCache(config.paths.cache, config.data.frame_size), files, guides(config))
 
 
