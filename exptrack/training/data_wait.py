@@ -77,6 +77,11 @@ class DataClock:
             self._unsettled.clear()
         return self._load
 
+    def steady_wait_fraction(self, seconds: float) -> float:
+        """The share of `seconds` spent waiting, leaving out the first batch (worker start-up)."""
+        steady = seconds - self.first_wait
+        return (self.wait - self.first_wait) / steady if steady > 0 else 0.0
+
     def figures(self, seconds: float, workers: int) -> dict[str, float]:
         """The epoch's data-wait metrics after `seconds` of wall time."""
         busy = max(seconds - self.wait, 1e-9)
@@ -98,10 +103,7 @@ class StarvationAlarm:
     warned: bool = False
 
     def check(self, clock: DataClock, seconds: float, epoch: int) -> None:
-        if self.warned or clock.batches < 2:
-            return
-        steady = seconds - clock.first_wait
-        if steady <= 0 or (clock.wait - clock.first_wait) / steady <= self.threshold:
+        if self.warned or clock.batches < 2 or clock.steady_wait_fraction(seconds) <= self.threshold:
             return
         self.warned = True
         log.warning("%s", self.message(clock, seconds, epoch))
@@ -117,7 +119,7 @@ class StarvationAlarm:
             if needed > cores:
                 advice += (f", more than this machine's {cores} cores: a smaller data.frame_size or lighter "
                            "augmentation also helps")
-        return (f"epoch {epoch}: the training step waited for data {f['data_wait_fraction']:.0%} of the time so far "
-                f"(loader {per_worker * max(self.workers, 1):.0f} clips/s with {self.workers} worker(s), "
+        return (f"epoch {epoch}: the training step waited for data {clock.steady_wait_fraction(seconds):.0%} of the "
+                f"time so far, worker start-up left out (loader {per_worker * max(self.workers, 1):.0f} clips/s with {self.workers} worker(s), "
                 f"{per_worker:.0f} per worker; the step {f['step_clips_per_s']:.0f} clips/s): {advice}. "
                 "The data_wait_fraction metric shows every epoch's share")
