@@ -161,8 +161,8 @@ class LossConfig:
     focal_gamma: float = 2.0
     # Per-class alpha from inverse class frequency of the training clips. Off by default: the
     # balanced sampler (train.weighted_sampler) already balances the batches, and on top of it
-    # the weights measured no gain (hard preset: 0.464 without, 0.466 with; the sampler alone
-    # is worth 16 points, bench/RESULTS.md "Recipe"). The original had them on.
+    # the weights measured no gain (hard preset, one seed: 0.464 without, 0.466 with,
+    # bench/RESULTS.md "Recipe"). The original had them on.
     auto_class_weights: bool = False
 
 
