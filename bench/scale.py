@@ -412,7 +412,7 @@ def extrapolation(points: list[Point], workers: list[int], step: float | None, f
         f"{ORIGINAL_TRAIN_CLIPS / (per_worker * ORIGINAL_WORKERS):.0f} s",
     ]
     if step is not None:
-        lines.append(f"- step: {step:.1f} clips/s; workers needed to keep it fed: {step / per_worker:.1f}")
+        lines.append(f"- step: {step:.1f} clips/s; workers needed to keep it fed: {step / per_worker:.2g}")
     return "\n".join(lines)
 
 
