@@ -9,6 +9,7 @@ import logging
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,7 @@ from . import plots, tracking
 from .config import Config
 from .data import clips
 from .data.layout import BACKGROUND
+from .data.cache import CacheNeed
 from .data.prepare import PreparedData, prepare_data
 
 log = logging.getLogger("exptrack.analyze")
@@ -142,11 +144,13 @@ class CacheResult:
     run_id: str
 
 
-def run_cache(config: Config, prune: bool = False) -> CacheResult:
+def run_cache(config: Config, prune: bool = False,
+              on_need: Callable[[CacheNeed], None] | None = None) -> CacheResult:
     """The `exptrack cache` command: every video (and masks, keypoints, attention) decoded into
-    the cache, as an MLflow run that records the config, the sizes and the warnings."""
+    the cache, as an MLflow run that records the config, the sizes and the warnings. `on_need`
+    hears what will be written before anything is."""
     with tracking.start_run(config, run_name="cache", command="cache") as run:
-        data = prepare_data(config, progress=True)
+        data = prepare_data(config, progress=True, on_need=on_need)
         size = sum(p.stat().st_size for p in Path(config.paths.cache).rglob("*.npy"))
         pruned = data.cache.prune() if prune and data.cache is not None else None
         run.set_tags({"data_root": data.layout.root, "data_digest": data.digest()})

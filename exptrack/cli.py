@@ -64,12 +64,11 @@ def _print_run_link(run_id: str) -> None:
 
 def cmd_cache(args: argparse.Namespace) -> None:
     from .analyze import run_cache
-    from .data.prepare import config_cache_need
 
     config = _config(args)
-    # before anything is built (prepare_data refuses there when the disk cannot hold it)
-    print(f"frame cache {config.paths.cache}: {config_cache_need(config).describe()}", flush=True)
-    result = run_cache(config, prune=args.prune)
+    # what will be written, before anything is (and before a refusal when the disk cannot hold it)
+    result = run_cache(config, prune=args.prune,
+                       on_need=lambda need: print(f"frame cache {config.paths.cache}: {need.describe()}", flush=True))
     data = result.data
     print(f"cache ready at {config.paths.cache}: {len(data.subjects)} subjects, {result.size_bytes / 2**20:.0f} MiB; "
           + ", ".join(f"{s} {len(ix)} clips" for s, ix in data.splits.items()))

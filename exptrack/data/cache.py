@@ -118,6 +118,16 @@ class FrameCache:
         self.root = Path(root)
         self.size = frame_size
         self.used: set[Path] = set()  # entries opened through this object (what `prune` keeps)
+        # file_key of each input file, by (path, size, mtime): the size estimate and the build both
+        # key every entry, and a video's key reads 2 MiB of it; a changed file misses this memo.
+        self._file_keys: dict[tuple[Path, int, int], str] = {}
+
+    def _file_key(self, path: Path) -> str:
+        st = require_file(path, "video file").stat()
+        memo = (path, st.st_size, st.st_mtime_ns)
+        if memo not in self._file_keys:
+            self._file_keys[memo] = file_key(path)
+        return self._file_keys[memo]
 
     # -- generic entry machinery ---------------------------------------------------------------
 
@@ -216,13 +226,15 @@ class FrameCache:
     # -- frames ----------------------------------------------------------------------------------
 
     def video_key(self, subject: SubjectFiles) -> str:
-        return _digest("video", file_key(subject.video), self.size)
+        return _digest("video", self._file_key(subject.video), self.size)
 
     def mask_key(self, subject: SubjectFiles, num_frames: int, video_size: tuple[int, int] | None) -> str:
-        return _digest("mask", MASK_READER, folder_key(subject.mask_dir), self.size, num_frames, video_size)
+        return _digest("mask", MASK_READER, folder_key(subject.mask_dir), self.size, num_frames,
+                       video_size)
 
     def keypoints_key(self, keypoints: Path, info: VideoInfo, frame_base: str) -> str:
-        return _digest("kp", file_key(keypoints), self.size, info.width, info.height, info.num_frames, frame_base)
+        return _digest("kp", self._file_key(keypoints), self.size, info.width, info.height,
+                       info.num_frames, frame_base)
 
     def attention_key(self, kps: np.ndarray, sigma: float, floor: float, min_conf: float) -> str:
         # keyed by the keypoint values themselves: they already fold in the video size and base
@@ -508,6 +520,8 @@ def ensure_cached(cache: FrameCache, subjects: list[SubjectFiles], warnings: Dat
     for subject in progress_bar(subjects, "frame cache", "video", progress and processes <= 1):
         try:
             entries[subject.subject] = cache.video(subject, warnings)  # replays each entry's warnings
+        except DataError:
+            raise
         except Exception as exc:  # a decoder crash still names the file
             raise _decode_error(subject, exc) from exc
     return entries

@@ -7,6 +7,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -245,7 +246,10 @@ def config_cache_need(config: Config, splits: tuple[str, ...] = ("train", "val",
 
 
 def prepare_data(config: Config, splits: tuple[str, ...] = ("train", "val", "test"), progress: bool = True,
-                 warnings: DataWarnings | None = None) -> PreparedData:
+                 warnings: DataWarnings | None = None,
+                 on_need: Callable[[CacheNeed], None] | None = None) -> PreparedData:
+    """Every split's subjects loaded from the frame cache (built first where missing) and their
+    clip indexes. `on_need` is told what the cache will write before anything is built."""
     warnings = warnings if warnings is not None else DataWarnings()
     d = config.data
     data_layout, split_subjects, files = plan_subjects(config, splits, warnings)
@@ -255,6 +259,8 @@ def prepare_data(config: Config, splits: tuple[str, ...] = ("train", "val", "tes
     need = cache_need(cache, files, guides(config))
     if need.to_write:
         log.info("frame cache %s: %s", cache.root, need.describe())
+    if on_need is not None:
+        on_need(need)
     check_space(cache, need)  # refused before anything is written
     processes = build_processes(d.cache_workers, need.videos_to_decode + len(need.unsized), need.frames_to_decode)
     videos = ensure_cached(cache, files, warnings, progress=progress, processes=processes)

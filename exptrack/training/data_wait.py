@@ -110,7 +110,8 @@ class StarvationAlarm:
 
     def message(self, clock: DataClock, seconds: float, epoch: int) -> str:
         f = clock.figures(seconds, self.workers)
-        per_worker = f.get("loader_clips_per_s", math.nan) / max(self.workers, 1)
+        loader = f.get("loader_clips_per_s", math.nan)
+        per_worker = loader / max(self.workers, 1)
         cores = os.cpu_count() or 1
         advice = f"raise train.num_workers (now {self.workers})"
         if math.isfinite(per_worker) and per_worker > 0:
@@ -120,6 +121,6 @@ class StarvationAlarm:
                 advice += (f", more than this machine's {cores} cores: a smaller data.frame_size or lighter "
                            "augmentation also helps")
         return (f"epoch {epoch}: the training step waited for data {clock.steady_wait_fraction(seconds):.0%} of the "
-                f"time so far, worker start-up left out (loader {per_worker * max(self.workers, 1):.0f} clips/s with {self.workers} worker(s), "
+                f"time so far, worker start-up left out (loader {loader:.0f} clips/s with {self.workers} worker(s), "
                 f"{per_worker:.0f} per worker; the step {f['step_clips_per_s']:.0f} clips/s): {advice}. "
                 "The data_wait_fraction metric shows every epoch's share")
