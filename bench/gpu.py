@@ -51,7 +51,8 @@ from exptrack.data.prepare import prepare_data
 from exptrack.losses import FocalLoss
 from exptrack.models.c3d import C3D, count_parameters
 from hostsync import check_syncs  # bench/hostsync.py, beside this script
-from exptrack.training.loop import autocast, memory_format, resolve_device, train_one_epoch
+from exptrack.device import FP32, Placement, Precision, memory_format, resolve_device
+from exptrack.training.loop import train_one_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 17
@@ -155,6 +156,10 @@ def is_oom(exc: BaseException) -> bool:
 # train and eval steps on synthetic clips
 
 
+def precision_of(variant: Variant) -> Precision:
+    return Precision("bf16") if variant.bf16 else FP32
+
+
 def build(spec: Spec, variant: Variant, device: torch.device, train: bool) -> nn.Module:
     model = C3D(NUM_CLASSES, width=spec.width).to(device, memory_format=memory_format(variant.channels_last))
     model.train(train)
@@ -176,7 +181,7 @@ def train_step_fn(model: nn.Module, variant: Variant, device: torch.device) -> C
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-5)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        with autocast(device, variant.bf16):
+        with precision_of(variant).autocast(device):
             logits = model(x)
         loss = criterion(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
@@ -189,7 +194,7 @@ def train_step_fn(model: nn.Module, variant: Variant, device: torch.device) -> C
 
 def eval_step_fn(model: nn.Module, variant: Variant, device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], None]:
     def step(x: torch.Tensor, _: torch.Tensor) -> None:
-        with torch.no_grad(), autocast(device, variant.bf16):
+        with torch.no_grad(), precision_of(variant).autocast(device):
             model(x)
 
     return step
@@ -363,8 +368,9 @@ def real_epoch(spec: Spec, variant: Variant, device: torch.device, sync_every: i
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-5)
 
     def run(loader: Iterable) -> dict:
-        return train_one_epoch(model, loader, criterion, optimizer, device, amp=variant.bf16, progress=False,
-                               channels_last=variant.channels_last, sync_every=sync_every)
+        return train_one_epoch(model, loader, criterion, optimizer,
+                               Placement(device, precision_of(variant), variant.channels_last), progress=False,
+                               sync_every=sync_every)
 
     return run
 
@@ -492,10 +498,10 @@ def defaults_line(rows: list[Row], device: torch.device) -> str:
     if best is None:
         return "no train step measured"
     from exptrack.config import TrainConfig
-    from exptrack.training.loop import use_channels_last
+    from exptrack.device import resolve_precision, use_channels_last
 
     d = TrainConfig()
-    default = ("bf16" if d.amp and device.type == "cuda" else "fp32") + \
+    default = resolve_precision(d.amp, device, strict=False).name + \
         ("+channels_last" if use_channels_last(d.channels_last, device) else "") + ("+compile" if d.compile else "")
     same = best.variant == default
     return (f"fastest train step: {best.variant} at batch {best.batch} ({best.clips_s:.1f} clips/s); "

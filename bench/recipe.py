@@ -44,6 +44,7 @@ from exptrack.data.dataset import make_loader  # noqa: E402
 from exptrack.data.prepare import prepare_data  # noqa: E402
 from exptrack.models.c3d import build_model  # noqa: E402
 from exptrack.training import checkpoint as ckpt  # noqa: E402
+from exptrack.device import Placement  # noqa: E402
 from exptrack.training.loop import predict  # noqa: E402
 from exptrack.training.run import seed_everything, train  # noqa: E402
 
@@ -60,7 +61,7 @@ def user_settings(root: Path, classes: int, frame_size: int, width: float, epoch
 def test_mean_class_accuracy(model: torch.nn.Module, config: Config, device: torch.device) -> float:
     data = prepare_data(config, splits=("test",), progress=False)
     loader = make_loader(data, "test", train=False, batch_size=32, num_workers=2)
-    logits, labels = predict(model.to(device), loader, device, amp=False)
+    logits, labels = predict(model.to(device), loader, Placement(device))
     return float(balanced_accuracy_score(labels.numpy(), logits.argmax(1).numpy()))
 
 

@@ -52,7 +52,7 @@ from exptrack.data.cache import ENTRY_KINDS
 from exptrack.data.dataset import make_loader
 from exptrack.data.demo import MAX_CLASSES, DemoSpec, write_demo_dataset
 from exptrack.data.prepare import PreparedData, prepare_data
-from exptrack.training.loop import resolve_device
+from exptrack.device import resolve_device
 
 # The original's size (its README): 60 subjects, 30 train (28,413 clips, stride 8) and 30 test
 # (about 23,000 clips, stride 16).

@@ -26,25 +26,25 @@ from pathlib import Path
 
 import torch
 
-from exptrack.config import load_config
+from exptrack.config import TrainConfig, load_config
 from exptrack.models.c3d import C3D, count_parameters
-from exptrack.training.loop import autocast, model_memory_format, resolve_device
+from exptrack.device import placement, resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def step_throughput(model: C3D, batch: int, clip: int, size: int, device: torch.device, steps: int) -> float:
-    layout = model_memory_format("auto", device)
-    model = model.to(device, memory_format=layout).train()
+    where = placement(TrainConfig(), device, strict=False)  # the defaults' precision and layout
+    model = where.prepare(model).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randn(batch, 3, clip, size, size, device=device).contiguous(memory_format=layout)
+    x = where.input(torch.randn(batch, 3, clip, size, size, device=device))
     y = torch.randint(0, model.num_classes, (batch,), device=device)
     for i in range(steps + 2):
         if i == 2:  # after warm-up (cudnn autotune, allocator)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-        with autocast(device, True):
+        with where.autocast():
             loss = torch.nn.functional.cross_entropy(model(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -73,12 +73,19 @@ def tracking_share(overrides: list[str]) -> tuple[float, float, float, str]:
 
 
 def gpu_utilisation(client, run_id: str) -> str:  # noqa: ANN001
-    """Mean GPU utilisation over the run from its MLflow system metrics, or why there is none."""
-    samples = client.get_metric_history(run_id, "system/gpu_0_utilization_percentage")
+    """Mean utilisation of the run's own GPU from its MLflow system metrics, or why there is none.
+    MLflow names GPUs by NVML's index (the physical order, whatever CUDA_VISIBLE_DEVICES says);
+    the run's `gpu_nvml_index` tag says which one it trained on."""
+    run = client.get_run(run_id)
+    index = run.data.tags.get("gpu_nvml_index")
+    if index is None:
+        return f"no GPU in the run's tags (device {run.data.tags.get('device', '?')}): no GPU system metrics to read"
+    samples = client.get_metric_history(run_id, f"system/gpu_{index}_utilization_percentage")
     if not samples:
-        return "no GPU utilisation in the run's system metrics (no GPU, or nvidia-ml-py missing)"
+        return f"no system/gpu_{index}_* metrics in the run (mlflow.log_system_metrics off, or nvidia-ml-py missing)"
     values = [m.value for m in samples]
-    return f"GPU 0 utilisation (MLflow system metrics): mean {sum(values) / len(values):.0f}% over {len(values)} samples"
+    return (f"GPU {index} (NVML) utilisation, MLflow system metrics: mean {sum(values) / len(values):.0f}% over "
+            f"{len(values)} samples")
 
 
 def main() -> int:

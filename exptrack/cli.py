@@ -228,6 +228,14 @@ def cmd_predict(args: argparse.Namespace) -> None:
               f"confidence {seg.mean_confidence:.2f}")
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import diagnose
+
+    diagnosis = diagnose(_config(args))
+    print(diagnosis.render())
+    return 1 if diagnosis.problems else 0
+
+
 def cmd_tune(args: argparse.Namespace) -> None:
     from .tune import PARENT_ATTR, load_study_spec, run_tune
 
@@ -420,6 +428,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     p.set_defaults(func=cmd_tune)
 
+    p = sub.add_parser("doctor", help="what this machine has (GPUs, driver, precision, store, disk) and what "
+                                      "exptrack will use; exit 1 on a problem")
+    _config_options(p)
+    p.set_defaults(func=cmd_doctor)
+
     return parser
 
 
@@ -432,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
     try:
         with preemption.installed():  # SIGTERM / SIGINT: the run ends KILLED, resumable; exit 128 + signal
-            args.func(args)
+            code = args.func(args)
     except preemption.Preempted as exc:
         print(f"exptrack {args.command}: {exc}; its run ended KILLED (tag {preemption.PREEMPTED_TAG})", file=sys.stderr)
         return exc.exit_code
@@ -448,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"exptrack {args.command}: this is a bug in exptrack (or a library it uses), not a problem with "
               f"your input: please report it with the traceback above", file=sys.stderr)
         return 1
-    return 0
+    return int(code or 0)
 
 
 if __name__ == "__main__":

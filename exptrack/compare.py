@@ -48,7 +48,7 @@ from .metrics import canonical_metric
 from .outputs import DEFAULT_OUTPUTS, check_save_dir, invocation_folder
 from .stats import METRICS, Comparison, compare, compare_groups
 from .training.groups import GROUP_TAG, HEADLINE, MEMBER_TAG, is_group_run, member_result
-from .training.loop import resolve_device
+from .device import resolve_device
 
 log = logging.getLogger("exptrack.compare")
 
@@ -356,7 +356,7 @@ def run_compare(ref_a: str, ref_b: str, split: str = "test", metric: str = "mean
     if metric not in METRICS:
         raise ModelError(f"--metric {metric}: compare takes {', '.join(METRICS)}")
     check_save_dir(save_dir, overwrite)
-    device = resolve_device(device_name)
+    device = resolve_device(device_name, key="--device")
     loaded_a, loaded_b = load_model(ref_a, device), load_model(ref_b, device)
     check_comparable(loaded_a, loaded_b, (ref_a, ref_b))  # before any evaluation
     config = evaluation_config(loaded_a.config, data_root, {})

@@ -128,7 +128,11 @@ class TrainConfig:
     min_epochs: int = 0
     checkpoint_every: int = 10
     keep_checkpoints: int = 3
-    amp: bool = True
+    # Mixed precision (exptrack/device.py): "auto" = bf16 autocast on GPUs that have it (sm_80+),
+    # fp16 autocast with a GradScaler on older GPUs, fp32 on the CPU and MPS; true = a half
+    # precision is required (an error where the device has none); "bf16"/"fp16" = that one;
+    # false = fp32. The same setting scores the model in every command.
+    amp: Literal["auto", True, False, "bf16", "fp16"] = "auto"
     compile: bool = False
     # Recompute BatchNorm statistics over this many training batches before each validation
     # (0 = off, the original behaviour); see training/loop.py:recompute_bn_stats.
@@ -340,6 +344,10 @@ TRAIN_FLAGS = {"epochs": "train.epochs", "batch_size": "train.batch_size", "devi
 TRAIN_SWITCHES = {"downsample_class1": "data.downsample_class1", "use_masks": "data.use_masks",
                   "use_skeleton_attention": "data.use_skeleton_attention"}
 
+# Values whose meaning changed since a config was saved: (section, key, old value) -> the value
+# that means what the old one did. train.amp: true meant "bf16 on CUDA, fp32 elsewhere" until
+# half precision was chosen by capability; that is "auto" now, and true demands a half precision.
+REINTERPRETED = {("train", "amp", True): "auto"}
 # Keys older versions saved that nothing reads any more: dropped when a saved config is loaded.
 REMOVED_LATER = {"model": ("name",)}  # model.name: always "c3d", the only network
 
@@ -527,6 +535,10 @@ def config_from_dict(saved: dict[str, Any], where: str = "saved config") -> Conf
         if isinstance(saved.get(section), dict):
             for key, value in keys.items():
                 saved[section].setdefault(key, value)
+    for (section, key, before), now in REINTERPRETED.items():
+        values = saved.get(section)
+        if isinstance(values, dict) and key in values and values[key] is before:
+            values[key] = now
     for section, gone in REMOVED_LATER.items():
         if isinstance(saved.get(section), dict):
             for key in gone:

@@ -31,7 +31,8 @@ from .metrics import (
     smooth_labels,
 )
 from .outputs import DEFAULT_OUTPUTS, check_save_dir, invocation_folder
-from .training.loop import predict, resolve_device, use_channels_last
+from .device import resolve_device
+from .training.loop import predict
 
 log = logging.getLogger("exptrack.evaluate")
 
@@ -155,7 +156,7 @@ def run_evaluate(model_ref: str, split: str = "test", batch_size: int = 16, devi
     """Evaluate a model on a split, as an MLflow run that takes the model as an input; the files
     go to `save_dir`, by default a fresh outputs/evaluate/<run id>/."""
     check_save_dir(save_dir, overwrite)
-    device = resolve_device(device_name)
+    device = resolve_device(device_name, key="--device")
     tracking.check_store(base_config or Config())  # before the model is looked up in it
     loaded = load_model(model_ref, device)
     if loaded.config.model.ensemble > 1 and loaded.config.data.folds and split != "test":
@@ -175,9 +176,7 @@ def run_evaluate(model_ref: str, split: str = "test", batch_size: int = 16, devi
         loader = make_loader(data, split, train=False, batch_size=batch_size, num_workers=config.train.num_workers,
                              pin_memory=device.type == "cuda")
         start = time.perf_counter()
-        logits, labels = predict(loaded.model, loader, device, amp=True, progress=progress,
-                                 channels_last=use_channels_last(config.train.channels_last, device),
-                                 desc=f"evaluate {split}")
+        logits, labels = predict(loaded.model, loader, loaded.placement, progress=progress, desc=f"evaluate {split}")
         seconds = time.perf_counter() - start
         probs = torch.softmax(logits, dim=1).numpy()
         y_true = labels.numpy()

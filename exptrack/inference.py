@@ -27,6 +27,7 @@ import torch
 from . import model_store, tracking
 from .config import Config, config_from_dict
 from .data.layout import read_class_names
+from .device import FP32, Placement, placement
 from .errors import ModelError
 from .models.c3d import C3D, C3DEnsemble, model_with_weights
 from .training import checkpoint as ckpt
@@ -42,6 +43,9 @@ class LoadedModel:
     # uri, and name/version/alias/run_id/model_id where known
     source: dict[str, str] = field(default_factory=dict)
     class_names: list[str] = field(default_factory=list)
+    # where and how it is scored: the device asked for, with the precision and layout of the
+    # model's own train config (device.placement, not strict): scored as it was trained
+    placement: Placement = field(default_factory=lambda: Placement(torch.device("cpu"), FP32))
 
 
 def _run_artifact(run_id: str, path: str, dst: Path) -> Path:
@@ -96,6 +100,7 @@ def resolve_weights(reference: str, download_dir: Path) -> tuple[Path, dict[str,
 
 
 def load_model(reference: str, device: torch.device | str = "cpu") -> LoadedModel:
+    """The model behind `reference`, on `device` in the precision and layout of its own config."""
     # The download is only needed until the weights are in memory; a kept copy per call
     # would fill /tmp over many evaluate/visualize calls.
     with tempfile.TemporaryDirectory(prefix="exptrack-model-") as tmp:
@@ -111,7 +116,9 @@ def load_model(reference: str, device: torch.device | str = "cpu") -> LoadedMode
                          f"(model.num_classes {config.model.num_classes}, model.width {config.model.width}): "
                          f"{detail[:200]}") from None
     source.setdefault("run_id", payload.get("run_id", ""))
-    return LoadedModel(model.to(device).eval(), config, source, class_names_of(payload, config))
+    where = placement(config.train, torch.device(device), strict=False)
+    where.prepare(model).eval()  # in place: .to() moves a module's own tensors
+    return LoadedModel(model, config, source, class_names_of(payload, config), where)
 
 
 def class_names_of(payload: dict[str, Any], config: Config) -> list[str]:

@@ -30,7 +30,7 @@ from .data.video import VideoInfo, decode_video, write_video
 from .inference import load_model
 from .metrics import frame_confidence, frame_labels, frame_probabilities, smooth_labels
 from .outputs import DEFAULT_OUTPUTS, check_save_dir, invocation_folder
-from .training.loop import resolve_device
+from .device import resolve_device
 from .windows import window_probabilities
 
 log = logging.getLogger("exptrack.predict")
@@ -94,7 +94,7 @@ def predict_video(video: str | Path, model_ref: str, out_dir: str | Path | None 
     video = Path(video)
     require_file(video, "video file")  # before the model is loaded (a download can take a while)
     check_save_dir(out_dir, overwrite)
-    device = resolve_device(device_name)
+    device = resolve_device(device_name, key="--device")
     loaded = load_model(model_ref, device)
     d = loaded.config.data
     names = loaded.class_names
@@ -102,7 +102,7 @@ def predict_video(video: str | Path, model_ref: str, out_dir: str | Path | None 
     warnings = DataWarnings()
     frames, info = model_frames(video, loaded.config, masks, keypoints, warnings)
     starts, window_probs = window_probabilities(loaded.model, frames, loaded.config, stride or max(1, d.clip_len // 2),
-                                                device)
+                                                loaded.placement)
     probs = frame_probabilities(starts, window_probs, len(frames), d.clip_len)  # (T, K): each frame's windows averaged
     predicted = frame_labels(probs)
     smoothed = smooth_labels(predicted, smooth_window)

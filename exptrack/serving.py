@@ -30,6 +30,7 @@ from mlflow.pyfunc.model import PythonModel
 from .config import config_from_dict
 from .data.errors import DataWarnings
 from .data.video import decode_video
+from .device import placement
 from .inference import class_names_of
 from .models.c3d import model_with_weights
 from .training import checkpoint as ckpt
@@ -60,8 +61,9 @@ class ClipClassifierCore:
 
     def __init__(self, payload: dict[str, Any], source: str = WEIGHTS_FILE) -> None:
         self.config = config_from_dict(payload["config"], source)
-        self.model = model_with_weights(self.config.model, payload["model"]).eval()
-        self.device = torch.device("cpu")  # where `mlflow models serve` and pyfunc.load_model run it
+        # the CPU: where `mlflow models serve` and pyfunc.load_model run it; the model's own rule there
+        self.placement = placement(self.config.train, torch.device("cpu"), strict=False)
+        self.model = self.placement.prepare(model_with_weights(self.config.model, payload["model"])).eval()
         self.class_names = class_names_of(payload, self.config)
 
     def probabilities(self, clips: np.ndarray) -> np.ndarray:
@@ -71,7 +73,7 @@ class ClipClassifierCore:
             raise ValueError(f"expected uint8 clips of shape (N, {d.clip_len}, H, W, 3), got {clips.dtype} {clips.shape}")
         batches = clip_batches(range(len(clips)), lambda i: resize_clips(clips[i:i + 1], d.frame_size)[0],
                                self.config.train.eval_batch_size)
-        return clip_probabilities(self.model, batches, self.config, self.device)
+        return clip_probabilities(self.model, batches, self.config, self.placement)
 
     def table(self, probs: np.ndarray) -> pd.DataFrame:
         table = pd.DataFrame(probs.astype(np.float64), columns=self.class_names)
@@ -84,7 +86,8 @@ class ClipClassifierCore:
     def predict_video(self, path: str | Path) -> pd.DataFrame:
         d = self.config.data
         frames, _ = decode_video(Path(path), d.frame_size, DataWarnings())  # (T, S, S, 3)
-        starts, probs = window_probabilities(self.model, frames, self.config, max(1, d.clip_len // 2), self.device)
+        starts, probs = window_probabilities(self.model, frames, self.config, max(1, d.clip_len // 2),
+                                             self.placement)
         table = self.table(probs)
         table.insert(0, "start_frame", starts)
         return table

@@ -1,5 +1,5 @@
-"""Sliding-window inference: a model applied to the windows of a video, in batches, with the
-training path's precision and memory layout. One implementation for predict, serving and
+"""Sliding-window inference: a model applied to the windows of a video, in batches, in the
+precision and memory layout of the model's own config (device.py's one rule). One implementation for predict, serving and
 visualize; evaluate and validation run the loader path (training/loop.py's predict)."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import torch
 
 from .config import Config
 from .data.transforms import to_model_input
+from .device import Placement
 from .metrics import window_starts
-from .training.loop import autocast, to_layout, use_channels_last
 
 
 def clip_batches(starts: Sequence[int] | np.ndarray, clip_at: Callable[[int], np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
@@ -22,23 +22,22 @@ def clip_batches(starts: Sequence[int] | np.ndarray, clip_at: Callable[[int], np
 
 
 def clip_probabilities(model: torch.nn.Module, batches: Iterable[np.ndarray], config: Config,
-                       device: torch.device) -> np.ndarray:
-    """Softmax probabilities (N, K) of uint8 clip batches as training validates them: bf16
-    autocast on CUDA when `train.amp`, the `train.channels_last` layout."""
-    channels_last = use_channels_last(config.train.channels_last, device)
+                       placement: Placement) -> np.ndarray:
+    """Softmax probabilities (N, K) of uint8 clip batches as training validates them: the
+    model's precision and layout on this device (LoadedModel.placement)."""
     model.eval()
     out = []
     with torch.no_grad():
         for clips in batches:
-            x = to_model_input(torch.from_numpy(clips).to(device))  # (B, T, S, S, 3) -> (B, 3, T, S, S)
-            with autocast(device, config.train.amp):
-                logits = model(to_layout(x, channels_last))
+            x = to_model_input(torch.from_numpy(clips).to(placement.device))  # (B, T, S, S, 3) -> (B, 3, T, S, S)
+            with placement.autocast():
+                logits = model(placement.input(x))
             out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, config.model.num_classes), np.float32)
 
 
 def window_probabilities(model: torch.nn.Module, frames: np.ndarray, config: Config, stride: int,
-                         device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+                         placement: Placement) -> tuple[np.ndarray, np.ndarray]:
     """(T, S, S, 3) uint8 frames -> (window starts, their (W, K) probabilities): windows of
     `data.clip_len` every `stride` frames, the last ending at the last frame (metrics.window_starts),
     in batches of `train.eval_batch_size`. A video shorter than a clip is one window, its last
@@ -48,4 +47,4 @@ def window_probabilities(model: torch.nn.Module, frames: np.ndarray, config: Con
         frames = np.concatenate([frames, np.repeat(frames[-1:], clip_len - len(frames), axis=0)])
     starts = window_starts(len(frames), clip_len, stride)
     batches = clip_batches(starts, lambda s: frames[s:s + clip_len], config.train.eval_batch_size)
-    return starts, clip_probabilities(model, batches, config, device)
+    return starts, clip_probabilities(model, batches, config, placement)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from exptrack.device import Placement
 from exptrack.training import distributed
 from exptrack.training.loop import NonFiniteLossError, train_one_epoch
 
@@ -33,14 +34,14 @@ class NanOnOneRank(nn.Module):
 
 
 def main(out: Path) -> None:
-    env = distributed.init_distributed("cpu")
+    env = distributed.init_distributed(torch.device("cpu"))
     torch.manual_seed(env.rank)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 2 * 4 * 4, 3))  # input (B, 3, T=2, 4, 4)
     batches = [{"video": torch.randint(0, 256, (4, 2, 4, 4, 3), dtype=torch.uint8),  # (B, T, H, W, 3)
                 "label": torch.randint(0, 3, (4,))} for _ in range(BATCHES)]
     try:
         train_one_epoch(model, batches, NanOnOneRank(env.rank), torch.optim.SGD(model.parameters(), lr=0.1),
-                        torch.device("cpu"), amp=False, progress=False, sync_every=SYNC_EVERY)
+                        Placement(torch.device("cpu")), progress=False, sync_every=SYNC_EVERY)
         message = "finished"
     except NonFiniteLossError as exc:
         message = str(exc)

@@ -230,10 +230,10 @@ def test_names_mlflow_or_torch_would_refuse_later_are_refused_now(override, says
 def test_a_cuda_device_on_a_machine_without_one_is_a_config_error(monkeypatch):
     import torch
 
-    from exptrack.training.loop import resolve_device
+    from exptrack.device import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(ConfigError, match="device 'cuda': this machine has no CUDA device"):
+    with pytest.raises(ConfigError, match="train.device=cuda: this machine has no CUDA device torch can use"):
         resolve_device("cuda")
 
 

@@ -17,6 +17,7 @@ import torch
 from exptrack import tracking
 from exptrack.cli import build_parser, main
 from exptrack.data.layout import read_class_names
+from exptrack.device import Placement
 from exptrack.inference import load_model
 from exptrack.models.c3d import C3D
 from exptrack.training import run as train_run
@@ -304,19 +305,19 @@ def test_train_one_epoch_reads_the_device_only_at_its_checks():
 
     model, batches = _tiny_model(), _batches(7)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.0, weight_decay=0.0)  # weights stay put
-    criterion, cpu = torch.nn.CrossEntropyLoss(), torch.device("cpu")
+    criterion, cpu = torch.nn.CrossEntropyLoss(), Placement(torch.device("cpu"))
     result = {}
 
     def epoch(loader):
         result.update(train_one_epoch(model, loader, criterion, optimizer, cpu, progress=False, sync_every=3))
 
-    check = check_syncs(epoch, batches, cpu, sync_every=3)
+    check = check_syncs(epoch, batches, cpu.device, sync_every=3)
     assert check.ok, check.summary()
     assert set(check.at) == {3, 6, 7}  # the checks read the device, nothing else does
     # the totals kept on the device are the per-batch ones
     model.train()
     with torch.no_grad():
-        losses = [criterion(model(prepare_batch(b, cpu)[0]), b["label"]).item() for b in batches]
+        losses = [criterion(model(prepare_batch(b, cpu.device)[0]), b["label"]).item() for b in batches]
     assert result["train_loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-5)
     assert 0.0 <= result["train_acc"] <= 1.0
 
@@ -343,7 +344,7 @@ class SlowLoader:
 def test_a_starved_step_is_reported_once_naming_num_workers(caplog):
     from exptrack.training.data_wait import StarvationAlarm
 
-    model, cpu = _tiny_model(), torch.device("cpu")
+    model, cpu = _tiny_model(), Placement(torch.device("cpu"))
     optimizer, criterion = torch.optim.SGD(model.parameters(), lr=0.01), torch.nn.CrossEntropyLoss()
     caplog.set_level(logging.WARNING, logger="exptrack.train")
     fed = train_one_epoch(model, _batches(4), criterion, optimizer, cpu, progress=False, sync_every=2)
@@ -374,7 +375,7 @@ def test_a_nan_loss_is_caught_at_the_next_check_naming_its_batch():
     loader = StepCounter(_batches(10))
     with pytest.raises(NonFiniteLossError, match=r"epoch 2, batch 5 \(found at the check of batches 5 to 8"):
         train_one_epoch(model, loader, NanAtBatch5(), torch.optim.SGD(model.parameters(), lr=0.1),
-                        torch.device("cpu"), epoch=2, progress=False, sync_every=4)
+                        Placement(torch.device("cpu")), epoch=2, progress=False, sync_every=4)
     assert loader.step == 8  # no per-batch look at the loss: it ran on to the check
 
 
@@ -411,7 +412,7 @@ def test_torchrun_with_one_process_joins_the_process_group(monkeypatch):
     for key, value in {"TORCHELASTIC_RUN_ID": "test", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
         monkeypatch.setenv(key, value)
-    env = distributed.init_distributed("cpu")
+    env = distributed.init_distributed(torch.device("cpu"))
     try:
         assert env.enabled and env.world_size == 1 and dist.is_initialized()
         assert dist.get_backend() == "gloo"
@@ -419,13 +420,13 @@ def test_torchrun_with_one_process_joins_the_process_group(monkeypatch):
     finally:
         distributed.cleanup()
     monkeypatch.delenv("TORCHELASTIC_RUN_ID")
-    assert not distributed.init_distributed("cpu").enabled  # a plain single process: no group
+    assert not distributed.init_distributed(torch.device("cpu")).enabled  # a plain single process: no group
 
 
 @pytest.mark.parametrize("setting", [True, False])
 def test_channels_last_setting_sets_the_layout_the_model_sees(setting):
     from exptrack.config import load_config
-    from exptrack.training.loop import CHANNELS_LAST_DEVICES, use_channels_last
+    from exptrack.device import CHANNELS_LAST_DEVICES, use_channels_last
 
     cfg = load_config(None, [f"train.channels_last={str(setting).lower()}"])
     assert cfg.train.channels_last is setting and load_config().train.channels_last == "auto"
@@ -435,7 +436,7 @@ def test_channels_last_setting_sets_the_layout_the_model_sees(setting):
     model, layouts = _tiny_model(), []
     model.register_forward_pre_hook(lambda m, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last_3d)))
     train_one_epoch(model, _batches(2), torch.nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1),
-                    cpu, progress=False, channels_last=setting)
+                    Placement(cpu, channels_last=setting), progress=False)
     assert layouts == [setting, setting]
 
 

@@ -30,7 +30,7 @@ class ClipDataset(Dataset):
                                    cost, read by the training loop's data-wait report)
     """
 
-    def __init__(self, data: PreparedData, split: str, train: bool, seed: int = 0) -> None:
+    def __init__(self, data: PreparedData, split: str, train: bool, seed: int = 0, rank: int = 0) -> None:
         self.index: clips.ClipIndex = data.splits[split]
         self.subjects = [data.subjects[name] for name in self.index.subjects]
         cfg = data.config
@@ -40,7 +40,9 @@ class ClipDataset(Dataset):
         self.mask_alpha = cfg.data.mask_alpha
         self.use_masks = cfg.data.use_masks
         self.use_attention = cfg.data.use_skeleton_attention
-        self.seed = seed
+        # (seed,) on rank 0, as one process always drew; (seed, rank) elsewhere: a clip that two
+        # DDP ranks draw in one epoch gets two augmentations, not one twice
+        self.seed_key: tuple[int, ...] = (seed,) if rank == 0 else (seed, rank)
         # Shared memory, so that persistent loader workers see the epoch the main process sets.
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
 
@@ -63,7 +65,7 @@ class ClipDataset(Dataset):
         not in the batch: skeleton attention is already in the cached weights, and the model
         sees only frames.)"""
         subj = self.subjects[self.index.subject_idx[i]]
-        rng = np.random.default_rng((self.seed, int(self._epoch[0]), int(i)))
+        rng = np.random.default_rng((*self.seed_key, int(self._epoch[0]), int(i)))
         start = int(self.index.start[i])
         if self.start_jitter:
             start += int(rng.integers(-self.start_jitter, self.start_jitter + 1))
@@ -163,7 +165,7 @@ def make_loader(data: PreparedData, split: str, train: bool, batch_size: int, nu
                 rank: int = 0, world_size: int = 1) -> DataLoader:
     """Training loaders draw with class-balancing weights (with replacement) when asked, each
     rank its share under DDP; evaluation loaders go through all clips in order."""
-    dataset = ClipDataset(data, split, train=train, seed=seed)
+    dataset = ClipDataset(data, split, train=train, seed=seed, rank=rank)
     sampler: DistributedWeightedSampler | DistributedSampler | None = None
     if train and weighted_sampler:
         # Drawn from (seed, epoch) alone, so a resumed run sees the same epochs it would have.
@@ -193,7 +195,9 @@ def make_loader(data: PreparedData, split: str, train: bool, batch_size: int, nu
         # Each new iterator draws a seed; from its own generator it leaves torch's global RNG
         # (dropout) alone. Persistent workers draw once per run, a resumed run once more: with the
         # global RNG, its dropout masks then differed from the uninterrupted run's (issue 11).
-        generator=torch.Generator().manual_seed(seed),
+        # (Per rank: the workers' base seeds differ between ranks as their clips do.)
+        generator=torch.Generator().manual_seed(seed if rank == 0 else int(np.random.SeedSequence((seed, rank))
+                                                                           .generate_state(1)[0])),
     )
 
 

@@ -24,7 +24,8 @@ from ..inference import LoadedModel, load_model
 from ..windows import clip_batches, clip_probabilities
 from ..metrics import frame_accuracy, frame_labels, frame_probabilities, window_average, window_starts
 from ..outputs import check_save_dir, invocation_folder
-from ..training.loop import predict, resolve_device
+from ..device import resolve_device
+from ..training.loop import predict
 from . import render
 from .gradcam import gradcam
 
@@ -52,7 +53,7 @@ class VisualizeOptions:
 def model_probs_and_heat(loaded: LoadedModel, videos: np.ndarray, layer: str, device: torch.device,
                          classes: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """uint8 (B, T, H, W, 3) clips (as the model sees them) -> softmax (B, K), heat (B, T, H, W)."""
-    probs = clip_probabilities(loaded.model, [videos], loaded.config, device)  # as predict and serving score them
+    probs = clip_probabilities(loaded.model, [videos], loaded.config, loaded.placement)  # as predict and serving score them
     x = to_model_input(torch.from_numpy(videos).to(device)).contiguous()  # (B, 3, T, H, W), for the gradients
     targets = classes if classes is not None else probs.argmax(1).tolist()
     heat = gradcam(loaded.model, x, layer, targets)
@@ -65,7 +66,7 @@ def choose_clips(loaded: LoadedModel, data: PreparedData, options: VisualizeOpti
     rows = np.arange(len(index))
     if options.misclassified_only:
         loader = make_loader(data, options.split, train=False, batch_size=32, num_workers=0)
-        logits, labels = predict(loaded.model, loader, device, channels_last=True)
+        logits, labels = predict(loaded.model, loader, loaded.placement)
         rows = rows[(logits.argmax(1) != labels).numpy()]
         log.info("%d of %d clips are misclassified", len(rows), len(index))
     rng = np.random.default_rng(options.seed)
@@ -204,7 +205,7 @@ def write_index(table: pd.DataFrame, out: Path) -> None:
 def run_visualize(model_ref: str, options: VisualizeOptions, device_name: str = "auto",
                   data_root: str | None = None, progress: bool = True) -> "VisualizeResult":
     check_save_dir(options.save_dir, options.overwrite)
-    device = resolve_device(device_name)
+    device = resolve_device(device_name, key="--device")
     loaded = load_model(model_ref, device)
     config = evaluation_config(loaded.config, data_root, {})  # files go here, never where the model's config says
     tags = {"model_uri": model_ref, "model_run_id": loaded.source.get("run_id", ""), "split": options.split,

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, ModelError
+from .distributed import rank_and_size, rank_seed
 
 log = logging.getLogger("exptrack.train")
 
@@ -122,6 +123,27 @@ def rng_state() -> dict[str, Any]:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def restore_own_rng(payload: dict[str, Any]) -> None:
+    """Restore this rank's RNG state from a checkpoint. Under DDP every rank's state is saved
+    (`rng_ranks`, gathered to rank 0 at each checkpoint), so every rank continues its own stream
+    exactly. A run resumed with another number of ranks cannot: each rank other than 0 then
+    starts a fresh stream of its own (never rank 0's: the ranks would draw the same masks), and
+    rank 0 says so. One process: `rng`, as always."""
+    rank, world = rank_and_size()
+    ranks = payload.get("rng_ranks")
+    if ranks is not None and len(ranks) == world:
+        restore_rng_state(ranks[rank])
+        return
+    restore_rng_state(payload["rng"])
+    if world > 1 or ranks is not None:
+        if rank == 0:
+            log.warning("the checkpoint holds the random state of %d rank(s), this run has %d: each rank continues "
+                        "with a stream of its own, not the one it would have drawn uninterrupted",
+                        len(ranks) if ranks is not None else 1, world)
+        else:
+            torch.manual_seed(rank_seed(int(payload["epoch"]), rank))
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:

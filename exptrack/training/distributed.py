@@ -11,8 +11,12 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any
+
 import torch
 import torch.distributed as dist
+
+from ..device import DeviceError
 
 
 @dataclass(frozen=True)
@@ -33,18 +37,24 @@ class DistEnv:
         return self.rank == 0
 
 
-def init_distributed(device_name: str) -> DistEnv:
+def init_distributed(device: torch.device) -> DistEnv:
     """Join the process group that torchrun describes in the environment (a no-op otherwise).
     On CUDA each rank binds to GPU LOCAL_RANK before NCCL starts, so that the communicator,
-    DDP's device_ids and every tensor of the rank share one device."""
+    DDP's device_ids and every tensor of the rank share one device; more ranks per machine
+    than GPUs is a DeviceError (exit 2) before any group is joined."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     launched = "TORCHELASTIC_RUN_ID" in os.environ  # set by torchrun for every worker
     if world <= 1 and not launched:
         return DistEnv()
     env = DistEnv(rank=int(os.environ["RANK"]), world_size=world, local_rank=int(os.environ.get("LOCAL_RANK", "0")),
                   launched=launched)
-    use_cuda = torch.cuda.is_available() and (device_name == "auto" or device_name.startswith("cuda"))
+    use_cuda = device.type == "cuda"
     if use_cuda:
+        gpus = torch.cuda.device_count()
+        if env.local_rank >= gpus:
+            per_node = os.environ.get("LOCAL_WORLD_SIZE", str(env.local_rank + 1))
+            raise DeviceError(f"torchrun --nproc_per_node {per_node}: this machine has {gpus} GPU(s) torch can use; "
+                              f"start at most {gpus} processes per machine (or set train.device=cpu)")
         torch.cuda.set_device(env.local_rank)
     if not dist.is_initialized():
         if use_cuda:  # device_id: the NCCL communicator is created now, on this rank's GPU
@@ -54,6 +64,30 @@ def init_distributed(device_name: str) -> DistEnv:
     if not env.is_main:  # one voice: the other ranks report only problems
         logging.getLogger("exptrack").setLevel(logging.WARNING)
     return env
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of one rank's own randomness (dropout, loader workers): `seed` on rank 0, so one
+    process trains as before, and a different stream on every other rank; otherwise N GPUs
+    would draw the same dropout masks at every step. The sampler's permutation is not drawn
+    from this: it stays shared (train.seed) so that the ranks split one draw between them."""
+    return seed if rank == 0 else (seed + 1_000_003 * rank) % 2**63
+
+
+def gather_objects(obj: Any) -> list[Any] | None:
+    """Every rank's `obj` on rank 0 (None on the others); [obj] without a process group. A
+    collective: every rank must call it at the same point."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
+def rank_and_size() -> tuple[int, int]:
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
 
 
 def device_for(env: DistEnv, device: torch.device) -> torch.device:

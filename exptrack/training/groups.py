@@ -41,7 +41,8 @@ from ..data.prepare import ensure_data_root, fold_pool
 from ..models.c3d import ensemble_state_dict
 from . import checkpoint as ckpt
 from . import logged_models
-from .loop import EpochCallback, resolve_device
+from ..device import placement, resolve_device
+from .loop import EpochCallback
 from .run import RunOptions, refuse_ensemble_training, resume_config, train
 
 log = logging.getLogger("exptrack.train")
@@ -152,7 +153,8 @@ def train_group(config: Config, resume: str | None = None, progress: bool = True
         config = resume_config(config_from_dict(saved, f"run {resume} config.yaml"), config,
                                options.explicit) if saved else config
     refuse_ensemble_training(config)
-    resolve_device(config.train.device)  # a device this machine lacks: before the group's run starts
+    # a device (or precision) this machine lacks: before the group's run starts
+    placement(config.train, resolve_device(config.train.device), strict=True)
     kind = group_kind(config)
     folds = check_folds(config) if kind == "folds" else None
     members = members_of(config)

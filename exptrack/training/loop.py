@@ -10,7 +10,6 @@ import logging
 import math
 import signal
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Protocol, cast
 
@@ -19,7 +18,8 @@ import torch
 from torch import nn
 
 from .. import preemption
-from ..config import DEVICE, ConfigError, to_nested_dict
+from ..config import to_nested_dict
+from ..device import Placement
 from ..data.dataset import prepare_batch
 from ..metrics import validation_metrics
 from ..progress import progress_bar
@@ -60,68 +60,6 @@ class TrainState:
         return cls(epoch=d["epoch"], best=dict(d["best"]), best_epoch=dict(d["best_epoch"]),
                    stale_epochs=d["stale_epochs"], history=list(d["history"]),
                    per_class_history=list(d["per_class_history"]))
-
-
-# ---------------------------------------------------------------------------------------------
-# device
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' picks cuda > mps > cpu; anything else is passed to torch.device, after checking
-    that this machine has it."""
-    if not DEVICE.fullmatch(name):
-        raise ConfigError(f"device {name!r}: expected auto, cpu, cuda, cuda:N or mps")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r}: this machine has no CUDA device (torch {torch.__version__}); use cpu or auto")
-    if name.startswith("cuda:") and int(name.split(":")[1]) >= torch.cuda.device_count():
-        raise ConfigError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
-        raise ConfigError("device 'mps': this machine has no MPS device; use cpu or auto")
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(name)
-
-
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA (no loss scaling needed, unlike fp16); full precision elsewhere."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
-
-
-# Device types on which train.channels_last="auto" means channels_last_3d. CUDA: NVIDIA's
-# guidance for tensor-core convolutions is channels-last (NDHWC) memory; not yet measured here
-# (bench/gpu.py's bf16 and bf16+channels_last rows compare the two: update this if they disagree). CPU:
-# oneDNN's Conv3d measured as fast or faster in channels_last_3d: demo model +15-45% train,
-# +50% eval; full C3D equal train, +20% eval (bench/gpu.py --device cpu, bench/RESULTS.md).
-CHANNELS_LAST_DEVICES = frozenset({"cuda", "cpu"})
-
-
-def use_channels_last(setting: str | bool, device: torch.device) -> bool:
-    """train.channels_last ("auto", True or False) resolved for `device`."""
-    if setting == "auto":
-        return device.type in CHANNELS_LAST_DEVICES
-    return bool(setting)
-
-
-def memory_format(channels_last: bool) -> torch.memory_format:
-    return torch.channels_last_3d if channels_last else torch.contiguous_format
-
-
-def model_memory_format(setting: str | bool, device: torch.device) -> torch.memory_format:
-    """The memory format of the model's weights for train.channels_last on `device`."""
-    return memory_format(use_channels_last(setting, device))
-
-
-def to_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """A (B, C, T, H, W) batch in the model's memory layout. A convolution runs channels-last as
-    soon as its input or its weight is, so a contiguous model needs a contiguous input as well
-    (to_model_input returns a channels-last view); a no-op when the layout already matches."""
-    return x.contiguous(memory_format=memory_format(channels_last))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,9 +118,9 @@ def stop_if_signalled(device: torch.device, at_check: bool = True) -> None:
 
 
 def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, optimizer: torch.optim.Optimizer,
-                    device: torch.device, *, amp: bool = True, grad_clip: float = 1.0, epoch: int = 1,
-                    progress: bool = True, channels_last: bool = False, sync_every: int = 50,
-                    alarm: StarvationAlarm | None = None) -> dict[str, float]:
+                    placement: Placement, *, grad_clip: float = 1.0, epoch: int = 1, progress: bool = True,
+                    sync_every: int = 50, alarm: StarvationAlarm | None = None,
+                    scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
     """One pass over `loader`. The step never reads a tensor on the host: the loss, accuracy and
     non-finite-loss flag accumulate on the device and are read every `sync_every` batches and
     at the end (0: at the end only). A non-finite loss raises NonFiniteLossError at that check.
@@ -191,7 +129,12 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, op
 
     The optimizer still steps on a non-finite loss: skipping it would need the host to look at
     the loss first (the sync this avoids). The poisoned weights live at most until the check,
-    which raises before fit() writes this epoch's checkpoint, so no saved model is affected."""
+    which raises before fit() writes this epoch's checkpoint, so no saved model is affected.
+
+    `scaler` (fp16, placement.precision.needs_scaler) scales the loss and skips the steps whose
+    gradients overflowed; its step reads one flag from the device, so fp16 training has that
+    sync per step (bf16 and fp32 need no scaler and have none)."""
+    device = placement.device
     model.train()
     totals = _DeviceTotals(device)
     seen, batch_no, last_check = 0, 0, 0
@@ -202,14 +145,11 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, op
     bar = _progress(clock, f"epoch {epoch} train", progress)
     for batch_no, batch in enumerate(bar, start=1):
         x, y = prepare_batch(batch, device)
-        with autocast(device, amp):
-            logits = model(to_layout(x, channels_last))
+        with placement.autocast():
+            logits = model(placement.input(x))
         loss = criterion(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
+        step(loss, model, optimizer, grad_clip, scaler)
         totals.add(loss, logits, y, batch_no)
         seen += len(y)  # a shape, known on the host
         stop_if_signalled(device, at_check=sync_every > 0 and batch_no % sync_every == 0)
@@ -231,14 +171,36 @@ def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, op
             **clock.figures(seconds, alarm.workers)}
 
 
+def step(loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float,
+         scaler: torch.amp.GradScaler | None) -> None:
+    """Backward, clip, step; through the GradScaler when there is one (the gradients are
+    unscaled before clipping, so grad_clip means the same in every precision)."""
+    if scaler is None or not scaler.is_enabled():
+        loss.backward()
+        if grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        return
+    scaler.scale(loss).backward()
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+
+
+def grad_scaler(placement: Placement) -> torch.amp.GradScaler | None:
+    """The GradScaler fp16 training needs; None for bf16 and fp32."""
+    return torch.amp.GradScaler(placement.device.type) if placement.precision.needs_scaler else None
+
+
 def loader_workers(loader: Iterable) -> int:
     """A DataLoader's worker processes (0: it loads in this process); 0 for any other iterable."""
     return int(getattr(loader, "num_workers", 0))
 
 
 @torch.no_grad()
-def recompute_bn_stats(model: nn.Module, loader: Iterable, device: torch.device, batches: int, *,
-                       amp: bool = True, channels_last: bool = False) -> None:
+def recompute_bn_stats(model: nn.Module, loader: Iterable, placement: Placement, batches: int) -> None:
     """Precise BN: replace BatchNorm running statistics by plain averages over `batches`
     training batches with the current weights. The running averages otherwise mix statistics of
     weights from many steps ago; on small data with a high learning rate this made validation
@@ -249,41 +211,44 @@ def recompute_bn_stats(model: nn.Module, loader: Iterable, device: torch.device,
     momenta = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
-        m.momentum = None  # cumulative average
     model.train()
     for i, batch in enumerate(loader):
         if i >= batches:
             break
-        x, _ = prepare_batch(batch, device)
-        with autocast(device, amp):
-            model(to_layout(x, channels_last))
+        # The cumulative average as a momentum of 1/(i+1), a Python number: momentum=None does the
+        # same from num_batches_tracked, a device tensor that BatchNorm then reads on the host
+        # (one sync per layer per batch, and a graph break under torch.compile).
+        for m in norms:
+            m.momentum = 1.0 / (i + 1)
+        x, _ = prepare_batch(batch, placement.device)
+        with placement.autocast():
+            model(placement.input(x))
     for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
     distributed.broadcast_buffers(model)  # every rank validates with rank 0's statistics
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: Iterable, device: torch.device, *, amp: bool = True,
-            progress: bool = False, channels_last: bool = False, desc: str = "predict") -> tuple[torch.Tensor, torch.Tensor]:
+def predict(model: nn.Module, loader: Iterable, placement: Placement, *, progress: bool = False,
+            desc: str = "predict") -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (N, K) and labels (N,) for a whole loader, in loader order, on the CPU. The logits
     stay on the device until the end (one copy, no wait per batch); the labels never leave the host."""
     model.eval()
     logits_all, labels_all = [], []
     for batch in _progress(loader, desc, progress):
-        x, _ = prepare_batch(batch, device)
-        with autocast(device, amp):
-            logits = model(to_layout(x, channels_last))
+        x, _ = prepare_batch(batch, placement.device)
+        with placement.autocast():
+            logits = model(placement.input(x))
         logits_all.append(logits.float())
         labels_all.append(batch["label"])
     return torch.cat(logits_all).cpu(), torch.cat(labels_all)
 
 
-def validate(model: nn.Module, loader: Iterable, criterion: nn.Module, device: torch.device, num_classes: int, *,
-             amp: bool = True, progress: bool = False, channels_last: bool = False) -> tuple[dict[str, float], np.ndarray]:
-    logits, labels = predict(model, loader, device, amp=amp, progress=progress, channels_last=channels_last,
-                             desc="validate")
+def validate(model: nn.Module, loader: Iterable, criterion: nn.Module, placement: Placement, num_classes: int, *,
+             progress: bool = False) -> tuple[dict[str, float], np.ndarray]:
+    logits, labels = predict(model, loader, placement, progress=progress, desc="validate")
     metrics, per_class = validation_metrics(logits, labels, num_classes)  # the one implementation (metrics.py)
-    loss = criterion(logits.to(device), labels.to(device)).item()
+    loss = criterion(logits.to(placement.device), labels.to(placement.device)).item()
     return {"val_loss": loss, **{f"val_{k}": v for k, v in metrics.items()}}, per_class
 
 
@@ -299,9 +264,14 @@ class FitSetup:
     scheduler: Any  # ReduceLROnPlateau (stepped with a loss) or an epoch-stepped schedule
     train_loader: Any
     val_loader: Any
-    device: torch.device
+    placement: Placement  # device, precision, layout (device.py)
     num_classes: int
     config: Any  # Config
+    scaler: torch.amp.GradScaler | None = None  # fp16 only
+
+    @property
+    def device(self) -> torch.device:
+        return self.placement.device
 
 
 def selection_score(history: list[dict[str, float]], window: int) -> float:
@@ -390,6 +360,7 @@ def checkpoint_payload(setup: FitSetup, state: TrainState, metrics: dict[str, fl
         "config": to_nested_dict(setup.config),
         "state": state.to_dict(),
         "rng": ckpt.rng_state(),
+        **({"scaler": setup.scaler.state_dict()} if setup.scaler is not None else {}),
     }
 
 
@@ -397,7 +368,9 @@ def restore(setup: FitSetup, payload: dict[str, Any]) -> TrainState:
     unwrap_model(setup.model).load_state_dict(payload["model"])
     setup.optimizer.load_state_dict(payload["optimizer"])
     setup.scheduler.load_state_dict(payload["scheduler"])
-    ckpt.restore_rng_state(payload["rng"])
+    if setup.scaler is not None and "scaler" in payload:
+        setup.scaler.load_state_dict(payload["scaler"])
+    ckpt.restore_own_rng(payload)
     return TrainState.from_dict(payload["state"])
 
 
@@ -420,7 +393,7 @@ def step_scheduler(scheduler: Any, loss: float) -> None:
         scheduler.step()
 
 
-def run_epoch(setup: FitSetup, epoch: int, channels_last: bool, progress: bool,
+def run_epoch(setup: FitSetup, epoch: int, progress: bool,
               alarm: StarvationAlarm | None = None) -> tuple[dict[str, float], np.ndarray]:
     """Train one epoch, refresh BatchNorm statistics, validate, step the scheduler; returns the
     epoch's metrics and per-class validation accuracy (NaN without validation)."""
@@ -431,19 +404,17 @@ def run_epoch(setup: FitSetup, epoch: int, channels_last: bool, progress: bool,
     if hasattr(loader.sampler, "set_epoch"):
         loader.sampler.set_epoch(epoch)
     lr = setup.optimizer.param_groups[0]["lr"]
-    train_metrics = train_one_epoch(setup.model, loader, setup.criterion, setup.optimizer, setup.device, amp=cfg.amp,
+    train_metrics = train_one_epoch(setup.model, loader, setup.criterion, setup.optimizer, setup.placement,
                                     grad_clip=cfg.grad_clip, epoch=epoch, progress=progress,
-                                    channels_last=channels_last, sync_every=cfg.sync_every, alarm=alarm)
-    recompute_bn_stats(setup.model, loader, setup.device, cfg.precise_bn_batches, amp=cfg.amp,
-                       channels_last=channels_last)
+                                    sync_every=cfg.sync_every, alarm=alarm, scaler=setup.scaler)
+    recompute_bn_stats(setup.model, loader, setup.placement, cfg.precise_bn_batches)
     if setup.val_loader is None:  # train + val fit: nothing held out
         val_metrics: dict[str, float] = {}
         per_class = np.full(setup.num_classes, np.nan)
         step_scheduler(setup.scheduler, train_metrics["train_loss"])
     else:
-        val_metrics, per_class = validate(setup.model, setup.val_loader, setup.criterion, setup.device,
-                                          setup.num_classes, amp=cfg.amp, progress=progress,
-                                          channels_last=channels_last)
+        val_metrics, per_class = validate(setup.model, setup.val_loader, setup.criterion, setup.placement,
+                                          setup.num_classes, progress=progress)
         step_scheduler(setup.scheduler, val_metrics["val_loss"])
     return {"epoch": float(epoch), **train_metrics, **val_metrics, "lr": lr}, per_class
 
@@ -494,12 +465,15 @@ def _fit_epochs(setup: FitSetup, checkpoints: ckpt.CheckpointManager | None, sta
                 callbacks: Iterable[EpochCallback], progress: bool, stamp: Callable[[dict[str, Any]], dict[str, Any]],
                 patience: float) -> TrainState:
     cfg = setup.config.train
-    channels_last = use_channels_last(cfg.channels_last, setup.device)
     alarm = StarvationAlarm(workers=loader_workers(setup.train_loader))  # warns once per run
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
-        metrics, per_class = run_epoch(setup, epoch, channels_last, progress, alarm)
+        metrics, per_class = run_epoch(setup, epoch, progress, alarm)
         improved = record_epoch(state, metrics, per_class, cfg)
-        saved = checkpoints.save(stamp(checkpoint_payload(setup, state, metrics)), improved) if checkpoints else []
+        every_rank = distributed.gather_objects(ckpt.rng_state())  # a collective: every rank, every epoch
+        payload = checkpoint_payload(setup, state, metrics)
+        if every_rank is not None and len(every_rank) > 1:
+            payload["rng_ranks"] = every_rank  # each rank resumes its own dropout stream
+        saved = checkpoints.save(stamp(payload), improved) if checkpoints else []
         log.info("epoch %d/%d  %s", epoch, cfg.epochs, epoch_summary(metrics))
         # The checkpoint holds the RNG state of this moment: callbacks (tracking, pruning) must not
         # move it, or a resumed run would draw other dropout masks than the uninterrupted one.

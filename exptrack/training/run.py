@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import model_store, plots, preemption, tracking
+from ..device import Placement, bind, nvml_index, placement, resolve_device
 from ..config import RESUMABLE, Config, ConfigError, config_from_dict, replace, to_flat_dict
 from ..data import clips
 from ..data.dataset import make_loader
@@ -38,7 +39,7 @@ from . import checkpoint as ckpt
 from . import distributed
 from .distributed import DistEnv
 from .logged_models import ModelLog
-from .loop import EpochCallback, FitSetup, TrainState, fit, model_memory_format, resolve_device, restore
+from .loop import EpochCallback, FitSetup, TrainState, fit, grad_scaler, restore
 
 log = logging.getLogger("exptrack.train")
 
@@ -205,8 +206,9 @@ def find_checkpoint(resume: str, outputs: Path) -> Path:
     raise ModelError(f"--resume {resume}: neither a checkpoint file nor a run id with {candidate}{uploaded}")
 
 
-def build_setup(config: Config, data: PreparedData, device: torch.device, env: DistEnv = DistEnv()) -> FitSetup:
+def build_setup(config: Config, data: PreparedData, where: Placement, env: DistEnv = DistEnv()) -> FitSetup:
     num_classes = config.model.num_classes
+    device = where.device
     train_loader = make_loader(data, "train", train=True, batch_size=config.train.batch_size,
                                num_workers=config.train.num_workers, seed=config.train.seed,
                                weighted_sampler=config.train.weighted_sampler, pin_memory=device.type == "cuda",
@@ -215,7 +217,7 @@ def build_setup(config: Config, data: PreparedData, device: torch.device, env: D
     if len(data.splits["val"]):
         val_loader = make_loader(data, "val", train=False, batch_size=config.train.eval_batch_size,
                                  num_workers=config.train.num_workers, pin_memory=device.type == "cuda")
-    model: nn.Module = build_model(config.model).to(device).to(memory_format=model_memory_format(config.train.channels_last, device))
+    model: nn.Module = where.prepare(build_model(config.model))
     if env.enabled:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if config.train.compile:
@@ -226,7 +228,8 @@ def build_setup(config: Config, data: PreparedData, device: torch.device, env: D
     criterion = FocalLoss(config.loss.focal_gamma, alpha).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
     scheduler = build_scheduler(optimizer, config)
-    return FitSetup(model, criterion, optimizer, scheduler, train_loader, val_loader, device, num_classes, config)
+    return FitSetup(model, criterion, optimizer, scheduler, train_loader, val_loader, where, num_classes, config,
+                    grad_scaler(where))
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: Config):
@@ -265,11 +268,32 @@ def train(config: Config, resume: str | None = None, progress: bool = True,
     if groups.is_group(config) or (resume and groups.is_group_run(resume)):
         return groups.train_group(config, resume, progress, options)  # type: ignore[return-value]
     refuse_ensemble_training(config)
-    env = distributed.init_distributed(config.train.device)
+    # The device and precision first: a setting this machine cannot honour stops here, before a
+    # process group, a run or a file exists. (A resume checks again with the run's own config.)
+    device = resolve_device(config.train.device)
+    placement(config.train, device, strict=True)
+    env = distributed.init_distributed(device)
     try:
         return _train(config, env, resume, progress, callbacks, options)
     finally:
         distributed.cleanup()
+
+
+def training_placement(config: Config, env: DistEnv) -> Placement:
+    """Where this rank trains: its own GPU (made the current device), the precision and layout
+    the config asks for on it; logged as one line, as every run should say where it ran."""
+    device = bind(distributed.device_for(env, resolve_device(config.train.device)))
+    where = placement(config.train, device, strict=True)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    log.info("device: %s%s", where.describe(), f" (rank {env.rank} of {env.world_size})" if env.enabled else "")
+    return where
+
+
+def seed_everything_for_rank(seed: int, env: DistEnv) -> None:
+    """Every rank its own random stream (dropout); the model's initial weights still agree,
+    since DDP copies rank 0's to every rank when it wraps the model."""
+    seed_everything(distributed.rank_seed(seed, env.rank))
 
 
 def refuse_ensemble_training(config: Config) -> None:
@@ -316,6 +340,13 @@ def refuse_restart_of_trained_run(run_id: str, outputs: Path) -> None:
                      f"holds them (or set paths.outputs to its outputs folder)")
 
 
+def _device_tags(where: Placement) -> dict[str, Any]:
+    """The device line as tags; `gpu_nvml_index` names the GPU in MLflow's system metrics
+    (`system/gpu_<i>_*` count GPUs as NVML does, whatever CUDA_VISIBLE_DEVICES says)."""
+    index = nvml_index(where.device)
+    return {**where.tags(), **({"gpu_nvml_index": index} if index is not None else {})}
+
+
 def _run_tags(data: PreparedData, setup: FitSetup, env: DistEnv) -> dict[str, Any]:
     """What a train run is tagged with; warns when validation is too small to trust."""
     weak = data.validation_weaknesses()
@@ -323,7 +354,7 @@ def _run_tags(data: PreparedData, setup: FitSetup, env: DistEnv) -> dict[str, An
         log.warning("validation is small (%s): its scores are noisy, so model choice and early stopping are "
                     "too; put more subjects in validation (split.csv val, data.val_fraction) and compare "
                     "models on the test split", "; ".join(weak))
-    return {"data_root": data.layout.root, "data_digest": data.digest(), "device": str(setup.device),
+    return {"data_root": data.layout.root, "data_digest": data.digest(), **_device_tags(setup.placement),
             **({"validation_weak": "; ".join(weak)} if weak else {}),
             "world_size": env.world_size, "parameters": count_parameters(setup.model),
             "clips_train": len(data.splits["train"]), "clips_val": len(data.splits["val"])}
@@ -386,15 +417,13 @@ def _train(config: Config, env: DistEnv, resume: str | None, progress: bool,
         tracking.check_store(config)  # a store that cannot record the run: said before any decoding or training
     payload, config = _resume_point(resume, outputs, config, options.explicit) if resume else (None, config)
     run_id = payload["run_id"] if payload else None
-    seed_everything(config.train.seed)
-    device = distributed.device_for(env, resolve_device(config.train.device))
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    seed_everything_for_rank(config.train.seed, env)
+    where = training_placement(config, env)
     data = prepare_data(config, splits=("train", "val"), progress=progress and env.is_main)
     if len(data.splits["val"]) == 0 and not config.data.train_on_val:
         raise DataError("no validation clips: early stopping and model choice need data.val_fraction > 0 "
                         "or val subjects in split.csv")
-    setup = build_setup(config, data, device, env)
+    setup = build_setup(config, data, where, env)
     state = restore(setup, payload) if payload and "model" in payload else None
     if not env.is_main:  # workers train in step with rank 0 and leave the record to it
         state = fit(setup, None, state=state, progress=False)
