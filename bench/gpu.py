@@ -14,6 +14,11 @@ Rows of the table:
   profile data-wait share of a few real-loader steps; after the table, the top 10 CUDA kernels
           of a torch.profiler trace (summary and trace written next to --out)
 
+How long: on one H100-class GPU, about 20-30 minutes by its design (a batch search that doubles
+up to 16,384, cuDNN autotune for every probe in three variants, about five compilations of the
+full C3D); not yet run on a GPU. Our GPU windows are shorter: run bench/gpu_check.py first (at
+most 6 minutes), and this with --no-max --no-compile when a window allows.
+
 Without CUDA, or with --device cpu, it runs a small model (width 0.25, 32 px, batches 4 and 8,
 a few steps) so that CI can check that it runs in well under a minute; the variants are then
 the two memory layouts, the choice behind train.channels_last="auto" on the CPU.
@@ -442,6 +447,7 @@ def real_loader_rows(spec: Spec, variant: Variant, batch: int, loader, device: t
     text = (f"profile: {spec.sync_batches} steps of train_one_epoch on the real loader, {variant.name}, batch {batch}; "
             f"waiting for data {timed.wait:.2f} s of {wall:.2f} s ({100 * share:.0f}%)\n" + profile_summary(prof, device))
     if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)  # (before: a missing folder lost the trace)
         prof.export_chrome_trace(str(out.with_suffix(".trace.json")))
     return sync_row, profile_row, text
 

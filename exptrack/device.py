@@ -168,6 +168,12 @@ def bind(device: torch.device) -> torch.device:
     return torch.device("cuda", index)
 
 
+def cudnn_version() -> str:
+    """cuDNN's version as people write it (92400 -> 9.24.0); "none" without cuDNN."""
+    raw = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return f"{raw // 10000}.{raw % 10000 // 100}.{raw % 100}" if raw else "none"
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)

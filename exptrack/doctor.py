@@ -19,7 +19,7 @@ import torch.distributed as dist
 from . import tracking
 from .config import Config
 from . import device
-from .device import DeviceError, cuda_bf16, placement, resolve_device, unusable_gpu_reason
+from .device import DeviceError, cuda_bf16, cudnn_version, placement, resolve_device, unusable_gpu_reason
 
 
 @dataclass
@@ -43,10 +43,8 @@ def _gib(n: float) -> str:
 
 
 def _torch_line() -> str:
-    raw = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-    cudnn = f"{raw // 10000}.{raw % 10000 // 100}.{raw % 100}" if raw else "none"  # 92400 -> 9.24.0
     build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU-only build"
-    return (f"{torch.__version__} ({build}, cuDNN {cudnn}, archs {' '.join(torch.cuda.get_arch_list()) or '-'}); "
+    return (f"{torch.__version__} ({build}, cuDNN {cudnn_version()}, archs {' '.join(torch.cuda.get_arch_list()) or '-'}); "
             f"Python {platform.python_version()}")
 
 

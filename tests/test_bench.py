@@ -48,6 +48,27 @@ def test_gpu_bench_runs_on_cpu_and_prints_its_table(tmp_path):
 
 
 @pytest.mark.slow
+def test_gpu_check_runs_every_part_the_cpu_can_and_writes_its_table(tmp_path):
+    """bench/gpu_check.py --device cpu: the first GPU call must not be its first run. On the CPU
+    the half-precision rows are informational, and they show the CPU bug exptrack avoids."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    out = tmp_path / "new" / "check"  # a folder it must create
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--device", "cpu", "--out", str(out)],
+                          capture_output=True, text=True, timeout=900, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    table = (out / "check.md").read_text()
+    for part in ("conv3d", "c3d", "train", "evaluate", "visualize", "predict", "sysmetrics", "compile", "torchrun",
+                 "speed"):
+        assert f"| {part} |" in table, part
+    assert "| train | defaults resolve and are logged | pass | log: cpu (CPU), fp32" in table
+    assert "FAIL" not in table and "0 correctness check(s) failed" in table
+    bf16_t2 = [line for line in table.splitlines() if line.startswith("| conv3d | bf16") and "T=2" in line]
+    assert bf16_t2 and all("| info |" in line for line in bf16_t2)
+    assert "$ " in (out / "check.log").read_text()  # the commands it ran, with their output
+
+
+@pytest.mark.slow
 def test_scale_bench_runs_small_and_prints_its_table_growth_and_extrapolation(tmp_path):
     leftovers = set(Path(tempfile.gettempdir()).glob("exptrack-scale-*"))
     env = {**os.environ, "OMP_NUM_THREADS": "1",

@@ -397,6 +397,24 @@ def test_nan_on_one_ddp_rank_stops_every_rank_with_the_same_error(tmp_path):
     assert "at epoch 1, batch 3 (found at the check of batches 3 to 4" in messages[0]
 
 
+def test_ddp_ranks_draw_their_own_dropout_masks_from_the_same_weights(tmp_path):
+    """torchrun, 2 CPU processes (gloo), seeded as `exptrack train` seeds them: N ranks must see
+    N views of their batches, not one view N times; DDP still starts every rank from rank 0's
+    weights."""
+    import os
+    import subprocess
+    import sys
+
+    worker = Path(__file__).with_name("ddp_seed_worker.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
+           str(tmp_path)]
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = torch.load(tmp_path / "ranks.pt", weights_only=True)
+    assert torch.equal(ranks[0]["weights"], ranks[1]["weights"])
+    assert not torch.equal(ranks[0]["mask"], ranks[1]["mask"])
+
+
 def test_torchrun_with_one_process_joins_the_process_group(monkeypatch):
     """`torchrun --nproc_per_node 1` runs the DDP path (NCCL on a GPU, gloo here), so that one
     GPU can check what N GPUs run."""
