@@ -138,7 +138,7 @@ class TrainConfig:
     # (0 = off, the original behaviour); see training/loop.py:recompute_bn_stats.
     precise_bn_batches: int = 10
     # channels_last_3d memory for the model and its input: "auto" = the layout measured faster
-    # on the device type (training/loop.py:use_channels_last, bench/RESULTS.md), or true/false.
+    # on the device type (device.py:use_channels_last, bench/RESULTS.md), or true/false.
     channels_last: Literal["auto", True, False] = "auto"
     # Read the loss, accuracy and NaN check from the device every this many batches (and at the
     # end of each epoch): one host-device synchronisation per check, none per step. 0 = epoch end only.
