@@ -542,6 +542,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.benchmark = True  # as exptrack train sets it
     header = machine_line(device, spec)
     print(header, flush=True)
+    if device.type == "cuda" and (spec.find_max or spec.compile):
+        print("this takes 20-30 minutes on one GPU (largest-batch search, compiled rows); bench/gpu_check.py is the "
+              "6-minute check, and --no-max --no-compile the short form of this one", flush=True)
     start = time.perf_counter()
 
     rows, _ = train_rows(spec, variants, device)

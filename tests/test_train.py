@@ -51,10 +51,12 @@ def _artifacts(run_id: str, path: str | None = None) -> set[str]:
 
 
 @pytest.mark.slow
-def test_train_logs_a_complete_run_and_registers_the_model(tiny_demo, make_config):
+def test_train_logs_a_complete_run_and_registers_the_model(tiny_demo, make_config, caplog):
     cfg = _config(make_config, tiny_demo, "train.epochs=3", "data.use_masks=true",
                   "data.use_skeleton_attention=true", "data.downsample_class1=true")
+    caplog.set_level(logging.INFO, logger="exptrack.train")
     result = train_run.train(cfg, progress=False)
+    assert "device: cpu (CPU), fp32, channels_last_3d" in caplog.text  # where it ran, said once at the start
     run = _run(result.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["data.clip_len"] == "8" and run.data.params["loss.focal_gamma"] == "2.0"
@@ -64,6 +66,7 @@ def test_train_logs_a_complete_run_and_registers_the_model(tiny_demo, make_confi
         assert _steps(result.run_id, key) == [1, 2, 3], key
     tags = run.data.tags
     assert tags["exptrack.command"] == "train" and tags["device"] == "cpu"
+    assert (tags["device_name"], tags["precision"], tags["memory_layout"]) == ("CPU", "fp32", "channels_last_3d")
     assert tags["data_digest"] and tags["data_root"] == str(tiny_demo)
     assert "torch_version" in tags and "mlflow_version" in tags
     assert tags["validation_weak"].startswith("1 validation subject (< 3)")  # 6 subjects: 1 held out
