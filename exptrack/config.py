@@ -419,7 +419,19 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def read_yaml_file(path: Path) -> Any:
     """Parse one YAML file, or ConfigError naming it (and the line or byte) for a missing file,
-    a folder, bytes that are not UTF-8, invalid YAML or a key given twice in one mapping."""
+    a folder, bytes that are not UTF-8, invalid YAML, nesting deeper than a config has any use
+    for, or a key given twice in one mapping."""
+    try:
+        return _read_yaml_file(path)
+    except OSError as exc:  # a name longer than the OS allows (ENAMETOOLONG), a path through a file...
+        shown = str(path) if len(str(path)) <= 120 else f"{str(path)[:60]}...{str(path)[-40:]}"
+        raise ConfigError(f"{shown}: cannot read it as a config file ({exc.strerror or exc})") from None
+
+
+MAX_YAML_DEPTH = 50  # a config nests 2 levels, a study file 4; PyYAML itself recurses per level
+
+
+def _read_yaml_file(path: Path) -> Any:
     if path.is_dir():
         raise ConfigError(f"{path}: is a folder, not a YAML config file")
     if path.exists() and not path.is_file():  # a FIFO would block, /dev/zero never end
@@ -440,6 +452,7 @@ def read_yaml_file(path: Path) -> Any:
         raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     loader = _UniqueKeyLoader(text)
     loader.name = str(path)  # marks in YAML errors name the file
+    _check_depth(text, path)
     try:
         data = loader.get_single_data()
     except yaml.YAMLError as exc:
@@ -448,6 +461,25 @@ def read_yaml_file(path: Path) -> Any:
         loader.dispose()
     _check_expanded_size(data, path)
     return data
+
+
+def _check_depth(text: str, path: Path) -> None:
+    """Refuse nesting deeper than MAX_YAML_DEPTH from the token stream (flat, no recursion): the
+    parser and composer recurse once per level, and 20,000 levels end in a RecursionError."""
+    depth = 0
+    try:
+        for token in yaml.scan(text, Loader=yaml.SafeLoader):
+            if isinstance(token, (yaml.BlockMappingStartToken, yaml.BlockSequenceStartToken,
+                                  yaml.FlowMappingStartToken, yaml.FlowSequenceStartToken)):
+                depth += 1
+                if depth > MAX_YAML_DEPTH:
+                    line = token.start_mark.line + 1
+                    raise ConfigError(f"{path}:{line}: nested more than {MAX_YAML_DEPTH} levels deep; a config has "
+                                      "no use for that many")
+            elif isinstance(token, (yaml.BlockEndToken, yaml.FlowMappingEndToken, yaml.FlowSequenceEndToken)):
+                depth -= 1
+    except yaml.YAMLError:
+        return  # invalid YAML: the parser says where, below
 
 
 MAX_YAML_VALUES = 100_000  # values in a file once its aliases are expanded (a config has a few hundred)
@@ -594,6 +626,9 @@ def validate(config: Config) -> None:
         problems.append("data.train_stride and data.eval_stride must be >= 1")
     if d.frame_size < 8:
         problems.append("data.frame_size must be >= 8 pixels")
+    for key, value in (("data.demo_subjects", d.demo_subjects), ("data.demo_classes", d.demo_classes)):
+        if value is not None and value < 1:  # 0 once meant "the preset's count" without saying so
+            problems.append(f"{key} must be >= 1, or null for the preset's own count; got {value}")
     if d.cache_workers < 0:
         problems.append("data.cache_workers must be >= 0 (0: one per core for large builds)")
     if not 0.0 <= d.min_purity <= 1.0:

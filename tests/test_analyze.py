@@ -80,6 +80,7 @@ def test_cache_refuses_a_disk_too_small_and_writes_nothing(tiny_demo, tmp_path, 
     assert code == 2
     err = capsys.readouterr().err
     assert f"{tmp_path / 'c'}: the frame cache needs" in err and "only 1.0 MiB are free" in err
+    assert f"the largest: {tiny_demo}" in err  # which video the need comes from
     assert not [f for f in (tmp_path / "c").rglob("*") if f.is_file()]  # nothing half-written
     runs = mlflow.search_runs(experiment_names=["cache-full"], output_format="list")
     assert [r.info.status for r in runs] == ["FAILED"]
@@ -120,3 +121,20 @@ def test_cache_prune_deletes_only_cache_entries_when_the_cache_shares_the_output
     assert main(["cache", *common, "--set", "data.frame_size=48", "--prune"]) == 0
     assert all(f.read_text() == "keep me" for f in (checkpoint, report, lookalike))
     assert len([p for p in (outputs / "video").iterdir() if (p / "done").exists()]) == 6  # the 32 px ones went
+
+
+def test_a_header_claiming_more_frames_than_its_file_has_bytes_is_not_trusted(tiny_demo, make_config, tmp_path,
+                                                                               monkeypatch):
+    """A video whose header claims 2^31 frames made the cache refuse with "needs 10650 GiB",
+    naming no video: such a count is not believed, and the video is named."""
+    real = cache_module.probe_video
+    liar = sorted(tiny_demo.rglob("*.mp4"))[0]
+
+    def lying(path):  # the fault: one header's frame count
+        info = real(path)
+        return info if path != liar else type(info)(**{**vars(info), "num_frames": 2**31})
+
+    monkeypatch.setattr(cache_module, "probe_video", lying)
+    need = config_cache_need(make_config(tiny_demo, f"paths.cache={tmp_path / 'c'}"))
+    assert need.unsized == (liar,) and need.to_write < 2**30
+    assert f"(first: {liar}) are not included" in need.describe()

@@ -271,3 +271,25 @@ def test_a_config_file_larger_than_any_config_is_refused(tmp_path):
     big.write_text("# " + "x" * (2 << 20) + "\n")
     with pytest.raises(ConfigError, match="larger than a config file can be"):
         load_config(big)
+
+
+def test_a_config_nested_20000_deep_is_one_line_naming_the_file(tmp_path, capsys):
+    from exptrack.cli import main
+
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("train: " + "[" * 20_000 + "]" * 20_000 + "\n")
+    assert main(["train", "--config", str(deep)]) == 2
+    assert f"{deep}:1: nested more than 50 levels deep" in capsys.readouterr().err
+
+
+def test_a_config_path_longer_than_the_os_allows_is_one_line(tmp_path, capsys):
+    from exptrack.cli import main
+
+    assert main(["train", "--config", str(tmp_path / ("x" * 300 + ".yaml"))]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read it as a config file (File name too long)" in err and "Traceback" not in err
+
+
+def test_zero_demo_subjects_is_refused_not_read_as_the_preset_count():
+    with pytest.raises(ConfigError, match="data.demo_subjects must be >= 1, or null for the preset's own count; got 0"):
+        load_config(None, ["data.demo_subjects=0"])

@@ -254,8 +254,9 @@ def test_a_received_checkpoint_resumes_with_this_folders_paths_not_its_own(tmp_p
     theirs = tmp_path / "alice"
     saved = load_config(None, [f"data.root={theirs / 'data'}", f"paths.outputs={theirs / 'outputs'}",
                                f"paths.cache={theirs / 'cache'}", "data.demo=true", "train.epochs=5"])
-    with pytest.raises(DataError, match=f"data.root {theirs / 'data'} \\(from the checkpoint's config\\) does not exist here"):
-        train_run.resume_config(saved, load_config(None, []))
+    with pytest.raises(DataError, match=f"data.root {theirs / 'data'} \\(from the config of {theirs / 'last.pt'}\\) "
+                                         "does not exist here"):
+        train_run.resume_config(saved, load_config(None, []), source=str(theirs / "last.pt"))  # names the file
     mine = tmp_path / "mine"
     mine.mkdir()
     resumed = train_run.resume_config(saved, load_config(None, [f"data.root={mine}"]))

@@ -366,12 +366,17 @@ class CacheNeed:
     frames_to_decode: int = 0  # of those, in videos not cached yet
     videos_to_decode: int = 0
     unsized: tuple[Path, ...] = ()
+    largest: tuple[Path, int] | None = None  # the video with the most frames still to decode
 
     def describe(self) -> str:
         text = (f"{size_text(self.to_write)} to write for {self.entries_to_build} cache entries "
-                f"({size_text(self.total)} for this config in all, {self.frames} frames)")
+                f"({size_text(self.total)} for this config in all, {self.frames} frames")
+        if self.largest is not None:
+            text += f"; the largest: {self.largest[0]}, {self.largest[1]} frames by its header"
+        text += ")"
         if self.unsized:
-            text += f"; {len(self.unsized)} videos without a frame count in their header are not included"
+            text += (f"; {len(self.unsized)} videos without a believable frame count in their header (first: "
+                     f"{self.unsized[0]}) are not included")
         return text
 
 
@@ -398,6 +403,7 @@ def cache_need(cache: FrameCache, subjects: list[SubjectFiles], guides: Guides) 
     upper bound). Reads no frame."""
     total = to_write = entries = frames_all = to_decode = videos = 0
     unsized: list[Path] = []
+    largest: tuple[Path, int] | None = None
     for subject in subjects:
         wanted = _wanted_entries(cache, subject, guides)
         if wanted is None:
@@ -412,7 +418,9 @@ def cache_need(cache: FrameCache, subjects: list[SubjectFiles], guides: Guides) 
                 to_write, entries = to_write + size, entries + 1
                 if kind == "video":
                     to_decode, videos = to_decode + frames, videos + 1
-    return CacheNeed(total, to_write, entries, frames_all, to_decode, videos, tuple(unsized))
+                    if largest is None or frames > largest[1]:
+                        largest = (subject.video, frames)
+    return CacheNeed(total, to_write, entries, frames_all, to_decode, videos, tuple(unsized), largest)
 
 
 def _wanted_entries(cache: FrameCache, subject: SubjectFiles,
@@ -423,6 +431,8 @@ def _wanted_entries(cache: FrameCache, subject: SubjectFiles,
     info = _cached_info(folder) if folder is not None else probe_video(subject.video)
     if info.num_frames <= 0:
         return None
+    if folder is None and info.num_frames > subject.video.stat().st_size:
+        return None  # fewer bytes than frames: a header that lies (the decode counts the real ones)
     kinds = [("video", folder is not None)]
     if guides.masks:
         kinds.append(("mask", folder is not None and cache.built(

@@ -112,7 +112,8 @@ def preset_spec(preset: str, subjects: int | None = None, classes: int | None = 
     if preset not in PRESETS:
         raise ConfigError(f"unknown demo preset {preset!r} (known: {', '.join(PRESETS)})")
     base = PRESETS[preset]
-    return dataclasses.replace(base, subjects=subjects or base.subjects, classes=classes or base.classes, seed=seed)
+    return dataclasses.replace(base, subjects=base.subjects if subjects is None else subjects,
+                               classes=base.classes if classes is None else classes, seed=seed)
 
 
 @dataclass(frozen=True)

@@ -454,8 +454,9 @@ def read_mask(path: Path) -> np.ndarray | None:
     not a regular file).
 
     Masks come in several encodings, all read the same: 8-bit 0/255, 16-bit 0/65535 (OpenCV's
-    grayscale mode would scale them down), and 0/1 label images of either depth (read as "no
-    person" by a >127 threshold). Colour masks count any channel.
+    grayscale mode would scale them down), 16-bit files holding 8-bit values (0/255: scaled down
+    they would be all "no person"), and 0/1 label images of either depth (read as "no person" by
+    a >127 threshold). Colour masks count any channel.
     """
     if not path.is_file():  # a FIFO named like a mask would block imread for ever
         return None
@@ -466,4 +467,6 @@ def read_mask(path: Path) -> np.ndarray | None:
         img = img.max(axis=2)  # (H, W, C) -> (H, W): a person drawn in any colour
     if img.max() == 1:  # a 0/1 label image
         return (img * 255).astype(np.uint8)
-    return (img // 256).astype(np.uint8) if img.dtype == np.uint16 else img
+    if img.dtype == np.uint16:  # 0/65535 scaled down; 8-bit values in a 16-bit file kept as they are
+        return (img // 256 if img.max() > 255 else img).astype(np.uint8)
+    return img

@@ -150,8 +150,8 @@ def train_group(config: Config, resume: str | None = None, progress: bool = True
             raise ConfigError(f"--resume {resume}: not a seed or fold group's run; --seeds and --folds start a new "
                               "group (resume one with the group run's id)")
         saved = tracking.train_run_config(resume)
-        config = resume_config(config_from_dict(saved, f"run {resume} config.yaml"), config,
-                               options.explicit) if saved else config
+        config = resume_config(config_from_dict(saved, f"run {resume} config.yaml"), config, options.explicit,
+                               f"run {resume}") if saved else config
     refuse_ensemble_training(config)
     # a device (or precision) this machine lacks: before the group's run starts
     placement(config.train, resolve_device(config.train.device), strict=True)

@@ -156,7 +156,8 @@ def reconcile_history(run: tracking.Run, state: TrainState) -> int:
 CHECKPOINT_DIR_TAG = "checkpoint_dir"
 
 
-def resume_config(saved: Config, given: Config, explicit: frozenset[str] | None = None) -> Config:
+def resume_config(saved: Config, given: Config, explicit: frozenset[str] | None = None,
+                  source: str = "the checkpoint") -> Config:
     """The checkpoint's config with the RESUMABLE keys the user set (`explicit`, config.given_keys;
     without it, those that differ from the defaults) taken from `given` (e.g. more epochs), and
     `given`'s paths; other differences are ignored with a warning."""
@@ -178,7 +179,7 @@ def resume_config(saved: Config, given: Config, explicit: frozenset[str] | None 
     changes["paths"] = {k: given_flat[f"paths.{k}"] for k in RESUMABLE["paths"]}
     root = given.data.root if "data.root" in explicit else saved.data.root
     if root != given.data.root and not Path(root).exists():
-        raise DataError(f"data.root {root} (from the checkpoint's config) does not exist here: pass --set "
+        raise DataError(f"data.root {root} (from the config of {source}) does not exist here: pass --set "
                         f"data.root=<the folder that holds the run's dataset>")
     return replace(saved, **changes)
 
@@ -317,12 +318,12 @@ def _resume_point(resume: str, outputs: Path, config: Config,
         log.warning("run %s has no checkpoint (it was stopped before its first epoch ended): it starts again from "
                     "epoch 1, in the same MLflow run", resume)
         own = config_from_dict(saved, f"run {resume} config.yaml") if saved else config
-        return {"run_id": resume}, resume_config(own, config, explicit)
+        return {"run_id": resume}, resume_config(own, config, explicit, f"run {resume}")
     path, payload = ckpt.load_for_resume(path) if path.name == ckpt.LAST else (path, ckpt.load(path))
     if "run_id" not in payload:
         raise ModelError(f"{path}: checkpoint has no run id (not written by exptrack train)")
     log.info("resuming run %s after epoch %d", payload["run_id"], payload["epoch"])
-    return payload, resume_config(config_from_dict(payload["config"], str(path)), config, explicit)
+    return payload, resume_config(config_from_dict(payload["config"], str(path)), config, explicit, str(path))
 
 
 def refuse_restart_of_trained_run(run_id: str, outputs: Path) -> None:

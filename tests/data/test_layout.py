@@ -123,10 +123,10 @@ def test_a_joint_at_infinity_is_a_counted_warning_and_undetected(tmp_path):
 
 
 @pytest.mark.parametrize("dtype, person", [(np.uint8, 255), (np.uint8, 1), (np.uint16, 65535), (np.uint16, 1),
-                                           (np.uint16, 255 * 257)])
+                                           (np.uint16, 255 * 257), (np.uint16, 255)])
 def test_masks_of_every_common_encoding_read_the_same(tmp_path, dtype, person):
     """0/255, 0/1 label images and 16-bit masks: the person is at 255 in each (a 0/1 mask was
-    once read as no person at all)."""
+    once read as no person at all, and so were 16-bit files holding 0/255)."""
     import cv2
 
     img = np.zeros((12, 16), dtype=dtype)
