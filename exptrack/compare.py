@@ -36,12 +36,15 @@ import torch
 from sklearn.metrics import confusion_matrix
 
 from . import plots, tracking
-from .config import config_from_dict, to_flat_dict
+from .config import Config, config_from_dict, to_flat_dict
 from .data.dataset import ClipDataset
+from .data.layout import class_label
 from .data.prepare import prepare_data
+from .data.video import read_frames
 from .errors import ModelError
 from .evaluation import evaluation_config, evaluation_digest, evaluation_predictions, run_evaluate
 from .explain import render
+from .formatting import figure, figures_table
 from .explain.visualize import model_probs_and_heat
 from .inference import LoadedModel, load_model
 from .metrics import canonical_metric
@@ -160,8 +163,9 @@ def changed_clips(joined: pd.DataFrame, names: list[str], clip_len: int) -> tupl
     return table[~right_a & right_b].reset_index(drop=True), table[right_a & ~right_b].reset_index(drop=True)
 
 
-def config_difference(a: LoadedModel, b: LoadedModel) -> pd.DataFrame:
-    fa, fb = to_flat_dict(a.config), to_flat_dict(b.config)
+def config_difference(a: Config, b: Config) -> pd.DataFrame:
+    """The config keys whose values differ, with both values."""
+    fa, fb = to_flat_dict(a), to_flat_dict(b)
     keys = [k for k in fa if fa[k] != fb.get(k)]
     return pd.DataFrame({"key": keys, "A": [fa[k] for k in keys], "B": [fb[k] for k in keys]})
 
@@ -182,37 +186,50 @@ def training_histories(a: Side, b: Side) -> dict[str, pd.DataFrame]:
 
 
 def gradcam_strips(a: Side, b: Side, clips: pd.DataFrame, count: int, split: str, data_root: str | None,
-                   device: torch.device, out: Path) -> list[Path]:
-    """For the first `count` clips: A's and B's GradCAM overlays side by side, as GIFs."""
+                   device: torch.device, out: Path) -> list[tuple[Path, str]]:
+    """For the first `count` clips: A's and B's GradCAM over the clip at the video's own resolution
+    (at least render.MIN_SIDE px), side by side as a GIF, each with its caption (subject, frames,
+    true class, both predictions with their probabilities)."""
     if count <= 0 or clips.empty:
         return []
     data = prepare_data(evaluation_config(a.loaded.config, data_root, {}), splits=(split,), progress=False)
     ds = ClipDataset(data, split, train=False)
-    paths = []
+    names = a.loaded.class_names
+    figures = []
     for _, row in clips.head(count).iterrows():
-        subj = data.subjects[row["subject"]]
-        view = ds.clip_at(subj, int(row["start_frame"]))[None]  # (1, T, S, S, 3) as the model sees it
-        frames = np.asarray(subj.video.frames[int(row["start_frame"]):int(row["start_frame"]) + ds.clip_len])
-        overlays = []
+        subj, start = data.subjects[row["subject"]], int(row["start_frame"])
+        view = ds.clip_at(subj, start)[None]  # (1, T, S, S, 3) as the model sees it
+        source = read_frames(subj.files.video, start, ds.clip_len)  # (T, H, W, 3), the video's own pixels
+        overlays, said = [], []
         for side in (a, b):
-            _, heat = model_probs_and_heat(side.loaded, view, "block4", device)
-            overlays.append(render.upscale(render.overlay(frames, heat[0], 0.5), 4))
-        strip = np.stack([render.hstack(x, y) for x, y in zip(*overlays, strict=True)])  # (T, S*4, 2*S*4, 3)
-        paths.append(render.save_gif(out / f"{row['subject']}_{int(row['start_frame'])}.gif", strip, 8))
-    return paths
+            probs, heat = model_probs_and_heat(side.loaded, view, "block4", device)
+            overlays.append(render.caption(render.explanation_frames(source, heat[0], 0.5)[1], [side.label]))
+            pred = int(probs[0].argmax())
+            said.append(f"{side.label}: {class_label(pred, names)} ({figure(float(probs[0, pred]))})")
+        strip = np.stack([render.hstack(x, y) for x, y in zip(*overlays, strict=True)])  # (T, H, 2W, 3)
+        path = render.save_gif(out / f"{row['subject']}_{start}.gif", strip, 8, max_width=strip.shape[2])
+        figures.append((path, f"subject {row['subject']}, frames {start}-{start + ds.clip_len - 1}, true "
+                              f"{row['true_name']}; {', '.join(said)}"))
+    return figures
 
 
-def _image(path: Path) -> str:
+def _image(path: Path, text: str = "") -> str:
     kind = "gif" if path.suffix == ".gif" else "png"
-    return f'<img src="data:image/{kind};base64,{base64.b64encode(path.read_bytes()).decode()}">'
+    img = f'<img src="data:image/{kind};base64,{base64.b64encode(path.read_bytes()).decode()}">'
+    return f"<figure>{img}<figcaption>{html.escape(text)}</figcaption></figure>" if text else img
+
+
+REPORT_STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
+                "td,th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}img{max-width:100%;margin:4px}"
+                "figure{display:inline-block;margin:4px}figcaption{font-size:90%}")
 
 
 def write_report(out: Path, a: Side, b: Side, comparisons: dict[str, Comparison], verdict: str, paired: bool,
                  classes: pd.DataFrame | None, fixed: pd.DataFrame, broken: pd.DataFrame, config_diff: pd.DataFrame,
-                 images: dict[str, list[Path]]) -> Path:
+                 images: dict[str, list[tuple[Path, str]]]) -> Path:
     """report.html, self-contained (images as data URIs)."""
     def table(df: pd.DataFrame) -> str:
-        return df.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="", border=0)
+        return figures_table(df).to_html(index=False, na_rep="", border=0)
 
     summary = pd.DataFrame([{"metric": m, "A": c.a, "B": c.b, "B - A": c.diff, "95% low": c.low, "95% high": c.high,
                              "P(B better)": c.p_better, "subjects": c.n_subjects, "method": c.method}
@@ -229,17 +246,15 @@ def write_report(out: Path, a: Side, b: Side, comparisons: dict[str, Comparison]
         parts += ["<h2>Per class (sorted by the accuracy change)</h2>", table(classes)]
     for title, key in (("Confusion, B minus A (row-normalised)", "confusion"), ("Training curves", "curves")):
         if images.get(key):
-            parts += [f"<h2>{title}</h2>", *(_image(p) for p in images[key])]
+            parts += [f"<h2>{title}</h2>", *(_image(p, text) for p, text in images[key])]
     for title, clips, key in (("Clips B fixed", fixed, "fixed"), ("Clips B broke", broken, "broken")):
         counts = clips.groupby("true_name").size().rename("clips").reset_index() if len(clips) else clips
         parts += [f"<h2>{title}: {len(clips)}</h2>", table(counts) if len(clips) else "",
                   "<p>GradCAM (block4), A left, B right:</p>" if images.get(key) else "",
-                  *(_image(p) for p in images.get(key, [])), table(clips.head(50))]
+                  *(_image(p, text) for p, text in images.get(key, [])), table(clips.head(50))]
     parts += ["<h2>Config keys that differ</h2>", table(config_diff) if len(config_diff) else "<p>none</p>"]
-    style = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}"
-             "td,th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}img{max-width:100%;margin:4px}")
     path = out / "report.html"
-    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>compare</title><style>{style}</style>"
+    path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>compare</title><style>{REPORT_STYLE}</style>"
                     f"</head><body>{''.join(parts)}</body></html>")
     return path
 
@@ -284,6 +299,8 @@ def run_compare_groups(ref_a: str, ref_b: str, save_dir: str | Path | None = Non
     verdict = c.sentence() + ("" if paired or kind_a == kind_b == "seeds" else
                               " (folds of different subjects, or a fold and a seed group: compared unpaired)")
     config = config_from_dict(tracking.train_run_config(ref_a) or {}, f"run {ref_a} config.yaml")
+    config_b = config_from_dict(tracking.train_run_config(ref_b) or {}, f"run {ref_b} config.yaml")
+    differ = config_difference(config, config_b)
     with tracking.start_run(config, run_name="compare-groups", command="compare",
                             tags={"compare.a": ref_a, "compare.b": ref_b, "compare.kind": "groups",
                                   "compare.paired": paired}) as run:
@@ -293,11 +310,15 @@ def run_compare_groups(ref_a: str, ref_b: str, save_dir: str | Path | None = Non
             table.to_csv(out / "members.csv", index=False)
             summary = pd.DataFrame([vars(c)])
             summary.to_csv(out / "headline.csv", index=False)
-            html_table = table.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0)
+            differ.to_csv(out / "config_difference.csv", index=False)
+            html_table = figures_table(table).to_html(index=False, border=0)
+            differ_html = figures_table(differ).to_html(index=False, border=0) if len(differ) else "<p>none</p>"
             (out / "report.html").write_text(
-                f"<!doctype html><html><head><meta charset='utf-8'><title>compare groups</title></head><body>"
+                f"<!doctype html><html><head><meta charset='utf-8'><title>compare groups</title>"
+                f"<style>{REPORT_STYLE}</style></head><body>"
                 f"<h1>Group B against group A</h1><p><b>{html.escape(verdict)}</b></p><p>A: <code>{html.escape(ref_a)}"
-                f"</code> ({kind_a})<br>B: <code>{html.escape(ref_b)}</code> ({kind_b})</p>{html_table}</body></html>")
+                f"</code> ({kind_a})<br>B: <code>{html.escape(ref_b)}</code> ({kind_b})</p>"
+                f"<h2>Members</h2>{html_table}<h2>Config keys that differ</h2>{differ_html}</body></html>")
             run.log_artifacts(out, "compare")
             run.log_metrics({f"{k}_{HEADLINE}": v for k, v in (("a", c.a), ("b", c.b), ("diff", c.diff), ("low", c.low),
                                                                ("high", c.high), ("p_better", c.p_better)) if v is not None})
@@ -324,15 +345,15 @@ def refuse_model_options_for_groups(groups: list[bool], refs: tuple[str, str], s
 
 def clip_differences(run: tracking.Run, out: Path, a: Side, b: Side, joined: pd.DataFrame, gradcam: int, split: str,
                      data_root: str | None, device: torch.device,
-                     images: dict[str, list[Path]]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+                     images: dict[str, list[tuple[Path, str]]]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """What only paired predictions show: per class, the clips B fixed and broke (with GradCAM
     strips), the confusion difference; written to `out`, logged as tables, the images added."""
     names = list(a.loaded.class_names)
     classes = per_class(joined, names)
     fixed, broken = changed_clips(joined, names, a.loaded.config.data.clip_len)
-    images["confusion"] = [plots.difference_heatmap(confusion_difference(joined, names),
-                                                    "confusion: B minus A (row-normalised)",
-                                                    out / "confusion_difference.png")]
+    images["confusion"] = [(plots.difference_heatmap(confusion_difference(joined, names),
+                                                     "confusion: B minus A (row-normalised)",
+                                                     out / "confusion_difference.png"), "")]
     images["fixed"] = gradcam_strips(a, b, fixed, gradcam, split, data_root, device, out / "fixed")
     images["broken"] = gradcam_strips(a, b, broken, gradcam, split, data_root, device, out / "broken")
     classes.to_csv(out / "per_class.csv", index=False)
@@ -374,15 +395,16 @@ def run_compare(ref_a: str, ref_b: str, split: str = "test", metric: str = "mean
             if side.loaded.source.get("model_id"):
                 run.log_model_input(side.loaded.source["model_id"])
         with invocation_folder(save_dir, DEFAULT_OUTPUTS / "compare" / run.id, overwrite) as out:
-            images: dict[str, list[Path]] = {}
+            images: dict[str, list[tuple[Path, str]]] = {}
             classes, fixed, broken = None, pd.DataFrame(), pd.DataFrame()
             if joined is not None:
                 classes, fixed, broken = clip_differences(run, out, a, b, joined, gradcam, split, data_root, device,
                                                           images)
             histories = training_histories(a, b)
             if histories:
-                images["curves"] = [plots.overlaid_curves(histories, out / "training_curves.png")]
-            config_diff = config_difference(a.loaded, b.loaded)
+                images["curves"] = [(plots.overlaid_curves(histories, out / "training_curves.png"),
+                                     "A blue, B orange in both panels; train loss dashed")]
+            config_diff = config_difference(a.loaded.config, b.loaded.config)
             config_diff.to_csv(out / "config_difference.csv", index=False)
             summary = pd.DataFrame([vars(c) for c in comparisons.values()])
             summary.to_csv(out / "headline.csv", index=False)

@@ -13,20 +13,13 @@ from __future__ import annotations
 from typing import Any
 
 from . import model_store, tracking
+from .formatting import figure
 
 # The config keys a reader needs to know what was trained (the rest is on the run's page).
 CONFIG_BRIEF = ("data.frame_size", "data.clip_len", "data.use_masks", "data.use_skeleton_attention",
                 "model.static_removal", "model.width", "loss.focal_gamma", "optim.lr", "train.epochs",
                 "train.batch_size", "train.seed")
 SPLITS = ("val", "test")
-
-
-def _figure(value: Any) -> str:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    return f"{number:.0f}" if number.is_integer() and abs(number) >= 1 else f"{number:.3f}"
 
 
 def _table(rows: list[tuple[str, str]], head: tuple[str, str]) -> list[str]:
@@ -62,13 +55,13 @@ def render(name: str, version: dict[str, Any], model: dict[str, Any] | None, tra
         lines += group_section(tags)
     val = {k: v for k, v in (model or {}).get("metrics", {}).items() if k.startswith("val_") and "_acc_class_" not in k}
     lines += ["## Validation (the kept epoch)", ""]
-    lines += _table([(k, _figure(v)) for k, v in sorted(val.items())], ("metric", "value")) if val else ["none logged"]
+    lines += _table([(k, figure(v)) for k, v in sorted(val.items())], ("metric", "value")) if val else ["none logged"]
     for split, run in evaluations.items():
         prefix = f"{split}_"
         figures = {k[len(prefix):]: v for k, v in run.get("metrics", {}).items() if k.startswith(prefix)}
         lines += ["", f"## Evaluation on {split}", "",
                   f"Run `{run.get('run_id', '')}`, clips digest `{tags.get(f'{split}_data_digest', '?')}`.", ""]
-        lines += _table([(k, _figure(v)) for k, v in sorted(figures.items())], ("metric", "value"))
+        lines += _table([(k, figure(v)) for k, v in sorted(figures.items())], ("metric", "value"))
     if "promotion.decision" in tags:
         lines += ["", "## Promotion", "", f"{tags['promotion.decision']} (on `{tags.get('promotion.metric', '')}`, "
                   f"rule `{tags.get('promotion.rule', 'best')}`, {tags.get('promotion.time', '')})."]

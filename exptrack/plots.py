@@ -69,14 +69,24 @@ def difference_heatmap(table: pd.DataFrame, title: str, path: Path) -> Path:
 
 
 def overlaid_curves(histories: dict[str, pd.DataFrame], path: Path) -> Path:
-    """Training curves of several runs on shared axes: loss (train, validation) and validation
-    mean class accuracy, per epoch."""
+    """Training curves of several runs on shared axes: loss (train dashed, validation solid) and
+    validation mean class accuracy, per epoch; one colour per run in every panel."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-    for label, h in histories.items():
+    for i, (label, h) in enumerate(histories.items()):
         h = h.reindex(columns=[*h.columns, *(c for c in VAL_COLUMNS if c not in h.columns)])
-        _line(axes[0], h["epoch"], {f"{label} train": h["train_loss"], f"{label} validation": h["val_loss"]},
-              "loss", "loss")
-        _line(axes[1], h["epoch"], {label: h["val_mean_class_acc"]}, "validation mean class accuracy", "accuracy")
+        color = f"C{i}"
+        for column, ax, name, style in (("train_loss", axes[0], f"{label} train", "--"),
+                                        ("val_loss", axes[0], f"{label} validation", "-"),
+                                        ("val_mean_class_acc", axes[1], label, "-")):
+            if pd.notna(h[column]).any():  # a train + val fit has no validation series
+                ax.plot(h["epoch"], h[column], style, color=color, marker="o", markersize=3, label=name)
+    for ax, title, ylabel in ((axes[0], "loss", "loss"), (axes[1], "validation mean class accuracy", "accuracy")):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
     return _save(fig, path)
 
 

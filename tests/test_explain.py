@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from exptrack.data.errors import DataError
+from exptrack.data.layout import read_class_names
 from exptrack.errors import OutputError
 from exptrack.explain.gradcam import gradcam
 from exptrack.explain.visualize import VisualizeOptions, run_visualize
@@ -62,13 +63,17 @@ def test_visualize_writes_decodable_h264_videos(tiny_trained, tmp_path, monkeypa
             codec, frames, fps = _read(folder / f"{name}.mp4")
             assert codec == "h264" and len(frames) == 8 and fps == 7, name
         assert _read(folder / "overlay_with_probs.mp4")[1][0].shape[0] >= 240  # a readable chart
-        assert _read(folder / "overlay.mp4")[1][0].shape[:2] == (32, 32)
-        assert _read(folder / "side_by_side.mp4")[1][0].shape[:2] == (32, 64)
+        # the video's own frames (80x64) with the heat of the 32 px input over them, shown at 256 px and up
+        assert _read(folder / "overlay.mp4")[1][0].shape[:2] == (320, 256)
+        assert _read(folder / "side_by_side.mp4")[1][0].shape[:2] == (320, 512)
         meta = (folder / "metadata.txt").read_text()
         assert "true:" in meta and "predicted:" in meta and "layer: block3" in meta
         assert (folder / "preview.gif").stat().st_size > 0
     assert "data:image/gif;base64," in (out / "index.html").read_text()
-    assert {"true_name", "predicted_name"} <= set(index.columns)
+    assert list(index.columns) == ["sample", "subject", "start_frame", "true", "predicted", "confidence"]
+    named = {f"{name} ({c})" for c, name in enumerate(read_class_names(cfg.data.root, 3))}
+    assert set(index["true"]) <= named and set(index["predicted"]) <= named  # names, once each
+    assert all(len(str(c)) <= 5 for c in index["confidence"])  # 0.973, not 0.973980188369751
 
 
 @pytest.mark.slow
@@ -192,3 +197,14 @@ def test_timeline_of_a_video_without_ground_truth_draws_no_true_line(tmp_path, m
     ax = figures[0].axes[0]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["predicted", "smoothed"]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["background", "a", "b", "c"]
+
+
+def test_the_probability_chart_leaves_the_player_controls_room_and_names_their_own_column():
+    from exptrack.explain import render
+
+    names = ["a_rather_long_exercise_name", "squat", "leg_spread"]
+    chart = render.probability_chart(np.array([0.2, 0.7, 0.1]), 1, 1, height=256, names=names)
+    assert (chart[-render.PLAYER_CONTROLS_PX:] == 255).all()  # nothing under the controls
+    bars = np.flatnonzero((chart[:, :, 0] != chart[:, :, 1]).any(axis=0))  # coloured columns: the bars
+    text = np.flatnonzero((chart[40:-render.PLAYER_CONTROLS_PX, :bars.min()] < 128).any(axis=(0, 2)))
+    assert len(text) and text.max() < bars.min()  # every name ends before the bars begin

@@ -80,6 +80,32 @@ def decode_video(path: Path, size: int, warnings: DataWarnings | None = None) ->
     return out[:n], VideoInfo(fps=fps or 30.0, width=width, height=height, num_frames=n)
 
 
+def read_frames(path: Path, start: int, count: int, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Frames [start, start + count) of a video at its own resolution, or resized to `size`
+    (H, W) as they are read: (count, H, W, 3) uint8 RGB, for showing people what a model saw
+    (explanations), not for training (the cache does that). A video that ends early repeats its
+    last frame."""
+    cap = _open(path)
+    try:
+        if start > 0:
+            cap.set(cv2.CAP_PROP_POS_FRAMES, start)  # FFmpeg seeks to a keyframe and decodes on to `start`
+        frames = []
+        for _ in range(count):
+            ok, frame = cap.read()
+            if not ok:
+                break
+            if size is not None and frame.shape[:2] != size:
+                shrink = size[0] * size[1] < frame.shape[0] * frame.shape[1]
+                frame = cv2.resize(frame, (size[1], size[0]), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+            frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+    finally:
+        cap.release()
+    if not frames:
+        raise DataError(f"{path}: no frame could be decoded at {start}")
+    frames += [frames[-1]] * (count - len(frames))
+    return np.stack(frames)
+
+
 def write_video(path: Path, frames_rgb: np.ndarray, fps: float, crf: int = 20) -> None:
     """Write (T, H, W, 3) uint8 RGB frames as H.264 (yuv420p) MP4 with PyAV's libx264.
 

@@ -26,6 +26,52 @@ def overlay(frames: np.ndarray, heat: np.ndarray, alpha: float) -> np.ndarray:
     return np.clip((1 - alpha) * frames.astype(np.float32) + alpha * colored, 0, 255).astype(np.uint8)
 
 
+# Explanations are shown at least this many pixels on the short side (a 32 px model input scaled
+# up is a blur) and at most this many on the long side (a 1080p source needs no more to be read).
+MIN_SIDE, MAX_SIDE = 256, 480
+
+
+def display_size(height: int, width: int, min_side: int = MIN_SIDE) -> tuple[int, int]:
+    """(H, W) to show a (height, width) frame at: its aspect kept, short side >= min_side,
+    long side <= MAX_SIDE where both can hold (else the short side wins); even sides for video."""
+    scale = max(min_side / min(height, width), min(1.0, MAX_SIDE / max(height, width)))
+    return round(height * scale / 2) * 2, round(width * scale / 2) * 2
+
+
+def display_frames(frames: np.ndarray, min_side: int = MIN_SIDE) -> np.ndarray:
+    """(T, H, W, 3) frames at display_size (cubic when enlarged, area when reduced)."""
+    h, w = display_size(frames.shape[1], frames.shape[2], min_side)
+    if (h, w) == frames.shape[1:3]:
+        return frames
+    shrink = h * w < frames.shape[1] * frames.shape[2]
+    return np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC) for f in frames])
+
+
+def display_heat(heat: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(T, S, S) heat at the model's input (the source frame resized to a square) stretched back
+    over a (height, width) frame; bilinear, so the hot region stays a smooth region, not blocks."""
+    return np.stack([cv2.resize(np.asarray(m, np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+                     for m in heat])
+
+
+def explanation_frames(frames: np.ndarray, heat: np.ndarray, alpha: float,
+                       min_side: int = MIN_SIDE) -> tuple[np.ndarray, np.ndarray]:
+    """(frames at display size, the heatmap overlaid on them) for (T, H, W, 3) source frames (any
+    size: the video's own resolution where it is at hand) and (T, S, S) heat."""
+    shown = display_frames(frames, min_side)
+    return shown, overlay(shown, display_heat(heat, *shown.shape[1:3]), alpha)
+
+
+def caption(image: np.ndarray, lines: list[str]) -> np.ndarray:
+    """`lines` written in a white band above an (H, W, 3) image (or each frame of (T, H, W, 3))."""
+    frames = image if image.ndim == 4 else image[None]
+    band = np.full((18 * len(lines) + 8, frames.shape[2], 3), 255, dtype=np.uint8)
+    for i, line in enumerate(lines):
+        cv2.putText(band, line, (6, 18 * (i + 1)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    out = np.stack([np.concatenate([band, f], axis=0) for f in frames])
+    return out if image.ndim == 4 else out[0]
+
+
 def upscale(frames: np.ndarray, factor: int) -> np.ndarray:
     if factor == 1:
         return frames
@@ -33,17 +79,28 @@ def upscale(frames: np.ndarray, factor: int) -> np.ndarray:
     return np.stack([cv2.resize(f, (w * factor, h * factor), interpolation=cv2.INTER_NEAREST) for f in frames])
 
 
+# MLflow's video player (and most others) draw their controls over the bottom of the picture.
+PLAYER_CONTROLS_PX = 48
+
+
 def probability_chart(probs: np.ndarray, true: int | None, predicted: int, height: int,
-                      width: int = 360, names: list[str] | None = None) -> np.ndarray:
+                      width: int = 360, names: list[str] | None = None, bottom: int = PLAYER_CONTROLS_PX) -> np.ndarray:
     """A bar per class (uint8 RGB image): true class green, predicted red (both: olive),
-    others gray; drawn with OpenCV so that one chart per frame stays cheap."""
+    others gray; drawn with OpenCV so that one chart per frame stays cheap. Names sit in a column
+    of their own, as wide as the longest (never under a bar), and the bottom `bottom` px stay
+    empty for the player's controls."""
     img = np.full((height, width, 3), 255, dtype=np.uint8)
     k = len(probs)
     names = names or [str(c) for c in range(k)]
-    top, row = 28, (height - 34) / max(k, 1)
-    cv2.putText(img, "class probabilities", (8, 19), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-    bar_left, bar_right = 44, width - 52
-    scale = max(0.35, min(0.5, row / 30))
+    top = 28
+    row = max(1.0, (height - top - bottom) / max(k, 1))
+    scale = max(0.3, min(0.5, row / 30))
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    cv2.putText(img, "class probabilities", (8, 19), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    name_width = max(cv2.getTextSize(n, font, scale, 1)[0][0] for n in names)
+    value_width = cv2.getTextSize("0.00", font, scale, 1)[0][0]
+    bar_left = min(6 + name_width + 6, width // 2)
+    bar_right = width - value_width - 10
     for c, p in enumerate(probs):
         y0 = int(top + c * row)
         y1 = int(top + (c + 1) * row - max(2, row * 0.2))
@@ -56,9 +113,11 @@ def probability_chart(probs: np.ndarray, true: int | None, predicted: int, heigh
             color = (220, 40, 40)
         cv2.rectangle(img, (bar_left, y0), (bar_left + int((bar_right - bar_left) * float(p)), y1), color, -1)
         baseline = (y0 + y1) // 2 + 5
-        cv2.putText(img, names[c], (6, baseline), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
-        cv2.putText(img, f"{p:.2f}", (bar_right + 4, baseline), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1,
-                    cv2.LINE_AA)
+        label = names[c]
+        while len(label) > 3 and 6 + cv2.getTextSize(label, font, scale, 1)[0][0] > bar_left - 4:
+            label = label[:-2] + "."  # a name wider than half the chart is shortened, never drawn over a bar
+        cv2.putText(img, label, (6, baseline), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(img, f"{p:.2f}", (bar_right + 4, baseline), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
     return img
 
 

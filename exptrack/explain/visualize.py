@@ -18,8 +18,10 @@ from ..data.dataset import ClipDataset, make_loader
 from ..data.errors import DataError
 from ..data.layout import class_label
 from ..data.prepare import PreparedData, prepare_data
+from ..data.video import probe_video, read_frames
 from ..data.transforms import to_model_input
 from ..evaluation import evaluation_config
+from ..formatting import figure
 from ..inference import LoadedModel, load_model
 from ..windows import clip_batches, clip_probabilities
 from ..metrics import frame_accuracy, frame_labels, frame_probabilities, window_average, window_starts
@@ -73,31 +75,39 @@ def choose_clips(loaded: LoadedModel, data: PreparedData, options: VisualizeOpti
     return np.sort(rng.permutation(rows)[: options.num_samples])
 
 
-def display_scale(options: VisualizeOptions, height: int) -> int:
-    """The scale factor, raised so the chart beside the overlay is at least 240 px high (readable
-    text even for the 32 px demo clips)."""
-    return max(options.scale_factor, -(-240 // height))
+def min_side(options: VisualizeOptions, model_size: int) -> int:
+    """The short side explanations are shown at, at least: render.MIN_SIDE (readable), and
+    --scale-factor times the model's input."""
+    return max(render.MIN_SIDE, options.scale_factor * model_size)
+
+
+def shown_size(path: Path, options: VisualizeOptions, model_size: int) -> tuple[int, int]:
+    """(H, W) the frames of the video at `path` are shown at (its own aspect, from its header)."""
+    info = probe_video(path)
+    return render.display_size(info.height, info.width, min_side(options, model_size))
 
 
 def render_clip(sample_dir: Path, frames: np.ndarray, heat: np.ndarray, probs: np.ndarray, true: int,
                 meta: dict, options: VisualizeOptions, names: list[str] | None = None) -> None:
-    """The six files of one sample, and preview.gif for index.html."""
+    """The six files of one sample, and preview.gif for index.html. `frames` (T, H, W, 3) are the
+    video's own, shown at display size with the heatmap stretched over them."""
     pred = int(probs.argmax())
-    over = render.overlay(frames, heat, options.alpha)
-    big = render.upscale(over, display_scale(options, over.shape[1]))
-    chart = render.probability_chart(probs, true, pred, height=big.shape[1], names=names)
-    with_probs = np.stack([render.hstack(f, chart) for f in big])
-    side = np.concatenate([frames, over], axis=2)
+    shown = render.display_frames(frames, min_side(options, heat.shape[-1]))
+    big_heat = render.display_heat(heat, *shown.shape[1:3])
+    over = render.overlay(shown, big_heat, options.alpha)
+    chart = render.probability_chart(probs, true, pred, height=over.shape[1], names=names)
+    with_probs = np.stack([render.hstack(f, chart) for f in over])
+    side = np.concatenate([shown, over], axis=2)
     fps = options.fps
-    render.save_video(sample_dir / "original.mp4", frames, fps)
-    render.save_video(sample_dir / "heatmap.mp4", render.colorize(heat), fps)
+    render.save_video(sample_dir / "original.mp4", shown, fps)
+    render.save_video(sample_dir / "heatmap.mp4", render.colorize(big_heat), fps)
     render.save_video(sample_dir / "overlay.mp4", over, fps)
     render.save_video(sample_dir / "overlay_with_probs.mp4", with_probs, fps)
     render.save_video(sample_dir / "side_by_side.mp4", side, fps)
     render.save_gif(sample_dir / PREVIEW, with_probs, fps)
     lines = [f"{k}: {v}" for k, v in meta.items()]
     lines += [f"true: {class_label(true, names)}", f"predicted: {class_label(pred, names)}", f"layer: {options.layer}",
-              "probabilities: " + ", ".join(f"{class_label(c, names)}={p:.4f}" for c, p in enumerate(probs))]
+              "probabilities: " + ", ".join(f"{class_label(c, names)}={figure(p)}" for c, p in enumerate(probs))]
     (sample_dir / "metadata.txt").write_text("\n".join(lines) + "\n")
 
 
@@ -112,14 +122,14 @@ def render_samples(loaded: LoadedModel, data: PreparedData, options: VisualizeOp
         start = int(sample["start"])
         true = int(sample["label"])
         probs, heat = model_probs_and_heat(loaded, sample["video"].numpy()[None], options.layer, device)
-        frames = np.asarray(data.subjects[subject].video.frames[start:start + ds.clip_len])  # unweighted, for people
+        # the video's own frames (unweighted, at its resolution): what a person recognises
+        frames = read_frames(data.subjects[subject].files.video, start, ds.clip_len)
         name = f"sample_{n:03d}"
         meta = {"subject": subject, "frames": f"{start}-{start + ds.clip_len - 1}"}
         render_clip(out / name, frames, heat[0], probs[0], true, meta, options, names)
         pred = int(probs[0].argmax())
-        rows.append({"sample": name, "subject": subject, "start_frame": start, "true": true,
-                     "true_name": class_label(true, names), "predicted": pred,
-                     "predicted_name": class_label(pred, names), "confidence": float(probs[0].max())})
+        rows.append({"sample": name, "subject": subject, "start_frame": start, "true": class_label(true, names),
+                     "predicted": class_label(pred, names), "confidence": round(float(probs[0].max()), 3)})
     return pd.DataFrame(rows)
 
 
@@ -148,10 +158,11 @@ def render_long_sample(loaded: LoadedModel, data: PreparedData, options: Visuali
     # the same averaging as evaluate and predict (metrics.py); window_starts covers every frame
     probs = frame_probabilities(rel, np.concatenate(window_probs), end - start, clip_len)
     heat = window_average(rel, np.concatenate(window_heat), end - start, clip_len, per_frame=True)
-    frames = np.asarray(subj.video.frames[start:end])
+    size = shown_size(subj.files.video, options, heat.shape[-1])
+    frames = read_frames(subj.files.video, start, end - start, size)  # (T, H, W, 3) at display size
     true = subj.labels[start:end].astype(np.int64)
     pred = frame_labels(probs)
-    big = render.upscale(render.overlay(frames, heat, options.alpha), display_scale(options, frames.shape[1]))
+    big = render.overlay(frames, render.display_heat(heat, *size), options.alpha)
     rows = []
     for t in range(end - start):
         chart = render.probability_chart(probs[t], int(true[t]) if true[t] >= 0 else None, int(pred[t]),
@@ -169,7 +180,7 @@ def render_long_sample(loaded: LoadedModel, data: PreparedData, options: Visuali
         f"subject: {subject}\nframes: {start}-{end - 1}\nlayer: {options.layer}\nwindow stride: {stride}\n"
         f"frame accuracy (labelled frames): {acc:.4f}\n")
     return pd.DataFrame([{"sample": sample_dir.name, "subject": subject, "start_frame": start,
-                          "frames": end - start, "frame_acc": acc}])
+                          "frames": end - start, "frame_acc": round(acc, 3)}])
 
 
 @dataclass(frozen=True)
@@ -182,6 +193,13 @@ class VisualizeResult:
 PREVIEW = "preview.gif"
 
 
+# Fits MLflow's artifact viewer at 1280 px wide: the table takes the width it is given and the
+# previews shrink with it (bench/ui_check.py looks at it there).
+INDEX_STYLE = ("body{font-family:sans-serif;font-size:13px;margin:8px}table{border-collapse:collapse;width:100%}"
+               "td,th{border:1px solid #ccc;padding:4px 6px;vertical-align:top;text-align:left}"
+               "td:last-child{width:40%}img{max-width:100%;height:auto}code{font-size:11px;word-break:break-all}")
+
+
 def write_index(table: pd.DataFrame, out: Path) -> None:
     """index.csv, and index.html with each sample's animated preview embedded in the page (a
     data: URI): MLflow shows an HTML artifact in a sandboxed iframe from a blob: URL, where
@@ -192,13 +210,14 @@ def write_index(table: pd.DataFrame, out: Path) -> None:
     for _, r in table.iterrows():
         sample = str(r["sample"])
         video = "long_sample.mp4" if sample.startswith("long_") else "overlay_with_probs.mp4"
-        cells = "".join(f"<td>{html.escape(str(v))}</td>" for v in r.values)
+        cells = "".join(f"<td>{html.escape(figure(v))}</td>" for v in r.values)
         gif = out / sample / PREVIEW
-        preview = (f"<img src='data:image/gif;base64,{base64.b64encode(gif.read_bytes()).decode()}' width='320'><br>"
+        preview = (f"<img src='data:image/gif;base64,{base64.b64encode(gif.read_bytes()).decode()}'><br>"
                    if gif.exists() else "")
         rows.append(f"<tr>{cells}<td>{preview}<code>{html.escape(sample)}/{video}</code></td></tr>")
     head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
-    (out / "index.html").write_text(f"<html><body><table border=1><tr>{head}<th>preview (video file)</th></tr>"
+    (out / "index.html").write_text(f"<!doctype html><html><head><meta charset='utf-8'><style>{INDEX_STYLE}</style>"
+                                    f"</head><body><table><tr>{head}<th>preview (video file)</th></tr>"
                                     f"{''.join(rows)}</table></body></html>\n")
 
 

@@ -137,6 +137,20 @@ def check_folds(config: Config) -> list[list[str]]:
     return fold_pool(discover(root, DataWarnings()), config.data.folds, config.data.fold_seed)
 
 
+GROUP_KEYS = ("train.seeds", "data.folds", "train.group_model")  # said by the name's head, or the same for all
+
+
+def group_run_name(config: Config, kind: str, options: RunOptions) -> str:
+    """The user's run name, else what tells this group from the next one: its seeds or folds
+    and the overrides typed (`seeds-0,1,2 optim.lr=0.001`), at most 120 characters."""
+    if options.run_name != "train":
+        return options.run_name
+    head = f"seeds-{','.join(map(str, config.train.seeds))}" if kind == "seeds" else f"folds-{config.data.folds}"
+    typed = (options.invocation or {}).get("overrides", "").split()
+    extra = [o for o in typed if o.split("=", 1)[0] not in GROUP_KEYS]
+    return " ".join([head, *extra])[:120]
+
+
 def train_group(config: Config, resume: str | None = None, progress: bool = True,
                 options: RunOptions = RunOptions(), hooks: GroupHooks | None = None) -> GroupResult:
     """Train every member of the group `config` describes (or continue the group run `resume`)."""
@@ -160,7 +174,7 @@ def train_group(config: Config, resume: str | None = None, progress: bool = True
     members = members_of(config)
     tags = {GROUP_TAG: kind, "group_size": len(members), **(options.tags or {}),
             **({"group_folds": "; ".join(",".join(f) for f in folds)} if folds else {})}
-    name = options.run_name if options.run_name != "train" else f"{kind}-group"
+    name = group_run_name(config, kind, options)
     with tracking.start_run(config, run_name=name, command="train", tags=tags, run_id=resume,
                             parent_run_id=options.parent_run_id, invocation=options.invocation) as run:
         if options.on_start:

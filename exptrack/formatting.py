@@ -1,0 +1,40 @@
+"""Numbers as people read them in reports (the compare report, model cards, visualize's index):
+one rule, so that a learning rate never prints as 0.000 and an accuracy never as 0.973980188369751."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+
+def figure(value: Any, digits: int = 3) -> str:
+    """A number at the precision it needs: whole numbers as they are, ordinary magnitudes with
+    `digits` decimals (0.938), very small or very large ones in scientific notation with
+    `digits` significant figures (3.00e-04); NaN and None as ""; anything else as its text."""
+    if value is None or isinstance(value, bool):
+        return "" if value is None else str(value)
+    if isinstance(value, int) or (hasattr(value, "dtype") and value.dtype.kind in "iu"):
+        return str(int(value))
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if math.isnan(number) or math.isinf(number):
+        return "" if math.isnan(number) else str(number)
+    if number.is_integer() and 10 <= abs(number) < 1e15:  # a count stored as a float (epochs, clips)
+        return f"{number:.0f}"
+    if number == 0 or 10**-digits <= abs(number) < 10**6:
+        return f"{number:.{digits}f}"
+    return f"{number:.{digits - 1}e}"
+
+
+def figures_table(df: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """`df` with every number written by figure() (strings and labels unchanged)."""
+    return df.apply(lambda column: column.map(lambda v: figure(v, digits) if _numeric(v) else v))
+
+
+def _numeric(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) or value is None or (
+        hasattr(value, "dtype") and value.dtype.kind in "iuf")
