@@ -226,6 +226,12 @@ def cmd_predict(args: argparse.Namespace) -> None:
     for _, seg in timeline.segments.iterrows():
         print(f"  {seg.start_s:7.1f}-{seg.end_s:7.1f} s  {class_label(int(seg['class']), timeline.class_names)}  "
               f"confidence {seg.mean_confidence:.2f}")
+    truth = timeline.truth
+    if truth is not None:
+        print(f"against {truth.labels}: frame accuracy {truth.frame_acc:.3f} on its {truth.exercise_frames} exercise "
+              f"frames; its {truth.rest_frames} rest frames are not scored (this model has no rest output and calls "
+              f"them an exercise)")
+    _print_run_link(timeline.run_id)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

@@ -17,6 +17,8 @@ def figure(value: Any, digits: int = 3) -> str:
         return "" if value is None else str(value)
     if isinstance(value, int) or (hasattr(value, "dtype") and value.dtype.kind in "iu"):
         return str(int(value))
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():  # an int as text (MLflow params)
+        return value.strip()
     try:
         number = float(value)
     except (TypeError, ValueError):

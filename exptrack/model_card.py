@@ -22,6 +22,11 @@ CONFIG_BRIEF = ("data.frame_size", "data.clip_len", "data.use_masks", "data.use_
 SPLITS = ("val", "test")
 
 
+def is_speed(metric: str) -> bool:
+    """Throughput and time: how fast a machine ran the model, not how good the model is."""
+    return metric.endswith(("clips_per_s", "_seconds", "seconds"))
+
+
 def _table(rows: list[tuple[str, str]], head: tuple[str, str]) -> list[str]:
     return [f"| {head[0]} | {head[1]} |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
 
@@ -48,7 +53,7 @@ def render(name: str, version: dict[str, Any], model: dict[str, Any] | None, tra
                     ("item", "value"))
     params = (model or {}).get("params", {})
     lines += ["", "## Training config (in brief)", ""]
-    lines += _table([(f"`{k}`", params.get(k, "?")) for k in CONFIG_BRIEF], ("key", "value"))
+    lines += _table([(f"`{k}`", figure(params.get(k, "?"))) for k in CONFIG_BRIEF], ("key", "value"))
     lines += ["", "The full resolved config is the run's `config.yaml` and its parameters.", ""]
 
     if "group_run_id" in tags:
@@ -59,9 +64,14 @@ def render(name: str, version: dict[str, Any], model: dict[str, Any] | None, tra
     for split, run in evaluations.items():
         prefix = f"{split}_"
         figures = {k[len(prefix):]: v for k, v in run.get("metrics", {}).items() if k.startswith(prefix)}
+        quality = {k: v for k, v in figures.items() if not is_speed(k)}
+        speed = {k: v for k, v in figures.items() if is_speed(k)}
         lines += ["", f"## Evaluation on {split}", "",
                   f"Run `{run.get('run_id', '')}`, clips digest `{tags.get(f'{split}_data_digest', '?')}`.", ""]
-        lines += _table([(k, figure(v)) for k, v in sorted(figures.items())], ("metric", "value"))
+        lines += _table([(k, figure(v)) for k, v in sorted(quality.items())], ("metric", "value"))
+        if speed:
+            lines += ["", "Speed of that evaluation (its machine, not the model's quality):", ""]
+            lines += _table([(k, figure(v)) for k, v in sorted(speed.items())], ("figure", "value"))
     if "promotion.decision" in tags:
         lines += ["", "## Promotion", "", f"{tags['promotion.decision']} (on `{tags.get('promotion.metric', '')}`, "
                   f"rule `{tags.get('promotion.rule', 'best')}`, {tags.get('promotion.time', '')})."]

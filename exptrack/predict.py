@@ -9,6 +9,7 @@ then sees input unlike its training data and its timeline is unreliable.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -19,16 +20,17 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from . import plots
+from . import plots, tracking
 from .config import Config, PathsConfig
 from .data.cache import FrameCache
 from .data.dataset import weighted_frames
 from .data.errors import DataWarnings, require_file
-from .data.layout import BACKGROUND, class_label, video_companions
+from .data.layout import BACKGROUND, SubjectFiles, class_label, read_labels, video_companions
 from .data.prepare import SubjectData, load_guides
 from .data.video import VideoInfo, decode_video, write_video
-from .inference import load_model
-from .metrics import frame_confidence, frame_labels, frame_probabilities, smooth_labels
+from .evaluation import evaluation_config
+from .inference import LoadedModel, load_model
+from .metrics import frame_accuracy, frame_confidence, frame_labels, frame_probabilities, smooth_labels
 from .outputs import DEFAULT_OUTPUTS, check_save_dir, invocation_folder
 from .device import resolve_device
 from .windows import window_probabilities
@@ -38,21 +40,33 @@ log = logging.getLogger("exptrack.predict")
 
 @dataclass(frozen=True)
 class Timeline:
-    frames: pd.DataFrame  # frame, predicted, probability, smoothed
+    frames: pd.DataFrame  # frame, predicted, probability, smoothed (and true, where the video has labels)
     segments: pd.DataFrame  # start, end, class, mean_confidence, frames
     fps: float
     out_dir: Path
     class_names: list[str]
+    run_id: str = ""
+    truth: "Truth | None" = None  # the video's labels compared, when it has a label file
 
 
-def model_frames(video: Path, config: Config, masks: str | Path | None, keypoints: str | Path | None,
-                 warnings: DataWarnings) -> tuple[np.ndarray, VideoInfo]:
-    """(T, S, S, 3) uint8 frames of `video` as the model saw its training clips, and the video's
-    info: weighted by the person masks and skeleton attention the model was trained with, when
-    the video has them (given, or beside it in a dataset layout; decoded once into the cache)."""
+@dataclass(frozen=True)
+class Truth:
+    """How the timeline compares with the video's own labels (a video in a dataset layout)."""
+
+    labels: Path
+    frame_acc: float  # over the frames labelled with an exercise (metrics.frame_accuracy)
+    exercise_frames: int
+    rest_frames: int  # labelled background: this model has no rest output and gives them a class
+
+
+def model_frames(files: SubjectFiles, config: Config, warnings: DataWarnings) -> tuple[np.ndarray, VideoInfo]:
+    """(T, S, S, 3) uint8 frames of a video (`files`: it and its companions) as the model saw its
+    training clips, and the video's info: weighted by the person masks and skeleton attention the
+    model was trained with, when the video has them (given, or beside it in a dataset layout;
+    decoded once into the cache)."""
     d = config.data
+    video = files.video
     wants = {"masks": d.use_masks, "skeleton attention": d.use_skeleton_attention}
-    files = video_companions(video, Path(masks) if masks else None, Path(keypoints) if keypoints else None)
     found = {"masks": files.mask_dir is not None, "skeleton attention": files.keypoints is not None}
     missing = [what for what, on in wants.items() if on and not found[what]]
     if missing:
@@ -96,11 +110,27 @@ def predict_video(video: str | Path, model_ref: str, out_dir: str | Path | None 
     check_save_dir(out_dir, overwrite)
     device = resolve_device(device_name, key="--device")
     loaded = load_model(model_ref, device)
+    files = video_companions(video, Path(masks) if masks else None, Path(keypoints) if keypoints else None)
+    config = evaluation_config(loaded.config, None, {})  # the model's experiment; files go here
+    tags = {"video": str(video), "model_uri": model_ref, "model_run_id": loaded.source.get("run_id", "")}
+    with tracking.start_run(config, run_name=f"predict-{video.stem}", command="predict", tags=tags) as run:
+        if loaded.source.get("model_id"):
+            run.log_model_input(loaded.source["model_id"])
+        timeline = _timeline(files, loaded, model_ref, out_dir, stride, smooth_window, overlay, overwrite)
+        run.log_artifacts(timeline.out_dir, "predict")
+        run.log_metrics({"segments": len(timeline.segments), "frames": len(timeline.frames),
+                         **({"frame_acc": timeline.truth.frame_acc} if timeline.truth else {})})
+    return dataclasses.replace(timeline, run_id=run.id)
+
+
+def _timeline(files: SubjectFiles, loaded: LoadedModel, model_ref: str, out_dir: str | Path | None,
+              stride: int | None, smooth_window: int, overlay: bool, overwrite: bool) -> Timeline:
+    video = files.video
     d = loaded.config.data
     names = loaded.class_names
     name_of = np.array([*names, "background"])  # index -1: background
     warnings = DataWarnings()
-    frames, info = model_frames(video, loaded.config, masks, keypoints, warnings)
+    frames, info = model_frames(files, loaded.config, warnings)
     starts, window_probs = window_probabilities(loaded.model, frames, loaded.config, stride or max(1, d.clip_len // 2),
                                                 loaded.placement)
     probs = frame_probabilities(starts, window_probs, len(frames), d.clip_len)  # (T, K): each frame's windows averaged
@@ -114,6 +144,12 @@ def predict_video(video: str | Path, model_ref: str, out_dir: str | Path | None 
     segs = segments(smoothed, frame_confidence(probs, smoothed))
     segs.insert(3, "name", name_of[segs["class"].to_numpy(dtype=np.int64)])
     segs["start_s"], segs["end_s"] = segs["start"] / info.fps, (segs["end"] + 1) / info.fps
+    true, truth = None, None
+    if files.labels is not None:
+        true = read_labels(files.labels, len(frames), loaded.config.model.num_classes, warnings, d.frame_base)
+        table["true"], table["true_name"] = true, name_of[true]
+        truth = Truth(files.labels, frame_accuracy(predicted, true), int((true != BACKGROUND).sum()),
+                      int((true == BACKGROUND).sum()))
     with invocation_folder(out_dir, DEFAULT_OUTPUTS / "predict" / f"{video.stem}-{time.strftime('%Y%m%d-%H%M%S')}",
                            overwrite) as out:
         table.to_csv(out / "frames.csv", index=False)
@@ -121,10 +157,11 @@ def predict_video(video: str | Path, model_ref: str, out_dir: str | Path | None 
         (out / "timeline.json").write_text(json.dumps({"video": str(video), "model": model_ref, "fps": info.fps,
                                                        "class_names": names,
                                                        "segments": segs.to_dict(orient="records")}, indent=2))
-        plots.timeline(None, predicted, smoothed, f"{video.name}: predicted exercises", out / "timeline.png", names)
+        title = f"{video.name}: predicted exercises" + (f" (true labels: {files.labels})" if true is not None else "")
+        plots.timeline(true, predicted, smoothed, title, out / "timeline.png", names)
         if overlay:
             write_video(out / "overlay.mp4", label_overlay(frames, smoothed, confidence, names), info.fps)
-    return Timeline(table, segs, info.fps, out, names)
+    return Timeline(table, segs, info.fps, out, names, truth=truth)
 
 
 def label_overlay(frames: np.ndarray, labels: np.ndarray, confidence: np.ndarray, names: list[str] | None = None,

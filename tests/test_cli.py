@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -91,11 +92,17 @@ def test_predict_prints_segments_with_class_names(monkeypatch, tmp_path, capsys)
 
     segs = pd.DataFrame({"start": [0], "end": [9], "class": [2], "name": ["squat"], "mean_confidence": [0.8],
                          "frames": [10], "start_s": [0.0], "end_s": [1.0]})
-    timeline = predict.Timeline(pd.DataFrame({"frame": np.arange(10)}), segs, 10.0, tmp_path, ["a", "b", "squat"])
+    truth = predict.Truth(tmp_path / "label.csv", 0.9671, 484, 152)
+    with mlflow.start_run() as run:  # the run predict_video would have made
+        pass
+    timeline = predict.Timeline(pd.DataFrame({"frame": np.arange(10)}), segs, 10.0, tmp_path, ["a", "b", "squat"],
+                                run.info.run_id, truth)
     monkeypatch.setattr(predict, "predict_video", lambda *a, **k: timeline)
     assert main(["predict", "video.mp4"]) == 0
     out = capsys.readouterr().out
     assert "1 segment over 10 frames" in out and "squat (2)" in out and "2.0" not in out.replace("1.0 s", "")
+    assert "frame accuracy 0.967 on its 484 exercise frames; its 152 rest frames are not scored" in out
+    assert out.strip().splitlines()[-1].startswith("MLflow run: http")  # its run, last, as every command
 
 
 def test_own_errors_are_one_line_and_bugs_a_full_traceback(monkeypatch, capsys):

@@ -127,8 +127,17 @@ def test_predict_on_a_new_video(tiny_trained, tiny_demo, tmp_path, monkeypatch):
     assert codec == "h264" and len(frames) == n
     probs = timeline.frames["probability"]
     assert ((probs > 0) & (probs <= 1)).all()
-    assert {"predicted_name", "smoothed_name"} <= set(timeline.frames.columns)
+    assert {"predicted_name", "smoothed_name", "true", "true_name"} <= set(timeline.frames.columns)
     assert "name" in timeline.segments.columns
+    # a video in its dataset layout brings its labels: compared, and drawn in the timeline
+    labels = tiny_demo / "label" / f"{video.stem}.csv"
+    assert timeline.truth is not None and timeline.truth.labels == labels and 0 <= timeline.truth.frame_acc <= 1
+    assert timeline.truth.exercise_frames + timeline.truth.rest_frames == n
+    # every predict is a run: its files as artifacts, the model as its input
+    run = mlflow.MlflowClient().get_run(timeline.run_id)
+    assert run.data.tags["exptrack.command"] == "predict" and run.data.tags["video"] == str(video)
+    logged = {a.path for a in mlflow.MlflowClient().list_artifacts(timeline.run_id, "predict")}
+    assert {"predict/frames.csv", "predict/segments.csv", "predict/timeline.png"} <= logged
 
 
 def test_predict_on_a_corrupt_video_is_a_clear_error(tiny_trained, tmp_path, monkeypatch):

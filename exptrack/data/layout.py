@@ -215,17 +215,20 @@ def discover(root: str | Path, warnings: DataWarnings) -> DatasetLayout:
 def video_companions(video: Path, mask_dir: Path | None = None, keypoints: Path | None = None) -> SubjectFiles:
     """The files of one video outside any split (e.g. for `exptrack predict`): the given mask
     folder and keypoint CSV, else those the layout puts beside it when the video lies at
-    `<root>/dataset/anon/<subject>.mp4`; None for what is not there. No labels."""
+    `<root>/dataset/anon/<subject>.mp4`, and there its label file too; None for what is not there."""
     video = Path(video)
     subject = video.stem
     root = video.parent.parent.parent if video.parent.name == "anon" and video.parent.parent.name == "dataset" else None
     for given, what in ((mask_dir, "mask folder"), (keypoints, "keypoint CSV")):
         if given is not None and not (Path(given).is_dir() if what == "mask folder" else Path(given).is_file()):
             raise DataError(f"{given}: {what} not found")
+    labels = None
     if root is not None:
         mask_dir = mask_dir or (root / "dataset" / "mask" / subject)
         keypoints = keypoints or (root / "dataset" / "skeleton" / "yolo_pose_csv" / f"{subject}.csv")
-    return SubjectFiles(subject=subject, split="predict", video=video, labels=None,
+        labels = root / "label" / f"{subject}.csv"
+    return SubjectFiles(subject=subject, split="predict", video=video,
+                        labels=labels if labels is not None and labels.is_file() else None,
                         mask_dir=Path(mask_dir) if mask_dir is not None and Path(mask_dir).is_dir() else None,
                         keypoints=Path(keypoints) if keypoints is not None and Path(keypoints).is_file() else None)
 
