@@ -626,9 +626,9 @@ def validate(config: Config) -> None:
         problems.append("data.train_stride and data.eval_stride must be >= 1")
     if d.frame_size < 8:
         problems.append("data.frame_size must be >= 8 pixels")
-    for key, value in (("data.demo_subjects", d.demo_subjects), ("data.demo_classes", d.demo_classes)):
-        if value is not None and value < 1:  # 0 once meant "the preset's count" without saying so
-            problems.append(f"{key} must be >= 1, or null for the preset's own count; got {value}")
+    for key, value, least in (("data.demo_subjects", d.demo_subjects, 3), ("data.demo_classes", d.demo_classes, 2)):
+        if value is not None and value < least:  # 0 once meant "the preset's count" without saying so
+            problems.append(f"{key} must be >= {least}, or null for the preset's own count; got {value}")
     if d.cache_workers < 0:
         problems.append("data.cache_workers must be >= 0 (0: one per core for large builds)")
     if not 0.0 <= d.min_purity <= 1.0:

@@ -291,5 +291,5 @@ def test_a_config_path_longer_than_the_os_allows_is_one_line(tmp_path, capsys):
 
 
 def test_zero_demo_subjects_is_refused_not_read_as_the_preset_count():
-    with pytest.raises(ConfigError, match="data.demo_subjects must be >= 1, or null for the preset's own count; got 0"):
+    with pytest.raises(ConfigError, match="data.demo_subjects must be >= 3, or null for the preset's own count; got 0"):
         load_config(None, ["data.demo_subjects=0"])

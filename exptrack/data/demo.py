@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import logging
 import string
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +37,9 @@ from ..errors import OutputError
 from ..progress import progress_bar
 from .layout import BACKGROUND, KEYPOINT_NAMES, NUM_KEYPOINTS, write_class_names
 from .video import write_video
+
+log = logging.getLogger("exptrack.data")
+LOG_EVERY_S = 10.0  # without a terminal (a log file, CI), a line this often instead of a bar
 
 A, S, L = 0, 1, 2
 SLOW, FAST = 12.0, 6.0  # frames per cycle
@@ -419,8 +425,12 @@ def write_demo_dataset(root: str | Path, spec: DemoSpec = DemoSpec(), progress: 
     test = set(rng.choice(names, size=n_test, replace=False).tolist())
     # One child generator per subject: a subject's content does not depend on how many others exist.
     children = np.random.SeedSequence(spec.seed).spawn(spec.subjects)
+    start = last = time.monotonic()
     for i, subject in enumerate(progress_bar(names, "demo data", "subject", progress)):
         write_subject(root, subject, i, spec, np.random.default_rng(children[i]))
+        if progress and not sys.stderr.isatty() and (time.monotonic() - last >= LOG_EVERY_S or i + 1 == len(names)):
+            last = time.monotonic()
+            log.info("demo data: %d of %d subjects written (%.0f s)", i + 1, len(names), last - start)
     with (root / "split.csv").open("w", newline="") as fh:
         fh.write("id,split\n")
         for subject in names:

@@ -111,7 +111,7 @@ def ensure_data_root(config: Config) -> Path:
             shutil.rmtree(stale, ignore_errors=True)
         partial = root.with_name(f"{root.name}.partial-{os.getpid()}")
         try:
-            write_demo_dataset(partial, spec)
+            write_demo_dataset(partial, spec, progress=True)  # a bar on a terminal, else a line every 10 s
             os.replace(partial, root)
         finally:
             shutil.rmtree(partial, ignore_errors=True)  # after a failure (after success it is gone)
