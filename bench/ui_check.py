@@ -11,7 +11,10 @@ first visit does (nothing remembered in the browser's localStorage):
 3. the registered model's newest version: its model card (the description) rendered;
 4. for the record, the experiment's plain URL (what the experiment list links to): MLflow 3.17
    opens it in the view the browser last used, GenAI on a first visit, whatever the experiment's
-   `mlflow.experimentKind` tag says (it only redirects experiments already shown once).
+   `mlflow.experimentKind` tag says (it only redirects experiments already shown once);
+5. the newest visualize run's `visualizations/index.html` in MLflow's artifact viewer, in a
+   1280 px wide window (issue 32: it must fit), and its first sample's overlay_with_probs.mp4 in
+   the viewer's player (the chart's bars and names clear of the controls: look at the screenshot).
 
 Each page is saved as a screenshot in --out (look at them) and checked in its DOM; the script
 exits 1 when one of checks 1-3 fails.
@@ -74,14 +77,14 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def browse(url: str, screenshot: Path) -> str:
+def browse(url: str, screenshot: Path, width: int = 1500) -> str:
     """The page's DOM after it has rendered, in a fresh profile; a screenshot beside it."""
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         raise SystemExit("no chromium here: apt-get install chromium")
     with tempfile.TemporaryDirectory(prefix="ui-check-profile-") as profile:
         common = [browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
-                  "--window-size=1500,1000", "--virtual-time-budget=20000", "--hide-scrollbars"]
+                  f"--window-size={width},1000", "--virtual-time-budget=20000", "--hide-scrollbars"]
         subprocess.run([*common, f"--screenshot={screenshot}", url], capture_output=True, timeout=180, check=False)
     with tempfile.TemporaryDirectory(prefix="ui-check-profile-") as profile:
         common[4] = f"--user-data-dir={profile}"
@@ -132,6 +135,18 @@ def main() -> int:
         dom = browse(f"{base}/#/experiments/{experiment.experiment_id}", out / "4_experiment_first_visit.png")
         view = "the runs table" if f"runs/{run.info.run_id}" in dom else "the GenAI overview"
         notes.append(f"the plain experiment URL opened {view} in a fresh browser")
+        # 5. explanations in the artifact viewer, 1280 px wide
+        shown = mlflow.search_runs([experiment.experiment_id], filter_string="tags.`exptrack.command` = 'visualize'",
+                                   output_format="list", max_results=1)
+        if shown:
+            page = f"{base}/#/experiments/{experiment.experiment_id}/runs/{shown[0].info.run_id}/artifacts"
+            dom = browse(f"{page}/visualizations/index.html", out / "5_visualize_index_1280.png", width=1280)
+            if "index.html" not in dom:
+                failures.append("visualize run: index.html not shown in the artifact viewer")
+            browse(f"{page}/visualizations/sample_000/overlay_with_probs.mp4", out / "6_overlay_player.png",
+                   width=1280)
+        else:
+            notes.append("no visualize run: explanations not looked at (run `exptrack visualize` first)")
     finally:
         stop(proc)
     print(f"screenshots in {out}: " + ", ".join(sorted(p.name for p in out.glob("*.png"))))

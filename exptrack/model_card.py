@@ -27,8 +27,14 @@ def is_speed(metric: str) -> bool:
     return metric.endswith(("clips_per_s", "_seconds", "seconds"))
 
 
+# MLflow's Markdown renderer draws tables without cell padding ("training data digest40909b33"
+# in bench/ui_check.py's screenshot): non-breaking spaces after each first-column cell keep the
+# columns apart there and cost nothing in other renderers.
+GAP = "&nbsp;" * 4
+
+
 def _table(rows: list[tuple[str, str]], head: tuple[str, str]) -> list[str]:
-    return [f"| {head[0]} | {head[1]} |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
+    return [f"| {head[0]}{GAP} | {head[1]} |", "|:---|:---|", *(f"| {k}{GAP} | {v} |" for k, v in rows)]
 
 
 def render(name: str, version: dict[str, Any], model: dict[str, Any] | None, train_run: dict[str, Any] | None,

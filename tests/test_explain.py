@@ -213,7 +213,7 @@ def test_the_probability_chart_leaves_the_player_controls_room_and_names_their_o
 
     names = ["a_rather_long_exercise_name", "squat", "leg_spread"]
     chart = render.probability_chart(np.array([0.2, 0.7, 0.1]), 1, 1, height=256, names=names)
-    assert (chart[-render.PLAYER_CONTROLS_PX:] == 255).all()  # nothing under the controls
+    assert (chart[-render.controls_room(256):] == 255).all()  # nothing under the controls (64 px here)
     bars = np.flatnonzero((chart[:, :, 0] != chart[:, :, 1]).any(axis=0))  # coloured columns: the bars
-    text = np.flatnonzero((chart[40:-render.PLAYER_CONTROLS_PX, :bars.min()] < 128).any(axis=(0, 2)))
+    text = np.flatnonzero((chart[40:-render.controls_room(256), :bars.min()] < 128).any(axis=(0, 2)))
     assert len(text) and text.max() < bars.min()  # every name ends before the bars begin

@@ -262,12 +262,12 @@ def test_promotion_on_evidence_end_to_end(tiny_demo, make_config):
 
 
 def test_the_model_card_keeps_speed_apart_from_quality_and_prints_numbers_as_read():
-    from exptrack.model_card import render
+    from exptrack.model_card import GAP, render
 
     card = render("m", {"version": "3", "tags": {}}, {"params": {"optim.lr": "0.0003"}, "metrics": {}},
                   None, {"test": {"run_id": "r", "metrics": {"test_mean_class_acc": 0.973980188369751,
                                                              "test_clips_per_s": 412.3456, "test_seconds": 2.5}}})
     quality, speed = card.split("Speed of that evaluation")
-    assert "| mean_class_acc | 0.974 |" in quality and "clips_per_s" not in quality
-    assert "| clips_per_s | 412.346 |" in speed and "| seconds | 2.500 |" in speed
-    assert "| `optim.lr` | 3.00e-04 |" in card
+    assert f"| mean_class_acc{GAP} | 0.974 |" in quality and "clips_per_s" not in quality
+    assert f"| clips_per_s{GAP} | 412.346 |" in speed and f"| seconds{GAP} | 2.500 |" in speed
+    assert f"| `optim.lr`{GAP} | 3.00e-04 |" in card

@@ -79,12 +79,16 @@ def upscale(frames: np.ndarray, factor: int) -> np.ndarray:
     return np.stack([cv2.resize(f, (w * factor, h * factor), interpolation=cv2.INTER_NEAREST) for f in frames])
 
 
-# MLflow's video player (and most others) draw their controls over the bottom of the picture.
-PLAYER_CONTROLS_PX = 48
+# MLflow's video player (and most others) draw their controls over the bottom of the picture:
+# about 48 screen pixels, more video pixels when the player shows the video smaller than it is
+# (a 616 px wide video in a 475 px viewer frame, bench/ui_check.py's screenshot). The chart keeps
+# its bottom quarter, at least 48 px, free.
+def controls_room(height: int) -> int:
+    return max(48, height // 4)
 
 
 def probability_chart(probs: np.ndarray, true: int | None, predicted: int, height: int,
-                      width: int = 360, names: list[str] | None = None, bottom: int = PLAYER_CONTROLS_PX) -> np.ndarray:
+                      width: int = 360, names: list[str] | None = None, bottom: int | None = None) -> np.ndarray:
     """A bar per class (uint8 RGB image): true class green, predicted red (both: olive),
     others gray; drawn with OpenCV so that one chart per frame stays cheap. Names sit in a column
     of their own, as wide as the longest (never under a bar), and the bottom `bottom` px stay
@@ -93,6 +97,7 @@ def probability_chart(probs: np.ndarray, true: int | None, predicted: int, heigh
     k = len(probs)
     names = names or [str(c) for c in range(k)]
     top = 28
+    bottom = controls_room(height) if bottom is None else bottom
     row = max(1.0, (height - top - bottom) / max(k, 1))
     scale = max(0.3, min(0.5, row / 30))
     font = cv2.FONT_HERSHEY_SIMPLEX

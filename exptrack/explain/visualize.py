@@ -193,32 +193,34 @@ class VisualizeResult:
 PREVIEW = "preview.gif"
 
 
-# Fits MLflow's artifact viewer at 1280 px wide: the table takes the width it is given and the
-# previews shrink with it (bench/ui_check.py looks at it there).
-INDEX_STYLE = ("body{font-family:sans-serif;font-size:13px;margin:8px}table{border-collapse:collapse;width:100%}"
-               "td,th{border:1px solid #ccc;padding:4px 6px;vertical-align:top;text-align:left}"
-               "td:last-child{width:40%}img{max-width:100%;height:auto}code{font-size:11px;word-break:break-all}")
+# MLflow's artifact viewer gives an HTML artifact a narrow frame (about 500 px in a 1280 px
+# window with its assistant panel open): one card per sample, as wide as the frame allows and
+# wrapping, never a table wider than the frame (bench/ui_check.py looks at it there).
+INDEX_STYLE = ("body{font-family:sans-serif;font-size:13px;margin:8px}"
+               ".card{display:inline-block;vertical-align:top;width:min(100%,360px);margin:0 8px 12px 0}"
+               ".card img{width:100%;height:auto;display:block}figcaption{margin-top:4px;line-height:1.4}"
+               "code{font-size:11px;word-break:break-all}")
 
 
 def write_index(table: pd.DataFrame, out: Path) -> None:
     """index.csv, and index.html with each sample's animated preview embedded in the page (a
     data: URI): MLflow shows an HTML artifact in a sandboxed iframe from a blob: URL, where
-    links to other artifacts do not resolve and videos stay blank. The MP4 files are named
-    beside each preview; they play in the artifact tree and from disk."""
+    links to other artifacts do not resolve and videos stay blank. Under each preview, its row
+    of index.csv and the MP4 file to play (in the artifact tree and from disk)."""
     table.to_csv(out / "index.csv", index=False)
-    rows = []
+    cards = []
     for _, r in table.iterrows():
         sample = str(r["sample"])
         video = "long_sample.mp4" if sample.startswith("long_") else "overlay_with_probs.mp4"
-        cells = "".join(f"<td>{html.escape(figure(v))}</td>" for v in r.values)
         gif = out / sample / PREVIEW
-        preview = (f"<img src='data:image/gif;base64,{base64.b64encode(gif.read_bytes()).decode()}'><br>"
+        preview = (f"<img src='data:image/gif;base64,{base64.b64encode(gif.read_bytes()).decode()}' alt='{sample}'>"
                    if gif.exists() else "")
-        rows.append(f"<tr>{cells}<td>{preview}<code>{html.escape(sample)}/{video}</code></td></tr>")
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
+        facts = " &middot; ".join(f"{html.escape(str(k))} <b>{html.escape(figure(v))}</b>" for k, v in r.items()
+                                   if k != "sample")
+        cards.append(f"<figure class='card'>{preview}<figcaption><b>{html.escape(sample)}</b> &middot; {facts}<br>"
+                     f"<code>{html.escape(sample)}/{video}</code></figcaption></figure>")
     (out / "index.html").write_text(f"<!doctype html><html><head><meta charset='utf-8'><style>{INDEX_STYLE}</style>"
-                                    f"</head><body><table><tr>{head}<th>preview (video file)</th></tr>"
-                                    f"{''.join(rows)}</table></body></html>\n")
+                                    f"</head><body>{''.join(cards)}</body></html>\n")
 
 
 def run_visualize(model_ref: str, options: VisualizeOptions, device_name: str = "auto",
