@@ -128,6 +128,10 @@ class TrainConfig:
     min_epochs: int = 0
     checkpoint_every: int = 10
     keep_checkpoints: int = 3
+    # What stays on local disk when a run ends: "resume" = last.pt (resume, more epochs) and
+    # best_model.pt; the other checkpoints' weights are the run's logged models, uploaded (about
+    # 100 MB of 140 MB per demo run). "all" keeps best_val_loss.pt, best_val_acc.pt and epoch_*.pt too.
+    checkpoint_files: Literal["resume", "all"] = "resume"
     # Mixed precision (exptrack/device.py): "auto" = bf16 autocast on GPUs that have it (sm_80+),
     # fp16 autocast with a GradScaler on older GPUs, fp32 on the CPU and MPS; true = a half
     # precision is required (an error where the device has none); "bf16"/"fp16" = that one;

@@ -74,6 +74,8 @@ def test_train_logs_a_complete_run_and_registers_the_model(tiny_demo, make_confi
               for d in run.inputs.dataset_inputs}
     assert inputs == {"clips-train": ["training"], "clips-val": ["validation"]}
 
+    # what stays on disk: what resume needs and the best model; the other files' weights are logged models
+    assert sorted(p.name for p in result.checkpoint_dir.glob("*.pt")) == ["best_model.pt", "last.pt"]
     artifacts = _artifacts(result.run_id)
     assert {"config.yaml", "metrics/training_metrics.csv", "metrics/per_class_accuracy.csv"} <= artifacts
     assert not [a for a in artifacts if a.endswith(".pt")]  # checkpoints stay local (lean artifacts)
@@ -510,7 +512,8 @@ def test_ddp_with_two_processes_makes_one_run(tiny_demo, tmp_path):
 def test_early_stopping_pruning_and_resume_after_stop(tiny_demo, make_config):
     # patience 1 with min_delta 1.0: no epoch can improve by a whole accuracy point after the first
     cfg = _config(make_config, tiny_demo, "train.epochs=6", "train.early_stop_patience=1",
-                  "train.early_stop_min_delta=1.0", "train.checkpoint_every=1", "train.keep_checkpoints=1")
+                  "train.early_stop_min_delta=1.0", "train.checkpoint_every=1", "train.keep_checkpoints=1",
+                  "train.checkpoint_files=all")
     result = train_run.train(cfg, progress=False)
     # the first full selection window (epochs 1-3) sets the reference, epoch 4 does not beat it by 1.0
     assert result.state.epoch == 4

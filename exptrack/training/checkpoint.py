@@ -194,6 +194,20 @@ class CheckpointManager:
         written.append(save_atomic(payload, self.folder / LAST))
         return written
 
+    KEPT_AFTER_RUN = (LAST, BEST_MODEL)
+
+    def drop_copies(self) -> tuple[int, int]:
+        """At the end of a run: remove the checkpoints other than last.pt and best_model.pt, whose
+        weights the run's logged models hold (periodic.json stays: it says which epochs' logged
+        models are kept). Returns (files, bytes) removed."""
+        files = size = 0
+        for path in self.folder.glob("*.pt"):
+            if path.name not in self.KEPT_AFTER_RUN:
+                size += path.stat().st_size
+                path.unlink(missing_ok=True)
+                files += 1
+        return files, size
+
     def kept_epochs(self) -> set[int]:
         """Epochs of the periodic checkpoints on disk."""
         index = json.loads(self._index_path.read_text()) if self._index_path.exists() else {}

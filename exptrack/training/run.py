@@ -466,6 +466,11 @@ def _train(config: Config, env: DistEnv, resume: str | None, progress: bool,
         version = models.register(best_id) if best_id and options.register else None
         if config.mlflow.upload_resume_checkpoint and (ckpt_dir / ckpt.LAST).exists():
             run.log_artifact(ckpt_dir / ckpt.LAST, RESUME_ARTIFACT_DIR)
+        if config.train.checkpoint_files == "resume":
+            files, size = manager.drop_copies()
+            if files:
+                log.info("removed %d checkpoint files (%.0f MB) whose weights are the run's logged models; kept %s "
+                         "(train.checkpoint_files=all keeps them)", files, size / 2**20, ", ".join(manager.KEPT_AFTER_RUN))
     return TrainResult(run.id, state, version, ckpt_dir, best_id)
 
 
