@@ -315,8 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(none: the config's)")
     p.add_argument("--folds", help="data.folds: K subject folds of the train and val subjects, one run each "
                                    "(none: the config's)")
-    p.add_argument("--group-model", choices=["best", "ensemble"],
-                   help="train.group_model: what a group registers (default: the config's, best)")
+    p.add_argument("--group-model", choices=["auto", "best", "ensemble"],
+                   help="train.group_model: what a group registers (default: the config's, auto: the ensemble "
+                        "of folds, the best of seeds)")
     p.add_argument("--resume", help="a checkpoint file, or the run id of a run (or group) to continue "
                                     "(default: a new run)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")

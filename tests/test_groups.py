@@ -7,6 +7,7 @@ import math
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -217,8 +218,9 @@ def test_a_killed_group_resumes_only_what_did_not_finish(tiny_demo, make_config)
 
 @pytest.fixture(scope="module")
 def two_fold_groups(tmp_path_factory, tiny_demo):
-    """Two 2-fold groups on the same subjects (A an ensemble, B with another learning rate), in a
-    store of their own: (tracking uri, run id of A, run id of B)."""
+    """Two 2-fold groups on the same subjects (A with the defaults: its fold ensemble is
+    registered; B with another learning rate, registering its best member), in a store of their
+    own: (tracking uri, run id of A, run id of B)."""
     import os
 
     from exptrack.training.run import train
@@ -231,8 +233,8 @@ def two_fold_groups(tmp_path_factory, tiny_demo):
         base = [f"data.root={tiny_demo}", f"paths.cache={tmp / 'cache'}", f"paths.outputs={tmp / 'out'}",
                 "model.num_classes=3", "data.frame_size=32", "data.clip_len=8", "data.train_stride=4",
                 "data.eval_stride=8", *FAST, "data.folds=2", "mlflow.experiment=folds"]
-        a = train(load_config(None, [*base, "train.group_model=ensemble"]), progress=False)
-        b = train(load_config(None, [*base, "optim.lr=0.0001"]), progress=False)
+        a = train(load_config(None, base), progress=False)
+        b = train(load_config(None, [*base, "optim.lr=0.0001", "train.group_model=best"]), progress=False)
     finally:
         if old is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -273,6 +275,10 @@ def test_two_fold_groups_are_compared_fold_by_fold(two_fold_groups, tmp_path, mo
     c = result.comparisons["val_mean_class_acc"]
     assert result.paired and c.unit == "folds" and c.n_subjects == 2
     assert c.a == pytest.approx(a.interval.mean) and c.b == pytest.approx(b.interval.mean)
+    differ = pd.read_csv(tmp_path / "cmp" / "config_difference.csv")  # what tells the two recipes apart
+    assert set(differ["key"]) == {"optim.lr", "train.group_model"}
+    assert "<td>1.00e-04</td>" in (tmp_path / "cmp" / "report.html").read_text()  # 0.0001, not 0.000
+    assert b.registered.endswith("(best on validation)") and mlflow.get_run(a.run_id).info.run_name == "folds-2"
     assert (tmp_path / "cmp" / "report.html").exists()
     with pytest.raises(Exception, match="is a seed or fold group: compare two groups"):
         run_compare(a.run_id, f"models:/grouped/{a.model_version}")

@@ -163,8 +163,14 @@ def test_a_study_on_folds_scores_each_trial_by_its_folds_mean(tiny_demo, tmp_pat
     values = [r.data.metrics["best_val_mean_class_acc"] for r in folds.values()]
     assert trial.value == pytest.approx(np.mean(values)) and trial.user_attrs["member_std"] >= 0
     version = mlflow.MlflowClient().get_model_version("tuned", "1")
-    assert version.run_id in {r.info.run_id for r in folds.values()}  # the best fold's model of the best trial
+    # the best trial's fold ensemble, logged on its group run: no extra training
+    assert version.run_id == trial.user_attrs["run_id"] and version.tags["group_model"] == "ensemble of 2"
     assert version.tags["group_run_id"] == trial.user_attrs["run_id"] and version.tags["group_members"] == "2"
+    from exptrack.inference import load_model
+    from exptrack.models.c3d import C3DEnsemble
+
+    loaded = load_model("models:/tuned/1")  # what predict, visualize, promote and serving load
+    assert isinstance(loaded.model, C3DEnsemble) and loaded.config.model.ensemble == 2
 
 
 def test_the_wilcoxon_pruner_stops_a_trial_worse_on_every_member_so_far():
