@@ -45,6 +45,7 @@ from torch import nn
 from exptrack.data.demo import DemoSpec, write_demo_dataset
 from exptrack.device import Precision, cudnn_version, half_precisions, resolve_device
 from exptrack.models.c3d import BLOCKS, C3D
+from exptrack.training.loop import grad_scaler, step
 
 ROOT = Path(__file__).resolve().parents[1]
 # Relative error (norm of the difference over the norm of the fp32 result) a half precision may
@@ -251,25 +252,25 @@ def check_speed(c: Checker, batches: tuple[int, ...], width: float, size: int, s
     where = Placement(c.device, resolve_precision("auto", c.device, strict=False), channels_last=True)
     model = where.prepare(C3D(17, width=width))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    scaler = grad_scaler(where)  # fp16 (a GPU without bf16) steps through one, as training does
     for batch in batches:
         x = where.input(torch.randn(batch, 3, 16, size, size, device=c.device))  # (B, C, T, H, W)
         y = torch.randint(0, 17, (batch,), device=c.device)
         model.train()
-        train_s = time_steps(lambda: train_step(model, optimizer, where, x, y), steps, c.device)  # noqa: B023
+        train_s = time_steps(lambda: train_step(model, optimizer, where, x, y, scaler), steps, c.device)  # noqa: B023
         model.eval()
         eval_s = time_steps(lambda: eval_step(model, where, x), steps, c.device)  # noqa: B023 - used at once
         c.add("speed", f"C3D width {width} {size}px batch {batch}, {where.precision.name} + channels_last_3d, eager",
               None, f"train {batch * steps / train_s:.1f} clips/s, eval {batch * steps / eval_s:.1f} clips/s")
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, where, x: torch.Tensor, y: torch.Tensor) -> None:
-    """What train_one_epoch does per batch, minus the data."""
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, where, x: torch.Tensor, y: torch.Tensor,
+               scaler) -> None:
+    """What train_one_epoch does per batch, minus the data (its own step())."""
     with where.autocast():
         loss = nn.functional.cross_entropy(model(x).float(), y)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    optimizer.step()
+    step(loss, model, optimizer, 1.0, scaler)
 
 
 def eval_step(model: nn.Module, where, x: torch.Tensor) -> None:

@@ -203,7 +203,7 @@ def gradcam_strips(a: Side, b: Side, clips: pd.DataFrame, count: int, split: str
         overlays, said = [], []
         for side in (a, b):
             probs, heat = model_probs_and_heat(side.loaded, view, "block4", device)
-            overlays.append(render.caption(render.explanation_frames(source, heat[0], 0.5)[1], [side.label]))
+            overlays.append(render.caption(render.explanation_frames(source, heat[0], 0.5)[2], [side.label]))
             pred = int(probs[0].argmax())
             said.append(f"{side.label}: {class_label(pred, names)} ({figure(float(probs[0, pred]))})")
         strip = np.stack([render.hstack(x, y) for x, y in zip(*overlays, strict=True)])  # (T, H, 2W, 3)

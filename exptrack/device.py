@@ -65,26 +65,34 @@ def nvml_report() -> NvmlReport:
     except Exception as exc:  # noqa: BLE001 - NVMLError_LibraryNotFound, _DriverNotLoaded, ...
         return NvmlReport(error=f"{type(exc).__name__}: {exc}")
     try:
-        driver = _text(pynvml.nvmlSystemGetDriverVersion())
-        raw = pynvml.nvmlSystemGetCudaDriverVersion()  # e.g. 12040 for CUDA 12.4
-        gpus = []
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
-            try:
-                major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
-                capability: tuple[int, int] | None = (int(major), int(minor))
-            except Exception:  # noqa: BLE001 - older drivers lack the call
-                capability = None
-            gpus.append(NvmlGpu(i, _text(pynvml.nvmlDeviceGetName(handle)), _text(pynvml.nvmlDeviceGetUUID(handle)),
-                                pynvml.nvmlDeviceGetMemoryInfo(handle).total / 2**30, capability))
-        return NvmlReport(tuple(gpus), driver, (raw // 1000, raw % 1000 // 10))
+        count = pynvml.nvmlDeviceGetCount()
     except Exception as exc:  # noqa: BLE001 - a driver in a bad state: say so, never crash a command
+        _ask(pynvml.nvmlShutdown, None)
         return NvmlReport(error=f"{type(exc).__name__}: {exc}")
+    try:
+        # Each detail on its own: a GPU whose memory or name NVML cannot read still counts as a
+        # GPU (an empty list would let train.device=auto fall back to the CPU unnoticed).
+        raw = _ask(pynvml.nvmlSystemGetCudaDriverVersion, 0)  # e.g. 12040 for CUDA 12.4
+        gpus = []
+        for i in range(count):
+            handle = _ask(lambda i=i: pynvml.nvmlDeviceGetHandleByIndex(i), None)
+            capability = _ask(lambda h=handle: tuple(int(v) for v in pynvml.nvmlDeviceGetCudaComputeCapability(h)), None)
+            gpus.append(NvmlGpu(i, _text(_ask(lambda h=handle: pynvml.nvmlDeviceGetName(h), "NVIDIA GPU (name unknown)")),
+                                _text(_ask(lambda h=handle: pynvml.nvmlDeviceGetUUID(h), "")),
+                                _ask(lambda h=handle: pynvml.nvmlDeviceGetMemoryInfo(h).total / 2**30, 0.0),
+                                capability))
+        return NvmlReport(tuple(gpus), _text(_ask(pynvml.nvmlSystemGetDriverVersion, "?")),
+                          (raw // 1000, raw % 1000 // 10) if raw else None)
     finally:
-        try:
-            pynvml.nvmlShutdown()
-        except Exception:  # noqa: BLE001
-            pass
+        _ask(pynvml.nvmlShutdown, None)
+
+
+def _ask(call: Any, default: Any) -> Any:
+    """One NVML query, or `default` when the driver does not answer it."""
+    try:
+        return call()
+    except Exception:  # noqa: BLE001 - NVMLError_NotSupported and kin
+        return default
 
 
 def _text(value: Any) -> str:
@@ -333,9 +341,21 @@ class Placement:
         return to_layout(x, self.channels_last)
 
 
-def placement(train_config: Any, device: torch.device, *, strict: bool) -> Placement:
+def placement(train_config: Any, device: torch.device, *, strict: bool, trained: str | None = None) -> Placement:
     """The one rule: `train_config` is a TrainConfig (its amp and channels_last), `device` a
     resolved device. strict=True for training (a demand this device cannot meet is an error),
-    False for scoring a model with its own config."""
-    return Placement(device, resolve_precision(train_config.amp, device, strict=strict),
-                     use_channels_last(train_config.channels_last, device), device_name(device))
+    False for scoring a model with its own config. `trained`: the precision the model was
+    trained in (its weights file says; None for files older than that), which scoring keeps
+    where the device has it, else fp32: a model trained in fp32 on a CPU is not scored in bf16
+    on a GPU, nor a bf16 model in fp16 on a GPU without bf16."""
+    if trained in ("bf16", "fp16", "fp32") and not strict:
+        precision = Precision(trained) if trained == "fp32" or trained in half_precisions(device) else FP32  # type: ignore[arg-type]
+    else:
+        precision = resolve_precision(train_config.amp, device, strict=strict)
+    return Placement(device, precision, use_channels_last(train_config.channels_last, device), device_name(device))
+
+
+def training_placement(train_config: Any) -> Placement:
+    """Where training with `train_config` would run on this machine (train.device, amp and
+    channels_last, strictly): a DeviceError now, before any run or file, when it cannot."""
+    return placement(train_config, resolve_device(train_config.device), strict=True)

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from . import tracking
 from .config import Config
 from . import device
-from .device import DeviceError, cuda_bf16, cudnn_version, placement, resolve_device, unusable_gpu_reason
+from .device import DeviceError, cuda_bf16, cudnn_version, training_placement, unusable_gpu_reason
 
 
 @dataclass
@@ -75,7 +75,7 @@ def _gpus(d: Diagnosis) -> None:
 def _resolved(d: Diagnosis, config: Config) -> None:
     t = config.train
     try:
-        where = placement(t, resolve_device(t.device), strict=True)
+        where = training_placement(t)
     except DeviceError as exc:
         if t.device == "auto" and d.problems:  # the unusable GPU, already said
             d.add("train runs on", "refused with train.device=auto (the GPU problem below); train.device=cpu "

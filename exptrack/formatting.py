@@ -11,8 +11,8 @@ import pandas as pd
 
 def figure(value: Any, digits: int = 3) -> str:
     """A number at the precision it needs: whole numbers as they are, ordinary magnitudes with
-    `digits` decimals (0.938), very small or very large ones in scientific notation with
-    `digits` significant figures (3.00e-04); NaN and None as ""; anything else as its text."""
+    `digits` decimals (0.938), small (below 0.01) or very large ones in scientific notation with
+    `digits` significant figures (3.00e-04, 1.20e-03); NaN and None as ""; anything else as its text."""
     if value is None or isinstance(value, bool):
         return "" if value is None else str(value)
     if isinstance(value, int) or (hasattr(value, "dtype") and value.dtype.kind in "iu"):
@@ -27,7 +27,7 @@ def figure(value: Any, digits: int = 3) -> str:
         return "" if math.isnan(number) else str(number)
     if number.is_integer() and 10 <= abs(number) < 1e15:  # a count stored as a float (epochs, clips)
         return f"{number:.0f}"
-    if number == 0 or 10**-digits <= abs(number) < 10**6:
+    if number == 0 or 0.01 <= abs(number) < 10**6:
         return f"{number:.{digits}f}"
     return f"{number:.{digits - 1}e}"
 

@@ -27,7 +27,7 @@ import torch
 from . import model_store, tracking
 from .config import Config, config_from_dict
 from .data.layout import read_class_names
-from .device import FP32, Placement, placement
+from .device import FP32, Placement, bind, placement
 from .errors import ModelError
 from .models.c3d import C3D, C3DEnsemble, model_with_weights
 from .training import checkpoint as ckpt
@@ -116,7 +116,8 @@ def load_model(reference: str, device: torch.device | str = "cpu") -> LoadedMode
                          f"(model.num_classes {config.model.num_classes}, model.width {config.model.width}): "
                          f"{detail[:200]}") from None
     source.setdefault("run_id", payload.get("run_id", ""))
-    where = placement(config.train, torch.device(device), strict=False)
+    # on its own GPU (cuda:N made current: nothing opens a context on GPU 0), in the precision it was trained in
+    where = placement(config.train, bind(torch.device(device)), strict=False, trained=payload.get("precision"))
     where.prepare(model).eval()  # in place: .to() moves a module's own tensors
     return LoadedModel(model, config, source, class_names_of(payload, config), where)
 

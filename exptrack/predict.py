@@ -119,7 +119,8 @@ def predict_video(video: str | Path, model_ref: str, out_dir: str | Path | None 
         timeline = _timeline(files, loaded, model_ref, out_dir, stride, smooth_window, overlay, overwrite)
         run.log_artifacts(timeline.out_dir, "predict")
         run.log_metrics({"segments": len(timeline.segments), "frames": len(timeline.frames),
-                         **({"frame_acc": timeline.truth.frame_acc} if timeline.truth else {})})
+                         **({"frame_acc": timeline.truth.frame_acc}
+                            if timeline.truth and np.isfinite(timeline.truth.frame_acc) else {})})
     return dataclasses.replace(timeline, run_id=run.id)
 
 

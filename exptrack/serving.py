@@ -42,7 +42,7 @@ VIDEO_PARAM = "video"
 
 def weights_payload(checkpoint: dict[str, Any], class_names: list[str]) -> dict[str, Any]:
     """What a logged model keeps of a checkpoint: the weights and what rebuilds and explains them."""
-    keep = ("model", "config", "epoch", "metrics", "run_id", "data_digest")
+    keep = ("model", "config", "epoch", "metrics", "run_id", "data_digest", "precision")
     return {**{k: checkpoint[k] for k in keep if k in checkpoint}, "class_names": list(class_names)}
 
 
@@ -62,7 +62,7 @@ class ClipClassifierCore:
     def __init__(self, payload: dict[str, Any], source: str = WEIGHTS_FILE) -> None:
         self.config = config_from_dict(payload["config"], source)
         # the CPU: where `mlflow models serve` and pyfunc.load_model run it; the model's own rule there
-        self.placement = placement(self.config.train, torch.device("cpu"), strict=False)
+        self.placement = placement(self.config.train, torch.device("cpu"), strict=False, trained=payload.get("precision"))
         self.model = self.placement.prepare(model_with_weights(self.config.model, payload["model"])).eval()
         self.class_names = class_names_of(payload, self.config)
 

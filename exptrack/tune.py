@@ -33,7 +33,7 @@ from optuna.storages.journal import JournalFileBackend
 from . import model_store, tracking
 from ._proc import process_alive
 from .config import ConfigError, check_value, load_config, read_yaml_file
-from .device import placement, resolve_device
+from .device import training_placement
 from .data.cache import entry_bytes, size_text
 from .data.prepare import config_cache_need
 from .preemption import PREEMPTED_TAG, Preempted
@@ -541,7 +541,7 @@ def run_tune(spec: StudySpec, progress: bool = False, retrain_best: bool = False
     # finished study is summarised, not only once a trial starts training
     config = load_config(spec.config, spec.overrides)
     # a device or precision this machine lacks: said once, before any trial (each would fail on it)
-    placement(config.train, resolve_device(config.train.device), strict=True)
+    training_placement(config.train)
     tracking.check_store(config)
     warn_cache_growth(spec, config)
     study = open_study(spec)

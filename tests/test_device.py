@@ -131,20 +131,28 @@ def test_more_ranks_than_gpus_is_refused_before_joining_a_group(monkeypatch):
         distributed.init_distributed(CUDA)
 
 
-def test_a_model_is_scored_in_the_precision_of_its_own_config(tiny_trained, monkeypatch, tmp_path):
-    """load_model is the one loader of evaluate, compare, visualize and predict: its placement
-    comes from the model's train config (here on a device that pretends to have bf16)."""
+def test_a_model_is_scored_in_the_precision_it_was_trained_in(tiny_trained, monkeypatch, tmp_path):
+    """load_model is the one loader of evaluate, compare, visualize and predict: it keeps the
+    precision the weights file says the model was trained in where the device has it (here a
+    device that pretends to have bf16 only), else fp32; a file from before that follows its config."""
     from exptrack.inference import load_model
     from exptrack.training import checkpoint as ckpt
 
-    monkeypatch.setattr(dev, "half_precisions", lambda device: ("bf16", "fp16"))
+    monkeypatch.setattr(dev, "half_precisions", lambda device: ("bf16",))
     _, _, result = tiny_trained
-    trained_auto = load_model(str(result.checkpoint_dir / ckpt.BEST_MODEL))
     payload = ckpt.load(result.checkpoint_dir / ckpt.BEST_MODEL)
-    payload["config"]["train"]["amp"] = False
-    ckpt.save_atomic(payload, tmp_path / "fp32.pt")
-    trained_fp32 = load_model(str(tmp_path / "fp32.pt"))
-    assert trained_auto.placement.precision.name == "bf16" and trained_fp32.placement.precision == FP32
+    assert payload["precision"] == "fp32"  # trained on this CPU
+
+    def scored(**changes) -> str:
+        edited = {**payload, **changes}
+        edited = {k: v for k, v in edited.items() if v is not None}
+        ckpt.save_atomic(edited, tmp_path / "m.pt")
+        return load_model(str(tmp_path / "m.pt")).placement.precision.name
+
+    assert scored() == "fp32"  # not bf16 because the device has it: scored as trained
+    assert scored(precision="bf16") == "bf16" and scored(precision="fp16") == "fp32"
+    older = {**payload["config"], "train": {**payload["config"]["train"], "amp": False}}
+    assert scored(precision=None) == "bf16" and scored(precision=None, config=older) == "fp32"
 
 
 def test_fp16_training_steps_through_the_grad_scaler():
@@ -193,3 +201,20 @@ def test_rank_0_keeps_the_seed_and_other_ranks_get_their_own():
 def test_unknown_amp_values_are_config_errors():
     with pytest.raises(ConfigError, match="train.amp: 'fp8' is not one of"):
         load_config(None, ["train.amp=fp8"])
+
+
+def test_precise_bn_on_a_compiled_model_compiles_nothing():
+    """Its momentum changes every batch: through torch.compile each value was a recompile (up to
+    dynamo's limit, after which validation ran eager). It runs on the plain module instead."""
+    import torch._dynamo
+
+    from exptrack.training.loop import recompute_bn_stats
+
+    torch._dynamo.reset()
+    model = torch.compile(nn.Sequential(nn.BatchNorm3d(3)), backend="eager")
+    batches = [{"video": torch.randint(0, 256, (4, 2, 4, 4, 3), dtype=torch.uint8), "label": torch.zeros(4, dtype=torch.long)}
+               for _ in range(5)]
+    before = sum(torch._dynamo.utils.counters["stats"].values())
+    recompute_bn_stats(model, batches, Placement(CPU), batches=5)
+    assert sum(torch._dynamo.utils.counters["stats"].values()) == before
+    assert model._orig_mod[0].num_batches_tracked.item() == 5  # the statistics were recomputed

@@ -80,6 +80,15 @@ def decode_video(path: Path, size: int, warnings: DataWarnings | None = None) ->
     return out[:n], VideoInfo(fps=fps or 30.0, width=width, height=height, num_frames=n)
 
 
+def resize_to(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An image at (H, W) `size` for people to look at: area averaging when it shrinks (no
+    aliasing), cubic when it grows (no blocks)."""
+    if image.shape[:2] == size:
+        return image
+    shrink = size[0] * size[1] < image.shape[0] * image.shape[1]
+    return cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+
+
 def read_frames(path: Path, start: int, count: int, size: tuple[int, int] | None = None) -> np.ndarray:
     """Frames [start, start + count) of a video at its own resolution, or resized to `size`
     (H, W) as they are read: (count, H, W, 3) uint8 RGB, for showing people what a model saw
@@ -94,9 +103,8 @@ def read_frames(path: Path, start: int, count: int, size: tuple[int, int] | None
             ok, frame = cap.read()
             if not ok:
                 break
-            if size is not None and frame.shape[:2] != size:
-                shrink = size[0] * size[1] < frame.shape[0] * frame.shape[1]
-                frame = cv2.resize(frame, (size[1], size[0]), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
+            if size is not None:
+                frame = resize_to(frame, size)
             frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
     finally:
         cap.release()

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ..data.video import write_video
+from ..data.video import resize_to, write_video
 
 
 def colorize(heat: np.ndarray) -> np.ndarray:
@@ -34,17 +34,15 @@ MIN_SIDE, MAX_SIDE = 256, 480
 def display_size(height: int, width: int, min_side: int = MIN_SIDE) -> tuple[int, int]:
     """(H, W) to show a (height, width) frame at: its aspect kept, short side >= min_side,
     long side <= MAX_SIDE where both can hold (else the short side wins); even sides for video."""
+    height, width = max(height, 1), max(width, 1)  # a header without a size: a square, not a ZeroDivisionError
     scale = max(min_side / min(height, width), min(1.0, MAX_SIDE / max(height, width)))
     return round(height * scale / 2) * 2, round(width * scale / 2) * 2
 
 
 def display_frames(frames: np.ndarray, min_side: int = MIN_SIDE) -> np.ndarray:
-    """(T, H, W, 3) frames at display_size (cubic when enlarged, area when reduced)."""
-    h, w = display_size(frames.shape[1], frames.shape[2], min_side)
-    if (h, w) == frames.shape[1:3]:
-        return frames
-    shrink = h * w < frames.shape[1] * frames.shape[2]
-    return np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC) for f in frames])
+    """(T, H, W, 3) frames at display_size."""
+    size = display_size(frames.shape[1], frames.shape[2], min_side)
+    return frames if size == frames.shape[1:3] else np.stack([resize_to(f, size) for f in frames])
 
 
 def display_heat(heat: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -55,11 +53,13 @@ def display_heat(heat: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def explanation_frames(frames: np.ndarray, heat: np.ndarray, alpha: float,
-                       min_side: int = MIN_SIDE) -> tuple[np.ndarray, np.ndarray]:
-    """(frames at display size, the heatmap overlaid on them) for (T, H, W, 3) source frames (any
-    size: the video's own resolution where it is at hand) and (T, S, S) heat."""
+                       min_side: int = MIN_SIDE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(frames at display size, the heat at that size, the heat overlaid on the frames) for
+    (T, H, W, 3) source frames (any size: the video's own resolution where it is at hand) and
+    (T, S, S) heat."""
     shown = display_frames(frames, min_side)
-    return shown, overlay(shown, display_heat(heat, *shown.shape[1:3]), alpha)
+    big_heat = display_heat(heat, shown.shape[1], shown.shape[2])
+    return shown, big_heat, overlay(shown, big_heat, alpha)
 
 
 def caption(image: np.ndarray, lines: list[str]) -> np.ndarray:

@@ -92,9 +92,7 @@ def render_clip(sample_dir: Path, frames: np.ndarray, heat: np.ndarray, probs: n
     """The six files of one sample, and preview.gif for index.html. `frames` (T, H, W, 3) are the
     video's own, shown at display size with the heatmap stretched over them."""
     pred = int(probs.argmax())
-    shown = render.display_frames(frames, min_side(options, heat.shape[-1]))
-    big_heat = render.display_heat(heat, *shown.shape[1:3])
-    over = render.overlay(shown, big_heat, options.alpha)
+    shown, big_heat, over = render.explanation_frames(frames, heat, options.alpha, min_side(options, heat.shape[-1]))
     chart = render.probability_chart(probs, true, pred, height=over.shape[1], names=names)
     with_probs = np.stack([render.hstack(f, chart) for f in over])
     side = np.concatenate([shown, over], axis=2)

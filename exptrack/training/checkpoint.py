@@ -142,8 +142,11 @@ def restore_own_rng(payload: dict[str, Any]) -> None:
             log.warning("the checkpoint holds the random state of %d rank(s), this run has %d: each rank continues "
                         "with a stream of its own, not the one it would have drawn uninterrupted",
                         len(ranks) if ranks is not None else 1, world)
-        else:
-            torch.manual_seed(rank_seed(int(payload["epoch"]), rank))
+        else:  # a stream of this rank's own, from the run's seed and the epoch, in every generator
+            seed = rank_seed((int(payload["config"]["train"]["seed"]) + int(payload["epoch"])) % 2**32, rank)
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.manual_seed(seed)
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:

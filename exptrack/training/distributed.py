@@ -71,7 +71,7 @@ def rank_seed(seed: int, rank: int) -> int:
     process trains as before, and a different stream on every other rank; otherwise N GPUs
     would draw the same dropout masks at every step. The sampler's permutation is not drawn
     from this: it stays shared (train.seed) so that the ranks split one draw between them."""
-    return seed if rank == 0 else (seed + 1_000_003 * rank) % 2**63
+    return seed if rank == 0 else (seed + 1_000_003 * rank) % 2**32  # numpy's seeds end at 2**32
 
 
 def gather_objects(obj: Any) -> list[Any] | None:

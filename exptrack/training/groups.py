@@ -41,7 +41,7 @@ from ..data.prepare import ensure_data_root, fold_pool
 from ..models.c3d import ensemble_state_dict
 from . import checkpoint as ckpt
 from . import logged_models
-from ..device import placement, resolve_device
+from ..device import training_placement
 from .loop import EpochCallback
 from .run import RunOptions, refuse_ensemble_training, resume_config, train
 
@@ -167,8 +167,7 @@ def train_group(config: Config, resume: str | None = None, progress: bool = True
         config = resume_config(config_from_dict(saved, f"run {resume} config.yaml"), config, options.explicit,
                                f"run {resume}") if saved else config
     refuse_ensemble_training(config)
-    # a device (or precision) this machine lacks: before the group's run starts
-    placement(config.train, resolve_device(config.train.device), strict=True)
+    training_placement(config.train)  # a device (or precision) this machine lacks: before the group's run starts
     kind = group_kind(config)
     folds = check_folds(config) if kind == "folds" else None
     members = members_of(config)
@@ -361,7 +360,7 @@ def log_ensemble(run: tracking.Run, members: list[MemberResult]) -> str:
         class_names = [str(n) for n in payloads[0].get("class_names") or []]
         payload = {"model": ensemble_state_dict([p["model"] for p in payloads]), "config": to_nested_dict(config),
                    "epoch": 0, "metrics": {}, "run_id": run.id, "data_digest": "+".join(digests),
-                   "class_names": class_names,
+                   "class_names": class_names, "precision": str(payloads[0].get("precision", "fp32")),
                    "members": [m.run_id for m in members]}
         weights = ckpt.save_atomic(payload, Path(tmp) / serving.WEIGHTS_FILE)
         model_id = run.log_clip_model(weights, config.data.clip_len, class_names, 0,

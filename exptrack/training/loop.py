@@ -205,6 +205,9 @@ def recompute_bn_stats(model: nn.Module, loader: Iterable, placement: Placement,
     training batches with the current weights. The running averages otherwise mix statistics of
     weights from many steps ago; on small data with a high learning rate this made validation
     accuracy jump by tens of points from one epoch to the next (measured on the demo data)."""
+    # The plain module, eager: under torch.compile a momentum that changes every batch would
+    # recompile the graph each time (and hit dynamo's recompile limit); the buffers are shared.
+    model = unwrap_model(model)
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms or batches <= 0:
         return

@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import model_store, plots, preemption, tracking
-from ..device import Placement, bind, nvml_index, placement, resolve_device
+from ..device import Placement, bind, nvml_index, placement, resolve_device, training_placement
 from ..config import RESUMABLE, Config, ConfigError, config_from_dict, replace, to_flat_dict
 from ..data import clips
 from ..data.dataset import make_loader
@@ -271,16 +271,14 @@ def train(config: Config, resume: str | None = None, progress: bool = True,
     refuse_ensemble_training(config)
     # The device and precision first: a setting this machine cannot honour stops here, before a
     # process group, a run or a file exists. (A resume checks again with the run's own config.)
-    device = resolve_device(config.train.device)
-    placement(config.train, device, strict=True)
-    env = distributed.init_distributed(device)
+    env = distributed.init_distributed(training_placement(config.train).device)
     try:
         return _train(config, env, resume, progress, callbacks, options)
     finally:
         distributed.cleanup()
 
 
-def training_placement(config: Config, env: DistEnv) -> Placement:
+def rank_placement(config: Config, env: DistEnv) -> Placement:
     """Where this rank trains: its own GPU (made the current device), the precision and layout
     the config asks for on it; logged as one line, as every run should say where it ran."""
     device = bind(distributed.device_for(env, resolve_device(config.train.device)))
@@ -419,7 +417,7 @@ def _train(config: Config, env: DistEnv, resume: str | None, progress: bool,
     payload, config = _resume_point(resume, outputs, config, options.explicit) if resume else (None, config)
     run_id = payload["run_id"] if payload else None
     seed_everything_for_rank(config.train.seed, env)
-    where = training_placement(config, env)
+    where = rank_placement(config, env)
     data = prepare_data(config, splits=("train", "val"), progress=progress and env.is_main)
     if len(data.splits["val"]) == 0 and not config.data.train_on_val:
         raise DataError("no validation clips: early stopping and model choice need data.val_fraction > 0 "
@@ -455,7 +453,7 @@ def _train(config: Config, env: DistEnv, resume: str | None, progress: bool,
                              ckpt_dir / ckpt.LAST if config.mlflow.upload_resume_checkpoint else None)
         with draining_when_stopped(tracker, run.id, config.train.shutdown_timeout):
             state = fit(setup, manager, state=state, callbacks=[logger, *callbacks], progress=progress,
-                        stamp=_RunStamp(run.id, digest, tuple(class_names)))
+                        stamp=_RunStamp(run.id, digest, tuple(class_names), setup.placement.precision.name))
         deliver_queued(tracker, run.id, ckpt_dir)
         early = early_best(state)
         if early:
@@ -518,9 +516,11 @@ class _RunStamp:
     run_id: str
     data_digest: str
     class_names: tuple[str, ...] = ()
+    precision: str = "fp32"  # what the model computed in: scoring keeps it where it can (device.placement)
 
     def __call__(self, payload: dict[str, Any]) -> dict[str, Any]:
-        return {**payload, "run_id": self.run_id, "data_digest": self.data_digest, "class_names": list(self.class_names)}
+        return {**payload, "run_id": self.run_id, "data_digest": self.data_digest, "class_names": list(self.class_names),
+                "precision": self.precision}
 
 
 def plot_run(run_id: str, save_dir: str | Path, top_classes: int = 10) -> Path:

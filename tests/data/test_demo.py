@@ -243,3 +243,20 @@ def test_the_demo_config_is_not_warned_about(tmp_path):
     data = prepare_data(config, splits=("train", "val"), progress=False)
     assert data.validation_weaknesses() == []
     assert not data.warnings.counts
+
+
+def test_read_frames_returns_the_frames_the_cache_decodes_after_a_seek(tiny_demo):
+    """Explanations draw the heat of cached frames over frames read from the source video by a
+    seek: they must be the same frames (an inexact seek would move the heat onto other ones)."""
+    import cv2
+
+    from exptrack.data.video import decode_video, read_frames
+
+    video = sorted((tiny_demo / "dataset" / "anon").glob("*.mp4"))[0]
+    cached, _ = decode_video(video, 32)
+    start = 37  # not a keyframe: the seek must decode on from the one before
+    read = read_frames(video, start, 4)
+    small = np.stack([cv2.resize(f, (32, 32), interpolation=cv2.INTER_AREA) for f in read]).astype(np.float32)
+    same = np.abs(small - cached[start:start + 4]).mean()
+    shifted = np.abs(small - cached[start - 1:start + 3]).mean()
+    assert same < 1.0 and shifted > 3 * same, (same, shifted)
