@@ -93,10 +93,10 @@ def test_predict_prints_segments_with_class_names(monkeypatch, tmp_path, capsys)
     segs = pd.DataFrame({"start": [0], "end": [9], "class": [2], "name": ["squat"], "mean_confidence": [0.8],
                          "frames": [10], "start_s": [0.0], "end_s": [1.0]})
     truth = predict.Truth(tmp_path / "label.csv", 0.9671, 484, 152)
-    with mlflow.start_run() as run:  # the run predict_video would have made
-        pass
+    client = mlflow.MlflowClient()  # the run predict_video would have made (no fluent state: other tests set it)
+    run_id = client.create_run(client.create_experiment("cli-predict")).info.run_id
     timeline = predict.Timeline(pd.DataFrame({"frame": np.arange(10)}), segs, 10.0, tmp_path, ["a", "b", "squat"],
-                                run.info.run_id, truth)
+                                run_id, truth)
     monkeypatch.setattr(predict, "predict_video", lambda *a, **k: timeline)
     assert main(["predict", "video.mp4"]) == 0
     out = capsys.readouterr().out
