@@ -63,7 +63,7 @@ def render(name: str, version: dict[str, Any], model: dict[str, Any] | None, tra
     lines += ["", "The full resolved config is the run's `config.yaml` and its parameters.", ""]
 
     if "group_run_id" in tags:
-        lines += group_section(tags)
+        lines += group_section(tags, run_tags)
     val = {k: v for k, v in (model or {}).get("metrics", {}).items() if k.startswith("val_") and "_acc_class_" not in k}
     lines += ["## Validation (the kept epoch)", ""]
     lines += _table([(k, figure(v)) for k, v in sorted(val.items())], ("metric", "value")) if val else ["none logged"]
@@ -104,12 +104,21 @@ def group_brief(tags: dict[str, str]) -> str | None:
             f"{tags.get(f'group_{head}_ci', '?')}")
 
 
-def group_section(tags: dict[str, str]) -> list[str]:
-    """What a version from a seed or fold group says about the recipe: the spread of its members."""
-    return ["## Group", "",
-            f"This version is {tags.get('group_model', 'the model')} of the group run `{tags['group_run_id']}`, a "
-            f"{group_brief(tags)} over its members' kept models: what the recipe gives, where the figures below are "
-            "one draw of it.", ""]
+def group_section(tags: dict[str, str], run_tags: dict[str, str] | None = None) -> list[str]:
+    """What a version from a seed or fold group says about the recipe: the spread of its members,
+    which members (their runs) and, for a tune trial's group, which trial of which study."""
+    run_tags = run_tags or {}
+    lines = ["## Group", "",
+             f"This version is {tags.get('group_model', 'the model')} of the group run `{tags['group_run_id']}`, a "
+             f"{group_brief(tags)} over its members' kept models: what the recipe gives, where the figures below are "
+             "one draw of it.", ""]
+    if "optuna.trial" in run_tags:
+        lines += [f"The group is trial {run_tags['optuna.trial']} of the Optuna study "
+                  f"`{run_tags.get('optuna.study', '?')}`: the study's best, registered as it was trained.", ""]
+    members = [m.split(":", 1) for m in run_tags.get("group_member_runs", "").split(", ") if ":" in m]
+    if members:
+        lines += _table([(key, f"`{run_id}`") for key, run_id in members], ("member", "run")) + [""]
+    return lines
 
 
 def refresh(name: str, version: str) -> None:

@@ -171,6 +171,8 @@ def test_a_study_on_folds_scores_each_trial_by_its_folds_mean(tiny_demo, tmp_pat
 
     loaded = load_model("models:/tuned/1")  # what predict, visualize, promote and serving load
     assert isinstance(loaded.model, C3DEnsemble) and loaded.config.model.ensemble == 2
+    card = version.description  # which trial, which members
+    assert f"trial {trial.number} of the Optuna study" in card and all(f"`{r.info.run_id}`" in card for r in folds.values())
 
 
 def test_the_wilcoxon_pruner_stops_a_trial_worse_on_every_member_so_far():
