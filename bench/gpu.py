@@ -321,7 +321,7 @@ def eval_rows(spec: Spec, variants: Iterable[Variant], device: torch.device) -> 
 
 def demo_config(root: Path, tmp: Path, spec: Spec) -> Config:
     return load_config(None, [f"data.root={root}", f"paths.cache={tmp / 'cache'}", f"paths.outputs={tmp / 'out'}",
-                              f"model.num_classes={NUM_CLASSES}", f"data.frame_size={spec.size}",
+                              f"model.num_classes={NUM_CLASSES}", "model.rest_class=false", f"data.frame_size={spec.size}",
                               f"data.clip_len={spec.clip}", "data.use_masks=true", "data.use_skeleton_attention=true",
                               "augment.enabled=true", "data.demo=false"])
 

@@ -17,7 +17,7 @@ import pandas as pd
 from . import plots, tracking
 from .config import Config
 from .data import clips
-from .data.layout import BACKGROUND
+from .data.layout import BACKGROUND, REST
 from .data.cache import CacheNeed
 from .data.prepare import PreparedData, prepare_data
 
@@ -37,7 +37,7 @@ class Analysis:
 
 
 def _class_name(c: int) -> str:
-    return "background" if c == BACKGROUND else str(c)
+    return REST if c == BACKGROUND else str(c)
 
 
 def frames_per_class(data: PreparedData) -> pd.DataFrame:
@@ -53,17 +53,19 @@ def frames_per_class(data: PreparedData) -> pd.DataFrame:
 
 
 def clips_per_class(data: PreparedData) -> pd.DataFrame:
-    """Clip counts per split; train both before and after class-1 downsampling."""
+    """Clip counts per split (the rest class, when the model has one, last); train both before and
+    after downsampling class 1 (and rest)."""
     cfg = data.config
-    num_classes = cfg.model.num_classes
+    m = cfg.model
     before = data.train_before_downsampling
-    after = clips.downsample_class(before, cfg.data.dominant_class, num_classes, cfg.data.val_seed)
+    after = clips.downsample_classes(before, (cfg.data.dominant_class, m.rest_index), m.outputs, cfg.data.val_seed)
+    downsampled = f"class {cfg.data.dominant_class}" + (f" and {REST}" if m.rest_class else "")
     df = pd.DataFrame({
-        "train (all)": before.class_counts(num_classes),
-        f"train (class {cfg.data.dominant_class} downsampled)": after.class_counts(num_classes),
-        "val": data.splits["val"].class_counts(num_classes),
-        "test": data.splits["test"].class_counts(num_classes),
-    }, index=[str(c) for c in range(num_classes)])
+        "train (all)": before.class_counts(m.outputs),
+        f"train ({downsampled} downsampled)": after.class_counts(m.outputs),
+        "val": data.splits["val"].class_counts(m.outputs),
+        "test": data.splits["test"].class_counts(m.outputs),
+    }, index=[str(c) for c in range(m.num_classes)] + [REST] * m.rest_class)
     df.index.name = "class"
     return df.loc[df.sum(axis=1) > 0]
 

@@ -135,6 +135,8 @@ def end_of_run_line(result) -> str:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from .evaluation import evaluate_overrides, run_evaluate
+    from .formatting import frame_scores_text
+    from .metrics import FRAME_SCORES
 
     given = _config(args) if (args.config or args.overrides or args.sets) else None
     # data.* keys of --set that evaluate can apply (others are refused, naming the key)
@@ -151,9 +153,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                                  base_config=given, overwrite=args.overwrite)
     report, frame = result.report, result.frame
     s = report.summary
-    print(f"{args.split}: accuracy {s['acc']:.3f}, top-3 {s['top3_acc']:.3f}, mean class accuracy "
-          f"{s['mean_class_acc']:.3f}, macro F1 {s['macro_f1']:.3f}; frame accuracy {frame['frame_acc']:.3f} "
-          f"(smoothed {frame['frame_acc_smoothed']:.3f}); results in {result.out_dir}")
+    print(f"{args.split} clips: accuracy {s['acc']:.3f}, top-3 {s['top3_acc']:.3f}, mean class accuracy "
+          f"{s['mean_class_acc']:.3f}, macro F1 {s['macro_f1']:.3f}")
+    print(f"{args.split} frames (mean over subjects): {frame_scores_text(frame)}")
+    print(f"  smoothed: {frame_scores_text({k: frame[k + '_smoothed'] for k in FRAME_SCORES})}")
+    print(f"results in {result.out_dir}")
     _print_run_link(result.run_id)
 
 
@@ -216,6 +220,7 @@ def cmd_visualize(args: argparse.Namespace) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from .data.layout import class_label
+    from .formatting import frame_scores_text
     from .predict import predict_video
 
     timeline = predict_video(args.video, args.model, out_dir=args.save_dir, device_name=args.device,
@@ -228,9 +233,10 @@ def cmd_predict(args: argparse.Namespace) -> None:
               f"confidence {seg.mean_confidence:.2f}")
     truth = timeline.truth
     if truth is not None:
-        print(f"against {truth.labels}: frame accuracy {truth.frame_acc:.3f} on its {truth.exercise_frames} exercise "
-              f"frames; its {truth.rest_frames} rest frames are not scored (this model has no rest output and calls "
-              f"them an exercise)")
+        print(f"against {truth.labels} ({truth.exercise_frames} exercise frames, {truth.rest_frames} rest): "
+              f"{frame_scores_text(truth.scores)}")
+        if not truth.rest_output:
+            print("  this model has no rest output (model.rest_class false): it gives every rest frame an exercise")
     _print_run_link(timeline.run_id)
 
 

@@ -97,6 +97,22 @@ class ModelConfig:
     # Members whose class probabilities the model averages: 1 is one C3D; more only in a model
     # registered by a seed or fold group with train.group_model=ensemble (training/groups.py).
     ensemble: int = 1
+    # One more output, "rest", trained on the windows whose frames are mostly background (-1 in
+    # the labels): a workout video is mostly rest between sets, and a model without this output
+    # calls every rest frame an exercise. A confidence threshold cannot stand in for it (rest
+    # recall 0.50 at the threshold that keeps 83% of exercise frames, bench/rest.py). Off in
+    # the paper's C3D (experiments/c3d_paper.yaml: 17 outputs).
+    rest_class: bool = True
+
+    @property
+    def outputs(self) -> int:
+        """The network's output count: the exercise classes, then rest (index num_classes) if on."""
+        return self.num_classes + int(self.rest_class)
+
+    @property
+    def rest_index(self) -> int | None:
+        """The rest output's index (num_classes), None without one."""
+        return self.num_classes if self.rest_class else None
 
 
 @dataclass(frozen=True)
@@ -244,6 +260,7 @@ ORIGINAL_VALUES: dict[str, Any] = {
     "train.selection_window": 1,
     "model.static_removal": 0.0,
     "model.stabilize": False,
+    "model.rest_class": False,
 }
 
 # section name -> its dataclass, in declaration order
@@ -333,7 +350,7 @@ def _section_fields(section: str) -> dict[str, Any]:
 RENAMED = {"data.label_frame_base": "frame_base"}
 # Keys added since a config was saved whose default changed how a model computes: a saved config
 # that lacks one was made before it existed, so it gets the value that reproduces that model.
-ADDED_LATER = {"model": {"static_removal": 0.0, "stabilize": False}}
+ADDED_LATER = {"model": {"static_removal": 0.0, "stabilize": False, "rest_class": False}}
 # Which keys each command may take from the user when the rest is a run's or a model's own:
 #
 # What a resumed run may change: how and where it runs, and how long. The rest (data,

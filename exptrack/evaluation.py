@@ -18,16 +18,18 @@ from .config import EVALUATE_DATA_KEYS, EVALUATE_SECTIONS, Config, ConfigError, 
 from .data.clips import ClipIndex
 from .data.dataset import make_loader
 from .data.errors import DataError
+from .data.layout import REST
 from .data.prepare import PreparedData, prepare_data
 from .errors import ModelError
 from .inference import load_model
 from .metrics import (
     HEADLINE_METRICS,
+    FRAME_SCORES,
     classification_metrics,
     confusion_tables,
-    frame_accuracy,
     frame_labels,
     frame_probabilities,
+    frame_scores,
     smooth_labels,
 )
 from .outputs import DEFAULT_OUTPUTS, check_save_dir, invocation_folder
@@ -89,15 +91,33 @@ def predictions_table(index: ClipIndex, probs: np.ndarray, names: list[str] | No
 
 def subject_timelines(data: PreparedData, split: str, probs: np.ndarray, smooth_window: int) -> dict[str, dict]:
     """Per subject: true frame labels, and predicted ones from the averaged clip probabilities
-    (metrics.frame_probabilities; -1 where no clip covers a frame), raw and smoothed."""
+    (metrics.frame_probabilities), raw and smoothed, -1 for rest; `covered`: the frames some clip
+    covers. With a rest output every window is a clip and covers the video; without one, the
+    background-only windows are not clips, and their frames are left out of the frame scores."""
     index = data.splits[split]
     clip_len = data.config.data.clip_len
+    rest = data.config.model.rest_index
     out = {}
     for i, name in enumerate(index.subjects):
         rows = index.subject_idx == i
         subj = data.subjects[name]
-        raw = frame_labels(frame_probabilities(index.start[rows], probs[rows], subj.num_frames, clip_len))
-        out[name] = {"true": subj.labels.astype(np.int64), "raw": raw, "smoothed": smooth_labels(raw, smooth_window)}
+        probs_t = frame_probabilities(index.start[rows], probs[rows], subj.num_frames, clip_len)  # (T, outputs)
+        raw = frame_labels(probs_t, rest)
+        out[name] = {"true": subj.labels.astype(np.int64), "raw": raw, "smoothed": smooth_labels(raw, smooth_window),
+                     "covered": ~np.isnan(probs_t).any(axis=1)}
+    return out
+
+
+def timeline_scores(timelines: dict[str, dict]) -> dict[str, float]:
+    """metrics.frame_scores of the timelines, raw and `_smoothed`, each the mean over subjects
+    (a subject's frames are correlated: the subject is the unit); frames no clip covers are not
+    scored. NaN where no subject has the figure (rest precision of a model that never says rest)."""
+    out = {}
+    for series, suffix in (("raw", ""), ("smoothed", "_smoothed")):
+        per_subject = [frame_scores(t[series], t["true"], t["covered"]) for t in timelines.values()]
+        for key in FRAME_SCORES:
+            values = [s[key] for s in per_subject if np.isfinite(s[key])]
+            out[key + suffix] = float(np.mean(values)) if values else float("nan")
     return out
 
 
@@ -184,11 +204,7 @@ def run_evaluate(model_ref: str, split: str = "test", batch_size: int = 16, devi
         names = loaded.class_names
         report.per_class.insert(0, "name", [names[c] for c in report.per_class.index])
         timelines = subject_timelines(data, split, probs, smooth_window)
-        frame = {
-            "frame_acc": float(np.nanmean([frame_accuracy(t["raw"], t["true"]) for t in timelines.values()])),
-            "frame_acc_smoothed": float(np.nanmean([frame_accuracy(t["smoothed"], t["true"]) for t in timelines.values()])),
-            "clips_per_s": len(y_true) / max(seconds, 1e-9),
-        }
+        frame = {**timeline_scores(timelines), "clips_per_s": len(y_true) / max(seconds, 1e-9)}
         log.info("%d clips in %.1f s (%.0f clips/s on %s)", len(y_true), seconds, frame["clips_per_s"], device)
         outputs = Path(base_config.paths.outputs) if base_config is not None else DEFAULT_OUTPUTS
         with invocation_folder(save_dir, outputs / "evaluate" / run.id, overwrite) as out:
@@ -200,7 +216,7 @@ def run_evaluate(model_ref: str, split: str = "test", batch_size: int = 16, devi
 @dataclass(frozen=True)
 class Evaluation:
     report: ClipReport
-    frame: dict[str, float]  # frame accuracy (raw, smoothed), clips/s
+    frame: dict[str, float]  # timeline_scores (frame accuracy two ways, rest precision/recall; raw, smoothed), clips/s
     out_dir: Path
     run_id: str
 
@@ -211,7 +227,8 @@ def evaluation_digest(model_ref: str, split: str = "test", data_root: str | None
     clip starts and labels under the model's clip settings): what promotion compares on. Models
     with the same data settings share one computation through `memo`."""
     config = evaluation_config(load_model(model_ref).config, data_root, {})
-    key = (split, tuple(sorted(vars(config.data).items())), config.model.num_classes, config.paths.cache)
+    key = (split, tuple(sorted(vars(config.data).items())), config.model.num_classes, config.model.rest_index,
+           config.paths.cache)
     memo = {} if memo is None else memo
     if key not in memo:
         memo[key] = prepare_data(config, splits=(split,), progress=False).splits[split].digest()
@@ -246,7 +263,8 @@ def write_report(report: ClipReport, predictions: pd.DataFrame, timelines: dict[
     plots.confusion_heatmap(_named(report.confusion_normalized, names), "confusion matrix (row-normalised)",
                             out / "confusion_matrix_normalized.png", fmt=".2f")
     for name, t in timelines.items():
-        plots.timeline(t["true"], t["raw"], t["smoothed"], f"subject {name}", out / "timelines" / f"{name}.png", names)
+        plots.timeline(t["true"], t["raw"], t["smoothed"], f"subject {name}", out / "timelines" / f"{name}.png", names,
+                       rest_output=names[-1] == REST)
 
 
 def _named(table: pd.DataFrame, names: list[str]) -> pd.DataFrame:
@@ -265,7 +283,7 @@ def _model_tags(source: dict[str, str], split: str) -> dict[str, str]:
 def log_evaluation(run: tracking.Run, source: dict[str, str], split: str, data: PreparedData, report: ClipReport,
                    frame: dict[str, float], out: Path) -> None:
     prefix = f"{split}_"
-    metrics = {prefix + k: v for k, v in {**report.summary, **frame}.items()}
+    metrics = {prefix + k: v for k, v in {**report.summary, **frame}.items() if np.isfinite(v)}
     digest = data.splits[split].digest()
     run.set_tags({"data_digest": digest, "data_root": data.layout.root})
     model_id = source.get("model_id")

@@ -40,3 +40,15 @@ def figures_table(df: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
 def _numeric(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) or value is None or (
         hasattr(value, "dtype") and value.dtype.kind in "iuf")
+
+
+def frame_scores_text(scores: dict[str, float]) -> str:
+    """metrics.frame_scores in one line: frame accuracy both ways, then rest precision and recall
+    (or why there are none)."""
+    text = (f"frame accuracy {figure(scores['frame_acc'])} on exercise frames, {figure(scores['frame_acc_all'])} "
+            "on all frames (rest a class)")
+    if math.isnan(scores["rest_recall"]):
+        return text + "; no frame labelled rest"
+    if math.isnan(scores["rest_precision"]):
+        return text + f"; no frame called rest (rest recall {figure(scores['rest_recall'])})"
+    return text + f"; rest precision {figure(scores['rest_precision'])}, recall {figure(scores['rest_recall'])}"

@@ -26,7 +26,7 @@ import torch
 
 from . import model_store, tracking
 from .config import Config, config_from_dict
-from .data.layout import read_class_names
+from .data.layout import output_names
 from .device import FP32, Placement, bind, placement
 from .errors import ModelError
 from .models.c3d import C3D, C3DEnsemble, model_with_weights
@@ -113,7 +113,7 @@ def load_model(reference: str, device: torch.device | str = "cpu") -> LoadedMode
         detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line or "Missing" in line
                        or "Unexpected" in line), str(exc).splitlines()[0])
         raise ModelError(f"model {reference}: its weights do not fit the C3D its own config describes "
-                         f"(model.num_classes {config.model.num_classes}, model.width {config.model.width}): "
+                         f"(model.num_classes {config.model.num_classes}, model.rest_class {config.model.rest_class}, model.width {config.model.width}): "
                          f"{detail[:200]}") from None
     source.setdefault("run_id", payload.get("run_id", ""))
     # on its own GPU (cuda:N made current: nothing opens a context on GPU 0), in the precision it was trained in
@@ -126,5 +126,5 @@ def class_names_of(payload: dict[str, Any], config: Config) -> list[str]:
     """The one class-names rule (every command and the served model): the model's own names; a
     model saved before it kept them: the classes.csv of the data it was trained on; else ids."""
     names = list(payload.get("class_names") or [])
-    k = config.model.num_classes
-    return names if len(names) == k else read_class_names(config.data.root, k)
+    m = config.model
+    return names if len(names) == m.outputs else output_names(config.data.root, m.num_classes, m.rest_class)

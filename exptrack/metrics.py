@@ -160,20 +160,30 @@ def frame_probabilities(starts: np.ndarray, probs: np.ndarray, num_frames: int, 
     return window_average(starts, probs, num_frames, clip_len)
 
 
-def frame_labels(frame_probs: np.ndarray) -> np.ndarray:
+def frame_labels(frame_probs: np.ndarray, rest_index: int | None = None) -> np.ndarray:
     """(T, K) frame probabilities -> (T,) int64 labels: the most probable class (ties: the
-    lower id), background (-1) for uncovered (NaN) frames."""
+    lower id); background (-1) where that is the rest output (`rest_index`) and for uncovered
+    (NaN) frames."""
     covered = ~np.isnan(frame_probs).any(axis=1)
     out = np.full(len(frame_probs), BACKGROUND, dtype=np.int64)
     out[covered] = frame_probs[covered].argmax(1)
+    if rest_index is not None:
+        out[out == rest_index] = BACKGROUND
     return out
 
 
-def frame_confidence(frame_probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """The probability of each frame's label (NaN for background / uncovered frames)."""
+def output_index(label: int, rest_index: int | None) -> int | None:
+    """The model output of a frame label: rest (-1) is the rest output, None without one."""
+    return label if label != BACKGROUND else rest_index
+
+
+def frame_confidence(frame_probs: np.ndarray, labels: np.ndarray, rest_index: int | None = None) -> np.ndarray:
+    """The probability of each frame's label: of the rest output for background frames when the
+    model has one, else NaN there (and for uncovered frames)."""
     out = np.full(len(labels), np.nan, dtype=np.float32)
-    scored = labels != BACKGROUND
-    out[scored] = frame_probs[np.flatnonzero(scored), labels[scored]]
+    columns = np.where(labels == BACKGROUND, -1 if rest_index is None else rest_index, labels)
+    scored = columns >= 0
+    out[scored] = frame_probs[np.flatnonzero(scored), columns[scored]]
     return out
 
 
@@ -194,3 +204,26 @@ def frame_accuracy(pred: np.ndarray, true: np.ndarray) -> float:
     """Accuracy over the frames that carry an exercise label (background is not scored)."""
     scored = true != BACKGROUND
     return float((pred[scored] == true[scored]).mean()) if scored.any() else float("nan")
+
+
+# What frame_scores returns, in the order reports show them.
+FRAME_SCORES = ("frame_acc", "frame_acc_all", "rest_precision", "rest_recall")
+
+
+def frame_scores(pred: np.ndarray, true: np.ndarray, scored: np.ndarray | None = None) -> dict[str, float]:
+    """Frame labels (-1 = rest) against the true ones, over the `scored` frames (all by default):
+
+    frame_acc       over the frames labelled with an exercise (as a model without rest is scored)
+    frame_acc_all   over every frame, rest counted as a class
+    rest_precision  of the frames called rest, the share labelled rest (NaN: none called rest)
+    rest_recall     of the frames labelled rest, the share called rest (NaN: none labelled rest)
+    """
+    pred, true = np.asarray(pred), np.asarray(true)
+    if scored is not None:
+        pred, true = pred[scored], true[scored]
+    said, is_rest = pred == BACKGROUND, true == BACKGROUND
+    nan = float("nan")
+    return {"frame_acc": frame_accuracy(pred, true),
+            "frame_acc_all": float((pred == true).mean()) if len(true) else nan,
+            "rest_precision": float((said & is_rest).sum() / said.sum()) if said.any() else nan,
+            "rest_recall": float((said & is_rest).sum() / is_rest.sum()) if is_rest.any() else nan}

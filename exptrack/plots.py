@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd  # noqa: E402 - (kept with the imports above)
 import seaborn as sns  # noqa: E402 - imports pyplot
 
+from .data.layout import BACKGROUND, REST  # noqa: E402
+
 
 def _save(fig: plt.Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,21 +92,30 @@ def overlaid_curves(histories: dict[str, pd.DataFrame], path: Path) -> Path:
     return _save(fig, path)
 
 
-def timeline(true, raw, smoothed, title: str, path: Path, class_names: list[str] | None = None) -> Path:
+def timeline(true, raw, smoothed, title: str, path: Path, class_names: list[str] | None = None,
+             rest_output: bool = True) -> Path:
     """Frame-level labels over a whole video: true (None: no ground truth, no line), predicted
-    per clip, and smoothed (-1 = none); the y axis names the classes when names are given."""
+    per clip, and smoothed (-1 = rest); the y axis names the classes when names are given. With
+    `rest_output` (the model says rest) the frames it calls rest are shaded, with their share;
+    without it, -1 only marks frames no clip covered."""
+    if class_names and class_names[-1] == REST:  # a model's rest output: drawn as -1, like the labels' rest
+        class_names = class_names[:-1]
     fig, ax = plt.subplots(figsize=(12, 2.8 if not class_names else max(2.8, 0.3 * len(class_names) + 1)))
     frames = np.arange(len(raw))
     series = [(0.0, true, "true"), (0.15, raw, "predicted"), (0.3, smoothed, "smoothed")]
     for offset, labels, name in series:
         if labels is not None:
             ax.step(frames, np.asarray(labels) + offset, where="post", label=name, linewidth=1.2)
+    rest = (np.asarray(smoothed) == BACKGROUND) & rest_output
+    edges = np.flatnonzero(np.diff(np.r_[0, rest.astype(np.int8), 0]))  # run starts and ends, alternating
+    for n, (lo, hi) in enumerate(zip(edges[::2], edges[1::2], strict=True)):  # shaded: where it says rest
+        ax.axvspan(lo, hi, color="0.85", zorder=0, label=f"{REST} (smoothed), {rest.mean():.0%} of frames" if n == 0 else None)
     ax.set_xlabel("frame")
     if class_names:
-        ax.set_yticks(range(-1, len(class_names)), ["background", *class_names], fontsize=7)
+        ax.set_yticks(range(-1, len(class_names)), [REST, *class_names], fontsize=7)
         ax.set_ylabel("class")
     else:
-        ax.set_ylabel("class (-1 = background)")
+        ax.set_ylabel(f"class (-1 = {REST})")
     ax.set_title(title)
     ax.legend(loc="upper right", fontsize=8)
     return _save(fig, path)

@@ -25,12 +25,12 @@ from .config import Config, PathsConfig
 from .data.cache import FrameCache
 from .data.dataset import weighted_frames
 from .data.errors import DataWarnings, require_file
-from .data.layout import BACKGROUND, SubjectFiles, class_label, read_labels, video_companions
+from .data.layout import BACKGROUND, REST, SubjectFiles, class_label, read_labels, video_companions
 from .data.prepare import SubjectData, load_guides
 from .data.video import VideoInfo, decode_video, write_video
 from .evaluation import evaluation_config
 from .inference import LoadedModel, load_model
-from .metrics import frame_accuracy, frame_confidence, frame_labels, frame_probabilities, smooth_labels
+from .metrics import frame_confidence, frame_labels, frame_probabilities, frame_scores, smooth_labels
 from .outputs import DEFAULT_OUTPUTS, check_save_dir, invocation_folder
 from .device import resolve_device
 from .windows import window_probabilities
@@ -54,9 +54,15 @@ class Truth:
     """How the timeline compares with the video's own labels (a video in a dataset layout)."""
 
     labels: Path
-    frame_acc: float  # over the frames labelled with an exercise (metrics.frame_accuracy)
+    scores: dict[str, float]  # metrics.frame_scores of the frame labels (before smoothing)
+    smoothed: dict[str, float]  # the same of the smoothed labels (the segments)
     exercise_frames: int
-    rest_frames: int  # labelled background: this model has no rest output and gives them a class
+    rest_frames: int  # labelled background (-1)
+    rest_output: bool  # False: the model cannot say rest and gives those frames an exercise
+
+    @property
+    def frame_acc(self) -> float:
+        return self.scores["frame_acc"]
 
 
 def model_frames(files: SubjectFiles, config: Config, warnings: DataWarnings) -> tuple[np.ndarray, VideoInfo]:
@@ -86,13 +92,14 @@ def model_frames(files: SubjectFiles, config: Config, warnings: DataWarnings) ->
     return np.asarray(frames), entry.info
 
 
-def segments(labels: np.ndarray, confidence: np.ndarray, min_length: int = 1) -> pd.DataFrame:
-    """Runs of one label: start, end (inclusive), class, mean confidence, frames."""
+def segments(labels: np.ndarray, confidence: np.ndarray, min_length: int = 1, rest: bool = True) -> pd.DataFrame:
+    """Runs of one label: start, end (inclusive), class (-1 = rest), mean confidence, frames;
+    without `rest`, rest runs are left out."""
     rows = []
     start = 0
     for t in range(1, len(labels) + 1):
         if t == len(labels) or labels[t] != labels[start]:
-            if labels[start] != BACKGROUND and t - start >= min_length:
+            if (rest or labels[start] != BACKGROUND) and t - start >= min_length:
                 rows.append({"start": start, "end": t - 1, "class": int(labels[start]),
                              "mean_confidence": float(confidence[start:t].mean()), "frames": t - start})
             start = t
@@ -118,9 +125,10 @@ def predict_video(video: str | Path, model_ref: str, out_dir: str | Path | None 
             run.log_model_input(loaded.source["model_id"])
         timeline = _timeline(files, loaded, model_ref, out_dir, stride, smooth_window, overlay, overwrite)
         run.log_artifacts(timeline.out_dir, "predict")
+        scores = {**timeline.truth.scores, **{f"{k}_smoothed": v for k, v in timeline.truth.smoothed.items()}} \
+            if timeline.truth else {}
         run.log_metrics({"segments": len(timeline.segments), "frames": len(timeline.frames),
-                         **({"frame_acc": timeline.truth.frame_acc}
-                            if timeline.truth and np.isfinite(timeline.truth.frame_acc) else {})})
+                         **{k: v for k, v in scores.items() if np.isfinite(v)}})
     return dataclasses.replace(timeline, run_id=run.id)
 
 
@@ -128,29 +136,30 @@ def _timeline(files: SubjectFiles, loaded: LoadedModel, model_ref: str, out_dir:
               stride: int | None, smooth_window: int, overlay: bool, overwrite: bool) -> Timeline:
     video = files.video
     d = loaded.config.data
-    names = loaded.class_names
-    name_of = np.array([*names, "background"])  # index -1: background
+    names = loaded.class_names  # with the rest output's name last, when the model has one
+    rest = loaded.config.model.rest_index
+    name_of = np.array([*names[: loaded.config.model.num_classes], REST])  # index -1: rest
     warnings = DataWarnings()
     frames, info = model_frames(files, loaded.config, warnings)
     starts, window_probs = window_probabilities(loaded.model, frames, loaded.config, stride or max(1, d.clip_len // 2),
                                                 loaded.placement)
     probs = frame_probabilities(starts, window_probs, len(frames), d.clip_len)  # (T, K): each frame's windows averaged
-    predicted = frame_labels(probs)
+    predicted = frame_labels(probs, rest)  # -1 where the rest output is the most probable
     smoothed = smooth_labels(predicted, smooth_window)
-    confidence = frame_confidence(probs, predicted)
+    confidence = frame_confidence(probs, predicted, rest)
     table = pd.DataFrame({"frame": np.arange(len(predicted)), "time_s": np.arange(len(predicted)) / info.fps,
                           "predicted": predicted, "predicted_name": name_of[predicted],
                           "probability": confidence.round(5), "smoothed": smoothed,
                           "smoothed_name": name_of[smoothed]})
-    segs = segments(smoothed, frame_confidence(probs, smoothed))
+    segs = segments(smoothed, frame_confidence(probs, smoothed, rest), rest=rest is not None)
     segs.insert(3, "name", name_of[segs["class"].to_numpy(dtype=np.int64)])
     segs["start_s"], segs["end_s"] = segs["start"] / info.fps, (segs["end"] + 1) / info.fps
     true, truth = None, None
     if files.labels is not None:
         true = read_labels(files.labels, len(frames), loaded.config.model.num_classes, warnings, d.frame_base)
         table["true"], table["true_name"] = true, name_of[true]
-        truth = Truth(files.labels, frame_accuracy(predicted, true), int((true != BACKGROUND).sum()),
-                      int((true == BACKGROUND).sum()))
+        truth = Truth(files.labels, frame_scores(predicted, true), frame_scores(smoothed, true),
+                      int((true != BACKGROUND).sum()), int((true == BACKGROUND).sum()), rest is not None)
     with invocation_folder(out_dir, DEFAULT_OUTPUTS / "predict" / f"{video.stem}-{time.strftime('%Y%m%d-%H%M%S')}",
                            overwrite) as out:
         table.to_csv(out / "frames.csv", index=False)
@@ -159,7 +168,7 @@ def _timeline(files: SubjectFiles, loaded: LoadedModel, model_ref: str, out_dir:
                                                        "class_names": names,
                                                        "segments": segs.to_dict(orient="records")}, indent=2))
         title = f"{video.name}: predicted exercises" + (f" (true labels: {files.labels})" if true is not None else "")
-        plots.timeline(true, predicted, smoothed, title, out / "timeline.png", names)
+        plots.timeline(true, predicted, smoothed, title, out / "timeline.png", names, rest_output=rest is not None)
         if overlay:
             write_video(out / "overlay.mp4", label_overlay(frames, smoothed, confidence, names), info.fps)
     return Timeline(table, segs, info.fps, out, names, truth=truth)
@@ -170,7 +179,7 @@ def label_overlay(frames: np.ndarray, labels: np.ndarray, confidence: np.ndarray
     """The video with the predicted class and confidence written on each frame."""
     out = []
     for frame, label, conf in zip(frames, labels, confidence, strict=True):
-        text = f"{class_label(int(label), names)} ({conf:.2f})" if label != BACKGROUND else "background"
+        text = f"{class_label(int(label), names)}" + (f" ({conf:.2f})" if np.isfinite(conf) else "")
         big = cv2.resize(frame, (frame.shape[1] * scale, frame.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
         cv2.putText(big, text, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 2,
                     cv2.LINE_AA)

@@ -33,7 +33,7 @@ def clip_probabilities(model: torch.nn.Module, batches: Iterable[np.ndarray], co
             with placement.autocast():
                 logits = model(placement.input(x))
             out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, config.model.num_classes), np.float32)
+    return np.concatenate(out) if out else np.zeros((0, config.model.outputs), np.float32)
 
 
 def window_probabilities(model: torch.nn.Module, frames: np.ndarray, config: Config, stride: int,

@@ -92,7 +92,8 @@ def test_predict_prints_segments_with_class_names(monkeypatch, tmp_path, capsys)
 
     segs = pd.DataFrame({"start": [0], "end": [9], "class": [2], "name": ["squat"], "mean_confidence": [0.8],
                          "frames": [10], "start_s": [0.0], "end_s": [1.0]})
-    truth = predict.Truth(tmp_path / "label.csv", 0.9671, 484, 152)
+    scores = {"frame_acc": 0.9671, "frame_acc_all": 0.95, "rest_precision": 0.9, "rest_recall": 0.92}
+    truth = predict.Truth(tmp_path / "label.csv", scores, scores, 484, 152, True)
     client = mlflow.MlflowClient()  # the run predict_video would have made (no fluent state: other tests set it)
     run_id = client.create_run(client.create_experiment("cli-predict")).info.run_id
     timeline = predict.Timeline(pd.DataFrame({"frame": np.arange(10)}), segs, 10.0, tmp_path, ["a", "b", "squat"],
@@ -101,7 +102,8 @@ def test_predict_prints_segments_with_class_names(monkeypatch, tmp_path, capsys)
     assert main(["predict", "video.mp4"]) == 0
     out = capsys.readouterr().out
     assert "1 segment over 10 frames" in out and "squat (2)" in out and "2.0" not in out.replace("1.0 s", "")
-    assert "frame accuracy 0.967 on its 484 exercise frames; its 152 rest frames are not scored" in out
+    assert "(484 exercise frames, 152 rest): frame accuracy 0.967 on exercise frames, 0.950 on all frames" in out
+    assert "rest precision 0.900, recall 0.920" in out
     assert out.strip().splitlines()[-1].startswith("MLflow run: http")  # its run, last, as every command
 
 

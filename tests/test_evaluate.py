@@ -47,7 +47,7 @@ def test_timelines_use_the_averaged_window_probabilities():
     index = SimpleNamespace(subjects=["s"], subject_idx=np.array([0, 0]), start=np.array([0, 2]))
     subj = SimpleNamespace(num_frames=6, labels=np.array([0, 0, 1, 1, 1, 1]))
     data = SimpleNamespace(splits={"test": index}, subjects={"s": subj},
-                           config=SimpleNamespace(data=SimpleNamespace(clip_len=4)))
+                           config=SimpleNamespace(data=SimpleNamespace(clip_len=4), model=SimpleNamespace(rest_index=None)))
     probs = np.array([[0.9, 0.1], [0.2, 0.8]])  # frames 2, 3: (0.55, 0.45) -> 0
     t = subject_timelines(data, "test", probs, smooth_window=1)["s"]
     np.testing.assert_array_equal(t["raw"], [0, 0, 0, 0, 1, 1])

@@ -98,9 +98,11 @@ def test_misclassified_only_and_long_sample(tiny_trained, tmp_path, monkeypatch)
 def test_segments_from_frame_labels():
     labels = np.array([-1, 2, 2, 2, -1, 0, 0])
     conf = np.array([0.1, 0.9, 0.8, 0.7, 0.2, 0.6, 0.4])
-    table = segments(labels, conf)
+    table = segments(labels, conf, rest=False)
     assert table[["start", "end", "class", "frames"]].values.tolist() == [[1, 3, 2, 3], [5, 6, 0, 2]]
     assert table["mean_confidence"].tolist() == pytest.approx([0.8, 0.5])
+    with_rest = segments(labels, conf)  # a model with a rest output: rest runs are segments too
+    assert with_rest[["start", "end", "class"]].values.tolist() == [[0, 0, -1], [1, 3, 2], [4, 4, -1], [5, 6, 0]]
 
 
 @pytest.mark.slow
@@ -205,7 +207,7 @@ def test_timeline_of_a_video_without_ground_truth_draws_no_true_line(tmp_path, m
     plots.timeline(None, labels, labels, "v", tmp_path / "t.png", ["a", "b", "c"])
     ax = figures[0].axes[0]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["predicted", "smoothed"]
-    assert [t.get_text() for t in ax.get_yticklabels()] == ["background", "a", "b", "c"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["rest", "a", "b", "c"]
 
 
 def test_the_probability_chart_leaves_the_player_controls_room_and_names_their_own_column():

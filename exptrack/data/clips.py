@@ -40,11 +40,14 @@ class ClipIndex:
         return h.hexdigest()[:16]
 
 
-def window_labels(frame_labels: np.ndarray, clip_len: int, stride: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sliding windows over one subject's labels -> (starts, majority labels, purity).
+def window_labels(frame_labels: np.ndarray, clip_len: int, stride: int,
+                  rest_label: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sliding windows over one subject's labels -> (starts, labels, purity).
 
-    The label is the majority over the window's non-background frames (ties go to the lower
-    id); a window of background only gets -1.
+    A window's label is the majority over its non-background frames (ties go to the lower id),
+    and purity the share of its frames carrying that label. With `rest_label`, a window whose
+    frames are mostly background (more than half) is labelled rest instead, its purity the
+    background share; without it, a window of background only gets -1.
     """
     n = len(frame_labels)
     if n < clip_len:
@@ -56,17 +59,22 @@ def window_labels(frame_labels: np.ndarray, clip_len: int, stride: int) -> tuple
     np.add.at(counts, (np.repeat(np.arange(len(starts)), clip_len), windows.ravel().astype(np.int64) + 1), 1)
     fg = counts[:, 1:]
     labels = np.where(fg.sum(1) > 0, fg.argmax(1), BACKGROUND)
-    purity = np.where(labels >= 0, fg.max(1) / clip_len, 0.0).astype(np.float32)
-    return starts, labels.astype(np.int64), purity
+    purity = np.where(labels >= 0, fg.max(1) / clip_len, 0.0)
+    if rest_label is not None:
+        rest = 2 * counts[:, 0] > clip_len
+        labels = np.where(rest, rest_label, labels)
+        purity = np.where(rest, counts[:, 0] / clip_len, purity)
+    return starts, labels.astype(np.int64), purity.astype(np.float32)
 
 
 def build_clip_index(frame_labels: dict[str, np.ndarray], clip_len: int, stride: int,
-                     min_purity: float = 0.0) -> ClipIndex:
-    """Windows of every subject; background-only windows and those under `min_purity` dropped."""
+                     min_purity: float = 0.0, rest_label: int | None = None) -> ClipIndex:
+    """Windows of every subject (labelled by window_labels); background-only windows (there are
+    none with `rest_label`) and those under `min_purity` dropped."""
     subjects = tuple(frame_labels)
     parts = []
     for i, subject in enumerate(subjects):
-        starts, labels, purity = window_labels(frame_labels[subject], clip_len, stride)
+        starts, labels, purity = window_labels(frame_labels[subject], clip_len, stride, rest_label)
         keep = (labels != BACKGROUND) & (purity >= min_purity)
         parts.append((np.full(keep.sum(), i, np.int32), starts[keep], labels[keep], purity[keep]))
     if not parts:
@@ -115,6 +123,15 @@ def downsample_class(index: ClipIndex, cls: int, num_classes: int, seed: int) ->
     drop = rng.choice(rows, size=len(rows) - target, replace=False)
     keep = np.setdiff1d(np.arange(len(index)), drop)
     return index.select(keep)
+
+
+def downsample_classes(index: ClipIndex, classes: tuple[int | None, ...], num_classes: int, seed: int) -> ClipIndex:
+    """downsample_class for each of `classes` in turn (None: skipped): the dominant exercise
+    class and the rest class, which outnumber the others in a workout video."""
+    for cls in classes:
+        if cls is not None:
+            index = downsample_class(index, cls, num_classes, seed)
+    return index
 
 
 def class_weights(counts: np.ndarray) -> np.ndarray:

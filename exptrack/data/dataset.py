@@ -169,7 +169,7 @@ def make_loader(data: PreparedData, split: str, train: bool, batch_size: int, nu
     sampler: DistributedWeightedSampler | DistributedSampler | None = None
     if train and weighted_sampler:
         # Drawn from (seed, epoch) alone, so a resumed run sees the same epochs it would have.
-        weights = torch.from_numpy(clips.sampler_weights(dataset.index, data.config.model.num_classes))
+        weights = torch.from_numpy(clips.sampler_weights(dataset.index, data.config.model.outputs))
         sampler = DistributedWeightedSampler(weights, len(dataset), rank, world_size, seed)
     elif train:  # a plain shuffle, also seeded by (seed, epoch) so that resume is exact
         sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)

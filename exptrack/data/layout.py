@@ -24,6 +24,8 @@ import numpy as np
 from .errors import DataError, DataWarnings, require_file
 
 BACKGROUND = -1
+# What users read for background: no exercise is performed (a model's rest output, when it has one).
+REST = "rest"
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "test": "test", "testing": "test",
                   "val": "val", "valid": "val", "validation": "val"}
@@ -156,6 +158,11 @@ def read_class_names(root: str | Path | None, num_classes: int) -> list[str]:
     return names
 
 
+def output_names(root: str | Path | None, num_classes: int, rest_class: bool) -> list[str]:
+    """Names of a model's outputs: the exercise classes (read_class_names), then "rest"."""
+    return read_class_names(root, num_classes) + ([REST] * rest_class)
+
+
 def write_class_names(root: str | Path, names: list[str]) -> Path:
     path = Path(root) / CLASS_NAMES_FILE
     path.write_text("id,name\n" + "".join(f"{c},{n}\n" for c, n in enumerate(names)))
@@ -163,9 +170,10 @@ def write_class_names(root: str | Path, names: list[str]) -> Path:
 
 
 def class_label(c: int, names: list[str] | None) -> str:
-    """How a user reads class `c`: 'name (id)' when it has a name, the id otherwise."""
-    if c == BACKGROUND:
-        return "background"
+    """How a user reads class `c`: 'name (id)' when it has a name, the id otherwise; "rest" for
+    background (-1) and for a model's rest output."""
+    if c == BACKGROUND or (names and 0 <= c < len(names) and c == len(names) - 1 and names[c] == REST):
+        return REST
     if names and 0 <= c < len(names) and names[c] != str(c):
         return f"{names[c]} ({c})"
     return str(c)

@@ -270,7 +270,7 @@ def prepare_data(config: Config, splits: tuple[str, ...] = ("train", "val", "tes
     for name in splits:
         stride = d.train_stride if name == "train" else d.eval_stride
         labels = {s: subjects[s].labels for s in split_subjects[name]}
-        indexes[name] = clips.build_clip_index(labels, d.clip_len, stride, d.min_purity)
+        indexes[name] = clips.build_clip_index(labels, d.clip_len, stride, d.min_purity, config.model.rest_index)
         if len(indexes[name]) == 0 and (name != "val" or split_subjects["val"]):
             raise DataError(
                 f"{root / 'split.csv'}: split {name!r} has no usable clips "
@@ -279,7 +279,8 @@ def prepare_data(config: Config, splits: tuple[str, ...] = ("train", "val", "tes
             )
     before = indexes.get("train", clips.build_clip_index({}, d.clip_len, d.train_stride))
     if "train" in indexes and d.downsample_class1:
-        indexes["train"] = clips.downsample_class(before, d.dominant_class, config.model.num_classes, d.val_seed)
+        indexes["train"] = clips.downsample_classes(before, (d.dominant_class, config.model.rest_index),
+                                                    config.model.outputs, d.val_seed)
     if "train" in indexes:
         warn_absent_classes(before, config.model.num_classes, warnings)
     if d.fold is not None and "val" in indexes:

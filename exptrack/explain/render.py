@@ -87,7 +87,7 @@ def controls_room(height: int) -> int:
     return max(48, height // 4)
 
 
-def probability_chart(probs: np.ndarray, true: int | None, predicted: int, height: int,
+def probability_chart(probs: np.ndarray, true: int | None, predicted: int | None, height: int,
                       width: int = 360, names: list[str] | None = None, bottom: int | None = None) -> np.ndarray:
     """A bar per class (uint8 RGB image): true class green, predicted red (both: olive),
     others gray; drawn with OpenCV so that one chart per frame stays cheap. Names sit in a column
@@ -126,9 +126,12 @@ def probability_chart(probs: np.ndarray, true: int | None, predicted: int, heigh
     return img
 
 
+REST_GREY = (205, 205, 205)
+
+
 def label_timeline_strip(true: np.ndarray, pred: np.ndarray, current: int, width: int, num_classes: int) -> np.ndarray:
-    """Two rows of colour-coded labels over the sample (true above, predicted below) with a
-    cursor at the current frame."""
+    """Two rows of colour-coded labels over the sample (true above, predicted below; rest, -1,
+    light grey) with a cursor at the current frame."""
     height = 24
     strip = np.full((height, width, 3), 255, dtype=np.uint8)
     palette = (np.array([cv2.applyColorMap(np.array([[255 * c // max(num_classes - 1, 1)]], np.uint8), cv2.COLORMAP_TURBO)[0, 0]
@@ -138,8 +141,7 @@ def label_timeline_strip(true: np.ndarray, pred: np.ndarray, current: int, width
     for row, labels in ((0, true), (1, pred)):
         for x, i in enumerate(xs):
             lab = int(labels[i])
-            if lab >= 0:
-                strip[row * 12 + 1:(row + 1) * 12 - 1, x] = palette[lab]
+            strip[row * 12 + 1:(row + 1) * 12 - 1, x] = palette[lab] if lab >= 0 else REST_GREY
     cx = int(current * width / max(n, 1))
     strip[:, max(cx - 1, 0):cx + 1] = 0
     return strip

@@ -21,10 +21,10 @@ from ..data.prepare import PreparedData, prepare_data
 from ..data.video import probe_video, read_frames
 from ..data.transforms import to_model_input
 from ..evaluation import evaluation_config
-from ..formatting import figure
+from ..formatting import figure, frame_scores_text
 from ..inference import LoadedModel, load_model
 from ..windows import clip_batches, clip_probabilities
-from ..metrics import frame_accuracy, frame_labels, frame_probabilities, window_average, window_starts
+from ..metrics import frame_labels, frame_probabilities, frame_scores, output_index, window_average, window_starts
 from ..outputs import check_save_dir, invocation_folder
 from ..device import resolve_device
 from ..training.loop import predict
@@ -159,11 +159,12 @@ def render_long_sample(loaded: LoadedModel, data: PreparedData, options: Visuali
     size = shown_size(subj.files.video, options, heat.shape[-1])
     frames = read_frames(subj.files.video, start, end - start, size)  # (T, H, W, 3) at display size
     true = subj.labels[start:end].astype(np.int64)
-    pred = frame_labels(probs)
+    rest = loaded.config.model.rest_index
+    pred = frame_labels(probs, rest)  # -1: rest
     big = render.overlay(frames, render.display_heat(heat, *size), options.alpha)
     rows = []
     for t in range(end - start):
-        chart = render.probability_chart(probs[t], int(true[t]) if true[t] >= 0 else None, int(pred[t]),
+        chart = render.probability_chart(probs[t], output_index(int(true[t]), rest), output_index(int(pred[t]), rest),
                                          height=big.shape[1], names=class_names)
         row = render.hstack(big[t], chart)
         strip = render.label_timeline_strip(true, pred, t, row.shape[1], k)
@@ -173,12 +174,12 @@ def render_long_sample(loaded: LoadedModel, data: PreparedData, options: Visuali
     sample_dir = out / f"long_{subject}_{start}"
     render.save_video(sample_dir / "long_sample.mp4", video, options.fps)
     render.save_gif(sample_dir / PREVIEW, video, options.fps)
-    acc = frame_accuracy(pred, true)
+    scores = frame_scores(pred, true)
     (sample_dir / "metadata.txt").write_text(
         f"subject: {subject}\nframes: {start}-{end - 1}\nlayer: {options.layer}\nwindow stride: {stride}\n"
-        f"frame accuracy (labelled frames): {acc:.4f}\n")
+        f"{frame_scores_text(scores)}\n")
     return pd.DataFrame([{"sample": sample_dir.name, "subject": subject, "start_frame": start,
-                          "frames": end - start, "frame_acc": round(acc, 3)}])
+                          "frames": end - start, **{k: round(v, 3) for k, v in scores.items()}}])
 
 
 @dataclass(frozen=True)

@@ -113,7 +113,7 @@ class C3DEnsemble(nn.Module):
 def build_model(model_config) -> C3D | C3DEnsemble:
     """C3D from a ModelConfig (an ensemble of model.ensemble of them when that is above 1)."""
     def one() -> C3D:
-        return C3D(num_classes=model_config.num_classes, width=model_config.width, dropout=model_config.dropout,
+        return C3D(num_classes=model_config.outputs, width=model_config.width, dropout=model_config.dropout,
                    dropout_fc=model_config.dropout_fc, static_removal=model_config.static_removal,
                    stabilize=model_config.stabilize)
 

@@ -30,7 +30,7 @@ from ..config import RESUMABLE, Config, ConfigError, config_from_dict, replace, 
 from ..data import clips
 from ..data.dataset import make_loader
 from ..data.errors import DataError
-from ..data.layout import read_class_names
+from ..data.layout import output_names
 from ..data.prepare import PreparedData, prepare_data
 from ..errors import ModelError, TrackingUnavailable
 from ..losses import FocalLoss
@@ -208,7 +208,7 @@ def find_checkpoint(resume: str, outputs: Path) -> Path:
 
 
 def build_setup(config: Config, data: PreparedData, where: Placement, env: DistEnv = DistEnv()) -> FitSetup:
-    num_classes = config.model.num_classes
+    num_classes = config.model.outputs  # the exercise classes and rest
     device = where.device
     train_loader = make_loader(data, "train", train=True, batch_size=config.train.batch_size,
                                num_workers=config.train.num_workers, seed=config.train.seed,
@@ -429,7 +429,7 @@ def _train(config: Config, env: DistEnv, resume: str | None, progress: bool,
         return TrainResult(run_id or "", state, None, outputs)
     digest = data.digest()
     tags = _run_tags(data, setup, env)
-    class_names = read_class_names(data.layout.root, config.model.num_classes)
+    class_names = output_names(data.layout.root, config.model.num_classes, config.model.rest_class)
     with tracking.start_run(config, run_name=options.run_name, command="train", tags={**tags, **(options.tags or {})},
                             system_metrics=True, run_id=run_id, parent_run_id=options.parent_run_id,
                             invocation=options.invocation) as run:
@@ -448,7 +448,7 @@ def _train(config: Config, env: DistEnv, resume: str | None, progress: bool,
             assert payload is not None  # the state came from it
             resume_record(run, state, payload, digest, models)
         tracker = tracking.BackgroundTracker(run.id)
-        logger = EpochLogger(run, outputs / "runs" / run.id / "metrics", config.model.num_classes, tracker, models,
+        logger = EpochLogger(run, outputs / "runs" / run.id / "metrics", config.model.outputs, tracker, models,
                              datasets.get("validation"),
                              ckpt_dir / ckpt.LAST if config.mlflow.upload_resume_checkpoint else None)
         with draining_when_stopped(tracker, run.id, config.train.shutdown_timeout):

@@ -432,7 +432,7 @@ def test_class_names_from_classes_csv(tmp_path):
     (tmp_path / "classes.csv").write_text("id,name\n0,squat\n2,lunge\n7,ignored\n")
     names = layout.read_class_names(tmp_path, 3)
     assert names == ["squat", "1", "lunge"]
-    assert [layout.class_label(c, names) for c in (-1, 0, 1)] == ["background", "squat (0)", "1"]
+    assert [layout.class_label(c, names) for c in (-1, 0, 1)] == ["rest", "squat (0)", "1"]
 
 # ---------------------------------------------------------------------------------------------
 # undecodable files, contradictions and extreme values (issue 11)
