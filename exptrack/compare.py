@@ -95,6 +95,11 @@ def evaluated(label: str, ref: str, loaded: LoadedModel, split: str, data_root: 
 
 
 def check_comparable(a: LoadedModel, b: LoadedModel, refs: tuple[str, str]) -> None:
+    if a.config.model.rest_class != b.config.model.rest_class:
+        with_rest = refs[0] if a.config.model.rest_class else refs[1]
+        raise ModelError(f"{refs[0]} and {refs[1]}: only {with_rest} has a rest output (model.rest_class), so their "
+                         "clips differ (rest clips are scored only for it) and so do their classes: compare models "
+                         "trained with the same model.rest_class")
     if a.config.model.num_classes != b.config.model.num_classes or list(a.class_names) != list(b.class_names):
         raise ModelError(f"{refs[0]} and {refs[1]} predict different classes ({a.config.model.num_classes}: "
                          f"{', '.join(a.class_names)} vs {b.config.model.num_classes}: {', '.join(b.class_names)}): "

@@ -6,7 +6,8 @@ C3D from it and applies the model's own preprocessing, so callers send raw frame
 
 - ``predict(clips)``: uint8 clips ``(N, T, H, W, 3)`` (RGB, T = the model's clip length, any
   frame size: frames are resized to the model's) -> one row per clip, a probability column per
-  class name and ``predicted`` (the most likely class name).
+  class name (``rest`` last, for a model with a rest output: no exercise performed) and
+  ``predicted`` (the most likely class name).
 - ``predict(<any array, e.g. empty>, params={"video": "path.mp4"})``: the video is decoded,
   cut into windows of the clip length (half a clip apart) -> one row per window with
   ``start_frame`` first. A tensor signature cannot also accept a string, so the path travels as

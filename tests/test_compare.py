@@ -68,6 +68,10 @@ def test_compare_refuses_models_with_different_classes(tiny_demo, make_config, c
     assert main(["compare", f"models:/compare-test/{a.model_version}", f"models:/compare-test/{b.model_version}",
                  "--no-progress"]) == 2
     assert "predict different classes" in capsys.readouterr().err
+    c = train(make_config(tiny_demo, *FAST, "train.epochs=1", "model.rest_class=false"), progress=False)
+    assert main(["compare", f"models:/compare-test/{a.model_version}", f"models:/compare-test/{c.model_version}",
+                 "--no-progress"]) == 2
+    assert f"only models:/compare-test/{a.model_version} has a rest output" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -129,10 +129,13 @@ def test_the_evaluate_run_spans_the_work(tiny_trained, tmp_path, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(evaluation, "prepare_data", slow_prepare)
-    run_evaluate(str(result.checkpoint_dir / "best_model.pt"), split="test", save_dir=tmp_path / "r", progress=False)
+    evaluation = run_evaluate(str(result.checkpoint_dir / "best_model.pt"), split="test", save_dir=tmp_path / "r",
+                              progress=False)
     run = mlflow.search_runs(experiment_names=["eval-test"], filter_string="tags.`exptrack.command` = 'evaluate'",
                              order_by=["attributes.start_time DESC"], max_results=1, output_format="list")[0]
     assert run.info.end_time - run.info.start_time >= 1500
+    # frame scores both ways, rest precision and recall (the model has a rest output), raw and smoothed
+    assert {"test_frame_acc_all", "test_rest_recall", "test_rest_recall_smoothed"} <= set(run.data.metrics)
 
 
 def _edited_checkpoint(result, tmp_path, **changes) -> str:
@@ -188,12 +191,12 @@ def test_evaluate_labels_classes_by_the_models_own_names_not_the_data_roots(tiny
                                                                             monkeypatch):
     """One rule for class names (the model's own), in evaluate as in predict and visualize: a data
     root whose classes.csv names the classes otherwise does not relabel them."""
-    from exptrack.data.layout import read_class_names, write_class_names
+    from exptrack.data.layout import output_names, write_class_names
 
     uri, cfg, result = tiny_trained
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
-    own = read_class_names(cfg.data.root, 3)
+    own = output_names(cfg.data.root, 3, rest_class=True)
     write_class_names(tiny_copy, ["x", "y", "z"])
     evaluation = run_evaluate(str(result.checkpoint_dir / "best_model.pt"), data_root=str(tiny_copy),
                               save_dir=tmp_path / "r", progress=False)

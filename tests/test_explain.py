@@ -17,6 +17,7 @@ from exptrack.errors import OutputError
 from exptrack.explain.gradcam import gradcam
 from exptrack.explain.visualize import VisualizeOptions, run_visualize
 from exptrack.models.c3d import C3D
+from exptrack.metrics import FRAME_SCORES
 from exptrack.predict import predict_video, segments
 
 
@@ -71,7 +72,7 @@ def test_visualize_writes_decodable_h264_videos(tiny_trained, tmp_path, monkeypa
         assert (folder / "preview.gif").stat().st_size > 0
     assert "data:image/gif;base64," in (out / "index.html").read_text()
     assert list(index.columns) == ["sample", "subject", "start_frame", "true", "predicted", "confidence"]
-    named = {f"{name} ({c})" for c, name in enumerate(read_class_names(cfg.data.root, 3))}
+    named = {f"{name} ({c})" for c, name in enumerate(read_class_names(cfg.data.root, 3))} | {"rest"}
     assert set(index["true"]) <= named and set(index["predicted"]) <= named  # names, once each
     assert all(len(str(c)) <= 5 for c in index["confidence"])  # 0.973, not 0.973980188369751
 
@@ -135,9 +136,15 @@ def test_predict_on_a_new_video(tiny_trained, tiny_demo, tmp_path, monkeypatch):
     labels = tiny_demo / "label" / f"{video.stem}.csv"
     assert timeline.truth is not None and timeline.truth.labels == labels and 0 <= timeline.truth.frame_acc <= 1
     assert timeline.truth.exercise_frames + timeline.truth.rest_frames == n
+    # the model has a rest output (the default): rest is a label, named, with its own confidence
+    assert timeline.truth.rest_output and set(timeline.truth.scores) == set(FRAME_SCORES)
+    rest = timeline.frames["predicted"] == -1
+    assert (timeline.frames.loc[rest, "predicted_name"] == "rest").all() and probs[rest].notna().all()
+    assert (timeline.frames.loc[timeline.frames["true"] == -1, "true_name"] == "rest").all()
     # every predict is a run: its files as artifacts, the model as its input
     run = mlflow.MlflowClient().get_run(timeline.run_id)
     assert run.data.tags["exptrack.command"] == "predict" and run.data.tags["video"] == str(video)
+    assert {"frame_acc", "frame_acc_all", "rest_recall"} <= set(run.data.metrics)  # against the video's labels
     logged = {a.path for a in mlflow.MlflowClient().list_artifacts(timeline.run_id, "predict")}
     assert {"predict/frames.csv", "predict/segments.csv", "predict/timeline.png"} <= logged
 

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from exptrack import model_store
-from exptrack.data.layout import read_class_names
+from exptrack.data.layout import output_names
 from exptrack.inference import load_model
 from exptrack.training import checkpoint as ckpt
 from exptrack.training import run as train_run
@@ -92,7 +92,7 @@ def test_pyfunc_model_takes_raw_clips_or_a_video(tiny_trained, tiny_demo, monkey
     assert info.signature.inputs.to_dict()[0]["tensor-spec"]["dtype"] == "uint8"
     assert info.signature.params is not None and info.saved_input_example_info is not None
     model = mlflow.pyfunc.load_model(model_uri)
-    names = read_class_names(tiny_demo, 3)
+    names = output_names(tiny_demo, 3, rest_class=True)  # the exercises, then the rest output
 
     rng = np.random.default_rng(0)
     clips = rng.integers(0, 256, (2, cfg.data.clip_len, 40, 48, 3), dtype=np.uint8)  # raw frames, another size

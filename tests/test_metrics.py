@@ -74,6 +74,29 @@ def test_frame_probabilities_average_overlapping_windows_and_leave_gaps_nan():
     assert conf[2] == pytest.approx(0.5) and conf[8] == pytest.approx(0.75) and np.isnan(conf[6])
 
 
+def test_the_rest_output_is_background_in_frame_labels_with_its_own_confidence():
+    probs = np.array([[0.7, 0.1, 0.2], [0.1, 0.3, 0.6], [np.nan] * 3])  # outputs: two exercises, then rest
+    labels = frame_labels(probs, rest_index=2)
+    np.testing.assert_array_equal(labels, [0, -1, -1])
+    np.testing.assert_allclose(frame_confidence(probs, labels, rest_index=2), [0.7, 0.6, np.nan])
+    np.testing.assert_array_equal(frame_labels(probs), [0, 2, -1])  # without a rest output, 2 is a class
+
+
+def test_frame_scores_count_rest_both_ways():
+    from exptrack.metrics import frame_scores
+
+    true = np.array([-1, -1, -1, -1, 0, 0, 1, 1])
+    pred = np.array([-1, -1, -1, 0, 0, -1, 1, 0])
+    s = frame_scores(pred, true)
+    assert s["frame_acc"] == pytest.approx(2 / 4)  # exercise frames only: 0 0 1 1 -> 0 -1 1 0
+    assert s["frame_acc_all"] == pytest.approx(5 / 8)  # rest a class
+    assert s["rest_precision"] == pytest.approx(3 / 4) and s["rest_recall"] == pytest.approx(3 / 4)
+    never = frame_scores(np.array([0, 0, 1]), np.array([-1, 0, 1]))  # a model without rest
+    assert np.isnan(never["rest_precision"]) and never["rest_recall"] == 0.0
+    covered = frame_scores(pred, true, scored=np.arange(8) >= 4)  # only frames 4-7 scored: no rest among them
+    assert np.isnan(covered["rest_recall"]) and covered["frame_acc_all"] == pytest.approx(2 / 4)
+
+
 def test_window_average_per_frame_values_and_clipping():
     values = np.arange(2 * 3, dtype=np.float32).reshape(2, 3)  # per frame: window 0 -> 0,1,2; window 1 -> 3,4,5
     out = window_average(np.array([0, 2]), values, num_frames=4, clip_len=3, per_frame=True)

@@ -16,6 +16,19 @@ def test_parameter_count_matches_the_original():
     assert count_parameters(C3D(num_classes=17)) == 27_797_137
 
 
+def test_the_paper_config_builds_the_papers_c3d_and_the_default_adds_a_rest_output():
+    from pathlib import Path
+
+    from exptrack.config import Config, load_config
+    from exptrack.models.c3d import build_model
+
+    paper = load_config(Path(__file__).resolve().parents[1] / "experiments" / "c3d_paper.yaml", [])
+    assert not paper.model.rest_class and count_parameters(build_model(paper.model)) == 27_797_137
+    default = Config()
+    assert default.model.rest_class and default.model.outputs == default.model.num_classes + 1
+    assert build_model(default.model).classifier[-1].out_features == 18
+
+
 def test_block_layout_and_gradcam_resolutions():
     model = C3D(num_classes=5, width=0.125).eval()
     x = torch.randn(1, 3, 16, 112, 112)
@@ -96,6 +109,20 @@ def test_saved_configs_from_before_static_removal_keep_plain_frames():
     saved["model"]["static_removal"] = 0.5
     assert config_from_dict(saved).model.static_removal == 0.5
     assert Config().model.stabilize is True
+
+
+def test_a_model_saved_before_the_rest_output_loads_with_its_17_outputs():
+    from exptrack.config import Config, config_from_dict, to_nested_dict
+    from exptrack.models.c3d import build_model, model_with_weights
+
+    saved = to_nested_dict(Config())
+    del saved["model"]["rest_class"]  # logged before the key existed: no rest output
+    config = config_from_dict(saved)
+    assert not config.model.rest_class
+    old_weights = C3D(num_classes=17, width=0.125).state_dict()
+    small = config_from_dict({**saved, "model": {**saved["model"], "width": 0.125}}).model
+    assert model_with_weights(small, old_weights).classifier[-1].out_features == 17
+    assert build_model(Config().model).classifier[-1].out_features == 18  # today's default adds rest
 
 
 def _shaken_scene(shifts: list[tuple[int, int]], size: int = 48, margin: int = 6) -> torch.Tensor:

@@ -112,8 +112,8 @@ def test_train_logs_a_complete_run_and_registers_the_model(tiny_demo, make_confi
     assert f"the weights of epoch {best_epoch} " in version.description  # its model card
     loaded = load_model(f"models:/{cfg.mlflow.registered_model}/{result.model_version}")
     assert isinstance(loaded.model, C3D) and hasattr(loaded.model, "block4")  # named layers, for GradCAM
-    assert loaded.model(torch.zeros(2, 3, 8, 32, 32)).shape == (2, 3)
-    assert loaded.class_names == read_class_names(tiny_demo, 3)  # the model carries its class names
+    assert loaded.model(torch.zeros(2, 3, 8, 32, 32)).shape == (2, 4)  # 3 exercises and rest
+    assert loaded.class_names == [*read_class_names(tiny_demo, 3), "rest"]  # the model carries its class names
 
 
 @pytest.mark.slow

@@ -21,6 +21,17 @@ def test_window_majority_over_non_background_and_purity():
     np.testing.assert_allclose(purity, [0.25, 0.25, 0.0, 0.5])
 
 
+def test_windows_mostly_background_are_rest_with_a_rest_label():
+    labels = np.array([-1, -1, -1, 2, 2, 2, -1, -1] + [-1] * 4 + [5, 5, 4, 4], dtype=np.int16)
+    starts, lab, purity = clips.window_labels(labels, clip_len=4, stride=2, rest_label=9)
+    np.testing.assert_array_equal(starts, [0, 2, 4, 6, 8, 10, 12])
+    # 3 of 4 background -> rest; 2 of 4 (a tie) stays the exercise; all background -> rest
+    np.testing.assert_array_equal(lab, [9, 2, 2, 9, 9, 5, 4])
+    np.testing.assert_allclose(purity, [0.75, 0.75, 0.5, 1.0, 1.0, 0.5, 0.5])
+    index = clips.build_clip_index({"a": labels}, clip_len=4, stride=2, rest_label=9)
+    assert len(index) == 7 and (index.label == 9).sum() == 3  # no window is dropped as background
+
+
 def test_index_drops_background_and_impure_clips():
     labels = {"a": np.array([-1] * 4 + [1] * 6 + [2] * 6, dtype=np.int16)}
     idx = clips.build_clip_index(labels, clip_len=4, stride=2)
