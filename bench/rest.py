@@ -62,7 +62,7 @@ from exptrack.metrics import FRAME_SCORES, frame_labels, frame_probabilities, fr
 from exptrack.predict import model_frames  # noqa: E402
 from exptrack.stats import mean_interval  # noqa: E402
 from exptrack.training.run import train  # noqa: E402
-from exptrack.windows import window_probabilities  # noqa: E402
+from exptrack.windows import window_probabilities, window_stride  # noqa: E402
 
 REST_RECALL_GOAL = 0.9
 
@@ -89,7 +89,7 @@ def video_frames(model_ref: str, config: Config) -> list[tuple[np.ndarray, np.nd
     for subject in data.split_subjects["test"]:
         files = video_companions(data.subjects[subject].files.video)
         frames, _ = model_frames(files, loaded.config, DataWarnings())
-        starts, windows = window_probabilities(loaded.model, frames, loaded.config, max(1, d.clip_len // 2),
+        starts, windows = window_probabilities(loaded.model, frames, loaded.config, window_stride(loaded.config),
                                                loaded.placement)
         probs = frame_probabilities(starts, windows, len(frames), d.clip_len)  # (T, outputs)
         true = read_labels(files.labels, len(frames), loaded.config.model.num_classes, DataWarnings(), d.frame_base)

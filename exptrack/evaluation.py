@@ -16,12 +16,12 @@ import torch
 from . import model_card, model_store, plots, tracking
 from .config import EVALUATE_DATA_KEYS, EVALUATE_SECTIONS, Config, ConfigError, replace
 from .data.clips import ClipIndex
-from .data.dataset import make_loader
+from .data.dataset import ModelView, make_loader
 from .data.errors import DataError
 from .data.layout import REST
 from .data.prepare import PreparedData, prepare_data
 from .errors import ModelError
-from .inference import load_model
+from .inference import LoadedModel, load_model
 from .metrics import (
     HEADLINE_METRICS,
     FRAME_SCORES,
@@ -35,6 +35,7 @@ from .metrics import (
 from .outputs import DEFAULT_OUTPUTS, check_save_dir, invocation_folder
 from .device import resolve_device
 from .training.loop import predict
+from .windows import window_probabilities, window_stride
 
 log = logging.getLogger("exptrack.evaluate")
 
@@ -89,32 +90,30 @@ def predictions_table(index: ClipIndex, probs: np.ndarray, names: list[str] | No
 # frame-level view
 
 
-def subject_timelines(data: PreparedData, split: str, probs: np.ndarray, smooth_window: int) -> dict[str, dict]:
-    """Per subject: true frame labels, and predicted ones from the averaged clip probabilities
-    (metrics.frame_probabilities), raw and smoothed, -1 for rest; `covered`: the frames some clip
-    covers. With a rest output every window is a clip and covers the video; without one, the
-    background-only windows are not clips, and their frames are left out of the frame scores."""
-    index = data.splits[split]
-    clip_len = data.config.data.clip_len
-    rest = data.config.model.rest_index
+def subject_timelines(data: PreparedData, split: str, loaded: LoadedModel, smooth_window: int) -> dict[str, dict]:
+    """Per subject of `split`: the true frame labels and the model's timeline over the whole
+    video, raw and smoothed (-1 = rest), computed as `exptrack predict` computes it (windows half a
+    clip apart, their probabilities averaged per frame): evaluate and predict say the same about
+    the same video."""
+    d, rest = data.config.data, loaded.config.model.rest_index
     out = {}
-    for i, name in enumerate(index.subjects):
-        rows = index.subject_idx == i
+    for name in data.split_subjects[split]:
         subj = data.subjects[name]
-        probs_t = frame_probabilities(index.start[rows], probs[rows], subj.num_frames, clip_len)  # (T, outputs)
-        raw = frame_labels(probs_t, rest)
-        out[name] = {"true": subj.labels.astype(np.int64), "raw": raw, "smoothed": smooth_labels(raw, smooth_window),
-                     "covered": ~np.isnan(probs_t).any(axis=1)}
+        frames = ModelView(subj, d.use_masks, d.use_skeleton_attention, d.mask_alpha)
+        starts, probs = window_probabilities(loaded.model, frames, loaded.config, window_stride(loaded.config),
+                                             loaded.placement)
+        raw = frame_labels(frame_probabilities(starts, probs, len(frames), d.clip_len), rest)
+        out[name] = {"true": subj.labels.astype(np.int64), "raw": raw, "smoothed": smooth_labels(raw, smooth_window)}
     return out
 
 
 def timeline_scores(timelines: dict[str, dict]) -> dict[str, float]:
     """metrics.frame_scores of the timelines, raw and `_smoothed`, each the mean over subjects
-    (a subject's frames are correlated: the subject is the unit); frames no clip covers are not
-    scored. NaN where no subject has the figure (rest precision of a model that never says rest)."""
+    (a subject's frames are correlated: the subject is the unit). NaN where no subject has the
+    figure (rest precision of a model that never says rest)."""
     out = {}
     for series, suffix in (("raw", ""), ("smoothed", "_smoothed")):
-        per_subject = [frame_scores(t[series], t["true"], t["covered"]) for t in timelines.values()]
+        per_subject = [frame_scores(t[series], t["true"]) for t in timelines.values()]
         for key in FRAME_SCORES:
             values = [s[key] for s in per_subject if np.isfinite(s[key])]
             out[key + suffix] = float(np.mean(values)) if values else float("nan")
@@ -203,7 +202,7 @@ def run_evaluate(model_ref: str, split: str = "test", batch_size: int = 16, devi
         report = clip_metrics(y_true, probs)
         names = loaded.class_names
         report.per_class.insert(0, "name", [names[c] for c in report.per_class.index])
-        timelines = subject_timelines(data, split, probs, smooth_window)
+        timelines = subject_timelines(data, split, loaded, smooth_window)
         frame = {**timeline_scores(timelines), "clips_per_s": len(y_true) / max(seconds, 1e-9)}
         log.info("%d clips in %.1f s (%.0f clips/s on %s)", len(y_true), seconds, frame["clips_per_s"], device)
         outputs = Path(base_config.paths.outputs) if base_config is not None else DEFAULT_OUTPUTS
@@ -263,6 +262,9 @@ def write_report(report: ClipReport, predictions: pd.DataFrame, timelines: dict[
     plots.confusion_heatmap(_named(report.confusion_normalized, names), "confusion matrix (row-normalised)",
                             out / "confusion_matrix_normalized.png", fmt=".2f")
     for name, t in timelines.items():
+        (out / "timelines").mkdir(exist_ok=True)
+        pd.DataFrame({"frame": np.arange(len(t["true"])), "true": t["true"], "predicted": t["raw"],
+                      "smoothed": t["smoothed"]}).to_csv(out / "timelines" / f"{name}.csv", index=False)
         plots.timeline(t["true"], t["raw"], t["smoothed"], f"subject {name}", out / "timelines" / f"{name}.png", names,
                        rest_output=names[-1] == REST)
 

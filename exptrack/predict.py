@@ -33,7 +33,7 @@ from .inference import LoadedModel, load_model
 from .metrics import frame_confidence, frame_labels, frame_probabilities, frame_scores, smooth_labels
 from .outputs import DEFAULT_OUTPUTS, check_save_dir, invocation_folder
 from .device import resolve_device
-from .windows import window_probabilities
+from .windows import window_probabilities, window_stride
 
 log = logging.getLogger("exptrack.predict")
 
@@ -141,7 +141,7 @@ def _timeline(files: SubjectFiles, loaded: LoadedModel, model_ref: str, out_dir:
     name_of = np.array([*names[: loaded.config.model.num_classes], REST])  # index -1: rest
     warnings = DataWarnings()
     frames, info = model_frames(files, loaded.config, warnings)
-    starts, window_probs = window_probabilities(loaded.model, frames, loaded.config, stride or max(1, d.clip_len // 2),
+    starts, window_probs = window_probabilities(loaded.model, frames, loaded.config, window_stride(loaded.config, stride),
                                                 loaded.placement)
     probs = frame_probabilities(starts, window_probs, len(frames), d.clip_len)  # (T, K): each frame's windows averaged
     predicted = frame_labels(probs, rest)  # -1 where the rest output is the most probable

@@ -35,7 +35,7 @@ from .device import placement
 from .inference import class_names_of
 from .models.c3d import model_with_weights
 from .training import checkpoint as ckpt
-from .windows import clip_batches, clip_probabilities, window_probabilities
+from .windows import clip_batches, clip_probabilities, window_probabilities, window_stride
 
 WEIGHTS_FILE = ckpt.WEIGHTS_FILE
 VIDEO_PARAM = "video"
@@ -87,7 +87,7 @@ class ClipClassifierCore:
     def predict_video(self, path: str | Path) -> pd.DataFrame:
         d = self.config.data
         frames, _ = decode_video(Path(path), d.frame_size, DataWarnings())  # (T, S, S, 3)
-        starts, probs = window_probabilities(self.model, frames, self.config, max(1, d.clip_len // 2),
+        starts, probs = window_probabilities(self.model, frames, self.config, window_stride(self.config),
                                              self.placement)
         table = self.table(probs)
         table.insert(0, "start_frame", starts)

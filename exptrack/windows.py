@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .config import Config
+from .data.dataset import ModelView
 from .data.transforms import to_model_input
 from .device import Placement
 from .metrics import window_starts
@@ -36,14 +37,21 @@ def clip_probabilities(model: torch.nn.Module, batches: Iterable[np.ndarray], co
     return np.concatenate(out) if out else np.zeros((0, config.model.outputs), np.float32)
 
 
-def window_probabilities(model: torch.nn.Module, frames: np.ndarray, config: Config, stride: int,
+def window_stride(config: Config, stride: int | None = None) -> int:
+    """The frames between windows of a whole-video timeline: `stride` if given, else half a clip
+    (every frame then averages two windows)."""
+    return stride or max(1, config.data.clip_len // 2)
+
+
+def window_probabilities(model: torch.nn.Module, frames: np.ndarray | ModelView, config: Config, stride: int,
                          placement: Placement) -> tuple[np.ndarray, np.ndarray]:
-    """(T, S, S, 3) uint8 frames -> (window starts, their (W, K) probabilities): windows of
-    `data.clip_len` every `stride` frames, the last ending at the last frame (metrics.window_starts),
-    in batches of `train.eval_batch_size`. A video shorter than a clip is one window, its last
-    frame repeated."""
+    """(T, S, S, 3) uint8 frames (or a ModelView, sliced per window) -> (window starts, their
+    (W, K) probabilities): windows of `data.clip_len` every `stride` frames, the last ending at the
+    last frame (metrics.window_starts), in batches of `train.eval_batch_size`. A video shorter
+    than a clip is one window, its last frame repeated."""
     clip_len = config.data.clip_len
     if len(frames) < clip_len:
+        frames = frames[0:len(frames)]
         frames = np.concatenate([frames, np.repeat(frames[-1:], clip_len - len(frames), axis=0)])
     starts = window_starts(len(frames), clip_len, stride)
     batches = clip_batches(starts, lambda s: frames[s:s + clip_len], config.train.eval_batch_size)

@@ -36,22 +36,22 @@ def test_clip_metrics_hand_checked():
     np.testing.assert_allclose(r.errors["share_of_true"], [1 / 2, 1 / 3])  # ties: larger share first
 
 
-def test_timelines_use_the_averaged_window_probabilities():
-    """evaluate's frame labels are metrics.frame_probabilities' (the same as predict's), not
-    the nearest clip's: on overlapping clips the average decides."""
-    from types import SimpleNamespace
+@pytest.mark.slow
+def test_evaluate_and_predict_give_a_test_video_the_same_timeline(tiny_trained, tmp_path, monkeypatch):
+    """evaluate's timeline of a subject is predict's of its video (the same windows over the whole
+    video, issue 32: evaluate left gaps where predict did not), so their frame figures agree."""
+    from exptrack.data.layout import read_split
+    from exptrack.predict import predict_video
 
-    from exptrack.data.clips import ClipIndex
-    from exptrack.evaluation import subject_timelines
-
-    index = SimpleNamespace(subjects=["s"], subject_idx=np.array([0, 0]), start=np.array([0, 2]))
-    subj = SimpleNamespace(num_frames=6, labels=np.array([0, 0, 1, 1, 1, 1]))
-    data = SimpleNamespace(splits={"test": index}, subjects={"s": subj},
-                           config=SimpleNamespace(data=SimpleNamespace(clip_len=4), model=SimpleNamespace(rest_index=None)))
-    probs = np.array([[0.9, 0.1], [0.2, 0.8]])  # frames 2, 3: (0.55, 0.45) -> 0
-    t = subject_timelines(data, "test", probs, smooth_window=1)["s"]
-    np.testing.assert_array_equal(t["raw"], [0, 0, 0, 0, 1, 1])
-    assert ClipIndex  # the real index type has the same fields
+    uri, cfg, result = tiny_trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    model = str(result.checkpoint_dir / "best_model.pt")
+    run_evaluate(model, split="test", save_dir=tmp_path / "e", progress=False)
+    subject = sorted(s for s, (split, _) in read_split(Path(cfg.data.root) / "split.csv").items() if split == "test")[0]
+    timeline = predict_video(f"{cfg.data.root}/dataset/anon/{subject}.mp4", model, out_dir=tmp_path / "p")
+    evaluated = pd.read_csv(tmp_path / "e" / "timelines" / f"{subject}.csv")
+    np.testing.assert_array_equal(evaluated["predicted"], timeline.frames["predicted"])
+    np.testing.assert_array_equal(evaluated["true"], timeline.frames["true"])
 
 
 @pytest.mark.slow

@@ -129,6 +129,20 @@ def weighted_frames(subj: SubjectData, sl: slice, use_masks: bool, use_attention
     return transforms.apply_weight(frames, weight) if weight is not None else frames
 
 
+class ModelView:
+    """A subject's whole video as the model sees it (weighted_frames), sliced on demand: windows
+    slide over a long video without all of its weighted frames in memory at once."""
+
+    def __init__(self, subj: SubjectData, use_masks: bool, use_attention: bool, mask_alpha: float) -> None:
+        self.subj, self.use_masks, self.use_attention, self.mask_alpha = subj, use_masks, use_attention, mask_alpha
+
+    def __len__(self) -> int:
+        return self.subj.num_frames
+
+    def __getitem__(self, sl: slice) -> np.ndarray:
+        return np.asarray(weighted_frames(self.subj, sl, self.use_masks, self.use_attention, self.mask_alpha))
+
+
 def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """An empty tensor; inside a loader worker it is allocated in shared memory, so that handing
     it to the main process costs no copy (what default_collate does for its stacked batches).

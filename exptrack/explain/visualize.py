@@ -23,7 +23,7 @@ from ..data.transforms import to_model_input
 from ..evaluation import evaluation_config
 from ..formatting import figure, frame_scores_text
 from ..inference import LoadedModel, load_model
-from ..windows import clip_batches, clip_probabilities
+from ..windows import clip_batches, clip_probabilities, window_stride
 from ..metrics import frame_labels, frame_probabilities, frame_scores, output_index, window_average, window_starts
 from ..outputs import check_save_dir, invocation_folder
 from ..device import resolve_device
@@ -143,7 +143,7 @@ def render_long_sample(loaded: LoadedModel, data: PreparedData, options: Visuali
     clip_len = ds.clip_len
     start = min(max(options.start_frame, 0), max(subj.num_frames - clip_len, 0))
     end = min(start + options.sample_duration, subj.num_frames)
-    stride = max(1, clip_len // 2)
+    stride = window_stride(loaded.config)
     starts = (start + window_starts(end - start, clip_len, stride)).tolist()
     k = loaded.config.model.num_classes
     class_names = loaded.class_names
