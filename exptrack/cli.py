@@ -424,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-dir", help="output folder (default: a fresh outputs/predict/<video name>-<time>/)")
     p.add_argument("--overwrite", action="store_true", help="replace the contents of a --save-dir that holds files")
     p.add_argument("--device", default="auto", help="cuda, mps, cpu or auto" + _DEFAULT)
-    p.add_argument("--stride", type=_positive, help="window stride in frames (default: half a clip)")
+    p.add_argument("--stride", type=_positive, help="window stride in frames (default: a quarter clip)")
     p.add_argument("--smooth", type=_positive, default=31, help="majority window (frames) for the segments" + _DEFAULT)
     p.add_argument("--overlay", action="store_true", help="also write overlay.mp4 with the predicted labels")
     p.set_defaults(func=cmd_predict)

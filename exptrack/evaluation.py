@@ -92,7 +92,7 @@ def predictions_table(index: ClipIndex, probs: np.ndarray, names: list[str] | No
 
 def subject_timelines(data: PreparedData, split: str, loaded: LoadedModel, smooth_window: int) -> dict[str, dict]:
     """Per subject of `split`: the true frame labels and the model's timeline over the whole
-    video, raw and smoothed (-1 = rest), computed as `exptrack predict` computes it (windows half a
+    video, raw and smoothed (-1 = rest), computed as `exptrack predict` computes it (windows a quarter
     clip apart, their probabilities averaged per frame): evaluate and predict say the same about
     the same video."""
     d, rest = data.config.data, loaded.config.model.rest_index
@@ -102,7 +102,7 @@ def subject_timelines(data: PreparedData, split: str, loaded: LoadedModel, smoot
         frames = ModelView(subj, d.use_masks, d.use_skeleton_attention, d.mask_alpha)
         starts, probs = window_probabilities(loaded.model, frames, loaded.config, window_stride(loaded.config),
                                              loaded.placement)
-        raw = frame_labels(frame_probabilities(starts, probs, len(frames), d.clip_len), rest)
+        raw = frame_labels(frame_probabilities(starts, probs, len(frames), d.clip_len), rest, loaded.rest_weight)
         out[name] = {"true": subj.labels.astype(np.int64), "raw": raw, "smoothed": smooth_labels(raw, smooth_window)}
     return out
 

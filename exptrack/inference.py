@@ -46,6 +46,9 @@ class LoadedModel:
     # where and how it is scored: the device asked for, with the precision and layout of the
     # model's own train config (device.placement, not strict): scored as it was trained
     placement: Placement = field(default_factory=lambda: Placement(torch.device("cpu"), FP32))
+    # how much more rest its training videos held than training showed (clips.rest_weight):
+    # timelines weigh the rest probability by it; 1.0 for a model without one or saved before it
+    rest_weight: float = 1.0
 
 
 def _run_artifact(run_id: str, path: str, dst: Path) -> Path:
@@ -119,7 +122,8 @@ def load_model(reference: str, device: torch.device | str = "cpu") -> LoadedMode
     # on its own GPU (cuda:N made current: nothing opens a context on GPU 0), in the precision it was trained in
     where = placement(config.train, bind(torch.device(device)), strict=False, trained=payload.get("precision"))
     where.prepare(model).eval()  # in place: .to() moves a module's own tensors
-    return LoadedModel(model, config, source, class_names_of(payload, config), where)
+    return LoadedModel(model, config, source, class_names_of(payload, config), where,
+                       float(payload.get("rest_weight", 1.0)))
 
 
 def class_names_of(payload: dict[str, Any], config: Config) -> list[str]:

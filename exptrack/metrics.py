@@ -160,13 +160,18 @@ def frame_probabilities(starts: np.ndarray, probs: np.ndarray, num_frames: int, 
     return window_average(starts, probs, num_frames, clip_len)
 
 
-def frame_labels(frame_probs: np.ndarray, rest_index: int | None = None) -> np.ndarray:
+def frame_labels(frame_probs: np.ndarray, rest_index: int | None = None, rest_weight: float = 1.0) -> np.ndarray:
     """(T, K) frame probabilities -> (T,) int64 labels: the most probable class (ties: the
-    lower id); background (-1) where that is the rest output (`rest_index`) and for uncovered
-    (NaN) frames."""
+    lower id), the rest output's probability (`rest_index`) first multiplied by `rest_weight`
+    (clips.rest_weight: how much more rest the videos hold than training showed); background
+    (-1) where rest wins and for uncovered (NaN) frames."""
     covered = ~np.isnan(frame_probs).any(axis=1)
     out = np.full(len(frame_probs), BACKGROUND, dtype=np.int64)
-    out[covered] = frame_probs[covered].argmax(1)
+    scores = frame_probs[covered]
+    if rest_index is not None and rest_weight != 1.0:
+        scores = scores.copy()
+        scores[:, rest_index] *= rest_weight
+    out[covered] = scores.argmax(1)
     if rest_index is not None:
         out[out == rest_index] = BACKGROUND
     return out

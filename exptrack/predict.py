@@ -144,7 +144,7 @@ def _timeline(files: SubjectFiles, loaded: LoadedModel, model_ref: str, out_dir:
     starts, window_probs = window_probabilities(loaded.model, frames, loaded.config, window_stride(loaded.config, stride),
                                                 loaded.placement)
     probs = frame_probabilities(starts, window_probs, len(frames), d.clip_len)  # (T, K): each frame's windows averaged
-    predicted = frame_labels(probs, rest)  # -1 where the rest output is the most probable
+    predicted = frame_labels(probs, rest, loaded.rest_weight)  # -1 where rest wins
     smoothed = smooth_labels(predicted, smooth_window)
     confidence = frame_confidence(probs, predicted, rest)
     table = pd.DataFrame({"frame": np.arange(len(predicted)), "time_s": np.arange(len(predicted)) / info.fps,

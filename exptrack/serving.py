@@ -9,7 +9,7 @@ C3D from it and applies the model's own preprocessing, so callers send raw frame
   class name (``rest`` last, for a model with a rest output: no exercise performed) and
   ``predicted`` (the most likely class name).
 - ``predict(<any array, e.g. empty>, params={"video": "path.mp4"})``: the video is decoded,
-  cut into windows of the clip length (half a clip apart) -> one row per window with
+  cut into windows of the clip length (a quarter clip apart) -> one row per window with
   ``start_frame`` first. A tensor signature cannot also accept a string, so the path travels as
   an inference parameter, MLflow's way of passing options with a request.
 
@@ -43,7 +43,7 @@ VIDEO_PARAM = "video"
 
 def weights_payload(checkpoint: dict[str, Any], class_names: list[str]) -> dict[str, Any]:
     """What a logged model keeps of a checkpoint: the weights and what rebuilds and explains them."""
-    keep = ("model", "config", "epoch", "metrics", "run_id", "data_digest", "precision")
+    keep = ("model", "config", "epoch", "metrics", "run_id", "data_digest", "precision", "rest_weight")
     return {**{k: checkpoint[k] for k in keep if k in checkpoint}, "class_names": list(class_names)}
 
 

@@ -134,6 +134,22 @@ def downsample_classes(index: ClipIndex, classes: tuple[int | None, ...], num_cl
     return index
 
 
+def rest_weight(natural: ClipIndex, trained: ClipIndex, rest_index: int | None, num_classes: int,
+                weighted_sampler: bool) -> float:
+    """How much more often rest occurs in the training videos than training showed it: the share
+    of rest windows among all training windows over the share of rest in what the model was fed
+    (1 / classes present with the balancing sampler, else its share after downsampling). A
+    timeline multiplies the rest probability by it before choosing a frame's label
+    (metrics.frame_labels): the balanced training otherwise undercalls rest, which a workout video
+    is mostly made of (bench/rest.py). 1.0 without a rest output or rest windows."""
+    if rest_index is None or len(natural) == 0 or not (natural.label == rest_index).any():
+        return 1.0
+    share = float(np.mean(natural.label == rest_index))
+    fed = 1.0 / int((trained.class_counts(num_classes) > 0).sum()) if weighted_sampler else float(
+        np.mean(trained.label == rest_index))
+    return share / fed if fed > 0 else 1.0
+
+
 def class_weights(counts: np.ndarray) -> np.ndarray:
     """Inverse-frequency weights normalised to mean 1 over the classes present; absent classes 0."""
     counts = np.asarray(counts, dtype=np.float64)

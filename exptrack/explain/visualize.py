@@ -160,7 +160,7 @@ def render_long_sample(loaded: LoadedModel, data: PreparedData, options: Visuali
     frames = read_frames(subj.files.video, start, end - start, size)  # (T, H, W, 3) at display size
     true = subj.labels[start:end].astype(np.int64)
     rest = loaded.config.model.rest_index
-    pred = frame_labels(probs, rest)  # -1: rest
+    pred = frame_labels(probs, rest, loaded.rest_weight)  # -1: rest
     big = render.overlay(frames, render.display_heat(heat, *size), options.alpha)
     rows = []
     for t in range(end - start):

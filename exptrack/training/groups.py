@@ -361,6 +361,7 @@ def log_ensemble(run: tracking.Run, members: list[MemberResult]) -> str:
         payload = {"model": ensemble_state_dict([p["model"] for p in payloads]), "config": to_nested_dict(config),
                    "epoch": 0, "metrics": {}, "run_id": run.id, "data_digest": "+".join(digests),
                    "class_names": class_names, "precision": str(payloads[0].get("precision", "fp32")),
+                   "rest_weight": float(np.mean([float(p.get("rest_weight", 1.0)) for p in payloads])),
                    "members": [m.run_id for m in members]}
         weights = ckpt.save_atomic(payload, Path(tmp) / serving.WEIGHTS_FILE)
         model_id = run.log_clip_model(weights, config.data.clip_len, class_names, 0,

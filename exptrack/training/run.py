@@ -453,7 +453,8 @@ def _train(config: Config, env: DistEnv, resume: str | None, progress: bool,
                              ckpt_dir / ckpt.LAST if config.mlflow.upload_resume_checkpoint else None)
         with draining_when_stopped(tracker, run.id, config.train.shutdown_timeout):
             state = fit(setup, manager, state=state, callbacks=[logger, *callbacks], progress=progress,
-                        stamp=_RunStamp(run.id, digest, tuple(class_names), setup.placement.precision.name))
+                        stamp=_RunStamp(run.id, digest, tuple(class_names), setup.placement.precision.name,
+                                        training_rest_weight(data)))
         deliver_queued(tracker, run.id, ckpt_dir)
         early = early_best(state)
         if early:
@@ -509,6 +510,13 @@ def split_datasets(run: tracking.Run, data: PreparedData) -> dict[str, Any]:
     return out
 
 
+def training_rest_weight(data: PreparedData) -> float:
+    """clips.rest_weight of this run's training windows (before and after downsampling)."""
+    m, t = data.config.model, data.config.train
+    return clips.rest_weight(data.train_before_downsampling, data.splits["train"], m.rest_index, m.outputs,
+                             t.weighted_sampler)
+
+
 @dataclass(frozen=True)
 class _RunStamp:
     """Added to every checkpoint so that `--resume <file>` knows its run and data."""
@@ -517,10 +525,11 @@ class _RunStamp:
     data_digest: str
     class_names: tuple[str, ...] = ()
     precision: str = "fp32"  # what the model computed in: scoring keeps it where it can (device.placement)
+    rest_weight: float = 1.0  # clips.rest_weight of the training data: timelines weigh rest by it
 
     def __call__(self, payload: dict[str, Any]) -> dict[str, Any]:
         return {**payload, "run_id": self.run_id, "data_digest": self.data_digest, "class_names": list(self.class_names),
-                "precision": self.precision}
+                "precision": self.precision, "rest_weight": self.rest_weight}
 
 
 def plot_run(run_id: str, save_dir: str | Path, top_classes: int = 10) -> Path:
