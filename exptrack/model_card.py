@@ -17,7 +17,7 @@ from .formatting import figure
 
 # The config keys a reader needs to know what was trained (the rest is on the run's page).
 CONFIG_BRIEF = ("data.frame_size", "data.clip_len", "data.use_masks", "data.use_skeleton_attention",
-                "model.static_removal", "model.width", "loss.focal_gamma", "optim.lr", "train.epochs",
+                "model.static_removal", "model.rest_class", "model.width", "loss.focal_gamma", "optim.lr", "train.epochs",
                 "train.batch_size", "train.seed")
 SPLITS = ("val", "test")
 

@@ -80,6 +80,8 @@ def test_the_rest_output_is_background_in_frame_labels_with_its_own_confidence()
     np.testing.assert_array_equal(labels, [0, -1, -1])
     np.testing.assert_allclose(frame_confidence(probs, labels, rest_index=2), [0.7, 0.6, np.nan])
     np.testing.assert_array_equal(frame_labels(probs), [0, 2, -1])  # without a rest output, 2 is a class
+    close = np.array([[0.5, 0.1, 0.4]])  # rest second: weighed by 1.3 (more rest in the videos) it wins
+    assert frame_labels(close, rest_index=2)[0] == 0 and frame_labels(close, 2, rest_weight=1.3)[0] == -1
 
 
 def test_frame_scores_count_rest_both_ways():

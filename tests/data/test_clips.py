@@ -32,6 +32,18 @@ def test_windows_mostly_background_are_rest_with_a_rest_label():
     assert len(index) == 7 and (index.label == 9).sum() == 3  # no window is dropped as background
 
 
+def test_the_rest_weight_is_rests_share_in_the_videos_over_its_share_in_training():
+    def index(labels):
+        n = len(labels)
+        return clips.ClipIndex(("a",), np.zeros(n, np.int32), np.arange(n), np.array(labels), np.ones(n, np.float32), 4)
+
+    natural = index([0, 0, 0, 1, 1, 1, 2, 2, 3, 3])  # rest (3) is 20% of the windows
+    assert clips.rest_weight(natural, natural, 3, 4, weighted_sampler=True) == pytest.approx(0.2 / 0.25)
+    fed = index([0, 0, 0, 1, 1, 1, 2, 2, 2, 3])  # downsampled, no balancing sampler: 10%
+    assert clips.rest_weight(natural, fed, 3, 4, weighted_sampler=False) == pytest.approx(2.0)
+    assert clips.rest_weight(natural, natural, None, 3, weighted_sampler=True) == 1.0  # no rest output
+
+
 def test_index_drops_background_and_impure_clips():
     labels = {"a": np.array([-1] * 4 + [1] * 6 + [2] * 6, dtype=np.int16)}
     idx = clips.build_clip_index(labels, clip_len=4, stride=2)
