@@ -117,7 +117,7 @@ def timeline(true, raw, smoothed, title: str, path: Path, class_names: list[str]
     else:
         ax.set_ylabel(f"class (-1 = {REST})")
     ax.set_title(title)
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1), fontsize=8)  # beside the plot, never over a line
     return _save(fig, path)
 
 

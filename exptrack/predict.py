@@ -167,7 +167,7 @@ def _timeline(files: SubjectFiles, loaded: LoadedModel, model_ref: str, out_dir:
         (out / "timeline.json").write_text(json.dumps({"video": str(video), "model": model_ref, "fps": info.fps,
                                                        "class_names": names,
                                                        "segments": segs.to_dict(orient="records")}, indent=2))
-        title = f"{video.name}: predicted exercises" + (f" (true labels: {files.labels})" if true is not None else "")
+        title = f"{video.name}: exercises and rest" + (f" (true labels: {files.labels})" if true is not None else "")
         plots.timeline(true, predicted, smoothed, title, out / "timeline.png", names, rest_output=rest is not None)
         if overlay:
             write_video(out / "overlay.mp4", label_overlay(frames, smoothed, confidence, names), info.fps)
