@@ -1,0 +1,144 @@
+"""Which final model does the data allow? Singles, seed and fold ensembles, refits (issue 33).
+
+Each recipe is trained `--repeats` times on a demo preset (hard by default: 9 subjects, 6 train
+and val, 3 test, 10 classes) with and without person masks, and every model it yields is scored
+on the test subjects (mean class accuracy, `exptrack evaluate`). Repeat r draws seeds 3r, 3r+1,
+3r+2 and fold seed r, so repeats are independent draws of the same recipe.
+
+    seeds        train.seeds=3r,3r+1,3r+2, group_model=ensemble -> rows `single` (its first member:
+                 one run with the validation carve-out, exptrack's plain default), `seed members`
+                 (all three) and `seed ensemble`
+    folds-K      data.folds=K, fold_seed r -> `folds-K members` and `folds-K ensemble` (what
+                 `train --folds K` registers by default)
+    refit        data.train_on_val=true, seeds 3r..3r+2, ensemble -> `refit` (its first member:
+                 one model on every non-test subject, `tune --retrain-best`'s fit), `refit members`
+                 and `refit ensemble` (an ensemble of refits)
+
+A repeat trains 3 + 2 + 3 + 3 = 11 models per mask setting (folds 2 and 3). Rows are appended
+to <out>/final_model.csv as they come, so the bench runs in parts (`--masks on`, `--repeats 1`,
+`--recipes folds-3`) across sessions or machines; `--summary` prints, per mask setting and row,
+the mean over repeats with its 95% interval (t over repeats) and the mean paired difference to
+`single` of the same repeat.
+
+Usage:
+  python bench/final_model.py [--preset hard] [--masks on,off] [--repeats 0,1,2]
+                              [--recipes seeds,folds-2,folds-3,refit] [--frame-size 64]
+                              [--epochs 15] [--width 0.25] [--out DIR] [--summary]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+OUT_DEFAULT = Path(tempfile.gettempdir()) / "exptrack-bench-final"
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="hard", choices=["hard", "easy"])
+    p.add_argument("--masks", default="on,off")
+    p.add_argument("--repeats", default="0,1,2")
+    p.add_argument("--recipes", default="seeds,folds-2,folds-3,refit")
+    p.add_argument("--frame-size", type=int, default=64)
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--width", type=float, default=0.25)
+    p.add_argument("--out", type=Path, default=OUT_DEFAULT)
+    p.add_argument("--summary", action="store_true", help="only print the table of <out>/final_model.csv")
+    return p.parse_args()
+
+
+ARGS = parse_args()
+ARGS.out.mkdir(parents=True, exist_ok=True)
+os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{ARGS.out / 'mlflow.db'}")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from exptrack.config import load_config  # noqa: E402
+from exptrack.data.demo import preset_spec  # noqa: E402
+from exptrack.evaluation import run_evaluate  # noqa: E402
+from exptrack.stats import mean_interval  # noqa: E402
+from exptrack.training.run import train  # noqa: E402
+
+
+def settings(masks: bool, *extra: str) -> list[str]:
+    """The user's few choices (as bench/groups.py), and where to write."""
+    spec = preset_spec(ARGS.preset)
+    return [f"data.root={ARGS.out / f'data-{ARGS.preset}'}", "data.demo=true", f"data.demo_preset={ARGS.preset}",
+            f"model.num_classes={spec.classes}", f"data.frame_size={ARGS.frame_size}", f"model.width={ARGS.width}",
+            f"train.epochs={ARGS.epochs}", f"data.use_masks={str(masks).lower()}", f"paths.cache={ARGS.out / 'cache'}",
+            f"paths.outputs={ARGS.out / 'outputs'}", "mlflow.experiment=final-model-bench",
+            "mlflow.log_system_metrics=false", "mlflow.registered_model=bench-final", *extra]
+
+
+def recipe_overrides(recipe: str, r: int) -> tuple[str, list[str]]:
+    """(row prefix, overrides) of one recipe in repeat r."""
+    seeds = f"train.seeds={3 * r},{3 * r + 1},{3 * r + 2}"
+    if recipe == "seeds":
+        return "seed", [seeds, "train.group_model=ensemble"]
+    if recipe == "refit":
+        return "refit", [seeds, "train.group_model=ensemble", "data.train_on_val=true"]
+    if recipe.startswith("folds-"):
+        return recipe, [f"data.folds={int(recipe.split('-')[1])}", f"data.fold_seed={r}", "train.group_model=ensemble"]
+    raise SystemExit(f"unknown recipe {recipe!r} (known: seeds, refit, folds-K)")
+
+
+def test_score(model_id: str, config) -> float:
+    result = run_evaluate(f"models:/{model_id}", split="test", progress=False, base_config=config)
+    return float(result.report.summary["mean_class_acc"])
+
+
+def run_recipe(recipe: str, masks: bool, r: int) -> list[dict]:
+    prefix, extra = recipe_overrides(recipe, r)
+    config = load_config(None, settings(masks, *extra))
+    began = time.perf_counter()
+    group = train(config, progress=False)
+    minutes = (time.perf_counter() - began) / 60
+    base = {"preset": ARGS.preset, "masks": masks, "repeat": r, "recipe": recipe, "minutes": minutes,
+            "frame_size": ARGS.frame_size, "epochs": ARGS.epochs}
+    members = [test_score(m.model_id, config) for m in group.members]
+    rows = [{**base, "row": f"{prefix} members", "test_mca": float(np.mean(members)), "members": len(members)},
+            {**base, "row": f"{prefix} ensemble", "test_mca": test_score(group.model_id, config), "members": len(members)}]
+    if recipe in ("seeds", "refit"):  # its first member: one run of the recipe
+        rows.insert(0, {**base, "row": "single" if recipe == "seeds" else "refit", "test_mca": members[0], "members": 1})
+    for row in rows:
+        print(f"masks {'on' if masks else 'off'} repeat {r} {row['row']:18s} test {row['test_mca']:.3f}", flush=True)
+    return rows
+
+
+def summary(table: pd.DataFrame) -> None:
+    print("test mean class accuracy: mean over repeats [95% interval]; paired difference to `single`\n")
+    print("| masks | row | repeats | test | vs single |\n|---|---|---|---|---|")
+    for masks, by_mask in table.groupby("masks", sort=False):
+        single = by_mask[by_mask.row == "single"].set_index("repeat").test_mca
+        for row, df in by_mask.groupby("row", sort=False):
+            i = mean_interval(df.test_mca)
+            diff = mean_interval((df.set_index("repeat").test_mca - single).dropna(), bounds=(-1, 1))
+            cell = lambda x: f"{x.mean:.3f}" + (f" [{x.low:.3f}, {x.high:.3f}]" if x.low is not None else "")  # noqa: E731
+            print(f"| {'on' if masks else 'off'} | {row} | {i.n} | {cell(i)} | "
+                  f"{'' if row == 'single' else cell(diff)} |")
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.WARNING)
+    path = ARGS.out / "final_model.csv"
+    if not ARGS.summary:
+        for masks in (m == "on" for m in ARGS.masks.split(",")):
+            for r in (int(x) for x in ARGS.repeats.split(",")):
+                for recipe in ARGS.recipes.split(","):
+                    rows = run_recipe(recipe, masks, r)
+                    pd.DataFrame(rows).to_csv(path, mode="a", header=not path.exists(), index=False)
+    print(f"\nrows in {path}")
+    summary(pd.read_csv(path))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
