@@ -26,7 +26,7 @@ weighed by the training data's rest weight, clips.rest_weight): the "before" mod
 the same way, so the difference is the rest output alone. Rows are appended to <out>/rest.csv as
 they come; `--summary` prints the tables from it without training.
 
-Usage: python bench/rest.py [--presets demo,hard] [--seeds 0,1,2] [--epochs N] [--out DIR] [--summary]
+Usage: python bench/rest.py [--presets demo,hard] [--seeds 0,1,2] [--epochs N] [--out DIR] [--summary | --rescore]
 """
 
 from __future__ import annotations
@@ -48,6 +48,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--epochs", type=int, help="override train.epochs (a quick check of the bench itself)")
     p.add_argument("--out", type=Path, default=OUT_DEFAULT)
     p.add_argument("--summary", action="store_true", help="only print the tables of <out>/rest.csv")
+    p.add_argument("--rescore", action="store_true",
+                   help="score every model of <out>/rest.csv per test subject again (no training), then --summary")
     return p.parse_args()
 
 
@@ -71,6 +73,7 @@ from exptrack.training.run import train  # noqa: E402
 from exptrack.windows import window_probabilities, window_stride  # noqa: E402
 
 REST_RECALL_GOAL = 0.9
+SUBJECTS = ARGS.out / "rest_subjects.csv"  # one row per model and test subject
 
 
 def overrides(preset: str, seed: int, rest: bool) -> tuple[str | None, list[str]]:
@@ -85,12 +88,12 @@ def overrides(preset: str, seed: int, rest: bool) -> tuple[str | None, list[str]
                   *([] if ARGS.epochs else ["train.epochs=15"]), "data.use_masks=true", *where]
 
 
-def video_frames(loaded: LoadedModel, config: Config) -> list[tuple[np.ndarray, np.ndarray]]:
+def video_frames(loaded: LoadedModel, config: Config) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per test subject: (T, outputs) frame probabilities over the whole video, as predict computes
     them, and the (T,) true labels."""
     d = loaded.config.data
     data = prepare_data(config, splits=("test",), progress=False)
-    out = []
+    out = {}
     for subject in data.split_subjects["test"]:
         files = video_companions(data.subjects[subject].files.video)
         frames, _ = model_frames(files, loaded.config, DataWarnings())
@@ -98,8 +101,14 @@ def video_frames(loaded: LoadedModel, config: Config) -> list[tuple[np.ndarray, 
                                                loaded.placement)
         probs = frame_probabilities(starts, windows, len(frames), d.clip_len)  # (T, outputs)
         true = read_labels(files.labels, len(frames), loaded.config.model.num_classes, DataWarnings(), d.frame_base)
-        out.append((probs, true.astype(np.int64)))
+        out[subject] = (probs, true.astype(np.int64))
     return out
+
+
+def subject_rows(loaded: LoadedModel, config: Config, base: dict) -> list[dict]:
+    """One row per test subject: `base` and its frame scores (rest weighed as timelines do)."""
+    return [{**base, "subject": s, **frame_scores(frame_labels(p, config.model.rest_index, loaded.rest_weight), t)}
+            for s, (p, t) in video_frames(loaded, config).items()]
 
 
 def subject_mean(per_subject: list[dict[str, float]]) -> dict[str, float]:
@@ -110,7 +119,7 @@ def subject_mean(per_subject: list[dict[str, float]]) -> dict[str, float]:
 
 def threshold_scores(videos: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
     """A model without rest, and "rest where max probability < tau": the lowest tau reaching rest
-    recall 0.9 over all test frames (an oracle), and the frame scores with it."""
+    recall 0.9 over all test frames (an oracle), and the frame scores with it (mean over subjects)."""
     top = np.concatenate([p.max(1) for p, _ in videos])
     rest = np.concatenate([t for _, t in videos]) == BACKGROUND
     taus = np.unique(top)
@@ -131,13 +140,14 @@ def train_and_score(preset: str, seed: int, rest: bool) -> list[dict]:
     result = train(config, progress=False)
     minutes = (time.perf_counter() - began) / 60
     loaded = load_model(f"models:/{result.model_id}")
-    videos = video_frames(loaded, config)
-    rest_index = config.model.rest_index
-    scores = subject_mean([frame_scores(frame_labels(p, rest_index, loaded.rest_weight), t) for p, t in videos])
     method = "rest output" if rest else "none (before)"
+    per_subject = subject_rows(loaded, config, {"preset": preset, "seed": seed, "method": method})
+    pd.DataFrame(per_subject).to_csv(SUBJECTS, mode="a", header=not SUBJECTS.exists(), index=False)
+    scores = subject_mean([{k: row[k] for k in FRAME_SCORES} for row in per_subject])
     rows = [{"preset": preset, "seed": seed, "method": method, "rest_weight": loaded.rest_weight,
              "train_minutes": minutes, "model_id": result.model_id, **scores}]
     if not rest:
+        videos = list(video_frames(loaded, config).values())
         rows.append({"preset": preset, "seed": seed, "method": "threshold (oracle tau)", **threshold_scores(videos)})
     for row in rows:
         print(f"{preset} seed {seed} {row['method']}: " + ", ".join(f"{k} {row[k]:.3f}" for k in FRAME_SCORES), flush=True)
@@ -153,20 +163,38 @@ def summary(table: pd.DataFrame) -> None:
             i = mean_interval(df[k])
             cells.append(f"{i.mean:.3f}" + (f" [{i.low:.3f}, {i.high:.3f}]" if i.low is not None else ""))
         print(f"| {preset} | {method} | {len(df)} | " + " | ".join(cells) + " |")
-    for preset, df in table.groupby("preset", sort=False):
-        before = df[df.method == "none (before)"].set_index("seed")
-        after = df[df.method == "rest output"].set_index("seed")
+    if not SUBJECTS.exists():
+        return
+    subjects = pd.read_csv(SUBJECTS)
+    print("\nOver test subjects (each subject's figure the mean over seeds; clips of one subject are "
+          "correlated, the subject is the unit): mean [95% interval]\n")
+    for preset, df in subjects.groupby("preset", sort=False):
+        per = df.groupby(["method", "subject"])[list(FRAME_SCORES)].mean()  # over seeds
+        before, after = per.loc["none (before)"], per.loc["rest output"]
         change = mean_interval((after.frame_acc - before.frame_acc).dropna(), bounds=(-1, 1))
         recall = mean_interval(after.rest_recall)
-        print(f"\n{preset}: exercise-frame accuracy after - before {change.mean:+.3f}"
-              + (f" [{change.low:+.3f}, {change.high:+.3f}]" if change.low is not None else "")
-              + f" over {change.n} seeds; rest recall after {recall.mean:.3f}; goal: recall >= {REST_RECALL_GOAL}, "
-              "change >= -0.02")
+        print(f"{preset}: exercise-frame accuracy after - before {change.mean:+.3f} [{change.low:+.3f}, "
+              f"{change.high:+.3f}] over {change.n} subjects; rest recall after {recall.mean:.3f} "
+              f"[{recall.low:.3f}, {recall.high:.3f}], lowest subject {after.rest_recall.min():.3f}; goal: recall >= "
+              f"{REST_RECALL_GOAL}, change >= -0.02")
+
+
+def rescore() -> None:
+    """Per-subject rows of every model in rest.csv (its model_id), without training."""
+    SUBJECTS.unlink(missing_ok=True)
+    table = pd.read_csv(ARGS.out / "rest.csv")
+    for row in table[table.model_id.notna()].itertuples():
+        config = load_config(*overrides(row.preset, int(row.seed), row.method == "rest output"))
+        rows = subject_rows(load_model(f"models:/{row.model_id}"), config,
+                            {"preset": row.preset, "seed": int(row.seed), "method": row.method})
+        pd.DataFrame(rows).to_csv(SUBJECTS, mode="a", header=not SUBJECTS.exists(), index=False)
 
 
 def main() -> int:
     path = ARGS.out / "rest.csv"
-    if not ARGS.summary:
+    if ARGS.rescore:
+        rescore()
+    elif not ARGS.summary:
         for preset in ARGS.presets.split(","):
             for seed in (int(s) for s in ARGS.seeds.split(",")):
                 for rest in (False, True):
