@@ -106,9 +106,14 @@ def video_frames(loaded: LoadedModel, config: Config) -> dict[str, tuple[np.ndar
 
 
 def subject_rows(loaded: LoadedModel, config: Config, base: dict) -> list[dict]:
-    """One row per test subject: `base` and its frame scores (rest weighed as timelines do)."""
-    return [{**base, "subject": s, **frame_scores(frame_labels(p, config.model.rest_index, loaded.rest_weight), t)}
-            for s, (p, t) in video_frames(loaded, config).items()]
+    """One row per test subject: `base` and its frame scores (rest weighed as timelines do); for a
+    model with a rest output, the same again with the plain argmax (method `... argmax`)."""
+    videos = video_frames(loaded, config)
+    weights = {base["method"]: loaded.rest_weight}
+    if config.model.rest_class:
+        weights[f"{base['method']}, argmax"] = 1.0
+    return [{**base, "method": method, "subject": s, **frame_scores(frame_labels(p, config.model.rest_index, w), t)}
+            for method, w in weights.items() for s, (p, t) in videos.items()]
 
 
 def subject_mean(per_subject: list[dict[str, float]]) -> dict[str, float]:
@@ -168,6 +173,13 @@ def summary(table: pd.DataFrame) -> None:
     subjects = pd.read_csv(SUBJECTS)
     print("\nOver test subjects (each subject's figure the mean over seeds; clips of one subject are "
           "correlated, the subject is the unit): mean [95% interval]\n")
+    print("| preset | method | seeds | subjects | " + " | ".join(FRAME_SCORES) + " |\n|---|---|---|---|"
+          + "---|" * len(FRAME_SCORES))
+    for (preset, method), df in subjects.groupby(["preset", "method"], sort=False):
+        per = df.groupby("subject")[list(FRAME_SCORES)].mean()  # over seeds
+        cells = [f"{per[k].mean():.3f}" for k in FRAME_SCORES]
+        print(f"| {preset} | {method} | {df.seed.nunique()} | {len(per)} | " + " | ".join(cells) + " |")
+    print()
     for preset, df in subjects.groupby("preset", sort=False):
         per = df.groupby(["method", "subject"])[list(FRAME_SCORES)].mean()  # over seeds
         before, after = per.loc["none (before)"], per.loc["rest output"]
