@@ -267,7 +267,8 @@ def on_dead_worker_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -
             tracking.fail_run_if_running(run_id, {"optuna.state": "FAIL", "optuna.fail_reason": "worker died"})
         except Exception as exc:  # noqa: BLE001 - a tracking hiccup must not stop the study
             log.warning("could not close the run %s of dead trial %d: %s", run_id, trial.number, exc)
-    log.warning("trial %d: its worker %s stopped; marked FAIL%s", trial.number, trial.user_attrs.get("worker", "?"),
+    log.warning("trial %d: its worker %s stopped (or stalled past grace_period); marked FAIL%s", trial.number,
+                trial.user_attrs.get("worker", "?"),
                 " and queued for one retry" if retried else " (a retry already; not retried again)")
 
 
@@ -367,8 +368,23 @@ def parent_run_for(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, ti
     raise RuntimeError(f"study {spec.study}: no parent run appeared in {timeout_s:.0f} s (trial 0 still running?)")
 
 
-def objective_for(spec: StudySpec, study: optuna.Study, progress: bool):
+class TrialLost(Exception):
+    """Another worker marked this worker's running trial FAIL, because its heartbeat was more than
+    grace_period old (a stalled process, or a grace_period too short for the machine), and queued
+    its retry: this worker's run of it is abandoned."""
+
+
+def objective_for(spec: StudySpec, study: optuna.Study, progress: bool, lost: list[int]):
+    """The trial function `study.optimize` calls. A trial another worker failed meanwhile is
+    appended to `lost` (see `optimize`)."""
     def objective(trial: optuna.Trial) -> float:
+        try:
+            return run_trial(trial)
+        except optuna.exceptions.UpdateFinishedTrialError as exc:  # from the trial's next write
+            lost.append(trial.number)
+            raise TrialLost(f"trial {trial.number} was marked FAIL by another worker while this one ran it") from exc
+
+    def run_trial(trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # first: requeue_preempted finds it
         parent_run_id = parent_run_for(study, trial, spec)
         overrides = [*spec.overrides, *suggest(trial, spec.space)]
@@ -546,19 +562,35 @@ def run_tune(spec: StudySpec, progress: bool = False, retrain_best: bool = False
     warn_cache_growth(spec, config)
     study = open_study(spec)
     n = trials_to_run(study, spec)
-    if n > 0:
-        try:
-            study.optimize(objective_for(spec, study, progress), n_trials=n, catch=(Exception,),
-                           callbacks=[StopWhenDone(spec.n_trials)])
-        except Preempted as exc:
-            requeue_preempted(study, exc)
-            raise
+    try:
+        optimize(study, spec, progress, n)
+    except Preempted as exc:
+        requeue_preempted(study, exc)
+        raise
     if PARENT_ATTR not in study.user_attrs:
         raise RuntimeError(f"study {spec.study}: no trial has started its MLflow parent run")
     summarize(study, spec, study.user_attrs[PARENT_ATTR])
     if retrain_best:
         retrain_best_trial(study, spec, study.user_attrs[PARENT_ATTR], progress)
     return study
+
+
+def optimize(study: optuna.Study, spec: StudySpec, progress: bool, n: int) -> None:
+    """Run up to `n` trials, going on after a lost trial (`TrialLost`): Optuna's own bookkeeping
+    of a trial that another worker already failed raises ValueError, which would end this worker."""
+    while n > 0:
+        lost: list[int] = []
+        try:
+            study.optimize(objective_for(spec, study, progress, lost), n_trials=n, catch=(Exception,),
+                           callbacks=[StopWhenDone(spec.n_trials)])
+            return
+        except ValueError:
+            if not lost:
+                raise
+        log.warning("study %s: trial %d was marked FAIL by another worker while this one ran it: this worker "
+                    "sent no heartbeat for grace_period=%d s (it stalled, or grace_period is too short for this "
+                    "machine); its retry is queued; going on", spec.study, lost[-1], spec.grace_period)
+        n = trials_to_run(study, spec)
 
 
 def requeue_preempted(study: optuna.Study, exc: Preempted) -> None:

@@ -216,7 +216,7 @@ def test_workers_on_postgres_share_a_study_and_survive_a_killed_worker(tiny_demo
     _use_tracking(postgres.create_database("tune_workers_mlflow"), monkeypatch)
     mlflow.search_experiments()  # MLflow creates its tables here, before two workers race to
     study_file = _study_file(tmp_path, tiny_demo, storage, 4, name="pg", epochs=3,
-                             extra="heartbeat_interval: 1\ngrace_period: 3")
+                             extra="heartbeat_interval: 1\ngrace_period: 30")
     a, b = _worker(study_file, tmp_path), _worker(study_file, tmp_path)
 
     # kill worker A (SIGKILL: no cleanup of any kind) in the middle of a trial
@@ -370,6 +370,31 @@ def test_rerun_retries_a_dead_local_worker_at_once_and_runs_every_queued_trial(t
     run_tune(spec)  # a finished study, rerun from a fresh process: only the summary, in the configured store
     mlflow.set_tracking_uri(store)
     assert mlflow.MlflowClient().get_run(parent).info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_a_worker_whose_running_trial_another_worker_failed_goes_on(tiny_demo, tmp_path, monkeypatch, caplog):
+    """A worker that stalls past grace_period finds its trial failed (and its retry queued) by
+    another worker: it abandons that trial and runs the next, where Optuna alone would crash."""
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    suggest = tune.suggest
+
+    def suggest_then_lose(trial: optuna.Trial, space) -> list[str]:
+        overrides = suggest(trial, space)
+        if trial.number == 0:  # the fault: another worker finds trial 0's heartbeat stale
+            other = optuna.load_study(study_name="lost", storage=storage)
+            tune.on_dead_worker_trial(other, tune.fail_trial(other, trial.number))
+        return overrides
+
+    monkeypatch.setattr(tune, "suggest", suggest_then_lose)
+    study = run_tune(load_study_spec(_study_file(tmp_path, tiny_demo, storage, 2, name="lost", epochs=1)))
+    states = [t.state for t in study.trials]
+    assert states[0] == optuna.trial.TrialState.FAIL and retried_from(study.trials[1]) == 0
+    assert study.trials[1].params == study.trials[0].params
+    assert all(s in tune.COUNTED for s in states[1:]) and len(states) == 3  # the retry + the total
+    assert "trial 0 was marked FAIL by another worker while this one ran it" in caplog.text
+    lost = [r for r in _children(study.user_attrs["mlflow_parent_run_id"]) if r.info.run_name == "trial-0"]
+    assert [(r.info.status, r.data.tags["optuna.state"]) for r in lost] == [("FAILED", "FAIL")]
 
 
 @pytest.mark.slow
