@@ -18,6 +18,8 @@ from exptrack.cli import main
 from exptrack.config import ConfigError, config_from_dict, load_config, to_nested_dict
 from exptrack.device import FP32, DeviceError, NvmlGpu, NvmlReport, Placement, Precision, resolve_precision
 
+from .helpers import nothing_tracked
+
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda")
 
@@ -85,7 +87,7 @@ def test_bf16_forced_on_the_cpu_stops_train_before_anything_is_written(tmp_path,
     code = main(["train", "--set", "train.amp=bf16", "train.device=cpu", f"paths.outputs={tmp_path / 'out'}"])
     assert code == 2
     assert "train.amp=bf16: CPU (cpu) has no half precision" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists() and not (tmp_path / "mlflow.db").exists()
+    assert not (tmp_path / "out").exists() and nothing_tracked()
 
 
 def test_auto_refuses_a_gpu_the_driver_sees_but_torch_cannot_use(hidden_gpu, tmp_path, capsys):
@@ -93,7 +95,7 @@ def test_auto_refuses_a_gpu_the_driver_sees_but_torch_cannot_use(hidden_gpu, tmp
     err = capsys.readouterr().err
     assert code == 2 and "train.device=auto: the NVIDIA driver sees a GPU that torch cannot use" in err
     assert "driver 535.104 supports CUDA up to 12.2" in err and "train.device=cpu" in err
-    assert not (tmp_path / "out").exists() and not (tmp_path / "mlflow.db").exists()
+    assert not (tmp_path / "out").exists() and nothing_tracked()
     assert dev.resolve_device("cpu") == CPU  # an explicit cpu is taken
 
 
