@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=2)
     args = parser.parse_args()
 
-    from exptrack.training.run import train
+    from exptrack.train import train
 
     root = write_demo_dataset(WORK / "data", DemoSpec(subjects=4, classes=3, width=128, height=96, segment_frames=(32, 40), background_frames=(8, 12)))
     cfg = load_config(None, overrides(args, root))

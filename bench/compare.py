@@ -53,7 +53,7 @@ from exptrack.config import load_config  # noqa: E402  (after the tracking URI i
 from exptrack.data.demo import preset_spec, write_demo_dataset  # noqa: E402
 from exptrack.evaluation import run_evaluate  # noqa: E402
 from exptrack.stats import _from_counts, compare_counts, subject_counts  # noqa: E402
-from exptrack.training.run import train  # noqa: E402
+from exptrack.train import train  # noqa: E402
 
 METRIC = "mean_class_acc"
 

@@ -27,7 +27,7 @@ def measure(ref: str, clips: int, repeats: int) -> dict[str, float]:
     import mlflow
 
     from exptrack.evaluation import run_evaluate
-    from exptrack.inference import load_model
+    from exptrack.models.load import load_model
 
     client = mlflow.MlflowClient()
     loaded = load_model(ref)

@@ -63,7 +63,7 @@ from exptrack.config import load_config  # noqa: E402
 from exptrack.data.demo import preset_spec, write_demo_dataset  # noqa: E402
 from exptrack.evaluation import run_evaluate  # noqa: E402
 from exptrack.stats import mean_interval  # noqa: E402
-from exptrack.training.run import train  # noqa: E402
+from exptrack.train import train  # noqa: E402
 
 
 def dataset(root: Path | None, preset: str) -> tuple[Path, int]:

@@ -31,7 +31,7 @@ import torch
 from exptrack.data.errors import DataWarnings
 from exptrack.data.layout import discover, read_labels
 from exptrack.evaluation import run_evaluate
-from exptrack.inference import load_model
+from exptrack.models.load import load_model
 from exptrack.metrics import frame_accuracy
 from exptrack.predict import predict_video
 

@@ -44,9 +44,11 @@ from exptrack.data.dataset import make_loader  # noqa: E402
 from exptrack.data.prepare import prepare_data  # noqa: E402
 from exptrack.models.c3d import build_model  # noqa: E402
 from exptrack.training import checkpoint as ckpt  # noqa: E402
+from exptrack.models.weights import load_weights  # noqa: E402
 from exptrack.device import Placement  # noqa: E402
 from exptrack.training.loop import predict  # noqa: E402
-from exptrack.training.run import seed_everything, train  # noqa: E402
+from exptrack.train import train  # noqa: E402
+from exptrack.training.run import seed_everything  # noqa: E402
 
 
 def user_settings(root: Path, classes: int, frame_size: int, width: float, epochs: int, masks: bool,
@@ -116,7 +118,7 @@ def exptrack_recipe(settings: list[str], extra: list[str], device: torch.device)
     """`exptrack train` as the user runs it; returns (test mean class accuracy, best epoch)."""
     config = load_config(None, [*settings, f"train.device={device}", *extra])
     result = train(config, progress=False)
-    payload = ckpt.load(result.checkpoint_dir / ckpt.BEST_MODEL)
+    payload = load_weights(result.checkpoint_dir / ckpt.BEST_MODEL)
     model = build_model(config.model)
     model.load_state_dict(payload["model"])
     return test_mean_class_accuracy(model, config, device), int(payload["epoch"])

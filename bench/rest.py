@@ -65,11 +65,11 @@ from exptrack.config import Config, load_config  # noqa: E402
 from exptrack.data.errors import DataWarnings  # noqa: E402
 from exptrack.data.layout import BACKGROUND, read_labels, video_companions  # noqa: E402
 from exptrack.data.prepare import prepare_data  # noqa: E402
-from exptrack.inference import LoadedModel, load_model  # noqa: E402
+from exptrack.models.load import LoadedModel, load_model  # noqa: E402
 from exptrack.metrics import FRAME_SCORES, frame_labels, frame_probabilities, frame_scores  # noqa: E402
 from exptrack.predict import model_frames  # noqa: E402
 from exptrack.stats import mean_interval  # noqa: E402
-from exptrack.training.run import train  # noqa: E402
+from exptrack.train import train  # noqa: E402
 from exptrack.windows import window_probabilities, window_stride  # noqa: E402
 
 REST_RECALL_GOAL = 0.9

@@ -57,7 +57,7 @@ def step_throughput(model: C3D, batch: int, clip: int, size: int, device: torch.
 def tracking_share(overrides: list[str]) -> tuple[float, float, float, str]:
     import mlflow
 
-    from exptrack.training.run import train
+    from exptrack.train import train
 
     tmp = Path(tempfile.mkdtemp(prefix="exptrack-bench-"))
     atexit.register(shutil.rmtree, tmp, True)  # demo data, cache and runs: hundreds of MB per run

@@ -28,7 +28,7 @@ def main() -> int:
 
     from exptrack.config import load_config
     from exptrack.explain.visualize import VisualizeOptions, run_visualize
-    from exptrack.training.run import train
+    from exptrack.train import train
 
     tmp = Path(tempfile.mkdtemp(prefix="exptrack-bench-"))
     atexit.register(shutil.rmtree, tmp, True)  # demo data, cache and runs: hundreds of MB per run

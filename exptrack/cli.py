@@ -94,7 +94,8 @@ def _train_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .training.run import RunOptions, train
+    from .train import train
+    from .training.run import RunOptions
 
     overrides = [*_overrides(args), *_train_overrides(args)]
     # the MLproject's parameters, as `mlflow run` logs them ("none" when not given, as its defaults)
@@ -170,7 +171,7 @@ def cmd_plots(args: argparse.Namespace) -> None:
 
 
 def cmd_promote(args: argparse.Namespace) -> None:
-    from .registry import promote, version_groups, version_scores
+    from .promote import promote, version_groups, version_scores
     from .tracking import model_url
 
     decision = promote(args.name, metric=args.metric or f"{args.split}_mean_class_acc", split=args.split,

@@ -42,11 +42,11 @@ from .data.layout import class_label
 from .data.prepare import prepare_data
 from .data.video import read_frames
 from .errors import ModelError
-from .evaluation import evaluation_config, evaluation_digest, evaluation_predictions, run_evaluate
+from .evaluation import evaluation_config, evaluation_digest, evaluation_predictions, find_evaluation, run_evaluate
 from .explain import render
 from .formatting import figure, figures_table
 from .explain.visualize import model_probs_and_heat
-from .inference import LoadedModel, load_model
+from .models.load import LoadedModel, load_model
 from .metrics import canonical_metric
 from .outputs import DEFAULT_OUTPUTS, check_save_dir, invocation_folder
 from .stats import METRICS, Comparison, compare, compare_groups
@@ -84,7 +84,7 @@ def evaluated(label: str, ref: str, loaded: LoadedModel, split: str, data_root: 
     one (a child run of the compare run)."""
     digest = evaluation_digest(ref, split, data_root)
     model_id = loaded.source.get("model_id")
-    run_id = tracking.find_evaluation(model_id, split, digest) if model_id else None
+    run_id = find_evaluation(model_id, split, digest) if model_id else None
     table = evaluation_predictions(run_id) if run_id else None
     if run_id and table is not None:
         log.info("%s (%s): reusing evaluation run %s of the same clips", label, ref, run_id)

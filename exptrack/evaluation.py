@@ -21,7 +21,7 @@ from .data.errors import DataError
 from .data.layout import REST
 from .data.prepare import PreparedData, prepare_data
 from .errors import ModelError
-from .inference import LoadedModel, load_model
+from .models.load import LoadedModel, load_model
 from .metrics import (
     HEADLINE_METRICS,
     FRAME_SCORES,
@@ -272,6 +272,13 @@ def write_report(report: ClipReport, predictions: pd.DataFrame, timelines: dict[
 def _named(table: pd.DataFrame, names: list[str]) -> pd.DataFrame:
     """A class-by-class table with names instead of ids on both axes."""
     return table.rename(index=lambda c: names[int(c)], columns=lambda c: names[int(c)])
+
+
+def find_evaluation(model_id: str, split: str, digest: str) -> str | None:
+    """The newest finished evaluate run of logged model `model_id` on `split` whose clips had
+    `digest` (the tags log_evaluation sets), in any experiment; None when there is none."""
+    return tracking.newest_finished_run({"exptrack.command": "evaluate", "model_id": model_id, "split": split,
+                                         "data_digest": digest})
 
 
 def _model_tags(source: dict[str, str], split: str) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """The model registry and logged models: MLflow's model store, as exptrack uses it. Run logging
 (runs, metrics, artifacts, the background tracker) is tracking.py's; between them they are
-the only modules that call MLflow's tracking and registry APIs (serving.py only subclasses its
-PythonModel)."""
+the only modules that call MLflow's tracking and registry APIs (serving/ subclasses its
+PythonModel and saves the pyfunc package that tracking.py logs)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import mlflow.artifacts
 from mlflow.entities import LoggedModelStatus
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-from .training.checkpoint import WEIGHTS_FILE
+from .models.weights import WEIGHTS_FILE
 
 log = logging.getLogger("exptrack.tracking")
 

@@ -29,7 +29,7 @@ from .data.layout import BACKGROUND, REST, SubjectFiles, class_label, read_label
 from .data.prepare import SubjectData, load_guides
 from .data.video import VideoInfo, decode_video, write_video
 from .evaluation import evaluation_config
-from .inference import LoadedModel, load_model
+from .models.load import LoadedModel, load_model
 from .metrics import frame_confidence, frame_labels, frame_probabilities, frame_scores, smooth_labels
 from .outputs import DEFAULT_OUTPUTS, check_save_dir, invocation_folder
 from .device import resolve_device

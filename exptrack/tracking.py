@@ -13,7 +13,6 @@ import logging
 import os
 import platform
 import re
-import shutil
 import subprocess
 import tempfile
 import threading
@@ -21,14 +20,12 @@ import time
 import warnings
 from collections import deque
 from contextlib import contextmanager, nullcontext
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 import mlflow
 import mlflow.artifacts
 import mlflow.pyfunc
-import numpy as np
 import requests
 import torch
 import urllib3
@@ -36,9 +33,7 @@ import yaml
 from filelock import FileLock
 from mlflow.data.pandas_dataset import from_pandas
 from mlflow.entities import LoggedModelInput, LoggedModelOutput, LoggedModelStatus, Param
-from mlflow.models import Model, ModelSignature
 from mlflow.tracking._tracking_service.utils import _tracking_store_registry, get_default_host_creds
-from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 from mlflow.utils.rest_utils import http_request
 from sqlalchemy.engine import make_url
 
@@ -47,6 +42,7 @@ from .config import Config, ConfigError, to_flat_dict, to_yaml
 from .errors import TrackingUnavailable
 from .model_store import quiet_model_logging
 from .preemption import PREEMPTED_TAG, Preempted
+from .serving.package import save_clip_model
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -58,8 +54,6 @@ warnings.filterwarnings("ignore", message="Hint: Inferred schema contains intege
 
 
 EXPERIMENT_KIND = "mlflow.experimentKind"
-PACKAGE_DIR = Path(__file__).resolve().parent
-MODEL_CODE = PACKAGE_DIR / "mlflow_model.py"  # what mlflow.pyfunc.load_model runs (models from code)
 
 
 def use_tracking_uri(config: Config) -> None:
@@ -347,7 +341,7 @@ class Run:
     def log_clip_model(self, weights: Path, clip_len: int, class_names: list[str], epoch: int,
                        tags: dict[str, Any], label: str | None = None) -> str:
         """Log a weights file as an MLflow LoggedModel of this run at `step=epoch` (pyfunc,
-        exptrack/serving.py); returns its model id.
+        serving/package.py); returns its model id.
 
         Made in steps rather than with `mlflow.pyfunc.log_model`, which links every metric the run
         has at that step to the model (system metrics, training loss): the model's page then
@@ -360,17 +354,10 @@ class Run:
         model = mlflow.initialize_logged_model(name=name, source_run_id=self.id, experiment_id=run.info.experiment_id,
                                                tags={k: str(v) for k, v in tags.items()},
                                                params={k: str(v) for k, v in run.data.params.items()})
-        # Any frame size is accepted (resized as in training), so the example is small: a full-size
-        # clip as JSON was 13.5 MB per model at 112 px (serving_input_example.json).
-        example = np.zeros((1, clip_len, 8, 8, 3), dtype=np.uint8)  # (N, T, H, W, 3)
         try:
             with tempfile.TemporaryDirectory(prefix="exptrack-model-") as tmp, quiet_model_logging():
-                local, code = Path(tmp) / "model", _package_copy(Path(tmp) / "code")
-                mlflow.pyfunc.save_model(
-                    str(local), python_model=str(MODEL_CODE), artifacts={"weights": str(weights)},
-                    code_paths=[str(code)], signature=clip_model_signature(clip_len, class_names),
-                    input_example=example, pip_requirements=model_requirements(),
-                    mlflow_model=Model(model_id=model.model_id, run_id=self.id))
+                local = Path(tmp) / "model"
+                save_clip_model(local, weights, clip_len, class_names, model.model_id, self.id)
                 client.log_model_artifacts(model.model_id, str(local))
         except BaseException:
             client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
@@ -500,50 +487,16 @@ def start_run(config: Config, run_name: str, command: str, tags: dict[str, Any] 
         yield run
 
 
-def _package_copy(folder: Path) -> Path:
-    """The exptrack package without bytecode caches, for a model's code/ folder, copied into
-    `folder` (the caller's temporary folder: nothing is left in the temp directory, also when
-    the process is stopped)."""
-    return Path(shutil.copytree(PACKAGE_DIR, folder / PACKAGE_DIR.name,
-                                ignore=shutil.ignore_patterns("__pycache__", "*.pyc")))
-
-
-def clip_model_signature(clip_len: int, class_names: list[str]):
-    """uint8 clips (N, T, H, W, 3) in; a probability per class name and the predicted name out;
-    the `video` parameter takes a video path instead (serving.py)."""
-    from .serving import VIDEO_PARAM  # here: serving imports inference, which imports this module
-
-    inputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, clip_len, -1, -1, 3))])
-    outputs = Schema([*(ColSpec("double", name) for name in class_names), ColSpec("string", "predicted")])
-    return ModelSignature(inputs=inputs, outputs=outputs, params=ParamSchema([ParamSpec(VIDEO_PARAM, "string", "")]))
-
-
-def model_requirements() -> list[str]:
-    """The model's Python requirements, pinned to what trained it (given, not inferred: MLflow's
-    inference imports the model in a subprocess, seconds per logged model). exptrack itself
-    travels in the model (code_paths)."""
-    out = []
-    for dist in ("mlflow", "torch", "numpy", "pandas", "pyyaml", "opencv-python-headless", "av"):
-        try:
-            out.append(f"{dist}=={metadata.version(dist)}")
-        except metadata.PackageNotFoundError:
-            out.append(dist)
-    return out
-
-
 def _client() -> "mlflow.MlflowClient":
     return mlflow.MlflowClient()
 
 
-def find_evaluation(model_id: str, split: str, digest: str) -> str | None:
-    """The newest FINISHED evaluate run of logged model `model_id` on `split` whose clips had
-    `digest`, in any experiment; None when there is none."""
+def newest_finished_run(tags: dict[str, str]) -> str | None:
+    """The newest FINISHED run, in any experiment, that has every one of `tags`; None if none."""
     client = _client()
     experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(experiments, max_results=1, order_by=["attributes.start_time DESC"],
-                              filter_string=(f"tags.`exptrack.command` = 'evaluate' and tags.model_id = '{model_id}' "
-                                             f"and tags.split = '{split}' and tags.data_digest = '{digest}' "
-                                             "and attributes.status = 'FINISHED'"))
+    where = " and ".join([*(f"tags.`{k}` = '{v}'" for k, v in tags.items()), "attributes.status = 'FINISHED'"])
+    runs = client.search_runs(experiments, max_results=1, order_by=["attributes.start_time DESC"], filter_string=where)
     return runs[0].info.run_id if runs else None
 
 

@@ -39,8 +39,8 @@ from .data.prepare import config_cache_need
 from .preemption import PREEMPTED_TAG, Preempted
 from .stats import mean_interval
 from .training import logged_models
-from .training.groups import GROUP_TAG, GroupHooks, GroupResult, tags_from_group_run, train_group
-from .training.run import RunOptions, TrainState, discard_run_models, train
+from .training.groups import GROUP_TAG, GroupHooks, GroupResult, is_group, tags_from_group_run, train_group
+from .training.run import RunOptions, TrainState, discard_run_models, train_run
 
 log = logging.getLogger("exptrack.tune")
 PARENT_ATTR = "mlflow_parent_run_id"
@@ -148,7 +148,9 @@ def load_study_spec(path: str | Path, **changes: Any) -> StudySpec:
     if spec.pruner == "wilcoxon" and len(spec.seeds) + spec.folds < 4:
         log.warning("%s: the Wilcoxon pruner cannot stop a trial with fewer than 4 members (the smallest one-sided "
                     "p-value of 3 is 0.125, above its 0.1 threshold): every trial runs all its members", path)
-    load_config(spec.config, spec.overrides)
+    if is_group(load_config(spec.config, spec.overrides)):
+        raise ConfigError(f"{path}: the trials' config sets data.folds or train.seeds; a study groups its trials' "
+                          "runs with its own keys instead: folds: K or seeds: [..]")
     for p in space:  # every key of the space must exist and take its type, at both ends of its range
         check_space_entry(path, p)
         for value in ((p.low, p.high) if p.kind != "categorical" else p.choices):
@@ -410,8 +412,8 @@ def objective_for(spec: StudySpec, study: optuna.Study, progress: bool, lost: li
                 value = group_trial_value(trial, spec, train_group(config, progress=progress, options=options,
                                                                    hooks=hooks))
             else:
-                result = train(config, progress=progress, callbacks=[ReportEachEpoch(trial, spec.metric)],
-                               options=options)
+                result = train_run(config, progress=progress, callbacks=[ReportEachEpoch(trial, spec.metric)],
+                                   options=options)
                 trial.set_user_attr("checkpoint_dir", str(result.checkpoint_dir))
                 trial.set_user_attr("best_epoch", result.state.best_epoch.get(spec.metric))
                 best = result.state.best.get(spec.metric)
@@ -671,7 +673,7 @@ def retrain_best_trial(study: optuna.Study, spec: StudySpec, parent: str, progre
     config = best_trial_config(study, spec, "data.train_on_val=true", f"train.epochs={epochs}")
     options = RunOptions(parent_run_id=parent, run_name=f"retrain-best-trial-{best.number}",
                          tags={"optuna.study": spec.study, "optuna.retrain_of": best.number, "trained_on": "train+val"})
-    result = train(config, progress=progress, options=options)
+    result = train_run(config, progress=progress, options=options)
     tracking.set_run_tags(parent, {RETRAINED_TRIAL_TAG: best.number, RETRAINED_TAG: result.model_version or ""})
     log.info("study %s: best params retrained on train+val for %d epochs: run %s, model version %s", spec.study,
              epochs, result.run_id, result.model_version)

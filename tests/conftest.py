@@ -91,7 +91,7 @@ def tiny_trained(tmp_path_factory, tiny_demo):
     demo and registered, in a store of its own; shared by the evaluation and explain tests."""
     import os
 
-    from exptrack.training.run import train
+    from exptrack.train import train
 
     tmp = tmp_path_factory.mktemp("trained")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from exptrack.errors import ModelError
-from exptrack.training import checkpoint
+from exptrack.models.weights import load_weights, save_atomic
 
 
 class Payload:
@@ -30,7 +30,7 @@ def test_a_checkpoint_with_objects_is_refused_without_torchs_advice(tmp_path, wr
     else:
         path.write_bytes(pickle.dumps({"model": Payload(), "config": {}, "epoch": 1}))
     with pytest.raises(ModelError) as err:
-        checkpoint.load(path)
+        load_weights(path)
     message = str(err.value)
     assert message.startswith(f"{path}: not a readable checkpoint: not an exptrack checkpoint, or it holds objects")
     assert "weights_only" not in message and "arbitrary code" not in message and "\n" not in message
@@ -40,8 +40,8 @@ def test_a_checkpoint_with_objects_is_refused_without_torchs_advice(tmp_path, wr
 
 
 def test_a_real_checkpoint_loads(tmp_path):
-    path = checkpoint.save_atomic({"model": {"w": torch.ones(2)}, "config": {}, "epoch": 3}, tmp_path / "ok.pt")
-    assert checkpoint.load(path)["epoch"] == 3
+    path = save_atomic({"model": {"w": torch.ones(2)}, "config": {}, "epoch": 3}, tmp_path / "ok.pt")
+    assert load_weights(path)["epoch"] == 3
 
 
 def test_a_real_full_disk_is_a_checkpoint_error_naming_the_folder(tmp_path):
@@ -72,9 +72,8 @@ def test_a_checkpoint_whose_model_entry_is_not_a_state_dict_is_refused(tmp_path)
     import torch
 
     from exptrack.errors import ModelError
-    from exptrack.training.checkpoint import load
 
     path = tmp_path / "list.pt"
     torch.save({"model": [1, 2], "config": {}, "epoch": 1}, path)
     with pytest.raises(ModelError, match="its 'model' entry is a list, not a state dict of tensors"):
-        load(path)
+        load_weights(path)

@@ -34,7 +34,7 @@ def test_every_option_has_help_and_shows_its_default(command, capsys):
 
 
 def test_promote_takes_no_progress(monkeypatch):
-    import exptrack.registry as registry
+    import exptrack.promote as promotion
 
     seen = {}
 
@@ -42,7 +42,7 @@ def test_promote_takes_no_progress(monkeypatch):
         seen.update(kw)
         raise ModelError("stop here")
 
-    monkeypatch.setattr(registry, "promote", fake_promote)
+    monkeypatch.setattr(promotion, "promote", fake_promote)
     assert main(["promote", "--no-progress"]) == 2
     assert seen["progress"] is False
 
@@ -108,12 +108,12 @@ def test_predict_prints_segments_with_class_names(monkeypatch, tmp_path, capsys)
 
 
 def test_own_errors_are_one_line_and_bugs_a_full_traceback(monkeypatch, capsys):
-    import exptrack.registry as registry
+    import exptrack.promote as promotion
 
     def bug(name, **kw):
         raise ValueError("a library bug deep inside")  # not one of exptrack's own errors
 
-    monkeypatch.setattr(registry, "promote", bug)
+    monkeypatch.setattr(promotion, "promote", bug)
     assert main(["promote"]) == 1
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "a library bug deep inside" in err
@@ -122,7 +122,7 @@ def test_own_errors_are_one_line_and_bugs_a_full_traceback(monkeypatch, capsys):
     def refused(name, **kw):
         raise ModelError("registered model 'x' has no versions")
 
-    monkeypatch.setattr(registry, "promote", refused)
+    monkeypatch.setattr(promotion, "promote", refused)
     assert main(["promote"]) == 2
     err = capsys.readouterr().err
     assert err.strip() == "exptrack promote: error: registered model 'x' has no versions"

@@ -7,7 +7,7 @@ import pytest
 
 from exptrack.cli import main
 from exptrack.compare import run_compare
-from exptrack.training.run import train
+from exptrack.train import train
 
 FAST = ("model.width=0.125", "train.batch_size=8", "train.num_workers=0", "mlflow.experiment=compare-test",
         "mlflow.log_system_metrics=false", "mlflow.registered_model=compare-test")
@@ -78,7 +78,7 @@ def test_compare_refuses_models_with_different_classes(tiny_demo, make_config, c
 def test_compare_and_promote_through_a_remote_tracking_server(tiny_demo, make_config, tmp_path, monkeypatch, request):
     """Everything through an `mlflow server` whose artifacts are proxied: evaluations'
     predictions come back through it, for promotion's evidence and for the report."""
-    from exptrack.registry import promote
+    from exptrack.promote import promote
 
     from .postgres import MlflowServer
 

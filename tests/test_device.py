@@ -137,18 +137,19 @@ def test_a_model_is_scored_in_the_precision_it_was_trained_in(tiny_trained, monk
     """load_model is the one loader of evaluate, compare, visualize and predict: it keeps the
     precision the weights file says the model was trained in where the device has it (here a
     device that pretends to have bf16 only), else fp32; a file from before that follows its config."""
-    from exptrack.inference import load_model
+    from exptrack.models.load import load_model
     from exptrack.training import checkpoint as ckpt
+    from exptrack.models.weights import load_weights, save_atomic
 
     monkeypatch.setattr(dev, "half_precisions", lambda device: ("bf16",))
     _, _, result = tiny_trained
-    payload = ckpt.load(result.checkpoint_dir / ckpt.BEST_MODEL)
+    payload = load_weights(result.checkpoint_dir / ckpt.BEST_MODEL)
     assert payload["precision"] == "fp32"  # trained on this CPU
 
     def scored(**changes) -> str:
         edited = {**payload, **changes}
         edited = {k: v for k, v in edited.items() if v is not None}
-        ckpt.save_atomic(edited, tmp_path / "m.pt")
+        save_atomic(edited, tmp_path / "m.pt")
         return load_model(str(tmp_path / "m.pt")).placement.precision.name
 
     assert scored() == "fp32"  # not bf16 because the device has it: scored as trained

@@ -88,7 +88,7 @@ def test_every_model_reference_gives_the_same_numbers(tiny_trained, tmp_path, mo
         summaries[0]["acc"])
     # promotion evaluates nothing new (the version has its test metrics) and names a champion;
     # evaluating by alias gives the same numbers again
-    from exptrack.registry import promote
+    from exptrack.promote import promote
 
     assert promote(name).champion == result.model_version
     report = run_evaluate(f"models:/{name}@champion", split="test", save_dir=tmp_path / "alias", progress=False).report
@@ -140,13 +140,13 @@ def test_the_evaluate_run_spans_the_work(tiny_trained, tmp_path, monkeypatch):
 
 def _edited_checkpoint(result, tmp_path, **changes) -> str:
     """A copy of the trained model's checkpoint with `section.key` values of its config changed."""
-    from exptrack.training import checkpoint as ckpt
+    from exptrack.models.weights import load_weights, save_atomic
 
-    payload = ckpt.load(result.checkpoint_dir / "best_model.pt")
+    payload = load_weights(result.checkpoint_dir / "best_model.pt")
     for key, value in changes.items():
         section, name = key.split("__")
         payload["config"][section][name] = value
-    return str(ckpt.save_atomic(payload, tmp_path / "edited.pt"))
+    return str(save_atomic(payload, tmp_path / "edited.pt"))
 
 
 @pytest.mark.slow

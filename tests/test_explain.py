@@ -166,7 +166,7 @@ def test_predict_recovers_the_segments_of_a_demo_video(tmp_path):
     from exptrack.config import load_config
     from exptrack.data.errors import DataWarnings
     from exptrack.data.layout import read_labels, read_split
-    from exptrack.training.run import train
+    from exptrack.train import train
 
     demo_yaml = Path(__file__).resolve().parents[1] / "experiments" / "demo.yaml"
     cfg = load_config(demo_yaml, [f"data.root={tmp_path / 'demo'}", f"paths.cache={tmp_path / 'cache'}",

@@ -17,7 +17,7 @@ from exptrack.data import clips
 from exptrack.data.errors import DataError, DataWarnings
 from exptrack.data.layout import discover
 from exptrack.data.prepare import assign_splits, warn_fold_classes
-from exptrack.inference import load_model
+from exptrack.models.load import load_model
 from exptrack.models.c3d import C3D, C3DEnsemble
 from exptrack.training import groups
 from exptrack.training.loop import TrainState, record_epoch
@@ -149,7 +149,7 @@ def test_an_ensemble_outputs_the_mean_of_its_members_probabilities():
 
 
 def test_training_a_config_that_is_an_ensemble_is_refused(tiny_demo, make_config):
-    from exptrack.training.run import train
+    from exptrack.train import train
 
     with pytest.raises(ConfigError, match="model.ensemble is set on the model a group registers"):
         train(make_config(tiny_demo, *FAST, "model.ensemble=2"), progress=False)
@@ -160,7 +160,7 @@ def test_training_a_config_that_is_an_ensemble_is_refused(tiny_demo, make_config
 
 @pytest.mark.slow
 def test_a_seed_group_logs_its_spread_and_registers_its_best_member(tiny_demo, make_config):
-    from exptrack.training.run import train
+    from exptrack.train import train
 
     result = train(make_config(tiny_demo, *FAST, "train.seeds=0,1", "mlflow.experiment=seeds"), progress=False)
     client = mlflow.MlflowClient()
@@ -184,14 +184,15 @@ def test_a_seed_group_logs_its_spread_and_registers_its_best_member(tiny_demo, m
     assert version.run_id == best.run_id and best.value() == max(kept.values())
     assert version.tags["group_run_id"] == result.run_id and version.tags["group_members"] == "2"
     assert "## Group" in version.description
-    from exptrack.registry import version_groups  # what promote prints beside the version
+    from exptrack.promote import version_groups  # what promote prints beside the version
 
     assert version_groups("grouped")[result.model_version].startswith("group of 2 seeds: validation mean class")
 
 
 @pytest.mark.slow
 def test_a_killed_group_resumes_only_what_did_not_finish(tiny_demo, make_config):
-    from exptrack.training.run import RunOptions, train
+    from exptrack.train import train
+    from exptrack.training.run import RunOptions
 
     config = make_config(tiny_demo, *FAST, "train.seeds=0,1", "mlflow.experiment=resume-group")
     hooks = groups.GroupHooks(callbacks=lambda i, member: [KillAfter(1)] if i == 1 else [])
@@ -224,7 +225,7 @@ def two_fold_groups(tmp_path_factory, tiny_demo):
     own: (tracking uri, run id of A, run id of B)."""
     import os
 
-    from exptrack.training.run import train
+    from exptrack.train import train
 
     tmp = tmp_path_factory.mktemp("folds")
     uri, old = f"sqlite:///{tmp / 'mlflow.db'}", os.environ.get("MLFLOW_TRACKING_URI")

@@ -23,9 +23,10 @@ import torch
 
 from exptrack import model_store
 from exptrack.data.layout import output_names
-from exptrack.inference import load_model
+from exptrack.models.load import load_model
 from exptrack.training import checkpoint as ckpt
-from exptrack.training import run as train_run
+from exptrack.models.weights import load_weights, save_atomic
+from exptrack.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ("model.width=0.125", "train.batch_size=8", "train.eval_batch_size=16", "train.num_workers=0",
@@ -45,7 +46,7 @@ def state_dict_hash(model: torch.nn.Module) -> str:
 @pytest.mark.slow
 def test_a_version_keeps_its_weights_when_the_run_goes_on(tiny_demo, make_config):
     cfg = make_config(tiny_demo, *FAST, "train.epochs=2")
-    first = train_run.train(cfg, progress=False)
+    first = train(cfg, progress=False)
     name = cfg.mlflow.registered_model
     v1 = load_model(f"models:/{name}/{first.model_version}")
     h1 = state_dict_hash(v1.model)
@@ -54,10 +55,10 @@ def test_a_version_keeps_its_weights_when_the_run_goes_on(tiny_demo, make_config
     # The run's best_model.pt on disk is overwritten by later epochs (here: by hand, then by a
     # resume for more epochs): version 1 still loads the weights it was registered with.
     best = first.checkpoint_dir / ckpt.BEST_MODEL
-    payload = ckpt.load(best)
+    payload = load_weights(best)
     payload["model"] = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in payload["model"].items()}
-    ckpt.save_atomic(payload, best)
-    resumed = train_run.train(make_config(tiny_demo, *FAST, "train.epochs=5"), resume=first.run_id, progress=False)
+    save_atomic(payload, best)
+    resumed = train(make_config(tiny_demo, *FAST, "train.epochs=5"), resume=first.run_id, progress=False)
     assert resumed.run_id == first.run_id and resumed.state.epoch == 5
     assert state_dict_hash(load_model(f"models:/{name}/{first.model_version}").model) == h1
     # one version per kept model: a new one exactly when epochs 3-5 kept a better model, pinned to
@@ -101,9 +102,9 @@ def test_pyfunc_model_takes_raw_clips_or_a_video(tiny_trained, tiny_demo, monkey
     np.testing.assert_allclose(table[names].sum(axis=1), 1.0, atol=1e-5)
     assert set(table["predicted"]) <= set(names)
     # the same numbers as exptrack's own loader with the same preprocessing
-    from exptrack.serving import ClipClassifierCore
+    from exptrack.serving.pyfunc import ClipClassifierCore
 
-    core = ClipClassifierCore(ckpt.load(result.checkpoint_dir / ckpt.BEST_MODEL))
+    core = ClipClassifierCore(load_weights(result.checkpoint_dir / ckpt.BEST_MODEL))
     np.testing.assert_allclose(table[names].to_numpy(), core.probabilities(clips), atol=1e-5)
 
     video = next(tiny_demo.rglob("*.mp4"))
@@ -154,7 +155,7 @@ KILL_WHILE_LOGGING = textwrap.dedent("""
     import os, signal, sys
     from mlflow.store.artifact import local_artifact_repo
     from exptrack.config import load_config
-    from exptrack.training.run import train
+    from exptrack.train import train
 
     real = local_artifact_repo.LocalArtifactRepository.log_artifacts
     seen = []
@@ -184,7 +185,7 @@ def test_a_kill_while_logging_a_model_leaves_nothing_pending(tiny_demo, make_con
     run = mlflow.search_runs(experiment_names=["models-test"], output_format="list")[0]
     assert any(m["status"] == "PENDING" for m in model_store.run_logged_models(run.info.run_id))  # the fault is real
 
-    result = train_run.train(cfg, resume=run.info.run_id, progress=False)
+    result = train(cfg, resume=run.info.run_id, progress=False)
     models = model_store.run_logged_models(run.info.run_id)
     assert models and all(m["status"] == "READY" for m in models)
     version = mlflow.MlflowClient().get_model_version(cfg.mlflow.registered_model, result.model_version)

@@ -280,7 +280,7 @@ def test_a_signal_while_a_command_writes_its_outputs_leaves_no_folder_and_a_kill
 def test_a_signal_while_promote_moves_the_aliases_waits_until_they_agree(tmp_path, monkeypatch):
     """A real SIGTERM right after the champion alias moved: the previous alias and every
     version's decision are still written, then the command stops."""
-    from exptrack import registry
+    import exptrack.promote as promotion
 
     client = mlflow.MlflowClient()
     client.create_registered_model("signalled")
@@ -298,12 +298,12 @@ def test_a_signal_while_promote_moves_the_aliases_waits_until_they_agree(tmp_pat
 
     def moved_then_signalled(name, alias, version):
         real(name, alias, version)
-        if alias == registry.CHAMPION:
+        if alias == promotion.CHAMPION:
             os.kill(os.getpid(), signal.SIGTERM)
 
     monkeypatch.setattr(model_store, "set_alias", moved_then_signalled)
     with preemption.installed(), pytest.raises(preemption.Preempted):
-        registry.promote("signalled", rule="best", evaluate=lambda *a: None, current_digest=lambda *a: "d1")
+        promotion.promote("signalled", rule="best", evaluate=lambda *a: None, current_digest=lambda *a: "d1")
     assert model_store.alias_version("signalled", "champion") == versions[1]
     assert model_store.alias_version("signalled", "previous") == versions[0]
     assert all("promotion.decision" in client.get_model_version("signalled", v).tags for v in versions)

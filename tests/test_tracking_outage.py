@@ -8,7 +8,7 @@ import threading
 import mlflow
 import pytest
 
-from exptrack.training import run as train_run
+from exptrack.train import train
 
 from .postgres import MlflowServer
 
@@ -53,7 +53,7 @@ def test_a_tracking_server_outage_never_stops_training(tiny_demo, make_config, t
     cfg = make_config(tiny_demo, "model.width=0.125", "train.batch_size=8", "train.num_workers=0",
                       "train.checkpoint_every=2", "train.epochs=20", "train.early_stop_patience=0",
                       "mlflow.experiment=outage-test", "mlflow.log_system_metrics=false")
-    result = train_run.train(cfg, progress=False, callbacks=[clock])
+    result = train(cfg, progress=False, callbacks=[clock])
 
     assert ended_while_down == list(range(3, 3 + EPOCHS_DOWN)), "epochs kept ending while the server was down"
     client = mlflow.MlflowClient()

@@ -18,8 +18,9 @@ from exptrack import tracking
 from exptrack.cli import build_parser, main
 from exptrack.data.layout import read_class_names
 from exptrack.device import Placement
-from exptrack.inference import load_model
+from exptrack.models.load import load_model
 from exptrack.models.c3d import C3D
+from exptrack.train import train
 from exptrack.training import run as train_run
 from exptrack.data.dataset import prepare_batch
 from exptrack.training.loop import NonFiniteLossError, train_one_epoch
@@ -55,7 +56,7 @@ def test_train_logs_a_complete_run_and_registers_the_model(tiny_demo, make_confi
     cfg = _config(make_config, tiny_demo, "train.epochs=3", "data.use_masks=true",
                   "data.use_skeleton_attention=true", "data.downsample_class1=true")
     caplog.set_level(logging.INFO, logger="exptrack.train")
-    result = train_run.train(cfg, progress=False)
+    result = train(cfg, progress=False)
     assert "device: cpu (CPU), fp32, channels_last_3d" in caplog.text  # where it ran, said once at the start
     run = _run(result.run_id)
     assert run.info.status == "FINISHED"
@@ -131,13 +132,13 @@ def test_resume_continues_the_same_run_without_gaps_or_duplicates(tiny_demo, mak
 
     monkeypatch.setattr(tracking.Run, "log_metrics", flaky)
     with pytest.raises(KeyboardInterrupt):
-        train_run.train(cfg, progress=False, callbacks=[KillAfter(3)])
+        train(cfg, progress=False, callbacks=[KillAfter(3)])
     monkeypatch.setattr(tracking.Run, "log_metrics", real_log)
     run_id = mlflow.search_runs(experiment_names=["train-test"], output_format="list")[0].info.run_id
     assert _steps(run_id, "val_loss") == [1, 2]
     assert _run(run_id).info.status in ("FAILED", "KILLED")
 
-    result = train_run.train(cfg, resume=run_id, progress=False)
+    result = train(cfg, resume=run_id, progress=False)
     assert result.run_id == run_id
     assert _run(run_id).info.status == "FINISHED"
     for key in ("val_loss", "train_loss", "val_mean_class_acc"):
@@ -155,9 +156,9 @@ def test_a_resumed_run_continues_exactly_as_the_uninterrupted_one(tiny_demo, mak
     def history(cfg, kill_after=None, resume=None):
         if kill_after:
             with pytest.raises(KeyboardInterrupt):
-                train_run.train(cfg, progress=False, callbacks=[KillAfter(kill_after)])
+                train(cfg, progress=False, callbacks=[KillAfter(kill_after)])
             resume = mlflow.search_runs(experiment_names=[cfg.mlflow.experiment], output_format="list")[0].info.run_id
-        return train_run.train(cfg, resume=resume, progress=False).state.history
+        return train(cfg, resume=resume, progress=False).state.history
 
     extra = ("train.epochs=3", "train.num_workers=1", "train.early_stop_patience=0")
     whole = history(_config(make_config, tiny_demo, *extra, "mlflow.experiment=exact-a", f"paths.outputs={tmp_path / 'a'}"))
@@ -179,13 +180,13 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint(tiny_demo, make_conf
 
     monkeypatch.setattr(loop, "run_epoch", killed_in_epoch_1)
     with pytest.raises(KeyboardInterrupt):
-        train_run.train(cfg, progress=False)
+        train(cfg, progress=False)
     run_id = mlflow.search_runs(experiment_names=["train-test"], output_format="list")[0].info.run_id
     assert _run(run_id).info.status in ("FAILED", "KILLED")
     assert _run(run_id).data.tags["exptrack.failure"].startswith("KeyboardInterrupt")
     monkeypatch.setattr(loop, "run_epoch", real_epoch)
 
-    result = train_run.train(make_config(tiny_demo, *FAST, "train.epochs=3"), resume=run_id, progress=False)
+    result = train(make_config(tiny_demo, *FAST, "train.epochs=3"), resume=run_id, progress=False)
     assert result.run_id == run_id and result.state.epoch == 3 and result.model_version
     assert _run(run_id).info.status == "FINISHED" and _steps(run_id, "train_loss") == [1, 2, 3]
     assert _run(run_id).data.params["train.epochs"] == "2"  # the params it logged first stay (MLflow forbids changes)
@@ -210,7 +211,7 @@ def test_a_full_disk_while_checkpointing_fails_the_run_clearly_and_it_resumes(ti
 
     monkeypatch.setattr(torch, "save", disk_fills_up)
     with pytest.raises(CheckpointError, match=r"cannot write the checkpoint of epoch 2 \(No space left on device\)"):
-        train_run.train(cfg, progress=False)
+        train(cfg, progress=False)
     monkeypatch.setattr(torch, "save", real_save)
     run = mlflow.search_runs(experiment_names=["train-test"], output_format="list")[0]
     assert run.info.status == "FAILED" and run.data.tags["exptrack.failure"].startswith("CheckpointError")
@@ -218,18 +219,19 @@ def test_a_full_disk_while_checkpointing_fails_the_run_clearly_and_it_resumes(ti
     assert torch.load(folder / "last.pt", weights_only=True)["epoch"] == 1  # epoch 1's files are whole
     assert not list(folder.glob(".*tmp*"))  # no half-written leftovers
 
-    result = train_run.train(cfg, resume=run.info.run_id, progress=False)
+    result = train(cfg, resume=run.info.run_id, progress=False)
     assert result.run_id == run.info.run_id and result.state.epoch == 3
     assert _steps(run.info.run_id, "train_loss") == [1, 2, 3]
 
 
 def test_a_checkpoint_error_is_one_line_in_the_cli(tiny_demo, make_config, monkeypatch, capsys, tmp_path):
+    import exptrack.train
     from exptrack.errors import CheckpointError
 
     def fails(*args, **kwargs):
         raise CheckpointError("outputs/runs/x/checkpoints: cannot write the checkpoint of epoch 1 (Read-only file system)")
 
-    monkeypatch.setattr(train_run, "train", fails)
+    monkeypatch.setattr(exptrack.train, "train", fails)
     assert main(["train", "--config", str(Path(__file__).parents[1] / "experiments" / "demo.yaml")]) == 2
     err = capsys.readouterr().err
     assert "Read-only file system" in err and "Traceback" not in err
@@ -239,11 +241,11 @@ def test_a_checkpoint_error_is_one_line_in_the_cli(tiny_demo, make_config, monke
 def test_resume_from_a_checkpoint_file(tiny_demo, make_config):
     cfg = _config(make_config, tiny_demo, "train.epochs=2")
     with pytest.raises(KeyboardInterrupt):
-        train_run.train(cfg, progress=False, callbacks=[KillAfter(1)])
+        train(cfg, progress=False, callbacks=[KillAfter(1)])
     run_id = mlflow.search_runs(experiment_names=["train-test"], output_format="list")[0].info.run_id
     last = train_run.find_checkpoint(run_id, Path(cfg.paths.outputs))
     assert last.name == "last.pt"
-    result = train_run.train(cfg, resume=str(last), progress=False)
+    result = train(cfg, resume=str(last), progress=False)
     assert result.run_id == run_id and result.state.epoch == 2
     assert _steps(run_id, "val_loss") == [1, 2]
 
@@ -292,7 +294,7 @@ def test_nan_loss_stops_with_a_clear_error_and_a_failed_run(tiny_demo, make_conf
     monkeypatch.setattr(train_run, "FocalLoss", NanLoss)
     cfg = _config(make_config, tiny_demo, "train.epochs=2")
     with pytest.raises(NonFiniteLossError, match="training loss became NaN or infinite at epoch 1, batch 1 "):
-        train_run.train(cfg, progress=False)
+        train(cfg, progress=False)
     run = mlflow.search_runs(experiment_names=["train-test"], output_format="list")[0]
     assert run.info.status == "FAILED"
 
@@ -516,14 +518,14 @@ def test_early_stopping_pruning_and_resume_after_stop(tiny_demo, make_config):
     cfg = _config(make_config, tiny_demo, "train.epochs=6", "train.early_stop_patience=1",
                   "train.early_stop_min_delta=1.0", "train.checkpoint_every=1", "train.keep_checkpoints=1",
                   "train.checkpoint_files=all")
-    result = train_run.train(cfg, progress=False)
+    result = train(cfg, progress=False)
     # the first full selection window (epochs 1-3) sets the reference, epoch 4 does not beat it by 1.0
     assert result.state.epoch == 4
     periodic = sorted(p.name for p in result.checkpoint_dir.glob("epoch_*.pt"))
     assert len(periodic) == 1  # keep_checkpoints=1
     versions_before = mlflow.MlflowClient().search_model_versions(f"name='{cfg.mlflow.registered_model}'")
 
-    again = train_run.train(cfg, resume=result.run_id, progress=False)  # killed after stopping, say
+    again = train(cfg, resume=result.run_id, progress=False)  # killed after stopping, say
     assert again.state.epoch == 4 and _steps(result.run_id, "val_loss") == [1, 2, 3, 4]
     versions_after = mlflow.MlflowClient().search_model_versions(f"name='{cfg.mlflow.registered_model}'")
     assert len(versions_after) == len(versions_before)  # registered once per run
@@ -532,9 +534,9 @@ def test_early_stopping_pruning_and_resume_after_stop(tiny_demo, make_config):
 @pytest.mark.slow
 def test_resume_with_more_epochs_extends_the_run(tiny_demo, make_config):
     cfg = _config(make_config, tiny_demo, "train.epochs=1")
-    first = train_run.train(cfg, progress=False)
+    first = train(cfg, progress=False)
     more = _config(make_config, tiny_demo, "train.epochs=2")
-    result = train_run.train(more, resume=first.run_id, progress=False)
+    result = train(more, resume=first.run_id, progress=False)
     assert result.state.epoch == 2 and _steps(first.run_id, "val_loss") == [1, 2]
 
 
@@ -545,11 +547,11 @@ def test_resume_from_a_folder_without_the_checkpoints_is_refused_saying_where_th
     from exptrack.errors import ModelError
 
     cfg = _config(make_config, tiny_demo, "train.epochs=1")
-    first = train_run.train(cfg, progress=False)
+    first = train(cfg, progress=False)
     elsewhere = _config(make_config, tiny_demo, "train.epochs=1", f"paths.outputs={tmp_path / 'other-folder'}")
     with pytest.raises(ModelError, match=f"the run finished but its checkpoints .* they are in "
                                          f"{first.checkpoint_dir.resolve()}"):
-        train_run.train(elsewhere, resume=first.run_id, progress=False)
+        train(elsewhere, resume=first.run_id, progress=False)
     assert _steps(first.run_id, "train_loss") == [1]
     assert len(mlflow.MlflowClient().search_model_versions(f"name='{cfg.mlflow.registered_model}'")) == 1
 
@@ -567,7 +569,7 @@ def test_logging_failure_at_the_last_epoch_is_recovered(tiny_demo, make_config, 
         return real_log(self, metrics, step, **kwargs)
 
     monkeypatch.setattr(tracking.Run, "log_metrics", flaky)
-    result = train_run.train(cfg, progress=False)
+    result = train(cfg, progress=False)
     assert calls["n"] == 1
     assert _steps(result.run_id, "val_loss") == [1, 2]
     assert _run(result.run_id).data.metrics["tracking_failures"] == 1
@@ -584,7 +586,7 @@ def test_resume_from_a_file_that_is_not_a_checkpoint(tmp_path, capsys):
 def test_train_on_train_plus_val_keeps_the_last_epoch_and_registers_it(tiny_demo, make_config):
     cfg = _config(make_config, tiny_demo, "train.epochs=2", "data.train_on_val=true")
     with_val = train_run.prepare_data(_config(make_config, tiny_demo), splits=("train", "val"), progress=False)
-    result = train_run.train(cfg, progress=False)
+    result = train(cfg, progress=False)
 
     run = _run(result.run_id)
     assert run.data.tags["clips_val"] == "0"
@@ -657,7 +659,7 @@ KILL_AT = textwrap.dedent("""
     import torch
     from exptrack.config import load_config
     from exptrack.training import checkpoint, loop
-    from exptrack.training.run import train
+    from exptrack.train import train
 
     point, overrides = sys.argv[1], sys.argv[2:]
 
@@ -709,7 +711,7 @@ def test_real_kills_at_several_points_all_resume_exactly(tiny_demo, make_config,
 
     extra = ("train.epochs=3", "train.early_stop_patience=0", "train.checkpoint_every=0")
     keys = ("train_loss", "val_loss", "val_mean_class_acc")
-    whole = train_run.train(_config(make_config, tiny_demo, *extra, "mlflow.experiment=kill-none"), progress=False)
+    whole = train(_config(make_config, tiny_demo, *extra, "mlflow.experiment=kill-none"), progress=False)
     expected = [[row[k] for k in keys] for row in whole.state.history]
     for point in ("mid-epoch-1", "mid-save-epoch-2", "after-checkpoint-2"):
         overrides = [f"data.root={tiny_demo}", f"paths.cache={tmp_path / 'cache'}", f"paths.outputs={tmp_path / point}",
@@ -720,7 +722,7 @@ def test_real_kills_at_several_points_all_resume_exactly(tiny_demo, make_config,
         assert proc.returncode == -signal.SIGKILL, (point, proc.stderr[-2000:])
         run_id = mlflow.search_runs(experiment_names=[f"kill-{point}"], output_format="list")[0].info.run_id
         cfg = _config(make_config, tiny_demo, *extra, f"mlflow.experiment=kill-{point}", f"paths.outputs={tmp_path / point}")
-        result = train_run.train(cfg, resume=run_id, progress=False)
+        result = train(cfg, resume=run_id, progress=False)
         assert result.run_id == run_id and _run(run_id).info.status == "FINISHED", point
         assert _steps(run_id, "train_loss") == [1, 2, 3], point  # every epoch, once
         assert [[row[k] for k in keys] for row in result.state.history] == expected, point
@@ -730,8 +732,8 @@ def test_real_kills_at_several_points_all_resume_exactly(tiny_demo, make_config,
 @pytest.mark.slow
 def test_a_resumed_train_plus_val_fit_logs_each_epoch_once(tiny_demo, make_config):
     cfg = _config(make_config, tiny_demo, "train.epochs=2", "data.train_on_val=true")
-    first = train_run.train(cfg, progress=False)
-    train_run.train(_config(make_config, tiny_demo, "train.epochs=3", "data.train_on_val=true"),
+    first = train(cfg, progress=False)
+    train(_config(make_config, tiny_demo, "train.epochs=3", "data.train_on_val=true"),
                     resume=first.run_id, progress=False)
     assert _steps(first.run_id, "train_loss") == [1, 2, 3]
 
@@ -772,6 +774,6 @@ def test_a_run_leaves_nothing_in_the_temp_directory(tiny_demo, make_config, tmp_
     temp = tmp_path / "temp"
     temp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(temp))
-    train_run.train(_config(make_config, tiny_demo, "train.epochs=1", "mlflow.experiment=temp"), progress=False)
+    train(_config(make_config, tiny_demo, "train.epochs=1", "mlflow.experiment=temp"), progress=False)
     # no exptrack-code-*, -model-*, -resume-* folder (torch keeps its own compile cache there)
     assert sorted(p.name for p in temp.iterdir() if p.name.startswith("exptrack")) == []

@@ -136,6 +136,7 @@ def test_study_file_errors_name_the_key(tmp_path):
     ("space:\n  optim.lr: {type: float, low: 0, high: 0.1, log: true}", "space.optim.lr is log-scaled: low must be > 0"),
     ("space:\n  optim.lr: {type: categorical}", "space.optim.lr is categorical but has no choices"),
     ("space:\n  optim.lr: {type: float, low: 1e-5, high: nan}", "space.optim.lr needs numbers low < high"),
+    ("overrides: [data.folds=3]", "the trials' config sets data.folds or train.seeds; a study groups"),
 ])
 def test_study_file_values_of_the_wrong_type_or_shape_name_the_key(tmp_path, lines, says):
     bad = tmp_path / "bad.yaml"
@@ -166,7 +167,7 @@ def test_a_study_on_folds_scores_each_trial_by_its_folds_mean(tiny_demo, tmp_pat
     # the best trial's fold ensemble, logged on its group run: no extra training
     assert version.run_id == trial.user_attrs["run_id"] and version.tags["group_model"] == "ensemble of 2"
     assert version.tags["group_run_id"] == trial.user_attrs["run_id"] and version.tags["group_members"] == "2"
-    from exptrack.inference import load_model
+    from exptrack.models.load import load_model
     from exptrack.models.c3d import C3DEnsemble
 
     loaded = load_model("models:/tuned/1")  # what predict, visualize, promote and serving load
@@ -279,7 +280,7 @@ def mlflow_server(postgres, tmp_path):
 
 @pytest.mark.slow
 def test_tune_against_an_mlflow_server_backed_by_postgres(tiny_demo, tmp_path, postgres, mlflow_server, monkeypatch):
-    from exptrack.inference import load_model
+    from exptrack.models.load import load_model
 
     url, artifacts = mlflow_server
     _use_tracking(url, monkeypatch)

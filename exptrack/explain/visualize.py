@@ -22,7 +22,7 @@ from ..data.video import probe_video, read_frames
 from ..data.transforms import to_model_input
 from ..evaluation import evaluation_config
 from ..formatting import figure, frame_scores_text
-from ..inference import LoadedModel, load_model
+from ..models.load import LoadedModel, load_model
 from ..windows import clip_batches, clip_probabilities, window_stride
 from ..metrics import frame_labels, frame_probabilities, frame_scores, output_index, window_average, window_starts
 from ..outputs import check_save_dir, invocation_folder

@@ -33,17 +33,17 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from .. import model_store, plots, preemption, serving, stats, tracking
+from .. import model_store, plots, preemption, stats, tracking
 from ..config import RESUMABLE, Config, ConfigError, config_from_dict, replace, to_nested_dict
 from ..data.layout import discover
 from ..data.errors import DataWarnings
 from ..data.prepare import ensure_data_root, fold_pool
 from ..models.c3d import ensemble_state_dict
-from . import checkpoint as ckpt
+from ..models.weights import WEIGHTS_FILE, load_weights, save_atomic
 from . import logged_models
 from ..device import training_placement
 from .loop import EpochCallback
-from .run import RunOptions, refuse_ensemble_training, resume_config, train
+from .run import RunOptions, refuse_ensemble_training, resume_config, train_run
 
 log = logging.getLogger("exptrack.train")
 
@@ -219,7 +219,7 @@ def _train_member(parent: str, member: Member, existing: dict | None, progress: 
                                 tags={MEMBER_TAG: member.key, GROUP_RUN_TAG: parent}, on_start=started,
                                 invocation=invocation, explicit=MEMBER_TAKES)
     log.info("group member %s%s", member.key, f": resuming run {existing['run_id']}" if existing else "")
-    result = train(member.config, resume=existing["run_id"] if existing else None, progress=progress,
+    result = train_run(member.config, resume=existing["run_id"] if existing else None, progress=progress,
                    callbacks=hooks.callbacks(index, member), options=member_options)
     return member_result(member.key, result.run_id)
 
@@ -352,7 +352,7 @@ def log_ensemble(run: tracking.Run, members: list[MemberResult]) -> str:
     with a kept model."""
     model_ids = [m.model_id for m in members if m.model_id]
     with tempfile.TemporaryDirectory(prefix="exptrack-ensemble-") as tmp:
-        payloads = [ckpt.load(model_store.download_model_weights(model_id, Path(tmp) / str(i)))
+        payloads = [load_weights(model_store.download_model_weights(model_id, Path(tmp) / str(i)))
                     for i, model_id in enumerate(model_ids)]
         first = config_from_dict(payloads[0]["config"], f"model {model_ids[0]}")
         config = replace(first, model={"ensemble": len(members)})
@@ -363,7 +363,7 @@ def log_ensemble(run: tracking.Run, members: list[MemberResult]) -> str:
                    "class_names": class_names, "precision": str(payloads[0].get("precision", "fp32")),
                    "rest_weight": float(np.mean([float(p.get("rest_weight", 1.0)) for p in payloads])),
                    "members": [m.run_id for m in members]}
-        weights = ckpt.save_atomic(payload, Path(tmp) / serving.WEIGHTS_FILE)
+        weights = save_atomic(payload, Path(tmp) / WEIGHTS_FILE)
         model_id = run.log_clip_model(weights, config.data.clip_len, class_names, 0,
                                       {model_store.BEST_TAG: "true", "exptrack.data_digest": payload["data_digest"],
                                        ENSEMBLE_TAG: len(members)}, label="ensemble")

@@ -1,7 +1,7 @@
 """A train run's kept checkpoints as MLflow LoggedModels, and the registration of its best one.
 
 An epoch whose checkpoint is kept (it is the new best model, or a periodic checkpoint) is logged
-as a LoggedModel at `step=epoch`: the weights only (serving.weights_payload), as an MLflow pyfunc
+as a LoggedModel at `step=epoch`: the weights only (models/weights.py weights_payload), as an MLflow pyfunc
 model. When a later epoch supersedes it (no longer the best and no longer among the kept periodic
 checkpoints) it is deleted with its files, unless a registered version points at it: a run never
 holds more than `train.keep_checkpoints` + 1 models. A registered version points at its logged
@@ -16,7 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .. import model_card, model_store, serving, tracking
+from .. import model_card, model_store, tracking
+from ..models.weights import WEIGHTS_FILE, load_weights, save_atomic, weights_payload
 from . import checkpoint as ckpt
 
 log = logging.getLogger("exptrack.train")
@@ -55,9 +56,9 @@ class ModelLog:
         kept = [p for p in saved if (p.name == ckpt.BEST_MODEL or p.name.startswith("epoch_")) and p.exists()]
         if not kept:
             return None
-        payload = serving.weights_payload(ckpt.load(kept[0]), self.class_names)
+        payload = weights_payload(load_weights(kept[0]), self.class_names)
         folder = self.manager.folder.parent / "pending-models" / f"epoch_{epoch:04d}"
-        return ckpt.save_atomic(payload, folder / serving.WEIGHTS_FILE)  # logged as it is
+        return save_atomic(payload, folder / WEIGHTS_FILE)  # logged as it is
 
     def after_epoch(self, epoch: int, snapshot: Path | None, best_epoch: int | None) -> str | None:
         """Log the epoch's snapshot (if any) as a model, retag the best, delete what is
@@ -79,13 +80,13 @@ class ModelLog:
         file (a snapshot) is logged as it is; a checkpoint is reduced to its weights first."""
         if epoch in self.by_epoch:
             return self.by_epoch[epoch]
-        payload = serving.weights_payload(ckpt.load(path), self.class_names)
+        payload = weights_payload(load_weights(path), self.class_names)
         d = payload["config"]["data"]
         metrics = payload.get("metrics", {})
         tags = {model_store.EPOCH_TAG: epoch, model_store.BEST_TAG: "false", "exptrack.data_digest": payload.get("data_digest", ""),
                 **{f"exptrack.{k}": round(v, 6) for k, v in metrics.items() if k.startswith("val_")}}
         with tempfile.TemporaryDirectory(prefix="exptrack-model-") as tmp:
-            weights = path if path.name == serving.WEIGHTS_FILE else ckpt.save_atomic(payload, Path(tmp) / serving.WEIGHTS_FILE)
+            weights = path if path.name == WEIGHTS_FILE else save_atomic(payload, Path(tmp) / WEIGHTS_FILE)
             model_id = self.run.log_clip_model(weights, d["clip_len"], self.class_names, epoch, tags)
         self.by_epoch[epoch] = model_id
         return model_id
@@ -139,7 +140,7 @@ HEADLINE = "val_mean_class_acc"  # the validation score a version's tags carry (
 def version_tags(model: dict[str, Any]) -> dict[str, Any]:
     """What a registered version says about itself in tags, from its logged model: its run, the
     data it was trained on (the training digest; promotion compares evaluation digests,
-    registry.py) and its headline validation score. The rest (its epoch, every figure) is on its
+    promote.py) and its headline validation score. The rest (its epoch, every figure) is on its
     model card."""
     tags = model["tags"]
     return {"run_id": model["run_id"], "training_data_digest": tags.get("exptrack.data_digest", ""),

@@ -35,6 +35,7 @@ from ..data.prepare import PreparedData, prepare_data
 from ..errors import ModelError, TrackingUnavailable
 from ..losses import FocalLoss
 from ..models.c3d import build_model, count_parameters
+from ..models.weights import load_weights
 from . import checkpoint as ckpt
 from . import distributed
 from .distributed import DistEnv
@@ -257,17 +258,13 @@ class RunOptions:
     explicit: frozenset[str] | None = None
 
 
-def train(config: Config, resume: str | None = None, progress: bool = True,
-          callbacks: Iterable[EpochCallback] = (), options: RunOptions = RunOptions()) -> TrainResult:
-    """Train; under torchrun every rank calls this, rank 0 alone tracks and checkpoints. A config
-    with train.seeds or data.folds (or `resume` of such a group's run) trains the group
-    (groups.py) and returns its GroupResult."""
-    from . import groups  # it builds on this module
-
+def train_run(config: Config, resume: str | None = None, progress: bool = True,
+              callbacks: Iterable[EpochCallback] = (), options: RunOptions = RunOptions()) -> TrainResult:
+    """Train one run (a group's member is one too: groups.py); under torchrun every rank calls
+    this, rank 0 alone tracks and checkpoints. `exptrack.train.train` is the entry that also
+    trains groups."""
     if resume and tracking.is_run_id(resume):
         tracking.use_tracking_uri(config)
-    if groups.is_group(config) or (resume and groups.is_group_run(resume)):
-        return groups.train_group(config, resume, progress, options)  # type: ignore[return-value]
     refuse_ensemble_training(config)
     # The device and precision first: a setting this machine cannot honour stops here, before a
     # process group, a run or a file exists. (A resume checks again with the run's own config.)
@@ -317,7 +314,7 @@ def _resume_point(resume: str, outputs: Path, config: Config,
                     "epoch 1, in the same MLflow run", resume)
         own = config_from_dict(saved, f"run {resume} config.yaml") if saved else config
         return {"run_id": resume}, resume_config(own, config, explicit, f"run {resume}")
-    path, payload = ckpt.load_for_resume(path) if path.name == ckpt.LAST else (path, ckpt.load(path))
+    path, payload = ckpt.load_for_resume(path) if path.name == ckpt.LAST else (path, load_weights(path))
     if "run_id" not in payload:
         raise ModelError(f"{path}: checkpoint has no run id (not written by exptrack train)")
     log.info("resuming run %s after epoch %d", payload["run_id"], payload["epoch"])

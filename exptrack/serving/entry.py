@@ -1,8 +1,8 @@
 """MLflow "models from code" entry of an exptrack model: `mlflow.pyfunc.load_model` runs this
-file (copied into every logged model) instead of unpickling an object."""
+file (copied into every logged model, serving/package.py) instead of unpickling an object."""
 
 from mlflow.models import set_model
 
-from exptrack.serving import ClipClassifier
+from exptrack.serving.pyfunc import ClipClassifier
 
 set_model(ClipClassifier())

@@ -28,24 +28,15 @@ import pandas as pd
 import torch
 from mlflow.pyfunc.model import PythonModel
 
-from .config import config_from_dict
-from .data.errors import DataWarnings
-from .data.video import decode_video
-from .device import placement
-from .inference import class_names_of
-from .models.c3d import model_with_weights
-from .training import checkpoint as ckpt
-from .windows import clip_batches, clip_probabilities, window_probabilities, window_stride
-
-WEIGHTS_FILE = ckpt.WEIGHTS_FILE
-VIDEO_PARAM = "video"
-
-
-def weights_payload(checkpoint: dict[str, Any], class_names: list[str]) -> dict[str, Any]:
-    """What a logged model keeps of a checkpoint: the weights and what rebuilds and explains them."""
-    keep = ("model", "config", "epoch", "metrics", "run_id", "data_digest", "precision", "rest_weight")
-    return {**{k: checkpoint[k] for k in keep if k in checkpoint}, "class_names": list(class_names)}
-
+from ..config import config_from_dict
+from ..data.errors import DataWarnings
+from ..data.video import decode_video
+from ..device import placement
+from ..models.c3d import model_with_weights
+from ..models.load import class_names_of
+from ..models.weights import WEIGHTS_FILE, load_weights
+from ..windows import clip_batches, clip_probabilities, window_probabilities, window_stride
+from .package import VIDEO_PARAM
 
 def resize_clips(clips: np.ndarray, size: int) -> np.ndarray:
     """uint8 (N, T, H, W, 3) -> (N, T, size, size, 3), as the cache resizes training frames."""
@@ -95,7 +86,7 @@ class ClipClassifierCore:
 
 
 def _load_core(path: str | Path) -> ClipClassifierCore:
-    return ClipClassifierCore(ckpt.load(path), str(path))
+    return ClipClassifierCore(load_weights(path), str(path))
 
 
 class ClipClassifier(PythonModel):
@@ -105,7 +96,7 @@ class ClipClassifier(PythonModel):
         self.core = _load_core(context.artifacts["weights"])
 
     # np.ndarray is a hint MLflow takes as "no schema from type hints": the signature is given
-    # explicitly (tracking.clip_model_signature). Without any hint MLflow warns on every import,
+    # explicitly (package.clip_model_signature). Without any hint MLflow warns on every import,
     # under a filter of its own that a caller's warning filters cannot override.
     def predict(self, context, model_input: np.ndarray, params: dict[str, Any] | None = None):
         video = (params or {}).get(VIDEO_PARAM)

@@ -24,16 +24,18 @@ from typing import Any
 
 import torch
 
-from . import model_store, tracking
-from .config import Config, config_from_dict
-from .data.layout import output_names
-from .device import FP32, Placement, bind, placement
-from .errors import ModelError
-from .models.c3d import C3D, C3DEnsemble, model_with_weights
-from .training import checkpoint as ckpt
+from .. import model_store, tracking
+from ..config import Config, config_from_dict
+from ..data.layout import output_names
+from ..device import FP32, Placement, bind, placement
+from ..errors import ModelError
+from .c3d import C3D, C3DEnsemble, model_with_weights
+from .weights import load_weights
 
 
-LEGACY_CHECKPOINT = f"checkpoints/{ckpt.BEST_MODEL}"
+# where a run kept its model before logged models (training/checkpoint.py BEST_MODEL then): a
+# fixed path, since old runs keep it whatever the checkpoint names become
+LEGACY_CHECKPOINT = "checkpoints/best_model.pt"
 
 
 @dataclass
@@ -108,7 +110,7 @@ def load_model(reference: str, device: torch.device | str = "cpu") -> LoadedMode
     # would fill /tmp over many evaluate/visualize calls.
     with tempfile.TemporaryDirectory(prefix="exptrack-model-") as tmp:
         path, source = resolve_weights(reference, Path(tmp))
-        payload = ckpt.load(path)
+        payload = load_weights(path)
     config = config_from_dict(payload["config"], str(path))
     try:
         model = model_with_weights(config.model, payload["model"])

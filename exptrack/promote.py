@@ -24,7 +24,7 @@ from .metrics import HEADLINE_METRICS, canonical_metric, legacy_metric
 from .stats import METRICS as PAIRED_METRICS
 from .stats import Comparison, compare
 
-log = logging.getLogger("exptrack.registry")
+log = logging.getLogger("exptrack.promote")
 
 CHAMPION, PREVIOUS = "champion", "previous"
 

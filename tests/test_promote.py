@@ -10,7 +10,7 @@ import pytest
 
 from exptrack import model_store
 from exptrack.errors import ModelError
-from exptrack.registry import Candidate, _paired_on_predictions, decide, promote
+from exptrack.promote import Candidate, _paired_on_predictions, decide, promote
 
 NAME = "promo-test"
 
@@ -132,10 +132,10 @@ def test_promote_without_versions_is_an_error():
 
 
 def test_promote_command_shows_each_versions_scores(tmp_path, capsys, monkeypatch):
-    from exptrack import registry
+    import exptrack.promote as promotion
     from exptrack.cli import main
 
-    monkeypatch.setattr(registry, "evaluation_digest", lambda uri, split, data_root, memo=None: "d1")
+    monkeypatch.setattr(promotion, "evaluation_digest", lambda uri, split, data_root, memo=None: "d1")
 
     v1 = _add_version(tmp_path, 0.8)
     model_store.set_model_version_tags(NAME, v1, {"test_acc": 0.85, "test_top3_acc": 0.97})
@@ -242,7 +242,7 @@ def test_the_interval_rule_refuses_a_metric_it_cannot_pair(tmp_path):
 def test_promotion_on_evidence_end_to_end(tiny_demo, make_config):
     """Two trained versions, really evaluated: the challenger is tested against the champion on
     the same clips' predictions, paired over the test subjects; `--split val` works too."""
-    from exptrack.training.run import train
+    from exptrack.train import train
 
     fast = ("model.width=0.125", "train.batch_size=8", "train.num_workers=0", "train.epochs=2",
             "mlflow.experiment=promote-e2e", "mlflow.log_system_metrics=false", f"mlflow.registered_model={NAME}")
