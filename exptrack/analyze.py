@@ -1,6 +1,5 @@
-"""The dataset commands, each an MLflow run: `analyze` (statistics: splits, class distribution
-in frames and clips, before/after downsampling, video properties; CSV + PNG) and `cache` (decode
-every video once, optionally prune what the config does not use)."""
+"""The `analyze` command, an MLflow run: dataset statistics (splits, class distribution in frames
+and clips, before/after downsampling, video properties; CSV + PNG)."""
 
 from __future__ import annotations
 
@@ -9,16 +8,14 @@ import logging
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-from . import plots, tracking
+from . import figures, tracking
 from .config import Config
 from .data import clips
 from .data.layout import BACKGROUND, REST
-from .data.cache import CacheNeed
 from .data.prepare import PreparedData, prepare_data
 
 log = logging.getLogger("exptrack.analyze")
@@ -115,11 +112,11 @@ def write_report(analysis: Analysis, out_dir: Path) -> Path:
     analysis.clips_per_class.to_csv(out_dir / "class_distribution_clips.csv")
     analysis.videos.to_csv(out_dir / "video_properties.csv", index=False)
     (out_dir / "summary.json").write_text(json.dumps(analysis.summary, indent=2))
-    plots.grouped_bars(analysis.frames_per_class, "frames per class", "frames", out_dir / "class_distribution_frames.png")
-    plots.grouped_bars(analysis.clips_per_class, "clips per class (before/after downsampling)", "clips",
+    figures.grouped_bars(analysis.frames_per_class, "frames per class", "frames", out_dir / "class_distribution_frames.png")
+    figures.grouped_bars(analysis.clips_per_class, "clips per class (before/after downsampling)", "clips",
                        out_dir / "class_distribution_clips.png")
-    plots.grouped_bars(analysis.splits[["subjects"]], "subjects per split", "subjects", out_dir / "split_subjects.png")
-    plots.video_properties(analysis.videos, out_dir / "video_properties.png")
+    figures.grouped_bars(analysis.splits[["subjects"]], "subjects per split", "subjects", out_dir / "split_subjects.png")
+    figures.video_properties(analysis.videos, out_dir / "video_properties.png")
     return out_dir
 
 
@@ -136,27 +133,3 @@ def run_analyze(config: Config, out_dir: str | Path | None = None) -> Analysis:
         run.log_artifacts(out, "analysis")
     log.info("analysis written to %s", out)
     return dataclasses.replace(result, run_id=run.id)
-
-
-@dataclass(frozen=True)
-class CacheResult:
-    data: PreparedData
-    size_bytes: int  # of the whole cache folder's entries
-    pruned: tuple[int, int] | None  # (entries removed, bytes freed) with prune
-    run_id: str
-
-
-def run_cache(config: Config, prune: bool = False,
-              on_need: Callable[[CacheNeed], None] | None = None) -> CacheResult:
-    """The `exptrack cache` command: every video (and masks, keypoints, attention) decoded into
-    the cache, as an MLflow run that records the config, the sizes and the warnings. `on_need`
-    hears what will be written before anything is."""
-    with tracking.start_run(config, run_name="cache", command="cache") as run:
-        data = prepare_data(config, progress=True, on_need=on_need)
-        size = sum(p.stat().st_size for p in Path(config.paths.cache).rglob("*.npy"))
-        pruned = data.cache.prune() if prune and data.cache is not None else None
-        run.set_tags({"data_root": data.layout.root, "data_digest": data.digest()})
-        run.log_metrics({"cache_bytes": size, **{f"clips_{s}": len(ix) for s, ix in data.splits.items()},
-                         **({"pruned_entries": pruned[0], "pruned_bytes": pruned[1]} if pruned else {}),
-                         **{f"data_warnings_{k}": v for k, v in data.warnings.counts.items()}})
-    return CacheResult(data, size, pruned, run.id)

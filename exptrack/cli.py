@@ -63,7 +63,7 @@ def _print_run_link(run_id: str) -> None:
 
 
 def cmd_cache(args: argparse.Namespace) -> None:
-    from .analyze import run_cache
+    from .cache import run_cache
 
     config = _config(args)
     # what will be written, before anything is (and before a refusal when the disk cannot hold it)
@@ -163,7 +163,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_plots(args: argparse.Namespace) -> None:
-    from .training.run import plot_run
+    from .plots import plot_run
 
     out = plot_run(args.run, args.save_dir, args.top_classes)
     print(f"plots of run {args.run} written to {out} and logged to the run under plots/")

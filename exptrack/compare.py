@@ -35,7 +35,7 @@ import pandas as pd
 import torch
 from sklearn.metrics import confusion_matrix
 
-from . import plots, tracking
+from . import figures, tracking
 from .config import Config, config_from_dict, to_flat_dict
 from .data.dataset import ClipDataset
 from .data.layout import class_label
@@ -356,7 +356,7 @@ def clip_differences(run: tracking.Run, out: Path, a: Side, b: Side, joined: pd.
     names = list(a.loaded.class_names)
     classes = per_class(joined, names)
     fixed, broken = changed_clips(joined, names, a.loaded.config.data.clip_len)
-    images["confusion"] = [(plots.difference_heatmap(confusion_difference(joined, names),
+    images["confusion"] = [(figures.difference_heatmap(confusion_difference(joined, names),
                                                      "confusion: B minus A (row-normalised)",
                                                      out / "confusion_difference.png"), "")]
     images["fixed"] = gradcam_strips(a, b, fixed, gradcam, split, data_root, device, out / "fixed")
@@ -407,7 +407,7 @@ def run_compare(ref_a: str, ref_b: str, split: str = "test", metric: str = "mean
                                                           images)
             histories = training_histories(a, b)
             if histories:
-                images["curves"] = [(plots.overlaid_curves(histories, out / "training_curves.png"),
+                images["curves"] = [(figures.overlaid_curves(histories, out / "training_curves.png"),
                                      "A blue, B orange in both panels; train loss dashed")]
             config_diff = config_difference(a.loaded.config, b.loaded.config)
             config_diff.to_csv(out / "config_difference.csv", index=False)

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import model_card, model_store, plots, tracking
+from . import model_card, model_store, figures, tracking
 from .config import EVALUATE_DATA_KEYS, EVALUATE_SECTIONS, Config, ConfigError, replace
 from .data.clips import ClipIndex
 from .data.dataset import ModelView, make_loader
@@ -257,15 +257,15 @@ def write_report(report: ClipReport, predictions: pd.DataFrame, timelines: dict[
     report.confusion_normalized.to_csv(out / "confusion_matrix_normalized.csv")
     report.errors.to_csv(out / "error_analysis.csv", index=False)
     predictions.to_csv(out / "predictions.csv", index=False)
-    plots.confusion_heatmap(_named(report.confusion, names), "confusion matrix (clips)", out / "confusion_matrix.png",
+    figures.confusion_heatmap(_named(report.confusion, names), "confusion matrix (clips)", out / "confusion_matrix.png",
                             fmt="d")
-    plots.confusion_heatmap(_named(report.confusion_normalized, names), "confusion matrix (row-normalised)",
+    figures.confusion_heatmap(_named(report.confusion_normalized, names), "confusion matrix (row-normalised)",
                             out / "confusion_matrix_normalized.png", fmt=".2f")
     for name, t in timelines.items():
         (out / "timelines").mkdir(exist_ok=True)
         pd.DataFrame({"frame": np.arange(len(t["true"])), "true": t["true"], "predicted": t["raw"],
                       "smoothed": t["smoothed"]}).to_csv(out / "timelines" / f"{name}.csv", index=False)
-        plots.timeline(t["true"], t["raw"], t["smoothed"], f"subject {name}", out / "timelines" / f"{name}.png", names,
+        figures.timeline(t["true"], t["raw"], t["smoothed"], f"subject {name}", out / "timelines" / f"{name}.png", names,
                        rest_output=names[-1] == REST)
 
 

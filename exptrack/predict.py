@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from . import plots, tracking
+from . import figures, tracking
 from .config import Config, PathsConfig
 from .data.cache import FrameCache
 from .data.dataset import weighted_frames
@@ -168,7 +168,7 @@ def _timeline(files: SubjectFiles, loaded: LoadedModel, model_ref: str, out_dir:
                                                        "class_names": names,
                                                        "segments": segs.to_dict(orient="records")}, indent=2))
         title = f"{video.name}: exercises and rest" + (f" (true labels: {files.labels})" if true is not None else "")
-        plots.timeline(true, predicted, smoothed, title, out / "timeline.png", names, rest_output=rest is not None)
+        figures.timeline(true, predicted, smoothed, title, out / "timeline.png", names, rest_output=rest is not None)
         if overlay:
             write_video(out / "overlay.mp4", label_overlay(frames, smoothed, confidence, names), info.fps)
     return Timeline(table, segs, info.fps, out, names, truth=truth)

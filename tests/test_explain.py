@@ -206,13 +206,13 @@ def test_index_html_embeds_previews_that_play_inside_the_mlflow_ui(tmp_path):
 
 
 def test_timeline_of_a_video_without_ground_truth_draws_no_true_line(tmp_path, monkeypatch):
-    from exptrack import plots
+    from exptrack import figures
 
-    figures = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig) or path)
     labels = np.array([0, 0, 1, 1, 2])
-    plots.timeline(None, labels, labels, "v", tmp_path / "t.png", ["a", "b", "c"])
-    ax = figures[0].axes[0]
+    figures.timeline(None, labels, labels, "v", tmp_path / "t.png", ["a", "b", "c"])
+    ax = drawn[0].axes[0]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["predicted", "smoothed"]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["rest", "a", "b", "c"]
 

@@ -33,7 +33,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from .. import model_store, plots, preemption, stats, tracking
+from .. import model_store, figures, preemption, stats, tracking
 from ..config import RESUMABLE, Config, ConfigError, config_from_dict, replace, to_nested_dict
 from ..data.layout import discover
 from ..data.errors import DataWarnings
@@ -302,7 +302,7 @@ def _log_group(run: tracking.Run, result: GroupResult, out: Path) -> None:
     table.to_csv(out / "members.csv", index=False)
     curves.to_csv(out / "curves.csv", index=False)
     try:
-        plots.group_curves(curves, {m.key: m.history for m in result.members}, out / "curves.png")
+        figures.group_curves(curves, {m.key: m.history for m in result.members}, out / "curves.png")
     except Exception as exc:  # noqa: BLE001 - a figure must never cost the group
         log.warning("group curves plot failed: %s", exc)
     run.log_artifacts(out, "group")

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .. import model_store, plots, preemption, tracking
+from .. import model_store, figures, preemption, tracking
 from ..device import Placement, bind, nvml_index, placement, resolve_device, training_placement
 from ..config import RESUMABLE, Config, ConfigError, config_from_dict, replace, to_flat_dict
 from ..data import clips
@@ -373,7 +373,7 @@ def _log_run_summary(run: tracking.Run, state: TrainState, data: PreparedData, l
                      "tracking_failures": before.get("tracking_failures", 0.0) + logger.failures}, step=state.epoch)
     try:
         csvs = logger.write_csvs(state)
-        plots.training_plots(pd.read_csv(csvs[0]), pd.read_csv(csvs[1]), out_dir / "plots")
+        figures.training_plots(pd.read_csv(csvs[0]), pd.read_csv(csvs[1]), out_dir / "plots")
         run.log_artifacts(out_dir / "plots", "plots")
     except Exception as exc:  # noqa: BLE001 - a figure must never cost the trained model
         log.warning("training plots failed: %s", exc)
@@ -527,20 +527,6 @@ class _RunStamp:
     def __call__(self, payload: dict[str, Any]) -> dict[str, Any]:
         return {**payload, "run_id": self.run_id, "data_digest": self.data_digest, "class_names": list(self.class_names),
                 "precision": self.precision, "rest_weight": self.rest_weight}
-
-
-def plot_run(run_id: str, save_dir: str | Path, top_classes: int = 10) -> Path:
-    """`exptrack plots --run`: the training figures from a run's logged metrics tables."""
-    out = Path(save_dir) / run_id
-    with tempfile.TemporaryDirectory(prefix="exptrack-plots-") as tmp:
-        try:
-            history = pd.read_csv(tracking.download_run_artifact(run_id, "metrics/training_metrics.csv", Path(tmp)))
-            per_class = pd.read_csv(tracking.download_run_artifact(run_id, "metrics/per_class_accuracy.csv", Path(tmp)))
-        except Exception as exc:  # noqa: BLE001 - MLflow raises several kinds for a missing artifact
-            raise ModelError(f"run {run_id}: no metrics/training_metrics.csv to plot ({exc})") from exc
-    plots.training_plots(history, per_class, out, top_classes)
-    tracking.log_artifacts_to_run(run_id, out, "plots")
-    return out
 
 
 def discard_run_models(run_id: str, outputs: Path) -> None:
