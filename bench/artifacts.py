@@ -74,7 +74,8 @@ def main() -> None:
           f"{(local + store - model_bytes) / MB:.0f} MB | - | - | {local / MB:.0f} MB |")
 
     if args.trials:
-        from exptrack.tune import Param, StudySpec, run_tune
+        from exptrack.tune.run import run_tune
+        from exptrack.tune.study_file import Param, StudySpec
 
         before_store, before_local = size(WORK / "mlruns"), size(Path(cfg.paths.outputs))
         spec = StudySpec(config=None, overrides=tuple(overrides(args, root)), study="artifacts",

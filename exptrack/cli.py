@@ -250,7 +250,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
-    from .tune import PARENT_ATTR, load_study_spec, run_tune
+    from .tune.run import run_tune
+    from .tune.study_file import load_study_spec
+    from .tune.workers import PARENT_ATTR
 
     spec = load_study_spec(args.study_file, study=args.study, storage=args.storage, n_trials=args.n_trials)
     study = run_tune(spec, progress=not args.no_progress, retrain_best=args.retrain_best)

@@ -131,11 +131,11 @@ def test_own_errors_are_one_line_and_bugs_a_full_traceback(monkeypatch, capsys):
 def test_tune_exits_non_zero_when_no_trial_completed(monkeypatch, capsys):
     import optuna
 
-    import exptrack.tune as tune
+    import exptrack.tune.run as tune_run
 
     study = optuna.create_study()
     study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, params={}, distributions={}))
-    monkeypatch.setattr(tune, "run_tune", lambda spec, **kw: study)
+    monkeypatch.setattr(tune_run, "run_tune", lambda spec, **kw: study)
     study_file = Path(__file__).resolve().parents[1] / "experiments" / "tune" / "demo.yaml"
     assert main(["tune", "--study-file", str(study_file), "--n-trials", "1"]) == 2
     assert "no trial completed (1 failed, 0 pruned)" in capsys.readouterr().err

@@ -14,9 +14,16 @@ import optuna
 import pandas as pd
 import pytest
 
-from exptrack import model_store, tune
+from exptrack import model_store
+from exptrack.tune import objective as tune_objective
+from exptrack.tune import pruning as tune_pruning
+from exptrack.tune import report as tune_report
+from exptrack.tune import run as tune_run
+from exptrack.tune import workers as tune_workers
 from exptrack.config import ConfigError
-from exptrack.tune import load_study_spec, retried_from, run_tune
+from exptrack.tune.run import run_tune
+from exptrack.tune.study_file import load_study_spec
+from exptrack.tune.workers import retried_from
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -180,19 +187,19 @@ def test_the_wilcoxon_pruner_stops_a_trial_worse_on_every_member_so_far():
     """The pruner tune uses for fold and seed studies, through the hook tune gives each member."""
     from exptrack.training.groups import MemberResult
 
-    study = optuna.create_study(direction="maximize", pruner=tune.make_pruner("wilcoxon"))
+    study = optuna.create_study(direction="maximize", pruner=tune_pruning.make_pruner("wilcoxon"))
     def member(i: int, value: float) -> MemberResult:
         return MemberResult(f"fold={i}", "", pd.DataFrame({"epoch": [1], "val_mean_class_acc": [value]}), None, 1)
 
     members = [member(i, v) for i, v in enumerate([0.9, 0.8, 0.85, 0.95, 0.7])]
     good = study.ask()
     for i, m in enumerate(members):
-        tune.PruneAcrossMembers(good, "val_mean_class_acc")(i, m)
+        tune_pruning.PruneAcrossMembers(good, "val_mean_class_acc")(i, m)
     study.tell(good, 0.84)
     bad = study.ask()
     with pytest.raises(optuna.TrialPruned, match="pruned after member fold=3"):
         for i, m in enumerate(members):
-            tune.PruneAcrossMembers(bad, "val_mean_class_acc")(i, member(i, m.value() - 0.3))
+            tune_pruning.PruneAcrossMembers(bad, "val_mean_class_acc")(i, member(i, m.value() - 0.3))
 
 
 def _worker(study_file: Path, cwd: Path) -> subprocess.Popen:
@@ -304,7 +311,7 @@ def test_tune_against_an_mlflow_server_backed_by_postgres(tiny_demo, tmp_path, p
 def test_workers_starting_together_on_an_empty_postgres_database(tmp_path, tiny_demo, postgres):
     from concurrent.futures import ThreadPoolExecutor
 
-    from exptrack.tune import open_study
+    from exptrack.tune.workers import open_study
 
     spec = load_study_spec(_study_file(tmp_path, tiny_demo, postgres.create_database("tune_fresh"), 2, name="fresh"))
     with ThreadPoolExecutor(4) as pool:  # Optuna creates its tables on first use: all four race to
@@ -316,8 +323,6 @@ def test_workers_starting_together_on_an_empty_postgres_database(tmp_path, tiny_
 def test_best_model_registered_once_even_when_two_workers_race(tiny_demo, tmp_path, monkeypatch, caplog):
     import shutil
 
-    from exptrack import tune
-
     spec = load_study_spec(_study_file(tmp_path, tiny_demo, f"sqlite:///{tmp_path / 'optuna.db'}", 1))
     study = run_tune(spec)
     best = study.best_trial.user_attrs
@@ -325,15 +330,15 @@ def test_best_model_registered_once_even_when_two_workers_race(tiny_demo, tmp_pa
 
     # a second worker, on a machine without the trial's checkpoint, checked before version 1 existed
     shutil.rmtree(best["checkpoint_dir"])
-    real, calls = tune.model_store.model_versions, []
+    real, calls = tune_report.model_store.model_versions, []
 
     def first_look_sees_none(name):  # the second worker's check, made before version 1 existed
         calls.append(name)
         return [] if len(calls) == 1 else real(name)
 
-    monkeypatch.setattr(tune.model_store, "model_versions", first_look_sees_none)
+    monkeypatch.setattr(tune_report.model_store, "model_versions", first_look_sees_none)
     with caplog.at_level("INFO", logger="exptrack.tune"):
-        kept = tune.register_best_once(best["run_id"], tune.best_trial_config(study, spec))
+        kept = tune_report.register_best_once(best["run_id"], tune_report.best_trial_config(study, spec))
     assert kept == "1" and "registered twice (versions 1 and 2)" in caplog.text  # v2 from the logged model
     assert [str(v.version) for v in mlflow.MlflowClient().search_model_versions("name='tuned'")] == ["1"]
 
@@ -378,21 +383,21 @@ def test_a_worker_whose_running_trial_another_worker_failed_goes_on(tiny_demo, t
     """A worker that stalls past grace_period finds its trial failed (and its retry queued) by
     another worker: it abandons that trial and runs the next, where Optuna alone would crash."""
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    suggest = tune.suggest
+    suggest = tune_objective.suggest
 
     def suggest_then_lose(trial: optuna.Trial, space) -> list[str]:
         overrides = suggest(trial, space)
         if trial.number == 0:  # the fault: another worker finds trial 0's heartbeat stale
             other = optuna.load_study(study_name="lost", storage=storage)
-            tune.on_dead_worker_trial(other, tune.fail_trial(other, trial.number))
+            tune_workers.on_dead_worker_trial(other, tune_workers.fail_trial(other, trial.number))
         return overrides
 
-    monkeypatch.setattr(tune, "suggest", suggest_then_lose)
+    monkeypatch.setattr(tune_objective, "suggest", suggest_then_lose)
     study = run_tune(load_study_spec(_study_file(tmp_path, tiny_demo, storage, 2, name="lost", epochs=1)))
     states = [t.state for t in study.trials]
     assert states[0] == optuna.trial.TrialState.FAIL and retried_from(study.trials[1]) == 0
     assert study.trials[1].params == study.trials[0].params
-    assert all(s in tune.COUNTED for s in states[1:]) and len(states) == 3  # the retry + the total
+    assert all(s in tune_workers.COUNTED for s in states[1:]) and len(states) == 3  # the retry + the total
     assert "trial 0 was marked FAIL by another worker while this one ran it" in caplog.text
     lost = [r for r in _children(study.user_attrs["mlflow_parent_run_id"]) if r.info.run_name == "trial-0"]
     assert [(r.info.status, r.data.tags["optuna.state"]) for r in lost] == [("FAILED", "FAIL")]
@@ -401,7 +406,7 @@ def test_a_worker_whose_running_trial_another_worker_failed_goes_on(tiny_demo, t
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the test asks for a trial by hand
 def test_parent_run_made_by_the_next_worker_when_trial_0_died_without_one(tiny_demo, tmp_path):
-    from exptrack.tune import open_study
+    from exptrack.tune.workers import open_study
 
     spec = load_study_spec(_study_file(tmp_path, tiny_demo, f"sqlite:///{tmp_path / 'optuna.db'}", 1, name="p0"))
     study = open_study(spec)
@@ -419,7 +424,7 @@ def test_a_dead_local_worker_trial_is_failed_and_retried_through_public_optuna_a
     import socket
 
     from exptrack._proc import process_alive
-    from exptrack.tune import fail_dead_local_trials, fail_trial
+    from exptrack.tune.workers import fail_dead_local_trials, fail_trial
 
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'o.db'}", study_name="dead")
     gone = subprocess.Popen(["true"])
@@ -443,7 +448,7 @@ def test_a_dead_workers_fold_trial_leaves_no_member_run_running(tmp_path):
     the member being trained dies too, and is closed with the group run."""
     import socket
 
-    from exptrack.tune import fail_dead_local_trials
+    from exptrack.tune.workers import fail_dead_local_trials
 
     client = mlflow.MlflowClient()
     experiment = client.create_experiment("dead-group")
@@ -479,7 +484,7 @@ def test_optuna_experimental_warnings_are_silenced_in_one_place():
 def test_a_pruned_trial_says_when_and_at_what_value():
     from types import SimpleNamespace
 
-    from exptrack.tune import ReportEachEpoch
+    from exptrack.tune.pruning import ReportEachEpoch
 
     trial = SimpleNamespace(report=lambda value, step: None, should_prune=lambda: True)
     with pytest.raises(optuna.TrialPruned, match=r"pruned at epoch 3 \(val_mean_class_acc 0\.2500\)"):
@@ -488,10 +493,8 @@ def test_a_pruned_trial_says_when_and_at_what_value():
 
 @pytest.mark.slow
 def test_pruned_trials_leave_no_checkpoints_or_logged_models(tiny_demo, tmp_path, monkeypatch):
-    from exptrack import tune
-
     # a real Optuna pruner that prunes every trial at its first report (epoch 1)
-    monkeypatch.setattr(tune, "make_pruner", lambda name: optuna.pruners.ThresholdPruner(lower=2.0))
+    monkeypatch.setattr(tune_workers, "make_pruner", lambda name: optuna.pruners.ThresholdPruner(lower=2.0))
     spec = load_study_spec(_study_file(tmp_path, tiny_demo, f"sqlite:///{tmp_path / 'optuna.db'}", 2, epochs=3))
     study = run_tune(spec)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED] * 2
@@ -513,7 +516,7 @@ def test_a_search_over_skeleton_sigma_says_what_each_trial_adds_to_the_cache(tin
     spec = load_study_spec(_study_file(tmp_path, tiny_demo, f"sqlite:///{tmp_path / 'o.db'}", 4))
     config = load_config(spec.config, [*spec.overrides, f"data.use_skeleton_attention={str(attention).lower()}"])
     caplog.set_level(logging.WARNING, logger="exptrack.tune")
-    tune.warn_cache_growth(spec, config)
+    tune_run.warn_cache_growth(spec, config)
     said = [r.message for r in caplog.records if "of skeleton attention" in r.message]
     if not attention:  # nothing is cached per sigma then
         assert said == []

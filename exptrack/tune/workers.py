@@ -1,0 +1,195 @@
+"""Many workers, one study: the storage (a SQLite file, Optuna's journal file, PostgreSQL), the
+heartbeat and the one retry of a dead worker's trial, which worker makes the study's MLflow
+parent run, how many trials a worker still runs, and what a stopped (SIGTERM) worker leaves."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import time
+
+import optuna
+import sqlalchemy.exc
+from optuna.storages.journal import JournalFileBackend
+
+from .. import tracking
+from .._proc import process_alive
+from ..config import load_config
+from ..preemption import PREEMPTED_TAG, Preempted
+from . import optuna_experimental
+from .pruning import make_pruner
+from .study_file import StudySpec, is_journal
+
+log = logging.getLogger("exptrack.tune")
+
+
+PARENT_ATTR = "mlflow_parent_run_id"
+
+
+def make_storage(spec: StudySpec) -> optuna.storages.BaseStorage:
+    if is_journal(spec.storage):
+        return optuna.storages.JournalStorage(JournalFileBackend(spec.storage.removeprefix("journal:")))
+    for attempt in range(1, 6):
+        try:
+            with optuna_experimental():  # the heartbeat is "experimental" in Optuna, and its documented way
+                return optuna.storages.RDBStorage(spec.storage, heartbeat_interval=spec.heartbeat_interval,
+                                                  grace_period=spec.grace_period,
+                                                  heartbeat_stale_trial_callback=on_dead_worker_trial)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
+            # Workers started together on an empty database all create Optuna's tables; the
+            # losers fail on the winner's half-made schema. Once it is complete, a retry just
+            # finds it.
+            if attempt == 5:
+                raise
+            log.info("storage tables being created by another worker (%s); retrying", type(exc).__name__)
+            time.sleep(attempt * (0.5 + random.random()))
+    raise AssertionError("unreachable")
+
+
+def retried_from(trial: optuna.trial.FrozenTrial) -> int | None:
+    """The number of the dead trial that `trial` retries, or None. (Optuna marks its heartbeat
+    helpers experimental; they are still its documented way to retry a dead worker's trial.)"""
+    with optuna_experimental():
+        return optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+
+
+with optuna_experimental():
+    _retry_once = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
+
+
+def on_dead_worker_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Optuna calls this (in whichever worker notices) for a trial whose worker stopped beating:
+    queue its retry, and end its MLflow run, which its dead process left RUNNING."""
+    with optuna_experimental():
+        retried = len(optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(trial)) < 1
+    _retry_once(study, trial)
+    run_id = trial.user_attrs.get("run_id")
+    if run_id:
+        try:
+            # a fold or seed trial's run is a group run: its members died with it
+            for member in [r["run_id"] for r in tracking.child_runs(run_id) if r["status"] == "RUNNING"]:
+                tracking.fail_run_if_running(member, {"optuna.state": "FAIL", "optuna.fail_reason": "worker died"})
+            tracking.fail_run_if_running(run_id, {"optuna.state": "FAIL", "optuna.fail_reason": "worker died"})
+        except Exception as exc:  # noqa: BLE001 - a tracking hiccup must not stop the study
+            log.warning("could not close the run %s of dead trial %d: %s", run_id, trial.number, exc)
+    log.warning("trial %d: its worker %s stopped (or stalled past grace_period); marked FAIL%s", trial.number,
+                trial.user_attrs.get("worker", "?"),
+                " and queued for one retry" if retried else " (a retry already; not retried again)")
+
+
+def frozen(study: optuna.Study, trial: optuna.Trial) -> optuna.trial.FrozenTrial:
+    return next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+
+
+def makes_parent(study: optuna.Study, trial: optuna.Trial) -> bool:
+    """Whether this trial's worker creates the parent run: trial 0's worker (trial numbers are
+    handed out atomically by the storage); or, if trial 0 ended without making one (its worker
+    died or the tracking server refused), the worker of the lowest-numbered running trial."""
+    if trial.number == 0:
+        return True
+    trials = study.get_trials(deepcopy=False)
+    if trials[0].state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING):
+        return False
+    running = [t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    return bool(running) and min(running) == trial.number
+
+
+def parent_run_for(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, timeout_s: float = 600.0) -> str:
+    """The study's MLflow parent run, made once across all workers (see `makes_parent`); the
+    others wait for it, failing stale trials meanwhile so that a dead trial 0 is noticed."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        attrs = study.user_attrs
+        if PARENT_ATTR in attrs:
+            return attrs[PARENT_ATTR]
+        if makes_parent(study, trial) and PARENT_ATTR not in study.user_attrs:  # re-read: made meanwhile?
+            parent = tracking.create_parent_run(load_config(spec.config, spec.overrides), f"tune-{spec.study}",
+                                                {"exptrack.command": "tune", "optuna.study": spec.study,
+                                                 "optuna.storage": spec.storage},
+                                                searched={p.key: p.describe() for p in spec.space})
+            study.set_user_attr(PARENT_ATTR, parent)
+            return parent
+        time.sleep(1.0)
+        with optuna_experimental():
+            optuna.storages.fail_stale_trials(study)
+    raise RuntimeError(f"study {spec.study}: no parent run appeared in {timeout_s:.0f} s (trial 0 still running?)")
+
+
+COUNTED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+def trials_to_run(study: optuna.Study, spec: StudySpec) -> int:
+    """How many more trials this worker may start: up to the study's total (shared by every
+    worker and every rerun), and at least the queued ones (a dead worker's retry, enqueued
+    trials), which would otherwise never run once the total is reached."""
+    if not is_journal(spec.storage):
+        fail_dead_local_trials(study)
+        with optuna_experimental():
+            optuna.storages.fail_stale_trials(study)  # dead workers elsewhere, once grace_period has passed
+    done = sum(t.state in COUNTED for t in study.trials)
+    waiting = sum(t.state == optuna.trial.TrialState.WAITING for t in study.trials)
+    log.info("study %s: %d of %d trials done, %d queued", study.study_name, done, spec.n_trials, waiting)
+    return max(spec.n_trials - done, waiting)
+
+
+def fail_dead_local_trials(study: optuna.Study) -> None:
+    """RUNNING trials of a worker on this machine whose process is gone (a restart right after a
+    crash): FAIL and retry them now instead of after grace_period. Another machine's workers are
+    left to the heartbeat. (A reused pid only delays this to the heartbeat's verdict.)"""
+    host = socket.gethostname()
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        worker_host, _, pid = trial.user_attrs.get("worker", "").rpartition(":")
+        if worker_host != host or not pid.isdigit() or process_alive(int(pid)):
+            continue
+        failed = fail_trial(study, trial.number)
+        if failed is not None:  # else another worker got there first
+            on_dead_worker_trial(study, failed)
+
+
+def fail_trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial | None:
+    """Mark another worker's RUNNING trial FAIL through Optuna's public ask-and-tell API;
+    None when it is already finished (another worker failed it first, or it ended)."""
+    try:
+        study.tell(number, state=optuna.trial.TrialState.FAIL)
+    except (ValueError, optuna.exceptions.UpdateFinishedTrialError):  # not RUNNING any more / lost the race
+        return None
+    return next(t for t in study.get_trials(deepcopy=True) if t.number == number)
+
+
+def open_study(spec: StudySpec) -> optuna.Study:
+    assert spec.pruner is not None, "read_study resolves the pruner"
+    return optuna.create_study(study_name=spec.study, storage=make_storage(spec), load_if_exists=True,
+                               direction=spec.direction, sampler=optuna.samplers.TPESampler(seed=spec.seed),
+                               pruner=make_pruner(spec.pruner))
+
+
+class StopWhenDone:
+    """Stops a worker once the study's total is reached and no trial is queued (a dead
+    worker's retry still runs after the total: Optuna's MaxTrialsCallback would stop first)."""
+
+    def __init__(self, n_trials: int) -> None:
+        self.n_trials = n_trials
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        trials = study.get_trials(deepcopy=False)
+        done = sum(t.state in COUNTED for t in trials)
+        if done >= self.n_trials and not any(t.state == optuna.trial.TrialState.WAITING for t in trials):
+            study.stop()
+
+
+def requeue_preempted(study: optuna.Study, exc: Preempted) -> None:
+    """After a SIGTERM or SIGINT: this worker's running trial ends FAIL and is queued for one retry
+    (the next run of the command, or another worker, runs it); the study's parent run ends KILLED
+    unless other workers' trials still run in it."""
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if trial.user_attrs.get("worker") == worker and (failed := fail_trial(study, trial.number)) is not None:
+            with optuna_experimental():
+                _retry_once(study, failed)
+            log.warning("trial %d stopped by %s: marked FAIL and queued for one retry", trial.number, exc.name)
+    parent = study.user_attrs.get(PARENT_ATTR)
+    if parent and not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        tracking.set_run_tags(parent, {PREEMPTED_TAG: exc.name})
+        tracking.finish_run(parent, "KILLED")
