@@ -9,10 +9,17 @@ import sys
 import traceback
 
 from . import preemption
-from .config import TRAIN_FLAGS, TRAIN_SWITCHES, Config, ConfigError, MlflowConfig, given_keys, load_config
+from .config import Config, ConfigError, MlflowConfig, given_keys, load_config
 from .data.errors import DataError, DataWarnings
 from .errors import CheckpointError, ModelError, OutputError, TrackingUnavailable, TuneFailed
 from .training.loop import NonFiniteLossError
+
+# The original train.py flags `exptrack train` keeps, and the config keys they set.
+TRAIN_FLAGS = {"epochs": "train.epochs", "batch_size": "train.batch_size", "device": "train.device",
+               "seed": "train.seed", "skeleton_sigma": "data.skeleton_sigma", "seeds": "train.seeds",
+               "folds": "data.folds", "group_model": "train.group_model"}
+TRAIN_SWITCHES = {"downsample_class1": "data.downsample_class1", "use_masks": "data.use_masks",
+                  "use_skeleton_attention": "data.use_skeleton_attention"}
 
 REGISTERED_MODEL = MlflowConfig().registered_model  # the one definition: the config's default
 DEFAULT_MODEL = f"models:/{REGISTERED_MODEL}@champion"

@@ -20,9 +20,43 @@ from typing import Any, Literal
 
 import yaml
 
+from .errors import ConfigError
+from .yaml_io import read_yaml_file, yaml_number
 
-class ConfigError(ValueError):
-    """A config file or override that does not fit the schema."""
+
+@dataclass(frozen=True)
+class Bounds:
+    """A number field's range, written beside the field (`bounded`) and checked by `validate`
+    for every field that has one (None, where a field allows it, is not checked)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # > low instead of >= low
+    high_open: bool = False  # < high instead of <= high
+    note: str = ""  # what a value means, said with the error (e.g. "0 = off")
+
+    def holds(self, value: float) -> bool:
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def text(self) -> str:
+        """'>= 1', '> 0', 'in [0, 1)'..."""
+        if self.low is not None and self.high is not None:
+            return (f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
+                    f"{')' if self.high_open else ']'}")
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        assert self.high is not None, "a Bounds has a low or a high end"
+        return f"{'<' if self.high_open else '<='} {self.high:g}"
+
+
+def bounded(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+            lt: float | None = None, note: str = "") -> Any:
+    """A config field with its range: ge/gt its lower end (>=, >), le/lt its upper end (<=, <)."""
+    bounds = Bounds(low=gt if gt is not None else ge, high=lt if lt is not None else le,
+                    low_open=gt is not None, high_open=lt is not None, note=note)
+    return field(default=default, metadata={"bounds": bounds})
 
 
 @dataclass(frozen=True)
@@ -34,22 +68,22 @@ class DataConfig:
     # scenes, 9 subjects, 10 classes (exptrack/data/demo.py).
     demo_preset: Literal["easy", "hard"] = "easy"
     # None: the preset's own count (easy 12 subjects / 6 classes, hard 9 / 10).
-    demo_subjects: int | None = None
-    demo_classes: int | None = None
+    demo_subjects: int | None = bounded(None, ge=3, note="null: the preset's own count")
+    demo_classes: int | None = bounded(None, ge=2, note="null: the preset's own count")
     demo_seed: int = 0
-    clip_len: int = 16
-    train_stride: int = 8
-    eval_stride: int = 16
-    frame_size: int = 112
+    clip_len: int = bounded(16, ge=1)
+    train_stride: int = bounded(8, ge=1)
+    eval_stride: int = bounded(16, ge=1)
+    frame_size: int = bounded(112, ge=8, note="pixels")
     # Processes that decode videos into the cache at once: 0 = one per core when there are at
     # least PARALLEL_MIN_FRAMES frames to decode (else in this process), 1 = in this process.
-    cache_workers: int = 0
+    cache_workers: int = bounded(0, ge=0, note="0: one per core for large builds")
     # Random shift of training clip starts (frames), as the original did.
-    start_jitter: int = 4
+    start_jitter: int = bounded(4, ge=0)
     # Minimum share of a clip's frames that carry its (majority) label; 0 keeps every clip
     # with at least one labelled frame, like the original.
-    min_purity: float = 0.0
-    val_fraction: float = 0.2
+    min_purity: float = bounded(0.0, ge=0, le=1)
+    val_fraction: float = bounded(0.2, ge=0, lt=1)
     val_seed: int = 42
     # Final fit on train + validation subjects (`tune --retrain-best`): nothing is held out, so
     # there is no early stopping, the plateau scheduler follows the training loss, and the model
@@ -59,12 +93,12 @@ class DataConfig:
     dominant_class: int = 1
     use_masks: bool = False
     # 1.0 blacks out the background; 0.7 keeps 30% of it visible.
-    mask_alpha: float = 1.0
+    mask_alpha: float = bounded(1.0, ge=0, le=1)
     use_skeleton_attention: bool = False
-    skeleton_sigma: float = 10.0
+    skeleton_sigma: float = bounded(10.0, gt=0)
     # Attention never drops below this weight, so the model still sees context.
-    skeleton_floor: float = 0.2
-    keypoint_min_conf: float = 0.3
+    skeleton_floor: float = bounded(0.2, ge=0, le=1)
+    keypoint_min_conf: float = bounded(0.3, ge=0, le=1)
     # Frame numbering of label and keypoint CSVs: "auto" = 0-based if frame 0 occurs in the
     # file, else 1-based. Set "0" or "1" when a file may lack its first frame.
     frame_base: Literal["auto", "0", "1"] = "auto"
@@ -79,24 +113,24 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    num_classes: int = 17
+    num_classes: int = bounded(17, ge=2)
     # Channel multiplier: 1.0 is the paper's C3D; the demo uses a narrower one.
-    width: float = 1.0
-    dropout: float = 0.5
-    dropout_fc: float = 0.3
+    width: float = bounded(1.0, gt=0)
+    dropout: float = bounded(0.5, ge=0, lt=1)
+    dropout_fc: float = bounded(0.3, ge=0, lt=1)
     # Share of each pixel's mean over the clip subtracted before the first convolution: 1 keeps
     # only what moves, 0 is the original's plain frames (models/c3d.py; docs/defaults.md).
     # None (default) = auto, resolved when the config is made: 1.0 without person masks (the
     # room must go), 0.0 with them (masks already removed it; removing the still body too
     # measured worse, bench/RESULTS.md "Recipe").
-    static_removal: float | None = None
+    static_removal: float | None = bounded(None, ge=0, le=1)
     # Before static removal, shift each frame onto the clip's middle frame (phase correlation,
     # at most 5% of the frame): a shaking camera otherwise leaves every background edge in what
     # static removal keeps (models/stabilize.py). No effect when static_removal is 0.
     stabilize: bool = True
     # Members whose class probabilities the model averages: 1 is one C3D; more only in a model
     # registered by a seed or fold group with train.group_model=ensemble (training/groups.py).
-    ensemble: int = 1
+    ensemble: int = bounded(1, ge=1)
     # One more output, "rest", trained on the windows whose frames are mostly background (-1 in
     # the labels): a workout video is mostly rest between sets, and a model without this output
     # calls every rest frame an exercise. A confidence threshold cannot stand in for it (rest
@@ -117,10 +151,10 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 100
-    batch_size: int = 8
-    eval_batch_size: int = 16
-    num_workers: int = 4
+    epochs: int = bounded(100, ge=1)
+    batch_size: int = bounded(8, ge=1)
+    eval_batch_size: int = bounded(16, ge=1)
+    num_workers: int = bounded(4, ge=0)
     seed: int = 42
     # A seed group (training/groups.py): train the config once per seed, as child runs of one
     # parent run that logs their mean, spread and interval. Empty: one run with train.seed.
@@ -134,18 +168,18 @@ class TrainConfig:
     group_model: Literal["auto", "best", "ensemble"] = "auto"
     device: str = "auto"
     weighted_sampler: bool = True
-    grad_clip: float = 1.0
-    early_stop_patience: int = 10  # 0 = no early stopping
-    early_stop_min_delta: float = 0.001
+    grad_clip: float = bounded(1.0, ge=0, note="0 = off")
+    early_stop_patience: int = bounded(10, ge=0, note="0 = no early stopping")  # 0 = no early stopping
+    early_stop_min_delta: float = bounded(0.001, ge=0)
     # Model choice and early stopping follow the mean validation mean class accuracy of the last
     # this-many epochs (1 = the single best epoch, the original's rule); training/loop.py.
-    selection_window: int = 3
+    selection_window: int = bounded(3, ge=1)
     # Windows with the same score (e.g. validation saturated at 1.000): "val_loss" keeps the one
     # with the lower mean validation loss (a later, more confident model); "first" keeps the first.
     selection_tiebreak: Literal["val_loss", "first"] = "val_loss"
     # Early stopping never stops before this epoch.
-    min_epochs: int = 0
-    checkpoint_every: int = 10
+    min_epochs: int = bounded(0, ge=0)
+    checkpoint_every: int = bounded(10, ge=0)
     keep_checkpoints: int = 3
     # What stays on local disk when a run ends: "resume" = last.pt (resume, more epochs) and
     # best_model.pt; the other checkpoints' weights are the run's logged models, uploaded (about
@@ -159,33 +193,33 @@ class TrainConfig:
     compile: bool = False
     # Recompute BatchNorm statistics over this many training batches before each validation
     # (0 = off, the original behaviour); see training/loop.py:recompute_bn_stats.
-    precise_bn_batches: int = 10
+    precise_bn_batches: int = bounded(10, ge=0, note="0 = off")
     # channels_last_3d memory for the model and its input: "auto" = the layout measured faster
     # on the device type (device.py:use_channels_last, bench/RESULTS.md), or true/false.
     channels_last: Literal["auto", True, False] = "auto"
     # Read the loss, accuracy and NaN check from the device every this many batches (and at the
     # end of each epoch): one host-device synchronisation per check, none per step. 0 = epoch end only.
-    sync_every: int = 50
+    sync_every: int = bounded(50, ge=0, note="0 = epoch end only")
     # After a SIGTERM or SIGINT, wait at most this many seconds for the tracking calls already
     # queued (epochs that finished) before the run ends KILLED; what is left, a resume delivers.
-    shutdown_timeout: float = 60.0
+    shutdown_timeout: float = bounded(60.0, ge=0)
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    lr: float = 3e-4
+    lr: float = bounded(3e-4, gt=0)
     # "plateau": ReduceLROnPlateau on the validation loss (the original's); "cosine": cosine decay
     # from lr to min_lr over train.epochs, stepped once per epoch.
     scheduler: Literal["plateau", "cosine"] = "plateau"
-    weight_decay: float = 1e-5
-    plateau_factor: float = 0.5
-    plateau_patience: int = 5
-    min_lr: float = 1e-7
+    weight_decay: float = bounded(1e-5, ge=0)
+    plateau_factor: float = bounded(0.5, gt=0, lt=1)
+    plateau_patience: int = bounded(5, ge=0)
+    min_lr: float = bounded(1e-7, ge=0)
 
 
 @dataclass(frozen=True)
 class LossConfig:
-    focal_gamma: float = 2.0
+    focal_gamma: float = bounded(2.0, ge=0)
     # Per-class alpha from inverse class frequency of the training clips. Off by default: the
     # balanced sampler (train.weighted_sampler) already balances the batches, and on top of it
     # the weights measured no gain (hard preset, one seed: 0.464 without, 0.466 with,
@@ -196,12 +230,12 @@ class LossConfig:
 @dataclass(frozen=True)
 class AugmentConfig:
     enabled: bool = True
-    hflip_p: float = 0.5
+    hflip_p: float = bounded(0.5, ge=0, le=1)
     rotation_deg: float = 10.0
     # Zoom in or out by up to this share (0.15: x0.85 to x1.15), and shift by up to this share
     # of the frame in x and y: the person stands elsewhere and at another size in a new room.
-    scale: float = 0.0
-    translate: float = 0.0
+    scale: float = bounded(0.0, ge=0, lt=1)
+    translate: float = bounded(0.0, ge=0, le=0.5)
     brightness: float = 0.2
     contrast: float = 0.2
     saturation: float = 0.2
@@ -303,11 +337,8 @@ def check_value(key: str, tp: Any, value: Any) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
+        if isinstance(number := yaml_number(value), float):
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -351,26 +382,6 @@ RENAMED = {"data.label_frame_base": "frame_base"}
 # Keys added since a config was saved whose default changed how a model computes: a saved config
 # that lacks one was made before it existed, so it gets the value that reproduces that model.
 ADDED_LATER = {"model": {"static_removal": 0.0, "stabilize": False, "rest_class": False}}
-# Which keys each command may take from the user when the rest is a run's or a model's own:
-#
-# What a resumed run may change: how and where it runs, and how long. The rest (data,
-# model, loss, optimiser) is the run's own and comes from its checkpoint.
-RESUMABLE = {"train": ("epochs", "device", "num_workers", "eval_batch_size"), "paths": ("outputs", "cache"),
-             "data": ("root", "cache_workers"), "mlflow": ("tracking_uri",)}
-# What `evaluate --set` may change: where the data and outputs are, and the input weighting
-# (warned when it differs from the model's training). The rest of data.* and model.* is the
-# model's own (clip length, frame size, classes): changing it would not evaluate that model.
-EVALUATE_DATA_KEYS = ("root", "use_masks", "use_skeleton_attention", "skeleton_sigma", "mask_alpha",
-                      "skeleton_floor", "keypoint_min_conf", "frame_base", "eval_stride", "min_purity", "demo",
-                      "cache_workers")
-EVALUATE_SECTIONS = ("mlflow", "paths")
-# The original train.py flags `exptrack train` keeps, and the keys they set (cli.py).
-TRAIN_FLAGS = {"epochs": "train.epochs", "batch_size": "train.batch_size", "device": "train.device",
-               "seed": "train.seed", "skeleton_sigma": "data.skeleton_sigma", "seeds": "train.seeds",
-               "folds": "data.folds", "group_model": "train.group_model"}
-TRAIN_SWITCHES = {"downsample_class1": "data.downsample_class1", "use_masks": "data.use_masks",
-                  "use_skeleton_attention": "data.use_skeleton_attention"}
-
 # Values whose meaning changed since a config was saved: (section, key, old value) -> the value
 # that means what the old one did. train.amp: true meant "bf16 on CUDA, fp32 elsewhere" until
 # half precision was chosen by capability; that is "auto" now, and true demands a half precision.
@@ -406,126 +417,6 @@ def _check_mapping(raw: dict[str, Any], where: str) -> dict[str, dict[str, Any]]
 
 # ---------------------------------------------------------------------------------------------
 # Loading
-
-
-MAX_YAML_BYTES = 1 << 20  # a config or study file is a few KB; anything this large is not one
-MAX_YAML_ALIASES = 100  # `*alias` references: a few are a convenience, nested thousands a bomb
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last), and
-    more than MAX_YAML_ALIASES aliases (a "billion laughs" file expands them into memory)."""
-
-    aliases = 0
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            self.aliases += 1
-            if self.aliases > MAX_YAML_ALIASES:
-                mark = self.peek_event().start_mark
-                raise ConfigError(f"{self.name}:{mark.line + 1}: more than {MAX_YAML_ALIASES} YAML aliases (*name); "
-                                  "a config has no use for that many (nested aliases expand without bound)")
-        return super().compose_node(parent, index)
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` merges; flatten_mapping handles it
-                continue
-            key = self.construct_object(key_node, deep=True)
-            line = key_node.start_mark.line + 1
-            try:
-                first = seen.get(key)
-            except TypeError:  # an unhashable key: SafeLoader's own error says so below
-                continue
-            if first is not None:
-                raise ConfigError(f"{self.name}:{line}: key {str(key)[:80]!r} given twice (first on line {first})")
-            seen[key] = line
-        return super().construct_mapping(node, deep=deep)
-
-
-def read_yaml_file(path: Path) -> Any:
-    """Parse one YAML file, or ConfigError naming it (and the line or byte) for a missing file,
-    a folder, bytes that are not UTF-8, invalid YAML, nesting deeper than a config has any use
-    for, or a key given twice in one mapping."""
-    try:
-        return _read_yaml_file(path)
-    except OSError as exc:  # a name longer than the OS allows (ENAMETOOLONG), a path through a file...
-        shown = str(path) if len(str(path)) <= 120 else f"{str(path)[:60]}...{str(path)[-40:]}"
-        raise ConfigError(f"{shown}: cannot read it as a config file ({exc.strerror or exc})") from None
-
-
-MAX_YAML_DEPTH = 50  # a config nests 2 levels, a study file 4; PyYAML itself recurses per level
-
-
-def _read_yaml_file(path: Path) -> Any:
-    if path.is_dir():
-        raise ConfigError(f"{path}: is a folder, not a YAML config file")
-    if path.exists() and not path.is_file():  # a FIFO would block, /dev/zero never end
-        raise ConfigError(f"{path}: not a regular file (a device, pipe or socket), not a YAML config file")
-    try:
-        if path.stat().st_size > MAX_YAML_BYTES:
-            raise ConfigError(f"{path}: {path.stat().st_size} bytes, larger than a config file can be "
-                              f"({MAX_YAML_BYTES} bytes)")
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:  # never quote the content: the byte offset is enough
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
-    loader = _UniqueKeyLoader(text)
-    loader.name = str(path)  # marks in YAML errors name the file
-    _check_depth(text, path)
-    try:
-        data = loader.get_single_data()
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    finally:
-        loader.dispose()
-    _check_expanded_size(data, path)
-    return data
-
-
-def _check_depth(text: str, path: Path) -> None:
-    """Refuse nesting deeper than MAX_YAML_DEPTH from the token stream (flat, no recursion): the
-    parser and composer recurse once per level, and 20,000 levels end in a RecursionError."""
-    depth = 0
-    try:
-        for token in yaml.scan(text, Loader=yaml.SafeLoader):
-            if isinstance(token, (yaml.BlockMappingStartToken, yaml.BlockSequenceStartToken,
-                                  yaml.FlowMappingStartToken, yaml.FlowSequenceStartToken)):
-                depth += 1
-                if depth > MAX_YAML_DEPTH:
-                    line = token.start_mark.line + 1
-                    raise ConfigError(f"{path}:{line}: nested more than {MAX_YAML_DEPTH} levels deep; a config has "
-                                      "no use for that many")
-            elif isinstance(token, (yaml.BlockEndToken, yaml.FlowMappingEndToken, yaml.FlowSequenceEndToken)):
-                depth -= 1
-    except yaml.YAMLError:
-        return  # invalid YAML: the parser says where, below
-
-
-MAX_YAML_VALUES = 100_000  # values in a file once its aliases are expanded (a config has a few hundred)
-
-
-def _check_expanded_size(data: Any, path: Path) -> None:
-    """A few aliases can still nest into billions of values (9 levels of 9: 72 aliases), which
-    anything that walks or prints the data would expand; count them, with a budget."""
-    seen, stack = 0, [data]
-    while stack:
-        item = stack.pop()
-        seen += 1
-        if seen > MAX_YAML_VALUES:
-            raise ConfigError(f"{path}: more than {MAX_YAML_VALUES} values once its YAML aliases are expanded; a "
-                              "config has no use for that many")
-        if isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -643,68 +534,37 @@ def replace(config: Config, **changes: dict[str, Any]) -> Config:
 
 
 def validate(config: Config) -> None:
-    """Cross-field and range checks that a type alone cannot express."""
-    d = config.data
+    """Every field's range (its `bounded` metadata), then the rules across fields."""
     problems = [f"{key} must be a finite number, got {value}" for key, value in to_flat_dict(config).items()
                 if isinstance(value, float) and not math.isfinite(value)]  # nan passes every range check
-    if d.clip_len < 1:
-        problems.append("data.clip_len must be >= 1")
-    if d.train_stride < 1 or d.eval_stride < 1:
-        problems.append("data.train_stride and data.eval_stride must be >= 1")
-    if d.frame_size < 8:
-        problems.append("data.frame_size must be >= 8 pixels")
-    for key, value, least in (("data.demo_subjects", d.demo_subjects, 3), ("data.demo_classes", d.demo_classes, 2)):
-        if value is not None and value < least:  # 0 once meant "the preset's count" without saying so
-            problems.append(f"{key} must be >= {least}, or null for the preset's own count; got {value}")
-    if d.cache_workers < 0:
-        problems.append("data.cache_workers must be >= 0 (0: one per core for large builds)")
-    if not 0.0 <= d.min_purity <= 1.0:
-        problems.append("data.min_purity must be in [0, 1]")
-    if not 0.0 <= d.val_fraction < 1.0:
-        problems.append("data.val_fraction must be in [0, 1)")
-    if not 0.0 <= d.mask_alpha <= 1.0:
-        problems.append("data.mask_alpha must be in [0, 1]")
-    if d.skeleton_sigma <= 0:
-        problems.append("data.skeleton_sigma must be > 0")
-    if not 0.0 <= d.skeleton_floor <= 1.0:
-        problems.append("data.skeleton_floor must be in [0, 1]")
-    if config.model.num_classes < 2:
-        problems.append("model.num_classes must be >= 2")
-    if config.model.width <= 0:
-        problems.append("model.width must be > 0")
-    if not (0.0 <= config.model.dropout < 1.0 and 0.0 <= config.model.dropout_fc < 1.0):
-        problems.append("model.dropout and model.dropout_fc must be in [0, 1)")
-    if not 0.0 <= d.keypoint_min_conf <= 1.0:
-        problems.append("data.keypoint_min_conf must be in [0, 1]")
-    if not 0 <= d.dominant_class < config.model.num_classes:
-        problems.append(f"data.dominant_class must be a class id, 0..{config.model.num_classes - 1}")
-    if config.train.eval_batch_size < 1 or config.train.num_workers < 0:
-        problems.append("train.eval_batch_size must be >= 1 and train.num_workers >= 0")
-    if config.optim.weight_decay < 0 or config.optim.min_lr < 0 or not 0.0 < config.optim.plateau_factor < 1.0:
-        problems.append("optim.weight_decay and optim.min_lr must be >= 0, optim.plateau_factor in (0, 1)")
-    if config.train.grad_clip < 0 or config.train.shutdown_timeout < 0:
-        problems.append("train.grad_clip (0 = off) and train.shutdown_timeout must be >= 0")
-    static_removal = config.model.static_removal or 0.0  # None (auto) is resolved by Config itself
-    if not 0.0 <= static_removal <= 1.0:
-        problems.append("model.static_removal must be in [0, 1]")
-    elif static_removal > 0 and d.clip_len < 2:
-        problems.append(f"model.static_removal={static_removal} needs data.clip_len >= 2: a one-frame "
-                        "clip minus its mean over the clip is all zeros (set model.static_removal=0)")
-    if config.train.batch_size < 1 or config.train.epochs < 1:
-        problems.append("train.batch_size and train.epochs must be >= 1")
-    if config.train.selection_window < 1 or config.train.min_epochs < 0:
-        problems.append("train.selection_window must be >= 1 and train.min_epochs >= 0")
-    if config.train.early_stop_patience < 0:
-        problems.append("train.early_stop_patience must be >= 0 (0 turns early stopping off)")
-    if not 0.0 <= config.augment.hflip_p <= 1.0:
-        problems.append("augment.hflip_p must be in [0, 1]")
-    if not 0.0 <= config.augment.scale < 1.0 or not 0.0 <= config.augment.translate <= 0.5:
-        problems.append("augment.scale must be in [0, 1) and augment.translate in [0, 0.5]")
-    if config.optim.lr <= 0:
-        problems.append("optim.lr must be > 0")
-    problems += _group_problems(config) + _name_problems(config)
+    problems += _range_problems(config) + _cross_field_problems(config) + _group_problems(config) \
+        + _name_problems(config)
     if problems:
         raise ConfigError("; ".join(problems))
+
+
+def _range_problems(config: Config) -> list[str]:
+    problems = []
+    for section in SECTIONS:
+        values = getattr(config, section)
+        for f in dataclasses.fields(values):
+            bounds, value = f.metadata.get("bounds"), getattr(values, f.name)
+            if bounds is not None and value is not None and math.isfinite(value) and not bounds.holds(value):
+                note = f" ({bounds.note})" if bounds.note else ""
+                problems.append(f"{section}.{f.name} must be {bounds.text()}{note}, got {value}")
+    return problems
+
+
+def _cross_field_problems(config: Config) -> list[str]:
+    """What one field's range cannot say: a value that must fit another field's."""
+    d, problems = config.data, []
+    if not 0 <= d.dominant_class < config.model.num_classes:
+        problems.append(f"data.dominant_class must be a class id, 0..{config.model.num_classes - 1}")
+    static_removal = config.model.static_removal or 0.0  # None (auto) is resolved by Config itself
+    if static_removal > 0 and d.clip_len < 2:
+        problems.append(f"model.static_removal={static_removal} needs data.clip_len >= 2: a one-frame "
+                        "clip minus its mean over the clip is all zeros (set model.static_removal=0)")
+    return problems
 
 
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -758,8 +618,6 @@ def _group_problems(config: Config) -> list[str]:
         problems.append("data.folds and train.seeds cannot be combined: a group is either seeds or folds")
     if d.folds and d.train_on_val:
         problems.append("data.folds and data.train_on_val cannot be combined (folds need held-out subjects)")
-    if config.model.ensemble < 1:
-        problems.append("model.ensemble must be >= 1")
     return problems
 
 

@@ -1,7 +1,12 @@
-"""exptrack's own errors beside DataError (bad input files, exptrack/data/errors.py) and
-ConfigError (exptrack/config.py): the CLI reports each of them in one line, without a traceback."""
+"""exptrack's own errors beside DataError (bad input files, exptrack/data/errors.py): the CLI
+reports each of them in one line, without a traceback."""
 
 from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A config file, study file or override that does not fit the schema; the message names the
+    file or the key."""
 
 
 class ModelError(ValueError):

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from . import model_card, model_store, figures, tracking
-from .config import EVALUATE_DATA_KEYS, EVALUATE_SECTIONS, Config, ConfigError, replace
+from .config import Config, ConfigError, replace
 from .data.clips import ClipIndex
 from .data.dataset import ModelView, make_loader
 from .data.errors import DataError
@@ -38,6 +38,14 @@ from .training.loop import predict
 from .windows import window_probabilities, window_stride
 
 log = logging.getLogger("exptrack.evaluate")
+
+# What `evaluate --set` may change: where the data and outputs are, and the input weighting
+# (warned when it differs from the model's training). The rest of data.* and model.* is the
+# model's own (clip length, frame size, classes): changing it would not evaluate that model.
+EVALUATE_DATA_KEYS = ("root", "use_masks", "use_skeleton_attention", "skeleton_sigma", "mask_alpha",
+                      "skeleton_floor", "keypoint_min_conf", "frame_base", "eval_stride", "min_purity", "demo",
+                      "cache_workers")
+EVALUATE_SECTIONS = ("mlflow", "paths")
 
 
 @dataclass

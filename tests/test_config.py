@@ -202,9 +202,11 @@ def test_static_removal_auto_follows_the_mask_switch(tmp_path):
     ("optim.lr=nan", "optim.lr must be a finite number"),
     ("train.grad_clip=nan", "train.grad_clip must be a finite number"),
     ("augment.rotation_deg=inf", "augment.rotation_deg must be a finite number"),
-    ("model.dropout=1.5", "model.dropout and model.dropout_fc must be in"),
-    ("optim.weight_decay=-1", "optim.weight_decay and optim.min_lr must be >= 0"),
-    ("optim.plateau_factor=2", "optim.plateau_factor in \\(0, 1\\)"),
+    ("model.dropout=1.5", "model.dropout must be in \\[0, 1\\), got 1.5"),
+    ("model.dropout_fc=-0.1", "model.dropout_fc must be in \\[0, 1\\), got -0.1"),
+    ("optim.weight_decay=-1", "optim.weight_decay must be >= 0, got -1.0"),
+    ("optim.plateau_factor=2", "optim.plateau_factor must be in \\(0, 1\\), got 2.0"),
+    ("train.grad_clip=-1", "train.grad_clip must be >= 0 \\(0 = off\\), got -1.0"),
     ("data.dominant_class=99", "data.dominant_class must be a class id, 0..16"),
     ("train.eval_batch_size=0", "train.eval_batch_size must be >= 1"),
     (f"data.root=/data/{'a' * 300}", "data.root has a folder or file name of 300 bytes"),
@@ -291,5 +293,23 @@ def test_a_config_path_longer_than_the_os_allows_is_one_line(tmp_path, capsys):
 
 
 def test_zero_demo_subjects_is_refused_not_read_as_the_preset_count():
-    with pytest.raises(ConfigError, match="data.demo_subjects must be >= 3, or null for the preset's own count; got 0"):
+    with pytest.raises(ConfigError, match="data.demo_subjects must be >= 3 \\(null: the preset's own count\\), got 0"):
         load_config(None, ["data.demo_subjects=0"])
+
+
+def test_every_range_is_written_beside_its_field():
+    """validate() checks the `bounded` metadata of every field: a range added to a field is
+    enforced with no other change, and the fields with one are the numbers with a meaning."""
+    import dataclasses
+
+    from exptrack.config import SECTIONS
+
+    ranged = {f"{section}.{f.name}" for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)
+              if "bounds" in f.metadata}
+    assert {"data.clip_len", "model.dropout", "optim.lr", "train.epochs", "augment.hflip_p"} <= ranged
+    for key in sorted(ranged):
+        section, name = key.split(".")
+        bounds = next(f for f in dataclasses.fields(SECTIONS[section]) if f.name == name).metadata["bounds"]
+        outside = bounds.low - 1 if bounds.low is not None else bounds.high + 1
+        with pytest.raises(ConfigError, match=f"{key} must be "):
+            load_config(None, [f"{key}={outside:g}"])

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from .. import model_store, figures, preemption, stats, tracking
-from ..config import RESUMABLE, Config, ConfigError, config_from_dict, replace, to_nested_dict
+from ..config import Config, ConfigError, config_from_dict, replace, to_nested_dict
 from ..data.layout import discover
 from ..data.errors import DataWarnings
 from ..data.prepare import ensure_data_root, fold_pool
@@ -43,7 +43,7 @@ from ..models.weights import WEIGHTS_FILE, load_weights, save_atomic
 from . import logged_models
 from ..device import training_placement
 from .loop import EpochCallback
-from .run import RunOptions, refuse_ensemble_training, resume_config, train_run
+from .run import RESUMABLE, RunOptions, refuse_ensemble_training, resume_config, train_run
 
 log = logging.getLogger("exptrack.train")
 

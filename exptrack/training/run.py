@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .. import model_store, figures, preemption, tracking
 from ..device import Placement, bind, nvml_index, placement, resolve_device, training_placement
-from ..config import RESUMABLE, Config, ConfigError, config_from_dict, replace, to_flat_dict
+from ..config import Config, ConfigError, config_from_dict, replace, to_flat_dict
 from ..data import clips
 from ..data.dataset import make_loader
 from ..data.errors import DataError
@@ -43,6 +43,11 @@ from .logged_models import ModelLog
 from .loop import EpochCallback, FitSetup, TrainState, fit, grad_scaler, restore
 
 log = logging.getLogger("exptrack.train")
+
+# What a resumed run may change: how and where it runs, and how long. The rest (data, model,
+# loss, optimiser) is the run's own and comes from its checkpoint.
+RESUMABLE = {"train": ("epochs", "device", "num_workers", "eval_batch_size"), "paths": ("outputs", "cache"),
+             "data": ("root", "cache_workers"), "mlflow": ("tracking_uri",)}
 
 
 @dataclass

@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 import yaml
 
-from ..config import ConfigError, check_value, load_config, read_yaml_file
+from ..config import ConfigError, check_value, load_config
+from ..yaml_io import read_yaml_file, yaml_number
 from ..training.groups import is_group
 
 log = logging.getLogger("exptrack.tune")
@@ -80,7 +81,7 @@ def load_study_spec(path: str | Path, **changes: Any) -> StudySpec:
     for key, p in (raw.pop("space", None) or {}).items():
         if not isinstance(p, dict) or p.get("type") not in ("float", "int", "categorical"):
             raise ConfigError(f"{path}: space.{key} needs type float, int or categorical")
-        space.append(Param(key, p["type"], _number(p.get("low")), _number(p.get("high")), bool(p.get("log", False)),
+        space.append(Param(key, p["type"], yaml_number(p.get("low")), yaml_number(p.get("high")), bool(p.get("log", False)),
                            tuple(p.get("choices") or ())))
     known = set(StudySpec.__dataclass_fields__) - {"space"}
     unknown = set(raw) - known
@@ -127,16 +128,6 @@ def load_study_spec(path: str | Path, **changes: Any) -> StudySpec:
         raise ConfigError(f"{path}: need heartbeat_interval > 0 and grace_period >= 3 x heartbeat_interval "
                           "(a live but slow worker must not look dead)")
     return spec
-
-
-def _number(value: Any) -> Any:
-    """YAML 1.1 reads 1e-4 (no dot) as a string: the number it means, as config values do."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
 
 
 def check_space_entry(path: Path, p: Param) -> None:
