@@ -52,6 +52,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 from exptrack.config import load_config  # noqa: E402  (after the tracking URI is set)
 from exptrack.data.demo import preset_spec, write_demo_dataset  # noqa: E402
 from exptrack.evaluation import run_evaluate  # noqa: E402
+from exptrack.options import EvaluateOptions  # noqa: E402
 from exptrack.stats import _from_counts, compare_counts, subject_counts  # noqa: E402
 from exptrack.train import train  # noqa: E402
 
@@ -70,8 +71,7 @@ def population_predictions(root: Path, name: str, overrides: list[str], common: 
     """Train one model, evaluate it on every test subject: its per-clip predictions."""
     config = load_config(None, [*common, *overrides, f"mlflow.registered_model=bench-{name}"])
     result = train(config, progress=False)
-    evaluation = run_evaluate(f"models:/{result.model_id}", split="test", progress=False,
-                              save_dir=WORK / "eval" / name)
+    evaluation = run_evaluate(f"models:/{result.model_id}", EvaluateOptions(split="test", progress=False, save_dir=WORK / "eval" / name))
     table = pd.read_csv(evaluation.out_dir / "predictions.csv")
     return table[["subject", "start_frame", "true", "predicted"]]
 

@@ -27,6 +27,7 @@ def measure(ref: str, clips: int, repeats: int) -> dict[str, float]:
     import mlflow
 
     from exptrack.evaluation import run_evaluate
+    from exptrack.options import EvaluateOptions
     from exptrack.models.load import load_model
 
     client = mlflow.MlflowClient()
@@ -34,7 +35,7 @@ def measure(ref: str, clips: int, repeats: int) -> dict[str, float]:
     run = client.get_run(loaded.source["run_id"])
     train_s = (run.info.end_time - run.info.start_time) / 1000
     with tempfile.TemporaryDirectory(prefix="exptrack-bench-") as tmp:
-        result = run_evaluate(ref, save_dir=Path(tmp) / "eval", progress=False)
+        result = run_evaluate(ref, EvaluateOptions(save_dir=Path(tmp) / "eval", progress=False))
     evaluate = client.get_run(result.run_id).data.metrics["test_clips_per_s"]
     d = loaded.config.data
     batch = np.random.default_rng(0).integers(0, 255, (clips, d.clip_len, d.frame_size, d.frame_size, 3), dtype=np.uint8)

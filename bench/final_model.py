@@ -64,6 +64,7 @@ import pandas as pd  # noqa: E402
 from exptrack.config import load_config  # noqa: E402
 from exptrack.data.demo import preset_spec  # noqa: E402
 from exptrack.evaluation import run_evaluate  # noqa: E402
+from exptrack.options import EvaluateOptions  # noqa: E402
 from exptrack.stats import mean_interval  # noqa: E402
 from exptrack.train import train  # noqa: E402
 
@@ -91,7 +92,7 @@ def recipe_overrides(recipe: str, r: int) -> tuple[str, list[str]]:
 
 
 def test_score(model_id: str, config) -> float:
-    result = run_evaluate(f"models:/{model_id}", split="test", progress=False, base_config=config)
+    result = run_evaluate(f"models:/{model_id}", EvaluateOptions(split="test", progress=False), base_config=config)
     return float(result.report.summary["mean_class_acc"])
 
 

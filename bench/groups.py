@@ -62,6 +62,7 @@ from exptrack.compare import run_compare_groups  # noqa: E402
 from exptrack.config import load_config  # noqa: E402
 from exptrack.data.demo import preset_spec, write_demo_dataset  # noqa: E402
 from exptrack.evaluation import run_evaluate  # noqa: E402
+from exptrack.options import EvaluateOptions  # noqa: E402
 from exptrack.stats import mean_interval  # noqa: E402
 from exptrack.train import train  # noqa: E402
 
@@ -84,7 +85,7 @@ def settings(root: Path, classes: int, *extra: str) -> list[str]:
 
 
 def test_score(model_id: str, config) -> float:
-    result = run_evaluate(f"models:/{model_id}", split="test", progress=False, base_config=config)
+    result = run_evaluate(f"models:/{model_id}", EvaluateOptions(split="test", progress=False), base_config=config)
     return float(result.report.summary["mean_class_acc"])
 
 

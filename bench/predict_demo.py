@@ -31,9 +31,11 @@ import torch
 from exptrack.data.errors import DataWarnings
 from exptrack.data.layout import discover, read_labels
 from exptrack.evaluation import run_evaluate
+from exptrack.options import EvaluateOptions
 from exptrack.models.load import load_model
 from exptrack.metrics import frame_accuracy
 from exptrack.predict import predict_video
+from exptrack.options import PredictOptions
 
 
 def main() -> None:
@@ -43,7 +45,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
 
     config = load_model(args.model, torch.device("cpu")).config
-    evaluation = run_evaluate(args.model, split="test", progress=False)
+    evaluation = run_evaluate(args.model, EvaluateOptions(split="test", progress=False))
     layout = discover(config.data.root, DataWarnings())
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-predict-") as tmp:
@@ -52,7 +54,7 @@ def main() -> None:
             shutil.copyfile(subject.video, bare)
             row = {"subject": subject.subject}
             for name, video in (("layout", subject.video), ("bare", bare)):
-                timeline = predict_video(video, args.model, out_dir=Path(tmp) / f"{subject.subject}-{name}")
+                timeline = predict_video(video, args.model, PredictOptions(save_dir=Path(tmp) / f"{subject.subject}-{name}"))
                 true = read_labels(subject.labels, len(timeline.frames), config.model.num_classes, DataWarnings(0),
                                    config.data.frame_base)
                 row[f"{name}_raw"] = frame_accuracy(timeline.frames["predicted"].to_numpy(), true)

@@ -27,7 +27,8 @@ def main() -> int:
     args = parser.parse_args()
 
     from exptrack.config import load_config
-    from exptrack.explain.visualize import VisualizeOptions, run_visualize
+    from exptrack.explain.visualize import run_visualize
+    from exptrack.options import VisualizeOptions
     from exptrack.train import train
 
     tmp = Path(tempfile.mkdtemp(prefix="exptrack-bench-"))

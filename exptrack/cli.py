@@ -11,6 +11,7 @@ import traceback
 from . import preemption
 from .config import Config, ConfigError, MlflowConfig, given_keys, load_config
 from .data.errors import DataError, DataWarnings
+from .options import CompareOptions, EvaluateOptions, PredictOptions, PromoteOptions, VisualizeOptions
 from .errors import CheckpointError, ModelError, OutputError, TrackingUnavailable, TuneFailed
 from .training.loop import NonFiniteLossError
 
@@ -154,11 +155,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         value = getattr(args, flag)
         if value not in (None, False):
             overrides.setdefault("data", {})[key] = value
-    result = run_evaluate(args.model, split=args.split, batch_size=args.batch_size, device_name=args.device,
-                                 save_dir=args.save_dir, data_root=args.data_root, overrides=overrides,
-                                 progress=not args.no_progress,
-                                 # the model's own experiment unless a config is given
-                                 base_config=given, overwrite=args.overwrite)
+    options = EvaluateOptions(split=args.split, batch_size=args.batch_size, device=args.device, save_dir=args.save_dir,
+                              overwrite=args.overwrite, data_root=args.data_root, progress=not args.no_progress)
+    # the model's own experiment unless a config is given
+    result = run_evaluate(args.model, options, overrides=overrides, base_config=given)
     report, frame = result.report, result.frame
     s = report.summary
     print(f"{args.split} clips: accuracy {s['acc']:.3f}, top-3 {s['top3_acc']:.3f}, mean class accuracy "
@@ -181,10 +181,10 @@ def cmd_promote(args: argparse.Namespace) -> None:
     from .promote import promote, version_groups, version_scores
     from .tracking import model_url
 
-    decision = promote(args.name, metric=args.metric or f"{args.split}_mean_class_acc", split=args.split,
-                       data_root=args.data_root,
-                       progress=not args.no_progress, reevaluate=args.reevaluate, rule=args.rule,
-                       min_improvement=args.min_improvement)
+    decision = promote(args.name, PromoteOptions(
+        metric=args.metric or f"{args.split}_mean_class_acc", split=args.split, data_root=args.data_root,
+        progress=not args.no_progress, reevaluate=args.reevaluate, rule=args.rule,
+        min_improvement=args.min_improvement))
     scores, groups = version_scores(args.name, args.split), version_groups(args.name)
     for version, reason in sorted(decision.reasons.items(), key=lambda kv: int(kv[0])):
         shown = ", ".join(f"{m} {v:.3f}" for m, v in scores.get(version, {}).items())
@@ -198,9 +198,9 @@ def cmd_promote(args: argparse.Namespace) -> None:
 def cmd_compare(args: argparse.Namespace) -> None:
     from .compare import run_compare
 
-    result = run_compare(args.a, args.b, split=args.split, metric=args.metric, method=args.method,
-                         gradcam=args.gradcam, data_root=args.data_root, device_name=args.device,
-                         save_dir=args.save_dir, overwrite=args.overwrite, progress=not args.no_progress)
+    result = run_compare(args.a, args.b, CompareOptions(
+        split=args.split, metric=args.metric, method=args.method, gradcam=args.gradcam, data_root=args.data_root,
+        device=args.device, save_dir=args.save_dir, overwrite=args.overwrite, progress=not args.no_progress))
     unit = next(iter(result.comparisons.values())).unit
     print(f"{'metric':<22}{'A':>8}{'B':>8}{'B - A':>9}  95% interval       P(B better)  {unit:>8}")
     for name, c in result.comparisons.items():
@@ -213,7 +213,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def cmd_visualize(args: argparse.Namespace) -> None:
-    from .explain.visualize import VisualizeOptions, run_visualize
+    from .explain.visualize import run_visualize
 
     options = VisualizeOptions(split=args.split, num_samples=args.num_samples, layer=args.layer, alpha=args.alpha,
                                fps=args.fps, misclassified_only=args.misclassified_only,
@@ -231,9 +231,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from .formatting import frame_scores_text
     from .predict import predict_video
 
-    timeline = predict_video(args.video, args.model, out_dir=args.save_dir, device_name=args.device,
-                             stride=args.stride, smooth_window=args.smooth, overlay=args.overlay,
-                             overwrite=args.overwrite, masks=args.masks, keypoints=args.keypoints)
+    timeline = predict_video(args.video, args.model, PredictOptions(
+        save_dir=args.save_dir, device=args.device, stride=args.stride, smooth_window=args.smooth,
+        overlay=args.overlay, overwrite=args.overwrite, masks=args.masks, keypoints=args.keypoints))
     n = len(timeline.segments)
     print(f"{args.video}: {n} segment{'' if n == 1 else 's'} over {len(timeline.frames)} frames -> {timeline.out_dir}")
     for _, seg in timeline.segments.iterrows():
@@ -320,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     _config_options(p)
     p.add_argument("--epochs", type=_positive, help="train.epochs (default: the config's)")
     p.add_argument("--batch-size", type=_positive, help="train.batch_size (default: the config's)")
-    p.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: the config's train.device; auto: cuda > mps > cpu)")
+    p.add_argument("--device",
+                   help="cuda, cuda:1, mps or cpu (default: the config's train.device; auto: cuda > mps > cpu)")
     p.add_argument("--seed", type=int, help="train.seed (default: the config's)")
     p.add_argument("--downsample-class1", action="store_true", help="downsample class 1 to the median class")
     p.add_argument("--use-masks", action="store_true", help="black out the background with the person masks")
@@ -351,9 +352,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="models:/name@alias, models:/name/version, runs:/id, a run id or a checkpoint file"
                         + _DEFAULT)
-    p.add_argument("--split", default="test", choices=["test", "val", "train"], help="split to evaluate on" + _DEFAULT)
-    p.add_argument("--batch-size", type=_positive, default=16, help="clips per batch" + _DEFAULT)
-    p.add_argument("--device", default="auto", help="cuda, cuda:1, mps, cpu or auto (cuda > mps > cpu)" + _DEFAULT)
+    p.add_argument("--split", default=EvaluateOptions.split, choices=["test", "val", "train"],
+                   help="split to evaluate on" + _DEFAULT)
+    p.add_argument("--batch-size", type=_positive, default=EvaluateOptions.batch_size,
+                   help="clips per batch" + _DEFAULT)
+    p.add_argument("--device", default=EvaluateOptions.device,
+                   help="cuda, cuda:1, mps, cpu or auto (cuda > mps > cpu)" + _DEFAULT)
     p.add_argument("--save-dir", help="folder for the report files (default: a fresh outputs/evaluate/<run id>/)")
     p.add_argument("--overwrite", action="store_true", help="replace the contents of a --save-dir that holds files")
     p.add_argument("--data-root", help="evaluate on this dataset (default: the one the model was trained on)")
@@ -372,13 +376,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("promote", help="move the alias 'champion' to the best version (fair comparison)")
     p.add_argument("--name", default=REGISTERED_MODEL, help="registered model name" + _DEFAULT)
     p.add_argument("--metric", help="the metric compared, higher wins (default: <split>_mean_class_acc)")
-    p.add_argument("--split", default="test", choices=["test", "val"], help="split the versions are evaluated on" + _DEFAULT)
+    p.add_argument("--split", default=PromoteOptions.split, choices=["test", "val"],
+                   help="split the versions are evaluated on" + _DEFAULT)
     p.add_argument("--data-root", help="evaluate on this dataset (default: each model's own)")
-    p.add_argument("--rule", choices=["interval", "best"], default="interval",
+    p.add_argument("--rule", choices=["interval", "best"], default=PromoteOptions.rule,
                    help="interval: the challenger replaces the champion only when the lower end of the 95%% paired "
                         "interval over subjects of (challenger - champion) is above --min-improvement; best: when "
                         "its value is strictly higher" + _DEFAULT)
-    p.add_argument("--min-improvement", type=float, default=0.0,
+    p.add_argument("--min-improvement", type=float, default=PromoteOptions.min_improvement,
                    help="the least improvement the interval rule must show" + _DEFAULT)
     p.add_argument("--reevaluate", action="store_true",
                    help="evaluate again every version whose last evaluation was on other data (by default only "
@@ -391,14 +396,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("a", help="model A (the reference): any model reference evaluate takes, or a seed or fold "
                              "group's run id (then B is one too: compared over their members)")
     p.add_argument("b", help="model B (the challenger), or a group's run id")
-    p.add_argument("--split", default="test", choices=["test", "val", "train"], help="split both are evaluated on" + _DEFAULT)
-    p.add_argument("--metric", default="mean_class_acc", help="the metric of the verdict: mean_class_acc or acc"
+    p.add_argument("--split", default=CompareOptions.split, choices=["test", "val", "train"],
+                   help="split both are evaluated on" + _DEFAULT)
+    p.add_argument("--metric", default=CompareOptions.metric, help="the metric of the verdict: mean_class_acc or acc"
                    + _DEFAULT)
-    p.add_argument("--method", default="t", choices=["t", "bootstrap"], help="interval over subjects" + _DEFAULT)
-    p.add_argument("--gradcam", type=int, default=2, help="GradCAM overlays of this many fixed and broken clips"
+    p.add_argument("--method", default=CompareOptions.method, choices=["t", "bootstrap"],
+                   help="interval over subjects" + _DEFAULT)
+    p.add_argument("--gradcam", type=int, default=CompareOptions.gradcam,
+                   help="GradCAM overlays of this many fixed and broken clips"
                    + _DEFAULT)
     p.add_argument("--data-root", help="evaluate on this dataset (default: the one A was trained on)")
-    p.add_argument("--device", default="auto", help="cuda, mps, cpu or auto" + _DEFAULT)
+    p.add_argument("--device", default=CompareOptions.device, help="cuda, mps, cpu or auto" + _DEFAULT)
     p.add_argument("--save-dir", help="output folder (default: a fresh outputs/compare/<run id>/)")
     p.add_argument("--overwrite", action="store_true", help="replace the contents of a --save-dir that holds files")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
@@ -406,16 +414,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("visualize", help="GradCAM videos of a model, logged as an MLflow run")
     p.add_argument("--model", default=DEFAULT_MODEL, help="model reference, as for evaluate" + _DEFAULT)
-    p.add_argument("--split", default="test", choices=["test", "val", "train"], help="split the clips come from" + _DEFAULT)
-    p.add_argument("--num-samples", type=_positive, default=20, help="clips to render" + _DEFAULT)
-    p.add_argument("--layer", default="block4", choices=["block3", "block4", "block5"], help="GradCAM layer" + _DEFAULT)
-    p.add_argument("--alpha", type=float, default=0.5, help="heatmap weight in the overlay" + _DEFAULT)
-    p.add_argument("--fps", type=_positive, default=10, help="frame rate of the videos" + _DEFAULT)
+    p.add_argument("--split", default=VisualizeOptions.split, choices=["test", "val", "train"],
+                   help="split the clips come from" + _DEFAULT)
+    p.add_argument("--num-samples", type=_positive, default=VisualizeOptions.num_samples,
+                   help="clips to render" + _DEFAULT)
+    p.add_argument("--layer", default=VisualizeOptions.layer, choices=["block3", "block4", "block5"],
+                   help="GradCAM layer" + _DEFAULT)
+    p.add_argument("--alpha", type=float, default=VisualizeOptions.alpha,
+                   help="heatmap weight in the overlay" + _DEFAULT)
+    p.add_argument("--fps", type=_positive, default=VisualizeOptions.fps, help="frame rate of the videos" + _DEFAULT)
     p.add_argument("--misclassified-only", action="store_true", help="sample among the misclassified clips only")
-    p.add_argument("--scale-factor", type=_positive, default=3, help="upscaling of overlay_with_probs.mp4" + _DEFAULT)
+    p.add_argument("--scale-factor", type=_positive, default=VisualizeOptions.scale_factor,
+                   help="upscaling of overlay_with_probs.mp4" + _DEFAULT)
     p.add_argument("--long-sample", action="store_true", help="one long sample of a subject's video")
-    p.add_argument("--sample-duration", type=_positive, default=300, help="frames of the long sample" + _DEFAULT)
-    p.add_argument("--start-frame", type=int, default=0, help="first frame of the long sample" + _DEFAULT)
+    p.add_argument("--sample-duration", type=_positive, default=VisualizeOptions.sample_duration,
+                   help="frames of the long sample" + _DEFAULT)
+    p.add_argument("--start-frame", type=int, default=VisualizeOptions.start_frame,
+                   help="first frame of the long sample" + _DEFAULT)
     p.add_argument("--subject-id", help="subject of the long sample (default: the first of the split)")
     p.add_argument("--save-dir", help="output folder (default: a fresh outputs/visualize/<run id>/)")
     p.add_argument("--overwrite", action="store_true", help="replace the contents of a --save-dir that holds files")
@@ -433,9 +448,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=DEFAULT_MODEL, help="model reference, as for evaluate" + _DEFAULT)
     p.add_argument("--save-dir", help="output folder (default: a fresh outputs/predict/<video name>-<time>/)")
     p.add_argument("--overwrite", action="store_true", help="replace the contents of a --save-dir that holds files")
-    p.add_argument("--device", default="auto", help="cuda, mps, cpu or auto" + _DEFAULT)
+    p.add_argument("--device", default=PredictOptions.device, help="cuda, mps, cpu or auto" + _DEFAULT)
     p.add_argument("--stride", type=_positive, help="window stride in frames (default: a quarter clip)")
-    p.add_argument("--smooth", type=_positive, default=31, help="majority window (frames) for the segments" + _DEFAULT)
+    p.add_argument("--smooth", type=_positive, default=PredictOptions.smooth_window,
+                   help="majority window (frames) for the segments" + _DEFAULT)
     p.add_argument("--overlay", action="store_true", help="also write overlay.mp4 with the predicted labels")
     p.set_defaults(func=cmd_predict)
 
@@ -444,7 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", help="study name (default: the study file's)")
     p.add_argument("--storage", help="sqlite:///file.db, a journal file (*.log) or postgresql://... "
                    "(default: the study file's)")
-    p.add_argument("--n-trials", type=_positive, help="total trials of the study, a rerun continues it (default: the study file's)")
+    p.add_argument("--n-trials", type=_positive,
+                   help="total trials of the study, a rerun continues it (default: the study file's)")
     p.add_argument("--retrain-best", nargs="?", const=True, default=False, type=_flag_value,
                    help="afterwards, fit the best params on train+val subjects and register that model too "
                         "(also --retrain-best true|false, for MLproject)")

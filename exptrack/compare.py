@@ -43,6 +43,7 @@ from .data.prepare import prepare_data
 from .data.video import read_frames
 from .errors import ModelError
 from .evaluation import evaluation_config, evaluation_digest, evaluation_predictions, find_evaluation, run_evaluate
+from .options import EvaluateOptions
 from .explain import render
 from .formatting import figure, figures_table
 from .explain.visualize import model_probs_and_heat
@@ -52,6 +53,7 @@ from .outputs import DEFAULT_OUTPUTS, check_save_dir, invocation_folder
 from .stats import METRICS, Comparison, compare, compare_groups
 from .training.groups import GROUP_TAG, HEADLINE, MEMBER_TAG, is_group_run, member_result
 from .device import resolve_device
+from .options import CompareOptions
 
 log = logging.getLogger("exptrack.compare")
 
@@ -89,7 +91,8 @@ def evaluated(label: str, ref: str, loaded: LoadedModel, split: str, data_root: 
     if run_id and table is not None:
         log.info("%s (%s): reusing evaluation run %s of the same clips", label, ref, run_id)
         return Side(label, ref, loaded, digest, run_id, True, table)
-    result = run_evaluate(ref, split=split, data_root=data_root, progress=progress, parent_run_id=parent_run_id)
+    result = run_evaluate(ref, EvaluateOptions(split=split, data_root=data_root, progress=progress),
+                          parent_run_id=parent_run_id)
     table = pd.read_csv(result.out_dir / "predictions.csv")
     return Side(label, ref, loaded, digest, result.run_id, False, table)
 
@@ -370,19 +373,19 @@ def clip_differences(run: tracking.Run, out: Path, a: Side, b: Side, joined: pd.
     return classes, fixed, broken
 
 
-def run_compare(ref_a: str, ref_b: str, split: str = "test", metric: str = "mean_class_acc", method: str = "t",
-                gradcam: int = 2, data_root: str | None = None, device_name: str = "auto",
-                save_dir: str | Path | None = None, overwrite: bool = False, progress: bool = True) -> CompareResult:
+def run_compare(ref_a: str, ref_b: str, options: CompareOptions = CompareOptions()) -> CompareResult:
     """Two models, or two seed or fold groups (their parent run ids: run_compare_groups)."""
+    split, method, data_root, save_dir, overwrite = (options.split, options.method, options.data_root,
+                                                     options.save_dir, options.overwrite)
     groups = [is_group_run(ref) for ref in (ref_a, ref_b)]
     if any(groups):
-        refuse_model_options_for_groups(groups, (ref_a, ref_b), split, metric, method, data_root)
+        refuse_model_options_for_groups(groups, (ref_a, ref_b), split, options.metric, method, data_root)
         return run_compare_groups(ref_a, ref_b, save_dir, overwrite)
-    metric = canonical_metric(metric)  # mean_class_accuracy, its spelling before, still works
+    metric = canonical_metric(options.metric)  # mean_class_accuracy, its spelling before, still works
     if metric not in METRICS:
         raise ModelError(f"--metric {metric}: compare takes {', '.join(METRICS)}")
     check_save_dir(save_dir, overwrite)
-    device = resolve_device(device_name, key="--device")
+    device = resolve_device(options.device, key="--device")
     loaded_a, loaded_b = load_model(ref_a, device), load_model(ref_b, device)
     check_comparable(loaded_a, loaded_b, (ref_a, ref_b))  # before any evaluation
     config = evaluation_config(loaded_a.config, data_root, {})
@@ -390,8 +393,8 @@ def run_compare(ref_a: str, ref_b: str, split: str = "test", metric: str = "mean
     # are its children.
     with tracking.start_run(config, run_name="compare", command="compare",
                             tags={"compare.a": ref_a, "compare.b": ref_b, "split": split}) as run:
-        a = evaluated("A", ref_a, loaded_a, split, data_root, progress, run.id)
-        b = evaluated("B", ref_b, loaded_b, split, data_root, progress, run.id)
+        a = evaluated("A", ref_a, loaded_a, split, data_root, options.progress, run.id)
+        b = evaluated("B", ref_b, loaded_b, split, data_root, options.progress, run.id)
         joined = pair(a, b)
         comparisons = headline(joined, a, b, method)
         verdict = verdict_line(comparisons[metric], joined is not None)
@@ -403,7 +406,7 @@ def run_compare(ref_a: str, ref_b: str, split: str = "test", metric: str = "mean
             images: dict[str, list[tuple[Path, str]]] = {}
             classes, fixed, broken = None, pd.DataFrame(), pd.DataFrame()
             if joined is not None:
-                classes, fixed, broken = clip_differences(run, out, a, b, joined, gradcam, split, data_root, device,
+                classes, fixed, broken = clip_differences(run, out, a, b, joined, options.gradcam, split, data_root, device,
                                                           images)
             histories = training_histories(a, b)
             if histories:

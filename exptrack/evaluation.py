@@ -36,6 +36,7 @@ from .outputs import DEFAULT_OUTPUTS, check_save_dir, invocation_folder
 from .device import resolve_device
 from .training.loop import predict
 from .windows import window_probabilities, window_stride
+from .options import EvaluateOptions
 
 log = logging.getLogger("exptrack.evaluate")
 
@@ -175,21 +176,21 @@ def evaluation_config(trained: Config, data_root: str | None, overrides: dict[st
     return replace(trained, **changes)
 
 
-def run_evaluate(model_ref: str, split: str = "test", batch_size: int = 16, device_name: str = "auto",
-                 save_dir: str | Path | None = None, data_root: str | None = None,
-                 overrides: dict[str, dict] | None = None, smooth_window: int = 31, progress: bool = True,
-                 base_config: Config | None = None, overwrite: bool = False,
+def run_evaluate(model_ref: str, options: EvaluateOptions = EvaluateOptions(),
+                 overrides: dict[str, dict] | None = None, base_config: Config | None = None,
                  parent_run_id: str | None = None) -> "Evaluation":
     """Evaluate a model on a split, as an MLflow run that takes the model as an input; the files
-    go to `save_dir`, by default a fresh outputs/evaluate/<run id>/."""
+    go to `options.save_dir`, by default a fresh outputs/evaluate/<run id>/. `base_config`: the
+    caller's tracking and paths (else the model's own); `overrides`: evaluate_overrides."""
+    split, save_dir, overwrite, progress = options.split, options.save_dir, options.overwrite, options.progress
     check_save_dir(save_dir, overwrite)
-    device = resolve_device(device_name, key="--device")
+    device = resolve_device(options.device, key="--device")
     tracking.check_store(base_config or Config())  # before the model is looked up in it
     loaded = load_model(model_ref, device)
     if loaded.config.model.ensemble > 1 and loaded.config.data.folds and split != "test":
         raise ModelError(f"model {model_ref}: an ensemble of fold models trained on every non-test subject; its {split} "
                          "split is some member's training data: evaluate it on test")
-    config = evaluation_config(loaded.config, data_root, overrides or {})
+    config = evaluation_config(loaded.config, options.data_root, overrides or {})
     if base_config is not None:  # tracking and paths come from the caller's config
         config = replace(config, mlflow=vars(base_config.mlflow), paths=vars(base_config.paths))
     # The run spans the work (data, inference, report), so its duration in the UI is the command's.
@@ -200,7 +201,8 @@ def run_evaluate(model_ref: str, split: str = "test", batch_size: int = 16, devi
             why = (" (the model was trained on the validation subjects, data.train_on_val: evaluate it on test)"
                    if split == "val" and config.data.train_on_val else "")
             raise DataError(f"{model_ref}: the {split} split has no clips{why}")
-        loader = make_loader(data, split, train=False, batch_size=batch_size, num_workers=config.train.num_workers,
+        loader = make_loader(data, split, train=False, batch_size=options.batch_size,
+                             num_workers=config.train.num_workers,
                              pin_memory=device.type == "cuda")
         start = time.perf_counter()
         logits, labels = predict(loaded.model, loader, loaded.placement, progress=progress, desc=f"evaluate {split}")
@@ -210,7 +212,7 @@ def run_evaluate(model_ref: str, split: str = "test", batch_size: int = 16, devi
         report = clip_metrics(y_true, probs)
         names = loaded.class_names
         report.per_class.insert(0, "name", [names[c] for c in report.per_class.index])
-        timelines = subject_timelines(data, split, loaded, smooth_window)
+        timelines = subject_timelines(data, split, loaded, options.smooth_window)
         frame = {**timeline_scores(timelines), "clips_per_s": len(y_true) / max(seconds, 1e-9)}
         log.info("%d clips in %.1f s (%.0f clips/s on %s)", len(y_true), seconds, frame["clips_per_s"], device)
         outputs = Path(base_config.paths.outputs) if base_config is not None else DEFAULT_OUTPUTS

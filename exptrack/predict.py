@@ -34,6 +34,7 @@ from .metrics import frame_confidence, frame_labels, frame_probabilities, frame_
 from .outputs import DEFAULT_OUTPUTS, check_save_dir, invocation_folder
 from .device import resolve_device
 from .windows import window_probabilities, window_stride
+from .options import PredictOptions
 
 log = logging.getLogger("exptrack.predict")
 
@@ -106,24 +107,22 @@ def segments(labels: np.ndarray, confidence: np.ndarray, min_length: int = 1, re
     return pd.DataFrame(rows, columns=["start", "end", "class", "mean_confidence", "frames"])
 
 
-def predict_video(video: str | Path, model_ref: str, out_dir: str | Path | None = None,
-                  device_name: str = "auto", stride: int | None = None, smooth_window: int = 31,
-                  overlay: bool = False, overwrite: bool = False, masks: str | Path | None = None,
-                  keypoints: str | Path | None = None) -> Timeline:
-    """The timeline of a video; files go to `out_dir`, by default a fresh
+def predict_video(video: str | Path, model_ref: str, options: PredictOptions = PredictOptions()) -> Timeline:
+    """The timeline of a video; files go to `options.save_dir`, by default a fresh
     outputs/predict/<video name>-<time>/."""
     video = Path(video)
     require_file(video, "video file")  # before the model is loaded (a download can take a while)
-    check_save_dir(out_dir, overwrite)
-    device = resolve_device(device_name, key="--device")
+    check_save_dir(options.save_dir, options.overwrite)
+    device = resolve_device(options.device, key="--device")
     loaded = load_model(model_ref, device)
-    files = video_companions(video, Path(masks) if masks else None, Path(keypoints) if keypoints else None)
+    files = video_companions(video, Path(options.masks) if options.masks else None,
+                             Path(options.keypoints) if options.keypoints else None)
     config = evaluation_config(loaded.config, None, {})  # the model's experiment; files go here
     tags = {"video": str(video), "model_uri": model_ref, "model_run_id": loaded.source.get("run_id", "")}
     with tracking.start_run(config, run_name=f"predict-{video.stem}", command="predict", tags=tags) as run:
         if loaded.source.get("model_id"):
             run.log_model_input(loaded.source["model_id"])
-        timeline = _timeline(files, loaded, model_ref, out_dir, stride, smooth_window, overlay, overwrite)
+        timeline = _timeline(files, loaded, model_ref, options)
         run.log_artifacts(timeline.out_dir, "predict")
         scores = {**timeline.truth.scores, **{f"{k}_smoothed": v for k, v in timeline.truth.smoothed.items()}} \
             if timeline.truth else {}
@@ -132,8 +131,7 @@ def predict_video(video: str | Path, model_ref: str, out_dir: str | Path | None 
     return dataclasses.replace(timeline, run_id=run.id)
 
 
-def _timeline(files: SubjectFiles, loaded: LoadedModel, model_ref: str, out_dir: str | Path | None,
-              stride: int | None, smooth_window: int, overlay: bool, overwrite: bool) -> Timeline:
+def _timeline(files: SubjectFiles, loaded: LoadedModel, model_ref: str, options: PredictOptions) -> Timeline:
     video = files.video
     d = loaded.config.data
     names = loaded.class_names  # with the rest output's name last, when the model has one
@@ -141,11 +139,11 @@ def _timeline(files: SubjectFiles, loaded: LoadedModel, model_ref: str, out_dir:
     name_of = np.array([*names[: loaded.config.model.num_classes], REST])  # index -1: rest
     warnings = DataWarnings()
     frames, info = model_frames(files, loaded.config, warnings)
-    starts, window_probs = window_probabilities(loaded.model, frames, loaded.config, window_stride(loaded.config, stride),
+    starts, window_probs = window_probabilities(loaded.model, frames, loaded.config, window_stride(loaded.config, options.stride),
                                                 loaded.placement)
     probs = frame_probabilities(starts, window_probs, len(frames), d.clip_len)  # (T, K): each frame's windows averaged
     predicted = frame_labels(probs, rest, loaded.rest_weight)  # -1 where rest wins
-    smoothed = smooth_labels(predicted, smooth_window)
+    smoothed = smooth_labels(predicted, options.smooth_window)
     confidence = frame_confidence(probs, predicted, rest)
     table = pd.DataFrame({"frame": np.arange(len(predicted)), "time_s": np.arange(len(predicted)) / info.fps,
                           "predicted": predicted, "predicted_name": name_of[predicted],
@@ -160,8 +158,8 @@ def _timeline(files: SubjectFiles, loaded: LoadedModel, model_ref: str, out_dir:
         table["true"], table["true_name"] = true, name_of[true]
         truth = Truth(files.labels, frame_scores(predicted, true), frame_scores(smoothed, true),
                       int((true != BACKGROUND).sum()), int((true == BACKGROUND).sum()), rest is not None)
-    with invocation_folder(out_dir, DEFAULT_OUTPUTS / "predict" / f"{video.stem}-{time.strftime('%Y%m%d-%H%M%S')}",
-                           overwrite) as out:
+    with invocation_folder(options.save_dir, DEFAULT_OUTPUTS / "predict" / f"{video.stem}-{time.strftime('%Y%m%d-%H%M%S')}",
+                           options.overwrite) as out:
         table.to_csv(out / "frames.csv", index=False)
         segs.to_csv(out / "segments.csv", index=False)
         (out / "timeline.json").write_text(json.dumps({"video": str(video), "model": model_ref, "fps": info.fps,
@@ -169,7 +167,7 @@ def _timeline(files: SubjectFiles, loaded: LoadedModel, model_ref: str, out_dir:
                                                        "segments": segs.to_dict(orient="records")}, indent=2))
         title = f"{video.name}: exercises and rest" + (f" (true labels: {files.labels})" if true is not None else "")
         figures.timeline(true, predicted, smoothed, title, out / "timeline.png", names, rest_output=rest is not None)
-        if overlay:
+        if options.overlay:
             write_video(out / "overlay.mp4", label_overlay(frames, smoothed, confidence, names), info.fps)
     return Timeline(table, segs, info.fps, out, names, truth=truth)
 

@@ -20,9 +20,11 @@ from typing import Any, Callable
 from . import model_card, model_store, preemption, tracking
 from .errors import ModelError
 from .evaluation import evaluation_digest, evaluation_predictions, run_evaluate
+from .options import EvaluateOptions
 from .metrics import HEADLINE_METRICS, canonical_metric, legacy_metric
 from .stats import METRICS as PAIRED_METRICS
 from .stats import Comparison, compare
+from .options import PromoteOptions
 
 log = logging.getLogger("exptrack.promote")
 
@@ -176,13 +178,10 @@ def record_decision(name: str, decision: Decision, champion_before: str | None, 
             model_card.refresh(name, version)
 
 
-def promote(name: str, metric: str = "test_mean_class_acc", split: str = "test", evaluate=None,
-            data_root: str | None = None, progress: bool = False, current_digest=None,
-            reevaluate: bool = False, rule: str = "interval", min_improvement: float = 0.0,
-            method: str = "t") -> Decision:
+def promote(name: str, options: PromoteOptions = PromoteOptions(), evaluate=None, current_digest=None) -> Decision:
     """Evaluate what must be, then apply `decide` and record it on the versions.
 
-    Evaluated first: versions never evaluated on `split`; the champion when its evaluation data
+    Evaluated first: versions never evaluated on the split; the champion when its evaluation data
     is not today's (so that it is compared on the same data as the candidates); with
     `reevaluate`, every version not evaluated on today's data.
 
@@ -192,13 +191,14 @@ def promote(name: str, metric: str = "test_mean_class_acc", split: str = "test",
     """
     if evaluate is None:
         def evaluate(uri: str, split: str, data_root: str | None) -> None:
-            run_evaluate(uri, split=split, data_root=data_root, progress=progress)
+            run_evaluate(uri, EvaluateOptions(split=split, data_root=data_root, progress=options.progress))
     if current_digest is None:
         current_digest = partial(evaluation_digest, memo={})  # one data preparation per clip setting
 
+    split, data_root, rule = options.split, options.data_root, options.rule
     if rule not in RULES:
         raise ModelError(f"unknown promotion rule {rule!r} (one of {', '.join(RULES)})")
-    metric = canonical_metric(metric)  # test_mean_class_accuracy, its spelling before, still works
+    metric = canonical_metric(options.metric)  # test_mean_class_accuracy, its spelling before, still works
     if rule == "interval":
         paired_metric(metric, split)  # before anything is evaluated
     versions = model_store.model_versions(name)
@@ -208,7 +208,8 @@ def promote(name: str, metric: str = "test_mean_class_acc", split: str = "test",
     champion_version = model_store.alias_version(name, CHAMPION)
     today = {v["version"]: current_digest(f"models:/{name}/{v['version']}", split, data_root) for v in versions}
     for v in versions:
-        if needs_evaluation(name, v, metric, split, today[v["version"]], v["version"] == champion_version or reevaluate):
+        if needs_evaluation(name, v, metric, split, today[v["version"]],
+                            v["version"] == champion_version or options.reevaluate):
             evaluate(f"models:/{name}/{v['version']}", split, data_root)
     versions = model_store.model_versions(name)
     candidates = [Candidate(v["version"], metric_value(v, metric, split), v["tags"].get(digest_tag, ""),
@@ -216,8 +217,8 @@ def promote(name: str, metric: str = "test_mean_class_acc", split: str = "test",
     by_version = {c.version: c for c in candidates}
     current = by_version.get(champion_version) if champion_version else None
     by_number = {v["version"]: v for v in versions}
-    decision = decide(current, candidates, rule, _paired_on_predictions(by_number, metric, split, method),
-                      min_improvement)
+    decision = decide(current, candidates, rule, _paired_on_predictions(by_number, metric, split, options.method),
+                      options.min_improvement)
     record_decision(name, decision, champion_version, metric, rule)
     log.info("champion of %s: version %s", name, decision.champion)
     return decision

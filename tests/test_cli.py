@@ -38,13 +38,13 @@ def test_promote_takes_no_progress(monkeypatch):
 
     seen = {}
 
-    def fake_promote(name, **kw):
-        seen.update(kw)
+    def fake_promote(name, options):
+        seen["options"] = options
         raise ModelError("stop here")
 
     monkeypatch.setattr(promotion, "promote", fake_promote)
     assert main(["promote", "--no-progress"]) == 2
-    assert seen["progress"] is False
+    assert seen["options"].progress is False
 
 
 def _result(history, best_epoch, version="4"):
@@ -110,7 +110,7 @@ def test_predict_prints_segments_with_class_names(monkeypatch, tmp_path, capsys)
 def test_own_errors_are_one_line_and_bugs_a_full_traceback(monkeypatch, capsys):
     import exptrack.promote as promotion
 
-    def bug(name, **kw):
+    def bug(name, options):
         raise ValueError("a library bug deep inside")  # not one of exptrack's own errors
 
     monkeypatch.setattr(promotion, "promote", bug)
@@ -119,7 +119,7 @@ def test_own_errors_are_one_line_and_bugs_a_full_traceback(monkeypatch, capsys):
     assert "Traceback (most recent call last)" in err and "a library bug deep inside" in err
     assert "this is a bug in exptrack" in err and "please report it" in err
 
-    def refused(name, **kw):
+    def refused(name, options):
         raise ModelError("registered model 'x' has no versions")
 
     monkeypatch.setattr(promotion, "promote", refused)

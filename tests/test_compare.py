@@ -7,6 +7,7 @@ import pytest
 
 from exptrack.cli import main
 from exptrack.compare import run_compare
+from exptrack.options import CompareOptions
 from exptrack.train import train
 
 FAST = ("model.width=0.125", "train.batch_size=8", "train.num_workers=0", "mlflow.experiment=compare-test",
@@ -28,7 +29,7 @@ def _evaluate_runs() -> int:
 
 @pytest.mark.slow
 def test_compare_pairs_two_models_and_writes_one_run_with_its_report(two_models):
-    result = run_compare(*two_models, progress=False, gradcam=1)
+    result = run_compare(*two_models, CompareOptions(progress=False, gradcam=1))
     assert result.paired and result.comparisons["mean_class_acc"].n_subjects == 2
     report = (result.out_dir / "report.html").read_text()
     assert result.verdict.split(" (")[0] in report and "data:image/png;base64," in report  # self-contained
@@ -42,15 +43,15 @@ def test_compare_pairs_two_models_and_writes_one_run_with_its_report(two_models)
 
 @pytest.mark.slow
 def test_compare_reuses_evaluations_of_the_same_clips(two_models):
-    run_compare(*two_models, progress=False, gradcam=0)
+    run_compare(*two_models, CompareOptions(progress=False, gradcam=0))
     before = _evaluate_runs()
-    run_compare(*two_models, progress=False, gradcam=0)
+    run_compare(*two_models, CompareOptions(progress=False, gradcam=0))
     assert _evaluate_runs() == before
 
 
 @pytest.mark.slow
 def test_compare_on_one_subject_gives_no_interval_and_says_so(two_models):
-    result = run_compare(*two_models, split="val", progress=False, gradcam=0)  # the tiny data: 1 val subject
+    result = run_compare(*two_models, CompareOptions(split="val", progress=False, gradcam=0))  # the tiny data: 1 val subject
     assert result.comparisons["mean_class_acc"].low is None
     assert "no interval with 1 subject" in result.verdict
 
@@ -90,8 +91,7 @@ def test_compare_and_promote_through_a_remote_tracking_server(tiny_demo, make_co
     a = train(make_config(tiny_demo, *FAST, "train.epochs=2"), progress=False)
     b = train(make_config(tiny_demo, *FAST, "train.epochs=3", "train.seed=5"), progress=False)
     promote("compare-test")  # v_a alone: champion, evaluated through the server
-    result = run_compare(f"models:/compare-test/{a.model_version}", f"models:/compare-test/{b.model_version}",
-                         progress=False, gradcam=0)
+    result = run_compare(f"models:/compare-test/{a.model_version}", f"models:/compare-test/{b.model_version}", CompareOptions(progress=False, gradcam=0))
     assert result.paired and result.comparisons["mean_class_acc"].low is not None
     assert "compare/report.html" in {f.path for f in mlflow.MlflowClient().list_artifacts(result.run_id, "compare")}
     assert not (tmp_path / "mlruns").exists()  # nothing was written around the server
@@ -101,8 +101,7 @@ def test_compare_and_promote_through_a_remote_tracking_server(tiny_demo, make_co
 def test_models_with_other_clip_settings_are_compared_unpaired_and_say_so(tiny_demo, make_config):
     a = train(make_config(tiny_demo, *FAST, "train.epochs=1"), progress=False)
     b = train(make_config(tiny_demo, *FAST, "train.epochs=1", "data.eval_stride=4"), progress=False)  # other clips
-    result = run_compare(f"models:/compare-test/{a.model_version}", f"models:/compare-test/{b.model_version}",
-                         progress=False, gradcam=0)
+    result = run_compare(f"models:/compare-test/{a.model_version}", f"models:/compare-test/{b.model_version}", CompareOptions(progress=False, gradcam=0))
     assert not result.paired and result.comparisons["mean_class_acc"].low is None
     assert "not paired" in result.verdict
     assert "Not paired" in (result.out_dir / "report.html").read_text()

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from exptrack.evaluation import clip_metrics, run_evaluate
+from exptrack.options import EvaluateOptions
 
 
 def test_clip_metrics_hand_checked():
@@ -42,13 +43,14 @@ def test_evaluate_and_predict_give_a_test_video_the_same_timeline(tiny_trained, 
     video, issue 32: evaluate left gaps where predict did not), so their frame figures agree."""
     from exptrack.data.layout import read_split
     from exptrack.predict import predict_video
+    from exptrack.options import PredictOptions
 
     uri, cfg, result = tiny_trained
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     model = str(result.checkpoint_dir / "best_model.pt")
-    run_evaluate(model, split="test", save_dir=tmp_path / "e", progress=False)
+    run_evaluate(model, EvaluateOptions(split="test", save_dir=tmp_path / "e", progress=False))
     subject = sorted(s for s, (split, _) in read_split(Path(cfg.data.root) / "split.csv").items() if split == "test")[0]
-    timeline = predict_video(f"{cfg.data.root}/dataset/anon/{subject}.mp4", model, out_dir=tmp_path / "p")
+    timeline = predict_video(f"{cfg.data.root}/dataset/anon/{subject}.mp4", model, PredictOptions(save_dir=tmp_path / "p"))
     evaluated = pd.read_csv(tmp_path / "e" / "timelines" / f"{subject}.csv")
     np.testing.assert_array_equal(evaluated["predicted"], timeline.frames["predicted"])
     np.testing.assert_array_equal(evaluated["true"], timeline.frames["true"])
@@ -64,7 +66,7 @@ def test_every_model_reference_gives_the_same_numbers(tiny_trained, tmp_path, mo
             f"runs:/{result.run_id}", result.run_id, str(result.checkpoint_dir / "best_model.pt")]
     summaries = []
     for i, ref in enumerate(refs):
-        evaluation = run_evaluate(ref, split="test", save_dir=tmp_path / f"r{i}", progress=False)
+        evaluation = run_evaluate(ref, EvaluateOptions(split="test", save_dir=tmp_path / f"r{i}", progress=False))
         report = evaluation.report
         summaries.append(report.summary)
         assert (tmp_path / f"r{i}" / "predictions.csv").exists()
@@ -91,7 +93,7 @@ def test_every_model_reference_gives_the_same_numbers(tiny_trained, tmp_path, mo
     from exptrack.promote import promote
 
     assert promote(name).champion == result.model_version
-    report = run_evaluate(f"models:/{name}@champion", split="test", save_dir=tmp_path / "alias", progress=False).report
+    report = run_evaluate(f"models:/{name}@champion", EvaluateOptions(split="test", save_dir=tmp_path / "alias", progress=False)).report
     assert report.summary == pytest.approx(summaries[0])
 
     predictions = pd.read_csv(tmp_path / "r0" / "predictions.csv")
@@ -106,10 +108,10 @@ def test_unknown_model_reference_is_a_clear_error(tmp_path):
     from exptrack.errors import ModelError
 
     with pytest.raises(ModelError, match="not a models:/ or runs:/ URI") as caught:
-        run_evaluate(str(tmp_path / "missing.pt"), progress=False)
+        run_evaluate(str(tmp_path / "missing.pt"), EvaluateOptions(progress=False))
     assert not isinstance(caught.value, DataError)  # a model reference is not bad data
     with pytest.raises(ModelError, match="models:/nothing@champion: not found"):
-        run_evaluate("models:/nothing@champion", progress=False)
+        run_evaluate("models:/nothing@champion", EvaluateOptions(progress=False))
 
 
 def test_the_evaluate_run_spans_the_work(tiny_trained, tmp_path, monkeypatch):
@@ -129,8 +131,7 @@ def test_the_evaluate_run_spans_the_work(tiny_trained, tmp_path, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(evaluation, "prepare_data", slow_prepare)
-    evaluation = run_evaluate(str(result.checkpoint_dir / "best_model.pt"), split="test", save_dir=tmp_path / "r",
-                              progress=False)
+    evaluation = run_evaluate(str(result.checkpoint_dir / "best_model.pt"), EvaluateOptions(split="test", save_dir=tmp_path / "r", progress=False))
     run = mlflow.search_runs(experiment_names=["eval-test"], filter_string="tags.`exptrack.command` = 'evaluate'",
                              order_by=["attributes.start_time DESC"], max_results=1, output_format="list")[0]
     assert run.info.end_time - run.info.start_time >= 1500
@@ -158,7 +159,7 @@ def test_a_checkpoint_whose_config_disagrees_with_its_weights_is_a_clear_error(t
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     edited = _edited_checkpoint(result, tmp_path, model__num_classes=5)
     with pytest.raises(ModelError, match=r"weights do not fit the C3D its own config describes \(model.num_classes 5"):
-        run_evaluate(edited, progress=False)
+        run_evaluate(edited, EvaluateOptions(progress=False))
     video = next(Path(cfg.data.root).rglob("*.mp4"))
     with pytest.raises(ModelError, match="size mismatch for classifier"):
         predict_video(video, edited)
@@ -176,12 +177,12 @@ def test_evaluate_never_writes_where_the_models_config_points(tiny_trained, tmp_
     edited = _edited_checkpoint(result, tmp_path, data__demo=True, data__root=str(elsewhere / "data"),
                                 paths__cache=str(elsewhere / "cache"), paths__outputs=str(elsewhere / "outputs"))
     with pytest.raises(DataError, match="data root not found"):
-        run_evaluate(edited, progress=False)
+        run_evaluate(edited, EvaluateOptions(progress=False))
     with pytest.raises(DataError, match="data root not found"):
-        run_evaluate(edited, data_root=str(tmp_path / "nonexistent"), progress=False)
+        run_evaluate(edited, EvaluateOptions(data_root=str(tmp_path / "nonexistent"), progress=False))
     assert not elsewhere.exists() and not (tmp_path / "nonexistent").exists()
 
-    evaluation = run_evaluate(edited, data_root=cfg.data.root, progress=False)  # real data: works, files stay here
+    evaluation = run_evaluate(edited, EvaluateOptions(data_root=cfg.data.root, progress=False))  # real data: works, files stay here
     assert not elsewhere.exists()
     assert evaluation.out_dir.resolve().is_relative_to(Path.cwd().resolve()) and Path("outputs/cache").is_dir()
 
@@ -198,8 +199,7 @@ def test_evaluate_labels_classes_by_the_models_own_names_not_the_data_roots(tiny
     mlflow.set_tracking_uri(uri)
     own = output_names(cfg.data.root, 3, rest_class=True)
     write_class_names(tiny_copy, ["x", "y", "z"])
-    evaluation = run_evaluate(str(result.checkpoint_dir / "best_model.pt"), data_root=str(tiny_copy),
-                              save_dir=tmp_path / "r", progress=False)
+    evaluation = run_evaluate(str(result.checkpoint_dir / "best_model.pt"), EvaluateOptions(data_root=str(tiny_copy), save_dir=tmp_path / "r", progress=False))
     predictions = pd.read_csv(tmp_path / "r" / "predictions.csv")
     assert set(predictions["true_name"]) <= set(own) and list(evaluation.report.per_class["name"]) == [
         own[c] for c in evaluation.report.per_class.index]

@@ -15,10 +15,12 @@ from exptrack.data.errors import DataError
 from exptrack.data.layout import read_class_names
 from exptrack.errors import OutputError
 from exptrack.explain.gradcam import gradcam
-from exptrack.explain.visualize import VisualizeOptions, run_visualize
+from exptrack.explain.visualize import run_visualize
+from exptrack.options import VisualizeOptions
 from exptrack.models.c3d import C3D
 from exptrack.metrics import FRAME_SCORES
 from exptrack.predict import predict_video, segments
+from exptrack.options import PredictOptions
 
 
 def _read(path):
@@ -112,7 +114,7 @@ def test_predict_on_a_new_video(tiny_trained, tiny_demo, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     video = sorted((tiny_demo / "dataset" / "anon").glob("*.mp4"))[0]
-    timeline = predict_video(video, str(result.checkpoint_dir / "best_model.pt"), overlay=True)
+    timeline = predict_video(video, str(result.checkpoint_dir / "best_model.pt"), PredictOptions(overlay=True))
     n = len(timeline.frames)
     assert n == len((tiny_demo / "label" / f"{video.stem}.csv").read_text().splitlines())
     out = timeline.out_dir  # by default a fresh folder per call
@@ -120,10 +122,10 @@ def test_predict_on_a_new_video(tiny_trained, tiny_demo, tmp_path, monkeypatch):
     again = predict_video(video, str(result.checkpoint_dir / "best_model.pt"))
     assert again.out_dir != out and again.out_dir.parent == out.parent
     with pytest.raises(OutputError, match="not empty"):  # an explicit folder that holds files
-        predict_video(video, str(result.checkpoint_dir / "best_model.pt"), out_dir=out)
-    predict_video(video, str(result.checkpoint_dir / "best_model.pt"), out_dir=out, overwrite=True)
+        predict_video(video, str(result.checkpoint_dir / "best_model.pt"), PredictOptions(save_dir=out))
+    predict_video(video, str(result.checkpoint_dir / "best_model.pt"), PredictOptions(save_dir=out, overwrite=True))
     assert not (out / "overlay.mp4").exists()  # emptied first: only this call's files
-    predict_video(video, str(result.checkpoint_dir / "best_model.pt"), out_dir=out, overwrite=True, overlay=True)
+    predict_video(video, str(result.checkpoint_dir / "best_model.pt"), PredictOptions(save_dir=out, overwrite=True, overlay=True))
     for name in ("frames.csv", "segments.csv", "timeline.json", "timeline.png"):
         assert (out / name).exists(), name
     codec, frames, _ = _read(out / "overlay.mp4")
@@ -154,7 +156,7 @@ def test_predict_on_a_corrupt_video_is_a_clear_error(tiny_trained, tmp_path, mon
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"\x00" * 1000)
     with pytest.raises(DataError, match=f"{bad}: cannot open video"):
-        predict_video(bad, str(result.checkpoint_dir / "best_model.pt"), out_dir=tmp_path / "out")
+        predict_video(bad, str(result.checkpoint_dir / "best_model.pt"), PredictOptions(save_dir=tmp_path / "out"))
 
 
 @pytest.mark.slow
@@ -175,7 +177,7 @@ def test_predict_recovers_the_segments_of_a_demo_video(tmp_path):
     result = train(cfg, progress=False)
     test_subject = sorted(s for s, (split, _) in read_split(tmp_path / "demo" / "split.csv").items() if split == "test")[0]
     video = tmp_path / "demo" / "dataset" / "anon" / f"{test_subject}.mp4"
-    timeline = predict_video(video, str(result.checkpoint_dir / "best_model.pt"), out_dir=tmp_path / "pred")
+    timeline = predict_video(video, str(result.checkpoint_dir / "best_model.pt"), PredictOptions(save_dir=tmp_path / "pred"))
     true = read_labels(tmp_path / "demo" / "label" / f"{test_subject}.csv", len(timeline.frames), 6, DataWarnings())
     scored = true >= 0
     accuracy = (timeline.frames["smoothed"].to_numpy()[scored] == true[scored]).mean()

@@ -269,11 +269,12 @@ def test_a_fold_ensemble_is_one_model_that_every_loader_takes(two_fold_groups, m
 @pytest.mark.slow
 def test_two_fold_groups_are_compared_fold_by_fold(two_fold_groups, tmp_path, monkeypatch):
     from exptrack.compare import run_compare
+    from exptrack.options import CompareOptions
 
     uri, a, b = two_fold_groups
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
-    result = run_compare(a.run_id, b.run_id, save_dir=tmp_path / "cmp")
+    result = run_compare(a.run_id, b.run_id, CompareOptions(save_dir=tmp_path / "cmp"))
     c = result.comparisons["val_mean_class_acc"]
     assert result.paired and c.unit == "folds" and c.n_subjects == 2
     assert c.a == pytest.approx(a.interval.mean) and c.b == pytest.approx(b.interval.mean)
@@ -300,6 +301,7 @@ def test_a_group_comparison_refuses_a_group_with_unfinished_members_and_model_on
     """Comparing the two finished seeds of a three-seed recipe would pass off a part as the whole;
     --split, --metric, --method and --data-root compare models, not groups."""
     from exptrack.compare import run_compare
+    from exptrack.options import CompareOptions
     from exptrack.errors import ModelError
 
     client = mlflow.MlflowClient()
@@ -311,7 +313,7 @@ def test_a_group_comparison_refuses_a_group_with_unfinished_members_and_model_on
         run_compare(whole, partial)
     with pytest.raises(ModelError, match="--split val, --metric acc: a group comparison is on its members' "
                                          "kept-model validation"):
-        run_compare(whole, whole, metric="acc", split="val")
+        run_compare(whole, whole, CompareOptions(metric="acc", split="val"))
 
 
 @pytest.mark.parametrize("args, says", [

@@ -303,7 +303,7 @@ def test_a_signal_while_promote_moves_the_aliases_waits_until_they_agree(tmp_pat
 
     monkeypatch.setattr(model_store, "set_alias", moved_then_signalled)
     with preemption.installed(), pytest.raises(preemption.Preempted):
-        promotion.promote("signalled", rule="best", evaluate=lambda *a: None, current_digest=lambda *a: "d1")
+        promotion.promote("signalled", promotion.PromoteOptions(rule="best"), evaluate=lambda *a: None, current_digest=lambda *a: "d1")
     assert model_store.alias_version("signalled", "champion") == versions[1]
     assert model_store.alias_version("signalled", "previous") == versions[0]
     assert all("promotion.decision" in client.get_model_version("signalled", v).tags for v in versions)

@@ -11,6 +11,7 @@ import pytest
 from exptrack import model_store
 from exptrack.errors import ModelError
 from exptrack.promote import Candidate, _paired_on_predictions, decide, promote
+from exptrack.options import PromoteOptions
 
 NAME = "promo-test"
 
@@ -55,20 +56,20 @@ def _tags(version: str) -> dict:
 
 def test_champion_moves_only_to_a_better_version_on_the_same_data(tmp_path):
     v1, v2 = _add_version(tmp_path, 0.80), _add_version(tmp_path, 0.90)
-    assert promote(NAME, rule="best", evaluate=_no_evaluation, current_digest=_today()).champion == v2
+    assert promote(NAME, PromoteOptions(rule="best"), evaluate=_no_evaluation, current_digest=_today()).champion == v2
     assert model_store.alias_version(NAME, "champion") == v2
     assert "no champion before" in _tags(v2)["promotion.decision"]
 
     v3 = _add_version(tmp_path, 0.85)  # worse: the champion stays
-    assert promote(NAME, rule="best", evaluate=_no_evaluation, current_digest=_today()).champion == v2
+    assert promote(NAME, PromoteOptions(rule="best"), evaluate=_no_evaluation, current_digest=_today()).champion == v2
     assert "does not beat champion" in _tags(v3)["promotion.decision"]
 
     v4 = _add_version(tmp_path, 0.90)  # a tie keeps the champion
-    assert promote(NAME, rule="best", evaluate=_no_evaluation, current_digest=_today()).champion == v2
+    assert promote(NAME, PromoteOptions(rule="best"), evaluate=_no_evaluation, current_digest=_today()).champion == v2
     assert "does not beat champion" in _tags(v4)["promotion.decision"]
 
     v5 = _add_version(tmp_path, 0.95)  # better: promoted, the old champion becomes 'previous'
-    decision = promote(NAME, rule="best", evaluate=_no_evaluation, current_digest=_today())
+    decision = promote(NAME, PromoteOptions(rule="best"), evaluate=_no_evaluation, current_digest=_today())
     assert decision.champion == v5 and decision.previous == v2
     assert model_store.alias_version(NAME, "champion") == v5 and model_store.alias_version(NAME, "previous") == v2
     tags = _tags(v5)
@@ -76,7 +77,7 @@ def test_champion_moves_only_to_a_better_version_on_the_same_data(tmp_path):
     assert tags["promotion.rule"] == "best" and "promotion.time" in tags and tags["promotion.versions_compared"] == "5"
 
     v6 = _add_version(tmp_path, 0.99, digest="other")  # evaluated on other test data: never compared
-    assert promote(NAME, rule="best", evaluate=_no_evaluation, current_digest=_today()).champion == v5
+    assert promote(NAME, PromoteOptions(rule="best"), evaluate=_no_evaluation, current_digest=_today()).champion == v5
     assert "not compared: evaluated on other data (digest other, now d1)" in _tags(v6)["promotion.decision"]
     assert _tags(v6)["promotion.compared_on_digest"] == "d1"
     assert "below the best candidate" in _tags(v1)["promotion.decision"]
@@ -89,7 +90,7 @@ def test_versions_without_the_metric_are_evaluated_first(tmp_path):
     evaluated = []
 
     fake_evaluate = _evaluator({v2: 0.7}, "d1", evaluated)
-    assert promote(NAME, rule="best", evaluate=fake_evaluate, current_digest=_today()).champion == v2
+    assert promote(NAME, PromoteOptions(rule="best"), evaluate=fake_evaluate, current_digest=_today()).champion == v2
     assert evaluated == [f"models:/{NAME}/{v2}"]
     assert "below the best candidate" in _tags(v1)["promotion.decision"]
 
@@ -97,26 +98,25 @@ def test_versions_without_the_metric_are_evaluated_first(tmp_path):
 def test_without_a_champion_only_versions_evaluated_on_todays_data_compete(tmp_path):
     v1 = _add_version(tmp_path, 0.90, digest="A")
     v2 = _add_version(tmp_path, 0.95, digest="B")  # better, but on other data than today's
-    assert promote(NAME, rule="best", evaluate=_no_evaluation, current_digest=_today("A")).champion == v1
+    assert promote(NAME, PromoteOptions(rule="best"), evaluate=_no_evaluation, current_digest=_today("A")).champion == v1
     assert "not compared: evaluated on other data (digest B, now A)" in _tags(v2)["promotion.decision"]
 
 
 def test_a_champion_evaluated_on_other_data_is_evaluated_again_first(tmp_path):
     v1 = _add_version(tmp_path, 0.90, digest="old")
-    assert promote(NAME, rule="best", evaluate=_no_evaluation, current_digest=_today("old")).champion == v1
+    assert promote(NAME, PromoteOptions(rule="best"), evaluate=_no_evaluation, current_digest=_today("old")).champion == v1
     v2 = _add_version(tmp_path, 0.80, digest="new")  # the data changed: v2 was evaluated on it
     calls: list = []
     # on today's data the champion scores 0.70: v2 (0.80) is better on the same clips
-    decision = promote(NAME, rule="best", evaluate=_evaluator({v1: 0.70}, "new", calls), current_digest=_today("new"))
+    decision = promote(NAME, PromoteOptions(rule="best"), evaluate=_evaluator({v1: 0.70}, "new", calls), current_digest=_today("new"))
     assert calls == [f"models:/{NAME}/{v1}"]  # only the champion; v2 is already on today's data
     assert decision.champion == v2 and decision.digest == "new"
     assert _tags(v1)["test_data_digest"] == "new" and _tags(v1)["promotion.decision"] == f"replaced by v{v2}"
 
     v3 = _add_version(tmp_path, 0.99, digest="old")  # stale and not champion: sits out unless --reevaluate
-    assert promote(NAME, rule="best", evaluate=_no_evaluation, current_digest=_today("new")).champion == v2
+    assert promote(NAME, PromoteOptions(rule="best"), evaluate=_no_evaluation, current_digest=_today("new")).champion == v2
     calls.clear()
-    decision = promote(NAME, rule="best", evaluate=_evaluator({v3: 0.85}, "new", calls), current_digest=_today("new"),
-                       reevaluate=True)
+    decision = promote(NAME, PromoteOptions(rule="best", reevaluate=True), evaluate=_evaluator({v3: 0.85}, "new", calls), current_digest=_today("new"))
     assert calls == [f"models:/{NAME}/{v3}"] and decision.champion == v3
 
 
@@ -128,7 +128,7 @@ def test_decide_rule_without_registry():
 
 def test_promote_without_versions_is_an_error():
     with pytest.raises(ModelError, match="has no versions"):
-        promote("nothing-here", rule="best", evaluate=_no_evaluation)
+        promote("nothing-here", PromoteOptions(rule="best"), evaluate=_no_evaluation)
 
 
 def test_promote_command_shows_each_versions_scores(tmp_path, capsys, monkeypatch):
@@ -152,7 +152,7 @@ def test_versions_tagged_in_the_old_vocabulary_are_still_compared(tmp_path):
     model_store.set_model_version_tags(NAME, old, {"test_mean_class_accuracy": 0.9, "test_data_digest": "d1"})
     new = _add_version(tmp_path, 0.8)
     for metric in ("test_mean_class_acc", "test_mean_class_accuracy"):
-        decision = promote(NAME, metric=metric, rule="best", evaluate=_no_evaluation, current_digest=_today())
+        decision = promote(NAME, PromoteOptions(metric=metric, rule="best"), evaluate=_no_evaluation, current_digest=_today())
         assert decision.champion == old and _tags(new)["promotion.metric"] == "test_mean_class_acc"
 
 
@@ -204,7 +204,7 @@ def test_the_interval_rule_keeps_the_champion_against_a_higher_but_indistinguish
     decision = promote(NAME, evaluate=_no_evaluation, current_digest=_today())
     assert decision.champion == champion and decision.evidence.low < 0
     assert "kept out: not shown better than champion" in _tags(lucky)["promotion.decision"]
-    assert promote(NAME, rule="best", evaluate=_no_evaluation, current_digest=_today()).champion == lucky
+    assert promote(NAME, PromoteOptions(rule="best"), evaluate=_no_evaluation, current_digest=_today()).champion == lucky
 
 
 def test_the_interval_rule_keeps_the_champion_against_a_worse_or_tied_version(tmp_path):
@@ -228,14 +228,14 @@ def test_the_min_improvement_is_what_the_interval_must_clear(tmp_path):
     _add_evaluated_version(tmp_path, [0.6] * 8, seed=1)
     promote(NAME, evaluate=_no_evaluation, current_digest=_today())
     better = _add_evaluated_version(tmp_path, [0.75] * 8, seed=2)
-    decision = promote(NAME, evaluate=_no_evaluation, current_digest=_today(), min_improvement=0.5)
+    decision = promote(NAME, PromoteOptions(min_improvement=0.5), evaluate=_no_evaluation, current_digest=_today())
     assert decision.champion != better and "by more than 0.5" in _tags(better)["promotion.decision"]
 
 
 def test_the_interval_rule_refuses_a_metric_it_cannot_pair(tmp_path):
     _add_version(tmp_path, 0.8)
     with pytest.raises(ModelError, match="not test_macro_f1"):
-        promote(NAME, metric="test_macro_f1", evaluate=_no_evaluation, current_digest=_today())
+        promote(NAME, PromoteOptions(metric="test_macro_f1"), evaluate=_no_evaluation, current_digest=_today())
 
 
 @pytest.mark.slow
@@ -256,7 +256,7 @@ def test_promotion_on_evidence_end_to_end(tiny_demo, make_config):
     evidence = _paired_on_predictions(versions, "test_mean_class_acc", "test", "t")(
         first.model_version, second.model_version)
     assert evidence.n_subjects == 2 and evidence.low is not None  # the two evaluations' clips, paired
-    on_val = promote(NAME, split="val", metric="val_mean_class_acc")
+    on_val = promote(NAME, PromoteOptions(split="val", metric="val_mean_class_acc"))
     assert on_val.champion in (first.model_version, second.model_version)
     assert "val_data_digest" in _tags(first.model_version)
 

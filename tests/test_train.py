@@ -604,9 +604,10 @@ def test_train_on_train_plus_val_keeps_the_last_epoch_and_registers_it(tiny_demo
 
     from exptrack.data.errors import DataError
     from exptrack.evaluation import run_evaluate
+    from exptrack.options import EvaluateOptions
 
     with pytest.raises(DataError, match="trained on the validation subjects"):
-        run_evaluate(str(result.checkpoint_dir / "best_model.pt"), split="val", progress=False)
+        run_evaluate(str(result.checkpoint_dir / "best_model.pt"), EvaluateOptions(split="val", progress=False))
 
 
 def test_selection_follows_the_smoothed_score_not_one_lucky_epoch():

@@ -30,26 +30,9 @@ from ..device import resolve_device
 from ..training.loop import predict
 from . import render
 from .gradcam import gradcam
+from ..options import VisualizeOptions
 
 log = logging.getLogger("exptrack.visualize")
-
-
-@dataclass(frozen=True)
-class VisualizeOptions:
-    split: str = "test"
-    num_samples: int = 20
-    layer: str = "block4"
-    alpha: float = 0.5
-    fps: int = 10
-    misclassified_only: bool = False
-    scale_factor: int = 3
-    long_sample: bool = False
-    sample_duration: int = 300
-    start_frame: int = 0
-    subject_id: str | None = None
-    save_dir: str | None = None  # None: a fresh outputs/visualize/<run id>/
-    overwrite: bool = False  # an explicit save_dir that holds files is emptied instead of refused
-    seed: int = 0
 
 
 def model_probs_and_heat(loaded: LoadedModel, videos: np.ndarray, layer: str, device: torch.device,
