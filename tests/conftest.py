@@ -11,6 +11,8 @@ import pytest
 from exptrack.config import load_config
 from exptrack.data.demo import DemoSpec, write_demo_dataset
 
+from .helpers import tiny_overrides
+
 pytest_plugins = ["tests.leftovers"]  # the session fails if a test leaves a process running
 
 # Small enough that a dataset is written in about a second.
@@ -77,10 +79,8 @@ def make_config(tmp_path):
     """make_config(root, 'section.key=value', ...) -> a Config for tiny data under tmp_path."""
 
     def make(root: Path, *overrides: str):
-        return load_config(None, [f"data.root={root}", f"paths.cache={tmp_path / 'cache'}",
-                                  f"paths.outputs={tmp_path / 'outputs'}", "model.num_classes=3",
-                                  "data.frame_size=32", "data.clip_len=8", "data.train_stride=4",
-                                  "data.eval_stride=8", *overrides])
+        return load_config(None, [*tiny_overrides(root, tmp_path), f"paths.outputs={tmp_path / 'outputs'}",
+                                  *overrides])
 
     return make
 
@@ -102,9 +102,7 @@ def tiny_trained(tmp_path_factory, tiny_demo):
     mlflow.set_tracking_uri(uri)
     os.chdir(tmp)
     try:
-        cfg = load_config(None, [f"data.root={tiny_demo}", f"paths.cache={tmp / 'cache'}", f"paths.outputs={tmp / 'out'}",
-                                 "model.num_classes=3", "data.frame_size=32", "data.clip_len=8",
-                                 "data.train_stride=4", "data.eval_stride=8", "model.width=0.125",
+        cfg = load_config(None, [*tiny_overrides(tiny_demo, tmp), "model.width=0.125",
                                  "train.batch_size=8", "train.num_workers=0", "train.epochs=2",
                                  "mlflow.experiment=eval-test", "mlflow.log_system_metrics=false"])
         result = train(cfg, progress=False)

@@ -23,21 +23,14 @@ from exptrack.training import groups
 from exptrack.training.loop import TrainState, record_epoch
 
 from .faults import KillAfter
-from .helpers import nothing_tracked
+from .helpers import child_runs, metric_steps, nothing_tracked, tiny_overrides
 
 FAST = ("model.width=0.125", "train.batch_size=8", "train.eval_batch_size=16", "train.num_workers=0",
         "train.epochs=2", "optim.lr=0.001", "mlflow.log_system_metrics=false", "mlflow.registered_model=grouped")
 
 
 def _children(run_id: str) -> dict[str, mlflow.entities.Run]:
-    client = mlflow.MlflowClient()
-    experiment = client.get_run(run_id).info.experiment_id
-    runs = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{run_id}'")
-    return {r.data.tags[groups.MEMBER_TAG]: r for r in runs}
-
-
-def _steps(run_id: str, key: str) -> list[int]:
-    return sorted(m.step for m in mlflow.MlflowClient().get_metric_history(run_id, key))
+    return {r.data.tags[groups.MEMBER_TAG]: r for r in child_runs(run_id)}
 
 
 # --- config and data: what a group may be -------------------------------------------------
@@ -206,8 +199,8 @@ def test_a_killed_group_resumes_only_what_did_not_finish(tiny_demo, make_config)
     after = _children(parent)
     assert result.run_id == parent and {k: r.info.run_id for k, r in after.items()} == before  # no new member run
     assert all(r.info.status == "FINISHED" for r in after.values())
-    assert _steps(before["seed=0"], "train_loss") == [1, 2]  # the finished member was not trained again
-    assert _steps(before["seed=1"], "train_loss") == [1, 2]  # the killed one continued: every epoch once
+    assert metric_steps(before["seed=0"], "train_loss") == [1, 2]  # the finished member was not trained again
+    assert metric_steps(before["seed=1"], "train_loss") == [1, 2]  # the killed one continued: every epoch once
     assert mlflow.MlflowClient().get_run(parent).info.status == "FINISHED"
     assert len(mlflow.MlflowClient().search_model_versions("name='grouped'")) == 1
 
@@ -215,7 +208,7 @@ def test_a_killed_group_resumes_only_what_did_not_finish(tiny_demo, make_config)
     more = make_config(tiny_demo, *FAST, "train.seeds=0,1", "mlflow.experiment=resume-group", "train.epochs=3")
     train(more, resume=parent, progress=False, options=RunOptions(explicit=frozenset({"train.epochs"})))
     assert {k: r.info.run_id for k, r in _children(parent).items()} == before
-    assert all(_steps(run_id, "train_loss") == [1, 2, 3] for run_id in before.values())
+    assert all(metric_steps(run_id, "train_loss") == [1, 2, 3] for run_id in before.values())
 
 
 @pytest.fixture(scope="module")
@@ -232,9 +225,7 @@ def two_fold_groups(tmp_path_factory, tiny_demo):
     os.environ["MLFLOW_TRACKING_URI"] = uri
     mlflow.set_tracking_uri(uri)
     try:
-        base = [f"data.root={tiny_demo}", f"paths.cache={tmp / 'cache'}", f"paths.outputs={tmp / 'out'}",
-                "model.num_classes=3", "data.frame_size=32", "data.clip_len=8", "data.train_stride=4",
-                "data.eval_stride=8", *FAST, "data.folds=2", "mlflow.experiment=folds"]
+        base = tiny_overrides(tiny_demo, tmp, *FAST, "data.folds=2", "mlflow.experiment=folds")
         a = train(load_config(None, base), progress=False)
         b = train(load_config(None, [*base, "optim.lr=0.0001", "train.group_model=best"]), progress=False)
     finally:

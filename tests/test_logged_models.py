@@ -28,6 +28,8 @@ from exptrack.training import checkpoint as ckpt
 from exptrack.models.weights import load_weights, save_atomic
 from exptrack.train import train
 
+from .helpers import tiny_overrides
+
 REPO = Path(__file__).resolve().parents[1]
 FAST = ("model.width=0.125", "train.batch_size=8", "train.eval_batch_size=16", "train.num_workers=0",
         "train.checkpoint_every=2", "optim.lr=0.001", "mlflow.experiment=models-test", "mlflow.log_system_metrics=false",
@@ -176,9 +178,8 @@ KILL_WHILE_LOGGING = textwrap.dedent("""
 def test_a_kill_while_logging_a_model_leaves_nothing_pending(tiny_demo, make_config, tmp_path):
     extra = (*FAST, "train.epochs=3", "train.checkpoint_every=1")
     cfg = make_config(tiny_demo, *extra)
-    overrides = [f"data.root={tiny_demo}", f"paths.cache={cfg.paths.cache}", f"paths.outputs={cfg.paths.outputs}",
-                 "model.num_classes=3", "data.frame_size=32", "data.clip_len=8", "data.train_stride=4",
-                 "data.eval_stride=8", *extra]
+    overrides = tiny_overrides(tiny_demo, tmp_path, *extra, f"paths.cache={cfg.paths.cache}",
+                               f"paths.outputs={cfg.paths.outputs}")
     proc = subprocess.run([sys.executable, "-c", KILL_WHILE_LOGGING, *overrides], cwd=tmp_path,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]

@@ -18,6 +18,8 @@ import mlflow
 import pytest
 import yaml
 
+from .helpers import artifact_paths
+
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
@@ -128,13 +130,6 @@ def walk(tiny_demo, tmp_path_factory) -> Walk:
     mlflow.set_tracking_uri(None)
 
 
-def _artifacts(client: mlflow.MlflowClient, run_id: str, path: str = "") -> set[str]:
-    out = set()
-    for f in client.list_artifacts(run_id, path or None):
-        out |= _artifacts(client, run_id, f.path) if f.is_dir else {f.path}
-    return out
-
-
 def _own_tags(tags: dict[str, str]) -> dict[str, str]:
     """Tags exptrack sets (MLflow's own differ by how a run was started)."""
     return {k: v for k, v in tags.items() if not k.startswith("mlflow.")}
@@ -151,8 +146,8 @@ def test_mlflow_run_train_carries_what_exptrack_train_carries(walk):
     assert logged(project) == logged(direct)
     assert {"data_wait_fraction", "loader_clips_per_s", "step_clips_per_s"} <= set(project.data.metrics)
     checkout = {"git_diff.patch"}  # logged when the checkout is dirty at that moment
-    assert _artifacts(client, project.info.run_id) - checkout == _artifacts(client, direct.info.run_id) - checkout
-    assert "config.yaml" in _artifacts(client, project.info.run_id)
+    assert artifact_paths(project.info.run_id) - checkout == artifact_paths(direct.info.run_id) - checkout
+    assert "config.yaml" in artifact_paths(project.info.run_id)
     ours = _own_tags(project.data.tags)
     assert set(ours) == set(_own_tags(direct.data.tags))
     assert {k: ours[k] for k in ("data_digest", "clips_train", "exptrack.command")} == {
@@ -177,7 +172,7 @@ def test_every_run_of_one_invocation_lands_in_its_experiment(walk, entry, named)
     if entry == "tune":
         assert len(children) == (3 if named else 2)  # two trials, and the refit of the best one
         assert run.data.params["optim.lr"] == "float [0.0001, 0.001] log"  # a searched key: its range
-    assert "config.yaml" in _artifacts(client, run.info.run_id)
+    assert "config.yaml" in artifact_paths(run.info.run_id)
     assert len(run.data.params) > 70  # the resolved config (a tune parent: its trials' starting config)
 
 

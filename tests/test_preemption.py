@@ -19,6 +19,8 @@ from exptrack import model_store, preemption, tracking
 from exptrack.config import load_config
 from exptrack.preemption import PREEMPTED_TAG
 
+from .helpers import metric_steps, tiny_overrides
+
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["model.width=0.125", "train.batch_size=4", "train.eval_batch_size=16", "train.num_workers=0",
         "optim.lr=0.001", "mlflow.log_system_metrics=false", "train.early_stop_patience=0",
@@ -26,9 +28,7 @@ FAST = ["model.width=0.125", "train.batch_size=4", "train.eval_batch_size=16", "
 
 
 def _overrides(tiny_demo: Path, tmp_path: Path, *extra: str) -> list[str]:
-    return [f"data.root={tiny_demo}", "data.demo=false", f"paths.cache={tmp_path / 'cache'}",
-            f"paths.outputs={tmp_path / 'out'}", "model.num_classes=3", "data.frame_size=32", "data.clip_len=8",
-            "data.train_stride=2", "data.eval_stride=8", *FAST, *extra]
+    return tiny_overrides(tiny_demo, tmp_path, "data.demo=false", "data.train_stride=2", *FAST, *extra)
 
 
 class Command:
@@ -71,10 +71,6 @@ class Command:
         return "".join(self.lines)
 
 
-def _steps(run_id: str, key: str) -> list[int]:
-    return sorted(m.step for m in mlflow.MlflowClient().get_metric_history(run_id, key))
-
-
 def _only_run(experiment: str) -> mlflow.entities.Run:
     runs = mlflow.search_runs(experiment_names=[experiment], output_format="list")
     assert len(runs) == 1, [r.info.run_name for r in runs]
@@ -92,15 +88,15 @@ def test_a_signal_ends_the_run_killed_and_the_resume_continues_exactly(tiny_demo
     assert f"stopped by {signal.Signals(sig).name}" in command.log and "Traceback" not in command.log
     run = _only_run("preempt")
     assert run.info.status == "KILLED" and run.data.tags[PREEMPTED_TAG] == signal.Signals(sig).name
-    done = _steps(run.info.run_id, "train_loss")
+    done = metric_steps(run.info.run_id, "train_loss")
     assert done[:2] == [1, 2] and len(done) <= 3  # stopped in epoch 3 (or right after it)
 
     resumed = Command(["train", "--no-progress", "--resume", run.info.run_id, "--set", *overrides], tmp_path)
     assert resumed.finish() == 0, resumed.log[-3000:]
     run = mlflow.MlflowClient().get_run(run.info.run_id)
     assert run.info.status == "FINISHED"
-    assert _steps(run.info.run_id, "train_loss") == [1, 2, 3, 4]  # every epoch once
-    assert _steps(run.info.run_id, "val_loss") == [1, 2, 3, 4]
+    assert metric_steps(run.info.run_id, "train_loss") == [1, 2, 3, 4]  # every epoch once
+    assert metric_steps(run.info.run_id, "val_loss") == [1, 2, 3, 4]
 
 
 TORCHRUN = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
@@ -130,8 +126,8 @@ def test_every_ddp_rank_stops_on_a_signal_and_the_run_resumes_exactly(tiny_demo,
     assert resumed.finish() == 0, resumed.log[-3000:]
     run = mlflow.MlflowClient().get_run(run.info.run_id)
     assert run.info.status == "FINISHED"
-    assert _steps(run.info.run_id, "train_loss") == [1, 2, 3, 4]  # every epoch once
-    assert _steps(run.info.run_id, "val_loss") == [1, 2, 3, 4]
+    assert metric_steps(run.info.run_id, "train_loss") == [1, 2, 3, 4]  # every epoch once
+    assert metric_steps(run.info.run_id, "val_loss") == [1, 2, 3, 4]
 
 
 def _values(run_id: str, key: str) -> list[float]:
@@ -174,7 +170,7 @@ def test_a_second_signal_exits_at_once_and_corrupts_nothing(tiny_demo, tmp_path)
     run_id = _only_run("twice").info.run_id
     resumed = Command(["train", "--no-progress", "--resume", run_id, "--set", *overrides], tmp_path)
     assert resumed.finish() == 0, resumed.log[-3000:]
-    assert _steps(run_id, "train_loss") == [1, 2, 3]
+    assert metric_steps(run_id, "train_loss") == [1, 2, 3]
     assert mlflow.MlflowClient().get_run(run_id).info.status == "FINISHED"
 
 

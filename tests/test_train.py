@@ -26,6 +26,7 @@ from exptrack.data.dataset import prepare_batch
 from exptrack.training.loop import NonFiniteLossError, train_one_epoch
 
 from .faults import KillAfter
+from .helpers import artifact_paths, metric_steps, tiny_overrides
 
 FAST = ("model.width=0.125", "train.batch_size=8", "train.eval_batch_size=16", "train.num_workers=0",
         "train.checkpoint_every=2", "optim.lr=0.001", "mlflow.experiment=train-test", "mlflow.log_system_metrics=false")
@@ -37,18 +38,6 @@ def _config(make_config, root, *extra):
 
 def _run(run_id: str):
     return mlflow.MlflowClient().get_run(run_id)
-
-
-def _steps(run_id: str, key: str) -> list[int]:
-    return sorted(m.step for m in mlflow.MlflowClient().get_metric_history(run_id, key))
-
-
-def _artifacts(run_id: str, path: str | None = None) -> set[str]:
-    client = mlflow.MlflowClient()
-    out = set()
-    for a in client.list_artifacts(run_id, path):
-        out |= _artifacts(run_id, a.path) if a.is_dir else {a.path}
-    return out
 
 
 @pytest.mark.slow
@@ -64,7 +53,7 @@ def test_train_logs_a_complete_run_and_registers_the_model(tiny_demo, make_confi
     assert run.data.params["data.use_masks"] == "True"
     for key in ("train_loss", "train_acc", "val_loss", "val_acc", "val_mean_class_acc", "val_top3_acc", "lr",
                 "val_acc_class_0", "data_wait_fraction", "loader_clips_per_s", "step_clips_per_s"):
-        assert _steps(result.run_id, key) == [1, 2, 3], key
+        assert metric_steps(result.run_id, key) == [1, 2, 3], key
     tags = run.data.tags
     assert tags["exptrack.command"] == "train" and tags["device"] == "cpu"
     assert (tags["device_name"], tags["precision"], tags["memory_layout"]) == ("CPU", "fp32", "channels_last_3d")
@@ -77,7 +66,7 @@ def test_train_logs_a_complete_run_and_registers_the_model(tiny_demo, make_confi
 
     # what stays on disk: what resume needs and the best model; the other files' weights are logged models
     assert sorted(p.name for p in result.checkpoint_dir.glob("*.pt")) == ["best_model.pt", "last.pt"]
-    artifacts = _artifacts(result.run_id)
+    artifacts = artifact_paths(result.run_id)
     assert {"config.yaml", "metrics/training_metrics.csv", "metrics/per_class_accuracy.csv"} <= artifacts
     assert not [a for a in artifacts if a.endswith(".pt")]  # checkpoints stay local (lean artifacts)
     history = pd.read_csv(result.checkpoint_dir.parent / "metrics" / "training_metrics.csv")
@@ -135,16 +124,16 @@ def test_resume_continues_the_same_run_without_gaps_or_duplicates(tiny_demo, mak
         train(cfg, progress=False, callbacks=[KillAfter(3)])
     monkeypatch.setattr(tracking.Run, "log_metrics", real_log)
     run_id = mlflow.search_runs(experiment_names=["train-test"], output_format="list")[0].info.run_id
-    assert _steps(run_id, "val_loss") == [1, 2]
+    assert metric_steps(run_id, "val_loss") == [1, 2]
     assert _run(run_id).info.status in ("FAILED", "KILLED")
 
     result = train(cfg, resume=run_id, progress=False)
     assert result.run_id == run_id
     assert _run(run_id).info.status == "FINISHED"
     for key in ("val_loss", "train_loss", "val_mean_class_acc"):
-        assert _steps(run_id, key) == [1, 2, 3, 4], key  # none missing, none twice
+        assert metric_steps(run_id, key) == [1, 2, 3, 4], key  # none missing, none twice
     for key in ("best_val_loss", "tracking_seconds", "tracking_failures"):
-        assert _steps(run_id, key) == [4], key  # the end of the run, once
+        assert metric_steps(run_id, key) == [4], key  # the end of the run, once
     assert _run(run_id).data.metrics["tracking_seconds"] > 0
     assert len(mlflow.search_runs(experiment_names=["train-test"], output_format="list")) == 1
 
@@ -188,7 +177,7 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint(tiny_demo, make_conf
 
     result = train(make_config(tiny_demo, *FAST, "train.epochs=3"), resume=run_id, progress=False)
     assert result.run_id == run_id and result.state.epoch == 3 and result.model_version
-    assert _run(run_id).info.status == "FINISHED" and _steps(run_id, "train_loss") == [1, 2, 3]
+    assert _run(run_id).info.status == "FINISHED" and metric_steps(run_id, "train_loss") == [1, 2, 3]
     assert _run(run_id).data.params["train.epochs"] == "2"  # the params it logged first stay (MLflow forbids changes)
 
 
@@ -221,7 +210,7 @@ def test_a_full_disk_while_checkpointing_fails_the_run_clearly_and_it_resumes(ti
 
     result = train(cfg, resume=run.info.run_id, progress=False)
     assert result.run_id == run.info.run_id and result.state.epoch == 3
-    assert _steps(run.info.run_id, "train_loss") == [1, 2, 3]
+    assert metric_steps(run.info.run_id, "train_loss") == [1, 2, 3]
 
 
 def test_a_checkpoint_error_is_one_line_in_the_cli(tiny_demo, make_config, monkeypatch, capsys, tmp_path):
@@ -247,7 +236,7 @@ def test_resume_from_a_checkpoint_file(tiny_demo, make_config):
     assert last.name == "last.pt"
     result = train(cfg, resume=str(last), progress=False)
     assert result.run_id == run_id and result.state.epoch == 2
-    assert _steps(run_id, "val_loss") == [1, 2]
+    assert metric_steps(run_id, "val_loss") == [1, 2]
 
 
 def test_a_received_checkpoint_resumes_with_this_folders_paths_not_its_own(tmp_path, monkeypatch):
@@ -496,9 +485,7 @@ def test_ddp_with_two_processes_makes_one_run(tiny_demo, tmp_path):
     import sys
 
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'ddp.db'}", "OMP_NUM_THREADS": "1"}
-    sets = [f"data.root={tiny_demo}", f"paths.cache={tmp_path / 'cache'}", f"paths.outputs={tmp_path / 'out'}",
-            "model.num_classes=3", "data.frame_size=32", "data.clip_len=8", "data.train_stride=4",
-            "data.eval_stride=8", *FAST, "train.epochs=2"]
+    sets = tiny_overrides(tiny_demo, tmp_path, *FAST, "train.epochs=2")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
            "-m", "exptrack", "train", "--no-progress", *[a for s in sets for a in ("--set", s)]]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
@@ -506,7 +493,7 @@ def test_ddp_with_two_processes_makes_one_run(tiny_demo, tmp_path):
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     runs = mlflow.search_runs(experiment_names=["train-test"], output_format="list")
     assert len(runs) == 1 and runs[0].data.tags["world_size"] == "2"
-    assert _steps(runs[0].info.run_id, "val_loss") == [1, 2]
+    assert metric_steps(runs[0].info.run_id, "val_loss") == [1, 2]
     history = mlflow.MlflowClient().get_metric_history(runs[0].info.run_id, "train_loss")
     assert all(m.value > 0 for m in history)  # every rank had batches: the loss is a real mean
     assert proc.stdout.count("registered as version") == 1
@@ -526,7 +513,7 @@ def test_early_stopping_pruning_and_resume_after_stop(tiny_demo, make_config):
     versions_before = mlflow.MlflowClient().search_model_versions(f"name='{cfg.mlflow.registered_model}'")
 
     again = train(cfg, resume=result.run_id, progress=False)  # killed after stopping, say
-    assert again.state.epoch == 4 and _steps(result.run_id, "val_loss") == [1, 2, 3, 4]
+    assert again.state.epoch == 4 and metric_steps(result.run_id, "val_loss") == [1, 2, 3, 4]
     versions_after = mlflow.MlflowClient().search_model_versions(f"name='{cfg.mlflow.registered_model}'")
     assert len(versions_after) == len(versions_before)  # registered once per run
 
@@ -537,7 +524,7 @@ def test_resume_with_more_epochs_extends_the_run(tiny_demo, make_config):
     first = train(cfg, progress=False)
     more = _config(make_config, tiny_demo, "train.epochs=2")
     result = train(more, resume=first.run_id, progress=False)
-    assert result.state.epoch == 2 and _steps(first.run_id, "val_loss") == [1, 2]
+    assert result.state.epoch == 2 and metric_steps(first.run_id, "val_loss") == [1, 2]
 
 
 @pytest.mark.slow
@@ -552,7 +539,7 @@ def test_resume_from_a_folder_without_the_checkpoints_is_refused_saying_where_th
     with pytest.raises(ModelError, match=f"the run finished but its checkpoints .* they are in "
                                          f"{first.checkpoint_dir.resolve()}"):
         train(elsewhere, resume=first.run_id, progress=False)
-    assert _steps(first.run_id, "train_loss") == [1]
+    assert metric_steps(first.run_id, "train_loss") == [1]
     assert len(mlflow.MlflowClient().search_model_versions(f"name='{cfg.mlflow.registered_model}'")) == 1
 
 
@@ -571,7 +558,7 @@ def test_logging_failure_at_the_last_epoch_is_recovered(tiny_demo, make_config, 
     monkeypatch.setattr(tracking.Run, "log_metrics", flaky)
     result = train(cfg, progress=False)
     assert calls["n"] == 1
-    assert _steps(result.run_id, "val_loss") == [1, 2]
+    assert metric_steps(result.run_id, "val_loss") == [1, 2]
     assert _run(result.run_id).data.metrics["tracking_failures"] == 1
 
 
@@ -715,9 +702,8 @@ def test_real_kills_at_several_points_all_resume_exactly(tiny_demo, make_config,
     whole = train(_config(make_config, tiny_demo, *extra, "mlflow.experiment=kill-none"), progress=False)
     expected = [[row[k] for k in keys] for row in whole.state.history]
     for point in ("mid-epoch-1", "mid-save-epoch-2", "after-checkpoint-2"):
-        overrides = [f"data.root={tiny_demo}", f"paths.cache={tmp_path / 'cache'}", f"paths.outputs={tmp_path / point}",
-                     "model.num_classes=3", "data.frame_size=32", "data.clip_len=8", "data.train_stride=4",
-                     "data.eval_stride=8", *FAST, *extra, f"mlflow.experiment=kill-{point}"]
+        overrides = tiny_overrides(tiny_demo, tmp_path, *FAST, *extra, f"mlflow.experiment=kill-{point}",
+                                   f"paths.outputs={tmp_path / point}")
         proc = subprocess.run([sys.executable, "-c", KILL_AT, point, *overrides], capture_output=True, text=True,
                               timeout=600)
         assert proc.returncode == -signal.SIGKILL, (point, proc.stderr[-2000:])
@@ -725,9 +711,9 @@ def test_real_kills_at_several_points_all_resume_exactly(tiny_demo, make_config,
         cfg = _config(make_config, tiny_demo, *extra, f"mlflow.experiment=kill-{point}", f"paths.outputs={tmp_path / point}")
         result = train(cfg, resume=run_id, progress=False)
         assert result.run_id == run_id and _run(run_id).info.status == "FINISHED", point
-        assert _steps(run_id, "train_loss") == [1, 2, 3], point  # every epoch, once
+        assert metric_steps(run_id, "train_loss") == [1, 2, 3], point  # every epoch, once
         assert [[row[k] for k in keys] for row in result.state.history] == expected, point
-        assert _steps(run_id, "best_val_loss") == [3], point  # end-of-run metrics once
+        assert metric_steps(run_id, "best_val_loss") == [3], point  # end-of-run metrics once
 
 
 @pytest.mark.slow
@@ -736,7 +722,7 @@ def test_a_resumed_train_plus_val_fit_logs_each_epoch_once(tiny_demo, make_confi
     first = train(cfg, progress=False)
     train(_config(make_config, tiny_demo, "train.epochs=3", "data.train_on_val=true"),
                     resume=first.run_id, progress=False)
-    assert _steps(first.run_id, "train_loss") == [1, 2, 3]
+    assert metric_steps(first.run_id, "train_loss") == [1, 2, 3]
 
 
 def test_a_model_kept_from_early_in_a_long_run_is_said():
@@ -765,7 +751,7 @@ def test_a_resume_logs_every_metric_an_epoch_missed_not_only_the_training_loss(t
         assert train_run.reconcile_history(run, state) == 1
         assert train_run.reconcile_history(run, state) == 0  # nothing left to complete
     for key in ("train_loss", "val_loss", "val_mean_class_acc", "val_acc_class_1"):
-        assert _steps(run.id, key) == [1, 2], key  # each once
+        assert metric_steps(run.id, key) == [1, 2], key  # each once
 
 
 @pytest.mark.slow

@@ -25,6 +25,8 @@ from exptrack.tune.run import run_tune
 from exptrack.tune.study_file import load_study_spec
 from exptrack.tune.workers import retried_from
 
+from .helpers import child_runs
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -50,17 +52,12 @@ space:
     return path
 
 
-def _children(parent: str) -> list:
-    return mlflow.search_runs(experiment_names=["tune-test"], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'",
-                              output_format="list")
-
-
 @pytest.mark.slow
 def test_study_runs_nested_trials_registers_the_best_and_resumes(tiny_demo, tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     study = run_tune(load_study_spec(_study_file(tmp_path, tiny_demo, storage, 2)))
     parent = study.user_attrs["mlflow_parent_run_id"]
-    children = _children(parent)
+    children = child_runs(parent)
     assert sorted(r.info.run_name for r in children) == ["trial-0", "trial-1"]
     assert {r.data.tags["optuna.state"] for r in children} <= {"COMPLETE", "PRUNED"}
     assert all("loss.focal_gamma" in r.data.params for r in children)
@@ -74,12 +71,12 @@ def test_study_runs_nested_trials_registers_the_best_and_resumes(tiny_demo, tmp_
     study = run_tune(load_study_spec(_study_file(tmp_path, tiny_demo, storage, 3)))
     assert [t.number for t in study.trials] == [0, 1, 2]
     assert study.user_attrs["mlflow_parent_run_id"] == parent
-    assert len(_children(parent)) == 3
+    assert len(child_runs(parent)) == 3
 
     # --retrain-best on the finished study: the best params once more on train + val subjects
     spec = load_study_spec(_study_file(tmp_path, tiny_demo, storage, 3))
     study = run_tune(spec, retrain_best=True)
-    retrained = [r for r in _children(parent) if r.info.run_name.startswith("retrain-best")]
+    retrained = [r for r in child_runs(parent) if r.info.run_name.startswith("retrain-best")]
     assert len(retrained) == 1
     run = retrained[0]
     assert run.data.tags["trained_on"] == "train+val" and run.data.tags["clips_val"] == "0"
@@ -111,7 +108,7 @@ def test_two_workers_share_a_journal_study(tiny_demo, tmp_path):
     finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
     assert 4 <= len(finished) <= 5  # the total is shared (a worker may finish one it had started)
     parent = study.user_attrs["mlflow_parent_run_id"]
-    assert len(_children(parent)) == len(study.trials)  # every trial under the one parent
+    assert len(child_runs(parent)) == len(study.trials)  # every trial under the one parent
     assert len(mlflow.search_runs(experiment_names=["tune-test"], filter_string="tags.`exptrack.command` = 'tune'",
                                   output_format="list")) == 1
 
@@ -166,7 +163,7 @@ def test_a_study_on_folds_scores_each_trial_by_its_folds_mean(tiny_demo, tmp_pat
     study = run_tune(load_study_spec(_study_file(tmp_path, tiny_demo, storage, 1, epochs=1, extra="folds: 2",
                                                  pruner="wilcoxon")))
     trial = study.best_trial
-    folds = {r.data.tags["exptrack.group_member"]: r for r in _children(trial.user_attrs["run_id"])}
+    folds = {r.data.tags["exptrack.group_member"]: r for r in child_runs(trial.user_attrs["run_id"])}
     assert set(folds) == {"fold=0", "fold=1"}  # every fold a grandchild of the study's parent run
     values = [r.data.metrics["best_val_mean_class_acc"] for r in folds.values()]
     assert trial.value == pytest.approx(np.mean(values)) and trial.user_attrs["member_std"] >= 0
@@ -256,7 +253,7 @@ def test_workers_on_postgres_share_a_study_and_survive_a_killed_worker(tiny_demo
     assert len(study.trials) == len(counted) + 1  # nothing lost: every other trial finished
 
     parent = study.user_attrs["mlflow_parent_run_id"]
-    children = {r.info.run_id: r for r in _children(parent)}
+    children = {r.info.run_id: r for r in child_runs(parent)}
     assert set(children) == {t.user_attrs["run_id"] for t in study.trials}  # every trial under the one parent
     dead = children[victim.user_attrs["run_id"]]
     assert dead.info.status == "FAILED" and dead.data.tags["optuna.state"] == "FAIL"
@@ -297,7 +294,7 @@ def test_tune_against_an_mlflow_server_backed_by_postgres(tiny_demo, tmp_path, p
     parent = study.user_attrs["mlflow_parent_run_id"]
     client = mlflow.MlflowClient()
     assert client.get_run(parent).info.status == "FINISHED"
-    assert sorted(r.info.run_name for r in _children(parent)) == ["trial-0", "trial-1"]
+    assert sorted(r.info.run_name for r in child_runs(parent)) == ["trial-0", "trial-1"]
     assert "tune/trials.csv" in {a.path for a in client.list_artifacts(parent, "tune")}
     # artifacts went through the server into its own artifact folder, not into a local mlruns/
     assert list(artifacts.rglob("trials.csv")) and not (tmp_path / "mlruns").exists()
@@ -399,7 +396,7 @@ def test_a_worker_whose_running_trial_another_worker_failed_goes_on(tiny_demo, t
     assert study.trials[1].params == study.trials[0].params
     assert all(s in tune_workers.COUNTED for s in states[1:]) and len(states) == 3  # the retry + the total
     assert "trial 0 was marked FAIL by another worker while this one ran it" in caplog.text
-    lost = [r for r in _children(study.user_attrs["mlflow_parent_run_id"]) if r.info.run_name == "trial-0"]
+    lost = [r for r in child_runs(study.user_attrs["mlflow_parent_run_id"]) if r.info.run_name == "trial-0"]
     assert [(r.info.status, r.data.tags["optuna.state"]) for r in lost] == [("FAILED", "FAIL")]
 
 
@@ -415,7 +412,7 @@ def test_parent_run_made_by_the_next_worker_when_trial_0_died_without_one(tiny_d
     study = run_tune(spec)
     assert time.monotonic() - started < 120  # no long wait for a parent that trial 0 will never make
     parent = study.user_attrs["mlflow_parent_run_id"]
-    assert [r.info.run_name for r in _children(parent)] == ["trial-1"]
+    assert [r.info.run_name for r in child_runs(parent)] == ["trial-1"]
 
 
 def test_a_dead_local_worker_trial_is_failed_and_retried_through_public_optuna_api(tmp_path):
