@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import model_card, model_store, figures, tracking
+from . import model_card, figures, tracking
+from .tracking import registry
 from .config import Config, ConfigError, replace
 from .data.clips import ClipIndex
 from .data.dataset import ModelView, make_loader
@@ -316,6 +317,6 @@ def log_evaluation(run: tracking.Run, source: dict[str, str], split: str, data: 
     run.log_artifacts(out, "results")
     if "version" in source:  # the headline scores as tags (promotion compares them); the rest on the card
         headline = {prefix + k: round(v, 6) for k, v in report.summary.items() if k in HEADLINE_METRICS}
-        model_store.set_model_version_tags(source["name"], source["version"],
+        registry.set_model_version_tags(source["name"], source["version"],
                                         {**headline, f"{prefix}data_digest": digest, f"{prefix}evaluation_run": run.id})
         model_card.refresh(source["name"], source["version"])

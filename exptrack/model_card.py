@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import model_store, tracking
+from . import tracking
+from .tracking import registry
 from .formatting import figure
 
 # The config keys a reader needs to know what was trained (the rest is on the run's page).
@@ -123,8 +124,8 @@ def group_section(tags: dict[str, str], run_tags: dict[str, str] | None = None) 
 
 def refresh(name: str, version: str) -> None:
     """Rebuild and store the card of `name` version `version` from what the registry holds now."""
-    record = model_store.model_version(name, version)
-    model = model_store.logged_model(record["model_id"]) if record.get("model_id") else None
+    record = registry.model_version(name, version)
+    model = registry.logged_model(record["model_id"]) if record.get("model_id") else None
     run_id = record.get("run_id") or ""
     train_run = tracking.run_record(run_id) if run_id else None
     evaluations = {}
@@ -132,4 +133,4 @@ def refresh(name: str, version: str) -> None:
         eval_run = record["tags"].get(f"{split}_evaluation_run")
         if eval_run:
             evaluations[split] = {"run_id": eval_run, **tracking.run_record(eval_run)}
-    model_store.set_model_version_description(name, version, render(name, record, model, train_run, evaluations))
+    registry.set_model_version_description(name, version, render(name, record, model, train_run, evaluations))

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable
 
-from . import model_card, model_store, preemption, tracking
+from . import model_card, preemption, tracking
+from .tracking import registry
 from .errors import ModelError
 from .evaluation import evaluation_digest, evaluation_predictions, run_evaluate
 from .options import EvaluateOptions
@@ -162,12 +163,12 @@ def record_decision(name: str, decision: Decision, champion_before: str | None, 
     no version without its decision)."""
     with preemption.deferred():
         if decision.champion and decision.champion != champion_before:
-            model_store.set_alias(name, CHAMPION, decision.champion)
+            registry.set_alias(name, CHAMPION, decision.champion)
             if decision.previous:
-                model_store.set_alias(name, PREVIOUS, decision.previous)
+                registry.set_alias(name, PREVIOUS, decision.previous)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         for version, reason in decision.reasons.items():
-            model_store.set_model_version_tags(name, version, {  # the values are in the decision and on the card
+            registry.set_model_version_tags(name, version, {  # the values are in the decision and on the card
                 "promotion.decision": reason, "promotion.metric": metric, "promotion.rule": rule,
                 "promotion.compared_on_digest": decision.digest, "promotion.time": stamp,
                 # the champion's figure is the best of this many versions on that test set (biased upwards)
@@ -201,17 +202,17 @@ def promote(name: str, options: PromoteOptions = PromoteOptions(), evaluate=None
     metric = canonical_metric(options.metric)  # test_mean_class_accuracy, its spelling before, still works
     if rule == "interval":
         paired_metric(metric, split)  # before anything is evaluated
-    versions = model_store.model_versions(name)
+    versions = registry.model_versions(name)
     if not versions:
         raise ModelError(f"registered model {name!r} has no versions")
     digest_tag = f"{split}_data_digest"
-    champion_version = model_store.alias_version(name, CHAMPION)
+    champion_version = registry.alias_version(name, CHAMPION)
     today = {v["version"]: current_digest(f"models:/{name}/{v['version']}", split, data_root) for v in versions}
     for v in versions:
         if needs_evaluation(name, v, metric, split, today[v["version"]],
                             v["version"] == champion_version or options.reevaluate):
             evaluate(f"models:/{name}/{v['version']}", split, data_root)
-    versions = model_store.model_versions(name)
+    versions = registry.model_versions(name)
     candidates = [Candidate(v["version"], metric_value(v, metric, split), v["tags"].get(digest_tag, ""),
                             today[v["version"]]) for v in versions]
     by_version = {c.version: c for c in candidates}
@@ -290,10 +291,10 @@ def version_scores(name: str, split: str = "test") -> dict[str, dict[str, float]
     """version -> the `<split>_*` headline metrics evaluate tagged it with."""
     return {v["version"]: {m: float(tag) for m in HEADLINE_METRICS
                            if (tag := _known_as(f"{split}_{m}", v["tags"])) is not None}
-            for v in model_store.model_versions(name)}
+            for v in registry.model_versions(name)}
 
 
 def version_groups(name: str) -> dict[str, str]:
     """version -> its seed or fold group in one phrase, for the versions that come from one."""
-    briefs = {v["version"]: model_card.group_brief(v["tags"]) for v in model_store.model_versions(name)}
+    briefs = {v["version"]: model_card.group_brief(v["tags"]) for v in registry.model_versions(name)}
     return {v: b for v, b in briefs.items() if b}

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from exptrack import model_store
+from exptrack.tracking import registry
 from exptrack.data.layout import output_names
 from exptrack.models.load import load_model
 from exptrack.training import checkpoint as ckpt
@@ -71,7 +71,7 @@ def test_a_version_keeps_its_weights_when_the_run_goes_on(tiny_demo, make_config
         load_model(f"models:/{resumed.model_id}").model)
 
     # lean: never more than keep_checkpoints + 1 logged models; superseded ones are gone with their files
-    models = model_store.run_logged_models(first.run_id)
+    models = registry.run_logged_models(first.run_id)
     assert len(models) <= cfg.train.keep_checkpoints + 1 + 1  # + the registered first best, kept for its version
     assert all(m["status"] == "READY" for m in models)
     kept = {m["model_id"] for m in models}
@@ -83,7 +83,7 @@ def test_a_version_keeps_its_weights_when_the_run_goes_on(tiny_demo, make_config
 def _serving_model(tiny_trained):
     uri, cfg, result = tiny_trained
     mlflow.set_tracking_uri(uri)
-    model_store.set_alias(cfg.mlflow.registered_model, "champion", result.model_version)
+    registry.set_alias(cfg.mlflow.registered_model, "champion", result.model_version)
     return uri, cfg, result, f"models:/{cfg.mlflow.registered_model}@champion"
 
 
@@ -184,10 +184,10 @@ def test_a_kill_while_logging_a_model_leaves_nothing_pending(tiny_demo, make_con
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     run = mlflow.search_runs(experiment_names=["models-test"], output_format="list")[0]
-    assert any(m["status"] == "PENDING" for m in model_store.run_logged_models(run.info.run_id))  # the fault is real
+    assert any(m["status"] == "PENDING" for m in registry.run_logged_models(run.info.run_id))  # the fault is real
 
     result = train(cfg, resume=run.info.run_id, progress=False)
-    models = model_store.run_logged_models(run.info.run_id)
+    models = registry.run_logged_models(run.info.run_id)
     assert models and all(m["status"] == "READY" for m in models)
     version = mlflow.MlflowClient().get_model_version(cfg.mlflow.registered_model, result.model_version)
     assert version.source == f"models:/{result.model_id}" and version.tags["run_id"] == run.info.run_id

@@ -15,7 +15,8 @@ import mlflow
 import optuna
 import pytest
 
-from exptrack import model_store, preemption, tracking
+from exptrack import preemption, tracking
+from exptrack.tracking import registry
 from exptrack.config import load_config
 from exptrack.preemption import PREEMPTED_TAG
 
@@ -286,20 +287,20 @@ def test_a_signal_while_promote_moves_the_aliases_waits_until_they_agree(tmp_pat
         with mlflow.start_run() as run:
             mlflow.log_text("weights", "model/placeholder.txt")
         mv = client.create_model_version("signalled", source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
-        model_store.set_model_version_tags("signalled", mv.version, {"test_mean_class_acc": value,
+        registry.set_model_version_tags("signalled", mv.version, {"test_mean_class_acc": value,
                                                                   "test_data_digest": "d1"})
         versions.append(str(mv.version))
     client.set_registered_model_alias("signalled", "champion", versions[0])
-    real = model_store.set_alias
+    real = registry.set_alias
 
     def moved_then_signalled(name, alias, version):
         real(name, alias, version)
         if alias == promotion.CHAMPION:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(model_store, "set_alias", moved_then_signalled)
+    monkeypatch.setattr(registry, "set_alias", moved_then_signalled)
     with preemption.installed(), pytest.raises(preemption.Preempted):
         promotion.promote("signalled", promotion.PromoteOptions(rule="best"), evaluate=lambda *a: None, current_digest=lambda *a: "d1")
-    assert model_store.alias_version("signalled", "champion") == versions[1]
-    assert model_store.alias_version("signalled", "previous") == versions[0]
+    assert registry.alias_version("signalled", "champion") == versions[1]
+    assert registry.alias_version("signalled", "previous") == versions[0]
     assert all("promotion.decision" in client.get_model_version("signalled", v).tags for v in versions)

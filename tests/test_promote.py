@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from exptrack import model_store
+from exptrack.tracking import registry
 from exptrack.errors import ModelError
 from exptrack.promote import Candidate, _paired_on_predictions, decide, promote
 from exptrack.options import PromoteOptions
@@ -27,7 +27,7 @@ def _add_version(tmp_path, value: float | None, digest: str = "d1") -> str:
         mlflow.log_text("weights", "model/placeholder.txt")
     mv = client.create_model_version(NAME, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
     if value is not None:
-        model_store.set_model_version_tags(NAME, mv.version, {"test_mean_class_acc": value, "test_data_digest": digest})
+        registry.set_model_version_tags(NAME, mv.version, {"test_mean_class_acc": value, "test_data_digest": digest})
     return str(mv.version)
 
 
@@ -45,7 +45,7 @@ def _evaluator(values: dict[str, float], digest: str, calls: list):
     def evaluate(uri: str, split: str, data_root):
         calls.append(uri)
         version = uri.rsplit("/", 1)[1]
-        model_store.set_model_version_tags(NAME, version, {"test_mean_class_acc": values[version],
+        registry.set_model_version_tags(NAME, version, {"test_mean_class_acc": values[version],
                                                         "test_data_digest": digest})
     return evaluate
 
@@ -57,7 +57,7 @@ def _tags(version: str) -> dict:
 def test_champion_moves_only_to_a_better_version_on_the_same_data(tmp_path):
     v1, v2 = _add_version(tmp_path, 0.80), _add_version(tmp_path, 0.90)
     assert promote(NAME, PromoteOptions(rule="best"), evaluate=_no_evaluation, current_digest=_today()).champion == v2
-    assert model_store.alias_version(NAME, "champion") == v2
+    assert registry.alias_version(NAME, "champion") == v2
     assert "no champion before" in _tags(v2)["promotion.decision"]
 
     v3 = _add_version(tmp_path, 0.85)  # worse: the champion stays
@@ -71,7 +71,7 @@ def test_champion_moves_only_to_a_better_version_on_the_same_data(tmp_path):
     v5 = _add_version(tmp_path, 0.95)  # better: promoted, the old champion becomes 'previous'
     decision = promote(NAME, PromoteOptions(rule="best"), evaluate=_no_evaluation, current_digest=_today())
     assert decision.champion == v5 and decision.previous == v2
-    assert model_store.alias_version(NAME, "champion") == v5 and model_store.alias_version(NAME, "previous") == v2
+    assert registry.alias_version(NAME, "champion") == v5 and registry.alias_version(NAME, "previous") == v2
     tags = _tags(v5)
     assert tags["promotion.metric"] == "test_mean_class_acc" and tags["promotion.compared_on_digest"] == "d1"
     assert tags["promotion.rule"] == "best" and "promotion.time" in tags and tags["promotion.versions_compared"] == "5"
@@ -81,7 +81,7 @@ def test_champion_moves_only_to_a_better_version_on_the_same_data(tmp_path):
     assert "not compared: evaluated on other data (digest other, now d1)" in _tags(v6)["promotion.decision"]
     assert _tags(v6)["promotion.compared_on_digest"] == "d1"
     assert "below the best candidate" in _tags(v1)["promotion.decision"]
-    assert model_store.alias_version(NAME, "champion") == v5
+    assert registry.alias_version(NAME, "champion") == v5
 
 
 def test_versions_without_the_metric_are_evaluated_first(tmp_path):
@@ -138,7 +138,7 @@ def test_promote_command_shows_each_versions_scores(tmp_path, capsys, monkeypatc
     monkeypatch.setattr(promotion, "evaluation_digest", lambda uri, split, data_root, memo=None: "d1")
 
     v1 = _add_version(tmp_path, 0.8)
-    model_store.set_model_version_tags(NAME, v1, {"test_acc": 0.85, "test_top3_acc": 0.97})
+    registry.set_model_version_tags(NAME, v1, {"test_acc": 0.85, "test_top3_acc": 0.97})
     assert main(["promote", "--name", NAME]) == 0
     out = capsys.readouterr().out
     assert f"version {v1}: " in out and "[test: acc 0.850, top3_acc 0.970, mean_class_acc 0.800]" in out
@@ -149,7 +149,7 @@ def test_versions_tagged_in_the_old_vocabulary_are_still_compared(tmp_path):
     """Versions evaluated before the one metric vocabulary carry test_mean_class_accuracy; the
     promotion reads it, under either spelling of --metric."""
     old = _add_version(tmp_path, None)
-    model_store.set_model_version_tags(NAME, old, {"test_mean_class_accuracy": 0.9, "test_data_digest": "d1"})
+    registry.set_model_version_tags(NAME, old, {"test_mean_class_accuracy": 0.9, "test_data_digest": "d1"})
     new = _add_version(tmp_path, 0.8)
     for metric in ("test_mean_class_acc", "test_mean_class_accuracy"):
         decision = promote(NAME, PromoteOptions(metric=metric, rule="best"), evaluate=_no_evaluation, current_digest=_today())
@@ -179,7 +179,7 @@ def _add_evaluated_version(tmp_path, accuracy_by_subject: list[float], seed: int
     table.to_csv(folder / "predictions.csv", index=False)
     with mlflow.start_run() as run:
         mlflow.log_artifacts(str(folder), "results")
-    model_store.set_model_version_tags(NAME, version, {"test_evaluation_run": run.info.run_id})
+    registry.set_model_version_tags(NAME, version, {"test_evaluation_run": run.info.run_id})
     return version
 
 
@@ -252,7 +252,7 @@ def test_promotion_on_evidence_end_to_end(tiny_demo, make_config):
     second = train(make_config(tiny_demo, *fast, "train.seed=7", "train.epochs=3"), progress=False)
     decision = promote(NAME)
     assert decision.compared == 2 and _tags(decision.champion)["promotion.versions_compared"] == "2"
-    versions = {v["version"]: v for v in model_store.model_versions(NAME)}
+    versions = {v["version"]: v for v in registry.model_versions(NAME)}
     evidence = _paired_on_predictions(versions, "test_mean_class_acc", "test", "t")(
         first.model_version, second.model_version)
     assert evidence.n_subjects == 2 and evidence.low is not None  # the two evaluations' clips, paired

@@ -65,7 +65,7 @@ def _store_error(uri: str, monkeypatch, capsys, tmp_path) -> str:
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)  # as in a new process: the store is MLFLOW_TRACKING_URI's
-    tracking._CHECKED_STORES.clear()
+    tracking.store._CHECKED_STORES.clear()
     assert main(["train", "--set", f"data.root={tmp_path / 'data'}", f"paths.cache={tmp_path / 'cache'}",
                  "data.demo_subjects=3", "data.demo_classes=2", "model.num_classes=2", "train.epochs=1",
                  "data.frame_size=16", "model.width=0.125"]) == 2  # tiny, should the check ever miss
@@ -131,7 +131,7 @@ def test_a_tracking_server_that_accepts_and_never_answers_fails_in_one_bounded_c
         uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
         with pytest.raises(TrackingUnavailable, match=f"tracking server {uri} accepted the connection but did not "
                                                       "answer in 1 s"):
-            tracking._check_server(uri, timeout_s=1.0)
+            tracking.store._check_server(uri, timeout_s=1.0)
 
 
 def test_an_http_server_that_is_not_mlflow_is_named(tmp_path, monkeypatch, capsys):

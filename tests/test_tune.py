@@ -14,7 +14,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from exptrack import model_store
+from exptrack.tracking import registry
 from exptrack.tune import objective as tune_objective
 from exptrack.tune import pruning as tune_pruning
 from exptrack.tune import report as tune_report
@@ -327,13 +327,13 @@ def test_best_model_registered_once_even_when_two_workers_race(tiny_demo, tmp_pa
 
     # a second worker, on a machine without the trial's checkpoint, checked before version 1 existed
     shutil.rmtree(best["checkpoint_dir"])
-    real, calls = tune_report.model_store.model_versions, []
+    real, calls = tune_report.registry.model_versions, []
 
     def first_look_sees_none(name):  # the second worker's check, made before version 1 existed
         calls.append(name)
         return [] if len(calls) == 1 else real(name)
 
-    monkeypatch.setattr(tune_report.model_store, "model_versions", first_look_sees_none)
+    monkeypatch.setattr(tune_report.registry, "model_versions", first_look_sees_none)
     with caplog.at_level("INFO", logger="exptrack.tune"):
         kept = tune_report.register_best_once(best["run_id"], tune_report.best_trial_config(study, spec))
     assert kept == "1" and "registered twice (versions 1 and 2)" in caplog.text  # v2 from the logged model
@@ -498,7 +498,7 @@ def test_pruned_trials_leave_no_checkpoints_or_logged_models(tiny_demo, tmp_path
     for trial in study.trials:
         run_id = trial.user_attrs["run_id"]
         assert not (tmp_path / "out" / "runs" / run_id / "checkpoints").exists()
-        assert model_store.run_logged_models(run_id) == []
+        assert registry.run_logged_models(run_id) == []
     assert not list((tmp_path / "mlruns").rglob("weights.pt"))
 
 

@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 
-from .. import model_store, tracking
+from .. import tracking
+from ..tracking import registry
 from ..config import Config, config_from_dict
 from ..data.layout import output_names
 from ..device import FP32, Placement, bind, placement
@@ -64,17 +65,17 @@ def _weights(source: dict[str, str], dst: Path) -> Path:
     """The weights file of a resolved reference: its logged model's, else (older versions and
     runs) the run's checkpoint artifact."""
     if source.get("model_id"):
-        return model_store.download_model_weights(source["model_id"], dst)
+        return registry.download_model_weights(source["model_id"], dst)
     return _run_artifact(source["run_id"], LEGACY_CHECKPOINT, dst)
 
 
 def _resolve_run(run_id: str) -> dict[str, str]:
     """A run's model: its newest registered version, else its best logged model."""
     source = {"run_id": run_id}
-    versions = [v for v in model_store.run_model_versions(run_id) if v["model_id"]]
+    versions = [v for v in registry.run_model_versions(run_id) if v["model_id"]]
     if versions:
         source.update({k: versions[0][k] for k in ("name", "version", "model_id")})
-    elif (model_id := model_store.best_logged_model(run_id)) is not None:
+    elif (model_id := registry.best_logged_model(run_id)) is not None:
         source["model_id"] = model_id
     return source
 
@@ -85,7 +86,7 @@ def resolve_weights(reference: str, download_dir: Path) -> tuple[Path, dict[str,
     source = {"uri": reference}
     try:
         if reference.startswith("models:/"):
-            source.update(model_store.resolve_model_uri(reference))
+            source.update(registry.resolve_model_uri(reference))
             return _weights(source, download_dir), source
         run_id, _, path = reference[len("runs:/"):].partition("/") if reference.startswith("runs:/") else ("", "", "")
         if run_id and path.endswith(".pt"):

@@ -33,7 +33,8 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from .. import model_store, figures, preemption, stats, tracking
+from .. import figures, preemption, stats, tracking
+from ..tracking import registry
 from ..config import Config, ConfigError, config_from_dict, replace, to_nested_dict
 from ..data.layout import discover
 from ..data.errors import DataWarnings
@@ -241,8 +242,8 @@ def member_result(key: str, run_id: str) -> MemberResult:
     histories = {k: tracking.metric_history(run_id, k) for k in CURVE_KEYS}
     epochs = sorted({step for h in histories.values() for step in h})
     history = pd.DataFrame({"epoch": epochs, **{k: [h.get(e, np.nan) for e in epochs] for k, h in histories.items()}})
-    model_id = model_store.best_logged_model(run_id)
-    epoch = model_store.logged_model(model_id)["tags"].get(model_store.EPOCH_TAG, "") if model_id else ""
+    model_id = registry.best_logged_model(run_id)
+    epoch = registry.logged_model(model_id)["tags"].get(registry.EPOCH_TAG, "") if model_id else ""
     return MemberResult(key, run_id, history, model_id, int(epoch) if epoch.isdigit() else None)
 
 
@@ -329,13 +330,13 @@ def choose_model(run: tracking.Run, result: GroupResult, config: Config) -> None
     else:
         best = max(have, key=MemberResult.rank)
         result.model_id, result.registered = best.model_id, f"{best.key}'s model (best on validation)"
-    run.set_tags({model_store.GROUP_MODEL_TAG: result.model_id, "group_model": result.registered})
+    run.set_tags({registry.GROUP_MODEL_TAG: result.model_id, "group_model": result.registered})
 
 
 def register(run: tracking.Run, result: GroupResult, name: str) -> None:
     """Register the group's model with the group's figures as tags, once per model: a resumed
     group whose model did not change registers nothing new (one resumed for more epochs may)."""
-    done = [v for v in model_store.model_versions(name)
+    done = [v for v in registry.model_versions(name)
             if v["tags"].get("group_run_id") == result.run_id and v["model_id"] == result.model_id]
     if done:
         result.model_version = done[0]["version"]
@@ -352,7 +353,7 @@ def log_ensemble(run: tracking.Run, members: list[MemberResult]) -> str:
     with a kept model."""
     model_ids = [m.model_id for m in members if m.model_id]
     with tempfile.TemporaryDirectory(prefix="exptrack-ensemble-") as tmp:
-        payloads = [load_weights(model_store.download_model_weights(model_id, Path(tmp) / str(i)))
+        payloads = [load_weights(registry.download_model_weights(model_id, Path(tmp) / str(i)))
                     for i, model_id in enumerate(model_ids)]
         first = config_from_dict(payloads[0]["config"], f"model {model_ids[0]}")
         config = replace(first, model={"ensemble": len(members)})
@@ -365,6 +366,6 @@ def log_ensemble(run: tracking.Run, members: list[MemberResult]) -> str:
                    "members": [m.run_id for m in members]}
         weights = save_atomic(payload, Path(tmp) / WEIGHTS_FILE)
         model_id = run.log_clip_model(weights, config.data.clip_len, class_names, 0,
-                                      {model_store.BEST_TAG: "true", "exptrack.data_digest": payload["data_digest"],
+                                      {registry.BEST_TAG: "true", "exptrack.data_digest": payload["data_digest"],
                                        ENSEMBLE_TAG: len(members)}, label="ensemble")
     return model_id

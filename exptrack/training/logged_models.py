@@ -16,7 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .. import model_card, model_store, tracking
+from .. import model_card, tracking
+from ..tracking import registry
 from ..models.weights import WEIGHTS_FILE, load_weights, save_atomic, weights_payload
 from . import checkpoint as ckpt
 
@@ -36,17 +37,17 @@ class ModelLog:
 
     def clean_pending(self) -> None:
         """Models whose upload was cut off (a killed process, a failed upload) are failed and deleted."""
-        for model_id in model_store.fail_pending_models(self.run.id):
+        for model_id in registry.fail_pending_models(self.run.id):
             log.info("logged model %s was left unfinished (upload cut off): deleted", model_id)
 
     def recover(self) -> None:
         """After a resume: unfinished models are deleted; the READY ones are this run's models again."""
         self.clean_pending()
         for m in self.run.logged_models():
-            if m["status"] == "READY" and m["tags"].get(model_store.EPOCH_TAG, "").isdigit():
-                self.by_epoch[int(m["tags"][model_store.EPOCH_TAG])] = m["model_id"]
-                if m["tags"].get(model_store.BEST_TAG) == "true":
-                    self.best_epoch = int(m["tags"][model_store.EPOCH_TAG])
+            if m["status"] == "READY" and m["tags"].get(registry.EPOCH_TAG, "").isdigit():
+                self.by_epoch[int(m["tags"][registry.EPOCH_TAG])] = m["model_id"]
+                if m["tags"].get(registry.BEST_TAG) == "true":
+                    self.best_epoch = int(m["tags"][registry.EPOCH_TAG])
 
     def snapshot(self, epoch: int, saved: list[Path]) -> Path | None:
         """This epoch's weights, copied now if one of the files it `saved` is kept (best or
@@ -83,7 +84,7 @@ class ModelLog:
         payload = weights_payload(load_weights(path), self.class_names)
         d = payload["config"]["data"]
         metrics = payload.get("metrics", {})
-        tags = {model_store.EPOCH_TAG: epoch, model_store.BEST_TAG: "false", "exptrack.data_digest": payload.get("data_digest", ""),
+        tags = {registry.EPOCH_TAG: epoch, registry.BEST_TAG: "false", "exptrack.data_digest": payload.get("data_digest", ""),
                 **{f"exptrack.{k}": round(v, 6) for k, v in metrics.items() if k.startswith("val_")}}
         with tempfile.TemporaryDirectory(prefix="exptrack-model-") as tmp:
             weights = path if path.name == WEIGHTS_FILE else save_atomic(payload, Path(tmp) / WEIGHTS_FILE)
@@ -95,15 +96,15 @@ class ModelLog:
         if best_epoch == self.best_epoch or best_epoch not in self.by_epoch:
             return
         if self.best_epoch in self.by_epoch:
-            model_store.set_logged_model_tags(self.by_epoch[self.best_epoch], {model_store.BEST_TAG: "false"})
-        model_store.set_logged_model_tags(self.by_epoch[best_epoch], {model_store.BEST_TAG: "true"})
+            registry.set_logged_model_tags(self.by_epoch[self.best_epoch], {registry.BEST_TAG: "false"})
+        registry.set_logged_model_tags(self.by_epoch[best_epoch], {registry.BEST_TAG: "true"})
         self.best_epoch = best_epoch
 
     def registered(self) -> dict[str, str]:
         """model id -> the lowest version of `registered_model` that points at it (this run's)."""
         out: dict[str, str] = {}
         if self.registered_model:
-            for v in model_store.model_versions(self.registered_model):
+            for v in registry.model_versions(self.registered_model):
                 if v["run_id"] == self.run.id and v["model_id"] and v["model_id"] not in out:
                     out[v["model_id"]] = v["version"]
         return out
@@ -113,7 +114,7 @@ class ModelLog:
         registered = self.registered() if any(e not in needed for e in self.by_epoch) else {}
         for epoch in [e for e in self.by_epoch if e not in needed]:
             if self.by_epoch[epoch] not in registered:  # a version keeps its weights
-                model_store.delete_logged_model(self.by_epoch[epoch])
+                registry.delete_logged_model(self.by_epoch[epoch])
             del self.by_epoch[epoch]
 
     def ensure_best(self, best_epoch: int | None) -> str | None:
@@ -151,7 +152,7 @@ def register(model_id: str, name: str, extra_tags: dict[str, Any] | None = None)
     """A new version of `name` pinned to the logged model `model_id`. Its tags (and `extra_tags`,
     e.g. a seed group's figures) are set in the same call that creates it, so a kill leaves a
     complete version or none; its model card follows."""
-    tags = {**version_tags(model_store.logged_model(model_id)), **(extra_tags or {})}
-    version = model_store.register_logged_model(model_id, name, tags)
+    tags = {**version_tags(registry.logged_model(model_id)), **(extra_tags or {})}
+    version = registry.register_logged_model(model_id, name, tags)
     model_card.refresh(name, version)
     return version

@@ -1,8 +1,9 @@
-"""`exptrack train`: one MLflow run from data to a registered model.
+"""One train run: one MLflow run from data to a registered model (exptrack/train.py is the
+command, which also trains groups).
 
 This module wires the pieces together; the loop (loop.py) and checkpoints (checkpoint.py) know
-nothing about MLflow. MLflow is reached only through tracking.py (the run: its handle and a few
-run queries) and model_store.py (logged models and the registry), never imported here.
+nothing about MLflow. MLflow is reached only through exptrack/tracking/ (the run: its handle and
+a few run queries; logged models and the registry), never imported here.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .. import model_store, figures, preemption, tracking
+from .. import figures, preemption, tracking
+from ..tracking import registry
 from ..device import Placement, bind, nvml_index, placement, resolve_device, training_placement
 from ..config import Config, ConfigError, config_from_dict, replace, to_flat_dict
 from ..data import clips
@@ -536,6 +538,6 @@ class _RunStamp:
 
 def discard_run_models(run_id: str, outputs: Path) -> None:
     """Delete a run's checkpoints and logged models (a pruned or failed tune trial)."""
-    for m in model_store.run_logged_models(run_id):
-        model_store.delete_logged_model(m["model_id"])
+    for m in registry.run_logged_models(run_id):
+        registry.delete_logged_model(m["model_id"])
     shutil.rmtree(outputs / "runs" / run_id / "checkpoints", ignore_errors=True)

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import optuna
 
-from .. import model_store, tracking
+from .. import tracking
+from ..tracking import registry
 from ..config import load_config
 from ..training import logged_models
 from ..training.groups import GROUP_TAG, tags_from_group_run
@@ -33,13 +34,13 @@ def register_best_once(run_id: str, config) -> str | None:
     name = config.mlflow.registered_model
     if not name:
         return None
-    model_id = model_store.best_logged_model(run_id)
+    model_id = registry.best_logged_model(run_id)
     if model_id is None:
         log.warning("trial run %s has no logged model to register", run_id)
         return None
 
     def versions() -> list[str]:
-        return [v["version"] for v in model_store.model_versions(name) if v["model_id"] == model_id]
+        return [v["version"] for v in registry.model_versions(name) if v["model_id"] == model_id]
 
     if versions():
         return min(versions(), key=int)
@@ -48,7 +49,7 @@ def register_best_once(run_id: str, config) -> str | None:
     first = min(versions(), key=int)
     if first != version:
         log.info("trial run %s was registered twice (versions %s and %s); keeping %s", run_id, first, version, first)
-        model_store.delete_model_version(name, version)
+        registry.delete_model_version(name, version)
     return first
 
 

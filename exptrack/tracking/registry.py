@@ -1,7 +1,5 @@
-"""The model registry and logged models: MLflow's model store, as exptrack uses it. Run logging
-(runs, metrics, artifacts, the background tracker) is tracking.py's; between them they are
-the only modules that call MLflow's tracking and registry APIs (serving/ subclasses its
-PythonModel and saves the pyfunc package that tracking.py logs)."""
+"""The model registry and logged models, as exptrack uses them: registered models, versions,
+aliases and version tags, a run's logged models and their weights file."""
 
 from __future__ import annotations
 
@@ -17,17 +15,14 @@ import mlflow.artifacts
 from mlflow.entities import LoggedModelStatus
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-from .models.weights import WEIGHTS_FILE
+from ..models.weights import WEIGHTS_FILE
+from .store import _client
 
 log = logging.getLogger("exptrack.tracking")
 
 # A logged model's tags: its epoch, and "true" on the kept (best) one of its run.
 EPOCH_TAG, BEST_TAG = "exptrack.epoch", "exptrack.best"
 GROUP_MODEL_TAG = "group_model_id"  # a group run's tag: the model the group stands for (best member or ensemble)
-
-
-def _client() -> "mlflow.MlflowClient":
-    return mlflow.MlflowClient()
 
 
 @contextmanager
@@ -176,7 +171,7 @@ def download_model_weights(model_id: str, dst: str | Path) -> Path:
 
 
 def set_model_version_tags(name: str, version: str, tags: dict[str, Any]) -> None:
-    client = mlflow.MlflowClient()
+    client = _client()
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, str(value))
 
@@ -197,7 +192,7 @@ def set_model_version_description(name: str, version: str, text: str) -> None:
 
 def model_versions(name: str) -> list[dict[str, Any]]:
     """Every version of a registered model: version, run_id, model_id, tags, aliases (oldest first)."""
-    client = mlflow.MlflowClient()
+    client = _client()
     try:
         found = list(client.search_model_versions(f"name='{name}'"))
     except mlflow.exceptions.MlflowException:
@@ -215,14 +210,14 @@ def run_model_versions(run_id: str) -> list[dict[str, Any]]:
 
 def alias_version(name: str, alias: str) -> str | None:
     try:
-        return str(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
+        return str(_client().get_model_version_by_alias(name, alias).version)
     except mlflow.exceptions.MlflowException:
         return None
 
 
 def delete_model_version(name: str, version: str) -> None:
-    mlflow.MlflowClient().delete_model_version(name, version)
+    _client().delete_model_version(name, version)
 
 
 def set_alias(name: str, alias: str, version: str) -> None:
-    mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
+    _client().set_registered_model_alias(name, alias, version)
