@@ -8,15 +8,9 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import mlflow
-import mlflow.artifacts
-import mlflow.pyfunc
-
-
-if TYPE_CHECKING:
-    pass
 
 
 log = logging.getLogger("exptrack.tracking")

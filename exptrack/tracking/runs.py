@@ -17,22 +17,20 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import mlflow
 import mlflow.artifacts
-import mlflow.pyfunc
 import torch
 import yaml
 from mlflow.data.pandas_dataset import from_pandas
 from mlflow.entities import LoggedModelInput, LoggedModelOutput, LoggedModelStatus, Param
 
 from ..config import Config, to_flat_dict, to_yaml
-from .registry import quiet_model_logging
 from ..preemption import PREEMPTED_TAG, Preempted
 from ..serving.package import save_clip_model
+from . import registry
+from .registry import quiet_model_logging
+from .store import _client, configure, tracking_uri
 
 if TYPE_CHECKING:
     import pandas as pd
-
-from . import registry
-from .store import _client, configure, tracking_uri
 
 log = logging.getLogger("exptrack.tracking")
 # MLflow's advice on integer columns (clip manifests, prediction tables: frame numbers and class

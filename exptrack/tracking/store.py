@@ -12,11 +12,8 @@ import os
 import re
 from contextlib import nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import mlflow
-import mlflow.artifacts
-import mlflow.pyfunc
 import requests
 import urllib3
 from filelock import FileLock
@@ -26,9 +23,6 @@ from sqlalchemy.engine import make_url
 
 from ..config import Config, ConfigError
 from ..errors import TrackingUnavailable
-
-if TYPE_CHECKING:
-    pass
 
 
 log = logging.getLogger("exptrack.tracking")
