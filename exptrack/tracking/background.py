@@ -10,7 +10,6 @@ import time
 from collections import deque
 from typing import Any
 
-import mlflow
 
 
 log = logging.getLogger("exptrack.tracking")
@@ -33,7 +32,6 @@ class BackgroundTracker:
         self._cv = threading.Condition()
         self._closing = False
         self._deadline = float("inf")
-        self._attached = False
         self._thread = threading.Thread(target=self._work, name="exptrack-tracking", daemon=True)
         self._thread.start()
 
@@ -46,12 +44,6 @@ class BackgroundTracker:
         with self._cv:
             return [what for what, _ in self._items]
 
-    def _attach(self) -> None:
-        """MLflow's active run is per thread: this thread makes the run its own (never ends it)."""
-        if not self._attached:
-            mlflow.start_run(run_id=self.run_id, log_system_metrics=False)
-            self._attached = True
-
     def _work(self) -> None:
         wait, outage = 0.5, False
         while True:
@@ -62,7 +54,6 @@ class BackgroundTracker:
                     return  # a drain that timed out: what is left stays undelivered (a resume delivers it)
                 what, call = self._items[0]
             try:
-                self._attach()
                 call()
             except Exception as exc:  # noqa: BLE001 - any tracking failure: keep it, retry, never raise
                 self.failures += 1

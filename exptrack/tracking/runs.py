@@ -20,7 +20,10 @@ import mlflow.artifacts
 import torch
 import yaml
 from mlflow.data.pandas_dataset import from_pandas
-from mlflow.entities import LoggedModelInput, LoggedModelOutput, LoggedModelStatus, Param
+from mlflow.entities import (DatasetInput, InputTag, LoggedModelInput, LoggedModelOutput, LoggedModelStatus, Param,
+                              RunTag)
+from mlflow.tracking.context import registry as context_registry
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from ..config import Config, to_flat_dict, to_yaml
 from ..preemption import PREEMPTED_TAG, Preempted
@@ -60,17 +63,15 @@ def source_tags() -> dict[str, str]:
 
 
 class Run:
-    """A thin handle on an active MLflow run; the only way other modules log anything."""
+    """A handle on one MLflow run, by id: the only way other modules log anything. Every call
+    names the run (MLflow's client API, no "active run"), so any thread may use it: the
+    background tracker's worker does, and a group's run and its members' are open at once."""
 
-    def __init__(self, run: mlflow.ActiveRun) -> None:
-        self._run = run
-
-    @property
-    def id(self) -> str:
-        return self._run.info.run_id
+    def __init__(self, run_id: str) -> None:
+        self.id = run_id
 
     def log_params(self, params: dict[str, Any]) -> None:
-        mlflow.log_params({k: ("" if v is None else v) for k, v in params.items()})
+        mlflow.log_params({k: ("" if v is None else v) for k, v in params.items()}, run_id=self.id)
 
     def log_config(self, config: Config, invocation: dict[str, str] | None = None) -> None:
         """The resolved config as flat params and as config.yaml, with what the user typed
@@ -82,10 +83,10 @@ class Run:
         params = {**(invocation or {}), **to_flat_dict(config)}
         self.log_params({k: v for k, v in params.items() if k not in run.data.params})
         if not any(f.path == "config.yaml" for f in _client().list_artifacts(self.id)):
-            mlflow.log_text(to_yaml(config), "config.yaml")
+            _client().log_text(self.id, to_yaml(config), "config.yaml")
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+        set_run_tags(self.id, tags)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None, model_id: str | None = None,
                     dataset: Any = None) -> None:
@@ -93,16 +94,16 @@ class Run:
         show them); `dataset` (from `dataset()`) says which data they were measured on."""
         if metrics:
             mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, model_id=model_id,
-                               dataset=dataset)
+                               dataset=dataset, run_id=self.id)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        mlflow.log_artifact(str(path), artifact_path)
+        _client().log_artifact(self.id, str(path), artifact_path)
 
     def log_artifacts(self, folder: str | Path, artifact_path: str | None = None) -> None:
-        mlflow.log_artifacts(str(folder), artifact_path)
+        _client().log_artifacts(self.id, str(folder), artifact_path)
 
     def log_table(self, table: "pd.DataFrame", artifact_file: str) -> None:
-        mlflow.log_table(table, artifact_file)
+        mlflow.log_table(table, artifact_file, run_id=self.id)
 
     def latest_metrics(self, keys: tuple[str, ...]) -> dict[str, float]:
         """The last logged value of each of `keys` that this run has."""
@@ -122,11 +123,11 @@ class Run:
 
     def log_dataset(self, dataset: Any, context: str) -> None:
         """Shown under the run's Datasets."""
-        mlflow.log_input(dataset, context=context)
+        _client().log_inputs(self.id, datasets=[DatasetInput(dataset._to_mlflow_entity(),
+                                                             tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])])
 
     def log_model_input(self, model_id: str) -> None:
         """The run used this logged model (an evaluation): listed on the model's page."""
-        # the client call: mlflow.log_inputs(models=) refuses non-Databricks stores, which do store it
         _client().log_inputs(self.id, models=[LoggedModelInput(model_id)])
 
     def log_clip_model(self, weights: Path, clip_len: int, class_names: list[str], epoch: int,
@@ -164,7 +165,7 @@ class Run:
         """When the checkout is dirty, keep the diff with the run so it can be reproduced."""
         diff = _git("diff", "HEAD")
         if diff:
-            mlflow.log_text(diff, "git_diff.patch")
+            _client().log_text(self.id, diff, "git_diff.patch")
 
 
 @contextmanager
@@ -172,26 +173,80 @@ def start_run(config: Config, run_name: str, command: str, tags: dict[str, Any] 
               system_metrics: bool = False, run_id: str | None = None,
               parent_run_id: str | None = None, invocation: dict[str, str] | None = None) -> Iterator[Run]:
     """Start a run, resume `run_id`, or (under `mlflow run`) attach to the run MLflow created;
-    every one carries its resolved config (Run.log_config). It ends FAILED if the body raises."""
+    every one carries its resolved config (Run.log_config). It ends FINISHED, FAILED if the body
+    raises (tag `exptrack.failure` says why), or KILLED when a signal stopped it."""
     experiment_id = configure(config, run_id=run_id, parent_run_id=parent_run_id)
-    # `mlflow run` exports MLFLOW_RUN_ID for the run it created; start_run() attaches to it.
-    attached = bool(os.environ.get("MLFLOW_RUN_ID")) and run_id is None and parent_run_id is None
-    if parent_run_id and os.environ.get("MLFLOW_RUN_ID"):
-        os.environ.pop("MLFLOW_RUN_ID")  # a child of a tune parent, not the run `mlflow run` made
-    with mlflow.start_run(run_id=run_id, run_name=None if (attached or run_id) else run_name,
-                          experiment_id=None if (attached or run_id) else experiment_id,
-                          parent_run_id=parent_run_id if not run_id else None,
-                          nested=bool(parent_run_id) and mlflow.active_run() is not None,  # a child of this process's run
-                          log_system_metrics=system_metrics and config.mlflow.log_system_metrics) as active, \
-            _failure_tag():
-        run = Run(active)
-        run.set_tags({"exptrack.command": command, **source_tags(), **(tags or {})})
-        if attached:  # under `mlflow run` the run was created with a random name; it is called run_name now
-            mlflow.set_tag("mlflow.runName", run_name)
-        run.log_config(config, invocation)
-        log.info("MLflow run %s (%s) at %s", run.id, run_name if attached else (active.info.run_name or run_name),
-                 tracking_uri())
-        yield run
+    # `mlflow run` exports MLFLOW_RUN_ID for the run it created: this command's run is that one.
+    # Taken out of the environment once used (as MLflow's own start_run does): the runs this
+    # process makes after it (tune trials, evaluations) are new runs.
+    project_run = os.environ.get("MLFLOW_RUN_ID") if run_id is None and parent_run_id is None else None
+    if project_run or parent_run_id:
+        os.environ.pop("MLFLOW_RUN_ID", None)
+    existing = run_id or project_run
+    run = Run(existing or _create_run(experiment_id, run_name, parent_run_id))
+    if existing:
+        _client().update_run(existing, status="RUNNING")
+    monitor = _system_metrics(run.id, resumed=bool(existing)) \
+        if system_metrics and config.mlflow.log_system_metrics else None
+    try:
+        with _ended(run.id):
+            run.set_tags({"exptrack.command": command, **source_tags(), **(tags or {})})
+            if project_run:  # under `mlflow run` the run was created with a random name; it is called run_name now
+                run.set_tags({"mlflow.runName": run_name})
+            run.log_config(config, invocation)
+            log.info("MLflow run %s (%s) at %s", run.id, _client().get_run(run.id).info.run_name or run_name,
+                     tracking_uri())
+            yield run
+    finally:
+        if monitor is not None:
+            monitor.finish()
+
+
+def _create_run(experiment_id: str, run_name: str, parent_run_id: str | None) -> str:
+    """A new run, with the tags MLflow's own start_run gives one (user, source, git commit)."""
+    tags = {MLFLOW_RUN_NAME: run_name, **({MLFLOW_PARENT_RUN_ID: parent_run_id} if parent_run_id else {})}
+    return _client().create_run(experiment_id, tags=context_registry.resolve_tags(tags), run_name=run_name).info.run_id
+
+
+def _system_metrics(run_id: str, resumed: bool):
+    """MLflow's system metrics monitor (CPU, memory, GPU) of the run, started; None when it cannot
+    run here (it says why)."""
+    try:
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        monitor = SystemMetricsMonitor(run_id, resume_logging=resumed)
+        monitor.start()
+        return monitor
+    except Exception as exc:  # noqa: BLE001 - e.g. psutil missing: the run goes on without them
+        log.warning("no system metrics for run %s: %s", run_id, exc)
+        return None
+
+
+@contextmanager
+def _ended(run_id: str):
+    """The run ends FINISHED when the body does. One that fails ends FAILED and says why in its
+    tag `exptrack.failure` (first line, 500 characters). One stopped by SIGTERM or SIGINT
+    (preemption.Preempted) ends KILLED with the tag `exptrack.preempted=<signal>`: it can be
+    resumed, nothing in it failed."""
+    client = _client()
+    try:
+        yield
+    except Preempted as exc:
+        try:
+            client.set_tag(run_id, PREEMPTED_TAG, exc.name)
+            client.set_terminated(run_id, "KILLED")
+        except Exception:  # noqa: BLE001 - the tracker may be what is gone
+            pass
+        raise
+    except BaseException as exc:
+        try:
+            message = (str(exc).strip().splitlines() or [""])[0]
+            client.set_tag(run_id, "exptrack.failure", f"{type(exc).__name__}: {message}"[:500])
+            client.set_terminated(run_id, "FAILED")
+        except Exception:  # noqa: BLE001 - the tracker may be what failed
+            pass
+        raise
+    client.set_terminated(run_id, "FINISHED")
 
 
 def newest_finished_run(tags: dict[str, str]) -> str | None:
@@ -223,29 +278,6 @@ def child_runs(parent_run_id: str) -> list[dict[str, Any]]:
 def metric_history(run_id: str, key: str) -> dict[int, float]:
     """step -> value of a run's metric (the last value logged at each step)."""
     return {m.step: m.value for m in sorted(_client().get_metric_history(run_id, key), key=lambda m: m.timestamp)}
-
-
-@contextmanager
-def _failure_tag():
-    """A run that ends FAILED says why, in its tag `exptrack.failure` (first line, 500 characters).
-    A run stopped by SIGTERM or SIGINT (preemption.Preempted) ends KILLED instead, with the tag
-    `exptrack.preempted=<signal>`: it can be resumed, nothing in it failed."""
-    try:
-        yield
-    except Preempted as exc:
-        try:
-            mlflow.set_tag(PREEMPTED_TAG, exc.name)
-            mlflow.end_run("KILLED")
-        except Exception:  # noqa: BLE001 - the tracker may be what is gone
-            pass
-        raise
-    except BaseException as exc:
-        try:
-            message = (str(exc).strip().splitlines() or [""])[0]
-            mlflow.set_tag("exptrack.failure", f"{type(exc).__name__}: {message}"[:500])
-        except Exception:  # noqa: BLE001 - the tracker may be what failed
-            pass
-        raise
 
 
 def download_run_artifact(run_id: str, path: str, dst: str | Path) -> Path:
@@ -317,9 +349,9 @@ def run_tags(run_id: str) -> dict[str, str]:
 
 
 def set_run_tags(run_id: str, tags: dict[str, Any]) -> None:
-    client = _client()
-    for key, value in tags.items():
-        client.set_tag(run_id, key, str(value))
+    items = [RunTag(k, str(v)) for k, v in tags.items()]
+    for start in range(0, len(items), 100):  # MLflow takes at most 100 tags per batch
+        _client().log_batch(run_id, tags=items[start:start + 100])
 
 
 def log_to_run(run_id: str, metrics: dict[str, float] | None = None, folder: str | Path | None = None,
