@@ -1,4 +1,4 @@
-"""tracking.py: what exptrack sets up in MLflow, and store set-up under concurrency (several
+"""exptrack/tracking/: what exptrack sets up in MLflow, and store set-up under concurrency (several
 exptrack processes on one fresh store)."""
 
 from __future__ import annotations
@@ -19,6 +19,30 @@ def test_experiments_open_on_the_runs_table_in_mlflow_3():
     tracking.configure(load_config(None, ["mlflow.experiment=kind-test"]))
     experiment = mlflow.get_experiment_by_name("kind-test")
     assert experiment.tags[tracking.EXPERIMENT_KIND] == "custom_model_development"
+
+
+def test_a_deleted_experiment_is_named_with_how_to_restore_it():
+    from exptrack.config import ConfigError
+
+    client = mlflow.MlflowClient()
+    client.delete_experiment(client.create_experiment("gone"))
+    with pytest.raises(ConfigError, match="mlflow.experiment 'gone' is deleted in .*: restore it"):
+        tracking.configure(load_config(None, ["mlflow.experiment=gone"]))
+
+
+def test_runs_are_named_by_id_and_leave_no_active_run():
+    """No MLflow "active run" state: a run and a child of it are open at once, each logged by id."""
+    config = load_config(None, ["mlflow.experiment=ids"])
+    with tracking.start_run(config, "parent", "test") as parent:
+        with tracking.start_run(config, "child", "test", parent_run_id=parent.id) as child:
+            child.log_metrics({"x": 1.0})
+            parent.log_metrics({"y": 2.0})
+            assert mlflow.active_run() is None
+    client = mlflow.MlflowClient()
+    runs = {r: client.get_run(r) for r in (parent.id, child.id)}
+    assert runs[child.id].data.tags["mlflow.parentRunId"] == parent.id
+    assert (runs[parent.id].data.metrics, runs[child.id].data.metrics) == ({"y": 2.0}, {"x": 1.0})
+    assert {r.info.status for r in runs.values()} == {"FINISHED"}
 
 # What `exptrack train` does with MLflow before training: configure the store and experiment,
 # start a run, end it. Every process waits on a barrier (files) after its imports so that all

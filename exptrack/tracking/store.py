@@ -147,14 +147,23 @@ def _store_lock(uri: str):
     return FileLock(str(db) + ".lock")
 
 
-def _set_experiment(name: str):
-    """mlflow.set_experiment, tolerating another process creating the same experiment first."""
-    try:
-        return mlflow.set_experiment(name)
-    except mlflow.exceptions.MlflowException as exc:
-        if "already exists" not in str(exc) and getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
-            raise
-        return mlflow.set_experiment(name)  # it exists now: this time it is only looked up
+def _experiment_named(uri: str, name: str):
+    """The experiment `name`, created when missing (tolerating another process creating it
+    first); a deleted one is an error that says what to do."""
+    client = _client()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            client.create_experiment(name)
+        except mlflow.exceptions.MlflowException as exc:
+            if "already exists" not in str(exc) and getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
+                raise
+        experiment = client.get_experiment_by_name(name)
+        assert experiment is not None, f"experiment {name} was just created"
+    if experiment.lifecycle_stage == "deleted":
+        raise ConfigError(f"mlflow.experiment {name!r} is deleted in {uri}: restore it (`mlflow experiments restore "
+                          f"--experiment-id {experiment.experiment_id}`) or name another")
+    return experiment
 
 
 # The experiment each tracking store's runs of this process go to, once `mlflow run` has fixed
@@ -168,8 +177,8 @@ MODEL_TRAINING_KIND = "custom_model_development"
 
 
 def configure(config: Config, run_id: str | None = None, parent_run_id: str | None = None) -> str:
-    """Point MLflow at the configured tracking store (if any) and at the experiment a run goes
-    to; returns that experiment's id. The experiment is, in this order: the experiment of the
+    """Point MLflow at the configured tracking store (if any); returns the id of the experiment a
+    run goes to (no "active experiment" is set). The experiment is, in this order: the experiment of the
     run being resumed (`run_id`), of the parent run (`parent_run_id`), of the run `mlflow run`
     made (and of the runs after it in this process), else `mlflow.experiment` (created once,
     even when several processes start together on a fresh local SQLite store)."""
@@ -182,10 +191,10 @@ def configure(config: Config, run_id: str | None = None, parent_run_id: str | No
     existing = run_id or parent_run_id
     if existing or uri in _INVOCATION_EXPERIMENT:
         experiment_id = _client().get_run(existing).info.experiment_id if existing else _INVOCATION_EXPERIMENT[uri]
-        experiment = mlflow.set_experiment(experiment_id=experiment_id)
+        experiment = _client().get_experiment(experiment_id)
     else:
         with _store_lock(uri):
-            experiment = _set_experiment(config.mlflow.experiment)
+            experiment = _experiment_named(uri, config.mlflow.experiment)
     client = _client()
     if EXPERIMENT_KIND not in experiment.tags:
         # MLflow 3's UI treats an experiment without this tag as GenAI (traces). With it, the UI
