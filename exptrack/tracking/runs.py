@@ -10,6 +10,7 @@ import os
 import platform
 import subprocess
 import tempfile
+import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,8 +21,8 @@ import mlflow.artifacts
 import torch
 import yaml
 from mlflow.data.pandas_dataset import from_pandas
-from mlflow.entities import (DatasetInput, InputTag, LoggedModelInput, LoggedModelOutput, LoggedModelStatus, Param,
-                              RunTag)
+from mlflow.entities import (DatasetInput, InputTag, LoggedModelInput, LoggedModelOutput, LoggedModelStatus, Metric,
+                              Param, RunTag)
 from mlflow.tracking.context import registry as context_registry
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
@@ -91,10 +92,16 @@ class Run:
     def log_metrics(self, metrics: dict[str, float], step: int | None = None, model_id: str | None = None,
                     dataset: Any = None) -> None:
         """`model_id` links the values to a logged model (its page and search_logged_models
-        show them); `dataset` (from `dataset()`) says which data they were measured on."""
-        if metrics:
-            mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, model_id=model_id,
-                               dataset=dataset, run_id=self.id)
+        show them); `dataset` (from `dataset()`, logged as an input of the run first) says which
+        data they were measured on. Only the model named is linked: MLflow's own log_metrics
+        would also link every model the run logged at the same step."""
+        if not metrics:
+            return
+        now = int(time.time() * 1000)
+        name, digest = (dataset.name, dataset.digest) if dataset is not None else (None, None)
+        _client().log_batch(self.id, metrics=[Metric(k, float(v), now, step or 0, model_id=model_id, dataset_name=name,
+                                                     dataset_digest=digest, run_id=self.id)
+                                              for k, v in metrics.items()])
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         _client().log_artifact(self.id, str(path), artifact_path)
