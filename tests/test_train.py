@@ -82,7 +82,8 @@ def test_train_logs_a_complete_run_and_registers_the_model(tiny_demo, make_confi
     assert "per_class_accuracy_top2.png" in made and len(made) == 8
 
     # the kept checkpoints are MLflow logged models, ranked by the validation metrics linked to them
-    models = mlflow.search_logged_models(filter_string=f"source_run_id = '{result.run_id}'",
+    experiment = mlflow.MlflowClient().get_run(result.run_id).info.experiment_id  # exptrack sets no active one
+    models = mlflow.search_logged_models(experiment_ids=[experiment], filter_string=f"source_run_id = '{result.run_id}'",
                                          order_by=[{"field_name": "metrics.val_mean_class_acc", "ascending": False}],
                                          output_format="list")
     assert models and all(m.status.value == "READY" for m in models)
