@@ -21,9 +21,11 @@ Presets: `demo` is experiments/demo.yaml (the README's main command; 20 subjects
 `hard` the hard demo preset (9 subjects, 3 test, 10 classes) at bench/groups.py's settings
 (64 px, width 0.25, masks on, the rest exptrack's defaults) but 15 epochs.
 
-The timelines are today's computation (windows a quarter clip apart, the rest probability
-weighed by the training data's rest weight, clips.rest_weight): the "before" model is scored
-the same way, so the difference is the rest output alone. Rows are appended to <out>/rest.csv as
+The timelines are today's computation (windows a quarter clip apart, their probabilities averaged
+per frame): the "before" model is scored the same way, so the difference is the rest output
+alone. A rest model is scored under three rules for its rest probability (rest_rules): weighed by
+the training windows' prior (clips.rest_weight, method "rest output"), by the weight chosen on the
+validation windows (metrics.validation_rest_weight), and the plain argmax. Rows are appended to <out>/rest.csv as
 they come; `--summary` prints the tables from it without training.
 
 Usage: python bench/rest.py [--presets demo,hard] [--seeds 0,1,2] [--epochs N] [--out DIR] [--summary | --rescore]
@@ -60,16 +62,21 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import torch  # noqa: E402
 
 from exptrack.config import Config, load_config  # noqa: E402
 from exptrack.data.errors import DataWarnings  # noqa: E402
 from exptrack.data.layout import BACKGROUND, read_labels, video_companions  # noqa: E402
 from exptrack.data.prepare import prepare_data  # noqa: E402
 from exptrack.models.load import LoadedModel, load_model  # noqa: E402
-from exptrack.metrics import FRAME_SCORES, frame_labels, frame_probabilities, frame_scores  # noqa: E402
+from exptrack.data.dataset import make_loader  # noqa: E402
+from exptrack.metrics import (  # noqa: E402
+    FRAME_SCORES, frame_labels, frame_probabilities, frame_scores, validation_rest_weight)
 from exptrack.predict import model_frames  # noqa: E402
 from exptrack.stats import mean_interval  # noqa: E402
 from exptrack.train import train  # noqa: E402
+from exptrack.training.loop import predict  # noqa: E402
+from exptrack.training.run import training_rest_weight  # noqa: E402
 from exptrack.windows import window_probabilities, window_stride  # noqa: E402
 
 REST_RECALL_GOAL = 0.9
@@ -105,15 +112,27 @@ def video_frames(loaded: LoadedModel, config: Config) -> dict[str, tuple[np.ndar
     return out
 
 
+def rest_rules(loaded: LoadedModel, config: Config) -> dict[str, float]:
+    """How a rest model's timeline weighs its rest probability (metrics.frame_labels), method name
+    -> weight: the training windows' prior (clips.rest_weight), the weight under which the most
+    validation windows are right (metrics.validation_rest_weight), and the plain argmax (1)."""
+    data = prepare_data(config, progress=False)
+    prior = training_rest_weight(data)
+    loader = make_loader(data, "val", train=False, batch_size=config.train.eval_batch_size, num_workers=0)
+    logits, labels = predict(loaded.model, loader, loaded.placement)
+    chosen = validation_rest_weight(torch.softmax(logits, dim=1).numpy(), labels.numpy(), config.model.rest_index,
+                                    prior)
+    return {"rest output": prior, "rest output, validation weight": chosen, "rest output, argmax": 1.0}
+
+
 def subject_rows(loaded: LoadedModel, config: Config, base: dict) -> list[dict]:
-    """One row per test subject: `base` and its frame scores (rest weighed as timelines do); for a
-    model with a rest output, the same again with the plain argmax (method `... argmax`)."""
+    """One row per test subject and rule: `base` and its frame scores. A model without rest has one
+    rule (its argmax); a rest model each of rest_rules."""
     videos = video_frames(loaded, config)
-    weights = {base["method"]: loaded.rest_weight}
-    if config.model.rest_class:
-        weights[f"{base['method']}, argmax"] = 1.0
-    return [{**base, "method": method, "subject": s, **frame_scores(frame_labels(p, config.model.rest_index, w), t)}
-            for method, w in weights.items() for s, (p, t) in videos.items()]
+    rules = rest_rules(loaded, config) if config.model.rest_class else {base["method"]: 1.0}
+    return [{**base, "method": method, "rest_weight": w, "subject": s,
+             **frame_scores(frame_labels(p, config.model.rest_index, w), t)}
+            for method, w in rules.items() for s, (p, t) in videos.items()]
 
 
 def subject_mean(per_subject: list[dict[str, float]]) -> dict[str, float]:
@@ -148,9 +167,11 @@ def train_and_score(preset: str, seed: int, rest: bool) -> list[dict]:
     method = "rest output" if rest else "none (before)"
     per_subject = subject_rows(loaded, config, {"preset": preset, "seed": seed, "method": method})
     pd.DataFrame(per_subject).to_csv(SUBJECTS, mode="a", header=not SUBJECTS.exists(), index=False)
-    scores = subject_mean([{k: row[k] for k in FRAME_SCORES} for row in per_subject])
-    rows = [{"preset": preset, "seed": seed, "method": method, "rest_weight": loaded.rest_weight,
-             "train_minutes": minutes, "model_id": result.model_id, **scores}]
+    rows = []
+    for rule, df in pd.DataFrame(per_subject).groupby("method", sort=False):
+        scores = subject_mean(df[list(FRAME_SCORES)].to_dict("records"))
+        rows.append({"preset": preset, "seed": seed, "method": rule, "rest_weight": df.rest_weight.iloc[0],
+                     "train_minutes": minutes, "model_id": result.model_id, **scores})
     if not rest:
         videos = list(video_frames(loaded, config).values())
         rows.append({"preset": preset, "seed": seed, "method": "threshold (oracle tau)", **threshold_scores(videos)})
@@ -182,20 +203,23 @@ def summary(table: pd.DataFrame) -> None:
     print()
     for preset, df in subjects.groupby("preset", sort=False):
         per = df.groupby(["method", "subject"])[list(FRAME_SCORES)].mean()  # over seeds
-        before, after = per.loc["none (before)"], per.loc["rest output"]
-        change = mean_interval((after.frame_acc - before.frame_acc).dropna(), bounds=(-1, 1))
-        recall = mean_interval(after.rest_recall)
-        print(f"{preset}: exercise-frame accuracy after - before {change.mean:+.3f} [{change.low:+.3f}, "
-              f"{change.high:+.3f}] over {change.n} subjects; rest recall after {recall.mean:.3f} "
-              f"[{recall.low:.3f}, {recall.high:.3f}], lowest subject {after.rest_recall.min():.3f}; goal: recall >= "
-              f"{REST_RECALL_GOAL}, change >= -0.02")
+        before = per.loc["none (before)"]
+        for method in (m for m in df.method.unique() if m.startswith("rest output")):
+            after = per.loc[method]
+            change = mean_interval((after.frame_acc - before.frame_acc).dropna(), bounds=(-1, 1))
+            recall = mean_interval(after.rest_recall.dropna())
+            print(f"{preset}, {method}: exercise-frame accuracy after - before {change.mean:+.3f} [{change.low:+.3f}, "
+                  f"{change.high:+.3f}] over {change.n} subjects; rest recall {recall.mean:.3f} "
+                  f"[{recall.low:.3f}, {recall.high:.3f}], lowest subject {after.rest_recall.min():.3f}; goal: recall "
+                  f">= {REST_RECALL_GOAL}, change >= -0.02")
 
 
 def rescore() -> None:
     """Per-subject rows of every model in rest.csv (its model_id), without training."""
     SUBJECTS.unlink(missing_ok=True)
     table = pd.read_csv(ARGS.out / "rest.csv")
-    for row in table[table.model_id.notna()].itertuples():
+    models = table[table.model_id.notna()].drop_duplicates("model_id")
+    for row in models.itertuples():
         config = load_config(*overrides(row.preset, int(row.seed), row.method == "rest output"))
         rows = subject_rows(load_model(f"models:/{row.model_id}"), config,
                             {"preset": row.preset, "seed": int(row.seed), "method": row.method})

@@ -375,39 +375,38 @@ def clip_differences(run: tracking.Run, out: Path, a: Side, b: Side, joined: pd.
 
 def run_compare(ref_a: str, ref_b: str, options: CompareOptions = CompareOptions()) -> CompareResult:
     """Two models, or two seed or fold groups (their parent run ids: run_compare_groups)."""
-    split, method, data_root, save_dir, overwrite = (options.split, options.method, options.data_root,
-                                                     options.save_dir, options.overwrite)
     groups = [is_group_run(ref) for ref in (ref_a, ref_b)]
     if any(groups):
-        refuse_model_options_for_groups(groups, (ref_a, ref_b), split, options.metric, method, data_root)
-        return run_compare_groups(ref_a, ref_b, save_dir, overwrite)
+        refuse_model_options_for_groups(groups, (ref_a, ref_b), options.split, options.metric, options.method,
+                                        options.data_root)
+        return run_compare_groups(ref_a, ref_b, options.save_dir, options.overwrite)
     metric = canonical_metric(options.metric)  # mean_class_accuracy, its spelling before, still works
     if metric not in METRICS:
         raise ModelError(f"--metric {metric}: compare takes {', '.join(METRICS)}")
-    check_save_dir(save_dir, overwrite)
+    check_save_dir(options.save_dir, options.overwrite)
     device = resolve_device(options.device, key="--device")
     loaded_a, loaded_b = load_model(ref_a, device), load_model(ref_b, device)
     check_comparable(loaded_a, loaded_b, (ref_a, ref_b))  # before any evaluation
-    config = evaluation_config(loaded_a.config, data_root, {})
+    config = evaluation_config(loaded_a.config, options.data_root, {})
     # The compare run first (under `mlflow run` it is the project's run); evaluations it needs
     # are its children.
     with tracking.start_run(config, run_name="compare", command="compare",
-                            tags={"compare.a": ref_a, "compare.b": ref_b, "split": split}) as run:
-        a = evaluated("A", ref_a, loaded_a, split, data_root, options.progress, run.id)
-        b = evaluated("B", ref_b, loaded_b, split, data_root, options.progress, run.id)
+                            tags={"compare.a": ref_a, "compare.b": ref_b, "split": options.split}) as run:
+        a = evaluated("A", ref_a, loaded_a, options.split, options.data_root, options.progress, run.id)
+        b = evaluated("B", ref_b, loaded_b, options.split, options.data_root, options.progress, run.id)
         joined = pair(a, b)
-        comparisons = headline(joined, a, b, method)
+        comparisons = headline(joined, a, b, options.method)
         verdict = verdict_line(comparisons[metric], joined is not None)
         run.set_tags({"compare.paired": joined is not None})
         for side in (a, b):
             if side.loaded.source.get("model_id"):
                 run.log_model_input(side.loaded.source["model_id"])
-        with invocation_folder(save_dir, DEFAULT_OUTPUTS / "compare" / run.id, overwrite) as out:
+        with invocation_folder(options.save_dir, DEFAULT_OUTPUTS / "compare" / run.id, options.overwrite) as out:
             images: dict[str, list[tuple[Path, str]]] = {}
             classes, fixed, broken = None, pd.DataFrame(), pd.DataFrame()
             if joined is not None:
-                classes, fixed, broken = clip_differences(run, out, a, b, joined, options.gradcam, split, data_root, device,
-                                                          images)
+                classes, fixed, broken = clip_differences(run, out, a, b, joined, options.gradcam, options.split,
+                                                          options.data_root, device, images)
             histories = training_histories(a, b)
             if histories:
                 images["curves"] = [(figures.overlaid_curves(histories, out / "training_curves.png"),

@@ -183,43 +183,43 @@ def run_evaluate(model_ref: str, options: EvaluateOptions = EvaluateOptions(),
     """Evaluate a model on a split, as an MLflow run that takes the model as an input; the files
     go to `options.save_dir`, by default a fresh outputs/evaluate/<run id>/. `base_config`: the
     caller's tracking and paths (else the model's own); `overrides`: evaluate_overrides."""
-    split, save_dir, overwrite, progress = options.split, options.save_dir, options.overwrite, options.progress
-    check_save_dir(save_dir, overwrite)
+    check_save_dir(options.save_dir, options.overwrite)
     device = resolve_device(options.device, key="--device")
     tracking.check_store(base_config or Config())  # before the model is looked up in it
     loaded = load_model(model_ref, device)
-    if loaded.config.model.ensemble > 1 and loaded.config.data.folds and split != "test":
-        raise ModelError(f"model {model_ref}: an ensemble of fold models trained on every non-test subject; its {split} "
-                         "split is some member's training data: evaluate it on test")
+    if loaded.config.model.ensemble > 1 and loaded.config.data.folds and options.split != "test":
+        raise ModelError(f"model {model_ref}: an ensemble of fold models trained on every non-test subject; its "
+                         f"{options.split} split is some member's training data: evaluate it on test")
     config = evaluation_config(loaded.config, options.data_root, overrides or {})
     if base_config is not None:  # tracking and paths come from the caller's config
         config = replace(config, mlflow=vars(base_config.mlflow), paths=vars(base_config.paths))
     # The run spans the work (data, inference, report), so its duration in the UI is the command's.
-    with tracking.start_run(config, run_name=f"evaluate-{split}", command="evaluate",
-                            tags=_model_tags(loaded.source, split), parent_run_id=parent_run_id) as run:
-        data = prepare_data(config, splits=(split,), progress=progress)
-        if len(data.splits[split]) == 0:
+    with tracking.start_run(config, run_name=f"evaluate-{options.split}", command="evaluate",
+                            tags=_model_tags(loaded.source, options.split), parent_run_id=parent_run_id) as run:
+        data = prepare_data(config, splits=(options.split,), progress=options.progress)
+        if len(data.splits[options.split]) == 0:
             why = (" (the model was trained on the validation subjects, data.train_on_val: evaluate it on test)"
-                   if split == "val" and config.data.train_on_val else "")
-            raise DataError(f"{model_ref}: the {split} split has no clips{why}")
-        loader = make_loader(data, split, train=False, batch_size=options.batch_size,
+                   if options.split == "val" and config.data.train_on_val else "")
+            raise DataError(f"{model_ref}: the {options.split} split has no clips{why}")
+        loader = make_loader(data, options.split, train=False, batch_size=options.batch_size,
                              num_workers=config.train.num_workers,
                              pin_memory=device.type == "cuda")
         start = time.perf_counter()
-        logits, labels = predict(loaded.model, loader, loaded.placement, progress=progress, desc=f"evaluate {split}")
+        logits, labels = predict(loaded.model, loader, loaded.placement, progress=options.progress,
+                                 desc=f"evaluate {options.split}")
         seconds = time.perf_counter() - start
         probs = torch.softmax(logits, dim=1).numpy()
         y_true = labels.numpy()
         report = clip_metrics(y_true, probs)
         names = loaded.class_names
         report.per_class.insert(0, "name", [names[c] for c in report.per_class.index])
-        timelines = subject_timelines(data, split, loaded, options.smooth_window)
+        timelines = subject_timelines(data, options.split, loaded, options.smooth_window)
         frame = {**timeline_scores(timelines), "clips_per_s": len(y_true) / max(seconds, 1e-9)}
         log.info("%d clips in %.1f s (%.0f clips/s on %s)", len(y_true), seconds, frame["clips_per_s"], device)
         outputs = Path(base_config.paths.outputs) if base_config is not None else DEFAULT_OUTPUTS
-        with invocation_folder(save_dir, outputs / "evaluate" / run.id, overwrite) as out:
-            write_report(report, predictions_table(data.splits[split], probs, names), timelines, out, names)
-            log_evaluation(run, loaded.source, split, data, report, frame, out)
+        with invocation_folder(options.save_dir, outputs / "evaluate" / run.id, options.overwrite) as out:
+            write_report(report, predictions_table(data.splits[options.split], probs, names), timelines, out, names)
+            log_evaluation(run, loaded.source, options.split, data, report, frame, out)
     return Evaluation(report, frame, out, run.id)
 
 

@@ -119,7 +119,7 @@ class Run:
 
     def logged_steps(self, key: str) -> set[int]:
         """Steps at which metric `key` has been logged in this run."""
-        return {m.step for m in _client().get_metric_history(self.id, key)}
+        return set(metric_history(self.id, key))
 
     @staticmethod
     def dataset(table: "pd.DataFrame", name: str, source: str, digest: str) -> Any:
@@ -201,8 +201,8 @@ def start_run(config: Config, run_name: str, command: str, tags: dict[str, Any] 
             if project_run:  # under `mlflow run` the run was created with a random name; it is called run_name now
                 run.set_tags({"mlflow.runName": run_name})
             run.log_config(config, invocation)
-            log.info("MLflow run %s (%s) at %s", run.id, _client().get_run(run.id).info.run_name or run_name,
-                     tracking_uri())
+            name = _client().get_run(run.id).info.run_name if run_id else run_name  # a resume keeps its own name
+            log.info("MLflow run %s (%s) at %s", run.id, name or run_name, tracking_uri())
             yield run
     finally:
         if monitor is not None:
