@@ -25,7 +25,8 @@ The timelines are today's computation (windows a quarter clip apart, their proba
 per frame): the "before" model is scored the same way, so the difference is the rest output
 alone. A rest model is scored under three rules for its rest probability (rest_rules): weighed by
 the training windows' prior (clips.rest_weight, method "rest output"), by the weight chosen on the
-validation windows (metrics.validation_rest_weight), and the plain argmax. Rows are appended to <out>/rest.csv as
+validation windows (validation_rest_weight), by that chosen on the validation videos' frame
+timelines, and the plain argmax. Rows are appended to <out>/rest.csv as
 they come; `--summary` prints the tables from it without training.
 
 Usage: python bench/rest.py [--presets demo,hard] [--seeds 0,1,2] [--epochs N] [--out DIR] [--summary | --rescore]
@@ -70,8 +71,7 @@ from exptrack.data.layout import BACKGROUND, read_labels, video_companions  # no
 from exptrack.data.prepare import prepare_data  # noqa: E402
 from exptrack.models.load import LoadedModel, load_model  # noqa: E402
 from exptrack.data.dataset import make_loader  # noqa: E402
-from exptrack.metrics import (  # noqa: E402
-    FRAME_SCORES, frame_labels, frame_probabilities, frame_scores, validation_rest_weight)
+from exptrack.metrics import FRAME_SCORES, frame_labels, frame_probabilities, frame_scores  # noqa: E402
 from exptrack.predict import model_frames  # noqa: E402
 from exptrack.stats import mean_interval  # noqa: E402
 from exptrack.train import train  # noqa: E402
@@ -95,13 +95,13 @@ def overrides(preset: str, seed: int, rest: bool) -> tuple[str | None, list[str]
                   *([] if ARGS.epochs else ["train.epochs=15"]), "data.use_masks=true", *where]
 
 
-def video_frames(loaded: LoadedModel, config: Config) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per test subject: (T, outputs) frame probabilities over the whole video, as predict computes
-    them, and the (T,) true labels."""
+def video_frames(loaded: LoadedModel, config: Config, split: str = "test") -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per subject of `split`: (T, outputs) frame probabilities over the whole video, as predict
+    computes them, and the (T,) true labels."""
     d = loaded.config.data
-    data = prepare_data(config, splits=("test",), progress=False)
+    data = prepare_data(config, splits=(split,), progress=False)
     out = {}
-    for subject in data.split_subjects["test"]:
+    for subject in data.split_subjects[split]:
         files = video_companions(data.subjects[subject].files.video)
         frames, _ = model_frames(files, loaded.config, DataWarnings())
         starts, windows = window_probabilities(loaded.model, frames, loaded.config, window_stride(loaded.config),
@@ -112,17 +112,47 @@ def video_frames(loaded: LoadedModel, config: Config) -> dict[str, tuple[np.ndar
     return out
 
 
+# The rest weights validation chooses among: a quarter octave apart from 1/16 to 16.
+REST_WEIGHT_GRID = tuple(float(2 ** (k / 4)) for k in range(-16, 17))
+MIN_CALIBRATION = 20  # fewer rest (or exercise) windows or frames than this: the prior stands
+
+
+def validation_rest_weight(probs: np.ndarray, labels: np.ndarray, rest_index: int, prior: float) -> float:
+    """The rest weight (metrics.frame_labels) under which the most of (N, K) probabilities are
+    labelled right, rest counted as a class ((N,) labels, rest = `rest_index`): windows or frames of
+    the validation subjects. Ties go to the weight nearest the prior."""
+    if min((labels == rest_index).sum(), (labels != rest_index).sum()) < MIN_CALIBRATION:
+        return prior
+    best, best_right = prior, -1
+    for weight in sorted((prior, *REST_WEIGHT_GRID), key=lambda w: abs(np.log(w / prior))):  # nearest first
+        scores = np.array(probs, dtype=np.float64, copy=True)
+        scores[:, rest_index] *= weight
+        right = int((scores.argmax(1) == labels).sum())
+        if right > best_right:
+            best, best_right = weight, right
+    return float(best)
+
+
 def rest_rules(loaded: LoadedModel, config: Config) -> dict[str, float]:
     """How a rest model's timeline weighs its rest probability (metrics.frame_labels), method name
     -> weight: the training windows' prior (clips.rest_weight), the weight under which the most
-    validation windows are right (metrics.validation_rest_weight), and the plain argmax (1)."""
+    validation windows are right (validation_rest_weight), the same on the validation
+    videos' frames, and the plain argmax (1)."""
     data = prepare_data(config, progress=False)
     prior = training_rest_weight(data)
     loader = make_loader(data, "val", train=False, batch_size=config.train.eval_batch_size, num_workers=0)
     logits, labels = predict(loaded.model, loader, loaded.placement)
-    chosen = validation_rest_weight(torch.softmax(logits, dim=1).numpy(), labels.numpy(), config.model.rest_index,
-                                    prior)
-    return {"rest output": prior, "rest output, validation weight": chosen, "rest output, argmax": 1.0}
+    rest = config.model.rest_index
+    assert rest is not None
+    chosen = validation_rest_weight(torch.softmax(logits, dim=1).numpy(), labels.numpy(), rest, prior)
+    # the same choice made on the validation videos' frame timelines (the quantity a timeline shows)
+    frames = list(video_frames(loaded, config, "val").values())
+    probs = np.concatenate([p for p, _ in frames])
+    true = np.concatenate([t for _, t in frames])
+    covered = ~np.isnan(probs).any(axis=1)
+    on_videos = validation_rest_weight(probs[covered], np.where(true == BACKGROUND, rest, true)[covered], rest, prior)
+    return {"rest output": prior, "rest output, validation weight": chosen,
+            "rest output, validation-video weight": on_videos, "rest output, argmax": 1.0}
 
 
 def subject_rows(loaded: LoadedModel, config: Config, base: dict) -> list[dict]:

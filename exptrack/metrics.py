@@ -177,36 +177,6 @@ def frame_labels(frame_probs: np.ndarray, rest_index: int | None = None, rest_we
     return out
 
 
-# The rest weights validation chooses among: a quarter octave apart from 1/16 to 16.
-REST_WEIGHT_GRID = tuple(float(2 ** (k / 4)) for k in range(-16, 17))
-# Fewer validation windows than this of rest or of exercise: validation cannot tell the weights
-# apart, and the training windows' prior stands.
-MIN_CALIBRATION_WINDOWS = 20
-
-
-def validation_rest_weight(probs: np.ndarray, labels: np.ndarray, rest_index: int | None, prior: float) -> float:
-    """The rest weight (frame_labels) under which the most validation windows are labelled right,
-    rest counted as a class: (N, K) window probabilities, (N,) labels (rest = `rest_index`).
-
-    The training windows' prior (clips.rest_weight) assumes probabilities that mean what they say;
-    a model that has barely learnt rest gives it a middling probability everywhere, and the prior
-    then calls nearly every frame rest (hard preset: rest precision 0.38, bench/RESULTS.md). The
-    weight read off validation fits the model it belongs to. Ties go to the weight nearest the
-    prior; the prior stands when validation holds fewer than MIN_CALIBRATION_WINDOWS windows of
-    rest or of exercise, or the model has no rest output."""
-    labels = np.asarray(labels)
-    if rest_index is None or min((labels == rest_index).sum(), (labels != rest_index).sum()) < MIN_CALIBRATION_WINDOWS:
-        return prior
-    best, best_right = prior, -1
-    for weight in sorted((prior, *REST_WEIGHT_GRID), key=lambda w: abs(np.log(w / prior))):  # nearest first
-        scores = np.array(probs, dtype=np.float64, copy=True)
-        scores[:, rest_index] *= weight
-        right = int((scores.argmax(1) == labels).sum())
-        if right > best_right:
-            best, best_right = weight, right
-    return float(best)
-
-
 def output_index(label: int, rest_index: int | None) -> int | None:
     """The model output of a frame label: rest (-1) is the rest output, None without one."""
     return label if label != BACKGROUND else rest_index

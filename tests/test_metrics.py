@@ -126,22 +126,3 @@ def test_metric_names_have_one_spelling_and_the_old_one_is_known():
     assert canonical_metric("test_frame_accuracy_smoothed") == "test_frame_acc_smoothed"
     assert canonical_metric("val_mean_class_acc") == "val_mean_class_acc"
     assert legacy_metric("test_top3_acc") == "test_top3_accuracy" and legacy_metric("test_macro_f1") is None
-
-
-def test_validation_chooses_the_rest_weight_that_labels_most_windows_right():
-    from exptrack.metrics import MIN_CALIBRATION_WINDOWS, validation_rest_weight
-
-    # A model that has barely learnt rest: rest (output 2) gets 0.3 everywhere, the exercise it
-    # sees gets 0.4 on exercise windows and 0.35 on rest windows. 60 exercise windows, 40 rest.
-    exercise = np.tile([0.4, 0.3, 0.3], (60, 1))
-    rest = np.tile([0.35, 0.35, 0.3], (40, 1))
-    probs, labels = np.vstack([exercise, rest]), np.array([0] * 60 + [2] * 40)
-    # the prior 2.45 (hard preset) calls every window rest: 40 of 100 right
-    assert (frame_labels(probs, 2, 2.45) == -1).all()
-    weight = validation_rest_weight(probs, labels, rest_index=2, prior=2.45)
-    # any weight in (1.167, 1.333) calls exactly the rest windows rest; the grid's 2**(1/4) = 1.19
-    assert 0.35 / 0.3 < weight < 0.4 / 0.3 and weight == pytest.approx(2 ** 0.25)
-    # too few rest windows to tell: the prior stands, as it does without a rest output
-    few = MIN_CALIBRATION_WINDOWS - 1
-    assert validation_rest_weight(probs[: 60 + few], labels[: 60 + few], rest_index=2, prior=2.45) == 2.45
-    assert validation_rest_weight(probs, labels, rest_index=None, prior=1.0) == 1.0

@@ -21,7 +21,7 @@ from .. import preemption
 from ..config import to_nested_dict
 from ..device import Placement
 from ..data.dataset import prepare_batch
-from ..metrics import validation_metrics, validation_rest_weight
+from ..metrics import validation_metrics
 from ..progress import progress_bar
 from . import checkpoint as ckpt
 from . import distributed
@@ -248,18 +248,11 @@ def predict(model: nn.Module, loader: Iterable, placement: Placement, *, progres
 
 
 def validate(model: nn.Module, loader: Iterable, criterion: nn.Module, placement: Placement, num_classes: int, *,
-             progress: bool = False, rest_index: int | None = None,
-             rest_prior: float = 1.0) -> tuple[dict[str, float], np.ndarray]:
-    """Validation metrics and per-class accuracy; with a rest output also `val_rest_weight`, the
-    weight of the rest probability in this model's timelines (metrics.validation_rest_weight)."""
+             progress: bool = False) -> tuple[dict[str, float], np.ndarray]:
     logits, labels = predict(model, loader, placement, progress=progress, desc="validate")
     metrics, per_class = validation_metrics(logits, labels, num_classes)  # the one implementation (metrics.py)
     loss = criterion(logits.to(placement.device), labels.to(placement.device)).item()
-    out = {"val_loss": loss, **{f"val_{k}": v for k, v in metrics.items()}}
-    if rest_index is not None:
-        probs = torch.softmax(logits, dim=1).numpy()
-        out["val_rest_weight"] = validation_rest_weight(probs, labels.numpy(), rest_index, rest_prior)
-    return out, per_class
+    return {"val_loss": loss, **{f"val_{k}": v for k, v in metrics.items()}}, per_class
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,7 +271,6 @@ class FitSetup:
     num_classes: int
     config: Any  # Config
     scaler: torch.amp.GradScaler | None = None  # fp16 only
-    rest_prior: float = 1.0  # clips.rest_weight of the training windows: the rest weight validation starts from
 
     @property
     def device(self) -> torch.device:
@@ -425,8 +417,7 @@ def run_epoch(setup: FitSetup, epoch: int, progress: bool,
         step_scheduler(setup.scheduler, train_metrics["train_loss"])
     else:
         val_metrics, per_class = validate(setup.model, setup.val_loader, setup.criterion, setup.placement,
-                                          setup.num_classes, progress=progress,
-                                          rest_index=setup.config.model.rest_index, rest_prior=setup.rest_prior)
+                                          setup.num_classes, progress=progress)
         step_scheduler(setup.scheduler, val_metrics["val_loss"])
     return {"epoch": float(epoch), **train_metrics, **val_metrics, "lr": lr}, per_class
 

@@ -238,7 +238,7 @@ def build_setup(config: Config, data: PreparedData, where: Placement, env: DistE
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
     scheduler = build_scheduler(optimizer, config)
     return FitSetup(model, criterion, optimizer, scheduler, train_loader, val_loader, where, num_classes, config,
-                    grad_scaler(where), training_rest_weight(data))
+                    grad_scaler(where))
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: Config):
@@ -529,13 +529,11 @@ class _RunStamp:
     data_digest: str
     class_names: tuple[str, ...] = ()
     precision: str = "fp32"  # what the model computed in: scoring keeps it where it can (device.placement)
-    rest_weight: float = 1.0  # clips.rest_weight of the training data: the weight without validation
+    rest_weight: float = 1.0  # clips.rest_weight of the training data: timelines weigh rest by it
 
     def __call__(self, payload: dict[str, Any]) -> dict[str, Any]:
-        # timelines weigh this checkpoint's rest probability by the weight its validation chose
-        rest_weight = payload.get("metrics", {}).get("val_rest_weight", self.rest_weight)
         return {**payload, "run_id": self.run_id, "data_digest": self.data_digest, "class_names": list(self.class_names),
-                "precision": self.precision, "rest_weight": rest_weight}
+                "precision": self.precision, "rest_weight": self.rest_weight}
 
 
 def discard_run_models(run_id: str, outputs: Path) -> None:
