@@ -23,7 +23,7 @@ Presets: `demo` is experiments/demo.yaml (the README's main command; 20 subjects
 
 The timelines are today's computation (windows a quarter clip apart, their probabilities averaged
 per frame): the "before" model is scored the same way, so the difference is the rest output
-alone. A rest model is scored under three rules for its rest probability (rest_rules): weighed by
+alone. A rest model is scored under four rules for its rest probability (rest_rules): weighed by
 the training windows' prior (clips.rest_weight, method "rest output"), by the weight chosen on the
 validation windows (validation_rest_weight), by that chosen on the validation videos' frame
 timelines, and the plain argmax. Rows are appended to <out>/rest.csv as
@@ -210,7 +210,19 @@ def train_and_score(preset: str, seed: int, rest: bool) -> list[dict]:
     return rows
 
 
+def per_seed(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per preset, method and seed: the rows of rest.csv whose method has no per-subject
+    rows (the oracle threshold), and each other method's mean over the test subjects of
+    rest_subjects.csv (which `--rescore` rebuilds with every rule of today's bench)."""
+    if not SUBJECTS.exists():
+        return table
+    subjects = pd.read_csv(SUBJECTS)
+    means = subjects.groupby(["preset", "method", "seed"], sort=False)[list(FRAME_SCORES)].mean().reset_index()
+    return pd.concat([table[~table.method.isin(subjects.method.unique())], means], ignore_index=True)
+
+
 def summary(table: pd.DataFrame) -> None:
+    table = per_seed(table)
     print("mean over seeds [95% interval]\n")
     print("| preset | method | seeds | " + " | ".join(FRAME_SCORES) + " |\n|---|---|---|" + "---|" * len(FRAME_SCORES))
     for (preset, method), df in table.groupby(["preset", "method"], sort=False):
