@@ -68,7 +68,7 @@ import torch  # noqa: E402
 from exptrack.config import Config, load_config  # noqa: E402
 from exptrack.data.errors import DataWarnings  # noqa: E402
 from exptrack.data.layout import BACKGROUND, read_labels, video_companions  # noqa: E402
-from exptrack.data.prepare import prepare_data  # noqa: E402
+from exptrack.data.prepare import PreparedData, prepare_data  # noqa: E402
 from exptrack.models.load import LoadedModel, load_model  # noqa: E402
 from exptrack.data.dataset import make_loader  # noqa: E402
 from exptrack.metrics import FRAME_SCORES, frame_labels, frame_probabilities, frame_scores  # noqa: E402
@@ -95,11 +95,10 @@ def overrides(preset: str, seed: int, rest: bool) -> tuple[str | None, list[str]
                   *([] if ARGS.epochs else ["train.epochs=15"]), "data.use_masks=true", *where]
 
 
-def video_frames(loaded: LoadedModel, config: Config, split: str = "test") -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def video_frames(loaded: LoadedModel, data: PreparedData, split: str = "test") -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per subject of `split`: (T, outputs) frame probabilities over the whole video, as predict
-    computes them, and the (T,) true labels."""
+    computes them from the source video, and the (T,) true labels."""
     d = loaded.config.data
-    data = prepare_data(config, splits=(split,), progress=False)
     out = {}
     for subject in data.split_subjects[split]:
         files = video_companions(data.subjects[subject].files.video)
@@ -124,21 +123,21 @@ def validation_rest_weight(probs: np.ndarray, labels: np.ndarray, rest_index: in
     if min((labels == rest_index).sum(), (labels != rest_index).sum()) < MIN_CALIBRATION:
         return prior
     best, best_right = prior, -1
+    scores = np.array(probs, dtype=np.float64, copy=True)  # one copy; only the rest column changes
+    rest = scores[:, rest_index].copy()
     for weight in sorted((prior, *REST_WEIGHT_GRID), key=lambda w: abs(np.log(w / prior))):  # nearest first
-        scores = np.array(probs, dtype=np.float64, copy=True)
-        scores[:, rest_index] *= weight
+        scores[:, rest_index] = rest * weight
         right = int((scores.argmax(1) == labels).sum())
         if right > best_right:
             best, best_right = weight, right
     return float(best)
 
 
-def rest_rules(loaded: LoadedModel, config: Config) -> dict[str, float]:
+def rest_rules(loaded: LoadedModel, config: Config, data: PreparedData) -> dict[str, float]:
     """How a rest model's timeline weighs its rest probability (metrics.frame_labels), method name
     -> weight: the training windows' prior (clips.rest_weight), the weight under which the most
     validation windows are right (validation_rest_weight), the same on the validation
     videos' frames, and the plain argmax (1)."""
-    data = prepare_data(config, progress=False)
     prior = training_rest_weight(data)
     loader = make_loader(data, "val", train=False, batch_size=config.train.eval_batch_size, num_workers=0)
     logits, labels = predict(loaded.model, loader, loaded.placement)
@@ -146,7 +145,7 @@ def rest_rules(loaded: LoadedModel, config: Config) -> dict[str, float]:
     assert rest is not None
     chosen = validation_rest_weight(torch.softmax(logits, dim=1).numpy(), labels.numpy(), rest, prior)
     # the same choice made on the validation videos' frame timelines (the quantity a timeline shows)
-    frames = list(video_frames(loaded, config, "val").values())
+    frames = list(video_frames(loaded, data, "val").values())
     probs = np.concatenate([p for p, _ in frames])
     true = np.concatenate([t for _, t in frames])
     covered = ~np.isnan(probs).any(axis=1)
@@ -155,11 +154,11 @@ def rest_rules(loaded: LoadedModel, config: Config) -> dict[str, float]:
             "rest output, validation-video weight": on_videos, "rest output, argmax": 1.0}
 
 
-def subject_rows(loaded: LoadedModel, config: Config, base: dict) -> list[dict]:
-    """One row per test subject and rule: `base` and its frame scores. A model without rest has one
-    rule (its argmax); a rest model each of rest_rules."""
-    videos = video_frames(loaded, config)
-    rules = rest_rules(loaded, config) if config.model.rest_class else {base["method"]: 1.0}
+def subject_rows(loaded: LoadedModel, config: Config, data: PreparedData,
+                 videos: dict[str, tuple[np.ndarray, np.ndarray]], base: dict) -> list[dict]:
+    """One row per test subject (`videos`: video_frames of the test split) and rule: `base` and its
+    frame scores. A model without rest has one rule (its argmax); a rest model each of rest_rules."""
+    rules = rest_rules(loaded, config, data) if config.model.rest_class else {base["method"]: 1.0}
     return [{**base, "method": method, "rest_weight": w, "subject": s,
              **frame_scores(frame_labels(p, config.model.rest_index, w), t)}
             for method, w in rules.items() for s, (p, t) in videos.items()]
@@ -195,7 +194,9 @@ def train_and_score(preset: str, seed: int, rest: bool) -> list[dict]:
     minutes = (time.perf_counter() - began) / 60
     loaded = load_model(f"models:/{result.model_id}")
     method = "rest output" if rest else "none (before)"
-    per_subject = subject_rows(loaded, config, {"preset": preset, "seed": seed, "method": method})
+    data = prepare_data(config, progress=False)
+    videos = video_frames(loaded, data)  # decoded and scored once, for every rule and the threshold
+    per_subject = subject_rows(loaded, config, data, videos, {"preset": preset, "seed": seed, "method": method})
     pd.DataFrame(per_subject).to_csv(SUBJECTS, mode="a", header=not SUBJECTS.exists(), index=False)
     rows = []
     for rule, df in pd.DataFrame(per_subject).groupby("method", sort=False):
@@ -203,8 +204,8 @@ def train_and_score(preset: str, seed: int, rest: bool) -> list[dict]:
         rows.append({"preset": preset, "seed": seed, "method": rule, "rest_weight": df.rest_weight.iloc[0],
                      "train_minutes": minutes, "model_id": result.model_id, **scores})
     if not rest:
-        videos = list(video_frames(loaded, config).values())
-        rows.append({"preset": preset, "seed": seed, "method": "threshold (oracle tau)", **threshold_scores(videos)})
+        rows.append({"preset": preset, "seed": seed, "method": "threshold (oracle tau)",
+                     **threshold_scores(list(videos.values()))})
     for row in rows:
         print(f"{preset} seed {seed} {row['method']}: " + ", ".join(f"{k} {row[k]:.3f}" for k in FRAME_SCORES), flush=True)
     return rows
@@ -263,7 +264,8 @@ def rescore() -> None:
     models = table[table.model_id.notna()].drop_duplicates("model_id")
     for row in models.itertuples():
         config = load_config(*overrides(row.preset, int(row.seed), row.method == "rest output"))
-        rows = subject_rows(load_model(f"models:/{row.model_id}"), config,
+        loaded, data = load_model(f"models:/{row.model_id}"), prepare_data(config, progress=False)
+        rows = subject_rows(loaded, config, data, video_frames(loaded, data),
                             {"preset": row.preset, "seed": int(row.seed), "method": row.method})
         pd.DataFrame(rows).to_csv(SUBJECTS, mode="a", header=not SUBJECTS.exists(), index=False)
 
