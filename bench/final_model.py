@@ -18,12 +18,12 @@ A repeat trains 3 + 2 + 3 + 3 = 11 models per mask setting (folds 2 and 3). Rows
 to <out>/final_model.csv as they come, so the bench runs in parts (`--masks on`, `--repeats 1`,
 `--recipes folds-3`) across sessions or machines; `--summary` prints, per mask setting and row,
 the mean over repeats with its 95% interval (t over repeats) and the mean paired difference to
-`single` of the same repeat.
+`single` of the same repeat, per training length (rows of different `--epochs` never mix).
 
 Usage:
   python bench/final_model.py [--preset hard] [--masks on,off] [--repeats 0,1,2]
                               [--recipes seeds,folds-2,folds-3,refit] [--frame-size 64]
-                              [--epochs 15] [--width 0.25] [--out DIR] [--summary]
+                              [--epochs 40] [--width 0.25] [--out DIR] [--summary]
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--repeats", default="0,1,2")
     p.add_argument("--recipes", default="seeds,folds-2,folds-3,refit")
     p.add_argument("--frame-size", type=int, default=64)
-    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--epochs", type=int, default=40,
+                   help="hard-preset models at 15 epochs are far from trained (bench/RESULTS.md, rest at 40 epochs)")
     p.add_argument("--width", type=float, default=0.25)
     p.add_argument("--out", type=Path, default=OUT_DEFAULT)
     p.add_argument("--summary", action="store_true", help="only print the table of <out>/final_model.csv")
@@ -116,14 +117,14 @@ def run_recipe(recipe: str, masks: bool, r: int) -> list[dict]:
 
 def summary(table: pd.DataFrame) -> None:
     print("test mean class accuracy: mean over repeats [95% interval]; paired difference to `single`\n")
-    print("| masks | row | repeats | test | vs single |\n|---|---|---|---|---|")
-    for masks, by_mask in table.groupby("masks", sort=False):
+    print("| epochs | masks | row | repeats | test | vs single |\n|---|---|---|---|---|---|")
+    for (epochs, masks), by_mask in table.groupby(["epochs", "masks"], sort=False):  # never mix training lengths
         single = by_mask[by_mask.row == "single"].set_index("repeat").test_mca
         for row, df in by_mask.groupby("row", sort=False):
             i = mean_interval(df.test_mca)
             diff = mean_interval((df.set_index("repeat").test_mca - single).dropna(), bounds=(-1, 1))
             cell = lambda x: f"{x.mean:.3f}" + (f" [{x.low:.3f}, {x.high:.3f}]" if x.low is not None else "")  # noqa: E731
-            print(f"| {'on' if masks else 'off'} | {row} | {i.n} | {cell(i)} | "
+            print(f"| {epochs} | {'on' if masks else 'off'} | {row} | {i.n} | {cell(i)} | "
                   f"{'' if row == 'single' else cell(diff)} |")
 
 
