@@ -493,11 +493,29 @@ def config_from_dict(saved: dict[str, Any], where: str = "saved config") -> Conf
         if isinstance(saved.get(section), dict):
             for key in gone:
                 saved[section].pop(key, None)
+    _refuse_newer_keys(saved, where)
     layers = _check_mapping(saved, where)
     try:
         return build_config(layers)
     except ConfigError as exc:  # a range check (validate) on the saved values
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def _refuse_newer_keys(saved: dict[str, Any], where: str) -> None:
+    """A saved config is written by exptrack, so a key this code does not know means a newer
+    exptrack made it. Say so, and what to do: in one Python process the exptrack imported first
+    serves every model, since a model's packaged code cannot replace a loaded package."""
+    unknown = [section for section in saved if section not in SECTIONS]
+    for section, values in saved.items():
+        if section in SECTIONS and isinstance(values, dict):
+            fields = _section_fields(section)
+            unknown += [f"{section}.{k}" for k in values if RENAMED.get(f"{section}.{k}", k) not in fields]
+    if unknown:
+        here = Path(__file__).resolve().parent
+        raise ConfigError(
+            f"{where}: unknown {'section' if unknown[0] in saved else 'key'} {', '.join(unknown)} to the exptrack "
+            f"running here ({here}): a newer exptrack made this model. Load it in a fresh Python process before "
+            "anything imports exptrack (its packaged code then runs it), or upgrade exptrack here")
 
 
 def build_config(layers: dict[str, dict[str, Any]] | None = None) -> Config:

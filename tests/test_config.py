@@ -180,6 +180,17 @@ def test_a_bad_saved_config_says_it_came_from_the_checkpoint(saved, problem):
         config_from_dict(saved, "ckpt/best_model.pt")
 
 
+def test_a_saved_config_from_newer_code_says_so_and_what_to_do():
+    """A model packaged by a newer exptrack, loaded where an older exptrack was imported first
+    (mlflow.pyfunc cannot swap a loaded package for the model's packaged code)."""
+    from exptrack.config import config_from_dict
+
+    with pytest.raises(ConfigError, match=r"unknown key model\.future_switch to the exptrack running here "
+                                          r"\(.*exptrack\): a newer exptrack made this model\. Load it in a fresh "
+                                          r"Python process"):
+        config_from_dict({"model": {"future_switch": True}}, "weights.pt")
+
+
 def test_static_removal_with_one_frame_clips_is_off_by_default_and_refused_when_set():
     """One frame minus its mean over a one-frame clip is zero: the model would see nothing."""
     assert load_config(None, ["data.clip_len=1"]).model.static_removal == 0.0
