@@ -571,6 +571,16 @@ def test_resume_from_a_file_that_is_not_a_checkpoint(tmp_path, capsys):
     assert code == 2 and f"{bad}: not a readable checkpoint" in err and "Traceback" not in err
 
 
+def test_a_finished_run_leaves_no_loader_worker_behind(tiny_demo, make_config):
+    """A group, a study or a bench trains many runs in one process: each run's persistent loader
+    workers stop with it (they idled on, 2 x num_workers per finished run, until a GC pass)."""
+    import psutil
+
+    cfg = _config(make_config, tiny_demo, "train.epochs=1", "train.num_workers=2")
+    train(cfg, progress=False)
+    assert psutil.Process().children(recursive=True) == []
+
+
 def test_train_on_train_plus_val_keeps_the_last_epoch_and_registers_it(tiny_demo, make_config):
     cfg = _config(make_config, tiny_demo, "train.epochs=2", "data.train_on_val=true")
     with_val = train_run.prepare_data(_config(make_config, tiny_demo), splits=("train", "val"), progress=False)

@@ -30,7 +30,7 @@ from ..tracking import registry
 from ..device import Placement, bind, nvml_index, placement, resolve_device, training_placement
 from ..config import Config, ConfigError, config_from_dict, replace, to_flat_dict
 from ..data import clips
-from ..data.dataset import make_loader
+from ..data.dataset import make_loader, stop_workers
 from ..data.errors import DataError
 from ..data.layout import output_names
 from ..data.prepare import PreparedData, prepare_data
@@ -427,54 +427,57 @@ def _train(config: Config, env: DistEnv, resume: str | None, progress: bool,
         raise DataError("no validation clips: early stopping and model choice need data.val_fraction > 0 "
                         "or val subjects in split.csv")
     setup = build_setup(config, data, where, env)
-    state = restore(setup, payload) if payload and "model" in payload else None
-    if not env.is_main:  # workers train in step with rank 0 and leave the record to it
-        state = fit(setup, None, state=state, progress=False)
-        return TrainResult(run_id or "", state, None, outputs)
-    digest = data.digest()
-    tags = _run_tags(data, setup, env)
-    class_names = output_names(data.layout.root, config.model.num_classes, config.model.rest_class)
-    with tracking.start_run(config, run_name=options.run_name, command="train", tags={**tags, **(options.tags or {})},
-                            system_metrics=True, run_id=run_id, parent_run_id=options.parent_run_id,
-                            invocation=options.invocation) as run:
-        if options.on_start:
-            options.on_start(run.id)
-        ckpt_dir = outputs / "runs" / run.id / "checkpoints"
-        run.set_tags({CHECKPOINT_DIR_TAG: ckpt_dir.resolve()})  # where a resume from elsewhere must look
-        manager = ckpt.CheckpointManager(ckpt_dir, config.train.checkpoint_every, config.train.keep_checkpoints)
-        models = ModelLog(run, manager, class_names, config.mlflow.registered_model if options.register else None)
-        datasets = split_datasets(run, data)
-        if state is None:  # a new run, or one that never finished its first epoch
-            run.log_git_diff()
-            for context, dataset in datasets.items():
-                run.log_dataset(dataset, context)
-        else:
-            assert payload is not None  # the state came from it
-            resume_record(run, state, payload, digest, models)
-        tracker = tracking.BackgroundTracker(run.id)
-        logger = EpochLogger(run, outputs / "runs" / run.id / "metrics", config.model.outputs, tracker, models,
-                             datasets.get("validation"),
-                             ckpt_dir / ckpt.LAST if config.mlflow.upload_resume_checkpoint else None)
-        with draining_when_stopped(tracker, run.id, config.train.shutdown_timeout):
-            state = fit(setup, manager, state=state, callbacks=[logger, *callbacks], progress=progress,
-                        stamp=_RunStamp(run.id, digest, tuple(class_names), setup.placement.precision.name,
-                                        training_rest_weight(data)))
-        deliver_queued(tracker, run.id, ckpt_dir)
-        early = early_best(state)
-        if early:
-            log.warning("%s", early)
-            run.set_tags({"early_best_epoch": early})
-        _log_run_summary(run, state, data, logger, outputs / "runs" / run.id)
-        best_id = models.ensure_best(state.best_epoch.get("val_mean_class_acc"))
-        version = models.register(best_id) if best_id and options.register else None
-        if config.mlflow.upload_resume_checkpoint and (ckpt_dir / ckpt.LAST).exists():
-            run.log_artifact(ckpt_dir / ckpt.LAST, RESUME_ARTIFACT_DIR)
-        if config.train.checkpoint_files == "resume":
-            files, size = manager.drop_copies()
-            if files:
-                log.info("removed %d checkpoint files (%.0f MB) whose weights are the run's logged models; kept %s "
-                         "(train.checkpoint_files=all keeps them)", files, size / 2**20, ", ".join(manager.KEPT_AFTER_RUN))
-    return TrainResult(run.id, state, version, ckpt_dir, best_id)
+    try:
+        state = restore(setup, payload) if payload and "model" in payload else None
+        if not env.is_main:  # workers train in step with rank 0 and leave the record to it
+            state = fit(setup, None, state=state, progress=False)
+            return TrainResult(run_id or "", state, None, outputs)
+        digest = data.digest()
+        tags = _run_tags(data, setup, env)
+        class_names = output_names(data.layout.root, config.model.num_classes, config.model.rest_class)
+        with tracking.start_run(config, run_name=options.run_name, command="train", tags={**tags, **(options.tags or {})},
+                                system_metrics=True, run_id=run_id, parent_run_id=options.parent_run_id,
+                                invocation=options.invocation) as run:
+            if options.on_start:
+                options.on_start(run.id)
+            ckpt_dir = outputs / "runs" / run.id / "checkpoints"
+            run.set_tags({CHECKPOINT_DIR_TAG: ckpt_dir.resolve()})  # where a resume from elsewhere must look
+            manager = ckpt.CheckpointManager(ckpt_dir, config.train.checkpoint_every, config.train.keep_checkpoints)
+            models = ModelLog(run, manager, class_names, config.mlflow.registered_model if options.register else None)
+            datasets = split_datasets(run, data)
+            if state is None:  # a new run, or one that never finished its first epoch
+                run.log_git_diff()
+                for context, dataset in datasets.items():
+                    run.log_dataset(dataset, context)
+            else:
+                assert payload is not None  # the state came from it
+                resume_record(run, state, payload, digest, models)
+            tracker = tracking.BackgroundTracker(run.id)
+            logger = EpochLogger(run, outputs / "runs" / run.id / "metrics", config.model.outputs, tracker, models,
+                                 datasets.get("validation"),
+                                 ckpt_dir / ckpt.LAST if config.mlflow.upload_resume_checkpoint else None)
+            with draining_when_stopped(tracker, run.id, config.train.shutdown_timeout):
+                state = fit(setup, manager, state=state, callbacks=[logger, *callbacks], progress=progress,
+                            stamp=_RunStamp(run.id, digest, tuple(class_names), setup.placement.precision.name,
+                                            training_rest_weight(data)))
+            deliver_queued(tracker, run.id, ckpt_dir)
+            early = early_best(state)
+            if early:
+                log.warning("%s", early)
+                run.set_tags({"early_best_epoch": early})
+            _log_run_summary(run, state, data, logger, outputs / "runs" / run.id)
+            best_id = models.ensure_best(state.best_epoch.get("val_mean_class_acc"))
+            version = models.register(best_id) if best_id and options.register else None
+            if config.mlflow.upload_resume_checkpoint and (ckpt_dir / ckpt.LAST).exists():
+                run.log_artifact(ckpt_dir / ckpt.LAST, RESUME_ARTIFACT_DIR)
+            if config.train.checkpoint_files == "resume":
+                files, size = manager.drop_copies()
+                if files:
+                    log.info("removed %d checkpoint files (%.0f MB) whose weights are the run's logged models; kept %s "
+                             "(train.checkpoint_files=all keeps them)", files, size / 2**20, ", ".join(manager.KEPT_AFTER_RUN))
+        return TrainResult(run.id, state, version, ckpt_dir, best_id)
+    finally:  # a finished run's loader workers would otherwise idle until the garbage collector frees them
+        stop_workers(setup.train_loader, setup.val_loader)
 
 
 def early_best(state: TrainState) -> str | None:
