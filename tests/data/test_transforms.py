@@ -192,9 +192,10 @@ def test_flip_in_dataset_mirrors_frames(tiny_demo, make_config):
 def test_loader_workers_fill_batches_in_shared_memory(tiny_demo, make_config):
     """A worker allocates its batch with the private torch call of dataset._batch_tensor: this
     fails as soon as a torch version drops or changes it."""
-    from exptrack.data.dataset import make_loader
+    from exptrack.data.dataset import make_loader, stop_workers
 
     data = prepare_data(make_config(tiny_demo), progress=False)
     loader = make_loader(data, "test", train=False, batch_size=4, num_workers=1)
     batch = next(iter(loader))
+    stop_workers(loader)
     assert batch["video"].is_shared() and batch["video"].shape[1:] == (8, 32, 32, 3)
