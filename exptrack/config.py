@@ -390,14 +390,23 @@ REINTERPRETED = {("train", "amp", True): "auto"}
 REMOVED_LATER = {"model": ("name",)}  # model.name: always "c3d", the only network
 
 
-def _check_mapping(raw: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
-    """Validate a nested {section: {key: value}} mapping; return it with converted values."""
+# What an unknown section or key of a saved config means: exptrack wrote it, so a newer exptrack.
+# In one Python process the exptrack imported first serves every model (a model's packaged code
+# cannot replace a loaded package), hence the advice.
+NEWER_CODE = (f" to the exptrack running here ({Path(__file__).resolve().parent}): a newer exptrack made this model. "
+              "Load it in a fresh Python process before anything imports exptrack (its packaged code then runs "
+              "it), or upgrade exptrack here")
+
+
+def _check_mapping(raw: dict[str, Any], where: str, unknown: str = "") -> dict[str, dict[str, Any]]:
+    """Validate a nested {section: {key: value}} mapping; return it with converted values.
+    `unknown` is added to an unknown section's or key's error (NEWER_CODE for saved configs)."""
     out: dict[str, dict[str, Any]] = {}
     for section, values in raw.items():
         if isinstance(values, dict):
             values = {RENAMED.get(f"{section}.{k}", k): v for k, v in values.items()}
         if section not in SECTIONS:
-            raise ConfigError(f"{where}: unknown section {section!r} (known: {', '.join(SECTIONS)})")
+            raise ConfigError(f"{where}: unknown section {section!r}{unknown} (known: {', '.join(SECTIONS)})")
         if values is None:
             continue
         if not isinstance(values, dict):
@@ -406,7 +415,7 @@ def _check_mapping(raw: dict[str, Any], where: str) -> dict[str, dict[str, Any]]
         for key, value in values.items():
             if key not in fields:
                 raise ConfigError(
-                    f"{where}: unknown key {section}.{key} (known in {section}: {', '.join(fields)})"
+                    f"{where}: unknown key {section}.{key}{unknown} (known in {section}: {', '.join(fields)})"
                 )
             try:
                 out.setdefault(section, {})[key] = check_value(f"{section}.{key}", fields[key], value)
@@ -493,29 +502,11 @@ def config_from_dict(saved: dict[str, Any], where: str = "saved config") -> Conf
         if isinstance(saved.get(section), dict):
             for key in gone:
                 saved[section].pop(key, None)
-    _refuse_newer_keys(saved, where)
-    layers = _check_mapping(saved, where)
+    layers = _check_mapping(saved, where, unknown=NEWER_CODE)
     try:
         return build_config(layers)
     except ConfigError as exc:  # a range check (validate) on the saved values
         raise ConfigError(f"{where}: {exc}") from None
-
-
-def _refuse_newer_keys(saved: dict[str, Any], where: str) -> None:
-    """A saved config is written by exptrack, so a key this code does not know means a newer
-    exptrack made it. Say so, and what to do: in one Python process the exptrack imported first
-    serves every model, since a model's packaged code cannot replace a loaded package."""
-    unknown = [section for section in saved if section not in SECTIONS]
-    for section, values in saved.items():
-        if section in SECTIONS and isinstance(values, dict):
-            fields = _section_fields(section)
-            unknown += [f"{section}.{k}" for k in values if RENAMED.get(f"{section}.{k}", k) not in fields]
-    if unknown:
-        here = Path(__file__).resolve().parent
-        raise ConfigError(
-            f"{where}: unknown {'section' if unknown[0] in saved else 'key'} {', '.join(unknown)} to the exptrack "
-            f"running here ({here}): a newer exptrack made this model. Load it in a fresh Python process before "
-            "anything imports exptrack (its packaged code then runs it), or upgrade exptrack here")
 
 
 def build_config(layers: dict[str, dict[str, Any]] | None = None) -> Config:
