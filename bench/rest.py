@@ -23,10 +23,10 @@ Presets: `demo` is experiments/demo.yaml (the README's main command; 20 subjects
 
 The timelines are today's computation (windows a quarter clip apart, their probabilities averaged
 per frame): the "before" model is scored the same way, so the difference is the rest output
-alone. A rest model is scored under four rules for its rest probability (rest_rules): weighed by
+alone. A rest model is scored under three rules for its rest probability (rest_rules): weighed by
 the training windows' prior (clips.rest_weight, method "rest output"), by the weight chosen on the
-validation windows (validation_rest_weight), by that chosen on the validation videos' frame
-timelines, and the plain argmax. Rows are appended to <out>/rest.csv as
+validation videos' frame timelines (training's rule: metrics.calibrated_rest_weight), and the
+plain argmax. Rows are appended to <out>/rest.csv as
 they come; `--summary` prints the tables from it without training.
 
 Usage: python bench/rest.py [--presets demo,hard] [--seeds 0,1,2] [--epochs N] [--out DIR] [--summary | --rescore]
@@ -63,21 +63,18 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import torch  # noqa: E402
 
 from exptrack.config import Config, load_config  # noqa: E402
 from exptrack.data.errors import DataWarnings  # noqa: E402
 from exptrack.data.layout import BACKGROUND, read_labels, video_companions  # noqa: E402
 from exptrack.data.prepare import PreparedData, prepare_data  # noqa: E402
 from exptrack.models.load import LoadedModel, load_model  # noqa: E402
-from exptrack.data.dataset import make_loader  # noqa: E402
-from exptrack.metrics import FRAME_SCORES, frame_labels, frame_probabilities, frame_scores  # noqa: E402
+from exptrack.metrics import FRAME_SCORES, frame_labels, frame_scores  # noqa: E402
 from exptrack.predict import model_frames  # noqa: E402
 from exptrack.stats import mean_interval  # noqa: E402
 from exptrack.train import train  # noqa: E402
-from exptrack.training.loop import predict  # noqa: E402
-from exptrack.training.run import training_rest_weight  # noqa: E402
-from exptrack.windows import window_probabilities, window_stride  # noqa: E402
+from exptrack.training.run import rest_weight_calibration, training_rest_weight  # noqa: E402
+from exptrack.windows import video_probabilities  # noqa: E402
 
 REST_RECALL_GOAL = 0.9
 SUBJECTS = ARGS.out / "rest_subjects.csv"  # one row per model and test subject
@@ -103,62 +100,30 @@ def video_frames(loaded: LoadedModel, data: PreparedData, split: str = "test") -
     for subject in data.split_subjects[split]:
         files = video_companions(data.subjects[subject].files.video)
         frames, _ = model_frames(files, loaded.config, DataWarnings())
-        starts, windows = window_probabilities(loaded.model, frames, loaded.config, window_stride(loaded.config),
-                                               loaded.placement)
-        probs = frame_probabilities(starts, windows, len(frames), d.clip_len)  # (T, outputs)
+        probs = video_probabilities(loaded.model, frames, loaded.config, loaded.placement)  # (T, outputs)
         true = read_labels(files.labels, len(frames), loaded.config.model.num_classes, DataWarnings(), d.frame_base)
         out[subject] = (probs, true.astype(np.int64))
     return out
 
 
-# The rest weights validation chooses among: a quarter octave apart from 1/16 to 16.
-REST_WEIGHT_GRID = tuple(float(2 ** (k / 4)) for k in range(-16, 17))
-MIN_CALIBRATION = 20  # fewer rest (or exercise) windows or frames than this: the prior stands
-
-
-def validation_rest_weight(probs: np.ndarray, labels: np.ndarray, rest_index: int, prior: float) -> float:
-    """The rest weight (metrics.frame_labels) under which the most of (N, K) probabilities are
-    labelled right, rest counted as a class ((N,) labels, rest = `rest_index`): windows or frames of
-    the validation subjects. Ties go to the weight nearest the prior."""
-    if min((labels == rest_index).sum(), (labels != rest_index).sum()) < MIN_CALIBRATION:
-        return prior
-    best, best_right = prior, -1
-    scores = np.array(probs, dtype=np.float64, copy=True)  # one copy; only the rest column changes
-    rest = scores[:, rest_index].copy()
-    for weight in sorted((prior, *REST_WEIGHT_GRID), key=lambda w: abs(np.log(w / prior))):  # nearest first
-        scores[:, rest_index] = rest * weight
-        right = int((scores.argmax(1) == labels).sum())
-        if right > best_right:
-            best, best_right = weight, right
-    return float(best)
-
-
-def rest_rules(loaded: LoadedModel, config: Config, data: PreparedData) -> dict[str, float]:
+def rest_rules(loaded: LoadedModel, data: PreparedData) -> dict[str, float]:
     """How a rest model's timeline weighs its rest probability (metrics.frame_labels), method name
-    -> weight: the training windows' prior (clips.rest_weight), the weight under which the most
-    validation windows are right (validation_rest_weight), the same on the validation
-    videos' frames, and the plain argmax (1)."""
+    -> weight: the training windows' prior (clips.rest_weight; exptrack's rule until session 16),
+    the weight chosen on the validation videos' frame timelines (training's rule since: what a
+    model trained now carries; computed here for models trained before it too), and the plain
+    argmax (1). (Sessions 14-15 also scored a weight chosen on validation windows: it did worse.)"""
+    calibrate = rest_weight_calibration(data, loaded.placement)
     prior = training_rest_weight(data)
-    loader = make_loader(data, "val", train=False, batch_size=config.train.eval_batch_size, num_workers=0)
-    logits, labels = predict(loaded.model, loader, loaded.placement)
-    rest = config.model.rest_index
-    assert rest is not None
-    chosen = validation_rest_weight(torch.softmax(logits, dim=1).numpy(), labels.numpy(), rest, prior)
-    # the same choice made on the validation videos' frame timelines (the quantity a timeline shows)
-    frames = list(video_frames(loaded, data, "val").values())
-    probs = np.concatenate([p for p, _ in frames])
-    true = np.concatenate([t for _, t in frames])
-    covered = ~np.isnan(probs).any(axis=1)
-    on_videos = validation_rest_weight(probs[covered], np.where(true == BACKGROUND, rest, true)[covered], rest, prior)
-    return {"rest output": prior, "rest output, validation weight": chosen,
-            "rest output, validation-video weight": on_videos, "rest output, argmax": 1.0}
+    return {"rest output": prior,
+            "rest output, validation-video weight": calibrate(loaded.model) if calibrate else prior,
+            "rest output, argmax": 1.0}
 
 
 def subject_rows(loaded: LoadedModel, config: Config, data: PreparedData,
                  videos: dict[str, tuple[np.ndarray, np.ndarray]], base: dict) -> list[dict]:
     """One row per test subject (`videos`: video_frames of the test split) and rule: `base` and its
     frame scores. A model without rest has one rule (its argmax); a rest model each of rest_rules."""
-    rules = rest_rules(loaded, config, data) if config.model.rest_class else {base["method"]: 1.0}
+    rules = rest_rules(loaded, data) if config.model.rest_class else {base["method"]: 1.0}
     return [{**base, "method": method, "rest_weight": w, "subject": s,
              **frame_scores(frame_labels(p, config.model.rest_index, w), t)}
             for method, w in rules.items() for s, (p, t) in videos.items()]

@@ -29,14 +29,13 @@ from .metrics import (
     classification_metrics,
     confusion_tables,
     frame_labels,
-    frame_probabilities,
     frame_scores,
     smooth_labels,
 )
 from .outputs import DEFAULT_OUTPUTS, check_save_dir, invocation_folder
 from .device import resolve_device
 from .training.loop import predict
-from .windows import window_probabilities, window_stride
+from .windows import video_probabilities
 from .options import EvaluateOptions
 
 log = logging.getLogger("exptrack.evaluate")
@@ -110,9 +109,8 @@ def subject_timelines(data: PreparedData, split: str, loaded: LoadedModel, smoot
     for name in data.split_subjects[split]:
         subj = data.subjects[name]
         frames = ModelView(subj, d.use_masks, d.use_skeleton_attention, d.mask_alpha)
-        starts, probs = window_probabilities(loaded.model, frames, loaded.config, window_stride(loaded.config),
-                                             loaded.placement)
-        raw = frame_labels(frame_probabilities(starts, probs, len(frames), d.clip_len), rest, loaded.rest_weight)
+        raw = frame_labels(video_probabilities(loaded.model, frames, loaded.config, loaded.placement), rest,
+                           loaded.rest_weight)
         out[name] = {"true": subj.labels.astype(np.int64), "raw": raw, "smoothed": smooth_labels(raw, smooth_window)}
     return out
 

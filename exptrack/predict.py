@@ -30,10 +30,10 @@ from .data.prepare import SubjectData, load_guides
 from .data.video import VideoInfo, decode_video, write_video
 from .evaluation import evaluation_config
 from .models.load import LoadedModel, load_model
-from .metrics import frame_confidence, frame_labels, frame_probabilities, frame_scores, smooth_labels
+from .metrics import frame_confidence, frame_labels, frame_scores, smooth_labels
 from .outputs import DEFAULT_OUTPUTS, check_save_dir, invocation_folder
 from .device import resolve_device
-from .windows import window_probabilities, window_stride
+from .windows import video_probabilities
 from .options import PredictOptions
 
 log = logging.getLogger("exptrack.predict")
@@ -139,9 +139,7 @@ def _timeline(files: SubjectFiles, loaded: LoadedModel, model_ref: str, options:
     name_of = np.array([*names[: loaded.config.model.num_classes], REST])  # index -1: rest
     warnings = DataWarnings()
     frames, info = model_frames(files, loaded.config, warnings)
-    starts, window_probs = window_probabilities(loaded.model, frames, loaded.config, window_stride(loaded.config, options.stride),
-                                                loaded.placement)
-    probs = frame_probabilities(starts, window_probs, len(frames), d.clip_len)  # (T, K): each frame's windows averaged
+    probs = video_probabilities(loaded.model, frames, loaded.config, loaded.placement, options.stride)  # (T, K)
     predicted = frame_labels(probs, rest, loaded.rest_weight)  # -1 where rest wins
     smoothed = smooth_labels(predicted, options.smooth_window)
     confidence = frame_confidence(probs, predicted, rest)

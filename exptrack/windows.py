@@ -13,7 +13,7 @@ from .config import Config
 from .data.dataset import ModelView
 from .data.transforms import to_model_input
 from .device import Placement
-from .metrics import window_starts
+from .metrics import frame_probabilities, window_starts
 
 
 def clip_batches(starts: Sequence[int] | np.ndarray, clip_at: Callable[[int], np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
@@ -58,3 +58,12 @@ def window_probabilities(model: torch.nn.Module, frames: np.ndarray | ModelView,
     starts = window_starts(len(frames), clip_len, stride)
     batches = clip_batches(starts, lambda s: frames[s:s + clip_len], config.train.eval_batch_size)
     return starts, clip_probabilities(model, batches, config, placement)
+
+
+def video_probabilities(model: torch.nn.Module, frames: np.ndarray | ModelView, config: Config, placement: Placement,
+                        stride: int | None = None) -> np.ndarray:
+    """A whole video's (T, K) frame probabilities as every timeline computes them (predict,
+    evaluate, the rest weight's calibration): window_probabilities at `window_stride`, each frame
+    the mean of the windows covering it (NaN rows where none does)."""
+    starts, probs = window_probabilities(model, frames, config, window_stride(config, stride), placement)
+    return frame_probabilities(starts, probs, len(frames), config.data.clip_len)

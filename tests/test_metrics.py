@@ -84,6 +84,23 @@ def test_the_rest_output_is_background_in_frame_labels_with_its_own_confidence()
     assert frame_labels(close, rest_index=2)[0] == 0 and frame_labels(close, 2, rest_weight=1.3)[0] == -1
 
 
+def test_the_rest_weight_is_the_one_that_labels_the_most_validation_frames_right():
+    from exptrack.metrics import MIN_CALIBRATION_FRAMES, REST_WEIGHT_GRID, calibrated_rest_weight
+
+    n = MIN_CALIBRATION_FRAMES
+    # outputs: exercise 0, exercise 1, rest. Rest frames give rest 0.3 against 0.5 for exercise 0,
+    # so rest needs a weight above 5/3; the exercise frames (rest 0.1 against 0.8) allow up to 8.
+    rest_frames = np.tile([0.5, 0.2, 0.3], (n, 1))
+    exercise_frames = np.tile([0.8, 0.1, 0.1], (n, 1))
+    probs = np.vstack([rest_frames, exercise_frames, [[np.nan] * 3]])  # the last frame: no window covers it
+    true = np.array([-1] * n + [0] * n + [-1])
+    chosen = calibrated_rest_weight(probs, true, rest_index=2, prior=1.0)
+    assert chosen == min(w for w in REST_WEIGHT_GRID if w > 5 / 3)  # every frame right, nearest the prior
+    assert (frame_labels(probs, 2, chosen)[:-1] == true[:-1]).all()
+    # too few rest frames to choose by: the prior stands
+    assert calibrated_rest_weight(probs[n - 1:], true[n - 1:], rest_index=2, prior=1.3) == 1.3
+
+
 def test_frame_scores_count_rest_both_ways():
     from exptrack.metrics import frame_scores
 

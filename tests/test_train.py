@@ -105,8 +105,12 @@ def test_train_logs_a_complete_run_and_registers_the_model(tiny_demo, make_confi
     assert isinstance(loaded.model, C3D) and hasattr(loaded.model, "block4")  # named layers, for GradCAM
     assert loaded.model(torch.zeros(2, 3, 8, 32, 32)).shape == (2, 4)  # 3 exercises and rest
     assert loaded.class_names == [*read_class_names(tiny_demo, 3), "rest"]  # the model carries its class names
-    data = train_run.prepare_data(cfg, progress=False)  # and how much more rest its videos hold than training showed
-    assert loaded.rest_weight == pytest.approx(train_run.training_rest_weight(data)) and loaded.rest_weight != 1.0
+    # and its rest weight, chosen on the validation videos for each epoch that became a logged model
+    chosen = {m.step: m.value for m in mlflow.MlflowClient().get_metric_history(result.run_id, "val_rest_weight")}
+    assert epochs <= set(chosen) and loaded.rest_weight == pytest.approx(chosen[best_epoch])
+    data = train_run.prepare_data(cfg, progress=False)
+    calibrate = train_run.rest_weight_calibration(data, loaded.placement)
+    assert calibrate is not None and calibrate(loaded.model) == pytest.approx(loaded.rest_weight)
 
 
 @pytest.mark.slow

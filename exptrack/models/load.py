@@ -49,8 +49,9 @@ class LoadedModel:
     # where and how it is scored: the device asked for, with the precision and layout of the
     # model's own train config (device.placement, not strict): scored as it was trained
     placement: Placement = field(default_factory=lambda: Placement(torch.device("cpu"), FP32))
-    # how much more rest its training videos held than training showed (clips.rest_weight):
-    # timelines weigh the rest probability by it; 1.0 for a model without one or saved before it
+    # what timelines multiply the rest probability by: chosen on the validation videos when it
+    # was trained (metrics.calibrated_rest_weight), else the training windows' prior
+    # (clips.rest_weight); 1.0 for a model without a rest output or saved before the weight
     rest_weight: float = 1.0
 
 

@@ -112,6 +112,11 @@ class CheckpointManager:
     def _index_path(self) -> Path:
         return self.folder / "periodic.json"
 
+    def keeps_model(self, epoch: int, improved: dict[str, bool]) -> bool:
+        """Whether this epoch writes a file that becomes a logged model: the new best model, or a
+        periodic checkpoint (logged_models.ModelLog.snapshot)."""
+        return bool(improved.get("val_mean_class_acc")) or (self.every > 0 and epoch % self.every == 0)
+
     def save(self, payload: dict[str, Any], improved: dict[str, bool]) -> list[Path]:
         """Write this epoch's checkpoints; `improved` says which bests it beat. Returns the
         files written. A write that fails (full disk, read-only folder) leaves every earlier
@@ -132,7 +137,7 @@ class CheckpointManager:
             if improved.get(flag):
                 written.append(save_atomic(payload, self.folder / name))
         epoch = payload["epoch"]
-        if self.every > 0 and epoch % self.every == 0:
+        if self.every > 0 and epoch % self.every == 0:  # (keeps_model's periodic rule)
             path = save_atomic(payload, self.folder / f"epoch_{epoch:04d}.pt")
             written.append(path)
             self._prune(path.name, float(payload["metrics"].get("val_acc", 0.0)))

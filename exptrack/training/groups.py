@@ -362,7 +362,8 @@ def log_ensemble(run: tracking.Run, members: list[MemberResult]) -> str:
         payload = {"model": ensemble_state_dict([p["model"] for p in payloads]), "config": to_nested_dict(config),
                    "epoch": 0, "metrics": {}, "run_id": run.id, "data_digest": "+".join(digests),
                    "class_names": class_names, "precision": str(payloads[0].get("precision", "fp32")),
-                   "rest_weight": float(np.mean([float(p.get("rest_weight", 1.0)) for p in payloads])),
+                   # a multiplier: the geometric mean (weights 1/4 and 4 average to 1, not 2.1)
+                   "rest_weight": float(np.exp(np.mean([np.log(float(p.get("rest_weight", 1.0))) for p in payloads]))),
                    "members": [m.run_id for m in members]}
         weights = save_atomic(payload, Path(tmp) / WEIGHTS_FILE)
         model_id = run.log_clip_model(weights, config.data.clip_len, class_names, 0,

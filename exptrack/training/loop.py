@@ -446,11 +446,13 @@ def record_epoch(state: TrainState, metrics: dict[str, float], per_class: np.nda
 
 def fit(setup: FitSetup, checkpoints: ckpt.CheckpointManager | None, state: TrainState | None = None,
         callbacks: Iterable[EpochCallback] = (), progress: bool = True,
-        stamp: Callable[[dict[str, Any]], dict[str, Any]] = lambda payload: payload) -> TrainState:
+        stamp: Callable[[dict[str, Any]], dict[str, Any]] = lambda payload: payload,
+        rest_weight: Callable[[nn.Module], float] | None = None) -> TrainState:
     """Train from `state.epoch + 1` to train.epochs, stopping early when the smoothed validation
     mean class accuracy (selection_score) has not risen by min_delta for `early_stop_patience`
     epochs, never before `min_epochs`. `stamp` adds run information to
-    every checkpoint. The checkpoint of an epoch is written before the callbacks run, so a kill
+    every checkpoint. `rest_weight` calibrates the rest weight of each epoch whose checkpoint
+    becomes a logged model; it is logged as `val_rest_weight` and the stamp carries it. The checkpoint of an epoch is written before the callbacks run, so a kill
     in between loses no epoch (the resume path logs what the tracker missed). Under DDP only
     rank 0 passes a checkpoint manager and callbacks; rank 0 also decides when to stop.
     A SIGTERM or SIGINT stops it at the next batch boundary with Preempted: the resume point is
@@ -461,17 +463,20 @@ def fit(setup: FitSetup, checkpoints: ckpt.CheckpointManager | None, state: Trai
     if state.stale_epochs >= patience:  # resumed after it had already stopped early
         return state
     with preemption.deferred():  # a signal stops at the next batch boundary (stop_if_signalled)
-        return _fit_epochs(setup, checkpoints, state, callbacks, progress, stamp, patience)
+        return _fit_epochs(setup, checkpoints, state, callbacks, progress, stamp, patience, rest_weight)
 
 
 def _fit_epochs(setup: FitSetup, checkpoints: ckpt.CheckpointManager | None, state: TrainState,
                 callbacks: Iterable[EpochCallback], progress: bool, stamp: Callable[[dict[str, Any]], dict[str, Any]],
-                patience: float) -> TrainState:
+                patience: float, rest_weight: Callable[[nn.Module], float] | None) -> TrainState:
     cfg = setup.config.train
     alarm = StarvationAlarm(workers=loader_workers(setup.train_loader))  # warns once per run
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         metrics, per_class = run_epoch(setup, epoch, progress, alarm)
         improved = record_epoch(state, metrics, per_class, cfg)
+        if rest_weight is not None and checkpoints is not None and checkpoints.keeps_model(epoch, improved):
+            # on the plain module: only rank 0 calibrates, and DDP's forward would wait for the others
+            metrics["val_rest_weight"] = rest_weight(unwrap_model(setup.model))  # (in the history too: one dict)
         every_rank = distributed.gather_objects(ckpt.rng_state())  # a collective: every rank, every epoch
         payload = checkpoint_payload(setup, state, metrics)
         if every_rank is not None and len(every_rank) > 1:

@@ -30,14 +30,16 @@ from ..tracking import registry
 from ..device import Placement, bind, nvml_index, placement, resolve_device, training_placement
 from ..config import Config, ConfigError, config_from_dict, replace, to_flat_dict
 from ..data import clips
-from ..data.dataset import make_loader, stop_workers
+from ..data.dataset import ModelView, make_loader, stop_workers
 from ..data.errors import DataError
 from ..data.layout import output_names
 from ..data.prepare import PreparedData, prepare_data
 from ..errors import ModelError, TrackingUnavailable
 from ..losses import FocalLoss
+from ..metrics import calibrated_rest_weight
 from ..models.c3d import build_model, count_parameters
 from ..models.weights import load_weights
+from ..windows import video_probabilities
 from . import checkpoint as ckpt
 from . import distributed
 from .distributed import DistEnv
@@ -459,7 +461,8 @@ def _train(config: Config, env: DistEnv, resume: str | None, progress: bool,
             with draining_when_stopped(tracker, run.id, config.train.shutdown_timeout):
                 state = fit(setup, manager, state=state, callbacks=[logger, *callbacks], progress=progress,
                             stamp=_RunStamp(run.id, digest, tuple(class_names), setup.placement.precision.name,
-                                            training_rest_weight(data)))
+                                            training_rest_weight(data)),
+                            rest_weight=rest_weight_calibration(data, setup.placement))
             deliver_queued(tracker, run.id, ckpt_dir)
             early = early_best(state)
             if early:
@@ -524,6 +527,26 @@ def training_rest_weight(data: PreparedData) -> float:
                              t.weighted_sampler)
 
 
+def rest_weight_calibration(data: PreparedData, placement: Placement) -> Callable[[nn.Module], float] | None:
+    """How a model's rest weight is chosen for its timelines: on the validation subjects' whole
+    videos (metrics.calibrated_rest_weight, the training windows' prior when they hold too little
+    rest or exercise to choose by). None without a rest output or validation subjects (a train +
+    val fit): the prior then stands."""
+    config, rest = data.config, data.config.model.rest_index
+    subjects = [data.subjects[name] for name in data.split_subjects.get("val", [])]
+    if rest is None or not subjects:
+        return None
+    prior, d = training_rest_weight(data), config.data
+    true = np.concatenate([s.labels for s in subjects]).astype(np.int64)
+
+    def calibrate(model: nn.Module) -> float:
+        probs = np.concatenate([video_probabilities(model, ModelView(s, d.use_masks, d.use_skeleton_attention,
+                                                                     d.mask_alpha), config, placement)
+                                for s in subjects])  # (sum of T, K)
+        return calibrated_rest_weight(probs, true, rest, prior)
+    return calibrate
+
+
 @dataclass(frozen=True)
 class _RunStamp:
     """Added to every checkpoint so that `--resume <file>` knows its run and data."""
@@ -532,11 +555,13 @@ class _RunStamp:
     data_digest: str
     class_names: tuple[str, ...] = ()
     precision: str = "fp32"  # what the model computed in: scoring keeps it where it can (device.placement)
-    rest_weight: float = 1.0  # clips.rest_weight of the training data: timelines weigh rest by it
+    rest_weight: float = 1.0  # clips.rest_weight of the training data: the prior of a model not calibrated
 
     def __call__(self, payload: dict[str, Any]) -> dict[str, Any]:
+        # timelines weigh rest by it: the epoch's calibrated weight (val_rest_weight) where fit chose one
+        rest_weight = payload.get("metrics", {}).get("val_rest_weight", self.rest_weight)
         return {**payload, "run_id": self.run_id, "data_digest": self.data_digest, "class_names": list(self.class_names),
-                "precision": self.precision, "rest_weight": self.rest_weight}
+                "precision": self.precision, "rest_weight": rest_weight}
 
 
 def discard_run_models(run_id: str, outputs: Path) -> None:
