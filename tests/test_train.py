@@ -602,6 +602,7 @@ def test_train_on_train_plus_val_keeps_the_last_epoch_and_registers_it(tiny_demo
     assert result.model_version is not None  # the last epoch's model, registered
     best = torch.load(result.checkpoint_dir / "best_model.pt", weights_only=True)
     assert best["epoch"] == 2
+    assert best["rest_weight"] == pytest.approx(train_run.training_rest_weight(merged))  # no videos to choose by: the prior
     plots = {a.path for a in mlflow.MlflowClient().list_artifacts(result.run_id, "plots")}
     assert "plots/loss_curves.png" in plots and "plots/per_class_heatmap.png" not in plots  # nothing per class
 

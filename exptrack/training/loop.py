@@ -382,6 +382,8 @@ def epoch_summary(metrics: dict[str, float]) -> str:
     if "val_loss" in metrics:
         parts.append(f"val loss {metrics['val_loss']:.4f} acc {metrics['val_acc']:.3f} "
                      f"mca {metrics['val_mean_class_acc']:.3f} top3 {metrics['val_top3_acc']:.3f}")
+    if "val_rest_weight" in metrics:  # a kept model's, chosen on the validation videos
+        parts.append(f"rest weight {metrics['val_rest_weight']:.2f}")
     parts.append(f"lr {metrics['lr']:.2e}")
     parts.append(f"{metrics['train_clips_per_s']:.0f} clips/s")
     if "data_wait_fraction" in metrics:
