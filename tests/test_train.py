@@ -94,6 +94,7 @@ def test_train_logs_a_complete_run_and_registers_the_model(tiny_demo, make_confi
         linked = {x.key: x for x in m.metrics}
         assert linked["val_mean_class_acc"].step == int(m.tags["exptrack.epoch"])
         assert linked["val_mean_class_acc"].dataset_name == "clips-val"
+        assert linked["val_rest_weight"].step == int(m.tags["exptrack.epoch"])  # on the model's page and card
     assert [m.model_id for m in models if m.tags["exptrack.best"] == "true"] == [result.model_id]
 
     version = mlflow.MlflowClient().get_model_version(cfg.mlflow.registered_model, result.model_version)
