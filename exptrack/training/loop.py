@@ -452,11 +452,12 @@ def fit(setup: FitSetup, checkpoints: ckpt.CheckpointManager | None, state: Trai
         rest_weight: Callable[[nn.Module], float] | None = None) -> TrainState:
     """Train from `state.epoch + 1` to train.epochs, stopping early when the smoothed validation
     mean class accuracy (selection_score) has not risen by min_delta for `early_stop_patience`
-    epochs, never before `min_epochs`. `stamp` adds run information to
-    every checkpoint. `rest_weight` calibrates the rest weight of each epoch whose checkpoint
-    becomes a logged model; it is logged as `val_rest_weight` and the stamp carries it. The checkpoint of an epoch is written before the callbacks run, so a kill
-    in between loses no epoch (the resume path logs what the tracker missed). Under DDP only
-    rank 0 passes a checkpoint manager and callbacks; rank 0 also decides when to stop.
+    epochs, never before `min_epochs`. `stamp` adds run information to every checkpoint.
+    `rest_weight` chooses the rest weight of each epoch whose checkpoint becomes a logged model
+    (metrics `val_rest_weight`; the stamp carries it). The checkpoint of an epoch is written
+    before the callbacks run, so a kill in between loses no epoch (the resume path logs what the
+    tracker missed). Under DDP only rank 0 passes a checkpoint manager and callbacks; rank 0 also
+    decides when to stop.
     A SIGTERM or SIGINT stops it at the next batch boundary with Preempted: the resume point is
     the last finished epoch's checkpoint (last.pt), so the resumed run stays exact."""
     cfg = setup.config.train
