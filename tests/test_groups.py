@@ -244,7 +244,10 @@ def test_a_fold_ensemble_is_one_model_that_every_loader_takes(two_fold_groups, m
     assert a.registered == "ensemble of 2"
     loaded = load_model(f"models:/grouped/{a.model_version}")
     assert isinstance(loaded.model, C3DEnsemble) and loaded.config.model.ensemble == 2
-    members = [load_model(f"models:/{m.model_id}").model for m in a.members]
+    loaded_members = [load_model(f"models:/{m.model_id}") for m in a.members]
+    members = [m.model for m in loaded_members]
+    # each member's rest weight was chosen on its own fold's videos; the ensemble weighs rest by their geometric mean
+    assert loaded.rest_weight == pytest.approx(float(np.prod([m.rest_weight for m in loaded_members])) ** 0.5)
     x = torch.rand(2, 3, 8, 32, 32)
     with torch.no_grad():
         expected = torch.stack([torch.softmax(m(x), 1) for m in members]).mean(0)
