@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker
 from . import clips, transforms
 from .errors import DataError
 from .prepare import PreparedData, SubjectData
-from .sampling import DistributedWeightedSampler
+from .sampling import DistributedWeightedSampler, split_repeat
 
 
 class ClipDataset(Dataset):
@@ -47,7 +47,8 @@ class ClipDataset(Dataset):
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
 
     def set_epoch(self, epoch: int) -> None:
-        """Augmentation depends on (seed, epoch, index) only, not on worker count or order."""
+        """Augmentation depends on (seed, epoch, index, repeat) only, not on worker count or
+        order (repeat: sampling.number_repeats, 0 but for a clip drawn again in one epoch)."""
         self._epoch[0] = epoch
 
     def __len__(self) -> int:
@@ -60,12 +61,13 @@ class ClipDataset(Dataset):
         """(T, S, S, 3) uint8 model view of any window (no augmentation), e.g. for sliding."""
         return np.array(self._weighted_frames(subj, slice(start, start + self.clip_len)))
 
-    def _fill(self, i: int, video_out: np.ndarray) -> int:
+    def _fill(self, i: int, repeat: int, video_out: np.ndarray) -> int:
         """Write clip `i` into its batch slot (T, S, S, 3); return its start frame. (Keypoints are
         not in the batch: skeleton attention is already in the cached weights, and the model
-        sees only frames.)"""
+        sees only frames.) A repeat of the clip in this epoch's draw gets other jitter and
+        augmentation; the first draw keeps the key it always had."""
         subj = self.subjects[self.index.subject_idx[i]]
-        rng = np.random.default_rng((*self.seed_key, int(self._epoch[0]), int(i)))
+        rng = np.random.default_rng((*self.seed_key, int(self._epoch[0]), int(i), *((repeat,) if repeat else ())))
         start = int(self.index.start[i])
         if self.start_jitter:
             start += int(rng.integers(-self.start_jitter, self.start_jitter + 1))
@@ -89,12 +91,12 @@ class ClipDataset(Dataset):
         n, size = len(indices), self.subjects[0].video.frames.shape[1]
         video = _batch_tensor((n, self.clip_len, size, size, 3), torch.uint8)
         video_np = video.numpy()
+        rows, repeats = split_repeat(np.asarray(indices, dtype=np.int64), len(self.index))
         starts, seconds = [], []
-        for j, i in enumerate(indices):
+        for j, (i, repeat) in enumerate(zip(rows.tolist(), repeats.tolist(), strict=True)):
             began = time.perf_counter()
-            starts.append(self._fill(int(i), video_np[j]))
+            starts.append(self._fill(i, repeat, video_np[j]))
             seconds.append(time.perf_counter() - began)
-        rows = np.asarray(indices, dtype=np.int64)
         return {
             "video": video,
             "label": torch.from_numpy(self.index.label[rows].astype(np.int64)),

@@ -123,6 +123,16 @@ def test_sampler_draws_classes_equally(tiny_demo, make_config):
     assert list(loader.sampler) == draws[0]  # ...that depends on (seed, epoch) only: resume-exact
 
 
+def test_repeats_in_a_draw_are_numbered_in_draw_order():
+    from exptrack.data.sampling import number_repeats, split_repeat
+
+    numbered = number_repeats(np.array([5, 2, 5, 5, 2, 7]), num_clips=10)
+    np.testing.assert_array_equal(numbered, [5, 2, 15, 25, 12, 7])  # first draws keep their index
+    clip, repeat = split_repeat(numbered, 10)
+    np.testing.assert_array_equal(clip, [5, 2, 5, 5, 2, 7])
+    np.testing.assert_array_equal(repeat, [0, 0, 1, 2, 1, 0])
+
+
 def test_distributed_ranks_split_the_single_process_draw():
     from exptrack.data.sampling import DistributedWeightedSampler
 
