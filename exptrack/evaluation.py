@@ -193,7 +193,7 @@ def run_evaluate(model_ref: str, options: EvaluateOptions = EvaluateOptions(),
         config = replace(config, mlflow=vars(base_config.mlflow), paths=vars(base_config.paths))
     # The run spans the work (data, inference, report), so its duration in the UI is the command's.
     with tracking.start_run(config, run_name=f"evaluate-{options.split}", command="evaluate",
-                            tags=_model_tags(loaded.source, options.split), parent_run_id=parent_run_id) as run:
+                            tags={**_model_tags(loaded.source, options.split), **loaded.timeline_tags()}, parent_run_id=parent_run_id) as run:
         data = prepare_data(config, splits=(options.split,), progress=options.progress)
         if len(data.splits[options.split]) == 0:
             why = (" (the model was trained on the validation subjects, data.train_on_val: evaluate it on test)"

@@ -118,7 +118,8 @@ def predict_video(video: str | Path, model_ref: str, options: PredictOptions = P
     files = video_companions(video, Path(options.masks) if options.masks else None,
                              Path(options.keypoints) if options.keypoints else None)
     config = evaluation_config(loaded.config, None, {})  # the model's experiment; files go here
-    tags = {"video": str(video), "model_uri": model_ref, "model_run_id": loaded.source.get("run_id", "")}
+    tags = {"video": str(video), "model_uri": model_ref, "model_run_id": loaded.source.get("run_id", ""),
+            **loaded.timeline_tags()}
     with tracking.start_run(config, run_name=f"predict-{video.stem}", command="predict", tags=tags) as run:
         if loaded.source.get("model_id"):
             run.log_model_input(loaded.source["model_id"])

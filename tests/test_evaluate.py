@@ -8,6 +8,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from exptrack.evaluation import clip_metrics, run_evaluate
 from exptrack.options import EvaluateOptions
@@ -48,12 +49,17 @@ def test_evaluate_and_predict_give_a_test_video_the_same_timeline(tiny_trained, 
     uri, cfg, result = tiny_trained
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     model = str(result.checkpoint_dir / "best_model.pt")
-    run_evaluate(model, EvaluateOptions(split="test", save_dir=tmp_path / "e", progress=False))
+    evaluation = run_evaluate(model, EvaluateOptions(split="test", save_dir=tmp_path / "e", progress=False))
     subject = sorted(s for s, (split, _) in read_split(Path(cfg.data.root) / "split.csv").items() if split == "test")[0]
     timeline = predict_video(f"{cfg.data.root}/dataset/anon/{subject}.mp4", model, PredictOptions(save_dir=tmp_path / "p"))
     evaluated = pd.read_csv(tmp_path / "e" / "timelines" / f"{subject}.csv")
     np.testing.assert_array_equal(evaluated["predicted"], timeline.frames["predicted"])
     np.testing.assert_array_equal(evaluated["true"], timeline.frames["true"])
+    # both runs say which rest weight drew their timelines: the model's, chosen in training
+    weight = torch.load(model, weights_only=True)["rest_weight"]
+    client = mlflow.MlflowClient()  # where the two commands logged
+    for run_id in (evaluation.run_id, timeline.run_id):
+        assert float(client.get_run(run_id).data.tags["rest_weight"]) == pytest.approx(weight, rel=1e-3)
 
 
 @pytest.mark.slow

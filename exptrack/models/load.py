@@ -54,6 +54,11 @@ class LoadedModel:
     # (clips.rest_weight); 1.0 for a model without a rest output or saved before the weight
     rest_weight: float = 1.0
 
+    def timeline_tags(self) -> dict[str, str]:
+        """What a run that draws this model's timelines (evaluate, predict) records of how: the
+        rest weight, for a model with a rest output."""
+        return {"rest_weight": f"{self.rest_weight:.4g}"} if self.config.model.rest_index is not None else {}
+
 
 def _run_artifact(run_id: str, path: str, dst: Path) -> Path:
     try:
