@@ -163,7 +163,7 @@ def frame_probabilities(starts: np.ndarray, probs: np.ndarray, num_frames: int, 
 def frame_labels(frame_probs: np.ndarray, rest_index: int | None = None, rest_weight: float = 1.0) -> np.ndarray:
     """(T, K) frame probabilities -> (T,) int64 labels: the most probable class (ties: the
     lower id), the rest output's probability (`rest_index`) first multiplied by `rest_weight`
-    (clips.rest_weight: how much more rest the videos hold than training showed); background
+    (the model's: calibrated_rest_weight, or the prior clips.rest_weight); background
     (-1) where rest wins and for uncovered (NaN) frames."""
     covered = ~np.isnan(frame_probs).any(axis=1)
     out = np.full(len(frame_probs), BACKGROUND, dtype=np.int64)

@@ -1,6 +1,7 @@
 """Sliding-window inference: a model applied to the windows of a video, in batches, in the
-precision and memory layout of the model's own config (device.py's one rule). One implementation for predict, serving and
-visualize; evaluate and validation run the loader path (training/loop.py's predict)."""
+precision and memory layout of the model's own config (device.py's one rule). One implementation
+for predict, serving, visualize, evaluate's timelines and training's rest-weight calibration;
+evaluate's clip figures and validation run the loader path (training/loop.py's predict)."""
 
 from __future__ import annotations
 
@@ -62,8 +63,9 @@ def window_probabilities(model: torch.nn.Module, frames: np.ndarray | ModelView,
 
 def video_probabilities(model: torch.nn.Module, frames: np.ndarray | ModelView, config: Config, placement: Placement,
                         stride: int | None = None) -> np.ndarray:
-    """A whole video's (T, K) frame probabilities as every timeline computes them (predict,
-    evaluate, the rest weight's calibration): window_probabilities at `window_stride`, each frame
-    the mean of the windows covering it (NaN rows where none does)."""
+    """A whole video's (T, K) frame probabilities as predict, evaluate's timelines and the rest
+    weight's calibration compute them: window_probabilities at `window_stride`, each frame the
+    mean of the windows covering it (NaN rows where none does). visualize averages its windows
+    the same way (metrics.window_average) beside their heatmaps."""
     starts, probs = window_probabilities(model, frames, config, window_stride(config, stride), placement)
     return frame_probabilities(starts, probs, len(frames), config.data.clip_len)

@@ -77,3 +77,16 @@ def test_a_checkpoint_whose_model_entry_is_not_a_state_dict_is_refused(tmp_path)
     torch.save({"model": [1, 2], "config": {}, "epoch": 1}, path)
     with pytest.raises(ModelError, match="its 'model' entry is a list, not a state dict of tensors"):
         load_weights(path)
+
+
+def test_an_epoch_keeps_a_model_when_it_is_the_best_or_a_periodic_checkpoint_that_survives(tmp_path):
+    from exptrack.training.checkpoint import CheckpointManager
+
+    manager = CheckpointManager(tmp_path, every=2, keep=1)
+    manager.save({"epoch": 2, "metrics": {"val_acc": 0.5}}, {})
+    assert manager.keeps_model(3, {"val_mean_class_acc": True}, 0.0)  # the new best model
+    assert not manager.keeps_model(3, {}, 1.0)  # neither best nor periodic
+    assert not manager.keeps_model(4, {}, 0.4)  # periodic, but pruned at once: epoch 2 stays the kept one
+    assert manager.keeps_model(4, {}, 0.6)
+    manager.save({"epoch": 4, "metrics": {"val_acc": 0.4}}, {})
+    assert sorted(p.name for p in tmp_path.glob("epoch_*.pt")) == ["epoch_0002.pt"]  # as keeps_model said

@@ -18,6 +18,7 @@ from exptrack import tracking
 from exptrack.cli import build_parser, main
 from exptrack.data.layout import read_class_names
 from exptrack.device import Placement
+from exptrack.metrics import MIN_CALIBRATION_FRAMES
 from exptrack.models.load import load_model
 from exptrack.models.c3d import C3D
 from exptrack.train import train
@@ -110,6 +111,8 @@ def test_train_logs_a_complete_run_and_registers_the_model(tiny_demo, make_confi
     chosen = {m.step: m.value for m in mlflow.MlflowClient().get_metric_history(result.run_id, "val_rest_weight")}
     assert epochs <= set(chosen) and loaded.rest_weight == pytest.approx(chosen[best_epoch])
     data = train_run.prepare_data(cfg, progress=False)
+    true = np.concatenate([data.subjects[s].labels for s in data.split_subjects["val"]])
+    assert min((true == -1).sum(), (true >= 0).sum()) >= MIN_CALIBRATION_FRAMES  # chosen, not the prior fallback
     calibrate = train_run.rest_weight_calibration(data, loaded.placement)
     assert calibrate is not None and calibrate(loaded.model) == pytest.approx(loaded.rest_weight)
 

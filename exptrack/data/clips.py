@@ -138,10 +138,12 @@ def rest_weight(natural: ClipIndex, trained: ClipIndex, rest_index: int | None, 
                 weighted_sampler: bool) -> float:
     """How much more often rest occurs in the training videos than training showed it: the share
     of rest windows among all training windows over the share of rest in what the model was fed
-    (1 / classes present with the balancing sampler, else its share after downsampling). A
-    timeline multiplies the rest probability by it before choosing a frame's label
-    (metrics.frame_labels): the balanced training otherwise undercalls rest, which a workout video
-    is mostly made of (bench/rest.py). 1.0 without a rest output or rest windows."""
+    (1 / classes present with the balancing sampler, else its share after downsampling): the
+    prior of the rest weight a timeline multiplies the rest probability by (metrics.frame_labels),
+    since the balanced training otherwise undercalls rest, which a workout video is mostly made
+    of. Training replaces it by the weight chosen on the validation videos
+    (metrics.calibrated_rest_weight) where it can; a model without validation keeps it (bench/rest.py).
+    1.0 without a rest output or rest windows."""
     if rest_index is None or len(natural) == 0 or not (natural.label == rest_index).any():
         return 1.0
     share = float(np.mean(natural.label == rest_index))

@@ -112,10 +112,23 @@ class CheckpointManager:
     def _index_path(self) -> Path:
         return self.folder / "periodic.json"
 
-    def keeps_model(self, epoch: int, improved: dict[str, bool]) -> bool:
-        """Whether this epoch writes a file that becomes a logged model: the new best model, or a
-        periodic checkpoint (logged_models.ModelLog.snapshot)."""
-        return bool(improved.get("val_mean_class_acc")) or (self.every > 0 and epoch % self.every == 0)
+    def keeps_model(self, epoch: int, improved: dict[str, bool], score: float) -> bool:
+        """Whether this epoch writes a file that becomes a logged model (logged_models.ModelLog.
+        snapshot): the new best model, or a periodic checkpoint that `score` (its val_acc) keeps
+        among the `keep` best."""
+        if improved.get("val_mean_class_acc"):
+            return True
+        name = self._periodic_name(epoch)
+        return name is not None and name in dict(self._ranked(name, score)[: self.keep])
+
+    def _periodic_name(self, epoch: int) -> str | None:
+        return f"epoch_{epoch:04d}.pt" if self.every > 0 and epoch % self.every == 0 else None
+
+    def _ranked(self, name: str, score: float) -> list[tuple[str, float]]:
+        """The periodic checkpoints with `name` added, best first (scores from periodic.json)."""
+        index = json.loads(self._index_path.read_text()) if self._index_path.exists() else {}
+        index[name] = score
+        return sorted(index.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)
 
     def save(self, payload: dict[str, Any], improved: dict[str, bool]) -> list[Path]:
         """Write this epoch's checkpoints; `improved` says which bests it beat. Returns the
@@ -136,9 +149,9 @@ class CheckpointManager:
         for name, flag in ((BEST_LOSS, "val_loss"), (BEST_ACC, "val_acc"), (BEST_MODEL, "val_mean_class_acc")):
             if improved.get(flag):
                 written.append(save_atomic(payload, self.folder / name))
-        epoch = payload["epoch"]
-        if self.every > 0 and epoch % self.every == 0:  # (keeps_model's periodic rule)
-            path = save_atomic(payload, self.folder / f"epoch_{epoch:04d}.pt")
+        periodic = self._periodic_name(payload["epoch"])
+        if periodic:
+            path = save_atomic(payload, self.folder / periodic)
             written.append(path)
             self._prune(path.name, float(payload["metrics"].get("val_acc", 0.0)))
         written.append(save_atomic(payload, self.folder / LAST))
@@ -166,9 +179,7 @@ class CheckpointManager:
     def _prune(self, name: str, score: float) -> None:
         """Keep the `keep` best periodic checkpoints; scores live in periodic.json so that
         pruning never has to load a checkpoint."""
-        index = json.loads(self._index_path.read_text()) if self._index_path.exists() else {}
-        index[name] = score
-        ranked = sorted(index.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)
+        ranked = self._ranked(name, score)
         for dropped, _ in ranked[self.keep:]:
             (self.folder / dropped).unlink(missing_ok=True)
         kept = dict(ranked[: self.keep])
