@@ -511,9 +511,10 @@ def test_ddp_with_two_processes_makes_one_run(tiny_demo, tmp_path):
 @pytest.mark.slow
 def test_early_stopping_pruning_and_resume_after_stop(tiny_demo, make_config):
     # patience 1 with min_delta 1.0: no epoch can improve by a whole accuracy point after the first
+    # (and with the `first` tie-break, a tied but surer window does not restart the count either)
     cfg = _config(make_config, tiny_demo, "train.epochs=6", "train.early_stop_patience=1",
                   "train.early_stop_min_delta=1.0", "train.checkpoint_every=1", "train.keep_checkpoints=1",
-                  "train.checkpoint_files=all")
+                  "train.checkpoint_files=all", "train.selection_tiebreak=first")
     result = train(cfg, progress=False)
     # the first full selection window (epochs 1-3) sets the reference, epoch 4 does not beat it by 1.0
     assert result.state.epoch == 4
