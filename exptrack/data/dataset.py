@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker
 from . import clips, transforms
 from .errors import DataError
 from .prepare import PreparedData, SubjectData
-from .sampling import DistributedWeightedSampler, split_repeat
+from .sampling import DistributedWeightedSampler
 
 
 class ClipDataset(Dataset):
@@ -47,9 +47,7 @@ class ClipDataset(Dataset):
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
 
     def set_epoch(self, epoch: int) -> None:
-        """Augmentation depends on (seed, epoch, draw index) only, not on worker count or order
-        (the draw index is the clip's, plus k * len(self) for its k-th repeat in one epoch:
-        sampling.number_repeats)."""
+        """Augmentation depends on (seed, epoch, index) only, not on worker count or order."""
         self._epoch[0] = epoch
 
     def __len__(self) -> int:
@@ -62,15 +60,12 @@ class ClipDataset(Dataset):
         """(T, S, S, 3) uint8 model view of any window (no augmentation), e.g. for sliding."""
         return np.array(self._weighted_frames(subj, slice(start, start + self.clip_len)))
 
-    def _fill(self, draw: int, video_out: np.ndarray) -> int:
-        """Write the clip of `draw` into its batch slot (T, S, S, 3); return its start frame.
-        (Keypoints are not in the batch: skeleton attention is already in the cached weights, and
-        the model sees only frames.) `draw`: the clip's index, or sampling.number_repeats' index
-        of a repeat, which keys other jitter and augmentation (a first draw keeps the key it
-        always had; no rank's key of a repeat is any rank's key of a first draw)."""
-        i = draw % len(self.index)  # the clip (split_repeat)
+    def _fill(self, i: int, video_out: np.ndarray) -> int:
+        """Write clip `i` into its batch slot (T, S, S, 3); return its start frame. (Keypoints are
+        not in the batch: skeleton attention is already in the cached weights, and the model
+        sees only frames.)"""
         subj = self.subjects[self.index.subject_idx[i]]
-        rng = np.random.default_rng((*self.seed_key, int(self._epoch[0]), int(draw)))
+        rng = np.random.default_rng((*self.seed_key, int(self._epoch[0]), int(i)))
         start = int(self.index.start[i])
         if self.start_jitter:
             start += int(rng.integers(-self.start_jitter, self.start_jitter + 1))
@@ -94,12 +89,12 @@ class ClipDataset(Dataset):
         n, size = len(indices), self.subjects[0].video.frames.shape[1]
         video = _batch_tensor((n, self.clip_len, size, size, 3), torch.uint8)
         video_np = video.numpy()
-        rows = split_repeat(np.asarray(indices, dtype=np.int64), len(self.index))[0]
         starts, seconds = [], []
-        for j, draw in enumerate(indices):
+        for j, i in enumerate(indices):
             began = time.perf_counter()
-            starts.append(self._fill(int(draw), video_np[j]))
+            starts.append(self._fill(int(i), video_np[j]))
             seconds.append(time.perf_counter() - began)
+        rows = np.asarray(indices, dtype=np.int64)
         return {
             "video": video,
             "label": torch.from_numpy(self.index.label[rows].astype(np.int64)),

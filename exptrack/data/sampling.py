@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Iterator
 
-import numpy as np
 import torch
 from torch.utils.data import Sampler
 
@@ -31,28 +30,8 @@ class DistributedWeightedSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        draw = torch.multinomial(self.weights, self.num_samples, replacement=True, generator=g).numpy()
-        # numbered over the whole draw, before the split: every rank numbers repeats as one process would
-        return iter(number_repeats(draw, len(self.weights))[self.rank::self.world_size].tolist())
+        draw = torch.multinomial(self.weights, self.num_samples, replacement=True, generator=g)
+        return iter(draw[self.rank::self.world_size].tolist())
 
     def __len__(self) -> int:
         return self.num_samples // self.world_size
-
-
-def number_repeats(draw: np.ndarray, num_clips: int) -> np.ndarray:
-    """Clip indices drawn with replacement -> the same draw with each repeat told apart: the k-th
-    earlier draw of a clip in it makes its index `clip + k * num_clips` (first draws unchanged).
-    A draw as large as the data repeats about a third of its clips; ClipDataset gives each
-    repeat an augmentation of its own instead of an identical copy (split_repeat reads it back)."""
-    order = np.argsort(draw, kind="stable")  # a clip's draws stay in draw order
-    ordered = draw[order]
-    first = np.r_[True, ordered[1:] != ordered[:-1]]  # the first of each clip's run
-    run_start = np.maximum.accumulate(np.where(first, np.arange(len(draw)), 0))
-    repeat = np.empty(len(draw), dtype=np.int64)
-    repeat[order] = np.arange(len(draw)) - run_start  # k: the clip's earlier draws
-    return draw + repeat * num_clips
-
-
-def split_repeat(indices: np.ndarray, num_clips: int) -> tuple[np.ndarray, np.ndarray]:
-    """number_repeats' indices -> (clip indices, repeat numbers); plain indices are repeat 0."""
-    return indices % num_clips, indices // num_clips

@@ -123,25 +123,6 @@ def test_sampler_draws_classes_equally(tiny_demo, make_config):
     assert list(loader.sampler) == draws[0]  # ...that depends on (seed, epoch) only: resume-exact
 
 
-def test_repeats_in_a_draw_are_numbered_in_draw_order():
-    from exptrack.data.sampling import number_repeats, split_repeat
-
-    numbered = number_repeats(np.array([5, 2, 5, 5, 2, 7]), num_clips=10)
-    np.testing.assert_array_equal(numbered, [5, 2, 15, 25, 12, 7])  # first draws keep their index
-    clip, repeat = split_repeat(numbered, 10)
-    np.testing.assert_array_equal(clip, [5, 2, 5, 5, 2, 7])
-    np.testing.assert_array_equal(repeat, [0, 0, 1, 2, 1, 0])
-
-
-def test_no_two_draws_of_the_weighted_sampler_are_the_same_sample():
-    from exptrack.data.sampling import DistributedWeightedSampler, split_repeat
-
-    drawn = np.array(list(DistributedWeightedSampler(torch.ones(10), 40, rank=0, world_size=1, seed=1)))
-    clip, repeat = split_repeat(drawn, 10)
-    assert clip.max() < 10 and repeat.max() >= 1  # 40 draws of 10 clips repeat some...
-    assert len(set(zip(clip.tolist(), repeat.tolist(), strict=True))) == 40  # ...each repeat numbered apart
-
-
 def test_distributed_ranks_split_the_single_process_draw():
     from exptrack.data.sampling import DistributedWeightedSampler
 

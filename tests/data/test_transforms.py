@@ -180,15 +180,6 @@ def test_augmentation_is_reproducible_per_epoch(tiny_demo, make_config):
     assert not torch.equal(a, ds[3]["video"])
 
 
-def test_a_clip_drawn_again_in_one_epoch_gets_an_augmentation_of_its_own(tiny_demo, make_config):
-    data = prepare_data(make_config(tiny_demo), progress=False)
-    ds = ClipDataset(data, "train", train=True, seed=5)
-    n = len(ds)
-    batch = ds.__getitems__([3, 3 + n])  # clip 3, then its first repeat in the epoch's draw (sampling.number_repeats)
-    assert batch["label"][0] == batch["label"][1] and torch.equal(batch["video"][0], ds[3]["video"])
-    assert not torch.equal(batch["video"][0], batch["video"][1])
-
-
 def test_flip_in_dataset_mirrors_frames(tiny_demo, make_config):
     cfg = make_config(tiny_demo, "augment.hflip_p=1.0", "augment.rotation_deg=0", "augment.brightness=0",
                       "augment.contrast=0", "augment.saturation=0", "augment.hue=0", "data.start_jitter=0")
