@@ -7,18 +7,21 @@ on the test subjects (mean class accuracy, `exptrack evaluate`). Repeat r draws 
 
     seeds        train.seeds=3r,3r+1,3r+2, group_model=ensemble -> rows `single` (its first member:
                  one run with the validation carve-out, exptrack's plain default), `seed members`
-                 (all three) and `seed ensemble`
-    folds-K      data.folds=K, fold_seed r -> `folds-K members` and `folds-K ensemble` (what
-                 `train --folds K` registers by default)
+                 (all three), `seed best` (the member `group_model=best` registers: the highest
+                 validation score) and `seed ensemble`
+    folds-K      data.folds=K, fold_seed r -> `folds-K members`, `folds-K best` (each member
+                 validated on other subjects) and `folds-K ensemble` (what `train --folds K`
+                 registers by default)
     refit        data.train_on_val=true, seeds 3r..3r+2, ensemble -> `refit` (its first member:
                  one model on every non-test subject, `tune --retrain-best`'s fit), `refit members`
-                 and `refit ensemble` (an ensemble of refits)
+                 and `refit ensemble` (an ensemble of refits; no `best`: refits have no validation)
 
 A repeat trains 3 + 2 + 3 + 3 = 11 models per mask setting (folds 2 and 3). Rows are appended
 to <out>/final_model.csv as they come, so the bench runs in parts (`--masks on`, `--repeats 1`,
 `--recipes folds-3`) across sessions or machines; `--summary` prints, per mask setting and row,
 the mean over repeats with its 95% interval (t over repeats) and the mean paired difference to
-`single` of the same repeat, per training length (rows of different `--epochs` never mix).
+`single` of the same repeat, per training length (rows of different `--epochs` never mix), then each
+ensemble against its recipe's `best`, its members' mean and `single`, paired over repeats.
 
 Usage:
   python bench/final_model.py [--preset hard] [--masks on,off] [--repeats 0,1,2]
@@ -68,6 +71,7 @@ from exptrack.evaluation import run_evaluate  # noqa: E402
 from exptrack.options import EvaluateOptions  # noqa: E402
 from exptrack.stats import mean_interval  # noqa: E402
 from exptrack.train import train  # noqa: E402
+from exptrack.training.groups import MemberResult  # noqa: E402
 
 
 def settings(masks: bool, *extra: str) -> list[str]:
@@ -108,6 +112,9 @@ def run_recipe(recipe: str, masks: bool, r: int) -> list[dict]:
     members = [test_score(m.model_id, config) for m in group.members]
     rows = [{**base, "row": f"{prefix} members", "test_mca": float(np.mean(members)), "members": len(members)},
             {**base, "row": f"{prefix} ensemble", "test_mca": test_score(group.model_id, config), "members": len(members)}]
+    if recipe != "refit":  # what group_model=best would register (refits carry no validation score to rank by)
+        best = group.members.index(max(group.members, key=MemberResult.rank))
+        rows.insert(1, {**base, "row": f"{prefix} best", "test_mca": members[best], "members": 1})
     if recipe in ("seeds", "refit"):  # its first member: one run of the recipe
         rows.insert(0, {**base, "row": "single" if recipe == "seeds" else "refit", "test_mca": members[0], "members": 1})
     for row in rows:
@@ -126,6 +133,17 @@ def summary(table: pd.DataFrame) -> None:
             cell = lambda x: f"{x.mean:.3f}" + (f" [{x.low:.3f}, {x.high:.3f}]" if x.low is not None else "")  # noqa: E731
             print(f"| {epochs} | {'on' if masks else 'off'} | {row} | {i.n} | {cell(i)} | "
                   f"{'' if row == 'single' else cell(diff)} |")
+    print("\nthe ensemble against what its recipe would register otherwise: paired over repeats\n")
+    print("| epochs | masks | ensemble | vs | repeats | difference |\n|---|---|---|---|---|---|")
+    for (epochs, masks), by_mask in table.groupby(["epochs", "masks"], sort=False):
+        rows = by_mask.set_index(["row", "repeat"]).test_mca
+        for ensemble in [r for r in by_mask.row.unique() if r.endswith(" ensemble")]:
+            prefix = ensemble.removesuffix(" ensemble")
+            for other in (f"{prefix} best", f"{prefix} members", "single"):
+                if other in rows.index.get_level_values(0):
+                    d = mean_interval((rows[ensemble] - rows[other]).dropna(), bounds=(-1, 1))
+                    spread = f" [{d.low:+.3f}, {d.high:+.3f}]" if d.low is not None else ""
+                    print(f"| {epochs} | {'on' if masks else 'off'} | {ensemble} | {other} | {d.n} | {d.mean:+.3f}{spread} |")
 
 
 def main() -> int:
