@@ -132,7 +132,7 @@ def summary(table: pd.DataFrame) -> None:
             diff = mean_interval((df.set_index("repeat").test_mca - single).dropna(), bounds=(-1, 1))
             cell = lambda x: f"{x.mean:.3f}" + (f" [{x.low:.3f}, {x.high:.3f}]" if x.low is not None else "")  # noqa: E731
             print(f"| {epochs} | {'on' if masks else 'off'} | {row} | {i.n} | {cell(i)} | "
-                  f"{'' if row == 'single' else cell(diff)} |")
+                  f"{'' if row == 'single' or not diff.n else cell(diff)} |")
     print("\nthe ensemble against what its recipe would register otherwise: paired over repeats\n")
     print("| epochs | masks | ensemble | vs | repeats | difference |\n|---|---|---|---|---|---|")
     for (epochs, masks), by_mask in table.groupby(["epochs", "masks"], sort=False):
