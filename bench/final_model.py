@@ -122,6 +122,12 @@ def run_recipe(recipe: str, masks: bool, r: int) -> list[dict]:
     return rows
 
 
+def cell(x, sign: str = "") -> str:
+    """An Interval as `mean [low, high]` (the mean alone without an interval); sign "+" signs them."""
+    spread = f" [{x.low:{sign}.3f}, {x.high:{sign}.3f}]" if x.low is not None else ""
+    return f"{x.mean:{sign}.3f}{spread}"
+
+
 def summary(table: pd.DataFrame) -> None:
     print("test mean class accuracy: mean over repeats [95% interval]; paired difference to `single`\n")
     print("| epochs | masks | row | repeats | test | vs single |\n|---|---|---|---|---|---|")
@@ -130,7 +136,6 @@ def summary(table: pd.DataFrame) -> None:
         for row, df in by_mask.groupby("row", sort=False):
             i = mean_interval(df.test_mca)
             diff = mean_interval((df.set_index("repeat").test_mca - single).dropna(), bounds=(-1, 1))
-            cell = lambda x: f"{x.mean:.3f}" + (f" [{x.low:.3f}, {x.high:.3f}]" if x.low is not None else "")  # noqa: E731
             print(f"| {epochs} | {'on' if masks else 'off'} | {row} | {i.n} | {cell(i)} | "
                   f"{'' if row == 'single' or not diff.n else cell(diff)} |")
     print("\nthe ensemble against what its recipe would register otherwise: paired over repeats\n")
@@ -142,8 +147,7 @@ def summary(table: pd.DataFrame) -> None:
             for other in (f"{prefix} best", f"{prefix} members", "single"):
                 if other in rows.index.get_level_values(0):
                     d = mean_interval((rows[ensemble] - rows[other]).dropna(), bounds=(-1, 1))
-                    spread = f" [{d.low:+.3f}, {d.high:+.3f}]" if d.low is not None else ""
-                    print(f"| {epochs} | {'on' if masks else 'off'} | {ensemble} | {other} | {d.n} | {d.mean:+.3f}{spread} |")
+                    print(f"| {epochs} | {'on' if masks else 'off'} | {ensemble} | {other} | {d.n} | {cell(d, '+')} |")
 
 
 def main() -> int:
