@@ -21,7 +21,8 @@ to <out>/final_model.csv as they come, so the bench runs in parts (`--masks on`,
 `--recipes folds-3`) across sessions or machines; `--summary` prints, per mask setting and row,
 the mean over repeats with its 95% interval (t over repeats) and the mean paired difference to
 `single` of the same repeat, per training length (rows of different `--epochs` never mix), then each
-ensemble against its recipe's `best`, its members' mean and `single`, paired over repeats.
+ensemble against its recipe's `best`, its members' mean and `single`, and the recipes' ensembles
+against each other, paired over repeats.
 
 Usage:
   python bench/final_model.py [--preset hard] [--masks on,off] [--repeats 0,1,2]
@@ -148,6 +149,17 @@ def summary(table: pd.DataFrame) -> None:
                 if other in rows.index.get_level_values(0):
                     d = mean_interval((rows[ensemble] - rows[other]).dropna(), bounds=(-1, 1))
                     print(f"| {epochs} | {'on' if masks else 'off'} | {ensemble} | {other} | {d.n} | {cell(d, '+')} |")
+    print("\nthe recipes' ensembles against each other (which final model: K, seeds or folds, refit): paired over "
+          "repeats\n")
+    print("| epochs | masks | ensemble | vs | repeats | difference |\n|---|---|---|---|---|---|")
+    for (epochs, masks), by_mask in table.groupby(["epochs", "masks"], sort=False):
+        rows = by_mask.set_index(["row", "repeat"]).test_mca
+        ensembles = [r for r in by_mask.row.unique() if r.endswith(" ensemble")]
+        for i, a in enumerate(ensembles):
+            for b in ensembles[i + 1:]:
+                d = mean_interval((rows[a] - rows[b]).dropna(), bounds=(-1, 1))
+                if d.n:  # recipes measured in the same repeats only
+                    print(f"| {epochs} | {'on' if masks else 'off'} | {a} | {b} | {d.n} | {cell(d, '+')} |")
 
 
 def main() -> int:
