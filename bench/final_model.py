@@ -66,6 +66,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from exptrack import preemption  # noqa: E402
 from exptrack.config import load_config  # noqa: E402
 from exptrack.data.demo import preset_spec  # noqa: E402
 from exptrack.evaluation import run_evaluate  # noqa: E402
@@ -138,7 +139,7 @@ def summary(table: pd.DataFrame) -> None:
             i = mean_interval(df.test_mca)
             diff = mean_interval((df.set_index("repeat").test_mca - single).dropna(), bounds=(-1, 1))
             print(f"| {epochs} | {'on' if masks else 'off'} | {row} | {i.n} | {cell(i)} | "
-                  f"{'' if row == 'single' or not diff.n else cell(diff)} |")
+                  f"{'' if row == 'single' or not diff.n else cell(diff, '+')} |")
     print("\nthe ensemble against what its recipe would register otherwise: paired over repeats\n")
     print("| epochs | masks | ensemble | vs | repeats | difference |\n|---|---|---|---|---|---|")
     for (epochs, masks), by_mask in table.groupby(["epochs", "masks"], sort=False):
@@ -166,14 +167,24 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     path = ARGS.out / "final_model.csv"
     if not ARGS.summary:
-        for masks in (m == "on" for m in ARGS.masks.split(",")):
-            for r in (int(x) for x in ARGS.repeats.split(",")):
-                for recipe in ARGS.recipes.split(","):
-                    rows = run_recipe(recipe, masks, r)
-                    pd.DataFrame(rows).to_csv(path, mode="a", header=not path.exists(), index=False)
+        try:
+            with preemption.installed():  # a kill ends its runs KILLED, as the CLI's would, not RUNNING
+                train_recipes(path)
+        except preemption.Preempted as stop:
+            print(f"{stop}: the rows of the recipes that finished are in {path}", file=sys.stderr)
+            return stop.exit_code
     print(f"\nrows in {path}")
     summary(pd.read_csv(path))
     return 0
+
+
+def train_recipes(path: Path) -> None:
+    """Every recipe of every repeat and mask setting asked for; each one's rows appended as it ends."""
+    for masks in (m == "on" for m in ARGS.masks.split(",")):
+        for r in (int(x) for x in ARGS.repeats.split(",")):
+            for recipe in ARGS.recipes.split(","):
+                rows = run_recipe(recipe, masks, r)
+                pd.DataFrame(rows).to_csv(path, mode="a", header=not path.exists(), index=False)
 
 
 if __name__ == "__main__":
