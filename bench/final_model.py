@@ -130,6 +130,13 @@ def cell(x, sign: str = "") -> str:
     return f"{x.mean:{sign}.3f}{spread}"
 
 
+def paired_row(epochs: int, masks: bool, rows: pd.Series, a: str, b: str) -> None:
+    """A table row: `a` - `b` over the repeats that measured both (none: no row)."""
+    d = mean_interval((rows[a] - rows[b]).dropna(), bounds=(-1, 1))
+    if d.n:
+        print(f"| {epochs} | {'on' if masks else 'off'} | {a} | {b} | {d.n} | {cell(d, '+')} |")
+
+
 def summary(table: pd.DataFrame) -> None:
     print("test mean class accuracy: mean over repeats [95% interval]; paired difference to `single`\n")
     print("| epochs | masks | row | repeats | test | vs single |\n|---|---|---|---|---|---|")
@@ -148,8 +155,7 @@ def summary(table: pd.DataFrame) -> None:
             prefix = ensemble.removesuffix(" ensemble")
             for other in (f"{prefix} best", f"{prefix} members", "single"):
                 if other in rows.index.get_level_values(0):
-                    d = mean_interval((rows[ensemble] - rows[other]).dropna(), bounds=(-1, 1))
-                    print(f"| {epochs} | {'on' if masks else 'off'} | {ensemble} | {other} | {d.n} | {cell(d, '+')} |")
+                    paired_row(epochs, masks, rows, ensemble, other)
     print("\nthe recipes' ensembles against each other (which final model: K, seeds or folds, refit): paired over "
           "repeats\n")
     print("| epochs | masks | ensemble | vs | repeats | difference |\n|---|---|---|---|---|---|")
@@ -158,9 +164,7 @@ def summary(table: pd.DataFrame) -> None:
         ensembles = [r for r in by_mask.row.unique() if r.endswith(" ensemble")]
         for i, a in enumerate(ensembles):
             for b in ensembles[i + 1:]:
-                d = mean_interval((rows[a] - rows[b]).dropna(), bounds=(-1, 1))
-                if d.n:  # recipes measured in the same repeats only
-                    print(f"| {epochs} | {'on' if masks else 'off'} | {a} | {b} | {d.n} | {cell(d, '+')} |")
+                paired_row(epochs, masks, rows, a, b)
 
 
 def main() -> int:
