@@ -73,7 +73,7 @@ from exptrack.training import checkpoint as ckpt  # noqa: E402
 from exptrack.training.loop import TrainState, record_epoch  # noqa: E402
 
 CSV = ARGS.out / "early_stop.csv"
-DEFAULT_PATIENCE = 10  # TrainConfig.early_stop_patience
+DEFAULT_PATIENCE = Config().train.early_stop_patience  # the paired column: exptrack's default
 
 
 def settings(masks: bool, seed: int) -> list[str]:
