@@ -24,6 +24,9 @@ Speed:
 so the first GPU call is not its first run); the CPU's half-precision rows are informational,
 since exptrack never trains in half precision there.
 
+On a lent machine, whose image has PyTorch but not MLflow, Optuna, grad-cam or PyAV, and no way to
+fetch them: run bench/device_wheels.py here first; its docstring gives the one device call.
+
 Usage: python bench/gpu_check.py [--device auto|cuda|cpu] [--out FOLDER]
 """
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import importlib.metadata
+import importlib.util
 import os
 import subprocess
 import sys
@@ -12,6 +14,19 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_device_wheels_carry_what_the_gpu_image_lacks_at_the_versions_tested_here():
+    """bench/device_wheels.py: the first GPU call needs MLflow, Optuna, grad-cam and PyAV, which the
+    device image lacks; what the image has (torch, numpy) and MLflow's UI stay behind (size)."""
+    spec = importlib.util.spec_from_file_location("device_wheels", ROOT / "bench" / "device_wheels.py")
+    assert spec is not None and spec.loader is not None
+    wheels = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(wheels)
+    carry = wheels.to_carry(wheels.requirement_closure("3.12"))
+    assert {"mlflow-skinny", "optuna", "grad-cam", "av", "sqlalchemy", "alembic", "cryptography"} <= set(carry)
+    assert not {"torch", "torchvision", "numpy", "mlflow", "exptrack", "psycopg"} & set(carry)
+    assert carry["mlflow-skinny"] == importlib.metadata.version("mlflow-skinny")
 
 
 def test_gpu_bench_runs_on_cpu_and_prints_its_table(tmp_path):
