@@ -14,7 +14,10 @@ on the test subjects (mean class accuracy, `exptrack evaluate`). Repeat r draws 
                  registers by default)
     refit        data.train_on_val=true, seeds 3r..3r+2, ensemble -> `refit` (its first member:
                  one model on every non-test subject, `tune --retrain-best`'s fit), `refit members`
-                 and `refit ensemble` (an ensemble of refits; no `best`: refits have no validation)
+                 and `refit ensemble` (an ensemble of refits; no `best`: refits have no validation).
+                 As `--retrain-best` does, a refit trains for the median kept epoch of the
+                 validated runs of its recipe: this repeat's seeds recipe (column kept_epochs; run
+                 it first, or give --refit-epochs)
 
 A repeat trains 3 + 2 + 3 + 3 = 11 models per mask setting (folds 2 and 3). Rows are appended
 to <out>/final_model.csv as they come, so the bench runs in parts (`--masks on`, `--repeats 1`,
@@ -53,6 +56,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=40,
                    help="hard-preset models at 15 epochs are far from trained (bench/RESULTS.md, rest at 40 epochs)")
     p.add_argument("--width", type=float, default=0.25)
+    p.add_argument("--refit-epochs", type=int, default=None,
+                   help="epochs of a refit, for repeats whose seeds rows predate the kept_epochs column")
     p.add_argument("--out", type=Path, default=OUT_DEFAULT)
     p.add_argument("--summary", action="store_true", help="only print the table of <out>/final_model.csv")
     return p.parse_args()
@@ -103,14 +108,33 @@ def test_score(model_id: str, config) -> float:
     return float(result.report.summary["mean_class_acc"])
 
 
-def run_recipe(recipe: str, masks: bool, r: int) -> list[dict]:
+def refit_epochs(path: Path, masks: bool, r: int) -> int:
+    """How long a refit of repeat r trains: what `tune --retrain-best` trains, the median kept epoch
+    of the validated runs (tune/objective.py), here the seeds recipe of the same repeat."""
+    if ARGS.refit_epochs:
+        return ARGS.refit_epochs
+    table = pd.read_csv(path) if path.exists() else pd.DataFrame()
+    if "kept_epochs" in table:
+        seeds = table[(table.preset == ARGS.preset) & (table.masks == masks) & (table.repeat == r)
+                      & (table.epochs == ARGS.epochs) & (table.recipe == "seeds")].kept_epochs.dropna()
+        if len(seeds):
+            return int(np.median([int(e) for e in str(seeds.iloc[-1]).split(";")]))
+    raise SystemExit(f"a refit trains for the median kept epoch of repeat {r}'s seeds recipe (as --retrain-best "
+                     f"does), and {path} has none for masks {'on' if masks else 'off'}: run --recipes seeds,refit, "
+                     "or give --refit-epochs")
+
+
+def run_recipe(recipe: str, masks: bool, r: int, path: Path) -> list[dict]:
     prefix, extra = recipe_overrides(recipe, r)
-    config = load_config(None, settings(masks, *extra))
+    trained = refit_epochs(path, masks, r) if recipe == "refit" else ARGS.epochs
+    config = load_config(None, settings(masks, *extra, f"train.epochs={trained}"))
     began = time.perf_counter()
     group = train(config, progress=False)
     minutes = (time.perf_counter() - began) / 60
+    # `epochs` is the recipe's length, which rows are compared at; a refit trains `trained_epochs`
     base = {"preset": ARGS.preset, "masks": masks, "repeat": r, "recipe": recipe, "minutes": minutes,
-            "frame_size": ARGS.frame_size, "epochs": ARGS.epochs}
+            "frame_size": ARGS.frame_size, "epochs": ARGS.epochs, "trained_epochs": trained,
+            "kept_epochs": ";".join(str(m.kept_epoch) for m in group.members)}
     members = [test_score(m.model_id, config) for m in group.members]
     rows = [{**base, "row": f"{prefix} members", "test_mca": float(np.mean(members)), "members": len(members)},
             {**base, "row": f"{prefix} ensemble", "test_mca": test_score(group.model_id, config), "members": len(members)}]
@@ -187,8 +211,12 @@ def train_recipes(path: Path) -> None:
     for masks in (m == "on" for m in ARGS.masks.split(",")):
         for r in (int(x) for x in ARGS.repeats.split(",")):
             for recipe in ARGS.recipes.split(","):
-                rows = run_recipe(recipe, masks, r)
-                pd.DataFrame(rows).to_csv(path, mode="a", header=not path.exists(), index=False)
+                rows = pd.DataFrame(run_recipe(recipe, masks, r, path))
+                if path.exists():  # rows of earlier sessions may lack the newer columns
+                    rows = pd.concat([pd.read_csv(path), rows], ignore_index=True)
+                partial = path.with_suffix(".partial")
+                rows.to_csv(partial, index=False)
+                partial.replace(path)  # never half a table
 
 
 if __name__ == "__main__":
