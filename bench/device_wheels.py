@@ -16,9 +16,11 @@ The device call (one command; gpu_check's own limit is 6 minutes on an H100):
         --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
         PYTHONUNBUFFERED=1 && python3 bench/gpu_check.py --out $OUT/check")
 
-Checked on the CPU (2026-12-07) in an environment built like the image (Python 3.11 here, PyTorch
-and the image's packages, nothing else): with these wheels installed that way, `bench/gpu_check.py
---device cpu` passes every check; without cryptography it failed in MLflow's SQLite store.
+Checked on the CPU (2026-12-07) in an environment built like the image (Python 3.11 here, torch
+2.11.0 and the image's other packages, nothing else): the same 45 packages, as 3.11 wheels
+(`--python-version 3.11 --out <elsewhere>`), installed as the device call does, and
+`bench/gpu_check.py --device cpu` passed every check; without cryptography it failed in MLflow's
+SQLite store.
 
 Usage: python bench/device_wheels.py [--out .whl] [--python-version 3.12] [--list]
 """
@@ -75,17 +77,18 @@ def requirement_closure(python_version: str, root: str = "exptrack") -> dict[str
     """canonical name -> installed version of `root` and everything it requires (with the extras
     it asks for, e.g. psycopg[binary]) under `python_version`, as installed in this environment."""
     found: dict[str, str] = {}
+    seen: set[tuple[str, frozenset[str]]] = set()  # a package asked for with other extras is walked again
     todo: list[tuple[str, frozenset[str]]] = [(root, frozenset())]
     while todo:
         name, extras = todo.pop()
-        key = canonical(name)
-        if key in found:
+        if (canonical(name), extras) in seen:
             continue
+        seen.add((canonical(name), extras))
         try:
             dist = md.distribution(name)
         except md.PackageNotFoundError:  # an optional dependency this platform does not install
             continue
-        found[key] = dist.version
+        found[canonical(name)] = dist.version
         for text in dist.requires or []:
             req = Requirement(text)
             env = {"python_version": python_version, "python_full_version": f"{python_version}.0"}
@@ -109,14 +112,16 @@ def fetch(name: str, version: str, out: Path, python_version: str) -> None:
                 *(f"--platform={p}" for p in PLATFORMS), "-d", str(out), spec]
     if subprocess.run(download, capture_output=True, text=True).returncode == 0:
         return
+    before = set(out.glob("*.whl"))
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), spec],
                            capture_output=True, text=True)
     if build.returncode != 0:
         raise SystemExit(f"{spec}: no wheel for CPython {python_version} on manylinux x86-64, and none could be "
                          f"built: {build.stderr.strip()[-500:]}")
-    built = [p for p in out.glob(f"{re.sub('-', '_', name)}-{version}-*.whl")]
-    if built and not all(p.name.endswith("-none-any.whl") for p in built):
-        raise SystemExit(f"{spec}: the wheel built here is for this machine's Python, not the device's: {built}")
+    built = sorted(set(out.glob("*.whl")) - before)
+    if len(built) != 1 or not built[0].name.endswith("-none-any.whl"):  # pure Python runs on any CPython
+        raise SystemExit(f"{spec}: building it here gave {[p.name for p in built]}, not one pure-Python wheel: "
+                         "a wheel for this machine's Python would not install on the device's")
 
 
 def tree_bytes() -> int:

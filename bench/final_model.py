@@ -57,7 +57,7 @@ def parse_args() -> argparse.Namespace:
                    help="hard-preset models at 15 epochs are far from trained (bench/RESULTS.md, rest at 40 epochs)")
     p.add_argument("--width", type=float, default=0.25)
     p.add_argument("--refit-epochs", type=int, default=None,
-                   help="epochs of a refit, for repeats whose seeds rows predate the kept_epochs column")
+                   help="epochs of a refit whose repeat has no seeds row with kept_epochs (older rows)")
     p.add_argument("--out", type=Path, default=OUT_DEFAULT)
     p.add_argument("--summary", action="store_true", help="only print the table of <out>/final_model.csv")
     return p.parse_args()
@@ -70,6 +70,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from filelock import FileLock  # noqa: E402
 
 from exptrack import preemption  # noqa: E402
 from exptrack.config import load_config  # noqa: E402
@@ -111,14 +112,15 @@ def test_score(model_id: str, config) -> float:
 def refit_epochs(path: Path, masks: bool, r: int) -> int:
     """How long a refit of repeat r trains: what `tune --retrain-best` trains, the median kept epoch
     of the validated runs (tune/objective.py), here the seeds recipe of the same repeat."""
-    if ARGS.refit_epochs:
-        return ARGS.refit_epochs
     table = pd.read_csv(path) if path.exists() else pd.DataFrame()
     if "kept_epochs" in table:
         seeds = table[(table.preset == ARGS.preset) & (table.masks == masks) & (table.repeat == r)
                       & (table.epochs == ARGS.epochs) & (table.recipe == "seeds")].kept_epochs.dropna()
-        if len(seeds):
-            return int(np.median([int(e) for e in str(seeds.iloc[-1]).split(";")]))
+        kept = [int(e) for e in str(seeds.iloc[-1]).split(";") if e.isdigit()] if len(seeds) else []
+        if kept:  # (a member that kept no model is left out, as tune/objective.py does)
+            return int(np.median(kept))
+    if ARGS.refit_epochs:
+        return ARGS.refit_epochs
     raise SystemExit(f"a refit trains for the median kept epoch of repeat {r}'s seeds recipe (as --retrain-best "
                      f"does), and {path} has none for masks {'on' if masks else 'off'}: run --recipes seeds,refit, "
                      "or give --refit-epochs")
@@ -211,12 +213,23 @@ def train_recipes(path: Path) -> None:
     for masks in (m == "on" for m in ARGS.masks.split(",")):
         for r in (int(x) for x in ARGS.repeats.split(",")):
             for recipe in ARGS.recipes.split(","):
-                rows = pd.DataFrame(run_recipe(recipe, masks, r, path))
-                if path.exists():  # rows of earlier sessions may lack the newer columns
-                    rows = pd.concat([pd.read_csv(path), rows], ignore_index=True)
-                partial = path.with_suffix(".partial")
-                rows.to_csv(partial, index=False)
-                partial.replace(path)  # never half a table
+                append_rows(path, pd.DataFrame(run_recipe(recipe, masks, r, path)))
+
+
+def append_rows(path: Path, rows: pd.DataFrame) -> None:
+    """Add rows to the table; benches of one --out may run side by side (a lock), and a table
+    of earlier sessions without the newer columns is rewritten whole with them (never half)."""
+    with FileLock(f"{path}.lock"):
+        if not path.exists():
+            rows.to_csv(path, index=False)
+            return
+        table = pd.read_csv(path)
+        if list(table.columns) == list(rows.columns):
+            rows.to_csv(path, mode="a", header=False, index=False)
+            return
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".csv", delete=False) as partial:
+            pd.concat([table, rows], ignore_index=True).to_csv(partial, index=False)
+        Path(partial.name).replace(path)
 
 
 if __name__ == "__main__":

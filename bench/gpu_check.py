@@ -8,7 +8,7 @@ when a correctness check fails (2 when the check itself could not run).
 Correctness:
   conv3d   bf16 and fp16 autocast against fp32 for Conv3d forward and weight gradient at the
            shapes of every C3D convolution (112 px, 16 frames: T = 16, 16, 8, 8, 4, 4, 2, 2);
-           torch 2.14.1's CPU bf16 weight gradient was wrong at T = 2 on some CPUs, so the CPU cannot vouch for this
+           torch 2.14.1's CPU bf16 weight gradient was wrong at T = 2 in one run, so the CPU cannot vouch for this
   c3d      the whole C3D's logits and parameter gradients, bf16 against fp32
   train    `exptrack train` on tiny demo data with the defaults: it must resolve to the GPU and
            the precision by capability, and say so (log line and run tags)

@@ -65,7 +65,7 @@ def test_gpu_bench_runs_on_cpu_and_prints_its_table(tmp_path):
 @pytest.mark.slow
 def test_gpu_check_runs_every_part_the_cpu_can_and_writes_its_table(tmp_path):
     """bench/gpu_check.py --device cpu: the first GPU call must not be its first run. On the CPU
-    the half-precision rows are informational, and they show the CPU bug exptrack avoids."""
+    the half-precision rows are informational (on the CPU they once showed a wrong bf16 gradient)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     out = tmp_path / "new" / "check"  # a folder it must create

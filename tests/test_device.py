@@ -62,7 +62,7 @@ def test_bf16_demanded_on_a_gpu_without_it_is_refused_naming_the_key(fake_cuda):
 
 
 def test_the_cpu_has_no_half_precision_auto_is_fp32_and_a_demand_is_an_error():
-    """torch 2.14.1's CPU bf16 Conv3d weight gradient was wrong at T=2 on some CPUs: never bf16 on the CPU."""
+    """torch 2.14.1's CPU bf16 Conv3d weight gradient was wrong at T=2 in one run: never bf16 on the CPU."""
     assert resolve_precision("auto", CPU, strict=True) == FP32
     for demand in (True, "bf16", "fp16"):
         with pytest.raises(DeviceError, match="has no half precision exptrack trusts there"):
