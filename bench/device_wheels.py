@@ -29,12 +29,12 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata as md
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 CARRY_LIMIT = 64 * 2**20  # what one device call may carry: the working tree and the carried paths
@@ -69,29 +69,26 @@ PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x
              "manylinux1_x86_64"]
 
 
-def canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def requirement_closure(python_version: str, root: str = "exptrack") -> dict[str, str]:
     """canonical name -> installed version of `root` and everything it requires (with the extras
     it asks for, e.g. psycopg[binary]) under `python_version`, as installed in this environment."""
+    env = {"python_version": python_version, "python_full_version": f"{python_version}.0"}
     found: dict[str, str] = {}
     seen: set[tuple[str, frozenset[str]]] = set()  # a package asked for with other extras is walked again
     todo: list[tuple[str, frozenset[str]]] = [(root, frozenset())]
     while todo:
         name, extras = todo.pop()
-        if (canonical(name), extras) in seen:
+        key = canonicalize_name(name)
+        if (key, extras) in seen:
             continue
-        seen.add((canonical(name), extras))
+        seen.add((key, extras))
         try:
             dist = md.distribution(name)
         except md.PackageNotFoundError:  # an optional dependency this platform does not install
             continue
-        found[canonical(name)] = dist.version
+        found[key] = dist.version
         for text in dist.requires or []:
             req = Requirement(text)
-            env = {"python_version": python_version, "python_full_version": f"{python_version}.0"}
             if req.marker is None or any(req.marker.evaluate({**env, "extra": e}) for e in (*extras, "")):
                 todo.append((req.name, frozenset(req.extras)))
     return found
@@ -154,10 +151,11 @@ def main() -> int:
         old.unlink()  # one version of each: two stop the install there
     for name, version in carry.items():
         fetch(name, version, args.out, args.python_version)
-    wheels = sum(w.stat().st_size for w in args.out.glob("*.whl"))
+    files = list(args.out.glob("*.whl"))
+    wheels = sum(w.stat().st_size for w in files)
     tree = tree_bytes()
     total = wheels + tree
-    print(f"{len(list(args.out.glob('*.whl')))} wheels, {wheels / 2**20:.1f} MiB, and the working tree "
+    print(f"{len(files)} wheels, {wheels / 2**20:.1f} MiB, and the working tree "
           f"{tree / 2**20:.1f} MiB: {total / 2**20:.1f} of the {CARRY_LIMIT / 2**20:.0f} MiB a call may carry")
     if total > CARRY_LIMIT:
         print("too much to carry: leave out more (NOT_NEEDED) or clean untracked files", file=sys.stderr)
