@@ -17,10 +17,12 @@ import torch
 from exptrack import tracking
 from exptrack.cli import build_parser, main
 from exptrack.data.layout import read_class_names
+from exptrack.evaluation import run_evaluate
 from exptrack.device import Placement
 from exptrack.metrics import MIN_CALIBRATION_FRAMES
 from exptrack.models.load import load_model
 from exptrack.models.c3d import C3D
+from exptrack.options import EvaluateOptions
 from exptrack.train import train
 from exptrack.training import run as train_run
 from exptrack.data.dataset import prepare_batch
@@ -423,6 +425,25 @@ def test_ddp_ranks_draw_their_own_dropout_masks_from_the_same_weights(tmp_path):
     assert not torch.equal(ranks[0]["mask"], ranks[1]["mask"])
 
 
+def test_ddp_ranks_validate_their_own_shares_and_each_gets_every_clip_once_in_order(tmp_path):
+    """torchrun, 3 CPU processes (gloo): validation's EvaluationShard and gather_shards together
+    give every rank all n clips once, in order, and every rank the same number of batches (DDP's
+    forward may be a collective), also with fewer clips than ranks."""
+    import os
+    import subprocess
+    import sys
+
+    worker = Path(__file__).with_name("ddp_shard_worker.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "3", str(worker),
+           str(tmp_path)]
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = torch.load(tmp_path / "shards.pt", weights_only=True)
+    for n, expected_counts in ((7, [3, 3, 3]), (2, [1, 1, 1]), (9, [3, 3, 3])):
+        assert result[n]["gathered"].tolist() == list(range(n))
+        assert result[n]["counts"] == expected_counts
+
+
 def test_torchrun_with_one_process_joins_the_process_group(monkeypatch):
     """`torchrun --nproc_per_node 1` runs the DDP path (NCCL on a GPU, gloo here), so that one
     GPU can check what N GPUs run."""
@@ -486,9 +507,9 @@ def test_train_cli_reports_missing_resume_target(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_ddp_with_two_processes_makes_one_run(tiny_demo, tmp_path):
+def test_ddp_with_two_processes_makes_one_run(tiny_demo, tmp_path, monkeypatch):
     """torchrun with 2 CPU processes (gloo): one MLflow run, every epoch logged once, the
-    ranks agree on the metrics."""
+    ranks agree on the metrics, which are those of every validation clip."""
     import os
     import subprocess
     import sys
@@ -499,6 +520,7 @@ def test_ddp_with_two_processes_makes_one_run(tiny_demo, tmp_path):
            "-m", "exptrack", "train", "--no-progress", *[a for s in sets for a in ("--set", s)]]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     runs = mlflow.search_runs(experiment_names=["train-test"], output_format="list")
     assert len(runs) == 1 and runs[0].data.tags["world_size"] == "2"
@@ -506,6 +528,14 @@ def test_ddp_with_two_processes_makes_one_run(tiny_demo, tmp_path):
     history = mlflow.MlflowClient().get_metric_history(runs[0].info.run_id, "train_loss")
     assert all(m.value > 0 for m in history)  # every rank had batches: the loss is a real mean
     assert proc.stdout.count("registered as version") == 1
+    # each rank validated half of the clips; the figures logged are those of all of them: the
+    # registered model scored on the validation split in one process gives the same
+    version = mlflow.MlflowClient().search_model_versions(f"run_id='{runs[0].info.run_id}'")[0]
+    linked = {m.key: m.value for m in mlflow.get_logged_model(version.source.removeprefix("models:/")).metrics}
+    evaluation = run_evaluate(f"models:/{version.name}/{version.version}",
+                              EvaluateOptions(split="val", save_dir=tmp_path / "ev", progress=False))
+    assert evaluation.report.summary["acc"] == pytest.approx(linked["val_acc"], abs=1e-6)
+    assert evaluation.report.summary["mean_class_acc"] == pytest.approx(linked["val_mean_class_acc"], abs=1e-6)
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker
 from . import clips, transforms
 from .errors import DataError
 from .prepare import PreparedData, SubjectData
-from .sampling import DistributedWeightedSampler
+from .sampling import DistributedWeightedSampler, EvaluationShard
 
 
 class ClipDataset(Dataset):
@@ -178,15 +178,18 @@ def make_loader(data: PreparedData, split: str, train: bool, batch_size: int, nu
                 seed: int = 0, weighted_sampler: bool = True, pin_memory: bool = False,
                 rank: int = 0, world_size: int = 1) -> DataLoader:
     """Training loaders draw with class-balancing weights (with replacement) when asked, each
-    rank its share under DDP; evaluation loaders go through all clips in order."""
+    rank its share under DDP; evaluation loaders go through all clips in order, under DDP each
+    rank its EvaluationShard (validation: training.distributed.gather_shards joins them)."""
     dataset = ClipDataset(data, split, train=train, seed=seed, rank=rank)
-    sampler: DistributedWeightedSampler | DistributedSampler | None = None
+    sampler: DistributedWeightedSampler | DistributedSampler | EvaluationShard | None = None
     if train and weighted_sampler:
         # Drawn from (seed, epoch) alone, so a resumed run sees the same epochs it would have.
         weights = torch.from_numpy(clips.sampler_weights(dataset.index, data.config.model.outputs))
         sampler = DistributedWeightedSampler(weights, len(dataset), rank, world_size, seed)
     elif train:  # a plain shuffle, also seeded by (seed, epoch) so that resume is exact
         sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+    elif world_size > 1:
+        sampler = EvaluationShard(len(dataset), rank, world_size)
     per_rank = len(sampler) if sampler is not None else len(dataset)
     if train and per_rank == 0:
         raise DataError(f"{split}: no training clips for rank {rank} of {world_size}")

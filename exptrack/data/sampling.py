@@ -1,4 +1,5 @@
-"""Training samplers: the class-balancing weighted draw, shared between DDP ranks.
+"""Samplers for DDP ranks: the class-balancing weighted draw of training, and the evaluation
+shard that splits validation between ranks.
 
 It lives with the data (not with the DDP set-up in training/) because the data loader builds
 it; it needs only a rank and a world size, not a process group.
@@ -35,3 +36,21 @@ class DistributedWeightedSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.num_samples // self.world_size
+
+
+class EvaluationShard(Sampler[int]):
+    """Rank r's clips of an evaluation pass in N ranks: r, r + N, r + 2N, ... of the clips in
+    order, padded with the first clips to a multiple of N so that every rank runs the same number
+    of batches (DDP's forward may be a collective). training.distributed.gather_shards puts the
+    ranks' outputs back in order and drops the padding."""
+
+    def __init__(self, num_samples: int, rank: int, world_size: int) -> None:
+        self.num_samples, self.rank, self.world_size = num_samples, rank, world_size
+        self.per_rank = -(-num_samples // world_size)  # ceil
+
+    def __iter__(self) -> Iterator[int]:
+        padded = [i % self.num_samples for i in range(self.per_rank * self.world_size)]
+        return iter(padded[self.rank::self.world_size])
+
+    def __len__(self) -> int:
+        return self.per_rank

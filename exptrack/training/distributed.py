@@ -2,8 +2,9 @@
 
 `torchrun --nproc_per_node N -m exptrack train ...` starts N processes; each trains on its share
 of every epoch's weighted draw, gradients are averaged by DDP, train metrics are summed across
-ranks, and every rank validates the whole validation set (so every rank takes the same early
-stopping decision). Only rank 0 writes checkpoints and talks to MLflow.
+ranks. Each rank validates its share of the validation clips and every rank then holds all of
+their logits (gather_shards), so every rank computes the same metrics and takes the same early
+stopping decision. Only rank 0 writes checkpoints and talks to MLflow.
 """
 
 from __future__ import annotations
@@ -131,6 +132,23 @@ def all_reduce_min(t: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return t
+
+
+def gather_shards(t: torch.Tensor, total: int, device: torch.device) -> torch.Tensor:
+    """The whole of a tensor whose rows were split between ranks as an evaluation loader splits
+    clips (data.sampling.EvaluationShard: rank r has rows r, r + N, r + 2N, ... of the padded
+    order, every rank the same count): all ranks' rows, in the original order, the padding cut
+    off at `total`. `t` itself without a process group. A collective, on `device` (NCCL's GPU)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return t
+    world = dist.get_world_size()
+    if not 0 <= len(t) * world - total < world:  # e.g. a loader that was not sharded: every clip N times
+        raise ValueError(f"gather_shards: {len(t)} rows on each of {world} ranks are not a share of {total}")
+    local = t.to(device)
+    shards = [torch.empty_like(local) for _ in range(world)]
+    dist.all_gather(shards, local)
+    # N_rank rows per rank -> (N_rank, ranks, ...) -> (N_rank * ranks, ...): row i of rank r is row i * ranks + r
+    return torch.stack(shards, dim=1).flatten(0, 1)[:total].to(t.device)
 
 
 def broadcast_buffers(model: torch.nn.Module) -> None:

@@ -11,11 +11,12 @@ import math
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Protocol, cast
+from typing import Any, Callable, Iterable, Protocol, Sized, cast
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from .. import preemption
 from ..config import to_nested_dict
@@ -247,9 +248,15 @@ def predict(model: nn.Module, loader: Iterable, placement: Placement, *, progres
     return torch.cat(logits_all).cpu(), torch.cat(labels_all)
 
 
-def validate(model: nn.Module, loader: Iterable, criterion: nn.Module, placement: Placement, num_classes: int, *,
+def validate(model: nn.Module, loader: DataLoader, criterion: nn.Module, placement: Placement, num_classes: int, *,
              progress: bool = False) -> tuple[dict[str, float], np.ndarray]:
+    """Validation metrics of all of the loader's clips. Under DDP each rank predicts its shard
+    (the loader's EvaluationShard) and every rank then scores all of them: N GPUs validate N
+    times faster, with the single-process figures."""
     logits, labels = predict(model, loader, placement, progress=progress, desc="validate")
+    total = len(cast(Sized, loader.dataset))
+    logits = distributed.gather_shards(logits, total, placement.device)
+    labels = distributed.gather_shards(labels, total, placement.device)
     metrics, per_class = validation_metrics(logits, labels, num_classes)  # the one implementation (metrics.py)
     loss = criterion(logits.to(placement.device), labels.to(placement.device)).item()
     return {"val_loss": loss, **{f"val_{k}": v for k, v in metrics.items()}}, per_class

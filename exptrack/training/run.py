@@ -227,7 +227,8 @@ def build_setup(config: Config, data: PreparedData, where: Placement, env: DistE
     val_loader = None  # data.train_on_val: nothing held out
     if len(data.splits["val"]):
         val_loader = make_loader(data, "val", train=False, batch_size=config.train.eval_batch_size,
-                                 num_workers=config.train.num_workers, pin_memory=device.type == "cuda")
+                                 num_workers=config.train.num_workers, pin_memory=device.type == "cuda",
+                                 rank=env.rank, world_size=env.world_size)  # each rank its share (validate)
     model: nn.Module = where.prepare(build_model(config.model))
     if env.enabled:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
