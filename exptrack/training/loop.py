@@ -251,8 +251,8 @@ def predict(model: nn.Module, loader: Iterable, placement: Placement, *, progres
 def validate(model: nn.Module, loader: DataLoader, criterion: nn.Module, placement: Placement, num_classes: int, *,
              progress: bool = False) -> tuple[dict[str, float], np.ndarray]:
     """Validation metrics of all of the loader's clips. Under DDP each rank predicts its shard
-    (the loader's EvaluationShard) and every rank then scores all of them: N GPUs validate N
-    times faster, with the single-process figures."""
+    (the loader's EvaluationShard: 1/N of the forward passes each, where every rank used to
+    predict every clip) and every rank then scores all of them: the single-process figures."""
     logits, labels = predict(model, loader, placement, progress=progress, desc="validate")
     total = len(cast(Sized, loader.dataset))
     logits = distributed.gather_shards(logits, total, placement.device)
