@@ -389,19 +389,22 @@ def test_a_nan_loss_is_caught_at_the_next_check_naming_its_batch():
     assert loader.step == 8  # no per-batch look at the loss: it ran on to the check
 
 
-def test_nan_on_one_ddp_rank_stops_every_rank_with_the_same_error(tmp_path):
-    """torchrun, 2 CPU processes (gloo): rank 1's loss alone becomes NaN; both ranks raise the
-    same error at the same check and none is left waiting in a collective."""
+def _torchrun_worker(program: str, out: Path, ranks: int) -> None:
+    """Runs one program of tests/ddp_workers.py under torchrun, `ranks` CPU processes (gloo)."""
     import os
     import subprocess
     import sys
 
-    worker = Path(__file__).with_name("ddp_nan_worker.py")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
-           str(tmp_path)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks),
+           str(Path(__file__).with_name("ddp_workers.py")), program, str(out)]
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_nan_on_one_ddp_rank_stops_every_rank_with_the_same_error(tmp_path):
+    """torchrun, 2 CPU processes (gloo): rank 1's loss alone becomes NaN; both ranks raise the
+    same error at the same check and none is left waiting in a collective."""
+    _torchrun_worker("nan_on_one_rank", tmp_path, ranks=2)
     messages = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
     assert messages[0] == messages[1], messages
     assert "at epoch 1, batch 3 (found at the check of batches 3 to 4" in messages[0]
@@ -411,15 +414,7 @@ def test_ddp_ranks_draw_their_own_dropout_masks_from_the_same_weights(tmp_path):
     """torchrun, 2 CPU processes (gloo), seeded as `exptrack train` seeds them: N ranks must see
     N views of their batches, not one view N times; DDP still starts every rank from rank 0's
     weights."""
-    import os
-    import subprocess
-    import sys
-
-    worker = Path(__file__).with_name("ddp_seed_worker.py")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
-           str(tmp_path)]
-    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _torchrun_worker("dropout_masks", tmp_path, ranks=2)
     ranks = torch.load(tmp_path / "ranks.pt", weights_only=True)
     assert torch.equal(ranks[0]["weights"], ranks[1]["weights"])
     assert not torch.equal(ranks[0]["mask"], ranks[1]["mask"])
@@ -429,15 +424,7 @@ def test_ddp_ranks_validate_their_own_shares_and_each_gets_every_clip_once_in_or
     """torchrun, 3 CPU processes (gloo): validation's EvaluationShard and gather_shards together
     give every rank all n clips once, in order, and every rank the same number of batches (DDP's
     forward may be a collective), also with fewer clips than ranks."""
-    import os
-    import subprocess
-    import sys
-
-    worker = Path(__file__).with_name("ddp_shard_worker.py")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "3", str(worker),
-           str(tmp_path)]
-    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _torchrun_worker("validation_shards", tmp_path, ranks=3)
     result = torch.load(tmp_path / "shards.pt", weights_only=True)
     for n, expected_counts in ((7, [3, 3, 3]), (2, [1, 1, 1]), (9, [3, 3, 3])):
         assert result[n]["gathered"].tolist() == list(range(n))
