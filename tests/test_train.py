@@ -502,7 +502,7 @@ def test_ddp_with_two_processes_makes_one_run(tiny_demo, tmp_path, monkeypatch):
     import sys
 
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'ddp.db'}", "OMP_NUM_THREADS": "1"}
-    sets = tiny_overrides(tiny_demo, tmp_path, *FAST, "train.epochs=2")
+    sets = tiny_overrides(tiny_demo, tmp_path, *FAST, "train.epochs=2", "data.val_fraction=0.5")  # 2 val subjects
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
            "-m", "exptrack", "train", "--no-progress", *[a for s in sets for a in ("--set", s)]]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
@@ -523,6 +523,15 @@ def test_ddp_with_two_processes_makes_one_run(tiny_demo, tmp_path, monkeypatch):
                               EvaluateOptions(split="val", save_dir=tmp_path / "ev", progress=False))
     assert evaluation.report.summary["acc"] == pytest.approx(linked["val_acc"], abs=1e-6)
     assert evaluation.report.summary["mean_class_acc"] == pytest.approx(linked["val_mean_class_acc"], abs=1e-6)
+    # the ranks calibrated the rest weight on their shares of the validation videos: the weight the
+    # model carries is the one a single process chooses from all of them
+    loaded = load_model(f"models:/{version.name}/{version.version}")
+    data = train_run.prepare_data(loaded.config, progress=False)
+    assert len(data.split_subjects["val"]) >= 2  # each rank had videos to score
+    true = np.concatenate([data.subjects[s].labels for s in data.split_subjects["val"]])
+    assert min((true == -1).sum(), (true >= 0).sum()) >= MIN_CALIBRATION_FRAMES  # chosen, not the prior fallback
+    assert loaded.rest_weight == pytest.approx(linked["val_rest_weight"])
+    assert train_run.rest_weight_calibration(data, loaded.placement)(loaded.model) == pytest.approx(loaded.rest_weight)
 
 
 @pytest.mark.slow

@@ -85,6 +85,16 @@ def gather_objects(obj: Any) -> list[Any] | None:
     return out
 
 
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's `obj` on every rank, in rank order; [obj] without a process group. A
+    collective: every rank must call it at the same point."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def rank_and_size() -> tuple[int, int]:
     if not (dist.is_available() and dist.is_initialized()):
         return 0, 1

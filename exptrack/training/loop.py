@@ -484,9 +484,12 @@ def _fit_epochs(setup: FitSetup, checkpoints: ckpt.CheckpointManager | None, sta
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         metrics, per_class = run_epoch(setup, epoch, progress, alarm)
         improved = record_epoch(state, metrics, per_class, cfg)
-        if rest_weight is not None and checkpoints is not None and \
-                checkpoints.keeps_model(epoch, improved, float(metrics.get("val_acc", 0.0))):
-            # on the plain module: only rank 0 calibrates, and DDP's forward would wait for the others
+        # Rank 0's checkpoint manager decides which epochs become logged models; every rank
+        # calibrates its share of the videos for those (on the plain module: the ranks' shares
+        # differ in length, and DDP's forward may be a collective).
+        if rest_weight is not None and distributed.broadcast_flag(
+                checkpoints is not None and checkpoints.keeps_model(epoch, improved, float(metrics.get("val_acc", 0.0))),
+                setup.device):
             metrics["val_rest_weight"] = rest_weight(unwrap_model(setup.model))  # (in the history too: one dict)
         every_rank = distributed.gather_objects(ckpt.rng_state())  # a collective: every rank, every epoch
         payload = checkpoint_payload(setup, state, metrics)

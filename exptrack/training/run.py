@@ -433,7 +433,7 @@ def _train(config: Config, env: DistEnv, resume: str | None, progress: bool,
     try:
         state = restore(setup, payload) if payload and "model" in payload else None
         if not env.is_main:  # workers train in step with rank 0 and leave the record to it
-            state = fit(setup, None, state=state, progress=False)
+            state = fit(setup, None, state=state, progress=False, rest_weight=rest_weight_calibration(data, where))
             return TrainResult(run_id or "", state, None, outputs)
         digest = data.digest()
         tags = _run_tags(data, setup, env)
@@ -532,18 +532,21 @@ def rest_weight_calibration(data: PreparedData, placement: Placement) -> Callabl
     """How a model's rest weight is chosen for its timelines: on the validation subjects' whole
     videos (metrics.calibrated_rest_weight, the training windows' prior when they hold too little
     rest or exercise to choose by). None without a rest output or validation subjects (a train +
-    val fit): the prior then stands."""
+    val fit): the prior then stands. Under DDP every rank calls it together: each scores its
+    share of the videos (subjects r, r + N, ...) and every rank chooses from all of them."""
     config, rest = data.config, data.config.model.rest_index
     subjects = [data.subjects[name] for name in data.split_subjects.get("val", [])]
     if rest is None or not subjects:
         return None
     prior, d = training_rest_weight(data), config.data
     true = np.concatenate([s.labels for s in subjects]).astype(np.int64)
+    rank, ranks = distributed.rank_and_size()
 
     def calibrate(model: nn.Module) -> float:
-        probs = np.concatenate([video_probabilities(model, ModelView(s, d.use_masks, d.use_skeleton_attention,
-                                                                     d.mask_alpha), config, placement)
-                                for s in subjects])  # (sum of T, K)
+        mine = [video_probabilities(model, ModelView(s, d.use_masks, d.use_skeleton_attention, d.mask_alpha),
+                                    config, placement) for s in subjects[rank::ranks]]  # (T, K) each
+        shares = distributed.all_gather_objects(mine)
+        probs = np.concatenate([shares[i % ranks][i // ranks] for i in range(len(subjects))])  # (sum of T, K)
         return calibrated_rest_weight(probs, true, rest, prior)
     return calibrate
 
