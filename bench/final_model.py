@@ -27,10 +27,15 @@ the mean over repeats with its 95% interval (t over repeats) and the mean paired
 ensemble against its recipe's `best`, its members' mean and `single`, and the recipes' ensembles
 against each other, paired over repeats.
 
+A recipe stopped part-way (a SIGTERM, the end of a session) loses only its unfinished member's
+last epoch: `--resume-group <its group run id>` with the same --masks, --repeats, --recipes and
+--out continues it (exptrack's `train --resume` of a group).
+
 Usage:
   python bench/final_model.py [--preset hard] [--masks on,off] [--repeats 0,1,2]
                               [--recipes seeds,folds-2,folds-3,refit] [--frame-size 64]
                               [--epochs 40] [--width 0.25] [--out DIR] [--summary]
+                              [--resume-group RUN_ID]
 """
 
 from __future__ import annotations
@@ -59,8 +64,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--refit-epochs", type=int, default=None,
                    help="epochs of a refit whose repeat has no seeds row with kept_epochs (older rows)")
     p.add_argument("--out", type=Path, default=OUT_DEFAULT)
+    p.add_argument("--resume-group", metavar="RUN_ID",
+                   help="continue the group run of a recipe that was stopped (one --masks, --repeats and --recipes): "
+                        "its finished members are kept, the unfinished one resumes from its checkpoint")
     p.add_argument("--summary", action="store_true", help="only print the table of <out>/final_model.csv")
-    return p.parse_args()
+    args = p.parse_args()
+    if args.resume_group and any("," in v for v in (args.masks, args.repeats, args.recipes)):
+        p.error("--resume-group continues one recipe: give one --masks, one --repeats and one --recipes")
+    return args
 
 
 ARGS = parse_args()
@@ -131,8 +142,8 @@ def run_recipe(recipe: str, masks: bool, r: int, path: Path) -> list[dict]:
     trained = refit_epochs(path, masks, r) if recipe == "refit" else ARGS.epochs
     config = load_config(None, settings(masks, *extra, f"train.epochs={trained}"))
     began = time.perf_counter()
-    group = train(config, progress=False)
-    minutes = (time.perf_counter() - began) / 60
+    group = train(config, resume=ARGS.resume_group, progress=False)
+    minutes = (time.perf_counter() - began) / 60  # (of this process: a resumed recipe's earlier part is not in it)
     # `epochs` is the recipe's length, which rows are compared at; a refit trains `trained_epochs`
     base = {"preset": ARGS.preset, "masks": masks, "repeat": r, "recipe": recipe, "minutes": minutes,
             "frame_size": ARGS.frame_size, "epochs": ARGS.epochs, "trained_epochs": trained,
