@@ -171,3 +171,16 @@ def test_an_http_server_that_is_not_mlflow_is_named(tmp_path, monkeypatch, capsy
         server.shutdown()
         server.server_close()
     assert "answers, but not as an MLflow tracking server (HTTP 404" in err
+
+
+def test_reading_a_runs_files_prints_no_download_bars(tiny_trained, tmp_path, monkeypatch, capfd):
+    """A resume reads the run's config.yaml, evaluate and compare read its CSVs, scoring reads a
+    model's weights: MLflow would print a progress bar for each small file, into the user's
+    terminal and logs."""
+    uri, _, result = tiny_trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    assert tracking.train_run_config(result.run_id)
+    tracking.download_run_artifact(result.run_id, "metrics/training_metrics.csv", tmp_path)
+    tracking.registry.download_model_weights(result.model_id, tmp_path / "weights")
+    assert "Downloading artifacts" not in capfd.readouterr().err

@@ -26,22 +26,31 @@ GROUP_MODEL_TAG = "group_model_id"  # a group run's tag: the model the group sta
 
 
 @contextmanager
-def quiet_model_logging():
-    """MLflow logs an INFO line per input-example check and prints a progress bar per download."""
-    levels = {name: logging.getLogger(name).level for name in ("mlflow.pyfunc", "mlflow.models.model")}
-    for name in levels:
-        logging.getLogger(name).setLevel(logging.WARNING)
+def quiet_downloads():
+    """MLflow prints a progress bar per artifact download, also of one small file and into logs."""
     previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     try:
         yield
     finally:
-        for name, level in levels.items():
-            logging.getLogger(name).setLevel(level)
         if previous is None:
             os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
         else:
             os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
+
+
+@contextmanager
+def quiet_model_logging():
+    """MLflow logs an INFO line per input-example check (and a progress bar per download)."""
+    levels = {name: logging.getLogger(name).level for name in ("mlflow.pyfunc", "mlflow.models.model")}
+    for name in levels:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        with quiet_downloads():
+            yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def _model_record(model: Any) -> dict[str, Any]:
@@ -165,7 +174,7 @@ def resolve_model_uri(uri: str) -> dict[str, str]:
 def download_model_weights(model_id: str, dst: str | Path) -> Path:
     """The weights file of a logged model."""
     location = _client().get_logged_model(model_id).artifact_location
-    with quiet_model_logging():
+    with quiet_downloads():
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{location}/artifacts/{WEIGHTS_FILE}",
                                                         dst_path=str(dst)))
 

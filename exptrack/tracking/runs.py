@@ -30,7 +30,7 @@ from ..config import Config, to_flat_dict, to_yaml
 from ..preemption import PREEMPTED_TAG, Preempted
 from ..serving.package import save_clip_model
 from . import registry
-from .registry import quiet_model_logging
+from .registry import quiet_downloads, quiet_model_logging
 from .store import _client, configure, tracking_uri
 
 if TYPE_CHECKING:
@@ -288,7 +288,8 @@ def metric_history(run_id: str, key: str) -> dict[int, float]:
 
 
 def download_run_artifact(run_id: str, path: str, dst: str | Path) -> Path:
-    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst)))
+    with quiet_downloads():
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst)))
 
 
 def log_artifacts_to_run(run_id: str, folder: str | Path, artifact_path: str) -> None:
@@ -346,7 +347,8 @@ def train_run_config(run_id: str) -> dict[str, Any] | None:
     if run.data.tags.get("exptrack.command") != "train":
         return None
     try:
-        return yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{run_id}/config.yaml")) or {}
+        with quiet_downloads():
+            return yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{run_id}/config.yaml")) or {}
     except Exception:  # noqa: BLE001 - not logged yet
         return {}
 
