@@ -204,11 +204,34 @@ def test_a_killed_group_resumes_only_what_did_not_finish(tiny_demo, make_config)
     assert mlflow.MlflowClient().get_run(parent).info.status == "FINISHED"
     assert len(mlflow.MlflowClient().search_model_versions("name='grouped'")) == 1
 
-    # resumed for more epochs: every member trains on, finished or not, each in its own run
-    more = make_config(tiny_demo, *FAST, "train.seeds=0,1", "mlflow.experiment=resume-group", "train.epochs=3")
-    train(more, resume=parent, progress=False, options=RunOptions(explicit=frozenset({"train.epochs"})))
+    # resumed for more epochs (killed again, in seed 1's epoch 4), then resumed plainly: every member
+    # trains on to the 4 epochs the group last asked for, each in its own run
+    more = make_config(tiny_demo, *FAST, "train.seeds=0,1", "mlflow.experiment=resume-group", "train.epochs=4")
+    hooks = groups.GroupHooks(callbacks=lambda i, member: [KillAfter(3)] if i == 1 else [])
+    with pytest.raises(KeyboardInterrupt):
+        groups.train_group(more, resume=parent, progress=False, hooks=hooks,
+                           options=RunOptions(explicit=frozenset({"train.epochs"})))
+    train(config, resume=parent, progress=False, options=RunOptions(explicit=frozenset()))  # nothing set, as the CLI's
     assert {k: r.info.run_id for k, r in _children(parent).items()} == before
-    assert all(metric_steps(run_id, "train_loss") == [1, 2, 3] for run_id in before.values())
+    assert {k: metric_steps(run_id, "train_loss") for k, run_id in before.items()} == {k: [1, 2, 3, 4] for k in before}
+    # version 1 (the best member's model after 2 epochs) still loads, whatever epochs 3 and 4 kept
+    assert load_model("models:/grouped/1").source["model_id"] == result.model_id
+
+
+@pytest.mark.slow
+def test_a_fold_ensemble_resumed_for_more_epochs_holds_its_members_new_kept_models(tiny_demo, make_config):
+    from exptrack.train import train
+    from exptrack.training.run import RunOptions
+
+    base = (*FAST, "data.folds=2", "mlflow.experiment=resume-folds", "train.early_stop_patience=0")
+    first = train(make_config(tiny_demo, *base, "train.epochs=1"), progress=False)
+    again = train(make_config(tiny_demo, *base, "train.epochs=3"), resume=first.run_id, progress=False,
+                  options=RunOptions(explicit=frozenset({"train.epochs"})))
+    kept = [load_model(f"models:/{m.model_id}").model for m in again.members]
+    assert [m.kept_epoch for m in again.members] != [m.kept_epoch for m in first.members]  # the fault is real
+    ensemble = load_model(f"models:/grouped/{again.model_version}").model
+    for member, model in zip(ensemble.members, kept, strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(member.state_dict().values(), model.state_dict().values(), strict=True))
 
 
 @pytest.fixture(scope="module")

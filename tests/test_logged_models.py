@@ -80,6 +80,25 @@ def test_a_version_keeps_its_weights_when_the_run_goes_on(tiny_demo, make_config
     assert stored == kept  # the deleted models' weights left the artifact store too
 
 
+@pytest.mark.slow
+def test_a_version_registered_by_others_keeps_its_weights_when_the_run_prunes(tiny_trained, tmp_path):
+    """A group member's run registers nothing itself; its group (or tune) registers one of its
+    models under its own name. When the member trains on, that model must not be pruned."""
+    from exptrack import tracking
+    from exptrack.training.logged_models import ModelLog
+
+    _, _, result = tiny_trained  # for its weights file; the run here is in this test's own store
+    weights = result.checkpoint_dir / ckpt.BEST_MODEL
+    run = tracking.Run(mlflow.MlflowClient().create_run("0").info.run_id)
+    models = ModelLog(run, ckpt.CheckpointManager(tmp_path / "checkpoints", 0, 1),
+                      list(load_weights(weights)["class_names"]), registered_model=None)  # as a member's
+    registered, superseded = models.log_file(weights, 1), models.log_file(weights, 2)
+    registry.register_logged_model(registered, "the-groups-model", {})
+    models.prune()  # neither epoch is best or a kept periodic checkpoint any more
+    assert {m["model_id"] for m in registry.run_logged_models(run.id)} == {registered}
+    assert superseded != registered
+
+
 def _serving_model(tiny_trained):
     uri, cfg, result = tiny_trained
     mlflow.set_tracking_uri(uri)

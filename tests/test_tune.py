@@ -140,6 +140,9 @@ def test_study_file_errors_name_the_key(tmp_path):
     ("space:\n  optim.lr: {type: float, low: 0, high: 0.1, log: true}", "space.optim.lr is log-scaled: low must be > 0"),
     ("space:\n  optim.lr: {type: categorical}", "space.optim.lr is categorical but has no choices"),
     ("space:\n  optim.lr: {type: float, low: 1e-5, high: nan}", "space.optim.lr needs numbers low < high"),
+    ("space:\n  - optim.lr", "space: a mapping of section.key to its range"),
+    ("space:\n  optim.scheduler: {type: categorical, choices: cosine}", "space.optim.scheduler.choices: a list"),
+    ("space:\n  optim.lr: {type: float, low: 1e-5, high: 1e-3, log: maybe}", "space.optim.lr.log: true or false"),
     ("overrides: [data.folds=3]", "the trials' config sets data.folds or train.seeds; a study groups"),
 ])
 def test_study_file_values_of_the_wrong_type_or_shape_name_the_key(tmp_path, lines, says):

@@ -79,12 +79,13 @@ class Run:
         (`invocation`: the `config` and `overrides` params, as the MLproject logs them).
 
         Params cannot change once logged: keys the run already has (the ones `mlflow run` logged,
-        or a resumed run's own) are left as they are, and a resumed run keeps its config.yaml."""
+        or a resumed run's own) are left as they are. config.yaml is the config the run last ran
+        under: a resume that changed it (`--epochs 20`) rewrites it, so the next resume (and a
+        group's members) continue from that, not from the first start's."""
         run = _client().get_run(self.id)
         params = {**(invocation or {}), **to_flat_dict(config)}
         self.log_params({k: v for k, v in params.items() if k not in run.data.params})
-        if not any(f.path == "config.yaml" for f in _client().list_artifacts(self.id)):
-            _client().log_text(self.id, to_yaml(config), "config.yaml")
+        _client().log_text(self.id, to_yaml(config), "config.yaml")
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         set_run_tags(self.id, tags)

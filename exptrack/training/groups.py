@@ -51,7 +51,8 @@ log = logging.getLogger("exptrack.train")
 GROUP_TAG, MEMBER_TAG, GROUP_RUN_TAG = "exptrack.group", "exptrack.group_member", "exptrack.group_run_id"
 CURVE_KEYS = ("val_mean_class_acc", "val_acc", "val_top3_acc", "val_loss", "train_loss", "train_acc")
 HEADLINE = "val_mean_class_acc"
-ENSEMBLE_TAG = "exptrack.ensemble_members"
+ENSEMBLE_TAG = "exptrack.ensemble_members"  # how many
+ENSEMBLE_OF_TAG = "exptrack.ensemble_of"  # which: the members' model ids, comma-separated
 
 
 @dataclass(frozen=True)
@@ -323,8 +324,10 @@ def choose_model(run: tracking.Run, result: GroupResult, config: Config) -> None
         log.warning("group %s: no member has a logged model", result.run_id)
         return
     if config.train.group_model == "ensemble":
+        # reused only when it holds exactly these members' models: a group resumed for more epochs
+        # kept other models, and its ensemble is made anew
         logged = [m["model_id"] for m in run.logged_models()
-                  if m["status"] == "READY" and m["tags"].get(ENSEMBLE_TAG) == str(len(have))]
+                  if m["status"] == "READY" and m["tags"].get(ENSEMBLE_OF_TAG) == ensemble_of(have)]
         result.model_id = logged[0] if logged else log_ensemble(run, have)
         result.registered = f"ensemble of {len(have)}"
     else:
@@ -368,5 +371,11 @@ def log_ensemble(run: tracking.Run, members: list[MemberResult]) -> str:
         weights = save_atomic(payload, Path(tmp) / WEIGHTS_FILE)
         model_id = run.log_clip_model(weights, config.data.clip_len, class_names, 0,
                                       {registry.BEST_TAG: "true", "exptrack.data_digest": payload["data_digest"],
-                                       ENSEMBLE_TAG: len(members)}, label="ensemble")
+                                       ENSEMBLE_TAG: len(members), ENSEMBLE_OF_TAG: ensemble_of(members)},
+                                      label="ensemble")
     return model_id
+
+
+def ensemble_of(members: list[MemberResult]) -> str:
+    """Which kept models an ensemble of `members` holds (its tag ENSEMBLE_OF_TAG)."""
+    return ",".join(m.model_id for m in members if m.model_id)

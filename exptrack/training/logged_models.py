@@ -3,9 +3,10 @@
 An epoch whose checkpoint is kept (it is the new best model, or a periodic checkpoint) is logged
 as a LoggedModel at `step=epoch`: the weights only (models/weights.py weights_payload), as an MLflow pyfunc
 model. When a later epoch supersedes it (no longer the best and no longer among the kept periodic
-checkpoints) it is deleted with its files, unless a registered version points at it: a run never
-holds more than `train.keep_checkpoints` + 1 models. A registered version points at its logged
-model (`models:/<model id>`), never at a file that later epochs overwrite.
+checkpoints) it is deleted with its files, unless a registered version of any name points at it
+(a group or tune may register a member run's model): a run holds `train.keep_checkpoints` + 1
+models and the registered ones. A registered version points at its logged model
+(`models:/<model id>`), never at a file that later epochs overwrite.
 """
 
 from __future__ import annotations
@@ -111,9 +112,12 @@ class ModelLog:
 
     def prune(self) -> None:
         needed = self.manager.kept_epochs() | ({self.best_epoch} if self.best_epoch is not None else set())
-        registered = self.registered() if any(e not in needed for e in self.by_epoch) else {}
+        # Any registered version keeps its weights, whoever registered it: a group member's run
+        # registers nothing itself, yet its group (or tune) may have registered one of its models.
+        registered = {v["model_id"] for v in registry.run_model_versions(self.run.id)} \
+            if any(e not in needed for e in self.by_epoch) else set()
         for epoch in [e for e in self.by_epoch if e not in needed]:
-            if self.by_epoch[epoch] not in registered:  # a version keeps its weights
+            if self.by_epoch[epoch] not in registered:
                 registry.delete_logged_model(self.by_epoch[epoch])
             del self.by_epoch[epoch]
 

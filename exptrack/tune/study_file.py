@@ -77,12 +77,7 @@ def load_study_spec(path: str | Path, **changes: Any) -> StudySpec:
         raise ConfigError(f"{path}: cannot read the study file ({exc})") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a study file is a mapping (config, overrides, space, ...)")
-    space = []
-    for key, p in (raw.pop("space", None) or {}).items():
-        if not isinstance(p, dict) or p.get("type") not in ("float", "int", "categorical"):
-            raise ConfigError(f"{path}: space.{key} needs type float, int or categorical")
-        space.append(Param(key, p["type"], yaml_number(p.get("low")), yaml_number(p.get("high")), bool(p.get("log", False)),
-                           tuple(p.get("choices") or ())))
+    space = read_space(path, raw.pop("space", None) or {})
     known = set(StudySpec.__dataclass_fields__) - {"space"}
     unknown = set(raw) - known
     if unknown:
@@ -128,6 +123,27 @@ def load_study_spec(path: str | Path, **changes: Any) -> StudySpec:
         raise ConfigError(f"{path}: need heartbeat_interval > 0 and grace_period >= 3 x heartbeat_interval "
                           "(a live but slow worker must not look dead)")
     return spec
+
+
+def read_space(path: Path, raw: Any) -> list[Param]:
+    """The `space:` mapping (`section.key: {type, low, high, log}` or `{type, choices}`) as Params;
+    a wrong shape is an error naming the file and the entry, never a traceback or a guess."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: space: a mapping of section.key to its range (e.g. optim.lr: {{type: float, "
+                          f"low: 1.0e-5, high: 1.0e-3, log: true}}), got {reprlib.repr(raw)}")
+    space = []
+    for key, p in raw.items():
+        if not isinstance(p, dict) or p.get("type") not in ("float", "int", "categorical"):
+            raise ConfigError(f"{path}: space.{key} needs type float, int or categorical")
+        log_scale = p.get("log", False)
+        if not isinstance(log_scale, bool):
+            raise ConfigError(f"{path}: space.{key}.log: true or false, got {reprlib.repr(log_scale)}")
+        choices = p.get("choices") or ()
+        if not isinstance(choices, (list, tuple)):
+            raise ConfigError(f"{path}: space.{key}.choices: a list (e.g. [a, b]), got {reprlib.repr(choices)}")
+        space.append(Param(str(key), p["type"], yaml_number(p.get("low")), yaml_number(p.get("high")), log_scale,
+                           tuple(choices)))
+    return space
 
 
 def check_space_entry(path: Path, p: Param) -> None:
