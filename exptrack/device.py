@@ -348,8 +348,8 @@ def placement(train_config: Any, device: torch.device, *, strict: bool, trained:
     trained in (its weights file says; None for files older than that), which scoring keeps
     where the device has it, else fp32: a model trained in fp32 on a CPU is not scored in bf16
     on a GPU, nor a bf16 model in fp16 on a GPU without bf16."""
-    if trained in ("bf16", "fp16", "fp32") and not strict:
-        precision = Precision(trained) if trained == "fp32" or trained in half_precisions(device) else FP32  # type: ignore[arg-type]
+    if trained in ("bf16", "fp16", "fp32") and not strict:  # said in a warning when it falls back to fp32
+        precision = resolve_precision(trained, device, strict=False, key="the model's trained precision")  # type: ignore[arg-type]
     else:
         precision = resolve_precision(train_config.amp, device, strict=strict)
     return Placement(device, precision, use_channels_last(train_config.channels_last, device), device_name(device))

@@ -70,8 +70,13 @@ def test_the_cpu_has_no_half_precision_auto_is_fp32_and_a_demand_is_an_error():
 
 
 def test_scoring_a_model_whose_half_precision_the_device_lacks_is_fp32_with_a_warning(caplog):
+    """The path every scoring command takes: the precision the model's weights file says it was trained in."""
+    from exptrack.config import TrainConfig
+    from exptrack.device import placement
+
     caplog.set_level(logging.WARNING, logger="exptrack.device")
-    assert resolve_precision("bf16", CPU, strict=False) == FP32
+    assert placement(TrainConfig(), CPU, strict=False, trained="bf16").precision == FP32
+    assert "the model's trained precision=bf16: CPU (cpu) has no half precision" in caplog.text
     assert "scoring in fp32" in caplog.text
 
 

@@ -53,6 +53,30 @@ space:
 
 
 @pytest.mark.slow
+def test_a_signal_while_the_study_is_concluded_ends_its_parent_killed_and_a_rerun_finishes_it(
+        tiny_demo, tmp_path, monkeypatch):
+    import signal
+
+    from exptrack.preemption import Preempted
+
+    spec = load_study_spec(_study_file(tmp_path, tiny_demo, f"sqlite:///{tmp_path / 'optuna.db'}", 1, epochs=1))
+
+    def stopped(*args, **kwargs):  # the SIGTERM arrives while the best trial's model is registered
+        raise Preempted(signal.SIGTERM)
+
+    monkeypatch.setattr(tune_report, "register_best_once", stopped)
+    with pytest.raises(Preempted):
+        run_tune(spec)
+    parent = optuna.load_study(study_name=spec.study, storage=spec.storage).user_attrs["mlflow_parent_run_id"]
+    assert mlflow.MlflowClient().get_run(parent).info.status == "KILLED"  # not left RUNNING
+
+    monkeypatch.undo()
+    run_tune(spec)  # the same command again: no trial left to run, the study is concluded
+    run = mlflow.MlflowClient().get_run(parent)
+    assert run.info.status == "FINISHED" and run.data.tags["best_model_version"] == "1"
+
+
+@pytest.mark.slow
 def test_study_runs_nested_trials_registers_the_best_and_resumes(tiny_demo, tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     study = run_tune(load_study_spec(_study_file(tmp_path, tiny_demo, storage, 2)))

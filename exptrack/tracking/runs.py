@@ -194,10 +194,11 @@ def start_run(config: Config, run_name: str, command: str, tags: dict[str, Any] 
     run = Run(existing or _create_run(experiment_id, run_name, parent_run_id))
     if existing:
         _client().update_run(existing, status="RUNNING")
-    monitor = _system_metrics(run.id, resumed=bool(existing)) \
-        if system_metrics and config.mlflow.log_system_metrics else None
+    monitor = None
     try:
-        with _ended(run.id):
+        with _ended(run.id):  # from here a signal or an error ends the run: it is never left RUNNING
+            if system_metrics and config.mlflow.log_system_metrics:
+                monitor = _system_metrics(run.id, resumed=bool(existing))
             run.set_tags({"exptrack.command": command, **source_tags(), **(tags or {})})
             if project_run:  # under `mlflow run` the run was created with a random name; it is called run_name now
                 run.set_tags({"mlflow.runName": run_name})
@@ -236,25 +237,29 @@ def _ended(run_id: str):
     tag `exptrack.failure` (first line, 500 characters). One stopped by SIGTERM or SIGINT
     (preemption.Preempted) ends KILLED with the tag `exptrack.preempted=<signal>`: it can be
     resumed, nothing in it failed."""
-    client = _client()
     try:
         yield
-    except Preempted as exc:
-        try:
+    except BaseException as exc:
+        end_run_on(run_id, exc)
+        raise
+    _client().set_terminated(run_id, "FINISHED")
+
+
+def end_run_on(run_id: str, exc: BaseException) -> None:
+    """End a run that `exc` interrupted: KILLED with `exptrack.preempted=<signal>` for a SIGTERM or
+    SIGINT (preemption.Preempted), else FAILED with `exptrack.failure` (its first line, 500
+    characters). Never raises: the tracker may be what failed."""
+    client = _client()
+    try:
+        if isinstance(exc, Preempted):
             client.set_tag(run_id, PREEMPTED_TAG, exc.name)
             client.set_terminated(run_id, "KILLED")
-        except Exception:  # noqa: BLE001 - the tracker may be what is gone
-            pass
-        raise
-    except BaseException as exc:
-        try:
+        else:
             message = (str(exc).strip().splitlines() or [""])[0]
             client.set_tag(run_id, "exptrack.failure", f"{type(exc).__name__}: {message}"[:500])
             client.set_terminated(run_id, "FAILED")
-        except Exception:  # noqa: BLE001 - the tracker may be what failed
-            pass
-        raise
-    client.set_terminated(run_id, "FINISHED")
+    except Exception:  # noqa: BLE001
+        pass
 
 
 def newest_finished_run(tags: dict[str, str]) -> str | None:

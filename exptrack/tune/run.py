@@ -58,9 +58,15 @@ def run_tune(spec: StudySpec, progress: bool = False, retrain_best: bool = False
         raise
     if PARENT_ATTR not in study.user_attrs:
         raise RuntimeError(f"study {spec.study}: no trial has started its MLflow parent run")
-    summarize(study, spec, study.user_attrs[PARENT_ATTR])
+    parent = study.user_attrs[PARENT_ATTR]
+    try:
+        summarize(study, spec, parent)  # ends the parent FINISHED once every trial has
+    except BaseException as exc:  # a signal or an error while writing the report or registering
+        if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):  # no other worker's
+            tracking.end_run_on(parent, exc)  # rerunning the command summarizes again
+        raise
     if retrain_best:
-        retrain_best_trial(study, spec, study.user_attrs[PARENT_ATTR], progress)
+        retrain_best_trial(study, spec, parent, progress)
     return study
 
 

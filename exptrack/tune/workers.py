@@ -17,7 +17,7 @@ from optuna.storages.journal import JournalFileBackend
 from .. import tracking
 from .._proc import process_alive
 from ..config import load_config
-from ..preemption import PREEMPTED_TAG, Preempted
+from ..preemption import Preempted
 from . import optuna_experimental
 from .pruning import make_pruner
 from .study_file import StudySpec, is_journal
@@ -191,5 +191,4 @@ def requeue_preempted(study: optuna.Study, exc: Preempted) -> None:
             log.warning("trial %d stopped by %s: marked FAIL and queued for one retry", trial.number, exc.name)
     parent = study.user_attrs.get(PARENT_ATTR)
     if parent and not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        tracking.set_run_tags(parent, {PREEMPTED_TAG: exc.name})
-        tracking.finish_run(parent, "KILLED")
+        tracking.end_run_on(parent, exc)
