@@ -39,23 +39,28 @@ def _table(rows: list[tuple[str, str]], head: tuple[str, str]) -> list[str]:
 
 
 def render(name: str, version: dict[str, Any], model: dict[str, Any] | None, train_run: dict[str, Any] | None,
-           evaluations: dict[str, dict[str, Any]]) -> str:
+           evaluations: dict[str, dict[str, Any]], group_run: dict[str, Any] | None = None) -> str:
     """The card as Markdown (pure). `version`: its tags and ids; `model`: its logged model
-    (params = the resolved config, metrics = validation); `train_run`: the train run's tags;
-    `evaluations`: split -> that split's evaluation run (metrics, tags)."""
+    (params = the resolved config, metrics = validation); `train_run`: the train run's tags (for
+    an ensemble: a member's, which names the data); `evaluations`: split -> that split's
+    evaluation run (metrics, tags); `group_run`: the seed or fold group's run, for a version
+    registered from one (its members, the tune trial it was)."""
     tags = version.get("tags", {})
+    ensemble = "group_run_id" in tags and tags["group_run_id"] == (version.get("run_id") or tags.get("run_id"))
     lines = [f"# {name} version {version['version']}", ""]
     run_id = version.get("run_id") or tags.get("run_id", "")
     model_id = version.get("model_id") or ""
     epoch = (model or {}).get("tags", {}).get("exptrack.epoch", tags.get("best_epoch", "?"))
-    lines += [f"Trained by run `{run_id}`; the weights of epoch {epoch} (logged model `{model_id}`).", ""]
+    lines += [f"Trained by the group run `{run_id}`: the ensemble of its members' kept weights (logged model "
+              f"`{model_id}`)." if ensemble else
+              f"Trained by run `{run_id}`; the weights of epoch {epoch} (logged model `{model_id}`).", ""]
 
     run_tags = (train_run or {}).get("tags", {})
     lines += ["## Data", ""]
     lines += _table([("root", f"`{run_tags.get('data_root', '?')}`"),
                      ("training data digest", f"`{tags.get('training_data_digest', '?')}`"),
-                     ("training clips", run_tags.get("clips_train", "?")),
-                     ("validation clips", run_tags.get("clips_val", "?"))]
+                     ("training clips", "each member's own (its run)" if ensemble else run_tags.get("clips_train", "?")),
+                     ("validation clips", "each member's own (its run)" if ensemble else run_tags.get("clips_val", "?"))]
                     + ([("validation warning", run_tags["validation_weak"])] if "validation_weak" in run_tags else []),
                     ("item", "value"))
     params = (model or {}).get("params", {})
@@ -64,10 +69,14 @@ def render(name: str, version: dict[str, Any], model: dict[str, Any] | None, tra
     lines += ["", "The full resolved config is the run's `config.yaml` and its parameters.", ""]
 
     if "group_run_id" in tags:
-        lines += group_section(tags, run_tags)
+        lines += group_section(tags, (group_run or {}).get("tags", {}))
     val = {k: v for k, v in (model or {}).get("metrics", {}).items() if k.startswith("val_") and "_acc_class_" not in k}
-    lines += ["## Validation (the kept epoch)", ""]
-    lines += _table([(k, figure(v)) for k, v in sorted(val.items())], ("metric", "value")) if val else ["none logged"]
+    if ensemble:
+        lines += ["## Validation", "", "An ensemble has no validation score of its own: each member was validated "
+                  "on its own subjects (the group's figures above). Evaluations of the ensemble follow.", ""]
+    else:
+        lines += ["## Validation (the kept epoch)", ""]
+        lines += _table([(k, figure(v)) for k, v in sorted(val.items())], ("metric", "value")) if val else ["none logged"]
     for split, run in evaluations.items():
         prefix = f"{split}_"
         figures = {k[len(prefix):]: v for k, v in run.get("metrics", {}).items() if k.startswith(prefix)}
@@ -105,9 +114,16 @@ def group_brief(tags: dict[str, str]) -> str | None:
             f"{tags.get(f'group_{head}_ci', '?')}")
 
 
+def group_members(group_tags: dict[str, str]) -> list[tuple[str, str]]:
+    """(member key, run id) of a group run, from its tag `group_member_runs` ("seed=0:<id>, ...")."""
+    pairs = [m.split(":", 1) for m in group_tags.get("group_member_runs", "").split(", ") if ":" in m]
+    return [(key, run_id) for key, run_id in pairs]
+
+
 def group_section(tags: dict[str, str], run_tags: dict[str, str] | None = None) -> list[str]:
     """What a version from a seed or fold group says about the recipe: the spread of its members,
-    which members (their runs) and, for a tune trial's group, which trial of which study."""
+    which members (their runs) and, for a tune trial's group, which trial of which study.
+    `run_tags`: the group run's tags."""
     run_tags = run_tags or {}
     lines = ["## Group", "",
              f"This version is {tags.get('group_model', 'the model')} of the group run `{tags['group_run_id']}`, a "
@@ -116,7 +132,7 @@ def group_section(tags: dict[str, str], run_tags: dict[str, str] | None = None) 
     if "optuna.trial" in run_tags:
         lines += [f"The group is trial {run_tags['optuna.trial']} of the Optuna study "
                   f"`{run_tags.get('optuna.study', '?')}`: the study's best, registered as it was trained.", ""]
-    members = [m.split(":", 1) for m in run_tags.get("group_member_runs", "").split(", ") if ":" in m]
+    members = group_members(run_tags)
     if members:
         lines += _table([(key, f"`{run_id}`") for key, run_id in members], ("member", "run")) + [""]
     return lines
@@ -127,10 +143,16 @@ def refresh(name: str, version: str) -> None:
     record = registry.model_version(name, version)
     model = registry.logged_model(record["model_id"]) if record.get("model_id") else None
     run_id = record.get("run_id") or ""
+    group_id = record["tags"].get("group_run_id")
+    group_run = tracking.run_record(group_id) if group_id else None  # a best member's version: its group's run
+    members = group_members(group_run["tags"]) if group_run else []
+    if group_id == run_id and members:  # an ensemble, on its group's run: a member's run names the data
+        run_id = members[0][1]
     train_run = tracking.run_record(run_id) if run_id else None
     evaluations = {}
     for split in SPLITS:
         eval_run = record["tags"].get(f"{split}_evaluation_run")
         if eval_run:
             evaluations[split] = {"run_id": eval_run, **tracking.run_record(eval_run)}
-    registry.set_model_version_description(name, version, render(name, record, model, train_run, evaluations))
+    registry.set_model_version_description(name, version,
+                                           render(name, record, model, train_run, evaluations, group_run))

@@ -177,6 +177,7 @@ def test_a_seed_group_logs_its_spread_and_registers_its_best_member(tiny_demo, m
     assert version.run_id == best.run_id and best.value() == max(kept.values())
     assert version.tags["group_run_id"] == result.run_id and version.tags["group_members"] == "2"
     assert "## Group" in version.description
+    assert all(f"`{m.run_id}`" in version.description for m in result.members)  # its card lists the members' runs
     from exptrack.promote import version_groups  # what promote prints beside the version
 
     assert version_groups("grouped")[result.model_version].startswith("group of 2 seeds: validation mean class")
@@ -277,6 +278,12 @@ def test_a_fold_ensemble_is_one_model_that_every_loader_takes(two_fold_groups, m
         assert torch.allclose(torch.softmax(loaded.model(x), 1), expected, atol=1e-5)
     served = mlflow.pyfunc.load_model(f"models:/grouped/{a.model_version}")
     assert len(served.predict(np.zeros((2, 8, 32, 32, 3), np.uint8))) == 2
+    # its card names the data (from a member's run) and says it has no validation score of its own
+    card = mlflow.MlflowClient().get_model_version("grouped", a.model_version).description
+    from exptrack.model_card import GAP
+
+    assert f"`{a.members[0].run_id}`" in card and "no validation score of its own" in card
+    assert f"| root{GAP} | `?` |" not in card and "none logged" not in card
     # each fold validated on its own subjects, and no member saw a test subject
     children = _children(a.run_id)
     assert set(children) == {"fold=0", "fold=1"}
