@@ -42,7 +42,8 @@ from .data.layout import class_label
 from .data.prepare import prepare_data
 from .data.video import read_frames
 from .errors import ModelError
-from .evaluation import evaluation_config, evaluation_digest, evaluation_predictions, find_evaluation, run_evaluate
+from .evaluation import (evaluation_config, evaluation_digest, evaluation_predictions, find_evaluation, read_predictions,
+                         run_evaluate)
 from .options import EvaluateOptions
 from .explain import render
 from .formatting import figure, figures_table
@@ -93,7 +94,7 @@ def evaluated(label: str, ref: str, loaded: LoadedModel, split: str, data_root: 
         return Side(label, ref, loaded, digest, run_id, True, table)
     result = run_evaluate(ref, EvaluateOptions(split=split, data_root=data_root, progress=progress),
                           parent_run_id=parent_run_id)
-    table = pd.read_csv(result.out_dir / "predictions.csv")
+    table = read_predictions(result.out_dir / "predictions.csv")
     return Side(label, ref, loaded, digest, result.run_id, False, table)
 
 
@@ -200,23 +201,29 @@ def gradcam_strips(a: Side, b: Side, clips: pd.DataFrame, count: int, split: str
     true class, both predictions with their probabilities)."""
     if count <= 0 or clips.empty:
         return []
-    data = prepare_data(evaluation_config(a.loaded.config, data_root, {}), splits=(split,), progress=False)
-    ds = ClipDataset(data, split, train=False)
+    # each model sees the clip as its own config prepares it (frame size, masks, attention): B
+    # trained without masks is explained on unmasked frames, as its evaluation scored it
+    prepared = {side.label: prepare_data(evaluation_config(side.loaded.config, data_root, {}), splits=(split,),
+                                         progress=False) for side in (a, b)}
+    views = {label: ClipDataset(data, split, train=False) for label, data in prepared.items()}
+    clip_len = views[a.label].clip_len
     names = a.loaded.class_names
     figures = []
     for _, row in clips.head(count).iterrows():
-        subj, start = data.subjects[row["subject"]], int(row["start_frame"])
-        view = ds.clip_at(subj, start)[None]  # (1, T, S, S, 3) as the model sees it
-        source = read_frames(subj.files.video, start, ds.clip_len)  # (T, H, W, 3), the video's own pixels
+        subject, start = str(row["subject"]), int(row["start_frame"])
+        video = prepared[a.label].subjects[subject].files.video
+        source = read_frames(video, start, clip_len)  # (T, H, W, 3), the video's own pixels
         overlays, said = [], []
         for side in (a, b):
+            # (1, T, S, S, 3) as this model sees it
+            view = views[side.label].clip_at(prepared[side.label].subjects[subject], start)[None]
             probs, heat = model_probs_and_heat(side.loaded, view, "block4", device)
             overlays.append(render.caption(render.explanation_frames(source, heat[0], 0.5)[2], [side.label]))
             pred = int(probs[0].argmax())
             said.append(f"{side.label}: {class_label(pred, names)} ({figure(float(probs[0, pred]))})")
         strip = np.stack([render.hstack(x, y) for x, y in zip(*overlays, strict=True)])  # (T, H, 2W, 3)
         path = render.save_gif(out / f"{row['subject']}_{start}.gif", strip, 8, max_width=strip.shape[2])
-        figures.append((path, f"subject {row['subject']}, frames {start}-{start + ds.clip_len - 1}, true "
+        figures.append((path, f"subject {subject}, frames {start}-{start + clip_len - 1}, true "
                               f"{row['true_name']}; {', '.join(said)}"))
     return figures
 

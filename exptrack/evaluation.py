@@ -246,12 +246,18 @@ def evaluation_digest(model_ref: str, split: str = "test", data_root: str | None
 PREDICTIONS_ARTIFACT = "results/predictions.csv"  # what write_report writes, as log_evaluation logs it
 
 
+def read_predictions(path: str | Path) -> pd.DataFrame:
+    """An evaluation's predictions.csv, subject ids as the strings they are (`001` stays `001`,
+    the key of data.subjects, not the number 1)."""
+    return pd.read_csv(path, dtype={"subject": str})
+
+
 def evaluation_predictions(run_id: str) -> pd.DataFrame | None:
     """The per-clip predictions an evaluate run logged (subject, start_frame, true, predicted,
     ...), or None when it has none (an older evaluation, a run that is gone)."""
     with tempfile.TemporaryDirectory(prefix="exptrack-predictions-") as tmp:
         try:
-            return pd.read_csv(tracking.download_run_artifact(run_id, PREDICTIONS_ARTIFACT, tmp))
+            return read_predictions(tracking.download_run_artifact(run_id, PREDICTIONS_ARTIFACT, tmp))
         except Exception:  # noqa: BLE001 - not logged, or no such run
             return None
 
@@ -311,7 +317,7 @@ def log_evaluation(run: tracking.Run, source: dict[str, str], split: str, data: 
     run.log_dataset(dataset, "evaluation")
     run.log_metrics(metrics, model_id=model_id, dataset=dataset)
     run.log_table(report.per_class.reset_index(), "per_class_metrics.json")
-    run.log_table(pd.read_csv(out / "predictions.csv"), "predictions.json")
+    run.log_table(read_predictions(out / "predictions.csv"), "predictions.json")
     run.log_artifacts(out, "results")
     if "version" in source:  # the headline scores as tags (promotion compares them); the rest on the card
         headline = {prefix + k: round(v, 6) for k, v in report.summary.items() if k in HEADLINE_METRICS}

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from . import figures, tracking
-from .config import Config, PathsConfig
+from .config import Config, ConfigError, PathsConfig
 from .data.cache import FrameCache
 from .data.dataset import weighted_frames
 from .data.errors import DataWarnings, require_file
@@ -115,6 +115,10 @@ def predict_video(video: str | Path, model_ref: str, options: PredictOptions = P
     check_save_dir(options.save_dir, options.overwrite)
     device = resolve_device(options.device, key="--device")
     loaded = load_model(model_ref, device)
+    if options.stride and options.stride > loaded.config.data.clip_len:  # before the run: nothing to end FAILED
+        raise ConfigError(f"--stride {options.stride}: above the model's clip length ({loaded.config.data.clip_len} "
+                          "frames), the frames between its windows would get no prediction; use at most "
+                          f"{loaded.config.data.clip_len} (default: a quarter clip)")
     files = video_companions(video, Path(options.masks) if options.masks else None,
                              Path(options.keypoints) if options.keypoints else None)
     config = evaluation_config(loaded.config, None, {})  # the model's experiment; files go here

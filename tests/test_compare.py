@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import html
+import re
+
 import mlflow
+import pandas as pd
 import pytest
 
 from exptrack.cli import main
@@ -105,3 +109,30 @@ def test_models_with_other_clip_settings_are_compared_unpaired_and_say_so(tiny_d
     assert not result.paired and result.comparisons["mean_class_acc"].low is None
     assert "not paired" in result.verdict
     assert "Not paired" in (result.out_dir / "report.html").read_text()
+
+
+@pytest.mark.slow
+def test_each_model_is_explained_on_the_clips_as_its_own_config_prepares_them(tiny_demo, make_config):
+    """A with masks, B without (the usual ablation): B's GradCAM caption says what B's own
+    evaluation predicted (it was computed on A's masked frames before)."""
+    a = train(make_config(tiny_demo, *FAST, "train.epochs=1", "data.use_masks=true"), progress=False)
+    b = train(make_config(tiny_demo, *FAST, "train.epochs=1", "data.use_masks=false", "train.seed=5"), progress=False)
+    result = run_compare(f"models:/compare-test/{a.model_version}", f"models:/compare-test/{b.model_version}",
+                         CompareOptions(progress=False, gradcam=1000))
+    report = (result.out_dir / "report.html").read_text()
+    captions = {c.split(", true")[0]: c for c in map(html.unescape, re.findall("<figcaption>(.*?)</figcaption>", report))
+                if c.startswith("subject ")}  # the GradCAM strips' captions
+    changed = pd.concat([pd.read_csv(result.out_dir / f"{kind}_clips.csv", dtype={"subject": str})
+                         for kind in ("fixed", "broken")])
+    assert len(changed) > 0 and len(captions) == len(changed)  # every changed clip explained
+    for row in changed.itertuples():
+        caption = captions[f"subject {row.subject}, frames {row.start_frame}-{row.end_frame}"]
+        assert f"A: {row.predicted_a} (" in caption and f"B: {row.predicted_b} (" in caption
+
+
+def test_predictions_keep_subject_ids_as_written(tmp_path):
+    """`001` is the subject data.subjects knows, not the number 1 (compare looked it up and failed)."""
+    from exptrack.evaluation import read_predictions
+
+    (tmp_path / "predictions.csv").write_text("subject,start_frame,true,predicted\n001,0,1,1\n010,8,0,1\n")
+    assert list(read_predictions(tmp_path / "predictions.csv")["subject"]) == ["001", "010"]

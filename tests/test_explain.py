@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from exptrack.config import ConfigError
 from exptrack.data.errors import DataError
 from exptrack.data.layout import read_class_names
 from exptrack.errors import OutputError
@@ -157,6 +158,16 @@ def test_predict_on_a_corrupt_video_is_a_clear_error(tiny_trained, tmp_path, mon
     bad.write_bytes(b"\x00" * 1000)
     with pytest.raises(DataError, match=f"{bad}: cannot open video"):
         predict_video(bad, str(result.checkpoint_dir / "best_model.pt"), PredictOptions(save_dir=tmp_path / "out"))
+
+
+def test_predict_refuses_a_stride_that_would_leave_frames_without_a_window(tiny_trained, tiny_demo, tmp_path):
+    _, cfg, result = tiny_trained
+    video = next(tiny_demo.rglob("*.mp4"))
+    too_far = cfg.data.clip_len + 1  # windows 0, clip_len + 1, ...: frame clip_len would be in none of them
+    with pytest.raises(ConfigError, match=f"--stride {too_far}: above the model's clip length"):
+        predict_video(video, str(result.checkpoint_dir / "best_model.pt"),
+                      PredictOptions(save_dir=tmp_path / "out", stride=too_far))
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow

@@ -467,13 +467,18 @@ def read_mask(path: Path) -> np.ndarray | None:
     Masks come in several encodings, all read the same: 8-bit 0/255, 16-bit 0/65535 (OpenCV's
     grayscale mode would scale them down), 16-bit files holding 8-bit values (0/255: scaled down
     they would be all "no person"), and 0/1 label images of either depth (read as "no person" by
-    a >127 threshold). Colour masks count any channel.
+    a >127 threshold). Colour masks count any channel. An alpha channel that is the same
+    everywhere (an opaque RGBA or grey+alpha file) is not part of the mask; one that varies is the
+    mask (a person cut out on a transparent background).
     """
     if not path.is_file():  # a FIFO named like a mask would block imread for ever
         return None
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None or img.dtype not in (np.uint8, np.uint16):
         return None
+    if img.ndim == 3 and img.shape[2] == 4:  # BGRA: opaque everywhere, the colours are the mask, else the alpha
+        alpha = img[..., 3]
+        img = img[..., :3] if alpha.min() == alpha.max() else alpha
     if img.ndim == 3:
         img = img.max(axis=2)  # (H, W, C) -> (H, W): a person drawn in any colour
     if img.max() == 1:  # a 0/1 label image

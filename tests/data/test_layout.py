@@ -138,6 +138,24 @@ def test_masks_of_every_common_encoding_read_the_same(tmp_path, dtype, person):
     assert (read == 255).sum() == 36 and (read[2:8, 4:10] == 255).all()
 
 
+@pytest.mark.parametrize("alpha", ["opaque", "cut out"])
+def test_masks_with_an_alpha_channel_read_the_person_not_the_opacity(tmp_path, alpha):
+    """An opaque RGBA mask was read as all person (alpha 255 everywhere): the frame went unmasked
+    and nothing was counted."""
+    import cv2
+
+    img = np.zeros((12, 16, 4), dtype=np.uint8)
+    if alpha == "opaque":  # white person on black, alpha 255 everywhere
+        img[..., 3] = 255
+        img[2:8, 4:10, :3] = 255
+    else:  # a black person cut out on a transparent background
+        img[2:8, 4:10, 3] = 255
+    path = tmp_path / "000001_mask.png"
+    assert cv2.imwrite(str(path), img)
+    read = layout.read_mask(path)
+    assert (read == 255).sum() == 36 and (read[2:8, 4:10] == 255).all()
+
+
 def test_split_csv_accepts_subject_column(tiny_copy):
     text = (tiny_copy / "split.csv").read_text().replace("id,split", "subject_id,split")
     (tiny_copy / "split.csv").write_text(text)
