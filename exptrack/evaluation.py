@@ -47,6 +47,19 @@ EVALUATE_DATA_KEYS = ("root", "use_masks", "use_skeleton_attention", "skeleton_s
                       "skeleton_floor", "keypoint_min_conf", "frame_base", "eval_stride", "min_purity", "demo",
                       "cache_workers")
 EVALUATE_SECTIONS = ("mlflow", "paths")
+# The input weighting: an evaluation that changes any of these from the model's training is an
+# ablation (how the model does on other inputs), not the model's score: it never becomes the
+# version's figures, and compare and promote never reuse it.
+INPUT_KEYS = ("use_masks", "use_skeleton_attention", "skeleton_sigma", "mask_alpha", "skeleton_floor",
+              "keypoint_min_conf")
+INPUTS_TAG = "inputs"  # "as trained", or the keys changed (data.use_masks=False, ...)
+
+
+def inputs_changed(trained: Config, evaluated: Config) -> str:
+    """"as trained", or the input-weighting keys `evaluated` changes from `trained`."""
+    changed = [f"data.{k}={getattr(evaluated.data, k)}" for k in INPUT_KEYS
+               if getattr(evaluated.data, k) != getattr(trained.data, k)]
+    return ", ".join(changed) or "as trained"
 
 
 @dataclass
@@ -192,8 +205,10 @@ def run_evaluate(model_ref: str, options: EvaluateOptions = EvaluateOptions(),
     if base_config is not None:  # tracking and paths come from the caller's config
         config = replace(config, mlflow=vars(base_config.mlflow), paths=vars(base_config.paths))
     # The run spans the work (data, inference, report), so its duration in the UI is the command's.
+    inputs = inputs_changed(loaded.config, config)
     with tracking.start_run(config, run_name=f"evaluate-{options.split}", command="evaluate",
-                            tags={**_model_tags(loaded.source, options.split), **loaded.timeline_tags()}, parent_run_id=parent_run_id) as run:
+                            tags={**_model_tags(loaded.source, options.split), **loaded.timeline_tags(), INPUTS_TAG: inputs},
+                            parent_run_id=parent_run_id) as run:
         data = prepare_data(config, splits=(options.split,), progress=options.progress)
         if len(data.splits[options.split]) == 0:
             why = (" (the model was trained on the validation subjects, data.train_on_val: evaluate it on test)"
@@ -217,8 +232,17 @@ def run_evaluate(model_ref: str, options: EvaluateOptions = EvaluateOptions(),
         outputs = Path(base_config.paths.outputs) if base_config is not None else DEFAULT_OUTPUTS
         with invocation_folder(options.save_dir, outputs / "evaluate" / run.id, options.overwrite) as out:
             write_report(report, predictions_table(data.splits[options.split], probs, names), timelines, out, names)
-            log_evaluation(run, loaded.source, options.split, data, report, frame, out)
+            log_evaluation(run, loaded.source if inputs == "as trained" else _unversioned(loaded.source),
+                           options.split, data, report, frame, out)
+    if inputs != "as trained" and "version" in loaded.source:
+        log.warning("%s evaluated with other inputs than it was trained on (%s): an ablation, so version %s's "
+                    "figures and card keep its own evaluation", model_ref, inputs, loaded.source["version"])
     return Evaluation(report, frame, out, run.id)
+
+
+def _unversioned(source: dict[str, str]) -> dict[str, str]:
+    """The model's source without its registered version: nothing is written to the version."""
+    return {k: v for k, v in source.items() if k not in ("name", "version")}
 
 
 @dataclass(frozen=True)
@@ -291,9 +315,10 @@ def _named(table: pd.DataFrame, names: list[str]) -> pd.DataFrame:
 
 def find_evaluation(model_id: str, split: str, digest: str) -> str | None:
     """The newest finished evaluate run of logged model `model_id` on `split` whose clips had
-    `digest` (the tags log_evaluation sets), in any experiment; None when there is none."""
+    `digest` (the tags log_evaluation sets) and the inputs it was trained on, in any experiment;
+    None when there is none."""
     return tracking.newest_finished_run({"exptrack.command": "evaluate", "model_id": model_id, "split": split,
-                                         "data_digest": digest})
+                                         "data_digest": digest, INPUTS_TAG: "as trained"})
 
 
 def _model_tags(source: dict[str, str], split: str) -> dict[str, str]:

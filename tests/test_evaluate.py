@@ -109,6 +109,28 @@ def test_every_model_reference_gives_the_same_numbers(tiny_trained, tmp_path, mo
         assert (tmp_path / "r0" / png).stat().st_size > 0
 
 
+def test_an_evaluation_with_other_inputs_is_an_ablation_not_the_versions_score(tiny_trained, tmp_path, monkeypatch):
+    """`evaluate --set data.use_masks=...` on a registered version once became its official test
+    figures (promote and compare then used them)."""
+    from exptrack.config import load_config
+    from exptrack.evaluation import find_evaluation
+
+    uri, cfg, result = tiny_trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    name, client = cfg.mlflow.registered_model, mlflow.MlflowClient()
+    before = client.get_model_version(name, result.model_version).tags
+    base = load_config(None, [f"mlflow.tracking_uri={uri}", "mlflow.experiment=ablation-test",
+                              f"paths.cache={cfg.paths.cache}", f"paths.outputs={tmp_path / 'out'}"])
+    flipped = not cfg.data.use_masks
+    evaluation = run_evaluate(f"models:/{name}/{result.model_version}", EvaluateOptions(split="test", progress=False),
+                              overrides={"data": {"use_masks": flipped}}, base_config=base)
+    assert client.get_model_version(name, result.model_version).tags == before  # its figures, card, evaluation run
+    run = client.get_run(evaluation.run_id)
+    assert run.data.tags["inputs"] == f"data.use_masks={flipped}"
+    assert find_evaluation(result.model_id, "test", run.data.tags["data_digest"]) != evaluation.run_id
+
+
 def test_unknown_model_reference_is_a_clear_error(tmp_path):
     from exptrack.data.errors import DataError
     from exptrack.errors import ModelError
