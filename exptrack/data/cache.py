@@ -22,7 +22,7 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeVar
 
 import cv2
 import numpy as np
@@ -36,6 +36,7 @@ from .layout import SubjectFiles
 from .video import VideoInfo, decode_video, probe_video
 
 log = logging.getLogger("exptrack.data")
+T = TypeVar("T")
 
 FORMAT_VERSION = 1
 _HASH_BYTES = 1 << 20
@@ -132,24 +133,37 @@ class FrameCache:
     # -- generic entry machinery ---------------------------------------------------------------
 
     def _entry(self, kind: str, subject: str, key: str, build: Callable[[Path, DataWarnings], None],
-               warnings: DataWarnings) -> Path:
-        """Folder of a finished entry, building it first (once, under a lock) if needed.
+               warnings: DataWarnings, read: Callable[[Path], T]) -> T:
+        """`read` of a finished entry's folder, building the entry first (once, under a lock) if
+        needed. An entry that cannot be read (a file cut short by a crash after it was marked
+        done, or by an interrupted copy of the cache) is built again, with a warning naming it.
 
         Warnings raised while building are stored with the entry and replayed on every open,
         so a truncated video is reported by every run that uses it, not only the first.
         """
         assert kind in ENTRY_KINDS, kind  # prune only looks under these
         final = self.root / kind / f"{subject}-{key}"
-        if not (final / "done").exists():
-            self._check_writable(final.parent)
-            with FileLock(str(final) + ".lock"):
-                if not (final / "done").exists():  # else another process built it while we waited
-                    self._build(final, build)
+        for attempt in (1, 2):
+            if not (final / "done").exists():
+                self._check_writable(final.parent)
+                with FileLock(str(final) + ".lock"):
+                    if not (final / "done").exists():  # else another process built it while we waited
+                        self._build(final, build)
+            try:
+                stored = json.loads((final / "warnings.json").read_text())
+                value = read(final)
+                break
+            except (OSError, ValueError, TypeError, KeyError) as exc:  # ValueError: a cut .npy or JSON
+                if attempt == 2:
+                    raise DataError(f"{final}: cache entry cannot be read after building it again ({exc}); "
+                                    "check the disk, or set paths.cache to another folder") from exc
+                log.warning("%s: cache entry is damaged (%s); building it again", final, exc)
+                with FileLock(str(final) + ".lock"):
+                    shutil.rmtree(final, ignore_errors=True)
         self.used.add(final)
-        stored = json.loads((final / "warnings.json").read_text())
         for kind_name, (count, message) in stored.items():
             warnings.warn(kind_name, message, count=count)
-        return final
+        return value
 
     def _check_writable(self, folder: Path) -> None:
         """Create `folder`, or DataError blaming the cache folder (not the video being cached)."""
@@ -254,9 +268,11 @@ class FrameCache:
             np.save(tmp / "frames.npy", frames)
             (tmp / "info.json").write_text(json.dumps(info.__dict__))
 
-        folder = self._entry("video", subject.subject, key, build, warnings)
-        info = VideoInfo(**json.loads((folder / "info.json").read_text()))
-        return VideoEntry(subject.subject, open_map(folder / "frames.npy"), info)
+        def read(folder: Path) -> VideoEntry:
+            info = VideoInfo(**json.loads((folder / "info.json").read_text()))
+            return VideoEntry(subject.subject, open_map(folder / "frames.npy"), info)
+
+        return self._entry("video", subject.subject, key, build, warnings, read)
 
     # -- masks -------------------------------------------------------------------------------------
 
@@ -293,14 +309,16 @@ class FrameCache:
             del masks
             np.save(tmp / "present.npy", present)
 
-        folder = self._entry("mask", subject.subject, key, build, warnings)
-        present = np.load(folder / "present.npy")
+        def read(folder: Path) -> tuple[MappedArray, np.ndarray]:
+            return open_map(folder / "masks.npy"), np.load(folder / "present.npy")
+
+        masks, present = self._entry("mask", subject.subject, key, build, warnings, read)
         missing = int((~present).sum())
         if missing:
             where = subject.mask_dir or f"mask folder of {subject.subject}"
             warnings.warn("missing_mask_frames",
                           f"{where}: {missing} of {num_frames} frames have no mask; used unmasked", count=missing)
-        return open_map(folder / "masks.npy"), present
+        return masks, present
 
     # -- keypoints and skeleton attention ----------------------------------------------------------
 
@@ -319,8 +337,7 @@ class FrameCache:
             kps[..., 1] *= self.size / max(info.height, 1)
             np.save(tmp / "keypoints.npy", kps)
 
-        folder = self._entry("keypoints", subject.subject, key, build, warnings)
-        return np.load(folder / "keypoints.npy")
+        return self._entry("keypoints", subject.subject, key, build, warnings, lambda f: np.load(f / "keypoints.npy"))
 
     def attention(self, subject: SubjectFiles, kps: np.ndarray, sigma: float, floor: float,
                   min_conf: float, warnings: DataWarnings) -> np.ndarray:
@@ -335,8 +352,7 @@ class FrameCache:
                 maps[start:start + 64] = np.round(chunk * 255).astype(np.uint8)
             maps.flush()
 
-        folder = self._entry("attention", subject.subject, key, build, warnings)
-        return open_map(folder / "attention.npy")
+        return self._entry("attention", subject.subject, key, build, warnings, lambda f: open_map(f / "attention.npy"))
 
 
 # ---------------------------------------------------------------------------------------------

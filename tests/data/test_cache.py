@@ -39,6 +39,21 @@ def test_cache_equals_direct_decoding(tiny_demo, tmp_path):
     np.testing.assert_array_equal(np.asarray(entry.frames[20:28]), clip)
 
 
+def test_a_damaged_cache_entry_is_built_again_and_named(tiny_demo, tmp_path, caplog):
+    """A frames.npy cut short after its entry was marked done (a crash, an interrupted copy of the
+    cache) failed every run as "<video>: failed to decode", naming neither the entry nor a fix."""
+    subject = _subject(tiny_demo)
+    cache = FrameCache(tmp_path / "c", 32)
+    first = np.asarray(cache.video(subject, DataWarnings()).frames).copy()
+    frames = next((tmp_path / "c" / "video").glob("*/frames.npy"))
+    with open(frames, "r+b") as f:
+        f.truncate(frames.stat().st_size // 2)
+    caplog.set_level(logging.WARNING, logger="exptrack.data")
+    again = FrameCache(tmp_path / "c", 32).video(subject, DataWarnings())
+    np.testing.assert_array_equal(np.asarray(again.frames), first)
+    assert f"{frames.parent}: cache entry is damaged" in caplog.text
+
+
 def test_masks_equal_direct_reading(tiny_demo, tmp_path):
     subject = _subject(tiny_demo)
     cache = FrameCache(tmp_path / "c", 32)
