@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import traceback
+from typing import Any, Callable
 
 from . import preemption
 from .config import Config, ConfigError, MlflowConfig, given_keys, load_config
@@ -274,6 +275,14 @@ def cmd_tune(args: argparse.Namespace) -> None:
     _print_run_link(study.user_attrs[PARENT_ATTR])
 
 
+def _given(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type: `kind` of the value, or None for "" and "none" (the MLproject's way of
+    leaving an option to the study file or config)."""
+    def parse(text: str) -> Any:
+        return None if text.strip().lower() in NOT_GIVEN else kind(text)
+    return parse
+
+
 def _positive(text: str) -> int:
     """An argparse type: an integer >= 1 (a batch size, stride, frame rate, count)."""
     try:
@@ -457,10 +466,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tune", help="Optuna search; each trial a nested MLflow run")
     p.add_argument("--study-file", default="experiments/tune/demo.yaml", help="study YAML" + _DEFAULT)
-    p.add_argument("--study", help="study name (default: the study file's)")
-    p.add_argument("--storage", help="sqlite:///file.db, a journal file (*.log) or postgresql://... "
-                   "(default: the study file's)")
-    p.add_argument("--n-trials", type=_positive,
+    p.add_argument("--study", type=_given(str), help="study name (default: the study file's)")
+    p.add_argument("--storage", type=_given(str), help="sqlite:///file.db, a journal file (*.log) or "
+                   "postgresql://... (default: the study file's)")
+    p.add_argument("--n-trials", type=_given(_positive),
                    help="total trials of the study, a rerun continues it (default: the study file's)")
     p.add_argument("--retrain-best", nargs="?", const=True, default=False, type=_flag_value,
                    help="afterwards, fit the best params on train+val subjects and register that model too "

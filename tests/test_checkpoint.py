@@ -90,3 +90,32 @@ def test_an_epoch_keeps_a_model_when_it_is_the_best_or_a_periodic_checkpoint_tha
     assert manager.keeps_model(4, {}, 0.6)
     manager.save({"epoch": 4, "metrics": {"val_acc": 0.4}}, {})
     assert sorted(p.name for p in tmp_path.glob("epoch_*.pt")) == ["epoch_0002.pt"]  # as keeps_model said
+
+
+def test_a_cosine_schedule_resumed_for_more_epochs_decays_to_its_new_end():
+    """Resumed from epoch 4 of 4 for 8 epochs, the LR climbed back to its peak by epoch 8 (the
+    saved T_max=4 kept running); it now follows the 8-epoch cosine from epoch 4 down to min_lr."""
+    from exptrack.config import load_config
+    from exptrack.training.loop import load_scheduler
+    from exptrack.training.run import build_scheduler
+
+    def fresh(epochs: int):
+        config = load_config(None, ["optim.scheduler=cosine", "optim.lr=0.001", "optim.min_lr=0.00001",
+                                    f"train.epochs={epochs}"])
+        optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=config.optim.lr)
+        return optimizer, build_scheduler(optimizer, config)
+
+    optimizer, scheduler = fresh(4)
+    for _ in range(4):
+        optimizer.step()
+        scheduler.step()
+    state = scheduler.state_dict()
+    optimizer, scheduler = fresh(8)
+    load_scheduler(scheduler, state, 8)
+    lrs = []
+    for _ in range(4):  # epochs 5-8
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs == sorted(lrs, reverse=True) and lrs[0] < 0.001 * 0.6  # past the middle, falling
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.00001)  # at the new end: min_lr

@@ -147,3 +147,18 @@ def test_counts_and_sizes_below_one_are_refused_by_the_parser(args, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(args)
     assert exit_.value.code == 2 and "expected an integer >= 1" in capsys.readouterr().err
+
+
+def test_the_mlproject_tune_entry_leaves_study_storage_and_trials_to_the_study_file():
+    """Its defaults were demo-tune, sqlite:///optuna.db and 6: `-P study_file=folds.yaml` alone ran
+    the fold study as the demo study (mixing trials into it, or running none)."""
+    import shlex
+
+    import yaml
+
+    entry = yaml.safe_load((Path(__file__).resolve().parents[1] / "MLproject").read_text())["entry_points"]["tune"]
+    defaults = {k: shlex.quote(str(v["default"])) for k, v in entry["parameters"].items()}  # as mlflow run quotes them
+    argv = shlex.split(entry["command"].format(**defaults))[3:]  # after `python -m exptrack`
+    args = build_parser().parse_args(argv)
+    assert (args.study, args.storage, args.n_trials) == (None, None, None)
+    assert build_parser().parse_args(["tune", "--study", "s", "--n-trials", "3"]).n_trials == 3

@@ -553,6 +553,13 @@ def test_early_stopping_pruning_and_resume_after_stop(tiny_demo, make_config):
     versions_after = mlflow.MlflowClient().search_model_versions(f"name='{cfg.mlflow.registered_model}'")
     assert len(versions_after) == len(versions_before)  # registered once per run
 
+    # resumed with early stopping off, it trains on to its 6 epochs (before: nothing, silently)
+    off = _config(make_config, tiny_demo, "train.epochs=6", "train.early_stop_patience=0",
+                  "train.early_stop_min_delta=1.0", "train.checkpoint_every=1", "train.keep_checkpoints=1",
+                  "train.checkpoint_files=all", "train.selection_tiebreak=first")
+    further = train(off, resume=result.run_id, progress=False)
+    assert further.state.epoch == 6 and metric_steps(result.run_id, "val_loss") == [1, 2, 3, 4, 5, 6]
+
 
 @pytest.mark.slow
 def test_resume_with_more_epochs_extends_the_run(tiny_demo, make_config):

@@ -377,11 +377,27 @@ def checkpoint_payload(setup: FitSetup, state: TrainState, metrics: dict[str, fl
 def restore(setup: FitSetup, payload: dict[str, Any]) -> TrainState:
     unwrap_model(setup.model).load_state_dict(payload["model"])
     setup.optimizer.load_state_dict(payload["optimizer"])
-    setup.scheduler.load_state_dict(payload["scheduler"])
+    load_scheduler(setup.scheduler, payload["scheduler"], setup.config.train.epochs)
     if setup.scaler is not None and "scaler" in payload:
         setup.scaler.load_state_dict(payload["scaler"])
     ckpt.restore_own_rng(payload)
     return TrainState.from_dict(payload["state"])
+
+
+def load_scheduler(scheduler: Any, state: dict[str, Any], epochs: int) -> None:
+    """The checkpoint's scheduler state, kept exact, except that a cosine schedule resumed for
+    another number of epochs follows the cosine of the new length from the epoch it is at (the
+    saved T_max would have the LR climb back to its peak after the old end)."""
+    scheduler.load_state_dict(state)
+    t_max = max(1, epochs)
+    if not isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR) or scheduler.T_max == t_max:
+        return
+    scheduler.T_max = t_max
+    groups = scheduler.optimizer.param_groups
+    for group, base in zip(groups, scheduler.base_lrs, strict=True):  # the closed form at the current epoch
+        group["lr"] = scheduler.eta_min + (base - scheduler.eta_min) * (1 + math.cos(math.pi * scheduler.last_epoch / t_max)) / 2
+    scheduler._last_lr = [group["lr"] for group in groups]
+    log.info("cosine schedule resumed over %d epochs: lr %.2e at epoch %d", t_max, groups[0]["lr"], scheduler.last_epoch)
 
 
 def epoch_summary(metrics: dict[str, float]) -> str:
@@ -470,7 +486,10 @@ def fit(setup: FitSetup, checkpoints: ckpt.CheckpointManager | None, state: Trai
     cfg = setup.config.train
     state = state or TrainState()
     patience = cfg.early_stop_patience or math.inf  # 0: no early stopping
-    if state.stale_epochs >= patience:  # resumed after it had already stopped early
+    if state.stale_epochs >= patience and state.epoch < cfg.epochs:  # resumed after it had stopped early
+        log.warning("the run stopped early at epoch %d (validation not improved for %d epochs): nothing to train; "
+                    "to train on to epoch %d, resume with a larger train.early_stop_patience (0: off)",
+                    state.epoch, state.stale_epochs, cfg.epochs)
         return state
     with preemption.deferred():  # a signal stops at the next batch boundary (stop_if_signalled)
         return _fit_epochs(setup, checkpoints, state, callbacks, progress, stamp, patience, rest_weight)

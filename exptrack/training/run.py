@@ -50,7 +50,8 @@ log = logging.getLogger("exptrack.train")
 
 # What a resumed run may change: how and where it runs, and how long. The rest (data, model,
 # loss, optimiser) is the run's own and comes from its checkpoint.
-RESUMABLE = {"train": ("epochs", "device", "num_workers", "eval_batch_size"), "paths": ("outputs", "cache"),
+RESUMABLE = {"train": ("epochs", "early_stop_patience", "device", "num_workers", "eval_batch_size"),
+             "paths": ("outputs", "cache"),
              "data": ("root", "cache_workers"), "mlflow": ("tracking_uri",)}
 
 
