@@ -212,3 +212,8 @@ def test_a_kill_while_logging_a_model_leaves_nothing_pending(tiny_demo, make_con
     assert version.source == f"models:/{result.model_id}" and version.tags["run_id"] == run.info.run_id
     assert "val_mean_class_acc" in version.tags and "## Validation" in version.description
     assert mlflow.get_run(run.info.run_id).info.status == "FINISHED"
+    # every kept periodic checkpoint is a logged model (the killed upload's too: its file goes at
+    # the end of the run), and no snapshot is left waiting for an upload
+    epochs = {int(m["tags"][registry.EPOCH_TAG]) for m in models}
+    assert ckpt.CheckpointManager(result.checkpoint_dir, 1, cfg.train.keep_checkpoints).kept_epochs() <= epochs
+    assert not (result.checkpoint_dir.parent / "pending-models").exists()

@@ -173,8 +173,12 @@ class CheckpointManager:
 
     def kept_epochs(self) -> set[int]:
         """Epochs of the periodic checkpoints on disk."""
+        return set(self.kept_files())
+
+    def kept_files(self) -> dict[int, Path]:
+        """The kept periodic checkpoints by epoch (their files are gone after drop_copies)."""
         index = json.loads(self._index_path.read_text()) if self._index_path.exists() else {}
-        return {int(name[len("epoch_"):-len(".pt")]) for name in index}
+        return {int(name[len("epoch_"):-len(".pt")]): self.folder / name for name in index}
 
     def _prune(self, name: str, score: float) -> None:
         """Keep the `keep` best periodic checkpoints; scores live in periodic.json so that

@@ -122,14 +122,27 @@ class ModelLog:
             del self.by_epoch[epoch]
 
     def ensure_best(self, best_epoch: int | None) -> str | None:
-        """The best model's id, logging it now if its epoch's logging failed (a tracking outage)."""
+        """At the end of the run: every kept model logged (the best and the kept periodic
+        checkpoints), from its file where its epoch's logging failed (a tracking outage, or a kill
+        during an upload that the resume found unfinished); the best model's id."""
         self.clean_pending()  # e.g. an upload that failed during a tracking outage
+        self._ensure_kept_periodic()
         path = self.manager.folder / ckpt.BEST_MODEL
         if best_epoch is None or not path.exists():
             return None
         model_id = self.log_file(path, best_epoch)
         self._mark_best(best_epoch)
         return model_id
+
+    def _ensure_kept_periodic(self) -> None:
+        """Kept periodic checkpoints without a logged model are logged from their files, before
+        the end of the run removes those files (checkpoint_files=resume); snapshots whose upload
+        never happened are then of no use."""
+        for epoch, path in sorted(self.manager.kept_files().items()):
+            if epoch not in self.by_epoch and path.exists():
+                log.info("epoch %d's kept checkpoint had no logged model (its upload was cut off): logged now", epoch)
+                self.log_file(path, epoch)
+        shutil.rmtree(self.manager.folder.parent / "pending-models", ignore_errors=True)
 
     def register(self, model_id: str) -> str | None:
         """The version that points at `model_id`, registering it when none does yet (a resumed
