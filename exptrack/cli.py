@@ -66,9 +66,9 @@ def cmd_analyze(args: argparse.Namespace) -> None:
 
 def _print_run_link(run_id: str) -> None:
     """The last line of a command that made a run: where the MLflow UI shows it."""
-    from .tracking import run_url
+    from .tracking import run_url, ui_hint
 
-    print(f"MLflow run: {run_url(run_id)}  (start `mlflow ui` in this folder to open it)")
+    print(f"MLflow run: {run_url(run_id)}  ({ui_hint()})")
 
 
 def cmd_cache(args: argparse.Namespace) -> None:

@@ -184,3 +184,15 @@ def test_reading_a_runs_files_prints_no_download_bars(tiny_trained, tmp_path, mo
     tracking.download_run_artifact(result.run_id, "metrics/training_metrics.csv", tmp_path)
     tracking.registry.download_model_weights(result.model_id, tmp_path / "weights")
     assert "Downloading artifacts" not in capfd.readouterr().err
+
+
+def test_the_printed_ui_hint_opens_the_store_the_run_is_in(tmp_path):
+    """`mlflow ui` opens ./mlflow.db: for any other store the hint names it."""
+    import mlflow
+
+    from exptrack.tracking import ui_hint
+
+    assert ui_hint() == "start `mlflow ui` in this folder to open it"  # the test's store: ./mlflow.db
+    other = f"sqlite:///{tmp_path / 'elsewhere' / 'other.db'}"
+    mlflow.set_tracking_uri(other)
+    assert ui_hint() == f"start `mlflow ui --backend-store-uri {other}` to open it"

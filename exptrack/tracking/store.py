@@ -211,6 +211,17 @@ def _ui_base() -> str:
     return uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
 
 
+def ui_hint() -> str:
+    """How to open the UI that `run_url` points at: a server's is up already; `mlflow ui` opens
+    ./mlflow.db only, so any other store is named."""
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        return "the tracking server's UI"
+    if uri in ("sqlite:///mlflow.db", f"sqlite:///{Path.cwd() / 'mlflow.db'}"):
+        return "start `mlflow ui` in this folder to open it"
+    return f"start `mlflow ui --backend-store-uri {uri}` to open it"
+
+
 def run_url(run_id: str) -> str:
     """Where the MLflow UI shows a run, in the model-training view (not the GenAI one)."""
     experiment_id = _client().get_run(run_id).info.experiment_id
