@@ -85,6 +85,9 @@ def walk(tiny_demo, tmp_path_factory) -> Walk:
     bare = folder / video.name  # the same video outside any layout: nothing beside it
     bare.write_bytes(video.read_bytes())
     optuna_db = f"sqlite:///{folder / 'optuna.db'}"
+    own_study = folder / "own-study.yaml"
+    own_study.write_text(yaml.safe_dump({**yaml.safe_load(study.read_text()), "study": "from-the-file",
+                                         "storage": optuna_db}))
     steps = [
         ("mlflow-train", _mlflow_run("train", "walk", config=str(config), overrides="train.seed=1")),
         ("exptrack-train", _exptrack("train", "--no-progress", "--config", str(config), "--sets", "train.seed=1")),
@@ -109,8 +112,8 @@ def walk(tiny_demo, tmp_path_factory) -> Walk:
                                                b="models:/c3d-exercise/3")),
         ("mlflow-tune", _mlflow_run("tune", "walk-tune", study_file=str(study), n_trials="2", study="named",
                                     storage=optuna_db, retrain_best="true")),
-        ("mlflow-tune-default", _mlflow_run("tune", None, study_file=str(study), n_trials="2", study="default",
-                                            storage=optuna_db)),
+        # no -P study/storage: the study file's name and storage hold
+        ("mlflow-tune-default", _mlflow_run("tune", None, study_file=str(own_study), n_trials="2")),
         ("mlflow-train-seeds", _mlflow_run("train", "walk", config=str(config), seeds="0,1",
                                            overrides="train.epochs=1")),
     ]
@@ -171,6 +174,7 @@ def test_every_run_of_one_invocation_lands_in_its_experiment(walk, entry, named)
     assert {c.info.experiment_id for c in children} <= {run.info.experiment_id}
     if entry == "tune":
         assert len(children) == (3 if named else 2)  # two trials, and the refit of the best one
+        assert run.data.tags["optuna.study"] == ("named" if named else "from-the-file")  # -P study, else the file's
         assert run.data.params["optim.lr"] == "float [0.0001, 0.001] log"  # a searched key: its range
     assert "config.yaml" in artifact_paths(run.info.run_id)
     assert len(run.data.params) > 70  # the resolved config (a tune parent: its trials' starting config)
