@@ -99,6 +99,21 @@ def test_a_version_registered_by_others_keeps_its_weights_when_the_run_prunes(ti
     assert superseded != registered
 
 
+@pytest.mark.slow
+def test_a_run_named_with_dots_and_slashes_logs_its_model(tiny_trained, tmp_path):
+    """A group run is named by the overrides typed (`folds-2 optim.lr=0.001 data.root=/data`);
+    MLflow refuses those characters in a logged model's name, and the group's ensemble is logged
+    on that run."""
+    from exptrack import tracking
+
+    _, _, result = tiny_trained
+    run_name = "folds-2 optim.lr=0.001 data.root=/data/x:y %'\""
+    run = tracking.Run(mlflow.MlflowClient().create_run("0", run_name=run_name).info.run_id)
+    model_id = run.log_clip_model(result.checkpoint_dir / ckpt.BEST_MODEL, 8, ["a", "b", "c"], 0, {}, label="ensemble")
+    name = mlflow.MlflowClient().get_logged_model(model_id).name
+    assert name.startswith("folds-2 optim_lr=0_001 data_root=_data_x_y __") and name.endswith("-ensemble")
+
+
 def _serving_model(tiny_trained):
     uri, cfg, result = tiny_trained
     mlflow.set_tracking_uri(uri)

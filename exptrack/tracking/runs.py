@@ -63,6 +63,17 @@ def source_tags() -> dict[str, str]:
     return tags
 
 
+
+# Characters MLflow refuses in a logged model's name; a run's name may hold any of them (a group
+# run is named by the overrides typed: `folds-3 optim.lr=0.001 data.root=/data`).
+_MODEL_NAME_REFUSED = str.maketrans({c: "_" for c in "/:.%\"'"})
+
+
+def _model_name_part(run_name: str) -> str:
+    """`run_name` as part of a logged model's name: MLflow's refused characters become `_`."""
+    return run_name.translate(_MODEL_NAME_REFUSED)
+
+
 class Run:
     """A handle on one MLflow run, by id: the only way other modules log anything. Every call
     names the run (MLflow's client API, no "active run"), so any thread may use it: the
@@ -150,7 +161,7 @@ class Run:
         (or `-<label>`, e.g. a group's ensemble)."""
         client = _client()
         run = client.get_run(self.id)
-        name = f"{run.info.run_name or 'run'}-{self.id[:8]}-{label or f'epoch-{epoch:04d}'}"
+        name = f"{_model_name_part(run.info.run_name or 'run')}-{self.id[:8]}-{label or f'epoch-{epoch:04d}'}"
         model = mlflow.initialize_logged_model(name=name, source_run_id=self.id, experiment_id=run.info.experiment_id,
                                                tags={k: str(v) for k, v in tags.items()},
                                                params={k: str(v) for k, v in run.data.params.items()})
