@@ -41,6 +41,16 @@ def test_seeds_are_read_from_a_list_or_commas(text, seeds):
     assert load_config(None, [f"train.seeds={text}"]).train.seeds == seeds
 
 
+def test_a_group_run_is_named_by_its_members_and_the_overrides_that_change_the_model():
+    from exptrack.training.groups import group_run_name
+    from exptrack.training.run import RunOptions
+
+    typed = "data.root=/d paths.cache=/c train.seeds=0,1 optim.lr=0.001 paths.outputs=/o"
+    config = load_config(None, typed.split())
+    assert group_run_name(config, "seeds", RunOptions(invocation={"overrides": typed})) == "seeds-0,1 data.root=/d optim.lr=0.001"
+    assert group_run_name(config, "seeds", RunOptions(run_name="mine", invocation={"overrides": typed})) == "mine"
+
+
 @pytest.mark.parametrize("text, says", [("0,1,1", "1 given more than once"), ("0,x", "'x' is not an integer"),
                                         ("0.5", "expected a list of integers")])
 def test_bad_seeds_name_the_key(text, says):
@@ -265,7 +275,7 @@ def test_a_fold_ensemble_is_one_model_that_every_loader_takes(two_fold_groups, m
     uri, a, _ = two_fold_groups
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
-    assert a.registered == "ensemble of 2"
+    assert a.registered == "the ensemble of 2 members"
     loaded = load_model(f"models:/grouped/{a.model_version}")
     assert isinstance(loaded.model, C3DEnsemble) and loaded.config.model.ensemble == 2
     loaded_members = [load_model(f"models:/{m.model_id}") for m in a.members]

@@ -196,7 +196,7 @@ def test_a_study_on_folds_scores_each_trial_by_its_folds_mean(tiny_demo, tmp_pat
     assert trial.value == pytest.approx(np.mean(values)) and trial.user_attrs["member_std"] >= 0
     version = mlflow.MlflowClient().get_model_version("tuned", "1")
     # the best trial's fold ensemble, logged on its group run: no extra training
-    assert version.run_id == trial.user_attrs["run_id"] and version.tags["group_model"] == "ensemble of 2"
+    assert version.run_id == trial.user_attrs["run_id"] and version.tags["group_model"] == "the ensemble of 2 members"
     assert version.tags["group_run_id"] == trial.user_attrs["run_id"] and version.tags["group_members"] == "2"
     from exptrack.models.load import load_model
     from exptrack.models.c3d import C3DEnsemble

@@ -93,7 +93,7 @@ class GroupResult:
     interval: stats.Interval  # of the members' kept-model validation mean class accuracy
     model_version: str | None = None
     model_id: str | None = None
-    registered: str = ""  # what the version is: "seed=1's model" or "ensemble of 3"
+    registered: str = ""  # what the version is: "seed=1's model (best on validation)" or "the ensemble of 3 members"
 
 
 @dataclass
@@ -144,12 +144,13 @@ GROUP_KEYS = ("train.seeds", "data.folds", "train.group_model")  # said by the n
 
 def group_run_name(config: Config, kind: str, options: RunOptions) -> str:
     """The user's run name, else what tells this group from the next one: its seeds or folds
-    and the overrides typed (`seeds-0,1,2 optim.lr=0.001`), at most 120 characters."""
+    and the overrides typed (`seeds-0,1,2 optim.lr=0.001`), at most 120 characters. Where
+    files go (`paths.*`) changes no model, so it is left out."""
     if options.run_name != "train":
         return options.run_name
     head = f"seeds-{','.join(map(str, config.train.seeds))}" if kind == "seeds" else f"folds-{config.data.folds}"
     typed = (options.invocation or {}).get("overrides", "").split()
-    extra = [o for o in typed if o.split("=", 1)[0] not in GROUP_KEYS]
+    extra = [o for o in typed if o.split("=", 1)[0] not in GROUP_KEYS and not o.startswith("paths.")]
     return " ".join([head, *extra])[:120]
 
 
@@ -329,7 +330,7 @@ def choose_model(run: tracking.Run, result: GroupResult, config: Config) -> None
         logged = [m["model_id"] for m in run.logged_models()
                   if m["status"] == "READY" and m["tags"].get(ENSEMBLE_OF_TAG) == ensemble_of(have)]
         result.model_id = logged[0] if logged else log_ensemble(run, have)
-        result.registered = f"ensemble of {len(have)}"
+        result.registered = f"the ensemble of {len(have)} members"
     else:
         best = max(have, key=MemberResult.rank)
         result.model_id, result.registered = best.model_id, f"{best.key}'s model (best on validation)"
