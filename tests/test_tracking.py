@@ -196,3 +196,30 @@ def test_the_printed_ui_hint_opens_the_store_the_run_is_in(tmp_path):
     other = f"sqlite:///{tmp_path / 'elsewhere' / 'other.db'}"
     mlflow.set_tracking_uri(other)
     assert ui_hint() == f"start `mlflow ui --backend-store-uri {other}` to open it"
+
+
+@pytest.mark.slow
+def test_a_failed_validation_metrics_call_is_retried_without_logging_the_training_figures_twice(
+        tiny_demo, make_config, monkeypatch):
+    """An epoch's training and validation figures are two tracking calls; the second failing
+    once must not repeat the first on its retry (a metric logged twice at one step)."""
+    from mlflow.exceptions import MlflowException
+
+    from exptrack.train import train
+
+    real, failed = tracking.Run.log_metrics, []
+
+    def flaky(self, metrics, step=None, model_id=None, dataset=None):
+        if dataset is not None and not failed:  # the first validation row: a transient failure
+            failed.append(step)
+            raise MlflowException("injected: the server went away")
+        return real(self, metrics, step=step, model_id=model_id, dataset=dataset)
+
+    monkeypatch.setattr(tracking.Run, "log_metrics", flaky)
+    cfg = make_config(tiny_demo, "model.width=0.125", "train.batch_size=8", "train.num_workers=0", "train.epochs=2",
+                      "train.early_stop_patience=0", "mlflow.experiment=flaky", "mlflow.log_system_metrics=false")
+    result = train(cfg, progress=False)
+    assert failed == [1]
+    history = mlflow.MlflowClient().get_metric_history
+    assert sorted(m.step for m in history(result.run_id, "train_loss")) == [1, 2]
+    assert sorted(m.step for m in history(result.run_id, "val_loss")) == [1, 2]

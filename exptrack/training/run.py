@@ -115,17 +115,19 @@ class EpochLogger:
         finally:
             self.seconds += time.perf_counter() - start
 
-    def log_row(self, row: dict[str, float], model_id: str | None = None) -> None:
-        """One epoch's metrics; the validation ones linked to the epoch's model and to the
-        validation data."""
-        values = {k: v for k, v in row.items() if k != "epoch"}
-        val = {k: v for k, v in values.items() if k.startswith("val_")}
-        self.run.log_metrics({k: v for k, v in values.items() if k not in val}, step=int(row["epoch"]))
-        self.run.log_metrics(val, step=int(row["epoch"]), model_id=model_id, dataset=self.val_dataset)
+    def log_training_row(self, row: dict[str, float]) -> None:
+        """One epoch's metrics but the validation ones."""
+        self.run.log_metrics({k: v for k, v in row.items() if k != "epoch" and not k.startswith("val_")},
+                             step=int(row["epoch"]))
+
+    def log_validation_row(self, row: dict[str, float], model_id: str | None = None) -> None:
+        """One epoch's validation metrics, linked to the epoch's model and to the validation data."""
+        self.run.log_metrics({k: v for k, v in row.items() if k.startswith("val_")}, step=int(row["epoch"]),
+                             model_id=model_id, dataset=self.val_dataset)
 
     def _submit(self, metrics: dict[str, float], per_class: np.ndarray, saved: list, state: TrainState) -> None:
-        """Three calls per epoch, each retried alone (a retried call must not repeat another):
-        the model, the metrics (linked to the model), the files."""
+        """Four calls per epoch, each retried alone (a retried call must not repeat another):
+        the model, the training metrics, the validation metrics (linked to the model), the files."""
         epoch = int(metrics["epoch"])
         row = {"epoch": epoch, **self.epoch_metrics(metrics, per_class)}
         csvs = self.write_csvs(state)
@@ -134,7 +136,9 @@ class EpochLogger:
             best = state.best_epoch.get("val_mean_class_acc")
             self.tracker.submit(f"epoch {epoch} model", lambda: self.model_ids.__setitem__(
                 epoch, self.models.after_epoch(epoch, snapshot, best)))
-        self.tracker.submit(f"epoch {epoch} metrics", lambda: self.log_row(row, self.model_ids.get(epoch)))
+        self.tracker.submit(f"epoch {epoch} metrics", lambda: self.log_training_row(row))
+        self.tracker.submit(f"epoch {epoch} validation metrics",
+                            lambda: self.log_validation_row(row, self.model_ids.get(epoch)))
         self.tracker.submit(f"epoch {epoch} files", lambda: self._log_files(csvs))
 
     def _log_files(self, csvs: list[Path]) -> None:
