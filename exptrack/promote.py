@@ -66,8 +66,10 @@ def _interval_verdict(best: Candidate, current: Candidate, evidence: Comparison 
         return False, (f"kept out: {best.value:.6f} vs champion v{current.version} ({current.value:.6f}), but no "
                        "paired predictions of both on the same clips to test it (evaluate both again)")
     if evidence.low is None:
+        why = ("subject" if evidence.n_subjects < 2 else
+               "subjects that all moved by the same amount, too few for a sign test")
         return False, (f"kept out: {best.value:.6f} vs champion v{current.version} ({current.value:.6f}) on "
-                       f"{evidence.n_subjects} subject: no interval can say it is better (`--rule best` "
+                       f"{evidence.n_subjects} {why}: no interval can say it is better (`--rule best` "
                        "promotes on the point values)")
     interval = (f"difference {evidence.diff:+.4f}, 95% interval [{evidence.low:+.4f}, {evidence.high:+.4f}], "
                 f"P(better) {evidence.p_better:.2f}, {evidence.n_subjects} subjects")

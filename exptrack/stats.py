@@ -74,7 +74,7 @@ class Comparison:
     n_subjects: int
     method: str
     diff: float  # the estimate the interval is about (t: mean per-subject difference; bootstrap: pooled)
-    low: float | None  # 95% interval of B - A; None with one subject
+    low: float | None  # 95% interval of B - A; None with one subject, or a few that all moved alike (_no_spread)
     high: float | None
     p_better: float | None  # probability that B is better; None with one subject
     unit: str = "subjects"  # what n_subjects counts: subjects (two models), or seeds / folds (two groups)
@@ -93,7 +93,7 @@ class Comparison:
     def sentence(self) -> str:
         interval = (f"difference {self.diff:+.3f}, 95% interval [{self.low:+.3f}, {self.high:+.3f}], "
                     f"P(B better) {self.p_better:.2f}" if self.low is not None else
-                    f"difference {self.b - self.a:+.3f}, no interval with {self.n_subjects} {self.unit}")
+                    f"difference {self.diff:+.3f}, no interval with {self.n_subjects} {self.unit}")
         scope = ("these two models on this population of subjects, not their recipes" if self.unit == "subjects" else
                  f"the two recipes over {self.n_subjects} {self.unit} each, on their validation subjects")
         return (f"B is {self.verdict if self.verdict != 'not distinguishable' else 'not distinguishable from'}"
@@ -128,8 +128,8 @@ def compare_counts(n: np.ndarray, correct_a: np.ndarray, correct_b: np.ndarray, 
         d = _from_counts(metric, n, correct_b) - _from_counts(metric, n, correct_a)  # (S,) per subject
         d = d[np.isfinite(d)]
         mean, se = float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
-        if se == 0:  # every subject moved by the same amount: no spread to put an interval on
-            return Comparison(metric, a, b, k, method, mean, mean, mean, 0.5 if mean == 0 else float(mean > 0))
+        if se == 0:
+            return _no_spread(metric, a, b, len(d), method, mean, confidence)
         q = float(scipy_stats.t.ppf(0.5 + confidence / 2, len(d) - 1))
         p = float(scipy_stats.t.cdf(mean / se, len(d) - 1))
         # a difference of two shares lies in [-1, 1]: a t interval on few subjects can overshoot
@@ -143,6 +143,19 @@ def compare_counts(n: np.ndarray, correct_a: np.ndarray, correct_b: np.ndarray, 
         return Comparison(metric, a, b, k, method, b - a, float(low), float(high),
                           float((diffs > 0).mean() + 0.5 * (diffs == 0).mean()))
     raise ValueError(f"unknown interval method {method!r} (t or bootstrap)")
+
+
+def _no_spread(metric: str, a: float, b: float, n: int, method: str, diff: float, confidence: float,
+               unit: str = "subjects") -> Comparison:
+    """Every one of the n subjects (or members) moved by exactly `diff`: a t interval has no
+    spread to work on and would shrink to the point, a certainty no sample gives. n agreeing
+    signs are a sign test instead: the direction stands (the interval is the point) only when
+    chance would give it less often than 1 - confidence (n >= 6 at 95%); else no interval."""
+    if diff == 0:
+        return Comparison(metric, a, b, n, method, 0.0, 0.0, 0.0, 0.5, unit)
+    if 2 * 0.5 ** n < 1 - confidence:
+        return Comparison(metric, a, b, n, method, diff, diff, diff, float(diff > 0), unit)
+    return Comparison(metric, a, b, n, method, diff, None, None, None, unit)
 
 
 @dataclass(frozen=True)
@@ -195,8 +208,7 @@ def compare_groups(a_values, b_values, paired: bool, metric: str, unit: str, con
     if n < 2 or not np.isfinite(se):
         return Comparison(metric, float(a.mean()), float(b.mean()), n, method, diff, None, None, None, unit)
     if se == 0:
-        return Comparison(metric, float(a.mean()), float(b.mean()), n, method, diff, diff, diff,
-                          0.5 if diff == 0 else float(diff > 0), unit)
+        return _no_spread(metric, float(a.mean()), float(b.mean()), n, method, diff, confidence, unit)
     q = float(scipy_stats.t.ppf(0.5 + confidence / 2, dof))
     return Comparison(metric, float(a.mean()), float(b.mean()), n, method, diff, max(diff - q * se, -1.0),
                       min(diff + q * se, 1.0), float(scipy_stats.t.cdf(diff / se, dof)), unit)

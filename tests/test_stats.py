@@ -86,3 +86,18 @@ def test_the_pooled_figures_are_the_plain_metrics():
     for name, fn in (("mean_class_acc", mean_class_accuracy), ("acc", accuracy)):
         result = compare(subject, y_true, a, b, metric=name)
         assert result.a == pytest.approx(fn(y_true, a)) and result.b == pytest.approx(fn(y_true, b))
+
+
+@pytest.mark.parametrize("subjects, verdict", [(2, "not distinguishable"), (5, "not distinguishable"), (6, "better")])
+def test_subjects_that_all_gain_the_same_are_a_sign_test_not_a_certainty(subjects, verdict):
+    """Each subject has 10 clips of one class and B gets one more right on every one: the
+    differences have no spread, and a t interval would be the point itself (certainty from two
+    subjects). A sign test over the agreeing subjects decides: 6 at 95%."""
+    from exptrack.stats import compare_counts, compare_groups
+
+    n = np.full((subjects, 1), 10.0)
+    result = compare_counts(n, np.full((subjects, 1), 5.0), np.full((subjects, 1), 6.0))
+    assert result.verdict == verdict and result.diff == pytest.approx(0.1)
+    assert (result.low is None) is (verdict == "not distinguishable")
+    groups = compare_groups([0.5] * subjects, [0.6] * subjects, paired=True, metric="m", unit="folds")
+    assert groups.verdict == verdict
