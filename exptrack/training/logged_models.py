@@ -121,7 +121,7 @@ class ModelLog:
                 registry.delete_logged_model(self.by_epoch[epoch])
             del self.by_epoch[epoch]
 
-    def ensure_best(self, best_epoch: int | None) -> str | None:
+    def ensure_kept(self, best_epoch: int | None) -> str | None:
         """At the end of the run: every kept model logged (the best and the kept periodic
         checkpoints), from its file where its epoch's logging failed (a tracking outage, or a kill
         during an upload that the resume found unfinished); the best model's id."""

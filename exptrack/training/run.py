@@ -475,7 +475,7 @@ def _train(config: Config, env: DistEnv, resume: str | None, progress: bool,
                 log.warning("%s", early)
                 run.set_tags({"early_best_epoch": early})
             _log_run_summary(run, state, data, logger, outputs / "runs" / run.id)
-            best_id = models.ensure_best(state.best_epoch.get("val_mean_class_acc"))
+            best_id = models.ensure_kept(state.best_epoch.get("val_mean_class_acc"))
             version = models.register(best_id) if best_id and options.register else None
             if config.mlflow.upload_resume_checkpoint and (ckpt_dir / ckpt.LAST).exists():
                 run.log_artifact(ckpt_dir / ckpt.LAST, RESUME_ARTIFACT_DIR)
