@@ -57,9 +57,9 @@ def _env(folder: Path) -> dict[str, str]:
     return env
 
 
-def _mlflow_run(entry: str, experiment: str | None, **params: str) -> list[str]:
+def _mlflow_run(entry: str, experiment: str | None, run_name: str | None = None, **params: str) -> list[str]:
     return [sys.executable, "-m", "mlflow", "run", str(REPO), "-e", entry, "--env-manager", "local",
-            *(["--experiment-name", experiment] if experiment else []),
+            *(["--experiment-name", experiment] if experiment else []), *(["--run-name", run_name] if run_name else []),
             *[a for k, v in params.items() for a in ("-P", f"{k}={v}")]]
 
 
@@ -116,6 +116,9 @@ def walk(tiny_demo, tmp_path_factory) -> Walk:
         ("mlflow-tune-default", _mlflow_run("tune", None, study_file=str(own_study), n_trials="2")),
         ("mlflow-train-seeds", _mlflow_run("train", "walk", config=str(config), seeds="0,1",
                                            overrides="train.epochs=1")),
+        # the user's run name holds characters MLflow refuses in a logged model's name
+        ("mlflow-train-folds", _mlflow_run("train", "walk", run_name="folds.lr=1e-3/v2", config=str(config),
+                                           folds="2", overrides="train.epochs=1 optim.lr=0.001")),
     ]
     ran: dict[str, Ran] = {}
     for name, args in steps:
@@ -199,6 +202,16 @@ def test_mlflow_run_train_with_seeds_makes_its_run_the_group(walk):
     version = client.get_model_version("c3d-exercise", parent.data.tags["group_model_version"])
     assert version.tags["group_run_id"] == parent.info.run_id
     assert "group " + parent.info.run_id in walk.ran["mlflow-train-seeds"].stdout
+    assert parent.info.run_name == "seeds-0,1 train.epochs=1"  # `mlflow run` named it at random: exptrack names it
+
+
+def test_mlflow_run_keeps_the_users_run_name_and_logs_the_fold_ensemble_under_it(walk):
+    client = walk.client()
+    parent = client.get_run(walk.run_id("mlflow-train-folds"))
+    assert parent.info.run_name == "folds.lr=1e-3/v2" and parent.info.status == "FINISHED"
+    version = client.get_model_version("c3d-exercise", parent.data.tags["group_model_version"])
+    model = client.get_logged_model(version.model_id)
+    assert model.source_run_id == parent.info.run_id and model.name.startswith("folds_lr=1e-3_v2-")
 
 
 def test_no_third_party_warning_or_progress_bar_reaches_a_log(walk):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import re
 import subprocess
 import tempfile
 import time
@@ -62,6 +63,15 @@ def source_tags() -> dict[str, str]:
         tags["git_dirty"] = str(bool(_git("status", "--porcelain", "--untracked-files=no")))
     return tags
 
+
+
+# The shape of the names MLflow makes up for a run created without one (`bemused-bat-412`).
+_MLFLOW_MADE_UP_NAME = re.compile(r"[a-z]+-[a-z]+-\d{1,3}")
+
+
+def _named_by_mlflow(run_name: str | None) -> bool:
+    """Whether `run_name` is a name MLflow made up, not one the user gave (`mlflow run --run-name`)."""
+    return not run_name or len(run_name) <= 20 and _MLFLOW_MADE_UP_NAME.fullmatch(run_name) is not None
 
 
 # Characters MLflow refuses in a logged model's name; a run's name may hold any of them (a group
@@ -211,8 +221,8 @@ def start_run(config: Config, run_name: str, command: str, tags: dict[str, Any] 
             if system_metrics and config.mlflow.log_system_metrics:
                 monitor = _system_metrics(run.id, resumed=bool(existing))
             run.set_tags({"exptrack.command": command, **source_tags(), **(tags or {})})
-            if project_run:  # under `mlflow run` the run was created with a random name; it is called run_name now
-                run.set_tags({"mlflow.runName": run_name})
+            if project_run and _named_by_mlflow(_client().get_run(run.id).info.run_name):
+                run.set_tags({"mlflow.runName": run_name})  # `mlflow run` without --run-name: a random name
             run.log_config(config, invocation)
             name = _client().get_run(run.id).info.run_name if run_id else run_name  # a resume keeps its own name
             log.info("MLflow run %s (%s) at %s", run.id, name or run_name, tracking_uri())
@@ -322,7 +332,8 @@ def create_parent_run(config: Config, run_name: str, tags: dict[str, Any], searc
     client = _client()
     run_id = os.environ.get("MLFLOW_RUN_ID")  # under `mlflow run`, the run it created
     if run_id:
-        client.set_tag(run_id, "mlflow.runName", run_name)
+        if _named_by_mlflow(client.get_run(run_id).info.run_name):
+            client.set_tag(run_id, "mlflow.runName", run_name)
     else:
         run_id = client.create_run(experiment_id, run_name=run_name).info.run_id
     for key, value in {**source_tags(), **tags}.items():
