@@ -154,6 +154,61 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _outside_requirements() -> list[str]:
+    """Top-level modules of exptrack's dependencies that neither the model's requirements nor
+    what they depend on install."""
+    import re
+    from importlib import metadata
+
+    from exptrack.serving.package import model_requirements
+
+    def name(requirement: str) -> str:
+        return re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+    seen: set[str] = set()
+    todo = [name(r) for r in model_requirements()]
+    while todo:
+        dist = todo.pop()
+        if dist not in seen:
+            seen.add(dist)
+            try:
+                todo += [name(r) for r in metadata.requires(dist) or [] if "extra ==" not in r]
+            except metadata.PackageNotFoundError:
+                pass
+    modules = set()
+    for dist in [name(r) for r in metadata.requires("exptrack") or [] if "extra ==" not in r]:
+        if dist not in seen:
+            files = metadata.distribution(dist).files or []
+            modules |= {str(f).split("/")[0].removesuffix(".py") for f in files
+                        if not str(f).split("/")[0].endswith((".dist-info", ".libs", ".pth")) and "__pycache__" not in str(f)}
+    return sorted(modules)
+
+
+@pytest.mark.slow
+def test_a_logged_model_loads_and_predicts_with_only_its_requirements(tiny_trained, tmp_path):
+    """Its requirements.txt is the environment `mlflow models serve` builds: everything else
+    exptrack depends on (optuna, grad-cam, ...) is made unimportable in the loading process."""
+    uri, _, result, model_uri = _serving_model(tiny_trained)
+    blocked = _outside_requirements()
+    assert "optuna" in blocked and "torch" not in blocked
+    script = textwrap.dedent(f"""
+        import importlib.abc, sys
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {blocked!r}:
+                    raise ImportError(f"{{name}} is not in the model's requirements")
+        sys.meta_path.insert(0, Block())
+        import mlflow, numpy as np
+        model = mlflow.pyfunc.load_model({model_uri!r})
+        print(model.predict(np.zeros((1, {tiny_trained[1].data.clip_len}, 40, 48, 3), dtype=np.uint8)).shape)
+    """)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1].startswith("(1, ")
+
+
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_a_rest_request(tiny_trained, tmp_path):
     uri, cfg, result, model_uri = _serving_model(tiny_trained)

@@ -39,14 +39,21 @@ def clip_model_signature(clip_len: int, class_names: list[str]) -> ModelSignatur
     return ModelSignature(inputs=inputs, outputs=outputs, params=ParamSchema([ParamSpec(VIDEO_PARAM, "string", "")]))
 
 
+# What the packaged code imports when a model is loaded and run, beyond what these bring along
+# (mlflow brings scikit-learn, matplotlib, filelock, ...): tests/test_logged_models.py loads a
+# model with everything else unimportable.
+SERVING_DISTRIBUTIONS = ("mlflow", "torch", "numpy", "pandas", "pyyaml", "opencv-python-headless", "av", "tqdm")
+
+
 def model_requirements() -> list[str]:
     """The model's Python requirements, pinned to what trained it (given, not inferred: MLflow's
     inference imports the model in a subprocess, seconds per logged model). exptrack itself
-    travels in the model (code_paths)."""
+    travels in the model (code_paths). A local version label (torch `2.14.1+cpu` from PyTorch's
+    own index) is left out, as MLflow's inference does: PyPI has no such version."""
     out = []
-    for dist in ("mlflow", "torch", "numpy", "pandas", "pyyaml", "opencv-python-headless", "av"):
+    for dist in SERVING_DISTRIBUTIONS:
         try:
-            out.append(f"{dist}=={metadata.version(dist)}")
+            out.append(f"{dist}=={metadata.version(dist).split('+', 1)[0]}")
         except metadata.PackageNotFoundError:
             out.append(dist)
     return out

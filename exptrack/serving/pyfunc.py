@@ -8,10 +8,12 @@ C3D from it and applies the model's own preprocessing, so callers send raw frame
   frame size: frames are resized to the model's) -> one row per clip, a probability column per
   class name (``rest`` last, for a model with a rest output: no exercise performed) and
   ``predicted`` (the most likely class name).
-- ``predict(<any array, e.g. empty>, params={"video": "path.mp4"})``: the video is decoded,
-  cut into windows of the clip length (a quarter clip apart) -> one row per window with
-  ``start_frame`` first. A tensor signature cannot also accept a string, so the path travels as
-  an inference parameter, MLflow's way of passing options with a request.
+- ``predict(<any array of the signature's shape, e.g. (0, T, 1, 1, 3)>, params={"video":
+  "path.mp4"})``: the video is decoded, cut into windows of the clip length (a quarter clip
+  apart) -> one row per window with ``start_frame`` first. A tensor signature cannot also accept
+  a string, so the path travels as an inference parameter, MLflow's way of passing options with
+  a request; the array is not read, but MLflow checks its shape against the signature (over REST,
+  where `[]` has shape (0,), send one clip of shape (1, T, 1, 1, 3)).
 
 A model trained with person masks or skeleton attention expects frames prepared the same way;
 raw frames give it plain video (as `exptrack predict` warns).
