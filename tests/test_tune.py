@@ -467,6 +467,52 @@ def test_a_dead_local_worker_trial_is_failed_and_retried_through_public_optuna_a
     assert fail_trial(study, trial.number) is None  # already finished: nothing to do
 
 
+def test_a_dead_local_worker_trial_is_failed_and_retried_on_a_journal_file_too(tmp_path):
+    """A journal file (several processes on one machine) has no heartbeat: without the process
+    check its dead trial stayed RUNNING for ever, blocking --retrain-best and the parent's end."""
+    import socket
+
+    from exptrack.tune.study_file import StudySpec
+    from exptrack.tune.workers import make_storage, trials_to_run
+
+    spec = StudySpec(config="unused.yaml", storage=str(tmp_path / "study.log"), study="journal-dead", n_trials=3)
+    study = optuna.create_study(storage=make_storage(spec), study_name=spec.study)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{gone.pid}")
+    assert trials_to_run(study, spec) == 3  # none counted; the retry is one of them
+    assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]
+
+
+def test_workers_and_reruns_draw_their_own_params_and_one_worker_is_reproducible(tmp_path):
+    """Trials are seeded by (study seed, trial number): two workers on one study, and a rerun
+    after them, never repeat each other's draws; the same study made again draws the same."""
+    from exptrack.tune.workers import TrialSeededTPE
+
+    space = {"lr": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True)}
+
+    def worker(storage: str, name: str) -> optuna.Study:
+        return optuna.create_study(study_name=name, storage=storage, load_if_exists=True, sampler=TrialSeededTPE(42))
+
+    storage = f"sqlite:///{tmp_path / 'o.db'}"
+    a, b = worker(storage, "two"), worker(storage, "two")
+    for _ in range(3):
+        for study in (a, b):
+            trial = study.ask(space)
+            study.tell(trial, 0.5)
+    rerun = worker(storage, "two")
+    study_trial = rerun.ask(space)
+    rerun.tell(study_trial, 0.5)
+    drawn = [t.params["lr"] for t in rerun.get_trials()]
+    assert len(set(drawn)) == 7
+    again = worker(f"sqlite:///{tmp_path / 'again.db'}", "two")
+    for _ in range(7):
+        trial = again.ask(space)
+        again.tell(trial, 0.5)
+    assert [t.params["lr"] for t in again.get_trials()] == drawn
+
+
 def test_a_dead_workers_fold_trial_leaves_no_member_run_running(tmp_path):
     """A fold or seed trial's run is a group run with a member run per fold: when its worker dies,
     the member being trained dies too, and is closed with the group run."""

@@ -9,9 +9,14 @@ import os
 import random
 import socket
 import time
+from collections.abc import Sequence
+from typing import Any
 
+import numpy as np
 import optuna
 import sqlalchemy.exc
+from optuna.distributions import BaseDistribution
+from optuna.trial import FrozenTrial
 from optuna.storages.journal import JournalFileBackend
 
 from .. import tracking
@@ -112,8 +117,7 @@ def parent_run_for(study: optuna.Study, trial: optuna.Trial, spec: StudySpec, ti
             study.set_user_attr(PARENT_ATTR, parent)
             return parent
         time.sleep(1.0)
-        with optuna_experimental():
-            optuna.storages.fail_stale_trials(study)
+        fail_dead_trials(study)
     raise RuntimeError(f"study {spec.study}: no parent run appeared in {timeout_s:.0f} s (trial 0 still running?)")
 
 
@@ -124,14 +128,20 @@ def trials_to_run(study: optuna.Study, spec: StudySpec) -> int:
     """How many more trials this worker may start: up to the study's total (shared by every
     worker and every rerun), and at least the queued ones (a dead worker's retry, enqueued
     trials), which would otherwise never run once the total is reached."""
-    if not is_journal(spec.storage):
-        fail_dead_local_trials(study)
-        with optuna_experimental():
-            optuna.storages.fail_stale_trials(study)  # dead workers elsewhere, once grace_period has passed
+    fail_dead_trials(study)
     done = sum(t.state in COUNTED for t in study.trials)
     waiting = sum(t.state == optuna.trial.TrialState.WAITING for t in study.trials)
     log.info("study %s: %d of %d trials done, %d queued", study.study_name, done, spec.n_trials, waiting)
     return max(spec.n_trials - done, waiting)
+
+
+def fail_dead_trials(study: optuna.Study) -> None:
+    """FAIL (and retry once) the RUNNING trials whose worker is gone: on this machine at once, on
+    others once their heartbeat is grace_period old (RDB storages; a journal file has no heartbeat,
+    and serves one machine, where the process check is exact)."""
+    fail_dead_local_trials(study)
+    with optuna_experimental():
+        optuna.storages.fail_stale_trials(study)  # a no-op without a heartbeat
 
 
 def fail_dead_local_trials(study: optuna.Study) -> None:
@@ -161,8 +171,43 @@ def fail_trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial | N
 def open_study(spec: StudySpec) -> optuna.Study:
     assert spec.pruner is not None, "read_study resolves the pruner"
     return optuna.create_study(study_name=spec.study, storage=make_storage(spec), load_if_exists=True,
-                               direction=spec.direction, sampler=optuna.samplers.TPESampler(seed=spec.seed),
+                               direction=spec.direction, sampler=TrialSeededTPE(spec.seed),
                                pruner=make_pruner(spec.pruner))
+
+
+class TrialSeededTPE(optuna.samplers.BaseSampler):
+    """Optuna's TPE sampler, its random draws seeded by (the study's seed, the trial's number).
+
+    One `TPESampler(seed)` per process gives every process the same draws: two workers ran each
+    of the first (random) trials' params twice, and a rerun repeated the trials before it. Trial
+    numbers are unique across workers and reruns (the storage hands them out), so seeding each
+    trial by its number keeps trials apart and a one-worker study reproducible. TPE keeps no
+    state between trials but its random generator (it reads the history from the study), so a
+    sampler made per trial loses nothing."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self._tpe = optuna.samplers.TPESampler(seed=seed)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        trial_seed = int(np.random.SeedSequence([self.seed, trial.number]).generate_state(1)[0])
+        self._tpe = optuna.samplers.TPESampler(seed=trial_seed)
+        self._tpe.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return self._tpe.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        return self._tpe.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        return self._tpe.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: optuna.trial.TrialState,
+                    values: Sequence[float] | None) -> None:
+        self._tpe.after_trial(study, trial, state, values)
 
 
 class StopWhenDone:
