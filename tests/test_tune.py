@@ -184,6 +184,19 @@ def test_shipped_study_files_load(name):
     assert (spec.folds, spec.pruner) == ((4, "wilcoxon") if name == "folds.yaml" else (0, "median"))
 
 
+@pytest.mark.parametrize("extra, group_model", [("", "ensemble"), ("overrides: [train.group_model=best]", "best")])
+def test_a_seed_study_registers_its_best_trials_ensemble_unless_told_otherwise(tmp_path, extra, group_model):
+    """As a fold study does (issue 33); a plain `train --seeds` registers its best member."""
+    from exptrack.config import load_config
+    from exptrack.tune.study_file import group_overrides
+
+    path = tmp_path / "seeds.yaml"
+    path.write_text(f"config: {ROOT / 'experiments' / 'demo.yaml'}\nseeds: [0, 1]\n{extra}\n")
+    spec = load_study_spec(path)
+    config = load_config(spec.config, [*spec.overrides, *group_overrides(spec)])
+    assert config.train.seeds == (0, 1) and config.train.group_model == group_model
+
+
 @pytest.mark.slow
 def test_a_study_on_folds_scores_each_trial_by_its_folds_mean(tiny_demo, tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import yaml
 
-from ..config import ConfigError, check_value, load_config
+from ..config import ConfigError, check_value, given_keys, load_config
 from ..yaml_io import read_yaml_file, yaml_number
 from ..training.groups import is_group
 
@@ -189,10 +189,16 @@ def check_study_group(path: Path, raw: dict[str, Any]) -> None:
 
 
 def group_overrides(spec: StudySpec) -> list[str]:
-    """The config keys that make a trial's training a fold or seed group."""
+    """The config keys that make a trial's training a fold or seed group. A study's result is its
+    best trial's ensemble (issue 33: the members cost nothing more, and their errors differ), for
+    seeds too, where a plain `train --seeds` registers its best member: unless the study's config
+    or overrides choose `train.group_model` themselves."""
     if spec.folds:
         return [f"data.folds={spec.folds}"]
-    return [f"train.seeds={','.join(map(str, spec.seeds))}"] if spec.seeds else []
+    if not spec.seeds:
+        return []
+    chosen = "train.group_model" in given_keys(spec.config, spec.overrides)
+    return [f"train.seeds={','.join(map(str, spec.seeds))}", *([] if chosen else ["train.group_model=ensemble"])]
 
 
 def is_journal(url: str) -> bool:
