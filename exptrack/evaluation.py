@@ -62,6 +62,10 @@ def inputs_changed(trained: Config, evaluated: Config) -> str:
     return ", ".join(changed) or "as trained"
 
 
+class SplitIsTrainingData(ModelError):
+    """The split asked for is (some of) the model's training data: no score of it means anything."""
+
+
 @dataclass
 class ClipReport:
     summary: dict[str, float]
@@ -199,8 +203,9 @@ def run_evaluate(model_ref: str, options: EvaluateOptions = EvaluateOptions(),
     tracking.check_store(base_config or Config())  # before the model is looked up in it
     loaded = load_model(model_ref, device)
     if loaded.config.model.ensemble > 1 and loaded.config.data.folds and options.split != "test":
-        raise ModelError(f"model {model_ref}: an ensemble of fold models trained on every non-test subject; its "
-                         f"{options.split} split is some member's training data: evaluate it on test")
+        raise SplitIsTrainingData(f"model {model_ref}: an ensemble of fold models trained on every non-test "
+                                  f"subject; its {options.split} split is some member's training data: evaluate it "
+                                  "on test")
     config = evaluation_config(loaded.config, options.data_root, overrides or {})
     if base_config is not None:  # tracking and paths come from the caller's config
         config = replace(config, mlflow=vars(base_config.mlflow), paths=vars(base_config.paths))

@@ -20,7 +20,7 @@ from typing import Any, Callable
 from . import model_card, preemption, tracking
 from .tracking import registry
 from .errors import ModelError
-from .evaluation import evaluation_digest, evaluation_predictions, run_evaluate
+from .evaluation import SplitIsTrainingData, evaluation_digest, evaluation_predictions, run_evaluate
 from .options import EvaluateOptions
 from .metrics import HEADLINE_METRICS, canonical_metric, legacy_metric
 from .stats import METRICS as PAIRED_METRICS
@@ -210,18 +210,27 @@ def promote(name: str, options: PromoteOptions = PromoteOptions(), evaluate=None
     digest_tag = f"{split}_data_digest"
     champion_version = registry.alias_version(name, CHAMPION)
     today = {v["version"]: current_digest(f"models:/{name}/{v['version']}", split, data_root) for v in versions}
+    left_out: dict[str, str] = {}  # versions this split cannot score (a fold ensemble trained on val)
     for v in versions:
         if needs_evaluation(name, v, metric, split, today[v["version"]],
                             v["version"] == champion_version or options.reevaluate):
-            evaluate(f"models:/{name}/{v['version']}", split, data_root)
+            try:
+                evaluate(f"models:/{name}/{v['version']}", split, data_root)
+            except SplitIsTrainingData as exc:
+                if v["version"] == champion_version:
+                    raise ModelError(f"champion v{champion_version} of {name}: {exc}; promote on test "
+                                     "(--split test) to compare it") from None
+                left_out[v["version"]] = f"not compared: {split} is its training data ({exc})"
+                log.warning("%s version %s left out: %s", name, v["version"], exc)
     versions = registry.model_versions(name)
     candidates = [Candidate(v["version"], metric_value(v, metric, split), v["tags"].get(digest_tag, ""),
-                            today[v["version"]]) for v in versions]
+                            today[v["version"]]) for v in versions if v["version"] not in left_out]
     by_version = {c.version: c for c in candidates}
     current = by_version.get(champion_version) if champion_version else None
     by_number = {v["version"]: v for v in versions}
     decision = decide(current, candidates, rule, _paired_on_predictions(by_number, metric, split, options.method),
                       options.min_improvement)
+    decision.reasons.update(left_out)
     record_decision(name, decision, champion_version, metric, rule)
     log.info("champion of %s: version %s", name, decision.champion)
     return decision

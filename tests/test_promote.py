@@ -95,6 +95,24 @@ def test_versions_without_the_metric_are_evaluated_first(tmp_path):
     assert "below the best candidate" in _tags(v1)["promotion.decision"]
 
 
+def test_a_version_the_split_cannot_score_is_left_out_with_its_reason(tmp_path):
+    """A fold ensemble trained on every non-test subject: `promote --split val` leaves it out
+    (it aborted the whole promotion before); as the champion, the promotion is refused."""
+    from exptrack.evaluation import SplitIsTrainingData
+
+    v1 = _add_version(tmp_path, 0.5)
+    v2 = _add_version(tmp_path, None)
+
+    def trained_on_it(uri: str, split: str, data_root) -> None:
+        raise SplitIsTrainingData(f"model {uri}: an ensemble of fold models")
+
+    assert promote(NAME, PromoteOptions(rule="best"), evaluate=trained_on_it, current_digest=_today()).champion == v1
+    assert _tags(v2)["promotion.decision"].startswith("not compared: test is its training data")
+    registry.set_alias(NAME, "champion", v2)
+    with pytest.raises(ModelError, match=f"champion v{v2} of {NAME}: .*promote on test"):
+        promote(NAME, PromoteOptions(rule="best"), evaluate=trained_on_it, current_digest=_today())
+
+
 def test_without_a_champion_only_versions_evaluated_on_todays_data_compete(tmp_path):
     v1 = _add_version(tmp_path, 0.90, digest="A")
     v2 = _add_version(tmp_path, 0.95, digest="B")  # better, but on other data than today's
