@@ -172,9 +172,10 @@ def evaluation_config(trained: Config, data_root: str | None, overrides: dict[st
     explicit overrides; contradicting how the model was trained is allowed but warned about.
 
     Where files go is never taken from the model: its saved `paths.*` (possibly absolute paths
-    of the machine that trained it) give way to this working folder's defaults, and its
-    `data.demo` does not apply (a missing data root is an error, not a place to generate demo
-    data), unless the caller overrides them."""
+    of the machine that trained it) give way to this working folder's defaults, its
+    `mlflow.tracking_uri` to the store this process uses (the one the model was found in, from
+    MLFLOW_TRACKING_URI), and its `data.demo` does not apply (a missing data root is an error,
+    not a place to generate demo data), unless the caller overrides them."""
     changes: dict[str, dict] = {s: dict(v) for s, v in overrides.items()}
     for section, values in overrides.items():
         for key, value in values.items():
@@ -189,6 +190,7 @@ def evaluation_config(trained: Config, data_root: str | None, overrides: dict[st
         data.setdefault("fold", None)
     data.setdefault("demo", False)
     changes["paths"] = {**vars(Config().paths), **changes.get("paths", {})}
+    changes["mlflow"] = {"tracking_uri": Config().mlflow.tracking_uri, **changes.get("mlflow", {})}
     return replace(trained, **changes)
 
 

@@ -195,15 +195,17 @@ def test_a_checkpoint_whose_config_disagrees_with_its_weights_is_a_clear_error(t
 
 @pytest.mark.slow
 def test_evaluate_never_writes_where_the_models_config_points(tiny_trained, tmp_path, monkeypatch):
-    """A model trained on generated demo data at an absolute path elsewhere: evaluating it never
-    generates data or a cache there, and a missing --data-root is an error."""
+    """A model trained on generated demo data at an absolute path elsewhere, into another
+    tracking store: evaluating it never generates data or a cache there, nor tracks there (the
+    store the model was found in holds the evaluation), and a missing --data-root is an error."""
     from exptrack.data.errors import DataError
 
     uri, cfg, result = tiny_trained
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     elsewhere = tmp_path / "elsewhere"
     edited = _edited_checkpoint(result, tmp_path, data__demo=True, data__root=str(elsewhere / "data"),
-                                paths__cache=str(elsewhere / "cache"), paths__outputs=str(elsewhere / "outputs"))
+                                paths__cache=str(elsewhere / "cache"), paths__outputs=str(elsewhere / "outputs"),
+                                mlflow__tracking_uri=f"sqlite:///{elsewhere / 'mlflow.db'}")
     with pytest.raises(DataError, match="data root not found"):
         run_evaluate(edited, EvaluateOptions(progress=False))
     with pytest.raises(DataError, match="data root not found"):
@@ -213,6 +215,7 @@ def test_evaluate_never_writes_where_the_models_config_points(tiny_trained, tmp_
     evaluation = run_evaluate(edited, EvaluateOptions(data_root=cfg.data.root, progress=False))  # real data: works, files stay here
     assert not elsewhere.exists()
     assert evaluation.out_dir.resolve().is_relative_to(Path.cwd().resolve()) and Path("outputs/cache").is_dir()
+    assert mlflow.MlflowClient().get_run(evaluation.run_id).info.status == "FINISHED"  # the store in use
 
 
 @pytest.mark.slow
