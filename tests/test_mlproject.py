@@ -210,7 +210,7 @@ def test_mlflow_run_keeps_the_users_run_name_and_logs_the_fold_ensemble_under_it
     parent = client.get_run(walk.run_id("mlflow-train-folds"))
     assert parent.info.run_name == "folds.lr=1e-3/v2" and parent.info.status == "FINISHED"
     version = client.get_model_version("c3d-exercise", parent.data.tags["group_model_version"])
-    model = client.get_logged_model(version.model_id)
+    model = client.get_logged_model(version.source.removeprefix("models:/"))
     assert model.source_run_id == parent.info.run_id and model.name.startswith("folds_lr=1e-3_v2-")
 
 
@@ -233,7 +233,8 @@ def test_logged_models_link_only_their_own_metrics_and_have_unique_names(walk):
     for model in models:
         keys = {m.key for m in model.metrics or []}
         refit = client.get_run(model.source_run_id).data.tags.get("trained_on") == "train+val"  # no validation
-        assert (keys or refit) and all(k.startswith(("val_", "test_")) for k in keys), (model.name, sorted(keys))
+        ensemble = "exptrack.ensemble_members" in model.tags  # its members were validated, it was not
+        assert (keys or refit or ensemble) and all(k.startswith(("val_", "test_")) for k in keys), (model.name, sorted(keys))
 
 
 def test_a_version_carries_few_tags_and_a_model_card(walk):
