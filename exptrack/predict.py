@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,12 +148,12 @@ def _timeline(files: SubjectFiles, loaded: LoadedModel, model_ref: str, options:
     probs = video_probabilities(loaded.model, frames, loaded.config, loaded.placement, options.stride)  # (T, K)
     predicted = frame_labels(probs, rest, loaded.rest_weight)  # -1 where rest wins
     smoothed = smooth_labels(predicted, options.smooth_window)
-    confidence = frame_confidence(probs, predicted, rest)
+    confidence, smoothed_confidence = frame_confidence(probs, predicted, rest), frame_confidence(probs, smoothed, rest)
     table = pd.DataFrame({"frame": np.arange(len(predicted)), "time_s": np.arange(len(predicted)) / info.fps,
                           "predicted": predicted, "predicted_name": name_of[predicted],
                           "probability": confidence.round(5), "smoothed": smoothed,
                           "smoothed_name": name_of[smoothed]})
-    segs = segments(smoothed, frame_confidence(probs, smoothed, rest), rest=rest is not None)
+    segs = segments(smoothed, smoothed_confidence, rest=rest is not None)
     segs.insert(3, "name", name_of[segs["class"].to_numpy(dtype=np.int64)])
     segs["start_s"], segs["end_s"] = segs["start"] / info.fps, (segs["end"] + 1) / info.fps
     true, truth = None, None
@@ -171,14 +172,15 @@ def _timeline(files: SubjectFiles, loaded: LoadedModel, model_ref: str, options:
         title = f"{video.name}: exercises and rest" + (f" (true labels: {files.labels})" if true is not None else "")
         figures.timeline(true, predicted, smoothed, title, out / "timeline.png", names, rest_output=rest is not None)
         if options.overlay:
-            write_video(out / "overlay.mp4", label_overlay(frames, smoothed, confidence, names), info.fps)
+            # the label drawn is the smoothed one, so is its probability
+            write_video(out / "overlay.mp4", label_overlay(frames, smoothed, smoothed_confidence, names), info.fps)
     return Timeline(table, segs, info.fps, out, names, truth=truth)
 
 
 def label_overlay(frames: np.ndarray, labels: np.ndarray, confidence: np.ndarray, names: list[str] | None = None,
-                  scale: int = 4) -> np.ndarray:
-    """The video with the predicted class and confidence written on each frame."""
-    out = []
+                  scale: int = 4) -> Iterator[np.ndarray]:
+    """The video with the predicted class and confidence written on each frame, one frame at a
+    time (scaled up, a whole workout video would not fit in memory)."""
     for frame, label, conf in zip(frames, labels, confidence, strict=True):
         text = f"{class_label(int(label), names)}" + (f" ({conf:.2f})" if np.isfinite(conf) else "")
         big = cv2.resize(frame, (frame.shape[1] * scale, frame.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
@@ -186,5 +188,4 @@ def label_overlay(frames: np.ndarray, labels: np.ndarray, confidence: np.ndarray
                     cv2.LINE_AA)
         cv2.putText(big, text, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1,
                     cv2.LINE_AA)
-        out.append(big)
-    return np.stack(out)
+        yield big

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -114,8 +116,9 @@ def read_frames(path: Path, start: int, count: int, size: tuple[int, int] | None
     return np.stack(frames)
 
 
-def write_video(path: Path, frames_rgb: np.ndarray, fps: float, crf: int = 20) -> None:
-    """Write (T, H, W, 3) uint8 RGB frames as H.264 (yuv420p) MP4 with PyAV's libx264.
+def write_video(path: Path, frames_rgb: np.ndarray | Iterable[np.ndarray], fps: float, crf: int = 20) -> None:
+    """Write uint8 RGB frames, (T, H, W, 3) or one (H, W, 3) frame at a time (a long video is
+    never held whole in memory), as H.264 (yuv420p) MP4 with PyAV's libx264.
 
     H.264 is what cameras and the original data use, what browsers (and the MLflow artifact
     viewer) play, and what OpenCV decodes; OpenCV's own wheel cannot encode it. Odd frame sizes
@@ -124,10 +127,12 @@ def write_video(path: Path, frames_rgb: np.ndarray, fps: float, crf: int = 20) -
     import av
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    t, h, w, _ = frames_rgb.shape
+    frames = iter(frames_rgb)
+    first = next(frames, None)
+    if first is None:
+        raise DataError(f"{path}: no frames to write")
+    h, w, _ = first.shape
     pad_h, pad_w = h % 2, w % 2
-    if pad_h or pad_w:
-        frames_rgb = np.pad(frames_rgb, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
     try:
         with av.open(str(path), mode="w") as container:
             stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
@@ -136,7 +141,9 @@ def write_video(path: Path, frames_rgb: np.ndarray, fps: float, crf: int = 20) -
             # macroblock-tree rate control gave different bitstreams for the same frames within
             # one process, and frame threads can too.
             stream.options = {"crf": str(crf), "preset": "fast", "threads": "1", "x264-params": "no-mbtree=1"}
-            for index, frame in enumerate(frames_rgb):
+            for index, frame in enumerate(itertools.chain([first], frames)):
+                if pad_h or pad_w:
+                    frame = np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
                 out = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
                 out.pts = index
                 container.mux(stream.encode(out))
