@@ -135,6 +135,10 @@ def test_two_workers_share_a_journal_study(tiny_demo, tmp_path):
     assert len(child_runs(parent)) == len(study.trials)  # every trial under the one parent
     assert len(mlflow.search_runs(experiment_names=["tune-test"], filter_string="tags.`exptrack.command` = 'tune'",
                                   output_format="list")) == 1
+    # one version, the study's result: the worker that finished first did not register its best so far
+    versions = mlflow.MlflowClient().search_model_versions("name='tuned'")
+    assert [v.run_id for v in versions] == [study.best_trial.user_attrs["run_id"]]
+    assert mlflow.get_run(parent).info.status == "FINISHED"
 
 
 def test_study_file_errors_name_the_key(tmp_path):
@@ -496,6 +500,22 @@ def test_a_dead_local_worker_trial_is_failed_and_retried_on_a_journal_file_too(t
     trial.set_user_attr("worker", f"{socket.gethostname()}:{gone.pid}")
     assert trials_to_run(study, spec) == 3  # none counted; the retry is one of them
     assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]
+
+
+@pytest.mark.parametrize("change, says", [({"metric": "val_loss", "direction": "minimize"},
+                                           "metric val_mean_class_acc -> val_loss; direction maximize -> minimize"),
+                                          ({"folds": 3}, "folds 0 -> 3")])
+def test_a_study_file_that_changes_what_values_mean_is_refused_on_the_old_study(tmp_path, change, says):
+    import dataclasses
+
+    from exptrack.tune.study_file import StudySpec
+    from exptrack.tune.workers import open_study
+
+    spec = StudySpec(config="unused.yaml", storage=f"sqlite:///{tmp_path / 'o.db'}", study="s", pruner="median")
+    open_study(spec)
+    open_study(spec)  # the same file again: continued
+    with pytest.raises(ConfigError, match=f"study s in .*o.db holds trials scored otherwise .*\\({says}\\)"):
+        open_study(dataclasses.replace(spec, **change))
 
 
 def test_workers_and_reruns_draw_their_own_params_and_one_worker_is_reproducible(tmp_path):

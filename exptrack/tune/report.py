@@ -132,8 +132,8 @@ def write_study_report(study: optuna.Study, complete: list, out: Path) -> None:
 
 
 def conclude_study(study: optuna.Study, complete: list, spec: StudySpec, parent: str, report: Path) -> None:
-    """The study's end on its parent run: its figures and report, the best trial's model
-    registered (once), and the parent finished when every trial is."""
+    """The study's end on its parent run: its figures and report; once every trial has finished
+    (in every worker), the best trial's model registered (once) and the parent finished."""
     metrics: dict[str, float] = {}
     params: dict[str, Any] = {}
     if complete:
@@ -147,10 +147,15 @@ def conclude_study(study: optuna.Study, complete: list, spec: StudySpec, parent:
     tracking.log_to_run(parent, metrics=metrics, folder=report, artifact_path="tune")
     for key, value in params.items():
         tracking.set_run_tags(parent, {key: value})
+    if not all(t.state.is_finished() for t in study.trials):
+        # another worker's trial may still become the best: registering now would leave a
+        # version that is not the study's result; the last worker to finish (or a rerun) registers
+        log.info("study %s: trials still running or queued in other workers; the last to finish registers the best "
+                 "trial's model", study.study_name)
+        return
     if complete and "run_id" in study.best_trial.user_attrs:
         attrs = study.best_trial.user_attrs
         config = best_trial_config(study, spec)
         version = register_best_once(attrs["run_id"], config)
         tracking.set_run_tags(parent, {"best_model_version": version})
-    if all(t.state.is_finished() for t in study.trials):
-        tracking.finish_run(parent)
+    tracking.finish_run(parent)

@@ -21,7 +21,7 @@ from optuna.storages.journal import JournalFileBackend
 
 from .. import tracking
 from .._proc import process_alive
-from ..config import load_config
+from ..config import ConfigError, load_config
 from ..preemption import Preempted
 from . import optuna_experimental
 from .pruning import make_pruner
@@ -169,10 +169,31 @@ def fail_trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial | N
 
 
 def open_study(spec: StudySpec) -> optuna.Study:
+    """The study, made or continued. What makes its trials' values comparable is kept with it
+    when it is made, and a rerun whose study file changed it is refused: Optuna keeps an
+    existing study's direction whatever is asked, and would rank fold means beside single runs."""
     assert spec.pruner is not None, "read_study resolves the pruner"
-    return optuna.create_study(study_name=spec.study, storage=make_storage(spec), load_if_exists=True,
-                               direction=spec.direction, sampler=TrialSeededTPE(spec.seed),
-                               pruner=make_pruner(spec.pruner))
+    study = optuna.create_study(study_name=spec.study, storage=make_storage(spec), load_if_exists=True,
+                                direction=spec.direction, sampler=TrialSeededTPE(spec.seed),
+                                pruner=make_pruner(spec.pruner))
+    check_same_study(study, spec)
+    return study
+
+
+STUDY_ATTR = "exptrack.values"  # what a trial's value is: metric, direction, folds, seeds
+
+
+def check_same_study(study: optuna.Study, spec: StudySpec) -> None:
+    ours = {"metric": spec.metric, "direction": spec.direction, "folds": spec.folds, "seeds": list(spec.seeds)}
+    theirs = dict(study.user_attrs.get(STUDY_ATTR) or {})
+    theirs.setdefault("direction", study.direction.name.lower())  # a study made before the attribute
+    changed = [f"{key} {theirs[key]} -> {value}" for key, value in ours.items() if key in theirs and theirs[key] != value]
+    if changed:
+        raise ConfigError(f"study {spec.study} in {spec.storage} holds trials scored otherwise than the study file "
+                          f"says ({'; '.join(changed)}): their values cannot be ranked together; name a new study "
+                          "(`study:` in the file, or --study)")
+    if STUDY_ATTR not in study.user_attrs:
+        study.set_user_attr(STUDY_ATTR, ours)
 
 
 class TrialSeededTPE(optuna.samplers.BaseSampler):
