@@ -202,6 +202,10 @@ def promote(name: str, options: PromoteOptions = PromoteOptions(), evaluate=None
     if rule not in RULES:
         raise ModelError(f"unknown promotion rule {rule!r} (one of {', '.join(RULES)})")
     metric = canonical_metric(options.metric)  # test_mean_class_accuracy, its spelling before, still works
+    other = next((s for s in ("train", "val", "test") if s != split and metric.startswith(f"{s}_")), None)
+    if other:
+        raise ModelError(f"--metric {metric} is a figure of the {other} split, and versions are evaluated on "
+                         f"{split} (--split): use {split}_{metric[len(other) + 1:]}")
     if rule == "interval":
         paired_metric(metric, split)  # before anything is evaluated
     versions = registry.model_versions(name)

@@ -140,6 +140,8 @@ def test_unknown_model_reference_is_a_clear_error(tmp_path):
     assert not isinstance(caught.value, DataError)  # a model reference is not bad data
     with pytest.raises(ModelError, match="models:/nothing@champion: not found"):
         run_evaluate("models:/nothing@champion", EvaluateOptions(progress=False))
+    with pytest.raises(ModelError, match="models:/nothing: which version\\? models:/nothing/<version>"):
+        run_evaluate("models:/nothing", EvaluateOptions(progress=False))
 
 
 def test_the_evaluate_run_spans_the_work(tiny_trained, tmp_path, monkeypatch):

@@ -289,3 +289,8 @@ def test_the_model_card_keeps_speed_apart_from_quality_and_prints_numbers_as_rea
     assert f"| mean_class_acc{GAP} | 0.974 |" in quality and "clips_per_s" not in quality
     assert f"| clips_per_s{GAP} | 412.346 |" in speed and f"| seconds{GAP} | 2.500 |" in speed
     assert f"| `optim.lr`{GAP} | 3.00e-04 |" in card
+
+
+def test_a_metric_of_another_split_is_refused():
+    with pytest.raises(ModelError, match="--metric test_mean_class_acc is a figure of the test split.*use val_mean_class_acc"):
+        promote(NAME, PromoteOptions(rule="best", split="val", metric="test_mean_class_acc"), evaluate=_no_evaluation)

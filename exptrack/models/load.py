@@ -118,7 +118,8 @@ def load_model(reference: str, device: torch.device | str = "cpu") -> LoadedMode
     with tempfile.TemporaryDirectory(prefix="exptrack-model-") as tmp:
         path, source = resolve_weights(reference, Path(tmp))
         payload = load_weights(path)
-    config = config_from_dict(payload["config"], str(path))
+    # named by the reference: `path` is a download already gone for anything but a checkpoint file
+    config = config_from_dict(payload["config"], f"model {reference}")
     try:
         model = model_with_weights(config.model, payload["model"])
     except RuntimeError as exc:  # e.g. "size mismatch for classifier.4.weight": an edited or mixed-up file

@@ -158,6 +158,9 @@ def resolve_model_uri(uri: str) -> dict[str, str]:
         mv = client.get_model_version_by_alias(name, alias)
         out = {"alias": alias}
     else:
+        if "/" not in body:
+            raise mlflow.exceptions.MlflowException(f"{uri}: which version? models:/{body}/<version>, "
+                                                    f"models:/{body}@<alias> or models:/{body}/latest")
         name, version = body.rsplit("/", 1)
         if version == "latest":
             versions = client.search_model_versions(f"name='{name}'")
