@@ -628,3 +628,17 @@ def test_a_search_over_skeleton_sigma_says_what_each_trial_adds_to_the_cache(tin
     per_trial = size_text(entry_bytes("attention", frames, config.data.frame_size))
     assert len(said) == 1 and "searches data.skeleton_sigma" in said[0]
     assert f"writes {per_trial} of skeleton attention" in said[0] and "over 4 trials" in said[0]
+
+
+def test_a_single_trial_is_scored_at_its_kept_models_epoch():
+    """As a group trial's members are: the model the trial registers, not the metric's own best
+    epoch (val_loss was lowest at epoch 1 here, the kept model is epoch 2's)."""
+    from exptrack.training.loop import TrainState
+    from exptrack.tune.objective import kept_model_value
+
+    state = TrainState(epoch=3, best_epoch={"val_mean_class_acc": 2, "val_loss": 1},
+                       history=[{"epoch": 1, "val_loss": 0.4, "val_mean_class_acc": 0.5},
+                                {"epoch": 2, "val_loss": 0.6, "val_mean_class_acc": 0.8},
+                                {"epoch": 3, "val_loss": 0.9, "val_mean_class_acc": 0.7}])
+    assert kept_model_value(state, "val_loss") == (0.6, 2)
+    assert kept_model_value(TrainState(epoch=1, history=[{"epoch": 1, "val_loss": 0.4}]), "val_loss") == (0.4, None)

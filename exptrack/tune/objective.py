@@ -16,7 +16,8 @@ from .. import tracking
 from ..config import load_config
 from ..preemption import Preempted
 from ..stats import mean_interval
-from ..training.groups import GroupResult, train_group
+from ..training.groups import HEADLINE, GroupResult, train_group
+from ..training.loop import TrainState
 from ..training.run import RunOptions, discard_run_models, train_run
 from .pruning import ReportEachEpoch, trial_group_hooks
 from .study_file import Param, StudySpec, group_overrides
@@ -84,9 +85,8 @@ def objective_for(spec: StudySpec, study: optuna.Study, progress: bool, lost: li
                 result = train_run(config, progress=progress, callbacks=[ReportEachEpoch(trial, spec.metric)],
                                    options=options)
                 trial.set_user_attr("checkpoint_dir", str(result.checkpoint_dir))
-                trial.set_user_attr("best_epoch", result.state.best_epoch.get(spec.metric))
-                best = result.state.best.get(spec.metric)
-                value = best if best is not None else result.state.history[-1][spec.metric]
+                value, kept = kept_model_value(result.state, spec.metric)
+                trial.set_user_attr("best_epoch", kept)
             state = "COMPLETE"
             return value
         except optuna.TrialPruned as exc:
@@ -101,6 +101,15 @@ def objective_for(spec: StudySpec, study: optuna.Study, progress: bool, lost: li
                 mark_trial_run(run_id, state, Path(config.paths.outputs))
 
     return objective
+
+
+def kept_model_value(state: TrainState, metric: str) -> tuple[float, int | None]:
+    """A single run's `metric` at its kept model's epoch (the model the trial registers), and that
+    epoch; the last epoch's without a kept model. As a group trial's members are scored: not the
+    metric's own best epoch (`val_loss` at its lowest may be another epoch than the kept model)."""
+    kept = state.best_epoch.get(HEADLINE)
+    row = next((r for r in state.history if r["epoch"] == kept), state.history[-1])
+    return float(row[metric]), kept
 
 
 def group_trial_value(trial: optuna.Trial, spec: StudySpec, result: GroupResult) -> float:
