@@ -114,6 +114,9 @@ class VideoEntry:
     info: VideoInfo
 
 
+UNREADABLE = (OSError, ValueError, TypeError, KeyError)  # how a cut entry fails to read (ValueError: a cut .npy or JSON)
+
+
 class FrameCache:
     def __init__(self, root: str | Path, frame_size: int) -> None:
         self.root = Path(root)
@@ -143,6 +146,9 @@ class FrameCache:
         """
         assert kind in ENTRY_KINDS, kind  # prune only looks under these
         final = self.root / kind / f"{subject}-{key}"
+        def opened() -> tuple[dict, T]:
+            return json.loads((final / "warnings.json").read_text()), read(final)
+
         for attempt in (1, 2):
             if not (final / "done").exists():
                 self._check_writable(final.parent)
@@ -150,16 +156,19 @@ class FrameCache:
                     if not (final / "done").exists():  # else another process built it while we waited
                         self._build(final, build)
             try:
-                stored = json.loads((final / "warnings.json").read_text())
-                value = read(final)
+                stored, value = opened()
                 break
-            except (OSError, ValueError, TypeError, KeyError) as exc:  # ValueError: a cut .npy or JSON
+            except UNREADABLE as exc:
                 if attempt == 2:
                     raise DataError(f"{final}: cache entry cannot be read after building it again ({exc}); "
                                     "check the disk, or set paths.cache to another folder") from exc
-                log.warning("%s: cache entry is damaged (%s); building it again", final, exc)
                 with FileLock(str(final) + ".lock"):
-                    shutil.rmtree(final, ignore_errors=True)
+                    try:  # another process may have rebuilt it while this one waited: never delete that
+                        stored, value = opened()
+                        break
+                    except UNREADABLE:
+                        log.warning("%s: cache entry is damaged (%s); building it again", final, exc)
+                        shutil.rmtree(final, ignore_errors=True)
         self.used.add(final)
         for kind_name, (count, message) in stored.items():
             warnings.warn(kind_name, message, count=count)

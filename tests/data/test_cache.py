@@ -54,6 +54,26 @@ def test_a_damaged_cache_entry_is_built_again_and_named(tiny_demo, tmp_path, cap
     assert f"{frames.parent}: cache entry is damaged" in caplog.text
 
 
+def test_an_entry_another_process_rebuilt_while_this_one_waited_is_kept(tmp_path):
+    """The first read failed (a damaged entry), but by the time this process holds the lock another
+    one has built it again: it is read, not deleted and built a third time."""
+    cache, builds, reads = FrameCache(tmp_path / "c", 32), [], []
+
+    def build(folder, warnings):
+        builds.append(folder)
+        (folder / "value.txt").write_text("ok")
+
+    def read(folder):
+        reads.append(folder)
+        if len(reads) == 2:  # the read after the first build: damaged then, fine once the lock is held
+            raise ValueError("cut short")
+        return (folder / "value.txt").read_text()
+
+    assert cache._entry("video", "s", "k", build, DataWarnings(), read) == "ok"  # built once
+    assert cache._entry("video", "s", "k", build, DataWarnings(), read) == "ok"
+    assert len(builds) == 1 and len(reads) == 3
+
+
 def test_masks_equal_direct_reading(tiny_demo, tmp_path):
     subject = _subject(tiny_demo)
     cache = FrameCache(tmp_path / "c", 32)
