@@ -271,7 +271,8 @@ def cmd_tune(args: argparse.Namespace) -> None:
     if not complete:
         failed = sum(t.state.name == "FAIL" for t in study.trials)
         raise TuneFailed(f"study {spec.study}: no trial completed ({failed} failed, {pruned} pruned): "
-                         f"see the failed trials' MLflow runs (tag optuna.fail_reason) and the log above")
+                         f"the log above says why each failed; a failed trial's MLflow run (if it got one) has "
+                         "the tag exptrack.failure, or optuna.fail_reason when its worker died")
     _print_run_link(study.user_attrs[PARENT_ATTR])
 
 

@@ -176,7 +176,7 @@ def test_a_second_signal_exits_at_once_and_corrupts_nothing(tiny_demo, tmp_path)
 
 
 @pytest.mark.slow
-def test_a_signalled_tune_retries_its_trial_once_and_leaves_nothing_running(tiny_demo, tmp_path):
+def test_a_signalled_tune_retries_its_trial_each_time_and_leaves_nothing_running(tiny_demo, tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     study_file = tmp_path / "study.yaml"
     study_file.write_text(
@@ -195,11 +195,19 @@ def test_a_signalled_tune_retries_its_trial_once_and_leaves_nothing_running(tiny
     assert {r.info.status for r in runs} == {"KILLED"}  # the trial's run and the study's parent
     assert all(r.data.tags.get(PREEMPTED_TAG) == "SIGTERM" for r in runs)
 
-    again = Command(["tune", "--study-file", str(study_file), "--no-progress"], tmp_path)
-    assert again.finish() == 0, again.log[-3000:]
+    again = Command(["tune", "--study-file", str(study_file), "--no-progress"], tmp_path)  # the retry, stopped too
+    again.wait_for("epoch 1/3")
+    again.proc.send_signal(signal.SIGTERM)
+    assert again.finish() == 143, again.log[-3000:]
     study = optuna.load_study(study_name="p", storage=storage)
-    assert [t.state for t in study.trials][-1] == optuna.trial.TrialState.COMPLETE  # the retry, once
-    assert len(study.trials) == 2
+    assert [t.state for t in study.trials][-1] == optuna.trial.TrialState.WAITING  # queued again: not its fault
+    assert len({tuple(t.params.items()) for t in study.trials}) == 1
+
+    last = Command(["tune", "--study-file", str(study_file), "--no-progress"], tmp_path)
+    assert last.finish() == 0, last.log[-3000:]
+    study = optuna.load_study(study_name="p", storage=storage)
+    assert [t.state for t in study.trials][-1] == optuna.trial.TrialState.COMPLETE
+    assert len(study.trials) == 3
     parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
     assert parent.info.status == "FINISHED"
 

@@ -61,7 +61,9 @@ def retried_from(trial: optuna.trial.FrozenTrial) -> int | None:
 
 
 with optuna_experimental():
-    _retry_once = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
+    _retry_once = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)  # a dead worker's trial
+    # a stopped (SIGTERM, SIGINT) worker's trial: stopping it was not the trial's fault, however often
+    _retry_always = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=None)
 
 
 def on_dead_worker_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -246,15 +248,18 @@ class StopWhenDone:
 
 
 def requeue_preempted(study: optuna.Study, exc: Preempted) -> None:
-    """After a SIGTERM or SIGINT: this worker's running trial ends FAIL and is queued for one retry
-    (the next run of the command, or another worker, runs it); the study's parent run ends KILLED
-    unless other workers' trials still run in it."""
+    """After a SIGTERM or SIGINT: this worker's running trial ends FAIL and is queued again, each
+    time it is stopped (the next run of the command, or another worker, runs it from its first
+    epoch: a stopped trial's checkpoints are discarded); the study's parent run ends KILLED unless
+    other workers' trials still run in it."""
     worker = f"{socket.gethostname()}:{os.getpid()}"
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         if trial.user_attrs.get("worker") == worker and (failed := fail_trial(study, trial.number)) is not None:
             with optuna_experimental():
-                _retry_once(study, failed)
-            log.warning("trial %d stopped by %s: marked FAIL and queued for one retry", trial.number, exc.name)
+                _retry_always(study, failed)
+            log.warning("trial %d stopped by %s: marked FAIL and queued again with the same params (it trains from "
+                        "its first epoch; not `train --resume`: a stopped trial's checkpoints are discarded)",
+                        trial.number, exc.name)
     parent = study.user_attrs.get(PARENT_ATTR)
     if parent and not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         tracking.end_run_on(parent, exc)
