@@ -51,6 +51,14 @@ def test_heatmaps_depend_on_the_target_class():
     assert np.abs(a - b).mean() > 0.01
 
 
+def test_a_class_the_model_does_not_have_is_named():
+    """pytorch-grad-cam's context manager swallows the IndexError: an unbound local followed."""
+    torch.manual_seed(0)
+    model = C3D(num_classes=5, width=0.125)
+    with pytest.raises(ValueError, match=r"GradCAM classes \[7\]: the model has outputs 0..4"):
+        gradcam(model, torch.randn(1, 3, 8, 32, 32), "block4", [7])
+
+
 @pytest.mark.slow
 def test_visualize_writes_decodable_h264_videos(tiny_trained, tmp_path, monkeypatch):
     uri, cfg, result = tiny_trained

@@ -31,6 +31,10 @@ def gradcam(model: C3D | C3DEnsemble, clips: torch.Tensor, layer: str = "block4"
     """(B, 3, T, H, W) model input -> (B, T, H, W) float32 heatmaps in [0, 1] for `classes`
     (default: each clip's predicted class)."""
     model.eval()
+    # checked here: pytorch-grad-cam's context manager swallows an IndexError from a bad target
+    bad = [c for c in classes or [] if not 0 <= int(c) < model.num_classes]
+    if bad:
+        raise ValueError(f"GradCAM classes {bad}: the model has outputs 0..{model.num_classes - 1}")
     targets = [ClassifierOutputTarget(int(c)) for c in classes] if classes is not None else None
     with GradCAM(model=model, target_layers=target_layers(model, layer)) as cam:  # hooks removed on exit
         heat = cam(input_tensor=clips.float(), targets=targets)  # (B, T, H, W)
