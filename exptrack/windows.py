@@ -5,7 +5,7 @@ evaluate's clip figures and validation run the loader path (training/loop.py's p
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence, overload
 
 import numpy as np
 import torch
@@ -46,6 +46,19 @@ def window_stride(config: Config, stride: int | None = None) -> int:
     return stride or max(1, config.data.clip_len // 4)
 
 
+@overload
+def padded_to_clip(frames: np.ndarray, clip_len: int) -> np.ndarray: ...
+@overload
+def padded_to_clip(frames: ModelView, clip_len: int) -> np.ndarray | ModelView: ...
+def padded_to_clip(frames: np.ndarray | ModelView, clip_len: int) -> np.ndarray | ModelView:
+    """Frames shorter than a clip with their last frame repeated up to `clip_len` (what the model
+    sees of a video shorter than a clip); longer ones as they are."""
+    if len(frames) >= clip_len:
+        return frames
+    frames = np.asarray(frames[0:len(frames)])
+    return np.concatenate([frames, np.repeat(frames[-1:], clip_len - len(frames), axis=0)])
+
+
 def window_probabilities(model: torch.nn.Module, frames: np.ndarray | ModelView, config: Config, stride: int,
                          placement: Placement) -> tuple[np.ndarray, np.ndarray]:
     """(T, S, S, 3) uint8 frames (or a ModelView, sliced per window) -> (window starts, their
@@ -53,9 +66,7 @@ def window_probabilities(model: torch.nn.Module, frames: np.ndarray | ModelView,
     last frame (metrics.window_starts), in batches of `train.eval_batch_size`. A video shorter
     than a clip is one window, its last frame repeated."""
     clip_len = config.data.clip_len
-    if len(frames) < clip_len:
-        frames = frames[0:len(frames)]
-        frames = np.concatenate([frames, np.repeat(frames[-1:], clip_len - len(frames), axis=0)])
+    frames = padded_to_clip(frames, clip_len)
     starts = window_starts(len(frames), clip_len, stride)
     batches = clip_batches(starts, lambda s: frames[s:s + clip_len], config.train.eval_batch_size)
     return starts, clip_probabilities(model, batches, config, placement)

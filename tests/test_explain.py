@@ -105,6 +105,14 @@ def test_misclassified_only_and_long_sample(tiny_trained, tmp_path, monkeypatch)
     row = pd.read_csv(out / "index.csv").iloc[0]
     codec, frames, _ = _read(out / row["sample"] / "long_sample.mp4")
     assert codec == "h264" and len(frames) == 40 and row["start_frame"] == 5
+    # the sample's frames average predict's windows (the whole video's grid), so they agree with
+    # predict's timeline of the subject's video frame by frame, edges included
+    from exptrack.predict import predict_video
+
+    timeline = predict_video(f"{cfg.data.root}/dataset/anon/{row['subject']}.mp4", ref,
+                             PredictOptions(save_dir=tmp_path / "p"))
+    shown = pd.read_csv(out / row["sample"] / "frames.csv")
+    np.testing.assert_array_equal(shown["predicted"], timeline.frames["predicted"][5:45])
 
 
 def test_segments_from_frame_labels():

@@ -23,7 +23,7 @@ from ..data.transforms import to_model_input
 from ..evaluation import evaluation_config
 from ..formatting import figure, frame_scores_text
 from ..models.load import LoadedModel, load_model
-from ..windows import clip_batches, clip_probabilities, window_stride
+from ..windows import clip_batches, clip_probabilities, padded_to_clip, window_stride
 from ..metrics import frame_labels, frame_probabilities, frame_scores, output_index, window_average, window_starts
 from ..outputs import check_save_dir, invocation_folder
 from ..device import resolve_device
@@ -126,17 +126,21 @@ def render_long_sample(loaded: LoadedModel, data: PreparedData, options: Visuali
     clip_len = ds.clip_len
     start = min(max(options.start_frame, 0), max(subj.num_frames - clip_len, 0))
     end = min(start + options.sample_duration, subj.num_frames)
+    # predict's windows (the whole video's grid, a short video padded), those that reach into the
+    # sample: its frames average the same windows as in predict's timeline
     stride = window_stride(loaded.config)
-    starts = (start + window_starts(end - start, clip_len, stride)).tolist()
+    grid = window_starts(max(subj.num_frames, clip_len), clip_len, stride)
+    starts = [int(s) for s in grid if s < end and s + clip_len > start]
     k = loaded.config.model.num_classes
     class_names = loaded.class_names
     window_probs, window_heat = [], []
-    for videos in clip_batches(starts, lambda s: ds.clip_at(subj, s), loaded.config.train.eval_batch_size):
+    for videos in clip_batches(starts, lambda s: padded_to_clip(ds.clip_at(subj, s), clip_len),
+                               loaded.config.train.eval_batch_size):
         probs, heat = model_probs_and_heat(loaded, videos, options.layer, device)
         window_probs.append(probs)
         window_heat.append(heat)
-    rel = np.asarray(starts) - start  # window starts within the sample
-    # the same averaging as evaluate and predict (metrics.py); window_starts covers every frame
+    rel = np.asarray(starts) - start  # window starts relative to the sample (the first may be before it)
+    # the same averaging as evaluate and predict (metrics.py), windows clipped to the sample
     probs = frame_probabilities(rel, np.concatenate(window_probs), end - start, clip_len)
     heat = window_average(rel, np.concatenate(window_heat), end - start, clip_len, per_frame=True)
     size = shown_size(subj.files.video, options, heat.shape[-1])
@@ -158,6 +162,8 @@ def render_long_sample(loaded: LoadedModel, data: PreparedData, options: Visuali
     render.save_video(sample_dir / "long_sample.mp4", video, options.fps)
     render.save_gif(sample_dir / PREVIEW, video, options.fps)
     scores = frame_scores(pred, true)
+    pd.DataFrame({"frame": np.arange(start, end), "true": true, "predicted": pred}).to_csv(sample_dir / "frames.csv",
+                                                                                           index=False)
     (sample_dir / "metadata.txt").write_text(
         f"subject: {subject}\nframes: {start}-{end - 1}\nlayer: {options.layer}\nwindow stride: {stride}\n"
         f"{frame_scores_text(scores)}\n")
