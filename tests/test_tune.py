@@ -565,10 +565,15 @@ def test_a_dead_workers_fold_trial_leaves_no_member_run_running(tmp_path):
     trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
     trial.set_user_attr("worker", f"{socket.gethostname()}:{gone.pid}")
     trial.set_user_attr("run_id", group)
+    models = [mlflow.initialize_logged_model(name=f"m{i}", source_run_id=run, experiment_id=experiment).model_id
+              for i, run in enumerate((group, finished, training))]
     fail_dead_local_trials(study)
     status = {run_id: client.get_run(run_id).info.status for run_id in (group, finished, training)}
     assert status == {group: "FAILED", finished: "FINISHED", training: "FAILED"}
     assert client.get_run(training).data.tags["optuna.fail_reason"] == "worker died"
+    # as a failed trial's: nothing will use them (the retry trains anew)
+    assert not mlflow.search_logged_models(experiment_ids=[experiment], output_format="list")
+    assert len(models) == 3
 
 
 def test_optuna_experimental_warnings_are_silenced_in_one_place():

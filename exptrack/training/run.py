@@ -573,8 +573,10 @@ class _RunStamp:
                 "precision": self.precision, "rest_weight": rest_weight}
 
 
-def discard_run_models(run_id: str, outputs: Path) -> None:
-    """Delete a run's checkpoints and logged models (a pruned or failed tune trial)."""
+def discard_run_models(run_id: str, outputs: Path | None) -> None:
+    """Delete a run's logged models and its checkpoints under `outputs` (a pruned or failed tune
+    trial; None: only the logged models, for a run another machine trained)."""
     for m in registry.run_logged_models(run_id):
         registry.delete_logged_model(m["model_id"])
-    shutil.rmtree(outputs / "runs" / run_id / "checkpoints", ignore_errors=True)
+    if outputs is not None:
+        shutil.rmtree(outputs / "runs" / run_id / "checkpoints", ignore_errors=True)

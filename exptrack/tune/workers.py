@@ -23,6 +23,7 @@ from .. import tracking
 from .._proc import process_alive
 from ..config import ConfigError, load_config
 from ..preemption import Preempted
+from ..training.run import discard_run_models
 from . import optuna_experimental
 from .pruning import make_pruner
 from .study_file import StudySpec, is_journal
@@ -68,7 +69,9 @@ with optuna_experimental():
 
 def on_dead_worker_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     """Optuna calls this (in whichever worker notices) for a trial whose worker stopped beating:
-    queue its retry, and end its MLflow run, which its dead process left RUNNING."""
+    queue its retry, end its MLflow run, which its dead process left RUNNING, and delete the
+    run's logged models (as a failed trial's are; its checkpoint folder, on the dead worker's
+    machine, is left)."""
     with optuna_experimental():
         retried = len(optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(trial)) < 1
     _retry_once(study, trial)
@@ -76,9 +79,12 @@ def on_dead_worker_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -
     if run_id:
         try:
             # a fold or seed trial's run is a group run: its members died with it
-            for member in [r["run_id"] for r in tracking.child_runs(run_id) if r["status"] == "RUNNING"]:
+            members = tracking.child_runs(run_id)
+            for member in [r["run_id"] for r in members if r["status"] == "RUNNING"]:
                 tracking.fail_run_if_running(member, {"optuna.state": "FAIL", "optuna.fail_reason": "worker died"})
             tracking.fail_run_if_running(run_id, {"optuna.state": "FAIL", "optuna.fail_reason": "worker died"})
+            for run in [*(r["run_id"] for r in members), run_id]:
+                discard_run_models(run, None)
         except Exception as exc:  # noqa: BLE001 - a tracking hiccup must not stop the study
             log.warning("could not close the run %s of dead trial %d: %s", run_id, trial.number, exc)
     log.warning("trial %d: its worker %s stopped (or stalled past grace_period); marked FAIL%s", trial.number,
