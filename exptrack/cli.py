@@ -435,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=_positive, default=VisualizeOptions.fps, help="frame rate of the videos" + _DEFAULT)
     p.add_argument("--misclassified-only", action="store_true", help="sample among the misclassified clips only")
     p.add_argument("--scale-factor", type=_positive, default=VisualizeOptions.scale_factor,
-                   help="upscaling of overlay_with_probs.mp4" + _DEFAULT)
+                   help="every output's short side is at least this times the model's input (and 256 px)" + _DEFAULT)
     p.add_argument("--long-sample", action="store_true", help="one long sample of a subject's video")
     p.add_argument("--sample-duration", type=_positive, default=VisualizeOptions.sample_duration,
                    help="frames of the long sample" + _DEFAULT)
