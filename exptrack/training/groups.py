@@ -50,7 +50,7 @@ log = logging.getLogger("exptrack.train")
 
 GROUP_TAG, MEMBER_TAG, GROUP_RUN_TAG = "exptrack.group", "exptrack.group_member", "exptrack.group_run_id"
 CURVE_KEYS = ("val_mean_class_acc", "val_acc", "val_top3_acc", "val_loss", "train_loss", "train_acc")
-HEADLINE = "val_mean_class_acc"
+HEADLINE = logged_models.HEADLINE  # the validation score groups rank and summarise
 ENSEMBLE_TAG = "exptrack.ensemble_members"  # how many
 ENSEMBLE_OF_TAG = "exptrack.ensemble_of"  # which: the members' model ids, comma-separated
 
