@@ -23,7 +23,7 @@ from exptrack.tune import workers as tune_workers
 from exptrack.config import ConfigError
 from exptrack.tune.run import run_tune
 from exptrack.tune.study_file import load_study_spec
-from exptrack.tune.workers import retried_from
+from exptrack.tune.workers import retried_from, worker_id
 
 from .helpers import child_runs
 
@@ -387,7 +387,6 @@ def test_best_model_registered_once_even_when_two_workers_race(tiny_demo, tmp_pa
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the test asks for a trial by hand
 def test_rerun_retries_a_dead_local_worker_at_once_and_runs_every_queued_trial(tiny_demo, tmp_path, monkeypatch):
-    import socket
 
     store, storage = f"sqlite:///{tmp_path / 'configured.db'}", f"sqlite:///{tmp_path / 'optuna.db'}"
     path = _study_file(tmp_path, tiny_demo, storage, 1, name="q")
@@ -403,7 +402,7 @@ def test_rerun_retries_a_dead_local_worker_at_once_and_runs_every_queued_trial(t
     gone = subprocess.Popen(["true"])
     gone.wait()
     crashed = study.ask()
-    crashed.set_user_attr("worker", f"{socket.gethostname()}:{gone.pid}")
+    crashed.set_user_attr("worker", worker_id(gone.pid))
     study.enqueue_trial({"optim.lr": 1e-4})
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")  # a new process starts elsewhere
 
@@ -462,7 +461,6 @@ def test_parent_run_made_by_the_next_worker_when_trial_0_died_without_one(tiny_d
 def test_a_dead_local_worker_trial_is_failed_and_retried_through_public_optuna_api(tmp_path):
     """fail_dead_local_trials uses study.tell (public ask-and-tell) on another worker's trial;
     a second attempt (another worker, same moment) finds it finished and does nothing."""
-    import socket
 
     from exptrack._proc import process_alive
     from exptrack.tune.workers import fail_dead_local_trials, fail_trial
@@ -472,9 +470,9 @@ def test_a_dead_local_worker_trial_is_failed_and_retried_through_public_optuna_a
     gone.wait()
     assert not process_alive(gone.pid) and process_alive(os.getpid())
     trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
-    trial.set_user_attr("worker", f"{socket.gethostname()}:{gone.pid}")
+    trial.set_user_attr("worker", worker_id(gone.pid))
     alive = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
-    alive.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    alive.set_user_attr("worker", worker_id())
     fail_dead_local_trials(study)
     states = {t.number: t.state for t in study.get_trials()}
     assert states[trial.number] == optuna.trial.TrialState.FAIL
@@ -484,10 +482,29 @@ def test_a_dead_local_worker_trial_is_failed_and_retried_through_public_optuna_a
     assert fail_trial(study, trial.number) is None  # already finished: nothing to do
 
 
+def test_a_worker_of_another_pid_namespace_on_this_host_is_left_to_the_heartbeat(tmp_path):
+    """Two containers with the host's name and their own pids: a pid absent here may be alive
+    there, so only trials of this process space are failed by the process check."""
+    import socket
+
+    from exptrack.tune.workers import fail_dead_local_trials
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'o.db'}", study_name="ns")
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    elsewhere = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    elsewhere.set_user_attr("worker", f"{socket.gethostname()}/pidns-1:{gone.pid}")
+    here = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    here.set_user_attr("worker", worker_id(gone.pid))
+    fail_dead_local_trials(study)
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states[elsewhere.number] == optuna.trial.TrialState.RUNNING
+    assert states[here.number] == optuna.trial.TrialState.FAIL
+
+
 def test_a_dead_local_worker_trial_is_failed_and_retried_on_a_journal_file_too(tmp_path):
     """A journal file (several processes on one machine) has no heartbeat: without the process
     check its dead trial stayed RUNNING for ever, blocking --retrain-best and the parent's end."""
-    import socket
 
     from exptrack.tune.study_file import StudySpec
     from exptrack.tune.workers import make_storage, trials_to_run
@@ -497,7 +514,7 @@ def test_a_dead_local_worker_trial_is_failed_and_retried_on_a_journal_file_too(t
     gone = subprocess.Popen(["true"])
     gone.wait()
     trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
-    trial.set_user_attr("worker", f"{socket.gethostname()}:{gone.pid}")
+    trial.set_user_attr("worker", worker_id(gone.pid))
     assert trials_to_run(study, spec) == 3  # none counted; the retry is one of them
     assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]
 
@@ -549,7 +566,6 @@ def test_workers_and_reruns_draw_their_own_params_and_one_worker_is_reproducible
 def test_a_dead_workers_fold_trial_leaves_no_member_run_running(tmp_path):
     """A fold or seed trial's run is a group run with a member run per fold: when its worker dies,
     the member being trained dies too, and is closed with the group run."""
-    import socket
 
     from exptrack.tune.workers import fail_dead_local_trials
 
@@ -563,7 +579,7 @@ def test_a_dead_workers_fold_trial_leaves_no_member_run_running(tmp_path):
     gone = subprocess.Popen(["true"])
     gone.wait()
     trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
-    trial.set_user_attr("worker", f"{socket.gethostname()}:{gone.pid}")
+    trial.set_user_attr("worker", worker_id(gone.pid))
     trial.set_user_attr("run_id", group)
     models = [mlflow.initialize_logged_model(name=f"m{i}", source_run_id=run, experiment_id=experiment).model_id
               for i, run in enumerate((group, finished, training))]

@@ -5,8 +5,6 @@ with the trial's end state."""
 from __future__ import annotations
 
 import logging
-import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +19,7 @@ from ..training.loop import TrainState
 from ..training.run import RunOptions, discard_run_models, train_run
 from .pruning import ReportEachEpoch, trial_group_hooks
 from .study_file import Param, StudySpec, group_overrides
-from .workers import frozen, parent_run_for, retried_from
+from .workers import frozen, parent_run_for, retried_from, worker_id
 
 log = logging.getLogger("exptrack.tune")
 
@@ -57,7 +55,7 @@ def objective_for(spec: StudySpec, study: optuna.Study, progress: bool, lost: li
             raise TrialLost(f"trial {trial.number} was marked FAIL by another worker while this one ran it") from exc
 
     def run_trial(trial: optuna.Trial) -> float:
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # first: requeue_preempted finds it
+        trial.set_user_attr("worker", worker_id())  # first: requeue_preempted finds it
         parent_run_id = parent_run_for(study, trial, spec)
         overrides = [*spec.overrides, *suggest(trial, spec.space)]
         config = load_config(spec.config, [*overrides, *group_overrides(spec)])

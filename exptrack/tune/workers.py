@@ -152,14 +152,29 @@ def fail_dead_trials(study: optuna.Study) -> None:
         optuna.storages.fail_stale_trials(study)  # a no-op without a heartbeat
 
 
+def _process_space() -> str:
+    """Where a pid means one process: the host name, and the pid namespace where there is one
+    (two containers sharing the host's name, each with its own pids, are two spaces)."""
+    try:
+        return f"{socket.gethostname()}/pidns-{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return socket.gethostname()
+
+
+def worker_id(pid: int | None = None) -> str:
+    """The `worker` a trial records: `<host>/pidns-<inode>:<pid>`, this process by default."""
+    return f"{_process_space()}:{os.getpid() if pid is None else pid}"
+
+
 def fail_dead_local_trials(study: optuna.Study) -> None:
-    """RUNNING trials of a worker on this machine whose process is gone (a restart right after a
-    crash): FAIL and retry them now instead of after grace_period. Another machine's workers are
-    left to the heartbeat. (A reused pid only delays this to the heartbeat's verdict.)"""
-    host = socket.gethostname()
+    """RUNNING trials of a worker in this process space (this machine, this pid namespace) whose
+    process is gone (a restart right after a crash): FAIL and retry them now instead of after
+    grace_period. Other machines' and containers' workers are left to the heartbeat. (A reused pid
+    only delays this to the heartbeat's verdict.)"""
+    space = _process_space()
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        worker_host, _, pid = trial.user_attrs.get("worker", "").rpartition(":")
-        if worker_host != host or not pid.isdigit() or process_alive(int(pid)):
+        worker_space, _, pid = trial.user_attrs.get("worker", "").rpartition(":")
+        if worker_space != space or not pid.isdigit() or process_alive(int(pid)):
             continue
         failed = fail_trial(study, trial.number)
         if failed is not None:  # else another worker got there first
@@ -258,7 +273,7 @@ def requeue_preempted(study: optuna.Study, exc: Preempted) -> None:
     time it is stopped (the next run of the command, or another worker, runs it from its first
     epoch: a stopped trial's checkpoints are discarded); the study's parent run ends KILLED unless
     other workers' trials still run in it."""
-    worker = f"{socket.gethostname()}:{os.getpid()}"
+    worker = worker_id()
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         if trial.user_attrs.get("worker") == worker and (failed := fail_trial(study, trial.number)) is not None:
             with optuna_experimental():
