@@ -44,6 +44,42 @@ def test_runs_are_named_by_id_and_leave_no_active_run():
     assert (runs[parent.id].data.metrics, runs[child.id].data.metrics) == ({"y": 2.0}, {"x": 1.0})
     assert {r.info.status for r in runs.values()} == {"FINISHED"}
 
+def test_system_metrics_go_on_after_a_failed_tracking_call(monkeypatch, caplog):
+    """MLflow's monitor stops for good on its first failed call (a server blip): exptrack starts a
+    new one, at the next step, while the run goes on."""
+    import threading
+    import time
+
+    from mlflow.tracking.client import MlflowClient
+
+    pytest.importorskip("psutil")
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    real_get_run, failed = MlflowClient.get_run, threading.Event()
+
+    def blip(self, run_id):  # the monitor's first status check fails, as with the server away
+        if threading.current_thread().name == "SystemMetricsMonitor" and not failed.is_set():
+            failed.set()
+            raise mlflow.exceptions.MlflowException("connection refused")
+        return real_get_run(self, run_id)
+
+    monkeypatch.setattr(MlflowClient, "get_run", blip)
+    client = mlflow.MlflowClient()
+    caplog.set_level("INFO", logger="exptrack.tracking")
+    config = load_config(None, ["mlflow.experiment=sysmetrics"])
+    with tracking.start_run(config, "sys", "test", system_metrics=True) as run:
+        deadline = time.monotonic() + 120  # a hang guard, not a timing claim
+        while time.monotonic() < deadline and len(_system_steps(client, run.id)) < 2:
+            time.sleep(0.1)
+    assert failed.is_set()
+    assert "restarted after a tracking failure" in caplog.text
+    assert _system_steps(client, run.id) >= {0, 1}  # samples logged after the blip (before it: none)
+    assert client.get_run(run.id).info.status == "FINISHED"
+
+
+def _system_steps(client, run_id: str) -> set[int]:
+    return {m.step for m in client.get_metric_history(run_id, "system/cpu_utilization_percentage")}
+
+
 # What `exptrack train` does with MLflow before training: configure the store and experiment,
 # start a run, end it. Every process waits on a barrier (files) after its imports so that all
 # of them touch the fresh store at the same moment.

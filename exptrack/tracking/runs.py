@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -33,6 +33,7 @@ from ..serving.package import save_clip_model
 from . import registry
 from .registry import quiet_downloads, quiet_model_logging
 from .store import _client, configure, tracking_uri
+from .system_metrics import system_metrics as monitor_system
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -215,41 +216,23 @@ def start_run(config: Config, run_name: str, command: str, tags: dict[str, Any] 
     run = Run(existing or _create_run(experiment_id, run_name, parent_run_id))
     if existing:
         _client().update_run(existing, status="RUNNING")
-    monitor = None
-    try:
-        with _ended(run.id):  # from here a signal or an error ends the run: it is never left RUNNING
-            if system_metrics and config.mlflow.log_system_metrics:
-                monitor = _system_metrics(run.id, resumed=bool(existing))
-            run.set_tags({"exptrack.command": command, **source_tags(), **(tags or {})})
-            if project_run and _named_by_mlflow(_client().get_run(run.id).info.run_name):
-                run.set_tags({"mlflow.runName": run_name})  # `mlflow run` without --run-name: a random name
-            run.log_config(config, invocation)
-            name = _client().get_run(run.id).info.run_name if run_id else run_name  # a resume keeps its own name
-            log.info("MLflow run %s (%s) at %s", run.id, name or run_name, tracking_uri())
-            yield run
-    finally:
-        if monitor is not None:
-            monitor.finish()
+    with ExitStack() as stack:
+        stack.enter_context(_ended(run.id))  # from here a signal or an error ends the run: it is never left RUNNING
+        if system_metrics and config.mlflow.log_system_metrics:  # stopped and flushed before the run ends
+            stack.enter_context(monitor_system(run.id, resumed=bool(existing)))
+        run.set_tags({"exptrack.command": command, **source_tags(), **(tags or {})})
+        if project_run and _named_by_mlflow(_client().get_run(run.id).info.run_name):
+            run.set_tags({"mlflow.runName": run_name})  # `mlflow run` without --run-name: a random name
+        run.log_config(config, invocation)
+        name = _client().get_run(run.id).info.run_name if run_id else run_name  # a resume keeps its own name
+        log.info("MLflow run %s (%s) at %s", run.id, name or run_name, tracking_uri())
+        yield run
 
 
 def _create_run(experiment_id: str, run_name: str, parent_run_id: str | None) -> str:
     """A new run, with the tags MLflow's own start_run gives one (user, source, git commit)."""
     tags = {MLFLOW_RUN_NAME: run_name, **({MLFLOW_PARENT_RUN_ID: parent_run_id} if parent_run_id else {})}
     return _client().create_run(experiment_id, tags=context_registry.resolve_tags(tags), run_name=run_name).info.run_id
-
-
-def _system_metrics(run_id: str, resumed: bool):
-    """MLflow's system metrics monitor (CPU, memory, GPU) of the run, started; None when it cannot
-    run here (it says why)."""
-    try:
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-        monitor = SystemMetricsMonitor(run_id, resume_logging=resumed)
-        monitor.start()
-        return monitor
-    except Exception as exc:  # noqa: BLE001 - e.g. psutil missing: the run goes on without them
-        log.warning("no system metrics for run %s: %s", run_id, exc)
-        return None
 
 
 @contextmanager
