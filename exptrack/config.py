@@ -386,6 +386,10 @@ ADDED_LATER = {"model": {"static_removal": 0.0, "stabilize": False, "rest_class"
 # that means what the old one did. train.amp: true meant "bf16 on CUDA, fp32 elsewhere" until
 # half precision was chosen by capability; that is "auto" now, and true demands a half precision.
 REINTERPRETED = {("train", "amp", True): "auto"}
+# What every saved config (a run's config.yaml, a checkpoint's or model's) says it was written as:
+# a config without `format` predates it and gets REINTERPRETED; one with it means what it says.
+# 2: train.amp true demands a half precision.
+CONFIG_FORMAT = 2
 # Keys older versions saved that nothing reads any more: dropped when a saved config is loaded.
 REMOVED_LATER = {"model": ("name",)}  # model.name: always "c3d", the only network
 
@@ -432,7 +436,19 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     data = read_yaml_file(path) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
+    _saved_format(data, str(path))  # a run's config.yaml given as --config: its values mean what they say today
     return data
+
+
+def _saved_format(saved: dict[str, Any], where: str) -> int:
+    """Pop and check the `format` a saved config was written in: 1 (none: older than the marker)
+    up to CONFIG_FORMAT. A higher one was written by a newer exptrack."""
+    fmt = saved.pop("format", 1)
+    if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 1:
+        raise ConfigError(f"{where}: format: {fmt!r} is not a config format (1 to {CONFIG_FORMAT})")
+    if fmt > CONFIG_FORMAT:
+        raise ConfigError(f"{where}: format {fmt} is unknown{NEWER_CODE}")
+    return fmt
 
 
 def _merge(base: dict[str, dict[str, Any]], top: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -490,13 +506,14 @@ def config_from_dict(saved: dict[str, Any], where: str = "saved config") -> Conf
     if not isinstance(saved, dict):
         raise ConfigError(f"{where}: expected a mapping of sections, got {type(saved).__name__}")
     saved = {section: dict(values) if isinstance(values, dict) else values for section, values in saved.items()}
+    fmt = _saved_format(saved, where)
     for section, keys in ADDED_LATER.items():
         if isinstance(saved.get(section), dict):
             for key, value in keys.items():
                 saved[section].setdefault(key, value)
     for (section, key, before), now in REINTERPRETED.items():
         values = saved.get(section)
-        if isinstance(values, dict) and key in values and values[key] is before:
+        if fmt < 2 and isinstance(values, dict) and key in values and values[key] is before:
             values[key] = now
     for section, gone in REMOVED_LATER.items():
         if isinstance(saved.get(section), dict):
@@ -647,10 +664,16 @@ def to_flat_dict(config: Config) -> dict[str, Any]:
     }
 
 
+def to_saved_dict(config: Config) -> dict[str, Any]:
+    """The config as a run, checkpoint or model saves it: its sections and the `format` that tells
+    a later exptrack what the values meant (config_from_dict reads it back)."""
+    return {"format": CONFIG_FORMAT, **to_nested_dict(config)}
+
+
 def to_yaml(config: Config) -> str:
-    nested = {section: {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
-              for section, values in to_nested_dict(config).items()}  # YAML has lists, not tuples
-    return yaml.safe_dump(nested, sort_keys=False)
+    saved = {section: {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()} if isinstance(values, dict)
+             else values for section, values in to_saved_dict(config).items()}  # YAML has lists, not tuples
+    return yaml.safe_dump(saved, sort_keys=False)
 
 
 def save_config(config: Config, path: str | Path) -> Path:

@@ -10,6 +10,7 @@ import logging
 import re
 
 import pytest
+import yaml
 import torch
 from torch import nn
 
@@ -86,6 +87,20 @@ def test_a_saved_amp_true_means_what_it_meant_then():
     saved["train"]["amp"] = True
     assert config_from_dict(saved).train.amp == "auto"
     assert load_config(None, ["train.amp=true"]).train.amp is True  # a user's true is a demand
+
+
+def test_a_demand_for_half_precision_saved_today_stays_a_demand(tmp_path):
+    """Configs are saved with their format: today's amp: true is not mistaken for an old one."""
+    from exptrack.config import CONFIG_FORMAT, save_config, to_saved_dict
+
+    demanding = load_config(None, ["train.amp=true"])
+    assert config_from_dict(to_saved_dict(demanding)).train.amp is True  # a checkpoint's or model's
+    path = save_config(demanding, tmp_path / "config.yaml")  # a run's config.yaml, also given as --config
+    assert config_from_dict(yaml.safe_load(path.read_text())).train.amp is True
+    assert load_config(path).train.amp is True
+    newer = {**to_saved_dict(demanding), "format": CONFIG_FORMAT + 1}
+    with pytest.raises(ConfigError, match="format 3 is unknown to the exptrack running here"):
+        config_from_dict(newer, "model m-1")
 
 
 def test_bf16_forced_on_the_cpu_stops_train_before_anything_is_written(tmp_path, capsys):

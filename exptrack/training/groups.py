@@ -35,7 +35,7 @@ import pandas as pd
 
 from .. import figures, preemption, stats, tracking
 from ..tracking import registry
-from ..config import Config, ConfigError, config_from_dict, replace, to_nested_dict
+from ..config import Config, ConfigError, config_from_dict, replace, to_saved_dict
 from ..data.layout import discover
 from ..data.errors import DataWarnings
 from ..data.prepare import ensure_data_root, fold_pool
@@ -363,7 +363,7 @@ def log_ensemble(run: tracking.Run, members: list[MemberResult]) -> str:
         config = replace(first, model={"ensemble": len(members)})
         digests = sorted({str(p.get("data_digest", "")) for p in payloads})
         class_names = [str(n) for n in payloads[0].get("class_names") or []]
-        payload = {"model": ensemble_state_dict([p["model"] for p in payloads]), "config": to_nested_dict(config),
+        payload = {"model": ensemble_state_dict([p["model"] for p in payloads]), "config": to_saved_dict(config),
                    "epoch": 0, "metrics": {}, "run_id": run.id, "data_digest": "+".join(digests),
                    "class_names": class_names, "precision": str(payloads[0].get("precision", "fp32")),
                    # a multiplier: the geometric mean (weights 1/4 and 4 average to 1, not 2.1)

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .. import preemption
-from ..config import to_nested_dict
+from ..config import to_saved_dict
 from ..device import Placement
 from ..data.dataset import prepare_batch
 from ..metrics import validation_metrics
@@ -367,7 +367,7 @@ def checkpoint_payload(setup: FitSetup, state: TrainState, metrics: dict[str, fl
         "scheduler": setup.scheduler.state_dict(),
         "epoch": state.epoch,
         "metrics": dict(metrics),
-        "config": to_nested_dict(setup.config),
+        "config": to_saved_dict(setup.config),
         "state": state.to_dict(),
         "rng": ckpt.rng_state(),
         **({"scaler": setup.scaler.state_dict()} if setup.scaler is not None else {}),
