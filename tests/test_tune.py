@@ -471,6 +471,7 @@ def test_a_dead_local_worker_trial_is_failed_and_retried_through_public_optuna_a
     assert not process_alive(gone.pid) and process_alive(os.getpid())
     trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
     trial.set_user_attr("worker", worker_id(gone.pid))
+    trial.set_user_attr("run_id", "0" * 32)  # its run: the retry must not name it (nor its worker)
     alive = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
     alive.set_user_attr("worker", worker_id())
     fail_dead_local_trials(study)
@@ -479,6 +480,7 @@ def test_a_dead_local_worker_trial_is_failed_and_retried_through_public_optuna_a
     assert states[alive.number] == optuna.trial.TrialState.RUNNING
     retries = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.WAITING]
     assert len(retries) == 1 and retries[0].params == {"x": trial.params["x"]}
+    assert retries[0].user_attrs == {}
     assert fail_trial(study, trial.number) is None  # already finished: nothing to do
 
 

@@ -4,6 +4,7 @@ parent run, how many trials a worker still runs, and what a stopped (SIGTERM) wo
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import random
@@ -67,6 +68,17 @@ with optuna_experimental():
     _retry_always = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=None)
 
 
+def queue_retry(retry: optuna.storages.RetryHeartbeatStaleTrialCallback, study: optuna.Study,
+                trial: optuna.trial.FrozenTrial) -> None:
+    """Queue `trial`'s retry (same params) without its user attributes: Optuna's callback copies
+    them, so until the retry's own run started it named the old trial's worker and MLflow run (a
+    retry whose worker then died would have closed the old run again)."""
+    blank = copy.copy(trial)
+    blank.user_attrs = {}
+    with optuna_experimental():
+        retry(study, blank)
+
+
 def on_dead_worker_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     """Optuna calls this (in whichever worker notices) for a trial whose worker stopped beating:
     queue its retry, end its MLflow run, which its dead process left RUNNING, and delete the
@@ -74,7 +86,7 @@ def on_dead_worker_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -
     machine, is left)."""
     with optuna_experimental():
         retried = len(optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(trial)) < 1
-    _retry_once(study, trial)
+    queue_retry(_retry_once, study, trial)
     run_id = trial.user_attrs.get("run_id")
     if run_id:
         try:
@@ -276,8 +288,7 @@ def requeue_preempted(study: optuna.Study, exc: Preempted) -> None:
     worker = worker_id()
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         if trial.user_attrs.get("worker") == worker and (failed := fail_trial(study, trial.number)) is not None:
-            with optuna_experimental():
-                _retry_always(study, failed)
+            queue_retry(_retry_always, study, failed)
             log.warning("trial %d stopped by %s: marked FAIL and queued again with the same params (it trains from "
                         "its first epoch; not `train --resume`: a stopped trial's checkpoints are discarded)",
                         trial.number, exc.name)
