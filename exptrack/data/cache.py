@@ -114,7 +114,8 @@ class VideoEntry:
     info: VideoInfo
 
 
-UNREADABLE = (OSError, ValueError, TypeError, KeyError)  # how a cut entry fails to read (ValueError: a cut .npy or JSON)
+# How a cut entry fails to read: ValueError a cut .npy or JSON, EOFError an empty .npy.
+UNREADABLE = (OSError, ValueError, TypeError, KeyError, EOFError)
 
 
 class FrameCache:
@@ -418,8 +419,19 @@ def entry_bytes(kind: str, frames: int, size: int) -> int:
     return frames * per_frame + arrays * _NPY_HEADER
 
 
-def _cached_info(folder: Path) -> VideoInfo:
-    return VideoInfo(**json.loads((folder / "info.json").read_text()))
+def _cached_info(folder: Path) -> VideoInfo | None:
+    """A built video entry's info; None when it cannot be read (the build repairs the entry)."""
+    try:
+        return VideoInfo(**json.loads((folder / "info.json").read_text()))
+    except UNREADABLE:
+        return None
+
+
+def _cached_array(path: Path) -> np.ndarray | None:
+    try:
+        return np.load(path)
+    except UNREADABLE:
+        return None
 
 
 def cache_need(cache: FrameCache, subjects: list[SubjectFiles], guides: Guides) -> CacheNeed:
@@ -453,7 +465,9 @@ def _wanted_entries(cache: FrameCache, subject: SubjectFiles,
     """(frames, [(kind, already built)]) of one subject's entries; None when the video is not
     cached and its header has no frame count."""
     folder = cache.built("video", subject.subject, cache.video_key(subject))
-    info = _cached_info(folder) if folder is not None else probe_video(subject.video)
+    info = _cached_info(folder) if folder is not None else None
+    if info is None:  # not built, or damaged: counted as to be built again
+        folder, info = None, probe_video(subject.video)
     if info.num_frames <= 0:
         return None
     if folder is None and info.num_frames > subject.video.stat().st_size:
@@ -467,9 +481,11 @@ def _wanted_entries(cache: FrameCache, subject: SubjectFiles,
                                                                                    guides.frame_base))
         kinds.append(("keypoints", kp_folder is not None))
         if guides.attention is not None:
-            att = kp_folder is not None and cache.built("attention", subject.subject, cache.attention_key(
-                np.load(kp_folder / "keypoints.npy"), *guides.attention)) is not None
-            kinds.append(("attention", att))
+            keypoints = _cached_array(kp_folder / "keypoints.npy") if kp_folder is not None else None
+            if keypoints is None:  # not built or damaged: both are built (again)
+                kinds[-1] = ("keypoints", False)
+            kinds.append(("attention", keypoints is not None and cache.built(
+                "attention", subject.subject, cache.attention_key(keypoints, *guides.attention)) is not None))
     return info.num_frames, kinds
 
 

@@ -116,7 +116,7 @@ def frame_weight(subj: SubjectData, sl: slice, use_masks: bool, use_attention: b
         weight = transforms.mask_weight(subj.masks[sl], subj.mask_present[sl], mask_alpha)
     if use_attention and subj.attention is not None:
         att = np.asarray(subj.attention[sl])
-        weight = att if weight is None else cv2.multiply(weight, att, scale=1.0 / 255.0)
+        weight = att if weight is None else transforms.combine_weights(weight, att)
     return weight
 
 

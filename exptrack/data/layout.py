@@ -365,8 +365,9 @@ def _keypoint_columns(header: list[str], path: Path) -> np.ndarray:
     return cols
 
 
-def _to_float_table(body: list[list[str]], header: list[str], path: Path) -> np.ndarray:
-    """Parse CSV cells as floats (empty / nan -> NaN); a bad cell is named by line and column."""
+def _to_float_table(body: list[list[str]], header: list[str], path: Path, lines: list[int]) -> np.ndarray:
+    """Parse CSV cells as floats (empty / nan -> NaN); a bad cell is named by its file line
+    (`lines`, one per body row) and column."""
     cells = np.asarray(body, dtype=object)
     cells = np.where(cells == "", "nan", cells).astype(str)
     try:
@@ -378,7 +379,7 @@ def _to_float_table(body: list[list[str]], header: list[str], path: Path) -> np.
                 try:
                     values[r, c] = float(text)
                 except ValueError:
-                    raise DataError(f"{path}:{r + 2}: column {_quote(header[c])} value {_quote(str(text))} "
+                    raise DataError(f"{path}:{lines[r]}: column {_quote(header[c])} value {_quote(str(text))} "
                                     f"is not a number") from None
         return values
 
@@ -389,22 +390,26 @@ def read_keypoints(path: Path, num_frames: int, warnings: DataWarnings, frame_ba
     Undetected joints (empty, NaN or conf 0) get conf 0. With several people per frame the
     most confident one (mean joint confidence) is kept.
     """
-    rows = [row for row in _csv_rows(path) if row and any(cell.strip() for cell in row)]
-    if not rows:
+    # Blank lines are skipped; each row keeps its line in the file, which errors name.
+    numbered = [(line, row) for line, row in enumerate(_csv_rows(path), start=1)
+                if row and any(cell.strip() for cell in row)]
+    if not numbered:
         raise DataError(f"{path}: empty keypoint file")
+    rows = [row for _, row in numbered]
+    lines = [line for line, _ in numbered[1:]]  # of the body rows, rows[1:]
     header = [h.strip().lower() for h in rows[0]]
-    for line_no, row in enumerate(rows[1:], start=2):
+    for line_no, row in zip(lines, rows[1:], strict=True):
         if len(row) != len(header):
             raise DataError(f"{path}:{line_no}: expected {len(header)} columns as in the header, got {len(row)}")
     cols = _keypoint_columns(header, path)
     if len(rows) == 1:
         warnings.warn("keypoint_frames_missing", f"{path}: header but no rows; attention is uniform", count=num_frames)
         return np.zeros((num_frames, NUM_KEYPOINTS, 3), dtype=np.float32)
-    table = _to_float_table([[c.strip() for c in row] for row in rows[1:]], header, path)
+    table = _to_float_table([[c.strip() for c in row] for row in rows[1:]], header, path, lines)
     frame_col = next((header.index(c) for c in _FRAME_COLUMNS if c in header), None)
     if frame_col is None:
         if any(c in header for c in _PERSON_COLUMNS):
-            raise DataError(f"{path}:1: a person column needs a frame column ({'/'.join(_FRAME_COLUMNS)})")
+            raise DataError(f"{path}:{numbered[0][0]}: a person column needs a frame column ({'/'.join(_FRAME_COLUMNS)})")
         frames = np.arange(len(table))
     else:
         raw = table[:, frame_col]
@@ -412,7 +417,7 @@ def read_keypoints(path: Path, num_frames: int, warnings: DataWarnings, frame_ba
             wrong = ~np.isfinite(raw) | (raw != np.round(raw)) | (raw < 0) | (raw > _MAX_FRAME)
         if wrong.any():
             bad = int(np.flatnonzero(wrong)[0])
-            raise DataError(f"{path}:{bad + 2}: frame number {_quote(rows[bad + 1][frame_col])} is not an integer "
+            raise DataError(f"{path}:{lines[bad]}: frame number {_quote(rows[bad + 1][frame_col])} is not an integer "
                             f"in 0..{_MAX_FRAME}")
         frames = raw.astype(np.int64)
         frames = frames - _frame_offset(frames, frame_base)
@@ -421,7 +426,7 @@ def read_keypoints(path: Path, num_frames: int, warnings: DataWarnings, frame_ba
     if infinite.any():
         bad = int(np.flatnonzero(infinite.any(axis=1))[0])
         warnings.warn("keypoint_not_finite", f"{path}: {int(infinite.sum())} joints have an infinite coordinate or "
-                      f"confidence (first at line {bad + 2}); read as undetected", count=int(infinite.sum()))
+                      f"confidence (first at line {lines[bad]}); read as undetected", count=int(infinite.sum()))
     conf = np.nan_to_num(joints[..., 2], nan=0.0)
     undetected = ~np.isfinite(joints[..., 0]) | ~np.isfinite(joints[..., 1]) | ~np.isfinite(conf) | (conf <= 0)
     conf[undetected] = 0.0

@@ -39,7 +39,7 @@ def skeleton_attention(kps: np.ndarray, size: int, sigma: float, floor: float, m
     no confident joint gets uniform weight 1 (nothing to focus on is no reason to black it out).
     """
     joints = kps[:, ATTENTION_JOINTS].astype(np.float32)  # (T, J, 3)
-    ok = joints[..., 2] >= min_conf  # (T, J)
+    ok = (joints[..., 2] > 0) & (joints[..., 2] >= min_conf)  # (T, J); conf 0 = undetected, whatever min_conf
     grid = np.arange(size, dtype=np.float32)
     inv = -1.0 / (2.0 * sigma * sigma)
     # Separable Gaussian: exp(-(dx^2 + dy^2)/2s^2) = gx * gy, so only 2*J*S exps per frame.
@@ -59,9 +59,19 @@ def mask_weight(masks: np.ndarray, present: np.ndarray, alpha: float) -> np.ndar
     """
     lut = np.full(256, round((1.0 - alpha) * 255), dtype=np.uint8)
     lut[128:] = 255
-    w = cv2.LUT(np.ascontiguousarray(masks), lut)
-    w[~present] = 255
-    return w
+    t, h, w = masks.shape
+    # OpenCV reads a 3-D array's last axis as channels (at most 512): one (T*S, S) image instead.
+    weight = cv2.LUT(np.ascontiguousarray(masks).reshape(t * h, w), lut).reshape(t, h, w)
+    weight[~present] = 255
+    return weight
+
+
+def combine_weights(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Two (T, S, S) uint8 weights (255 = 1) multiplied, rounded, in uint8."""
+    t, h, w = a.shape
+    flat = (t * h, w)  # as in mask_weight: no axis of OpenCV's is read as channels
+    return cv2.multiply(np.ascontiguousarray(a).reshape(flat), np.ascontiguousarray(b).reshape(flat),
+                        scale=1.0 / 255.0).reshape(t, h, w)
 
 
 # ---------------------------------------------------------------------------------------------

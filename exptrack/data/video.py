@@ -48,6 +48,9 @@ def probe_video(path: Path) -> VideoInfo:
         cap.release()
 
 
+MAX_PREALLOC = 1 << 16  # frames (2.5 GB at 112 px): a longer video's buffer grows as it decodes
+
+
 def decode_video(path: Path, size: int, warnings: DataWarnings | None = None) -> tuple[np.ndarray, VideoInfo]:
     """Decode every frame once, resized to (size, size): (T, size, size, 3) uint8 RGB."""
     cap = _open(path)
@@ -56,15 +59,20 @@ def decode_video(path: Path, size: int, warnings: DataWarnings | None = None) ->
         header_count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
         width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
         height = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
-        # Preallocate from the header count and grow if it was too small.
-        out = np.empty((max(header_count, 1), size, size, 3), dtype=np.uint8)
+        # Preallocate from the header count and grow if it was too small. A header may lie (2^31
+        # frames in a small file): a file holds at most one frame per byte, and past MAX_PREALLOC
+        # frames the buffer grows as frames really arrive.
+        out = np.empty((min(max(header_count, 1), max(path.stat().st_size, 1), MAX_PREALLOC), size, size, 3),
+                       dtype=np.uint8)
         n = 0
         while True:
             ok, frame = cap.read()
             if not ok:
                 break
             if n == len(out):
-                out = np.concatenate([out, np.empty_like(out)])
+                grown = np.empty((2 * len(out), size, size, 3), dtype=np.uint8)
+                grown[:n] = out
+                out = grown
             out[n] = resize_frame(frame, size)
             n += 1
     finally:

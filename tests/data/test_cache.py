@@ -39,7 +39,8 @@ def test_cache_equals_direct_decoding(tiny_demo, tmp_path):
     np.testing.assert_array_equal(np.asarray(entry.frames[20:28]), clip)
 
 
-def test_a_damaged_cache_entry_is_built_again_and_named(tiny_demo, tmp_path, caplog):
+@pytest.mark.parametrize("left", [0.5, 0.0], ids=["cut", "empty"])
+def test_a_damaged_cache_entry_is_built_again_and_named(tiny_demo, tmp_path, caplog, left):
     """A frames.npy cut short after its entry was marked done (a crash, an interrupted copy of the
     cache) failed every run as "<video>: failed to decode", naming neither the entry nor a fix."""
     subject = _subject(tiny_demo)
@@ -47,11 +48,25 @@ def test_a_damaged_cache_entry_is_built_again_and_named(tiny_demo, tmp_path, cap
     first = np.asarray(cache.video(subject, DataWarnings()).frames).copy()
     frames = next((tmp_path / "c" / "video").glob("*/frames.npy"))
     with open(frames, "r+b") as f:
-        f.truncate(frames.stat().st_size // 2)
+        f.truncate(int(frames.stat().st_size * left))
     caplog.set_level(logging.WARNING, logger="exptrack.data")
     again = FrameCache(tmp_path / "c", 32).video(subject, DataWarnings())
     np.testing.assert_array_equal(np.asarray(again.frames), first)
     assert f"{frames.parent}: cache entry is damaged" in caplog.text
+
+
+def test_a_damaged_entry_does_not_stop_the_size_check_before_a_build(tiny_demo, make_config, tmp_path):
+    """prepare_data sizes the cache from the built entries (info.json, keypoints.npy) before it
+    builds: a cut one there was a JSONDecodeError traceback on every run, not a rebuild."""
+    from exptrack.data.prepare import prepare_data
+
+    cfg = make_config(tiny_demo, f"paths.cache={tmp_path / 'c'}", "data.use_skeleton_attention=true")
+    first = prepare_data(cfg, splits=("test",), progress=False)
+    for name in ("info.json", "keypoints.npy"):
+        for path in (tmp_path / "c").rglob(name):
+            path.write_bytes(path.read_bytes()[:10])
+    again = prepare_data(cfg, splits=("test",), progress=False)
+    assert len(again.subjects) == len(first.subjects) > 0
 
 
 def test_an_entry_another_process_rebuilt_while_this_one_waited_is_kept(tmp_path):
@@ -72,6 +87,30 @@ def test_an_entry_another_process_rebuilt_while_this_one_waited_is_kept(tmp_path
     assert cache._entry("video", "s", "k", build, DataWarnings(), read) == "ok"  # built once
     assert cache._entry("video", "s", "k", build, DataWarnings(), read) == "ok"
     assert len(builds) == 1 and len(reads) == 3
+
+
+def test_a_header_that_claims_a_billion_frames_decodes_what_is_there(tiny_demo, monkeypatch):
+    """decode_video allocated the header's frame count up front: 34 TiB for a readable video."""
+    from exptrack.data import video
+
+    subject = _subject(tiny_demo)
+    direct, _ = decode_video(subject.video, 32)
+    capture = cv2.VideoCapture
+
+    class Lying:  # a real capture whose header frame count is 1e9
+        def __init__(self, path):
+            self.cap = capture(path)
+
+        def get(self, prop):
+            return 1e9 if prop == cv2.CAP_PROP_FRAME_COUNT else self.cap.get(prop)
+
+        def __getattr__(self, name):
+            return getattr(self.cap, name)
+
+    monkeypatch.setattr(video.cv2, "VideoCapture", Lying)
+    frames, info = decode_video(subject.video, 32)
+    np.testing.assert_array_equal(frames, direct)
+    assert info.num_frames == len(direct)
 
 
 def test_masks_equal_direct_reading(tiny_demo, tmp_path):

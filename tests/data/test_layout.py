@@ -503,6 +503,15 @@ def test_a_huge_frame_number_is_an_error_not_an_overflow(tmp_path):
         layout.read_labels(path, 3, 3, DataWarnings())
 
 
+def test_a_bad_keypoint_cell_is_named_by_its_line_in_the_file_across_blank_lines(tmp_path):
+    header = ["frame"] + [f"{n}_{s}" for n in layout.KEYPOINT_NAMES for s in ("x", "y", "conf")]
+    path = tmp_path / "k.csv"
+    path.write_text(",".join(header) + "\n\n" + ",".join(["0"] + ["1"] * 51) + "\n\n\n"
+                    + ",".join(["1", "oops"] + ["1"] * 50) + "\n")
+    with pytest.raises(DataError, match=rf"{path}:6: column 'nose_x' value 'oops' is not a number"):
+        layout.read_keypoints(path, 5, DataWarnings())
+
+
 @pytest.mark.parametrize("frame", ["inf", "1e400", "-3", "1e12"])
 def test_a_keypoint_frame_number_out_of_range_is_an_error(tmp_path, frame):
     header = ["frame"] + [f"{n}_{s}" for n in layout.KEYPOINT_NAMES for s in ("x", "y", "conf")]

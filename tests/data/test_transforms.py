@@ -122,6 +122,23 @@ def test_mask_weight_soft_background():
     assert (w[1] == 255).all()  # frame without a mask: used unmasked
 
 
+def test_min_conf_zero_still_ignores_undetected_joints():
+    """Undetected joints are (0, 0, conf 0): at min_conf=0 they drew blobs in the corner and dimmed
+    the rest of a frame with no detection at all."""
+    att = T.skeleton_attention(np.zeros((1, 17, 3), dtype=np.float32), S, sigma=4.0, floor=0.2, min_conf=0.0)
+    assert (att == 1.0).all()
+
+
+def test_weights_of_frames_larger_than_opencvs_channel_limit():
+    """OpenCV reads a (T, S, S) array's last axis as channels, at most 512: frame_size 520 crashed."""
+    masks = np.zeros((2, 520, 520), dtype=np.uint8)
+    masks[:, :260] = 255
+    w = T.mask_weight(masks, np.array([True, True]), alpha=0.5)
+    assert w.shape == (2, 520, 520) and w[0, 0, 0] == 255 and w[0, 300, 0] == 128
+    both = T.combine_weights(w, np.full_like(w, 128))
+    assert both[0, 0, 0] == 128 and both[0, 300, 0] == 64
+
+
 def test_to_model_input_normalises_and_permutes():
     video = torch.zeros(2, 3, 4, 4, 3, dtype=torch.uint8)
     video[..., 0] = 255
