@@ -33,7 +33,7 @@ from ..serving.package import save_clip_model
 from . import registry
 from .registry import quiet_downloads, quiet_model_logging
 from .store import _client, configure, tracking_uri
-from .system_metrics import system_metrics as monitor_system
+from .system_metrics import SystemMetrics
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -217,9 +217,10 @@ def start_run(config: Config, run_name: str, command: str, tags: dict[str, Any] 
     if existing:
         _client().update_run(existing, status="RUNNING")
     with ExitStack() as stack:
+        metrics = stack.enter_context(SystemMetrics(run.id, resumed=bool(existing)))  # stops after the run ends
         stack.enter_context(_ended(run.id))  # from here a signal or an error ends the run: it is never left RUNNING
-        if system_metrics and config.mlflow.log_system_metrics:  # stopped and flushed before the run ends
-            stack.enter_context(monitor_system(run.id, resumed=bool(existing)))
+        if system_metrics and config.mlflow.log_system_metrics:
+            metrics.start()
         run.set_tags({"exptrack.command": command, **source_tags(), **(tags or {})})
         if project_run and _named_by_mlflow(_client().get_run(run.id).info.run_name):
             run.set_tags({"mlflow.runName": run_name})  # `mlflow run` without --run-name: a random name
