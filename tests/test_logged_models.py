@@ -114,6 +114,35 @@ def test_a_run_named_with_dots_and_slashes_logs_its_model(tiny_trained, tmp_path
     assert name.startswith("folds-2 optim_lr=0_001 data_root=_data_x_y __") and name.endswith("-ensemble")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("failing", ["upload", "link"])
+def test_a_failed_model_logging_leaves_no_model_behind(tiny_trained, monkeypatch, failing):
+    """Training's tracker retries a failed call: each failed attempt (the artifact store away, or
+    the link to the run refused after the model was READY) left a FAILED or orphaned READY model."""
+    from mlflow.store.artifact import local_artifact_repo
+
+    from exptrack import tracking
+
+    _, _, result = tiny_trained
+    run = tracking.Run(mlflow.MlflowClient().create_run("0").info.run_id)
+    where = {"upload": (local_artifact_repo.LocalArtifactRepository, "log_artifacts"),
+             "link": (mlflow.MlflowClient, "log_outputs")}[failing]
+    real, calls = getattr(*where), []
+
+    def once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("store away")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(*where, once)
+    weights = result.checkpoint_dir / ckpt.BEST_MODEL
+    with pytest.raises(OSError, match="store away"):
+        run.log_clip_model(weights, 8, ["a", "b", "c"], 1, {})
+    model_id = run.log_clip_model(weights, 8, ["a", "b", "c"], 1, {})  # the retry
+    assert [(m["model_id"], m["status"]) for m in registry.run_logged_models(run.id)] == [(model_id, "READY")]
+
+
 def _serving_model(tiny_trained):
     uri, cfg, result = tiny_trained
     mlflow.set_tracking_uri(uri)

@@ -119,13 +119,15 @@ def _remove_empty_local_folders(location: str, levels: int) -> None:
 
 
 def fail_pending_models(run_id: str) -> list[str]:
-    """Logged models of `run_id` left PENDING by a process killed while uploading: marked FAILED
-    and deleted. Returns their ids."""
-    pending = [m["model_id"] for m in run_logged_models(run_id) if m["status"] == "PENDING"]
-    for model_id in pending:
-        _client().finalize_logged_model(model_id, LoggedModelStatus.FAILED)
-        delete_logged_model(model_id)
-    return pending
+    """Logged models of `run_id` that never became READY: left PENDING by a process killed while
+    uploading (marked FAILED first) or FAILED by an upload that could not delete its model (the
+    store went away). Deleted with their files; returns their ids."""
+    unfinished = [m for m in run_logged_models(run_id) if m["status"] in ("PENDING", "FAILED")]
+    for m in unfinished:
+        if m["status"] == "PENDING":
+            _client().finalize_logged_model(m["model_id"], LoggedModelStatus.FAILED)
+        delete_logged_model(m["model_id"])
+    return [m["model_id"] for m in unfinished]
 
 
 def register_logged_model(model_id: str, name: str, tags: dict[str, Any]) -> str:

@@ -181,21 +181,34 @@ class Run:
                 local = Path(tmp) / "model"
                 save_clip_model(local, weights, clip_len, class_names, model.model_id, self.id)
                 client.log_model_artifacts(model.model_id, str(local))
+            client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+            client.log_outputs(self.id, [LoggedModelOutput(model.model_id, step=epoch)])  # the run's Logged models
         except BaseException:
-            client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+            # The caller retries (training's background tracker): each attempt would leave a model
+            # behind. What this cannot delete now (the store is away) the run's next clean-up does.
+            _discard_failed_model(model.model_id)
             raise
-        client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
-        client.log_outputs(self.id, [LoggedModelOutput(model.model_id, step=epoch)])  # the run's Logged models
         return model.model_id
 
     def logged_models(self) -> list[dict[str, Any]]:
         return registry.run_logged_models(self.id)
+
 
     def log_git_diff(self) -> None:
         """When the checkout is dirty, keep the diff with the run so it can be reproduced."""
         diff = _git("diff", "HEAD")
         if diff:
             _client().log_text(self.id, diff, "git_diff.patch")
+
+
+def _discard_failed_model(model_id: str) -> None:
+    """Mark a model whose logging failed FAILED and delete it; never raises (the tracker may be
+    what failed: registry.fail_pending_models deletes it later)."""
+    try:
+        _client().finalize_logged_model(model_id, LoggedModelStatus.FAILED)
+        registry.delete_logged_model(model_id)
+    except Exception:  # noqa: BLE001
+        log.debug("logged model %s: could not be discarded now", model_id, exc_info=True)
 
 
 @contextmanager
