@@ -180,7 +180,7 @@ class TrainConfig:
     # Early stopping never stops before this epoch.
     min_epochs: int = bounded(0, ge=0)
     checkpoint_every: int = bounded(10, ge=0)
-    keep_checkpoints: int = 3
+    keep_checkpoints: int = bounded(3, ge=0)
     # What stays on local disk when a run ends: "resume" = last.pt (resume, more epochs) and
     # best_model.pt; the other checkpoints' weights are the run's logged models, uploaded (about
     # 100 MB of 140 MB per demo run). "all" keeps best_val_loss.pt, best_val_acc.pt and epoch_*.pt too.

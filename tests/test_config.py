@@ -220,6 +220,7 @@ def test_static_removal_auto_follows_the_mask_switch(tmp_path):
     ("train.grad_clip=-1", "train.grad_clip must be >= 0 \\(0 = off\\), got -1.0"),
     ("data.dominant_class=99", "data.dominant_class must be a class id, 0..16"),
     ("train.eval_batch_size=0", "train.eval_batch_size must be >= 1"),
+    ("train.keep_checkpoints=-1", "train.keep_checkpoints must be >= 0, got -1"),
     (f"data.root=/data/{'a' * 300}", "data.root has a folder or file name of 300 bytes"),
     (f"paths.cache={'/abc' * 1100}", "paths.cache is 4400 bytes long; a path may have at most 4095"),
     (f"mlflow.experiment={'e' * 501}", "mlflow.experiment is 501 characters long; MLflow takes at most 500"),

@@ -225,6 +225,8 @@ def test_a_killed_group_resumes_only_what_did_not_finish(tiny_demo, make_config)
     train(config, resume=parent, progress=False, options=RunOptions(explicit=frozenset()))  # nothing set, as the CLI's
     assert {k: r.info.run_id for k, r in _children(parent).items()} == before
     assert {k: metric_steps(run_id, "train_loss") for k, run_id in before.items()} == {k: [1, 2, 3, 4] for k in before}
+    # the group's figures: once at the last epoch of each finished resume (they were at step 0, every time)
+    assert metric_steps(parent, "group_val_mean_class_acc_mean") == [2, 4]
     # version 1 (the best member's model after 2 epochs) still loads, whatever epochs 3 and 4 kept
     assert load_model("models:/grouped/1").source["model_id"] == result.model_id
 

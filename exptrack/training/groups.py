@@ -296,7 +296,10 @@ def _log_group(run: tracking.Run, result: GroupResult, out: Path) -> None:
     for row in curves.to_dict("records"):
         if int(row["epoch"]) not in logged:
             run.log_metrics({str(k): v for k, v in row.items() if k != "epoch" and np.isfinite(v)}, step=int(row["epoch"]))
-    run.log_metrics(group_figures(result))
+    # At the group's last epoch, once: a resumed group that trains no further does not log them again.
+    last = int(curves["epoch"].max()) if len(curves) else 0
+    if last not in run.logged_steps(f"group_{HEADLINE}_mean"):
+        run.log_metrics(group_figures(result), step=last)
     table = pd.DataFrame([{"member": m.key, "run_id": m.run_id, "epochs": int(m.history["epoch"].max()),
                            "kept_epoch": m.kept_epoch,
                            **{f"kept_{k}": m.value(k) for k in CURVE_KEYS}, "model_id": m.model_id}

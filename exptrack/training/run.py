@@ -9,6 +9,7 @@ a few run queries; logged models and the registry), never imported here.
 from __future__ import annotations
 
 import logging
+import os
 import math
 import random
 import shutil
@@ -214,7 +215,14 @@ def find_checkpoint(resume: str, outputs: Path) -> Path:
             with tempfile.TemporaryDirectory(prefix="exptrack-resume-") as tmp:
                 got = tracking.download_run_artifact(resume, f"{RESUME_ARTIFACT_DIR}/{ckpt.LAST}", Path(tmp))
                 candidate.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(got, candidate)
+                # Under torchrun every rank of a machine downloads it to this one path: copied under
+                # a private name and renamed, no rank reads a file another is still writing.
+                private = candidate.with_name(f".{candidate.name}.tmp-{os.getpid()}")
+                try:
+                    shutil.copyfile(got, private)
+                    os.replace(private, candidate)
+                finally:
+                    private.unlink(missing_ok=True)
             log.info("resume checkpoint of run %s downloaded from its artifacts to %s", resume, candidate)
             return candidate
         except Exception:  # noqa: BLE001 - no such run or artifact: said below
