@@ -202,12 +202,17 @@ def cmd_compare(args: argparse.Namespace) -> None:
     result = run_compare(args.a, args.b, CompareOptions(
         split=args.split, metric=args.metric, method=args.method, gradcam=args.gradcam, data_root=args.data_root,
         device=args.device, save_dir=args.save_dir, overwrite=args.overwrite, progress=not args.no_progress))
-    unit = next(iter(result.comparisons.values())).unit
-    print(f"{'metric':<22}{'A':>8}{'B':>8}{'B - A':>9}  95% interval       P(B better)  {unit:>8}")
+    first = next(iter(result.comparisons.values()))
+    per_subject = first.diff_label != "B - A"
+    print(f"{'metric':<22}{'A':>8}{'B':>8}{'B - A*' if per_subject else 'B - A':>9}  95% interval       P(B better)  "
+          f"{first.unit:>8}")
     for name, c in result.comparisons.items():
         interval = f"[{c.low:+.3f}, {c.high:+.3f}]" if c.low is not None else "none"
         better = f"{c.p_better:.2f}" if c.p_better is not None else "-"
         print(f"{name:<22}{c.a:>8.3f}{c.b:>8.3f}{c.diff:>+9.3f}  {interval:<18} {better:>11}  {c.n_subjects:>8}")
+    if per_subject:
+        print("* the mean of the per-subject differences (each subject weighs the same; the interval is about it); "
+              "A and B pool every clip")
     print(result.verdict)
     print(f"report: {result.out_dir / 'report.html'}")
     _print_run_link(result.run_id)
@@ -406,8 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("a", help="model A (the reference): any model reference evaluate takes, or a seed or fold "
                              "group's run id (then B is one too: compared over their members)")
     p.add_argument("b", help="model B (the challenger), or a group's run id")
-    p.add_argument("--split", default=CompareOptions.split, choices=["test", "val", "train"],
-                   help="split both are evaluated on" + _DEFAULT)
+    p.add_argument("--split", default=CompareOptions.split, choices=["test", "val"],
+                   help="split both are evaluated on (not train: a verdict on training data means nothing)" + _DEFAULT)
     p.add_argument("--metric", default=CompareOptions.metric, help="the metric of the verdict: mean_class_acc or acc"
                    + _DEFAULT)
     p.add_argument("--method", default=CompareOptions.method, choices=["t", "bootstrap"],
@@ -415,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gradcam", type=int, default=CompareOptions.gradcam,
                    help="GradCAM overlays of this many fixed and broken clips"
                    + _DEFAULT)
-    p.add_argument("--data-root", help="evaluate on this dataset (default: the one A was trained on)")
+    p.add_argument("--data-root", help="evaluate both on this dataset (default: the one A was trained on)")
     p.add_argument("--device", default=CompareOptions.device, help="cuda, mps, cpu or auto" + _DEFAULT)
     p.add_argument("--save-dir", help="output folder (default: a fresh outputs/compare/<run id>/)")
     p.add_argument("--overwrite", action="store_true", help="replace the contents of a --save-dir that holds files")

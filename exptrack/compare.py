@@ -46,7 +46,7 @@ from .evaluation import (evaluation_config, evaluation_digest, evaluation_predic
                          run_evaluate)
 from .options import EvaluateOptions
 from .explain import render
-from .formatting import figure, figures_table
+from .formatting import figure, figures_table, setting
 from .explain.visualize import model_probs_and_heat
 from .models.load import LoadedModel, load_model
 from .metrics import canonical_metric
@@ -173,10 +173,13 @@ def changed_clips(joined: pd.DataFrame, names: list[str], clip_len: int) -> tupl
 
 
 def config_difference(a: Config, b: Config) -> pd.DataFrame:
-    """The config keys whose values differ, with both values."""
+    """The config keys whose values differ, with both values as set (formatting.setting: two
+    values that differ never print alike)."""
     fa, fb = to_flat_dict(a), to_flat_dict(b)
     keys = [k for k in fa if fa[k] != fb.get(k)]
-    return pd.DataFrame({"key": keys, "A": [fa[k] for k in keys], "B": [fb[k] for k in keys]})
+    shown = [(setting(fa[k]), setting(fb.get(k))) for k in keys]
+    shown = [(va, vb) if va != vb else (repr(fa[k]), repr(fb.get(k))) for k, (va, vb) in zip(keys, shown, strict=True)]
+    return pd.DataFrame({"key": keys, "A": [va for va, _ in shown], "B": [vb for _, vb in shown]})
 
 
 def training_histories(a: Side, b: Side) -> dict[str, pd.DataFrame]:
@@ -244,10 +247,11 @@ def write_report(out: Path, a: Side, b: Side, comparisons: dict[str, Comparison]
                  images: dict[str, list[tuple[Path, str]]]) -> Path:
     """report.html, self-contained (images as data URIs)."""
     def table(df: pd.DataFrame) -> str:
-        return figures_table(df).to_html(index=False, na_rep="", border=0)
+        # every figure of this report is a share, a difference of shares or a probability: fixed decimals
+        return figures_table(df, fixed=tuple(df.columns)).to_html(index=False, na_rep="", border=0)
 
-    summary = pd.DataFrame([{"metric": m, "A": c.a, "B": c.b, "B - A": c.diff, "95% low": c.low, "95% high": c.high,
-                             "P(B better)": c.p_better, "subjects": c.n_subjects, "method": c.method}
+    summary = pd.DataFrame([{"metric": m, "A": c.a, "B": c.b, c.diff_label: c.diff, "95% low": c.low,
+                             "95% high": c.high, "P(B better)": c.p_better, "subjects": c.n_subjects, "method": c.method}
                             for m, c in comparisons.items()])
     parts = [f"<h1>B against A</h1><p><b>{html.escape(verdict)}</b></p>",
              f"<p>A: <code>{html.escape(a.ref)}</code> (evaluation run <code>{a.evaluation_run}</code>"
@@ -257,6 +261,10 @@ def write_report(out: Path, a: Side, b: Side, comparisons: dict[str, Comparison]
                       if paired else "<b>Not paired</b>: the models were evaluated on different clips (other clip "
                       "settings); the figures are each model's own, without an interval.") + "</p>",
              "<h2>Headline metrics</h2>", table(summary)]
+    if any(c.diff_label != "B - A" for c in comparisons.values()):
+        parts.append("<p>A and B pool every clip; the difference is the mean of the per-subject differences (each "
+                     "subject weighs the same), which the interval is about: with subjects of very different clip "
+                     "counts it can differ from B minus A.</p>")
     if classes is not None:
         parts += ["<h2>Per class (sorted by the accuracy change)</h2>", table(classes)]
     for title, key in (("Confusion, B minus A (row-normalised)", "confusion"), ("Training curves", "curves")):
@@ -326,7 +334,7 @@ def run_compare_groups(ref_a: str, ref_b: str, save_dir: str | Path | None = Non
             summary = pd.DataFrame([vars(c)])
             summary.to_csv(out / "headline.csv", index=False)
             differ.to_csv(out / "config_difference.csv", index=False)
-            html_table = figures_table(table).to_html(index=False, border=0)
+            html_table = figures_table(table, fixed=(HEADLINE,)).to_html(index=False, border=0)
             differ_html = figures_table(differ).to_html(index=False, border=0) if len(differ) else "<p>none</p>"
             (out / "report.html").write_text(
                 f"<!doctype html><html><head><meta charset='utf-8'><title>compare groups</title>"
@@ -394,13 +402,15 @@ def run_compare(ref_a: str, ref_b: str, options: CompareOptions = CompareOptions
     device = resolve_device(options.device, key="--device")
     loaded_a, loaded_b = load_model(ref_a, device), load_model(ref_b, device)
     check_comparable(loaded_a, loaded_b, (ref_a, ref_b))  # before any evaluation
-    config = evaluation_config(loaded_a.config, options.data_root, {})
+    # Both on one dataset, A's unless given: B on its own could be other clips (no paired verdict).
+    data_root = options.data_root or loaded_a.config.data.root
+    config = evaluation_config(loaded_a.config, data_root, {})
     # The compare run first (under `mlflow run` it is the project's run); evaluations it needs
     # are its children.
     with tracking.start_run(config, run_name="compare", command="compare",
                             tags={"compare.a": ref_a, "compare.b": ref_b, "split": options.split}) as run:
-        a = evaluated("A", ref_a, loaded_a, options.split, options.data_root, options.progress, run.id)
-        b = evaluated("B", ref_b, loaded_b, options.split, options.data_root, options.progress, run.id)
+        a = evaluated("A", ref_a, loaded_a, options.split, data_root, options.progress, run.id)
+        b = evaluated("B", ref_b, loaded_b, options.split, data_root, options.progress, run.id)
         joined = pair(a, b)
         comparisons = headline(joined, a, b, options.method)
         verdict = verdict_line(comparisons[metric], joined is not None)
@@ -413,7 +423,7 @@ def run_compare(ref_a: str, ref_b: str, options: CompareOptions = CompareOptions
             classes, fixed, broken = None, pd.DataFrame(), pd.DataFrame()
             if joined is not None:
                 classes, fixed, broken = clip_differences(run, out, a, b, joined, options.gradcam, options.split,
-                                                          options.data_root, device, images)
+                                                          data_root, device, images)
             histories = training_histories(a, b)
             if histories:
                 images["curves"] = [(figures.overlaid_curves(histories, out / "training_curves.png"),

@@ -208,6 +208,9 @@ def run_evaluate(model_ref: str, options: EvaluateOptions = EvaluateOptions(),
         raise SplitIsTrainingData(f"model {model_ref}: an ensemble of fold models trained on every non-test "
                                   f"subject; its {options.split} split is some member's training data: evaluate it "
                                   "on test")
+    if loaded.config.data.train_on_val and options.split == "val":  # before a run: promote leaves it out
+        raise SplitIsTrainingData(f"model {model_ref}: trained on its validation subjects too (data.train_on_val, "
+                                  "a --retrain-best refit); its val split is training data: evaluate it on test")
     config = evaluation_config(loaded.config, options.data_root, overrides or {})
     if base_config is not None:  # tracking and paths come from the caller's config
         config = replace(config, mlflow=vars(base_config.mlflow), paths=vars(base_config.paths))

@@ -14,13 +14,18 @@ from typing import Any
 
 from . import tracking
 from .tracking import registry
-from .formatting import figure
+from .formatting import figure, setting
 
 # The config keys a reader needs to know what was trained (the rest is on the run's page).
 CONFIG_BRIEF = ("data.frame_size", "data.clip_len", "data.use_masks", "data.use_skeleton_attention",
                 "model.static_removal", "model.rest_class", "model.width", "loss.focal_gamma", "optim.lr", "train.epochs",
                 "train.batch_size", "train.seed")
 SPLITS = ("val", "test")
+
+
+def is_count(metric: str) -> bool:
+    """A figure that counts things (clips, subjects, members): printed as a whole number."""
+    return metric.endswith(("clips", "subjects", "members", "frames", "epochs"))
 
 
 def is_speed(metric: str) -> bool:
@@ -65,7 +70,7 @@ def render(name: str, version: dict[str, Any], model: dict[str, Any] | None, tra
                     ("item", "value"))
     params = (model or {}).get("params", {})
     lines += ["", "## Training config (in brief)", ""]
-    lines += _table([(f"`{k}`", figure(params.get(k, "?"))) for k in CONFIG_BRIEF], ("key", "value"))
+    lines += _table([(f"`{k}`", setting(params.get(k, "?"))) for k in CONFIG_BRIEF], ("key", "value"))
     lines += ["", "The full resolved config is the run's `config.yaml` and its parameters.", ""]
 
     if "group_run_id" in tags:
@@ -84,7 +89,7 @@ def render(name: str, version: dict[str, Any], model: dict[str, Any] | None, tra
         speed = {k: v for k, v in figures.items() if is_speed(k)}
         lines += ["", f"## Evaluation on {split}", "",
                   f"Run `{run.get('run_id', '')}`, clips digest `{tags.get(f'{split}_data_digest', '?')}`.", ""]
-        lines += _table([(k, figure(v)) for k, v in sorted(quality.items())], ("metric", "value"))
+        lines += _table([(k, figure(v, count=is_count(k))) for k, v in sorted(quality.items())], ("metric", "value"))
         if speed:
             lines += ["", "Speed of that evaluation (its machine, not the model's quality):", ""]
             lines += _table([(k, figure(v)) for k, v in sorted(speed.items())], ("figure", "value"))
@@ -93,9 +98,11 @@ def render(name: str, version: dict[str, Any], model: dict[str, Any] | None, tra
                   f"rule `{tags.get('promotion.rule', 'best')}`, {tags.get('promotion.time', '')})."]
         compared = int(tags.get("promotion.versions_compared", "0") or 0)
         if compared > 1:
+            on_test = tags.get("promotion.metric", "").startswith("test_")
             lines += ["", f"{compared} versions competed on these clips: the champion's figure on them is the best "
-                      "of that many noisy draws, so it overstates how the model does on new subjects. Promote on "
-                      "`val` and keep `test` for a final report to have an unbiased test figure."]
+                      "of that many noisy draws, so it overstates how the model does on new subjects. "
+                      + ("Promote on `val` and keep `test` for a final report to have an unbiased test figure."
+                         if on_test else "Its `test` figure, if it was not used to choose, is the unbiased one.")]
         if version.get("aliases"):
             lines += ["", "Aliases: " + ", ".join(f"`{a}`" for a in sorted(version["aliases"])) + "."]
     return "\n".join(lines) + "\n"

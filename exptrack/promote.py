@@ -262,7 +262,8 @@ def _paired_on_predictions(versions: dict[str, dict], metric: str, split: str, m
 def _evidence_tag(e: Comparison) -> str:
     """The challenger's interval against the champion, as one tag value."""
     if e.low is None:
-        return f"no interval ({e.n_subjects} subject)"
+        return (f"no interval ({e.n_subjects} subject)" if e.n_subjects < 2 else
+                f"no interval ({e.n_subjects} subjects that all moved by {e.diff:+.4f}, too few for a sign test)")
     return (f"{e.method} 95% [{e.low:+.4f}, {e.high:+.4f}], difference {e.diff:+.4f}, P(better) {e.p_better:.3f}, "
             f"{e.n_subjects} subjects")
 

@@ -64,6 +64,11 @@ def subject_counts(subject: np.ndarray, y_true: np.ndarray, pred: np.ndarray) ->
     return subjects, n, correct
 
 
+# A spread (or difference) of shares below this is floating-point rounding, not data: 0.3 - 0.2 and
+# 0.8 - 0.7 differ by 1e-16, and a t interval on that "spread" is a point (certainty from 2 subjects).
+NO_SPREAD = 1e-9
+
+
 @dataclass(frozen=True)
 class Comparison:
     """B against A on one metric, over `n_subjects` subjects."""
@@ -78,6 +83,13 @@ class Comparison:
     high: float | None
     p_better: float | None  # probability that B is better; None with one subject
     unit: str = "subjects"  # what n_subjects counts: subjects (two models), or seeds / folds (two groups)
+    sizes: tuple[int, int] | None = None  # two groups of different sizes: (A's, B's); n_subjects is the smaller
+
+    @property
+    def diff_label(self) -> str:
+        """What `diff` is: with the t method over subjects, the mean of the per-subject differences
+        (each subject weighs the same), which is not B's pooled figure minus A's."""
+        return "mean per-subject B - A" if self.method == "t" and self.unit == "subjects" else "B - A"
 
     @property
     def verdict(self) -> str:
@@ -91,11 +103,13 @@ class Comparison:
         return "not distinguishable"
 
     def sentence(self) -> str:
-        interval = (f"difference {self.diff:+.3f}, 95% interval [{self.low:+.3f}, {self.high:+.3f}], "
+        interval = (f"{self.diff_label} {self.diff:+.3f}, 95% interval [{self.low:+.3f}, {self.high:+.3f}], "
                     f"P(B better) {self.p_better:.2f}" if self.low is not None else
-                    f"difference {self.diff:+.3f}, no interval with {self.n_subjects} {self.unit}")
+                    f"{self.diff_label} {self.diff:+.3f}, no interval with {self.n_subjects} {self.unit}")
         scope = ("these two models on this population of subjects, not their recipes" if self.unit == "subjects" else
-                 f"the two recipes over {self.n_subjects} {self.unit} each, on their validation subjects")
+                 f"the two recipes over {self.n_subjects} {self.unit} each, on their validation subjects"
+                 if self.sizes is None else f"the two recipes over {self.sizes[0]} and {self.sizes[1]} {self.unit}, "
+                 "on their validation subjects")
         return (f"B is {self.verdict if self.verdict != 'not distinguishable' else 'not distinguishable from'}"
                 f"{' than' if self.verdict in ('better', 'worse') else ''} A on {self.metric} ({interval}; "
                 f"{self.n_subjects} {self.unit}, method {self.method}; {scope})")
@@ -128,7 +142,7 @@ def compare_counts(n: np.ndarray, correct_a: np.ndarray, correct_b: np.ndarray, 
         d = _from_counts(metric, n, correct_b) - _from_counts(metric, n, correct_a)  # (S,) per subject
         d = d[np.isfinite(d)]
         mean, se = float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
-        if se == 0:
+        if se <= NO_SPREAD:
             return _no_spread(metric, a, b, len(d), method, mean, confidence)
         q = float(scipy_stats.t.ppf(0.5 + confidence / 2, len(d) - 1))
         p = float(scipy_stats.t.cdf(mean / se, len(d) - 1))
@@ -146,16 +160,16 @@ def compare_counts(n: np.ndarray, correct_a: np.ndarray, correct_b: np.ndarray, 
 
 
 def _no_spread(metric: str, a: float, b: float, n: int, method: str, diff: float, confidence: float,
-               unit: str = "subjects") -> Comparison:
+               unit: str = "subjects", sizes: tuple[int, int] | None = None) -> Comparison:
     """Every one of the n subjects (or members) moved by exactly `diff`: a t interval has no
     spread to work on and would shrink to the point, a certainty no sample gives. n agreeing
     signs are a sign test instead: the direction stands (the interval is the point) only when
     chance would give it less often than 1 - confidence (n >= 6 at 95%); else no interval."""
-    if diff == 0:
-        return Comparison(metric, a, b, n, method, 0.0, 0.0, 0.0, 0.5, unit)
+    if abs(diff) <= NO_SPREAD:
+        return Comparison(metric, a, b, n, method, 0.0, 0.0, 0.0, 0.5, unit, sizes)
     if 2 * 0.5 ** n < 1 - confidence:
-        return Comparison(metric, a, b, n, method, diff, diff, diff, float(diff > 0), unit)
-    return Comparison(metric, a, b, n, method, diff, None, None, None, unit)
+        return Comparison(metric, a, b, n, method, diff, diff, diff, float(diff > 0), unit, sizes)
+    return Comparison(metric, a, b, n, method, diff, None, None, None, unit, sizes)
 
 
 @dataclass(frozen=True)
@@ -195,6 +209,7 @@ def compare_groups(a_values, b_values, paired: bool, metric: str, unit: str, con
     a, b = np.asarray(a_values, dtype=float), np.asarray(b_values, dtype=float)
     diff = float(b.mean() - a.mean())
     n = min(len(a), len(b))
+    sizes = (len(a), len(b)) if len(a) != len(b) else None
     if paired:
         if len(a) != len(b):
             raise ValueError("paired groups need the same members")
@@ -206,9 +221,9 @@ def compare_groups(a_values, b_values, paired: bool, metric: str, unit: str, con
         dof = float((va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))) if se > 0 else 0.0
     method = "paired t" if paired else "Welch t"
     if n < 2 or not np.isfinite(se):
-        return Comparison(metric, float(a.mean()), float(b.mean()), n, method, diff, None, None, None, unit)
-    if se == 0:
-        return _no_spread(metric, float(a.mean()), float(b.mean()), n, method, diff, confidence, unit)
+        return Comparison(metric, float(a.mean()), float(b.mean()), n, method, diff, None, None, None, unit, sizes)
+    if se <= NO_SPREAD:
+        return _no_spread(metric, float(a.mean()), float(b.mean()), n, method, diff, confidence, unit, sizes)
     q = float(scipy_stats.t.ppf(0.5 + confidence / 2, dof))
     return Comparison(metric, float(a.mean()), float(b.mean()), n, method, diff, max(diff - q * se, -1.0),
-                      min(diff + q * se, 1.0), float(scipy_stats.t.cdf(diff / se, dof)), unit)
+                      min(diff + q * se, 1.0), float(scipy_stats.t.cdf(diff / se, dof)), unit, sizes)

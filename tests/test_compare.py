@@ -66,6 +66,24 @@ def test_compare_of_an_unknown_model_is_one_line(capsys):
     assert "exptrack compare: error:" in err and "Traceback" not in err
 
 
+def test_config_values_that_differ_never_print_alike():
+    """weight_decay 0.05 against 0.0502 read `0.050 | 0.050` under "Config keys that differ"."""
+    from exptrack.compare import config_difference
+    from exptrack.config import load_config
+
+    diff = config_difference(load_config(None, ["optim.weight_decay=0.05", "optim.lr=3e-4"]),
+                             load_config(None, ["optim.weight_decay=0.0502", "optim.lr=0.000159123456789"]))
+    assert diff.set_index("key").loc["optim.weight_decay"].tolist() == ["0.05", "0.0502"]
+    assert diff.set_index("key").loc["optim.lr"].tolist() == ["0.0003", "0.000159123"]
+
+
+def test_a_verdict_on_training_data_is_refused(capsys):
+    with pytest.raises(SystemExit) as exited:  # argparse's own exit, before anything is loaded
+        main(["compare", "models:/a/1", "models:/b/1", "--split", "train"])
+    assert exited.value.code == 2
+    assert "invalid choice: 'train'" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_compare_refuses_models_with_different_classes(tiny_demo, make_config, capsys):
     a = train(make_config(tiny_demo, *FAST, "train.epochs=1"), progress=False)

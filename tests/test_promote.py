@@ -282,13 +282,23 @@ def test_promotion_on_evidence_end_to_end(tiny_demo, make_config):
 def test_the_model_card_keeps_speed_apart_from_quality_and_prints_numbers_as_read():
     from exptrack.model_card import GAP, render
 
-    card = render("m", {"version": "3", "tags": {}}, {"params": {"optim.lr": "0.0003"}, "metrics": {}},
-                  None, {"test": {"run_id": "r", "metrics": {"test_mean_class_acc": 0.973980188369751,
+    card = render("m", {"version": "3", "tags": {}}, {"params": {"optim.lr": "0.0001591234"}, "metrics": {}},
+                  None, {"test": {"run_id": "r", "metrics": {"test_mean_class_acc": 0.973980188369751, "test_clips": 7.0,
                                                              "test_clips_per_s": 412.3456, "test_seconds": 2.5}}})
     quality, speed = card.split("Speed of that evaluation")
     assert f"| mean_class_acc{GAP} | 0.974 |" in quality and "clips_per_s" not in quality
+    assert f"| clips{GAP} | 7 |" in quality  # a count, not 7.000
     assert f"| clips_per_s{GAP} | 412.346 |" in speed and f"| seconds{GAP} | 2.500 |" in speed
-    assert f"| `optim.lr`{GAP} | 3.00e-04 |" in card
+    assert f"| `optim.lr`{GAP} | 0.000159123 |" in card  # a setting as set (6 significant figures)
+
+
+def test_figures_print_as_read():
+    from exptrack.formatting import figure, setting
+
+    assert figure(0.3 - 0.2 - 0.1) == "0.000"  # rounding noise, not -2.78e-17
+    assert figure(0.004, fixed=True) == "0.004" and figure(0.004) == "4.00e-03"  # a probability; a learning rate
+    assert (setting(0.05), setting(0.0502), setting(3e-4), setting(16), setting("auto")) == \
+        ("0.05", "0.0502", "0.0003", "16", "auto")
 
 
 def test_a_metric_of_another_split_is_refused():

@@ -101,3 +101,32 @@ def test_subjects_that_all_gain_the_same_are_a_sign_test_not_a_certainty(subject
     assert (result.low is None) is (verdict == "not distinguishable")
     groups = compare_groups([0.5] * subjects, [0.6] * subjects, paired=True, metric="m", unit="folds")
     assert groups.verdict == verdict
+
+
+def test_rounding_noise_is_no_spread():
+    """Two subjects from different counts that both gain one clip in ten: 0.3 - 0.2 and 0.8 - 0.7
+    differ by 1e-16, and a t interval on that "spread" said better, [+0.100, +0.100], P 1.00."""
+    from exptrack.stats import compare_counts, compare_groups
+
+    n = np.full((2, 1), 10.0)
+    result = compare_counts(n, np.array([[2.0], [7.0]]), np.array([[3.0], [8.0]]), metric="acc")
+    assert result.verdict == "not distinguishable" and result.low is None
+    assert compare_groups([0.2, 0.7], [0.3, 0.8], paired=True, metric="m", unit="folds").low is None
+
+
+def test_the_difference_says_it_is_the_mean_over_subjects():
+    """With subjects of very different sizes the mean per-subject difference is not pooled B - A
+    (here -0.167 against +0.033): the figure is named for what it is."""
+    from exptrack.stats import compare_counts
+
+    n = np.array([[100.0], [10.0], [10.0]])
+    result = compare_counts(n, np.array([[50.0], [10.0], [10.0]]), np.array([[60.0], [7.0], [7.0]]), metric="acc")
+    assert result.b - result.a == pytest.approx(0.0333, abs=1e-3) and result.diff == pytest.approx(-0.1667, abs=1e-3)
+    assert "mean per-subject B - A -0.167" in result.sentence()
+
+
+def test_groups_of_different_sizes_say_both():
+    from exptrack.stats import compare_groups
+
+    result = compare_groups([0.5, 0.6, 0.55], [0.7, 0.72, 0.69, 0.71, 0.7], paired=False, metric="m", unit="seeds")
+    assert "over 3 and 5 seeds" in result.sentence()

@@ -644,11 +644,11 @@ def test_train_on_train_plus_val_keeps_the_last_epoch_and_registers_it(tiny_demo
     plots = {a.path for a in mlflow.MlflowClient().list_artifacts(result.run_id, "plots")}
     assert "plots/loss_curves.png" in plots and "plots/per_class_heatmap.png" not in plots  # nothing per class
 
-    from exptrack.data.errors import DataError
-    from exptrack.evaluation import run_evaluate
+    from exptrack.evaluation import SplitIsTrainingData, run_evaluate
     from exptrack.options import EvaluateOptions
 
-    with pytest.raises(DataError, match="trained on the validation subjects"):
+    # refused before any run, as a split that is training data (promote --split val leaves it out)
+    with pytest.raises(SplitIsTrainingData, match="trained on its validation subjects too"):
         run_evaluate(str(result.checkpoint_dir / "best_model.pt"), EvaluateOptions(split="val", progress=False))
 
 
