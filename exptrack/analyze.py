@@ -17,6 +17,7 @@ from .config import Config
 from .data import clips
 from .data.layout import BACKGROUND, REST
 from .data.prepare import PreparedData, prepare_data
+from .outputs import check_save_dir, invocation_folder
 
 log = logging.getLogger("exptrack.analyze")
 
@@ -31,6 +32,7 @@ class Analysis:
     videos: pd.DataFrame
     summary: dict
     run_id: str = ""  # the MLflow run it was logged as
+    out_dir: Path | None = None  # where its files were written
 
 
 def _class_name(c: int) -> str:
@@ -120,16 +122,21 @@ def write_report(analysis: Analysis, out_dir: Path) -> Path:
     return out_dir
 
 
-def run_analyze(config: Config, out_dir: str | Path | None = None) -> Analysis:
-    """The `exptrack analyze` command: compute, write under outputs/analysis, log as an MLflow run."""
-    out = Path(out_dir) if out_dir else Path(config.paths.outputs) / "analysis"
-    data = prepare_data(config)
-    result = analyze(data)
-    write_report(result, out)
-    with tracking.start_run(config, run_name="analyze", command="analyze",
-                            tags={"data_root": data.layout.root, "data_digest": data.digest()}) as run:
-        run.log_metrics({f"{split}_{col}": float(v) for split, row in result.splits.iterrows() for col, v in row.items()})
-        run.log_metrics({f"data_warnings_{k}": v for k, v in data.warnings.counts.items()})
-        run.log_artifacts(out, "analysis")
+def run_analyze(config: Config, out_dir: str | Path | None = None, overwrite: bool = False) -> Analysis:
+    """The `exptrack analyze` command, an MLflow run (started first: the store is checked before
+    any decoding) that computes the report, writes it to `out_dir` (default a fresh
+    <paths.outputs>/analysis/<run id>/; an explicit folder must be empty, or exptrack's with
+    `overwrite`) and logs it."""
+    check_save_dir(out_dir, overwrite, flag="--out")
+    with tracking.start_run(config, run_name="analyze", command="analyze") as run:
+        data = prepare_data(config)
+        result = analyze(data)
+        run.set_tags({"data_root": data.layout.root, "data_digest": data.digest()})
+        with invocation_folder(out_dir, Path(config.paths.outputs) / "analysis" / run.id, overwrite) as out:
+            write_report(result, out)
+            run.log_metrics({f"{split}_{col}": float(v) for split, row in result.splits.iterrows()
+                             for col, v in row.items()})
+            run.log_metrics({f"data_warnings_{k}": v for k, v in data.warnings.counts.items()})
+            run.log_artifacts(out, "analysis")
     log.info("analysis written to %s", out)
-    return dataclasses.replace(result, run_id=run.id)
+    return dataclasses.replace(result, run_id=run.id, out_dir=out)

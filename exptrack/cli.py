@@ -55,12 +55,13 @@ def cmd_demo_data(args: argparse.Namespace) -> None:
 def cmd_analyze(args: argparse.Namespace) -> None:
     from .analyze import run_analyze
 
-    result = run_analyze(_config(args), args.out)
+    result = run_analyze(_config(args), args.out, args.overwrite)
     print(result.splits.to_string())
     print(result.clips_per_class.to_string())
     warnings = DataWarnings()
     warnings.counts.update(result.summary["warnings"])
     print(warnings.summary())
+    print(f"analysis written to {result.out_dir} and logged to the run under analysis/")
     _print_run_link(result.run_id)
 
 
@@ -328,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("analyze", help="dataset statistics and plots, logged as an MLflow run")
     _config_options(p)
-    p.add_argument("--out", help="output folder (default: <paths.outputs>/analysis)")
+    p.add_argument("--out", help="output folder, new or empty (default: a fresh <paths.outputs>/analysis/<run id>/)")
+    p.add_argument("--overwrite", action="store_true", help="replace the contents of an --out folder exptrack wrote")
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("train", help="train C3D; one MLflow run, best model registered")

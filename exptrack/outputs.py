@@ -20,18 +20,27 @@ DEFAULT_OUTPUTS = Path(PathsConfig().outputs)
 MARKER = ".exptrack-output"
 
 
-def check_save_dir(save_dir: str | Path | None, overwrite: bool) -> None:
-    """Refuse, before any work, an explicit folder that already holds files (unless `overwrite`,
-    and then only one exptrack wrote)."""
+def check_save_dir(save_dir: str | Path | None, overwrite: bool, flag: str = "--save-dir") -> None:
+    """Refuse, before any work, an explicit folder that is a file (or under one) or already holds
+    files (unless `overwrite`, and then only one exptrack wrote)."""
     if save_dir is None:
         return
     folder = Path(save_dir)
+    check_folder_path(folder, flag)
     if folder.is_dir() and any(folder.iterdir()):
         if overwrite:
             check_overwritable(folder)
             return
-        raise OutputError(f"--save-dir {folder}: the folder is not empty; choose a new one, or pass --overwrite to "
+        raise OutputError(f"{flag} {folder}: the folder is not empty; choose a new one, or pass --overwrite to "
                           "replace its contents (by default each call writes to a fresh folder)")
+
+
+def check_folder_path(folder: Path, flag: str) -> None:
+    """Refuse a folder path that is a file, or lies under one: found before any work, not by a
+    mkdir after it."""
+    blocked = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise OutputError(f"{flag} {folder}: {blocked} is a file, not a folder; choose a folder")
 
 
 def check_overwritable(folder: Path) -> None:

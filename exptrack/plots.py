@@ -10,11 +10,13 @@ import pandas as pd
 
 from . import figures, tracking
 from .errors import ModelError
+from .outputs import check_folder_path
 
 
 def plot_run(run_id: str, save_dir: str | Path, top_classes: int = 10) -> Path:
     """`exptrack plots --run`: the training figures from a run's logged metrics tables."""
     out = Path(save_dir) / run_id
+    check_folder_path(out, "--save-dir")
     with tempfile.TemporaryDirectory(prefix="exptrack-plots-") as tmp:
         try:
             history = pd.read_csv(tracking.download_run_artifact(run_id, "metrics/training_metrics.csv", Path(tmp)))

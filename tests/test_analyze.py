@@ -17,7 +17,8 @@ from exptrack.data.prepare import config_cache_need
 def test_analyze_writes_tables_plots_and_an_mlflow_run(tiny_demo, make_config, tmp_path):
     cfg = make_config(tiny_demo, "mlflow.experiment=analysis-test")
     result = run_analyze(cfg)
-    out = tmp_path / "outputs" / "analysis"
+    out = tmp_path / "outputs" / "analysis" / result.run_id
+    assert result.out_dir == out
     for name in ("split_statistics.csv", "class_distribution_frames.csv", "class_distribution_clips.csv",
                  "video_properties.csv", "summary.json", "class_distribution_frames.png",
                  "class_distribution_clips.png", "video_properties.png"):
@@ -44,6 +45,22 @@ def test_analyze_writes_tables_plots_and_an_mlflow_run(tiny_demo, make_config, t
     assert run.data.metrics["train_subjects"] + run.data.metrics["val_subjects"] == 4
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "analysis")}
     assert "analysis/class_distribution_clips.png" in artifacts
+
+
+def test_analyze_writes_only_to_a_folder_of_its_own(tiny_demo, make_config, tmp_path, capsys):
+    """--out of a folder that held the user's files uploaded them with the report (and replaced
+    any of the report's names); --out that is a file failed after all the decoding."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's")
+    args = ["analyze", "--set", f"data.root={tiny_demo}", "--set", "model.num_classes=3", "--set", "data.frame_size=32",
+            "--set", f"paths.cache={tmp_path / 'c'}", "--set", "mlflow.experiment=analysis-out"]
+    assert main([*args, "--out", str(mine)]) == 2
+    assert "--out " in capsys.readouterr().err and (mine / "notes.txt").read_text() == "the user's"
+    assert main([*args, "--out", str(mine / "notes.txt" / "x")]) == 2
+    assert "notes.txt is a file, not a folder" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()  # refused before any decoding
+    assert not mlflow.search_runs(experiment_names=["analysis-out"], output_format="list")
 
 
 def test_cache_command_builds_masks_and_attention(tiny_demo, tmp_path, capsys):

@@ -38,3 +38,12 @@ def test_overwrite_empties_a_folder_an_earlier_command_wrote(tmp_path):
     (first / "old.csv").write_text("1")
     again = invocation_dir(tmp_path / "report", tmp_path / "default", overwrite=True)
     assert again == first and sorted(p.name for p in again.iterdir()) == [MARKER]
+
+
+@pytest.mark.parametrize("under", ["", "sub/x"])
+def test_a_save_dir_that_is_a_file_or_under_one_is_refused_before_any_work(tmp_path, under):
+    """evaluate, compare and predict found it by a mkdir after all their work: a traceback, exit 1."""
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    with pytest.raises(OutputError, match=f"--save-dir .*: {afile} is a file, not a folder"):
+        check_save_dir(afile / under if under else afile, overwrite=False)
