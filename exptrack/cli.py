@@ -10,7 +10,7 @@ import traceback
 from typing import Any, Callable
 
 from . import preemption
-from .config import Config, ConfigError, MlflowConfig, given_keys, load_config
+from .config import SEED_MAX, Config, ConfigError, MlflowConfig, given_keys, load_config
 from .data.errors import DataError, DataWarnings
 from .options import CompareOptions, EvaluateOptions, PredictOptions, PromoteOptions, VisualizeOptions
 from .errors import CheckpointError, ModelError, OutputError, TrackingUnavailable, TuneFailed
@@ -290,6 +290,17 @@ def _given(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
+def _seed(text: str) -> int:
+    """An argparse type: a seed, 0..2**32 - 1 (numpy's and torch's range)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"expected a seed in 0..{SEED_MAX}, got {value}")
+    return value
+
+
 def _positive(text: str) -> int:
     """An argparse type: an integer >= 1 (a batch size, stride, frame rate, count)."""
     try:
@@ -324,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     p.add_argument("--subjects", type=_positive, default=None, help="default: the preset's (easy 12, hard 9)")
     p.add_argument("--classes", type=_positive, default=None, help="default: the preset's (easy 6, hard 10)")
-    p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    p.add_argument("--seed", type=_seed, default=0, help="default: %(default)s")
     p.set_defaults(func=cmd_demo_data)
 
     p = sub.add_parser("analyze", help="dataset statistics and plots, logged as an MLflow run")
@@ -339,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive, help="train.batch_size (default: the config's)")
     p.add_argument("--device",
                    help="cuda, cuda:1, mps or cpu (default: the config's train.device; auto: cuda > mps > cpu)")
-    p.add_argument("--seed", type=int, help="train.seed (default: the config's)")
+    p.add_argument("--seed", type=_seed, help="train.seed (default: the config's)")
     p.add_argument("--downsample-class1", action="store_true", help="downsample class 1 to the median class")
     p.add_argument("--use-masks", action="store_true", help="black out the background with the person masks")
     p.add_argument("--use-skeleton-attention", action="store_true", help="weight frames by skeleton attention")

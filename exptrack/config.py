@@ -42,13 +42,21 @@ class Bounds:
 
     def text(self) -> str:
         """'>= 1', '> 0', 'in [0, 1)'..."""
+        low, high = _end(self.low), _end(self.high)
         if self.low is not None and self.high is not None:
-            return (f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
-                    f"{')' if self.high_open else ']'}")
+            return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
         if self.low is not None:
-            return f"{'>' if self.low_open else '>='} {self.low:g}"
+            return f"{'>' if self.low_open else '>='} {low}"
         assert self.high is not None, "a Bounds has a low or a high end"
-        return f"{'<' if self.high_open else '<='} {self.high:g}"
+        return f"{'<' if self.high_open else '<='} {high}"
+
+
+def _end(value: float | None) -> str:
+    """A range's end as written: whole numbers in full (4294967295, not 4.29497e+09)."""
+    return "" if value is None else str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+SEED_MAX = 2**32 - 1  # numpy's and torch's seeds: a negative or larger one failed deep inside them
 
 
 def bounded(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
@@ -69,8 +77,8 @@ class DataConfig:
     demo_preset: Literal["easy", "hard"] = "easy"
     # None: the preset's own count (easy 12 subjects / 6 classes, hard 9 / 10).
     demo_subjects: int | None = bounded(None, ge=3, note="null: the preset's own count")
-    demo_classes: int | None = bounded(None, ge=2, note="null: the preset's own count")
-    demo_seed: int = 0
+    demo_classes: int | None = bounded(None, ge=2, le=16, note="null: the preset's own count")  # 16 demo patterns
+    demo_seed: int = bounded(0, ge=0, le=SEED_MAX)
     clip_len: int = bounded(16, ge=1)
     train_stride: int = bounded(8, ge=1)
     eval_stride: int = bounded(16, ge=1)
@@ -84,7 +92,7 @@ class DataConfig:
     # with at least one labelled frame, like the original.
     min_purity: float = bounded(0.0, ge=0, le=1)
     val_fraction: float = bounded(0.2, ge=0, lt=1)
-    val_seed: int = 42
+    val_seed: int = bounded(42, ge=0, le=SEED_MAX)
     # Final fit on train + validation subjects (`tune --retrain-best`): nothing is held out, so
     # there is no early stopping, the plateau scheduler follows the training loss, and the model
     # of the last epoch is the model.
@@ -106,7 +114,7 @@ class DataConfig:
     # and val) into K subject-disjoint folds; `exptrack train` then trains K models, each
     # validating on one fold. 0 = off (one validation carve-out, data.val_fraction).
     folds: int = 0
-    fold_seed: int = 0
+    fold_seed: int = bounded(0, ge=0, le=SEED_MAX)
     # The fold a run validates on (0..folds-1): set by the fold group for each of its runs.
     fold: int | None = None
 
@@ -155,7 +163,7 @@ class TrainConfig:
     batch_size: int = bounded(8, ge=1)
     eval_batch_size: int = bounded(16, ge=1)
     num_workers: int = bounded(4, ge=0)
-    seed: int = 42
+    seed: int = bounded(42, ge=0, le=SEED_MAX)
     # A seed group (training/groups.py): train the config once per seed, as child runs of one
     # parent run that logs their mean, spread and interval. Empty: one run with train.seed.
     seeds: tuple[int, ...] = ()
@@ -365,6 +373,8 @@ def _check_int_tuple(key: str, value: Any) -> tuple[int, ...]:
             item = int(item)
         if not isinstance(item, int) or isinstance(item, bool):
             raise ConfigError(f"{key}: {reprlib.repr(item)} is not an integer (expected a list of integers, e.g. 0,1,2)")
+        if not 0 <= item <= SEED_MAX:
+            raise ConfigError(f"{key}: {item} is not a seed (0..{SEED_MAX}: what numpy and torch take)")
         out.append(item)
     repeated = sorted({i for i in out if out.count(i) > 1})
     if repeated:
