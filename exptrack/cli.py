@@ -145,13 +145,18 @@ def end_of_run_line(result) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .evaluation import evaluate_overrides, run_evaluate
+    from .evaluation import evaluate_key, evaluate_overrides, run_evaluate
     from .formatting import frame_scores_text
     from .metrics import FRAME_SCORES
 
     given = _config(args) if (args.config or args.overrides or args.sets) else None
-    # data.* keys of --set that evaluate can apply (others are refused, naming the key)
-    overrides = evaluate_overrides(given, [o.partition("=")[0].strip() for o in _overrides(args)]) if given else {}
+    set_keys = [o.partition("=")[0].strip() for o in _overrides(args)]
+    # A config file's evaluate-able keys apply (its other sections are the model's own); every --set
+    # key must be one evaluate can apply (others are refused, naming the key).
+    file_keys = sorted(k for k in given_keys(args.config) if evaluate_key(k)) if args.config else []
+    overrides = evaluate_overrides(given, [*file_keys, *set_keys]) if given else {}
+    # The model's own experiment and paths unless mlflow.* or paths.* keys are given
+    tracking_given = any(k.startswith(("mlflow.", "paths.")) for k in [*file_keys, *set_keys])
     for flag, key in (("use_masks", "use_masks"), ("use_skeleton_attention", "use_skeleton_attention"),
                       ("skeleton_sigma", "skeleton_sigma")):
         value = getattr(args, flag)
@@ -159,8 +164,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             overrides.setdefault("data", {})[key] = value
     options = EvaluateOptions(split=args.split, batch_size=args.batch_size, device=args.device, save_dir=args.save_dir,
                               overwrite=args.overwrite, data_root=args.data_root, progress=not args.no_progress)
-    # the model's own experiment unless a config is given
-    result = run_evaluate(args.model, options, overrides=overrides, base_config=given)
+    result = run_evaluate(args.model, options, overrides=overrides, base_config=given if tracking_given else None)
     report, frame = result.report, result.frame
     s = report.summary
     print(f"{args.split} clips: accuracy {s['acc']:.3f}, top-3 {s['top3_acc']:.3f}, mean class accuracy "

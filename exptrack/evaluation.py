@@ -151,6 +151,13 @@ def timeline_scores(timelines: dict[str, dict]) -> dict[str, float]:
 
 
 
+def evaluate_key(key: str) -> bool:
+    """Whether evaluate can apply `section.key` (a data key that does not change what the model
+    sees, or where files and runs go)."""
+    section, _, name = key.partition(".")
+    return section in EVALUATE_SECTIONS or (section == "data" and name in EVALUATE_DATA_KEYS)
+
+
 def evaluate_overrides(given: Config, keys: list[str]) -> dict[str, dict]:
     """The data.* overrides among the `--set` keys of an evaluate command, with their values in
     `given`; a key evaluate cannot apply is a ConfigError naming it."""

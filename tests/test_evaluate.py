@@ -221,6 +221,27 @@ def test_evaluate_never_writes_where_the_models_config_points(tiny_trained, tmp_
 
 
 @pytest.mark.slow
+def test_evaluate_applies_a_config_files_data_keys_and_keeps_the_models_experiment(tiny_trained, tmp_path,
+                                                                                  monkeypatch, capsys):
+    """`--config` with a data.root was ignored (the model's own root evaluated, exit 0) while the
+    same key by --set applied; and a --set data.* key moved the run to the default experiment."""
+    from exptrack.cli import main
+
+    uri, cfg, result = tiny_trained
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    model = f"models:/{cfg.mlflow.registered_model}/{result.model_version}"
+    config = tmp_path / "other.yaml"
+    config.write_text(f"data:\n  root: {tmp_path / 'nonexistent'}\ntrain:\n  epochs: 3\n")  # train.*: the model's own
+    assert main(["evaluate", "--model", model, "--config", str(config), "--no-progress"]) == 2
+    assert "nonexistent" in capsys.readouterr().err
+    assert main(["evaluate", "--model", model, "--set", f"data.root={cfg.data.root}", "--no-progress"]) == 0
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`exptrack.command` = 'evaluate'",
+                              order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
+    assert runs[0].info.experiment_id == mlflow.get_experiment_by_name(cfg.mlflow.experiment).experiment_id
+
+
+@pytest.mark.slow
 def test_evaluate_labels_classes_by_the_models_own_names_not_the_data_roots(tiny_trained, tiny_copy, tmp_path,
                                                                             monkeypatch):
     """One rule for class names (the model's own), in evaluate as in predict and visualize: a data
