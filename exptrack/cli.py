@@ -519,7 +519,9 @@ def main(argv: list[str] | None = None) -> int:
         with preemption.installed():  # SIGTERM / SIGINT: the run ends KILLED, resumable; exit 128 + signal
             code = args.func(args)
     except preemption.Preempted as exc:
-        print(f"exptrack {args.command}: {exc}; its run ended KILLED (tag {preemption.PREEMPTED_TAG})", file=sys.stderr)
+        ended = (f"its run ended KILLED (tag {preemption.PREEMPTED_TAG})" if exc.killed_runs else
+                 "before any run had started")
+        print(f"exptrack {args.command}: {exc}; {ended}", file=sys.stderr)
         return exc.exit_code
     except (CheckpointError, ConfigError, DataError, ModelError, NonFiniteLossError, OutputError, TrackingUnavailable,
             TuneFailed) as exc:

@@ -41,6 +41,7 @@ class Preempted(BaseException):
     def __init__(self, signum: int) -> None:
         self.signum = signum
         self.name = signal.Signals(signum).name
+        self.killed_runs: list[str] = []  # the runs it ended KILLED on its way up (tracking adds them)
         super().__init__(f"stopped by {self.name}")
 
     @property

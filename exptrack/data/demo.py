@@ -23,6 +23,8 @@ from __future__ import annotations
 import csv
 import dataclasses
 import logging
+import os
+import shutil
 import string
 import sys
 import time
@@ -410,7 +412,9 @@ def write_subject(root: Path, subject: str, index: int, spec: DemoSpec, rng: np.
 
 
 def write_demo_dataset(root: str | Path, spec: DemoSpec = DemoSpec(), progress: bool = False) -> Path:
-    """Write the whole demo dataset under `root` (DATASET.md layout)."""
+    """Write the whole demo dataset under `root` (DATASET.md layout): beside it first, renamed into
+    place when complete, so that a stopped generation leaves no half dataset (which a rerun would
+    refuse as a non-empty folder, and a reader could take for a whole one)."""
     if not 2 <= spec.classes <= MAX_CLASSES:
         raise ConfigError(f"demo classes must be in 2..{MAX_CLASSES}, got {spec.classes}")
     if spec.subjects < 3:
@@ -419,6 +423,21 @@ def write_demo_dataset(root: str | Path, spec: DemoSpec = DemoSpec(), progress: 
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise OutputError(f"{root}: not an empty folder; the demo data is written only to a new or empty folder "
                           "(it would overwrite split.csv, classes.csv and videos of a dataset there)")
+    partial = partial_path(root)
+    try:
+        _write(partial, spec, progress)
+        os.replace(partial, root)  # also over an empty folder
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)  # after a failure (after success it is gone)
+    return root
+
+
+def partial_path(root: Path) -> Path:
+    """Where `root` is written before it is renamed into place (this process's)."""
+    return root.with_name(f".{root.name}.partial-{os.getpid()}")
+
+
+def _write(root: Path, spec: DemoSpec, progress: bool) -> None:
     rng = np.random.default_rng(spec.seed)
     names = subject_ids(rng, spec.subjects)
     n_test = min(max(1, round(spec.test_fraction * spec.subjects)), spec.subjects - 2)
@@ -436,4 +455,3 @@ def write_demo_dataset(root: str | Path, spec: DemoSpec = DemoSpec(), progress: 
         for subject in names:
             fh.write(f"{subject},{'test' if subject in test else 'train'}\n")
     write_class_names(root, [p.name for p in PATTERNS[: spec.classes]])  # the exercise names
-    return root

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,14 +106,9 @@ def ensure_data_root(config: Config) -> Path:
         spec = preset_spec(d.demo_preset, d.demo_subjects, d.demo_classes, d.demo_seed)
         log.info("data root %s does not exist: generating the %s demo dataset there (%d subjects, %d classes, seed %d)",
                  root, d.demo_preset, spec.subjects, spec.classes, spec.seed)
-        for stale in root.parent.glob(f"{root.name}.partial-*"):  # under the lock: all from dead runs
+        for stale in root.parent.glob(f".{root.name}.partial-*"):  # under the lock: all from dead runs
             shutil.rmtree(stale, ignore_errors=True)
-        partial = root.with_name(f"{root.name}.partial-{os.getpid()}")
-        try:
-            write_demo_dataset(partial, spec, progress=True)  # a bar on a terminal, else a line every 10 s
-            os.replace(partial, root)
-        finally:
-            shutil.rmtree(partial, ignore_errors=True)  # after a failure (after success it is gone)
+        write_demo_dataset(root, spec, progress=True)  # written beside root, renamed into place
     return root
 
 

@@ -272,6 +272,7 @@ def end_run_on(run_id: str, exc: BaseException) -> None:
         if isinstance(exc, Preempted):
             client.set_tag(run_id, PREEMPTED_TAG, exc.name)
             client.set_terminated(run_id, "KILLED")
+            exc.killed_runs.append(run_id)
         else:
             message = (str(exc).strip().splitlines() or [""])[0]
             client.set_tag(run_id, "exptrack.failure", f"{type(exc).__name__}: {message}"[:500])

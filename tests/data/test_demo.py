@@ -129,7 +129,7 @@ def test_auto_generation_is_safe_for_concurrent_workers_and_kills(tmp_path, monk
     with multiprocessing.get_context("fork").Pool(2) as pool:  # two workers start on the same folder
         assert pool.map(_generate, [str(root)] * 2) == [str(root)] * 2
     assert len(layout.discover(root, DataWarnings()).subjects) == 3
-    assert not list(tmp_path.glob("demo.partial-*"))
+    assert not list(tmp_path.glob(".demo.partial-*"))
 
     # a generation that dies half way leaves no root behind that would pass for a dataset
     import exptrack.data.demo as demo
@@ -146,7 +146,35 @@ def test_auto_generation_is_safe_for_concurrent_workers_and_kills(tmp_path, monk
     monkeypatch.setattr(demo, "write_subject", dies)
     with pytest.raises(KeyboardInterrupt):
         _generate(str(tmp_path / "other"))
-    assert not (tmp_path / "other").exists() and not list(tmp_path.glob("other.partial-*"))
+    assert not (tmp_path / "other").exists() and not list(tmp_path.glob(".other.partial-*"))
+
+
+def test_demo_data_stopped_leaves_no_half_dataset_and_says_no_run_ended(tmp_path, monkeypatch, capsys):
+    """demo-data stopped by Ctrl-C left some videos and no split.csv in --out (a rerun refused the
+    folder), and said "its run ended KILLED" of a command that has no run."""
+    import signal
+
+    import exptrack.data.demo as demo
+    from exptrack.cli import main
+    from exptrack.preemption import Preempted
+
+    written = []
+    write_subject = demo.write_subject
+
+    def stopped(*args):  # Ctrl-C while the second subject is written
+        written.append(args)
+        if len(written) == 2:
+            raise Preempted(signal.SIGINT)
+        return write_subject(*args)
+
+    monkeypatch.setattr(demo, "write_subject", stopped)
+    out = tmp_path / "half"
+    assert main(["demo-data", "--out", str(out), "--subjects", "4"]) == 130
+    assert "stopped by SIGINT; before any run had started" in capsys.readouterr().err
+    assert not out.exists() and not list(tmp_path.glob("*half*"))  # nor its partial folder
+    monkeypatch.setattr(demo, "write_subject", write_subject)
+    assert main(["demo-data", "--out", str(out), "--subjects", "3", "--classes", "2"]) == 0  # the rerun works
+    assert (out / "split.csv").exists()
 
 
 def _hard_small(tmp_path: Path, subjects: int = 3, **changes) -> Path:
