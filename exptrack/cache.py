@@ -28,8 +28,8 @@ def run_cache(config: Config, prune: bool = False,
     hears what will be written before anything is."""
     with tracking.start_run(config, run_name="cache", command="cache") as run:
         data = prepare_data(config, progress=True, on_need=on_need)
-        size = sum(p.stat().st_size for p in Path(config.paths.cache).rglob("*.npy"))
         pruned = data.cache.prune() if prune and data.cache is not None else None
+        size = sum(p.stat().st_size for p in Path(config.paths.cache).rglob("*.npy"))  # what stays
         run.set_tags({"data_root": data.layout.root, "data_digest": data.digest()})
         run.log_metrics({"cache_bytes": size, **{f"clips_{s}": len(ix) for s, ix in data.splits.items()},
                          **({"pruned_entries": pruned[0], "pruned_bytes": pruned[1]} if pruned else {}),

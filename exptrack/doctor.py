@@ -20,6 +20,8 @@ from . import tracking
 from .config import Config
 from . import device
 from .device import DeviceError, cuda_bf16, cudnn_version, training_placement, unusable_gpu_reason
+from .errors import OutputError
+from .outputs import check_folder_path
 
 
 @dataclass
@@ -101,6 +103,12 @@ def _store(d: Diagnosis, config: Config) -> None:
 
 def _cache(d: Diagnosis, config: Config) -> None:
     folder = Path(config.paths.cache)
+    try:
+        check_folder_path(folder, "paths.cache")
+    except OutputError as exc:  # `cache` and `train` would refuse it
+        d.add("cache folder", f"{folder} (not a folder: see below)")
+        d.problems.append(str(exc))
+        return
     existing = next((p for p in (folder, *folder.resolve().parents) if p.exists()), Path("/"))
     d.add("cache folder", f"{folder} ({'exists' if folder.exists() else 'not yet made'}): "
                           f"{_gib(shutil.disk_usage(existing).free)} free on its disk")

@@ -120,6 +120,9 @@ def test_cache_prune_keeps_only_what_the_config_uses(tiny_demo, tmp_path, capsys
     assert main(["cache", *common, "--set", "data.frame_size=48", "--prune"]) == 0
     # at 32 px: 6 videos, 6 mask sets, 6 keypoint tables (pixels of the frame size); 1 dead build
     assert "pruned 19 cache entries" in capsys.readouterr().out
+    run = mlflow.search_runs(search_all_experiments=True, order_by=["attributes.start_time DESC"], max_results=1,
+                             output_format="list")[0]
+    assert run.data.metrics["cache_bytes"] == sum(f.stat().st_size for f in cache.rglob("*.npy"))  # after pruning
     left = {p for p in (cache / "video").iterdir() if p.is_dir()}
     assert len(left) == 6 and not dead_build.exists()
     assert all(kept_before[p] == (p / "done").stat().st_mtime_ns for p in left)  # the 48 px entries untouched

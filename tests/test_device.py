@@ -142,6 +142,12 @@ def test_doctor_on_a_cpu_machine_says_what_train_will_use(capsys):
     assert "tracking store" in out and "no problems found" in out
 
 
+def test_doctor_finds_a_cache_folder_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    assert main(["doctor", "--set", f"paths.cache={tmp_path / 'afile'}"]) == 1
+    assert f"paths.cache {tmp_path / 'afile'}: {tmp_path / 'afile'} is a file, not a folder" in capsys.readouterr().out
+
+
 def test_more_ranks_than_gpus_is_refused_before_joining_a_group(monkeypatch):
     from exptrack.training import distributed
 
