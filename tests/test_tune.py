@@ -71,9 +71,15 @@ def test_a_signal_while_the_study_is_concluded_ends_its_parent_killed_and_a_reru
     assert mlflow.MlflowClient().get_run(parent).info.status == "KILLED"  # not left RUNNING
 
     monkeypatch.undo()
+    client = mlflow.MlflowClient()
+    project = client.create_run(client.get_run(parent).info.experiment_id, run_name="fortunate-koi-479").info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", project)  # the rerun is `mlflow run -e tune`: MLflow made this run for it
     run_tune(spec)  # the same command again: no trial left to run, the study is concluded
-    run = mlflow.MlflowClient().get_run(parent)
+    run = client.get_run(parent)
     assert run.info.status == "FINISHED" and run.data.tags["best_model_version"] == "1"
+    # the run MLflow made says where the study's results are (it was an empty run named fortunate-koi-479)
+    tags = client.get_run(project).data.tags
+    assert tags["exptrack.work_run"] == parent and tags["mlflow.runName"].startswith("tune-")
 
 
 @pytest.mark.slow

@@ -15,13 +15,14 @@ exptrack calls the names below as ``tracking.<name>``.
 
 from .background import BackgroundTracker
 from .runs import (Run, child_runs, create_parent_run, download_run_artifact, end_run_on, fail_run_if_running, finish_run,
-                   log_artifacts_to_run, log_to_run, metric_history, newest_finished_run, run_record, run_tags,
+                   log_artifacts_to_run, log_to_run, metric_history, newest_finished_run, point_to_work_run, run_record,
+                   run_tags,
                    set_run_tags, source_tags, start_run, train_run_config)
 from .store import (EXPERIMENT_KIND, check_store, configure, is_run_id, model_url, run_url, tracking_uri, ui_hint,
                     use_tracking_uri)
 
 __all__ = ["EXPERIMENT_KIND", "BackgroundTracker", "Run", "check_store", "child_runs", "configure",
            "create_parent_run", "download_run_artifact", "end_run_on", "fail_run_if_running", "finish_run", "is_run_id",
-           "log_artifacts_to_run", "log_to_run", "metric_history", "model_url", "newest_finished_run",
+           "log_artifacts_to_run", "log_to_run", "metric_history", "model_url", "newest_finished_run", "point_to_work_run",
            "run_record", "run_tags", "run_url", "set_run_tags", "source_tags", "start_run", "tracking_uri",
            "train_run_config", "ui_hint", "use_tracking_uri"]

@@ -322,6 +322,18 @@ def log_artifacts_to_run(run_id: str, folder: str | Path, artifact_path: str) ->
     _client().log_artifacts(run_id, str(folder), artifact_path)
 
 
+def point_to_work_run(run_id: str, work_run_id: str, what: str) -> None:
+    """A run that did no work of its own says where the work is: under `mlflow run`, a tune worker
+    that joined a study whose parent run another process made still has the run MLflow created
+    for it (tag `exptrack.work_run`, a note, and a name instead of MLflow's made-up one)."""
+    client = _client()
+    client.set_tag(run_id, "exptrack.work_run", work_run_id)
+    client.set_tag(run_id, "mlflow.note.content", f"{what}: this worker's runs are children of run {work_run_id}, "
+                   "which holds the study's results.")
+    if _named_by_mlflow(client.get_run(run_id).info.run_name):
+        client.set_tag(run_id, "mlflow.runName", f"{what} (joined {work_run_id[:8]})")
+
+
 def create_parent_run(config: Config, run_name: str, tags: dict[str, Any], searched: dict[str, str] | None = None) -> str:
     """A run that stays RUNNING while children in this and other processes attach to it
     (created without becoming this process's active run). It carries the config its children

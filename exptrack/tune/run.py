@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import optuna
 
@@ -50,6 +51,7 @@ def run_tune(spec: StudySpec, progress: bool = False, retrain_best: bool = False
     tracking.check_store(config)
     warn_cache_growth(spec, config)
     study = open_study(spec)
+    project_run = os.environ.get("MLFLOW_RUN_ID")  # under `mlflow run`: the parent, unless another worker made it
     n = trials_to_run(study, spec)
     try:
         optimize(study, spec, progress, n)
@@ -59,6 +61,8 @@ def run_tune(spec: StudySpec, progress: bool = False, retrain_best: bool = False
     if PARENT_ATTR not in study.user_attrs:
         raise RuntimeError(f"study {spec.study}: no trial has started its MLflow parent run")
     parent = study.user_attrs[PARENT_ATTR]
+    if project_run and project_run != parent:  # a second worker, or a rerun: its own run would look empty
+        tracking.point_to_work_run(project_run, parent, f"tune-{spec.study} worker")
     try:
         summarize(study, spec, parent)  # ends the parent FINISHED once every trial has
     except BaseException as exc:  # a signal or an error while writing the report or registering
