@@ -186,6 +186,11 @@ def test_study_file_values_of_the_wrong_type_or_shape_name_the_key(tmp_path, lin
         load_study_spec(bad)
 
 
+def test_a_bad_storage_on_the_command_line_is_blamed_on_the_flag_not_the_file():
+    with pytest.raises(ConfigError, match="^--storage 'bogus': a journal file"):
+        load_study_spec(ROOT / "experiments" / "tune" / "demo.yaml", storage="bogus")
+
+
 @pytest.mark.parametrize("name", ["demo.yaml", "folds.yaml"])
 def test_shipped_study_files_load(name):
     spec = load_study_spec(ROOT / "experiments" / "tune" / name)

@@ -93,12 +93,15 @@ def load_study_spec(path: str | Path, **changes: Any) -> StudySpec:
     check_study_group(path, raw)
     check_study_values(path, raw)
     spec = StudySpec(**{**raw, **{k: v for k, v in changes.items() if v is not None}, "space": tuple(space)})
+    def source(key: str) -> str:  # a value given on the command line is not the file's
+        return f"--{key.replace('_', '-')}" if changes.get(key) is not None else f"{path}: {key}"
+
     if spec.n_trials < 1:
-        raise ConfigError(f"{path}: n_trials must be >= 1, got {spec.n_trials}")
+        raise ConfigError(f"{source('n_trials')} must be >= 1, got {spec.n_trials}")
     if spec.metric not in EPOCH_METRICS:
         raise ConfigError(f"{path}: metric {spec.metric!r} is not logged every epoch (one of {', '.join(EPOCH_METRICS)})")
     if not (is_journal(spec.storage) or spec.storage.split(":", 1)[0].split("+")[0] in RDB_DIALECTS):
-        raise ConfigError(f"{path}: storage {spec.storage!r}: a journal file (*.log or journal:PATH), sqlite:///FILE "
+        raise ConfigError(f"{source('storage')} {spec.storage!r}: a journal file (*.log or journal:PATH), sqlite:///FILE "
                           "or postgresql://... (also mysql://...)")
     if spec.pruner is None:
         spec = dataclasses.replace(spec, pruner="wilcoxon" if spec.folds or spec.seeds else "median")
