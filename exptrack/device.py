@@ -7,10 +7,13 @@ from the model's own config, so a model is scored the way it was trained; where 
 the model's half precision it scores in fp32 and says so.
 
 Why the GPU checks are here: torch from PyPI is built for one CUDA version and a list of GPU
-architectures. On a host whose NVIDIA driver is older than that build needs, or whose GPU is
-older than its oldest architecture, `torch.cuda.is_available()` is simply False and "auto" would
-train the full C3D on the CPU at about 1 clip/s. NVML (nvidia-ml-py, the driver's own library)
-still sees such GPUs, so exptrack compares the two and refuses to fall back silently.
+architectures. On a host whose NVIDIA driver is older than that build needs,
+`torch.cuda.is_available()` is False and "auto" would train the full C3D on the CPU at about 1
+clip/s; NVML (nvidia-ml-py, the driver's own library) still sees such GPUs, so exptrack compares
+the two and refuses to fall back silently. A GPU older than the build's architectures is another
+case: torch counts it as available (it only warns) and the first kernel fails with "no kernel
+image is available", after the data is prepared; exptrack checks each visible GPU's capability
+against the build's architectures first.
 """
 
 from __future__ import annotations
@@ -104,10 +107,37 @@ def _version(text: str | None) -> tuple[int, int] | None:
     return (int(found.group(1)), int(found.group(2))) if found else None
 
 
+def runs_on(capability: tuple[int, int], arches: list[str]) -> bool:
+    """Whether a build for `arches` (torch.cuda.get_arch_list(): sm_75, sm_90a, compute_120...)
+    has kernels for a GPU of `capability`: a binary of the same major version and no newer minor
+    one (sm_86 runs on 8.9, sm_75 not on 7.0), or PTX of the same or an older one (compute_XY).
+    True when the list says nothing (torch then decides)."""
+    parsed = [(m.group(1), int(m.group(2)), int(m.group(3)))
+              for m in (re.fullmatch(r"(sm|compute)_(\d+)(\d)[a-z]?", a) for a in arches) if m]
+    if not parsed:
+        return True
+    return any((kind == "sm" and major == capability[0] and minor <= capability[1])
+               or (kind == "compute" and (major, minor) <= capability) for kind, major, minor in parsed)
+
+
+def _unsupported_cuda_gpu() -> str:
+    """Why a GPU torch counts as available has no kernels in this build; "" when every one has."""
+    arches = torch.cuda.get_arch_list()
+    for index in range(torch.cuda.device_count()):
+        capability = torch.cuda.get_device_capability(index)
+        if not runs_on(capability, arches):
+            return (f"{torch.cuda.get_device_name(index)} (cuda:{index}) is sm_{capability[0]}{capability[1]}; this "
+                    f"torch ({torch.__version__}) has kernels for {' '.join(arches)} only: use a newer GPU, or a torch "
+                    "build that supports it")
+    return ""
+
+
 def unusable_gpu_reason(report: NvmlReport) -> str:
     """Why torch cannot use the GPUs the driver sees, with what to do; "" when it can (or when
     there are none)."""
-    if not report.gpus or torch.cuda.is_available():
+    if torch.cuda.is_available():
+        return _unsupported_cuda_gpu()
+    if not report.gpus:
         return ""
     build = _version(torch.version.cuda)
     if build is None:
@@ -120,12 +150,12 @@ def unusable_gpu_reason(report: NvmlReport) -> str:
         return (f"the NVIDIA driver {report.driver} supports CUDA up to {report.cuda_driver[0]}.{report.cuda_driver[1]}, "
                 f"but this torch ({torch.__version__}) is built for CUDA {torch.version.cuda}: update the driver, or "
                 f"install a torch build for CUDA {report.cuda_driver[0]}")
-    arches = [int(a[3:]) for a in torch.cuda.get_arch_list() if a.startswith("sm_") and a[3:].isdigit()]
-    old = [g for g in report.gpus if g.capability and arches and g.capability[0] * 10 + g.capability[1] < min(arches)]
+    arches = torch.cuda.get_arch_list()
+    old = [g for g in report.gpus if g.capability and not runs_on(g.capability, arches)]
     if old:
         cc = old[0].capability or (0, 0)
-        return (f"{old[0].name} is sm_{cc[0]}{cc[1]}; this torch build runs on sm_{min(arches)} and newer: use a "
-                "newer GPU or a torch build that still supports it")
+        return (f"{old[0].name} is sm_{cc[0]}{cc[1]}; this torch ({torch.__version__}) has kernels for "
+                f"{' '.join(arches)} only: use a newer GPU, or a torch build that supports it")
     if visible is not None:
         return f"CUDA_VISIBLE_DEVICES={visible!r} names no GPU torch can open: check the indices or UUIDs it lists"
     return "torch cannot initialise CUDA (see torch's warning above): check the driver with nvidia-smi"
@@ -149,6 +179,9 @@ def resolve_device(name: str = "auto", key: str = "train.device") -> torch.devic
         reason = unusable_gpu_reason(nvml_report()) or "it has no NVIDIA GPU"
         raise DeviceError(f"{key}={name}: this machine has no CUDA device torch can use ({reason}); "
                           f"use {key}=cpu or auto")
+    if name.startswith("cuda") or (name == "auto" and torch.cuda.is_available()):
+        if reason := _unsupported_cuda_gpu():
+            raise DeviceError(f"{key}={name}: {reason}. To run on the CPU anyway, set {key}=cpu")
     if name.startswith("cuda:") and int(name.split(":")[1]) >= torch.cuda.device_count():
         raise DeviceError(f"{key}={name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
                           f"cuda:0..cuda:{torch.cuda.device_count() - 1}")

@@ -69,7 +69,7 @@ def _gpus(d: Diagnosis) -> None:
         d.add("GPUs torch uses", "none")
     reason = unusable_gpu_reason(report)
     if reason:
-        d.problems.append(f"the driver sees {len(report.gpus)} GPU(s) that torch cannot use: {reason}")
+        d.problems.append(f"a GPU that torch cannot use: {reason}")
     nccl = ".".join(map(str, torch.cuda.nccl.version())) if usable and dist.is_nccl_available() else None
     d.add("NCCL (multi-GPU)", nccl or ("not available" if usable else "not needed (no GPU); DDP uses gloo"))
 

@@ -47,6 +47,29 @@ def hidden_gpu(monkeypatch):
     return report
 
 
+@pytest.mark.parametrize("capability, runs", [((7, 0), False), ((7, 5), True), ((8, 9), True), ((9, 0), True),
+                                              ((10, 3), True), ((11, 0), False), ((12, 1), True)])
+def test_a_build_runs_on_a_gpu_of_its_major_version_and_no_newer_minor(capability, runs):
+    arches = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]  # torch 2.14.1's CUDA 13 wheel
+    assert dev.runs_on(capability, arches) is runs
+    assert dev.runs_on((7, 0), ["sm_90a", "compute_70"])  # PTX of an older or equal architecture
+
+
+def test_a_gpu_older_than_the_build_is_refused_though_torch_counts_it_available(monkeypatch, capsys):
+    """torch only warns for a V100 under a build for sm_75+ (is_available() is True); the first
+    kernel then failed with "no kernel image is available", a traceback after the data was prepared."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=0: (7, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "Tesla V100-SXM2-16GB")
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: ["sm_75", "sm_80", "sm_90"])
+    for name in ("auto", "cuda", "cuda:0"):
+        with pytest.raises(DeviceError, match=rf"train.device={name}: Tesla V100-SXM2-16GB \(cuda:0\) is sm_70; this "
+                                              r"torch .* has kernels for sm_75 sm_80 sm_90 only"):
+            dev.resolve_device(name)
+    assert dev.resolve_device("cpu").type == "cpu"
+
+
 @pytest.mark.parametrize("bf16, auto, scaler", [(True, "bf16", False), (False, "fp16", True)])
 def test_auto_precision_follows_the_gpu_capability(fake_cuda, bf16, auto, scaler):
     fake_cuda(bf16)
@@ -132,7 +155,7 @@ def test_doctor_explains_the_unusable_gpu_and_exits_1(hidden_gpu, capsys):
     out = capsys.readouterr().out
     assert re.search(r"GPU 0 \(NVML\) +Tesla T4, 15.0 GiB, sm_75", out)
     assert re.search(r"train runs on +refused with train.device=auto", out)
-    assert "problem: the driver sees 1 GPU(s) that torch cannot use: the NVIDIA driver 535.104" in out
+    assert "problem: a GPU that torch cannot use: the NVIDIA driver 535.104" in out
 
 
 def test_doctor_on_a_cpu_machine_says_what_train_will_use(capsys):
