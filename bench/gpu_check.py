@@ -3,7 +3,8 @@
 Sized for the GPU windows we get (about 15 minutes in all, at most 10 for one command): at most
 6 minutes on one H100-class GPU, no flag needed. It writes one Markdown table (check.md) and a
 log of every command it ran (check.log) into a folder it creates, prints the table, and exits 1
-when a correctness check fails (2 when the check itself could not run).
+when a correctness check fails (2 when the check itself could not run: no CUDA GPU under the
+default --device auto, no demo data).
 
 Correctness:
   conv3d   bf16 and fp16 autocast against fp32 for Conv3d forward and weight gradient at the
@@ -14,7 +15,8 @@ Correctness:
            the precision by capability, and say so (log line and run tags)
   evaluate, visualize --misclassified-only, predict: the real commands on that model
   compile  train.compile=true, then --resume for one more epoch
-  torchrun `torchrun --nproc_per_node 1` (NCCL on a GPU, gloo on the CPU)
+  torchrun `torchrun --nproc_per_node 1`: the run itself must say NCCL and the GPU (gloo and the CPU)
+  fp16     on a GPU with bf16: one epoch with train.amp=fp16 (GradScaler), the path of GPUs without it
   sysmetrics  the GPU system metrics of the train run, read by its gpu_nvml_index tag
 Speed:
   speed    the full C3D (width 1.0, 112 px) train step and eval forward, clips/s at two batch
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import os
 import subprocess
 import sys
@@ -46,7 +49,7 @@ import torch
 from torch import nn
 
 from exptrack.data.demo import DemoSpec, write_demo_dataset
-from exptrack.device import Precision, cudnn_version, half_precisions, resolve_device
+from exptrack.device import DeviceError, Precision, cudnn_version, half_precisions, resolve_device
 from exptrack.models.c3d import BLOCKS, C3D
 from exptrack.training.loop import grad_scaler, step
 
@@ -231,9 +234,25 @@ def check_torchrun(c: Checker, root: Path, env: dict[str, str]) -> None:
     sets = tiny_sets(root, c.out, "train.epochs=1", "mlflow.experiment=gpu-torchrun")
     launcher = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1")
     proc = c.command("torchrun", ["train", "--no-progress", *sets], env, launcher)
-    said = [line for line in (proc.stdout + proc.stderr).splitlines() if "device: " in line]
-    backend = "NCCL" if c.device.type == "cuda" else "gloo"
-    c.add("torchrun", f"--nproc_per_node 1 ({backend})", True, said[0].split("device: ", 1)[1] if said else "exit 0")
+    output = (proc.stdout + proc.stderr).splitlines()
+    said = next((line.split("device: ", 1)[1] for line in output if "device: " in line), "NO device line")
+    group = next((line.split("process group: ", 1)[1] for line in output if "process group: " in line), "none logged")
+    backend = "nccl" if c.device.type == "cuda" else "gloo"
+    ok = group.startswith(f"{backend} backend") and said.startswith(c.device.type)  # what the run itself said
+    c.add("torchrun", f"--nproc_per_node 1 ({backend} on {c.device.type})", ok, f"{said}; process group: {group}")
+
+
+def check_fp16(c: Checker, root: Path, env: dict[str, str]) -> None:
+    """fp16 autocast with a GradScaler: the path of GPUs without bf16 (T4), which a GPU with bf16
+    never takes by default."""
+    import mlflow
+
+    sets = tiny_sets(root, c.out, "train.amp=fp16", "train.epochs=1", "mlflow.experiment=gpu-fp16")
+    c.command("train fp16", ["train", "--no-progress", *sets], env)
+    run = mlflow.search_runs(experiment_names=["gpu-fp16"], output_format="list")[0]
+    loss = run.data.metrics.get("train_loss", float("nan"))
+    c.add("fp16", "train.amp=fp16 (GradScaler)", run.data.tags.get("precision") == "fp16" and math.isfinite(loss),
+          f"precision={run.data.tags.get('precision')}, train_loss {loss:.4f}")
 
 
 def time_steps(step: Callable[[], None], steps: int, device: torch.device) -> float:
@@ -286,17 +305,30 @@ def machine(device: torch.device) -> str:
 
     report = nvml_report()
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU"
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    try:  # a device image may have no git
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True).stdout.strip()
+    except OSError:
+        commit = ""
     return (f"{datetime.date.today()}, {gpu}, driver {report.driver or '-'}, torch {torch.__version__} "
             f"(CUDA {torch.version.cuda}, cuDNN {cudnn_version()}), commit {commit or '?'}, device {device}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="auto", help="auto (cuda if present), cuda or cpu")
+    parser.add_argument("--device", default="auto", help="auto (cuda, else exit 2: a GPU check without a GPU "
+                        "proves nothing), cuda or cpu (the CPU rows)")
     parser.add_argument("--out", type=Path, help="folder to create (default: gpu_check-<date>-<time>)")
     args = parser.parse_args(argv)
-    device = resolve_device(args.device, key="--device")
+    try:
+        device = resolve_device(args.device, key="--device")
+    except DeviceError as exc:
+        print(f"gpu_check: cannot run: {exc}", file=sys.stderr)
+        return 2
+    if args.device == "auto" and device.type != "cuda":
+        print(f"gpu_check: cannot run: --device auto found no CUDA GPU here (it would use {device}); "
+              "`--device cpu` runs the CPU rows", file=sys.stderr)
+        return 2
     if device.type == "cuda":
         torch.cuda.set_device(device.index or 0)
         torch.backends.cudnn.benchmark = True  # as exptrack train sets it
@@ -313,15 +345,24 @@ def main(argv: list[str] | None = None) -> int:
     size, width = (112, 1.0) if gpu else (16, 0.125)  # the CPU rows: the same T values, small
     c.guarded("conv3d", lambda: check_conv3d(c, halves, not gpu, size, width))
     c.guarded("c3d", lambda: check_c3d(c, halves[0], not gpu, size if gpu else 32, width if gpu else 0.25))
-    root = write_demo_dataset(out / "data", TINY)
+    try:
+        root = write_demo_dataset(out / "data", TINY)
+    except Exception as exc:  # noqa: BLE001 - no data, no command checks: the check itself could not run
+        print(f"gpu_check: cannot run: the demo data could not be written to {out / 'data'}: {exc}", file=sys.stderr)
+        return 2
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{out / 'mlflow.db'}", "PYTHONUNBUFFERED": "1",
            "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    import mlflow
+
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])  # every part reads the runs its commands made there
     if not gpu:
         env["OMP_NUM_THREADS"] = "1"
     precision = half_precisions(device)[0] if gpu else "fp32"
     c.guarded("commands", lambda: check_commands(c, root, env, precision))
     c.guarded("compile", lambda: check_compile_resume(c, root, env))
     c.guarded("torchrun", lambda: check_torchrun(c, root, env))
+    if gpu and "fp16" in halves:
+        c.guarded("fp16", lambda: check_fp16(c, root, env))
     if gpu:
         c.guarded("speed", lambda: check_speed(c, (32, 96), 1.0, 112, 10))
     else:

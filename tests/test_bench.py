@@ -62,6 +62,17 @@ def test_gpu_bench_runs_on_cpu_and_prints_its_table(tmp_path):
     assert set(Path(tempfile.gettempdir()).glob("exptrack-gpu-bench-*")) <= leftovers  # demo data removed
 
 
+def test_gpu_check_without_a_gpu_exits_2_unless_told_to_run_on_the_cpu(tmp_path):
+    """Its default --device auto fell back to the CPU, where every half-precision row is
+    informational: a device call that got no GPU passed (exit 0)."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--out", str(tmp_path / "c")],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert proc.returncode == 2 and "--device auto found no CUDA GPU" in proc.stderr
+    assert not (tmp_path / "c").exists()
+
+
 @pytest.mark.slow
 def test_gpu_check_runs_every_part_the_cpu_can_and_writes_its_table(tmp_path):
     """bench/gpu_check.py --device cpu: the first GPU call must not be its first run. On the CPU
@@ -76,6 +87,7 @@ def test_gpu_check_runs_every_part_the_cpu_can_and_writes_its_table(tmp_path):
     for part in ("conv3d", "c3d", "train", "evaluate", "visualize", "predict", "sysmetrics", "compile", "torchrun",
                  "speed"):
         assert f"| {part} |" in table, part
+    assert "| torchrun | --nproc_per_node 1 (gloo on cpu) | pass | cpu (CPU)" in table  # what the run said
     assert "| train | defaults resolve and are logged | pass | log: cpu (CPU), fp32" in table
     assert "FAIL" not in table and "0 correctness check(s) failed" in table
     bf16_t2 = [line for line in table.splitlines() if line.startswith("| conv3d | bf16") and "T=2" in line]

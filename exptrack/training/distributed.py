@@ -19,6 +19,8 @@ import torch.distributed as dist
 
 from ..device import DeviceError
 
+log = logging.getLogger("exptrack.train")
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -64,6 +66,7 @@ def init_distributed(device: torch.device) -> DistEnv:
             dist.init_process_group(backend="gloo")
     if not env.is_main:  # one voice: the other ranks report only problems
         logging.getLogger("exptrack").setLevel(logging.WARNING)
+    log.info("process group: %s backend, %d rank(s)", dist.get_backend(), env.world_size)
     return env
 
 
