@@ -29,13 +29,17 @@ def clip_probabilities(model: torch.nn.Module, batches: Iterable[np.ndarray], co
     model's precision and layout on this device (LoadedModel.placement)."""
     model.eval()
     out = []
+    cuda = placement.device.type == "cuda"
     with torch.no_grad():
         for clips in batches:
-            x = to_model_input(torch.from_numpy(clips).to(placement.device))  # (B, T, S, S, 3) -> (B, 3, T, S, S)
+            # Pinned and asynchronous on a GPU, and the probabilities stay there until the end: the
+            # CPU stacks the next batch while the GPU computes this one (a .cpu() per batch waited).
+            host = torch.from_numpy(clips).pin_memory() if cuda else torch.from_numpy(clips)
+            x = to_model_input(host.to(placement.device, non_blocking=cuda))  # (B, T, S, S, 3) -> (B, 3, T, S, S)
             with placement.autocast():
                 logits = model(placement.input(x))
-            out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, config.model.outputs), np.float32)
+            out.append(torch.softmax(logits.float(), dim=1))
+    return torch.cat(out).cpu().numpy() if out else np.zeros((0, config.model.outputs), np.float32)
 
 
 def window_stride(config: Config, stride: int | None = None) -> int:
