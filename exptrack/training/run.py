@@ -288,12 +288,17 @@ def train_run(config: Config, resume: str | None = None, progress: bool = True,
     trains groups."""
     if resume and tracking.is_run_id(resume):
         tracking.use_tracking_uri(config)
+        tracking.check_store(config)  # the run is looked up there: a store that is away is said as such
     refuse_ensemble_training(config)
+    # A resume continues with the run's own config (what it may change applied): its device and
+    # backend, not the command line's, decide the process group.
+    payload, config = _resume_point(resume, Path(config.paths.outputs), config, options.explicit) if resume \
+        else (None, config)
     # The device and precision first: a setting this machine cannot honour stops here, before a
-    # process group, a run or a file exists. (A resume checks again with the run's own config.)
+    # process group, a run or a file exists.
     env = distributed.init_distributed(training_placement(config.train).device)
     try:
-        return _train(config, env, resume, progress, callbacks, options)
+        return _train(config, env, payload, progress, callbacks, options)
     finally:
         distributed.cleanup()
 
@@ -429,12 +434,12 @@ def draining_when_stopped(tracker: tracking.BackgroundTracker, run_id: str, shut
         raise
 
 
-def _train(config: Config, env: DistEnv, resume: str | None, progress: bool,
+def _train(config: Config, env: DistEnv, payload: dict[str, Any] | None, progress: bool,
            callbacks: Iterable[EpochCallback], options: RunOptions) -> TrainResult:
+    """`payload`: the checkpoint (or the bare run id of a run stopped before one) to resume."""
     outputs = Path(config.paths.outputs)
     if env.is_main:
         tracking.check_store(config)  # a store that cannot record the run: said before any decoding or training
-    payload, config = _resume_point(resume, outputs, config, options.explicit) if resume else (None, config)
     run_id = payload["run_id"] if payload else None
     seed_everything_for_rank(config.train.seed, env)
     where = rank_placement(config, env)
