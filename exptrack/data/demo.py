@@ -432,9 +432,10 @@ def write_demo_dataset(root: str | Path, spec: DemoSpec = DemoSpec(), progress: 
     return root
 
 
-def partial_path(root: Path) -> Path:
-    """Where `root` is written before it is renamed into place (this process's)."""
-    return root.with_name(f".{root.name}.partial-{os.getpid()}")
+def partial_path(root: Path, pid: int | str | None = None) -> Path:
+    """Where `root` is written before it is renamed into place (this process's; `pid="*"`: a glob
+    of every process's)."""
+    return root.with_name(f".{root.name}.partial-{os.getpid() if pid is None else pid}")
 
 
 def _write(root: Path, spec: DemoSpec, progress: bool) -> None:

@@ -16,7 +16,7 @@ from ..config import Config
 from . import clips, layout
 from .cache import (CacheNeed, FrameCache, Guides, VideoEntry, build_processes, cache_need, check_space,
                     ensure_cached)
-from .demo import preset_spec, write_demo_dataset
+from .demo import partial_path, preset_spec, write_demo_dataset
 from .errors import DataError, DataWarnings
 from .layout import DatasetLayout, SubjectFiles
 
@@ -106,7 +106,7 @@ def ensure_data_root(config: Config) -> Path:
         spec = preset_spec(d.demo_preset, d.demo_subjects, d.demo_classes, d.demo_seed)
         log.info("data root %s does not exist: generating the %s demo dataset there (%d subjects, %d classes, seed %d)",
                  root, d.demo_preset, spec.subjects, spec.classes, spec.seed)
-        for stale in root.parent.glob(f".{root.name}.partial-*"):  # under the lock: all from dead runs
+        for stale in root.parent.glob(partial_path(root, "*").name):  # under the lock: all from dead runs
             shutil.rmtree(stale, ignore_errors=True)
         write_demo_dataset(root, spec, progress=True)  # written beside root, renamed into place
     return root
